@@ -1,0 +1,2 @@
+//! The OCI image-encryption format (ocicrypt).
+pub mod keywrap;
