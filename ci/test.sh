@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The README's test command. Installs the real peers the tests run against
+# (Debian's docker-registry, skopeo 1.9.3, skopeo 1.18 from trixie), builds
+# every binary, runs the workspace and end-to-end tests, the deployment-kit
+# tests, and checks that the fuzz targets build. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CLOAK_PEERS_DIR="${CLOAK_PEERS_DIR:-$ROOT/.work/peers}"
+export CLOAK_REQUIRE_PEERS=1
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "installing peers (docker-registry, skopeo 1.9.3, skopeo 1.18)"
+ci/install-peers.sh
+
+step "building all binaries (the end-to-end tests drive them)"
+cargo build --workspace --bins --locked
+
+step "workspace tests (unit, integration, end-to-end against the real peers)"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast --failure-output final
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
+
+if [ -x deploy/tests/run.sh ]; then
+    step "deployment kit: admission-policy CEL and Kubernetes schema tests"
+    deploy/tests/run.sh
+fi
+
+step "fuzz targets compile"
+(cd fuzz && cargo check --bins --quiet)
+
+step "all tests passed in $(( $(date +%s) - started )) s"
