@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Installs the real peers that cloak's tests and benchmarks run against, on Debian 12 (bookworm),
+# as root, idempotently:
+#   * system-wide from the system's apt sources: docker-registry (distribution 2.8), skopeo 1.9.3
+#     (ocicrypt 1.0.3: JWE only), and the small tools the scripts use;
+#   * skopeo 1.18 (ocicrypt 1.1.10: keyprovider cmd + gRPC) from Debian trixie .debs, unpacked into
+#     $CLOAK_PEERS_DIR/trixie-root and run through trixie's own ld.so, because the binary needs
+#     GLIBC_2.38 and bookworm has 2.36. The system's apt sources are never touched: apt runs with a
+#     private config under $CLOAK_PEERS_DIR/apt-alt.
+# Wrapper: $CLOAK_PEERS_DIR/bin/skopeo-1.18 (default CLOAK_PEERS_DIR=<repo>/.work/peers).
+# Env: CLOAK_PEERS_FORCE=1 re-downloads the trixie packages even if the wrapper works.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PEERS=${CLOAK_PEERS_DIR:-$REPO/.work/peers}
+WRAPPER=$PEERS/bin/skopeo-1.18
+SYS_PKGS=(docker-registry skopeo jq openssl curl time ca-certificates python3 python3-cryptography
+          python3-requests apache2-utils pigz zstd)
+# skopeo/trixie plus the libraries it links that bookworm has too old (or under another name).
+TRIXIE_PKGS=(skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsqlite3-0)
+
+log() { echo "install-peers: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(uname -m)" = x86_64 ] || die "only x86_64 is supported (the wrapper uses ld-linux-x86-64.so.2)"
+
+# ---------- fast path ----------
+system_ok() {
+  local p
+  for p in "${SYS_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
+  done
+  [ -x /usr/bin/docker-registry ] && command -v skopeo >/dev/null
+}
+wrapper_ok() { [ -x "$WRAPPER" ] && "$WRAPPER" --version 2>/dev/null | grep -q 'version 1\.18\.'; }
+
+ensure_policy() {
+  # skopeo refuses to copy without a signature policy; tests only use local, unsigned images.
+  if [ ! -s /etc/containers/policy.json ]; then
+    mkdir -p /etc/containers
+    printf '%s\n' '{"default":[{"type":"insecureAcceptAnything"}]}' > /etc/containers/policy.json
+    log "wrote /etc/containers/policy.json (insecureAcceptAnything)"
+  fi
+}
+
+print_versions() {
+  echo "skopeo (system):   $(skopeo --version)"
+  echo "skopeo (trixie):   $("$WRAPPER" --version)   [$WRAPPER]"
+  echo "docker-registry:   $(dpkg-query -W -f='${Version}' docker-registry)"
+  if [ -f "$PEERS/trixie-versions.txt" ]; then
+    echo "trixie packages:   $(tr '\n' ' ' < "$PEERS/trixie-versions.txt")"
+  fi
+}
+
+verify() {
+  skopeo --version | grep -q 'version 1\.9\.' || die "system skopeo is not 1.9.x: $(skopeo --version)"
+  "$WRAPPER" --version | grep -q 'version 1\.18\.' || die "$WRAPPER is not 1.18.x: $("$WRAPPER" --version 2>&1)"
+}
+
+if [ "${CLOAK_PEERS_FORCE:-0}" != 1 ] && system_ok && wrapper_ok; then
+  ensure_policy; verify; print_versions
+  exit 0
+fi
+
+[ "$(id -u)" = 0 ] || die "must run as root (apt-get install)"
+
+# ---------- system packages ----------
+export DEBIAN_FRONTEND=noninteractive
+if ! system_ok; then
+  log "installing system packages: ${SYS_PKGS[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${SYS_PKGS[@]}" >/dev/null
+fi
+ensure_policy
+
+# ---------- skopeo 1.18 from trixie, private apt config ----------
+if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! wrapper_ok; then
+  ALT=$PEERS/apt-alt
+  mkdir -p "$ALT/lists/partial" "$ALT/cache/archives/partial" "$PEERS/debs" "$PEERS/bin"
+  # Same mirror the system already uses (first ".../debian" URI, not -security), so a machine
+  # behind a proxy or on a snapshot mirror keeps working.
+  MIRROR=$( { cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; } \
+           | grep -v '^[[:space:]]*#' | grep -oE '[a-z]+://[^[:space:]]+' | grep -E '/debian/?$' \
+           | sed -n 1p || true)
+  [ -n "$MIRROR" ] || die "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR trixie main" > "$ALT/sources.list"
+  APTALT=(-o Dir::Etc::SourceList="$ALT/sources.list" -o Dir::Etc::SourceParts=/dev/null
+          -o Dir::State::Lists="$ALT/lists" -o Dir::Cache="$ALT/cache" -o Dir::Etc::Preferences=/dev/null
+          -o Dir::Etc::PreferencesParts=/dev/null -o APT::Sandbox::User=root)
+  log "fetching trixie package lists from $MIRROR"
+  apt-get "${APTALT[@]}" update -qq
+  rm -f "$PEERS"/debs/*.deb
+  specs=(); for p in "${TRIXIE_PKGS[@]}"; do specs+=("$p/trixie"); done
+  (cd "$PEERS/debs" && apt-get "${APTALT[@]}" download -qq "${specs[@]}")
+  # Unpack into a fresh root so a re-run never mixes two point releases.
+  rm -rf "$PEERS/trixie-root.new"; mkdir -p "$PEERS/trixie-root.new"
+  : > "$PEERS/trixie-versions.txt.new"
+  for d in "$PEERS"/debs/*.deb; do
+    dpkg-deb -x "$d" "$PEERS/trixie-root.new"
+    dpkg-deb -f "$d" Package Version | paste -sd= - | sed 's/^Package: //; s/=Version: /=/' \
+      >> "$PEERS/trixie-versions.txt.new"
+  done
+  rm -rf "$PEERS/trixie-root"; mv "$PEERS/trixie-root.new" "$PEERS/trixie-root"
+  mv "$PEERS/trixie-versions.txt.new" "$PEERS/trixie-versions.txt"
+  R=$PEERS/trixie-root
+  # The wrapper resolves its root at run time so the peers dir can be moved or carried elsewhere.
+  cat > "$WRAPPER" <<'EOF'
+#!/bin/sh
+# skopeo 1.18 from Debian trixie, run with trixie's own loader and libc (written by ci/install-peers.sh).
+R=$(CDPATH= cd "$(dirname "$0")/../trixie-root" && pwd)
+exec "$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "$R/usr/lib/x86_64-linux-gnu" "$R/usr/bin/skopeo" "$@"
+EOF
+  chmod +x "$WRAPPER"
+  [ -x "$R/usr/bin/skopeo" ] || die "trixie skopeo missing after unpack"
+fi
+
+verify
+print_versions
