@@ -14,7 +14,7 @@
 # Wall time and peak RSS (/usr/bin/time -v); prints a markdown table with the ratios and the date,
 # also written to $BENCH_DIR/encrypt-results.md.
 # Env: BENCH_DIR (default <repo>/.work/bench), BENCH_SIZE_MIB (1024), BENCH_RUNS (3),
-#      BENCH_PORT (free port), BENCH_SKIP_CLOAK=1 (peers only), BENCH_REQUIRE_CLOAK=1 (fail if
+#      BENCH_COMPRESS (gzip|zstd, default gzip), BENCH_PORT (free port), BENCH_SKIP_CLOAK=1 (peers only), BENCH_REQUIRE_CLOAK=1 (fail if
 #      cloak cannot be built), CLOAK_PEERS_DIR (default <repo>/.work/peers).
 set -euo pipefail
 
@@ -32,10 +32,10 @@ run_sub() {  # NAME ARGS... : ci/bench-NAME.sh, owned by the engineer of that pa
 
 bench_encrypt() {
   local BENCH_DIR=${BENCH_DIR:-$REPO/.work/bench}
-  local SIZE=${BENCH_SIZE_MIB:-1024} RUNS=${BENCH_RUNS:-3}
+  local SIZE=${BENCH_SIZE_MIB:-1024} RUNS=${BENCH_RUNS:-3} COMP=${BENCH_COMPRESS:-gzip}
   local S118=${CLOAK_PEERS_DIR:-$REPO/.work/peers}/bin/skopeo-1.18
   local S19 CLOAK=$REPO/target/release/cloak TAG=bench
-  local SRC=$BENCH_DIR/src-gzip-$SIZE KEYS=$BENCH_DIR/keys OUTD=$BENCH_DIR/out REG=$BENCH_DIR/registry
+  local SRC=$BENCH_DIR/src-$COMP-$SIZE KEYS=$BENCH_DIR/keys OUTD=$BENCH_DIR/out REG=$BENCH_DIR/registry
   mkdir -p "$BENCH_DIR" "$KEYS" "$OUTD"
 
   # Peers (fast no-op when already installed).
@@ -61,11 +61,11 @@ bench_encrypt() {
 
   # Bench image, cached; regenerated when the generator or the size changes.
   local stamp
-  stamp="$(sha256sum "$REPO/ci/gen-bench-image.py" | cut -c1-16) size=$SIZE"
+  stamp="$(sha256sum "$REPO/ci/gen-bench-image.py" | cut -c1-16) size=$SIZE compress=$COMP"
   if [ "$(cat "$SRC/.stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "bench: generating the ${SIZE} MiB bench image in $SRC (once)" >&2
     rm -rf "$SRC"
-    python3 "$REPO/ci/gen-bench-image.py" "$SRC" "$TAG" --size-mib "$SIZE"
+    python3 "$REPO/ci/gen-bench-image.py" "$SRC" "$TAG" --size-mib "$SIZE" --compress "$COMP"
     echo "$stamp" > "$SRC/.stamp"
   fi
   if [ ! -f "$KEYS/pub.pem" ]; then
@@ -149,7 +149,7 @@ bench_encrypt() {
   {
     echo "### cloak encrypt vs skopeo — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Image: ci/gen-bench-image.py, ${SIZE} MiB tar in 4 gzip layers, ${comp_mb} MB compressed; one JWE recipient (RSA-2048)."
+    echo "Image: ci/gen-bench-image.py, ${SIZE} MiB tar in 4 $COMP layers, ${comp_mb} MB compressed; one JWE recipient (RSA-2048)."
     echo "Machine: $(nproc) cores, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM."
     echo "Peers: $("$S118" --version), $("$S19" --version) (ocicrypt 1.1.10 and 1.0.3)."
     echo
