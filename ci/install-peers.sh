@@ -32,7 +32,23 @@ system_ok() {
   done
   [ -x /usr/bin/docker-registry ] && command -v skopeo >/dev/null
 }
-wrapper_ok() { [ -x "$WRAPPER" ] && "$WRAPPER" --version 2>/dev/null | grep -q 'version 1\.18\.'; }
+# The wrapper resolves its root at run time (through symlinks), so the peers dir can be moved,
+# carried to another machine or linked into PATH.
+WRAPPER_TEXT='#!/bin/sh
+# skopeo 1.18 from Debian trixie, run with trixie'"'"'s own loader and libc (written by ci/install-peers.sh).
+R=$(dirname "$(readlink -f "$0")")/../trixie-root
+exec "$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "$R/usr/lib/x86_64-linux-gnu" "$R/usr/bin/skopeo" "$@"'
+write_wrapper() {
+  mkdir -p "$PEERS/bin"
+  if [ "$(cat "$WRAPPER" 2>/dev/null)" != "$WRAPPER_TEXT" ]; then
+    printf '%s\n' "$WRAPPER_TEXT" > "$WRAPPER"; chmod +x "$WRAPPER"
+  fi
+}
+wrapper_ok() {
+  [ -x "$PEERS/trixie-root/usr/bin/skopeo" ] || return 1
+  write_wrapper
+  "$WRAPPER" --version 2>/dev/null | grep -q 'version 1\.18\.'
+}
 
 ensure_policy() {
   # skopeo refuses to copy without a signature policy; tests only use local, unsigned images.
@@ -102,16 +118,8 @@ if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! wrapper_ok; then
   done
   rm -rf "$PEERS/trixie-root"; mv "$PEERS/trixie-root.new" "$PEERS/trixie-root"
   mv "$PEERS/trixie-versions.txt.new" "$PEERS/trixie-versions.txt"
-  R=$PEERS/trixie-root
-  # The wrapper resolves its root at run time so the peers dir can be moved or carried elsewhere.
-  cat > "$WRAPPER" <<'EOF'
-#!/bin/sh
-# skopeo 1.18 from Debian trixie, run with trixie's own loader and libc (written by ci/install-peers.sh).
-R=$(CDPATH= cd "$(dirname "$0")/../trixie-root" && pwd)
-exec "$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "$R/usr/lib/x86_64-linux-gnu" "$R/usr/bin/skopeo" "$@"
-EOF
-  chmod +x "$WRAPPER"
-  [ -x "$R/usr/bin/skopeo" ] || die "trixie skopeo missing after unpack"
+  [ -x "$PEERS/trixie-root/usr/bin/skopeo" ] || die "trixie skopeo missing after unpack"
+  write_wrapper
 fi
 
 verify
