@@ -70,8 +70,8 @@ encrypt() {
   local bin=$S19 ver=$V19 name=skopeo
   if [ "$which" = 118 ]; then bin=$S118; ver=$V118; name=skopeo-1.18; fi
   (cd "$OUT/$v" && "$bin" copy -q "$@" "oci:$enc:enc")
-  local plain=plain-oci
-  [ -d "$OUT/$v/plain-oci" ] || die "$v has no plain-oci"
+  local plain=${PLAIN:-plain-oci}  # PLAIN=plain-dir for a skopeo dir: source
+  [ -d "$OUT/$v/$plain" ] || die "$v has no $plain"
   python3 "$TOOLS/describe.py" "$OUT/$v" "$plain" v1 "$enc" enc "$ver" "$name copy $* oci:$enc:enc"
   echo "made $v/$enc: $name copy $*" >&2
 }
@@ -132,6 +132,22 @@ python3 "$TOOLS/mk_layout.py" "$OUT/$v/src-oci" 3layer v1
 python3 "$TOOLS/describe.py" "$OUT/$v" plain-oci v1 enc-oci enc "$V118" \
   "skopeo-1.18 copy --dest-compress-format zstd --encryption-key jwe:keys/rsa.pub.pem oci:src-oci:v1 oci:enc-oci:enc"
 verify $v enc-oci rsa.priv.pem
+
+# Docker schema 2 source: skopeo's dir: transport keeps the v2s2 manifest and the
+# application/vnd.docker.image.rootfs.diff.tar.gzip layer types; encrypting maps them to OCI
+# (+encrypted) and writes an OCI manifest. plain-oci is the OCI image plain-dir was made from
+# (same layer blobs, so the layer digests match).
+v=docker-v2s2-source; new_vector $v 3layer; rsa_key "$OUT/$v" rsa
+(cd "$OUT/$v" && "$S19" copy -q --format v2s2 oci:plain-oci:v1 dir:plain-dir)
+jq -e '.mediaType=="application/vnd.docker.distribution.manifest.v2+json" and
+       ([.layers[].mediaType]|all(.=="application/vnd.docker.image.rootfs.diff.tar.gzip"))' \
+  "$OUT/$v/plain-dir/manifest.json" >/dev/null || die "$v: plain-dir is not docker v2s2"
+PLAIN=plain-dir encrypt $v enc-oci 19 --encryption-key jwe:keys/rsa.pub.pem dir:plain-dir
+PLAIN=plain-dir encrypt $v enc-oci-1.18 118 --encryption-key jwe:keys/rsa.pub.pem dir:plain-dir
+verify $v enc-oci rsa.priv.pem; verify $v enc-oci-1.18 rsa.priv.pem
+jq -e '([.encryptions[].manifests[].layers[].enc.mediaType]|all(.=="application/vnd.oci.image.layer.v1.tar+gzip+encrypted"))
+       and ([.encryptions[].manifests[].layers[].plain.mediaType]|all(.=="application/vnd.docker.image.rootfs.diff.tar.gzip"))' \
+  "$OUT/$v/vector.json" >/dev/null || die "$v: expected OCI +encrypted layer types"
 
 v=multi-recipient-rsa-ec; new_vector $v 3layer; rsa_key "$OUT/$v" rsa; ec_key "$OUT/$v" ec P-256
 encrypt $v enc-oci 19 --encryption-key jwe:keys/rsa.pub.pem --encryption-key jwe:keys/ec.pub.pem oci:plain-oci:v1

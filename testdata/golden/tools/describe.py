@@ -5,10 +5,11 @@ descriptor, the encrypted descriptor, whether it is encrypted and how many JWE r
 Merges into VECTOR_DIR/vector.json (one entry per encrypted layout).
 
 usage: describe.py VECTOR_DIR PLAIN_LAYOUT TAG ENC_LAYOUT TAG TOOL COMMAND
-  (layouts are paths relative to VECTOR_DIR)
+  (layouts are paths relative to VECTOR_DIR; PLAIN_LAYOUT may also be a skopeo dir: directory)
 """
 
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -59,12 +60,21 @@ def main():
         sys.exit(__doc__)
     vdir, plain, ptag, enc, etag, tool, command = sys.argv[1:]
     P, E = os.path.join(vdir, plain), os.path.join(vdir, enc)
-    pm = dict(manifests(P, top(P, ptag)))
+    if os.path.exists(os.path.join(P, "manifest.json")):
+        # skopeo's dir: transport (one manifest, blobs named by hex digest): a docker v2s2 source.
+        with open(os.path.join(P, "manifest.json"), "rb") as f:
+            raw = f.read()
+        pdesc = {"mediaType": json.loads(raw)["mediaType"], "size": len(raw),
+                 "digest": "sha256:" + hashlib.sha256(raw).hexdigest(), "_manifest": json.loads(raw)}
+        pm = {None: pdesc}
+    else:
+        pm = dict(manifests(P, top(P, ptag)))
     entry = {"layout": enc, "tag": etag, "tool": tool, "command": command,
              "plain_layout": plain, "plain_tag": ptag, "manifests": []}
     for platform, edesc in manifests(E, top(E, etag)):
         pdesc = pm[platform]
-        pman, eman = blob(P, pdesc["digest"]), blob(E, edesc["digest"])
+        pman = pdesc["_manifest"] if "_manifest" in pdesc else blob(P, pdesc["digest"])
+        eman = blob(E, edesc["digest"])
         layers = []
         for i, (pl, el) in enumerate(zip(pman["layers"], eman["layers"], strict=True)):
             ann = el.get("annotations", {})
