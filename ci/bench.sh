@@ -79,6 +79,7 @@ bench_encrypt() {
   # shellcheck source=ci/registry.sh
   source "$REPO/ci/registry.sh"
   # Expanded now: the trap may run after this function's locals are gone.
+  # shellcheck disable=SC2064
   trap "registry_stop '$PORT' '$REG' 2>/dev/null || true" EXIT
 
   local RES=$BENCH_DIR/encrypt-runs.tsv

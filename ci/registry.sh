@@ -26,8 +26,8 @@ EOF
     setsid docker-registry serve "$dir/config.yml" > "$dir/registry.log" 2>&1 < /dev/null &
     echo $! > "$dir/registry.pid"
   fi
-  local i
-  for i in $(seq 100); do
+  local _
+  for _ in $(seq 100); do
     if curl -fs "http://127.0.0.1:$port/v2/" >/dev/null 2>&1; then return 0; fi
     if ! kill -0 "$(cat "$dir/registry.pid")" 2>/dev/null; then break; fi
     sleep 0.1
@@ -43,8 +43,8 @@ registry_stop() {
   [ -f "$dir/registry.pid" ] || return 0
   pid=$(cat "$dir/registry.pid")
   if kill "$pid" 2>/dev/null; then
-    local i
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    local _
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$dir/registry.pid"
