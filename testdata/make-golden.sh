@@ -29,7 +29,7 @@ echo "make-golden: $V19; $V118" >&2
 # ---------- (a) fixtures made earlier by the peers, copied as they are ----------
 if [ -d "$SHARED" ]; then
   rm -rf "$OUT/shared-fixtures"; mkdir -p "$OUT/shared-fixtures"
-  for f in jwe keyprovider-exec keyprovider-grpc multi-recipient plain-oci mk_oci_layout.py jwe_decrypt.py README.md; do
+  for f in jwe keyprovider-exec keyprovider-grpc multi-recipient plain-oci mk_oci_layout.py jwe_decrypt.py ci-interop.sh README.md; do
     cp -a "$SHARED/$f" "$OUT/shared-fixtures/"
   done
 else
