@@ -128,7 +128,8 @@ pub enum Machine {
     Guest,
     /// Bare metal: a possible host for confidential guests.
     Host,
-    /// No CPU information could be read.
+    /// No CPU information could be read, or it cannot tell a VM from bare metal
+    /// (arm64 has no `hypervisor` CPU flag).
     Unknown,
 }
 
@@ -271,7 +272,7 @@ impl CheckReport {
         let machine = match self.machine {
             Machine::Guest => "virtual machine (guest)",
             Machine::Host => "bare metal (possible host for confidential guests)",
-            Machine::Unknown => "unknown (no CPU information readable)",
+            Machine::Unknown => "unknown (cannot tell a virtual machine from bare metal here)",
         };
         let _ = writeln!(out, "machine: {machine}");
         if self.root != Path::new("/") {
@@ -355,7 +356,9 @@ pub fn run_check(root: &Path) -> CheckReport {
     let any_active = snp.active || tdx.active || cca.active;
     let machine = if any_active || cpu.has_flag("hypervisor") {
         Machine::Guest
-    } else if cpu.readable {
+    } else if cpu.readable && cpu.vendor.is_some() {
+        // Only x86 reports `vendor_id` and the `hypervisor` flag; elsewhere a plain
+        // VM looks like bare metal, so say nothing rather than guess.
         Machine::Host
     } else {
         Machine::Unknown
@@ -1211,6 +1214,19 @@ mod tests {
         assert!(r
             .render_text()
             .contains("cloak has no attester for Arm CCA"));
+    }
+
+    #[test]
+    fn arm64_without_realm_is_unknown_not_bare_metal() {
+        let root = FakeRoot::new();
+        root.file(
+            "proc/cpuinfo",
+            "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n",
+        );
+        let r = root.check();
+        assert_eq!(r.machine, Machine::Unknown);
+        assert!(!r.usable());
+        assert!(status(&r, Tee::SevSnp).missing.is_empty());
     }
 
     #[test]
