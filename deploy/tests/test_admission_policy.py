@@ -133,8 +133,8 @@ def good_pod() -> dict:
 
 
 def test_example_pod_from_deploy_is_admitted(policy):
-    pod = find("Pod")
-    ns = find("Namespace")
+    (pod,) = load_docs(DEPLOY / "confidential-pod.yaml")
+    (ns,) = load_docs(DEPLOY / "namespace.yaml")
     assert pod["metadata"]["namespace"] == ns["metadata"]["name"]
     assert policy.applies(ns["metadata"]["labels"], "CREATE", "pods")
     assert policy.admit(pod, ns["metadata"]["labels"]) == []

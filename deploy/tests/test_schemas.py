@@ -288,3 +288,55 @@ def test_kbs_policy_example_shape_and_safety():
 def test_kbs_policy_schema_refuses_what_the_broker_refuses(bad):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, KBS_POLICY_SCHEMA)
+
+
+# ---- cloak-kbs on Kubernetes --------------------------------------------------------
+
+
+def _kbs_objects() -> dict:
+    return {d["kind"]: d for d in load_docs(DEPLOY / "kbs/cloak-kbs.yaml")}
+
+
+def test_kbs_configmap_carries_the_example_files_verbatim():
+    cm = _kbs_objects()["ConfigMap"]
+    assert cm["data"]["kbs.yaml"] == (DEPLOY / "kbs/kbs.yaml").read_text()
+    assert cm["data"]["policy.yaml"] == (DEPLOY / "kbs/policy.yaml").read_text()
+
+
+def test_kbs_config_paths_are_mounted_by_the_deployment():
+    objs = _kbs_objects()
+    (cfg,) = load_docs(DEPLOY / "kbs/kbs.yaml")
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == set(volumes)
+
+    def mounted_by(path: str) -> str:
+        names = [n for n, m in mounts.items() if path.startswith(m.rstrip("/") + "/") or path == m]
+        assert len(names) == 1, f"{path} is under {len(names)} mounts"
+        return names[0]
+
+    assert volumes[mounted_by(cfg["policy"])]["configMap"]["name"] == objs["ConfigMap"]["metadata"]["name"]
+    assert mounted_by(cfg["admin_public_key"]) == "admin-key"
+    assert mounted_by(cfg["snp"]["ark"]) == "amd-certs"
+    assert "persistentVolumeClaim" in volumes[mounted_by(cfg["resources"] + "/x")]
+    config_arg = container["args"][container["args"].index("--config") + 1]
+    assert mounted_by(config_arg) == mounted_by(cfg["policy"])
+    assert config_arg.endswith("/kbs.yaml")
+    # Probes hit the endpoints the broker serves.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    port = int(cfg["listen"].rsplit(":", 1)[1])
+    assert container["ports"][0]["containerPort"] == port
+
+
+def test_kbs_service_pins_a_guest_to_one_replica_and_matches_init_data_url():
+    objs = _kbs_objects()
+    svc = objs["Service"]
+    assert svc["spec"]["sessionAffinity"] == "ClientIP"
+    assert svc["spec"]["selector"].items() <= objs["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+    initdata = tomllib.loads((DEPLOY / "initdata.toml").read_text())
+    url = tomllib.loads(initdata["data"]["cdh.toml"])["kbc"]["url"]
+    host_port = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{svc['spec']['ports'][0]['port']}"
+    assert url == f"http://{host_port}"
