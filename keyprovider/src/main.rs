@@ -1,1 +1,221 @@
-fn main() {}
+//! `cloak-keyprovider`: an ocicrypt keyprovider (gRPC `serve`, cmd `exec`) that
+//! wraps layer keys with KBS-held KEKs (CoCo's `attestation-agent` format).
+//! Glue only: flags → validated config → library objects → exit code.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use keyprovider::kek::{KbsKekUnwrapper, DEFAULT_KEK_TTL, PROVIDER_NAME};
+use keyprovider::server::{self, KeyProviderCore, Limits, Listener, ListenAddr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+#[command(name = "cloak-keyprovider", version, about = "ocicrypt keyprovider backed by a KBS (CoCo attestation-agent compatible)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the gRPC KeyProviderService.
+    Serve {
+        /// `host:port` or `unix:/path`.
+        #[arg(long)]
+        grpc: String,
+        #[command(flatten)]
+        common: Common,
+        /// Largest request in bytes.
+        #[arg(long, default_value_t = server::DEFAULT_MAX_REQUEST)]
+        max_request: usize,
+        /// Requests handled at once (more wait).
+        #[arg(long, default_value_t = server::DEFAULT_MAX_CONCURRENT)]
+        max_concurrent: usize,
+    },
+    /// cmd protocol: one JSON request on stdin, one JSON answer on stdout.
+    Exec {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Load generator for ci/bench-keyprovider.sh: UnWrapKey calls against a server.
+    #[command(hide = true)]
+    BenchUnwrap {
+        /// Server address (`host:port` or `unix:/path`).
+        #[arg(long)]
+        grpc: String,
+        /// File holding the AnnotationPacket to unwrap.
+        #[arg(long)]
+        packet: PathBuf,
+        /// Total calls.
+        #[arg(long, default_value_t = 20000)]
+        calls: usize,
+        /// Calls in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// KBS base URL (needed to unwrap, and to register generated KEKs).
+    #[arg(long, env = "CLOAK_KBS_URL")]
+    kbs_url: Option<String>,
+    /// auto | snp | tdx | sample (sample: development only).
+    #[arg(long, default_value = "auto")]
+    attester: String,
+    /// Ed25519 PKCS#8 PEM admin key, to register generated KEKs in the KBS.
+    #[arg(long)]
+    kbs_admin_key: Option<PathBuf>,
+    /// Local private keys for JWE annotations (PEM/DER/JWK), repeatable.
+    #[arg(long = "key")]
+    keys: Vec<PathBuf>,
+    /// Provider name to read wrap parameters under.
+    #[arg(long, default_value = PROVIDER_NAME)]
+    name: String,
+    /// Seconds a fetched KEK stays cached (0 = no cache).
+    #[arg(long, default_value_t = DEFAULT_KEK_TTL.as_secs())]
+    kek_ttl: u64,
+    /// Total seconds of KBS retries before giving up.
+    #[arg(long, default_value_t = 30)]
+    kbs_deadline: u64,
+}
+
+fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
+    let admin = match (&c.kbs_admin_key, &c.kbs_url) {
+        (Some(path), Some(url)) => {
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read(path).with_context(|| format!("reading --kbs-admin-key {}", path.display()))?,
+            );
+            Some(Arc::new(kbs::AdminClient::new(url, &pem)?))
+        }
+        (Some(_), None) => anyhow::bail!("--kbs-admin-key needs --kbs-url"),
+        _ => None,
+    };
+    let unwrapper = match &c.kbs_url {
+        Some(url) => {
+            let kind: kbs::AttesterKind = c.attester.parse()?;
+            let allow_sample = matches!(kind, kbs::AttesterKind::Sample);
+            let opts = kbs::AttesterOptions { allow_sample, ..Default::default() };
+            let attester = kbs::make_attester(kind, &opts)?;
+            let cfg = kbs::ClientConfig { deadline: Duration::from_secs(c.kbs_deadline), ..Default::default() };
+            let client = kbs::KbsClient::new(url, attester, cfg)?;
+            Some(Arc::new(KbsKekUnwrapper::new(client).with_ttl(Duration::from_secs(c.kek_ttl)).with_provider_name(&c.name)))
+        }
+        None => None,
+    };
+    let mut core = KeyProviderCore::new(admin, unwrapper).with_name(&c.name);
+    if !c.keys.is_empty() {
+        let mut keys = Vec::new();
+        for p in &c.keys {
+            let bytes = zeroize::Zeroizing::new(std::fs::read(p).with_context(|| format!("reading --key {}", p.display()))?);
+            keys.push(ocicrypt::jwe::load_private_key(&bytes).with_context(|| format!("loading --key {}", p.display()))?);
+        }
+        core = core.with_local_unwrapper(Arc::new(ocicrypt::jwe::JweUnwrapper::new(keys)));
+    }
+    Ok(Arc::new(core))
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down: draining in-flight calls");
+}
+
+async fn exec(common: &Common) -> anyhow::Result<i32> {
+    let core = build_core(common)?;
+    let mut input = Vec::new();
+    let limit = server::DEFAULT_MAX_REQUEST;
+    tokio::io::stdin().take(limit as u64 + 1).read_to_end(&mut input).await.context("reading stdin")?;
+    match server::exec_once(&core, &input, limit).await {
+        Ok(out) => {
+            let mut stdout = tokio::io::stdout();
+            stdout.write_all(&out).await.context("writing stdout")?;
+            stdout.flush().await.context("flushing stdout")?;
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("{}", server::error_json(&e));
+            Ok(server::exit_code(&e))
+        }
+    }
+}
+
+async fn bench_unwrap(grpc: &str, packet: &PathBuf, calls: usize, concurrency: usize) -> anyhow::Result<()> {
+    use keyprovider::client::{ProviderClient, ProviderConfig};
+    use keyprovider::protocol::{DecryptConfig, KeyProviderInput, Op};
+    let ann = std::fs::read(packet)?;
+    let cfg = ProviderConfig { cmd: None, grpc: Some(grpc.to_owned()) };
+    let client = Arc::new(ProviderClient::new("attestation-agent", &cfg)?);
+    let input = Arc::new(KeyProviderInput::unwrap(DecryptConfig::default(), &ann));
+    let cold = Instant::now();
+    client.call(Op::KeyUnwrap, &input).await?;
+    let cold = cold.elapsed();
+    let start = Instant::now();
+    let per = calls.div_ceil(concurrency.max(1));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, input) = (client.clone(), input.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per {
+                client.call(Op::KeyUnwrap, &input).await?;
+            }
+            Ok::<_, keyprovider::client::ClientError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let done = per * concurrency.max(1);
+    println!(
+        "{{\"first_call_ms\":{:.3},\"warm_calls\":{},\"warm_seconds\":{:.3},\"warm_calls_per_s\":{:.0}}}",
+        cold.as_secs_f64() * 1000.0,
+        done,
+        secs,
+        done as f64 / secs
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Logs go to stderr (stdout carries the cmd protocol). No secrets are logged anywhere.
+    let default = if matches!(cli.cmd, Cmd::Exec { .. }) { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
+    match &cli.cmd {
+        Cmd::Serve { grpc, common, max_request, max_concurrent } => {
+            let addr: ListenAddr = grpc.parse()?;
+            let core = build_core(common)?;
+            let listener = Listener::bind(&addr).await?;
+            tracing::info!(addr = %grpc, "cloak-keyprovider listening");
+            let limits = Limits { max_request: *max_request, max_concurrent: *max_concurrent };
+            server::serve(listener, core, limits, shutdown_signal()).await?;
+            Ok(())
+        }
+        Cmd::Exec { common } => {
+            let code = exec(common).await?;
+            std::process::exit(code);
+        }
+        Cmd::BenchUnwrap { grpc, packet, calls, concurrency } => bench_unwrap(grpc, packet, *calls, *concurrency).await,
+    }
+}
