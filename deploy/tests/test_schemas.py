@@ -17,14 +17,14 @@ from conftest import DEPLOY, load_docs, manifest_files
 # (GA in 1.30) and the newest the package bundles.
 K8S_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
 
-KBS_CONFIG_FILES = {"kbs/kbs.yaml", "kbs/policy.yaml"}
+CONFIG_FILES = {"kbs/kbs.yaml", "kbs/policy.yaml", "guest/pull-policy.yaml"}
 CRD_KINDS = {"PrometheusRule"}
 
 
 def k8s_objects():
     for path in manifest_files():
         rel = str(path.relative_to(DEPLOY))
-        if rel in KBS_CONFIG_FILES:
+        if rel in CONFIG_FILES:
             continue
         for i, doc in enumerate(load_docs(path)):
             if doc.get("kind") not in CRD_KINDS:
@@ -33,12 +33,12 @@ def k8s_objects():
 
 def test_every_yaml_file_is_covered():
     files = {str(p.relative_to(DEPLOY)) for p in manifest_files()}
-    assert KBS_CONFIG_FILES <= files
+    assert CONFIG_FILES <= files
     for path in manifest_files():
         rel = str(path.relative_to(DEPLOY))
         docs = load_docs(path)
         assert docs, f"{rel} has no YAML document"
-        if rel not in KBS_CONFIG_FILES:
+        if rel not in CONFIG_FILES:
             for doc in docs:
                 assert "apiVersion" in doc and "kind" in doc, f"{rel}: not a Kubernetes object"
 
@@ -340,3 +340,42 @@ def test_kbs_service_pins_a_guest_to_one_replica_and_matches_init_data_url():
     url = tomllib.loads(initdata["data"]["cdh.toml"])["kbc"]["url"]
     host_port = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{svc['spec']['ports'][0]['port']}"
     assert url == f"http://{host_port}"
+
+
+# ---- cloak-pull policy ----------------------------------------------------------------
+# Mirrors guest-puller/src/policy.rs (Policy, deny_unknown_fields).
+
+PULL_POLICY_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "require_digest": {"type": "boolean"},
+        "require_encrypted_layers": {"type": "boolean"},
+        "allowed_registries": {"type": "array", "items": {"type": "string", "pattern": r"^[^/\s]+$"}},
+        "allowed_key_schemes": {
+            "type": "array",
+            "items": {"type": "string", "pattern": r"^(jwe|provider\.(\*|[A-Za-z0-9_.-]+))$"},
+        },
+    },
+}
+
+
+def test_guest_pull_policy_is_strict():
+    (pol,) = load_docs(DEPLOY / "guest/pull-policy.yaml")
+    jsonschema.validate(pol, PULL_POLICY_SCHEMA)
+    # The example is the production stance: pinned, encrypted, attested keys only.
+    assert pol["require_digest"] is True
+    assert pol["require_encrypted_layers"] is True
+    assert "provider.attestation-agent" in pol["allowed_key_schemes"]
+
+
+def test_guest_pull_policy_registries_cover_the_example_pod():
+    (pol,) = load_docs(DEPLOY / "guest/pull-policy.yaml")
+    (pod,) = load_docs(DEPLOY / "confidential-pod.yaml")
+    for c in pod["spec"]["containers"]:
+        assert c["image"].split("/", 1)[0] in pol["allowed_registries"], c["image"]
+
+
+def test_guest_pull_policy_schema_refuses_typos():
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"require_digests": True}, PULL_POLICY_SCHEMA)
