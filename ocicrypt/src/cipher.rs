@@ -1,0 +1,213 @@
+//! The `AES_256_CTR_HMAC_SHA256` layer cipher as a sans-IO state machine.
+//!
+//! AES-256-CTR with the whole 16-byte nonce as the initial big-endian counter
+//! block, then HMAC-SHA256 (keyed with the same key, as ocicrypt does) over the
+//! ciphertext. Callers feed buffers to `update()` in place and get the verdict
+//! from `finish()`. Bytes returned by a decryptor before `finish()` succeeds are
+//! NOT authenticated: consumers must not commit anything before that.
+
+use aes::cipher::{KeyIvInit as _, StreamCipher as _};
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+
+use crate::options::{PrivateOptions, PublicOptions, AES_256_CTR_HMAC_SHA256, HMAC_LEN};
+
+type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a layer could not be decrypted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CipherError {
+    /// The HMAC over the ciphertext did not match `pubopts`: the blob was
+    /// tampered with, truncated, or the wrong key was used.
+    #[error("layer HMAC mismatch: the ciphertext was modified or truncated, or the key is wrong")]
+    HmacMismatch,
+    /// The public options name a cipher other than AES_256_CTR_HMAC_SHA256.
+    #[error("unsupported layer cipher {0:?}")]
+    UnsupportedCipher(String),
+}
+
+fn new_parts(opts: &PrivateOptions, nonce: &[u8; 16]) -> (Aes256Ctr, HmacSha256) {
+    let ctr = Aes256Ctr::new(opts.symkey.as_ref().into(), nonce.into());
+    let mac = match HmacSha256::new_from_slice(opts.symkey.as_ref()) {
+        Ok(mac) => mac,
+        // HMAC takes keys of any length, so this arm cannot be reached.
+        Err(_) => unreachable!("HMAC-SHA256 accepts any key length"),
+    };
+    (ctr, mac)
+}
+
+/// Encrypts one layer: `update()` each buffer in place, then `finish()`.
+pub struct LayerEncryptor {
+    ctr: Aes256Ctr,
+    mac: HmacSha256,
+    len: u64,
+}
+
+impl LayerEncryptor {
+    /// Start encrypting with the key and nonce of `opts`.
+    pub fn new(opts: &PrivateOptions) -> Self {
+        let (ctr, mac) = new_parts(opts, &opts.nonce);
+        LayerEncryptor { ctr, mac, len: 0 }
+    }
+
+    /// Encrypt `buf` in place (any length; chunking does not change the output).
+    pub fn update(&mut self, buf: &mut [u8]) {
+        self.ctr.apply_keystream(buf);
+        self.mac.update(buf);
+        self.len += buf.len() as u64;
+    }
+
+    /// Bytes encrypted so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been encrypted yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// End of the layer: the public options carrying the HMAC.
+    pub fn finish(self) -> PublicOptions {
+        let tag: [u8; HMAC_LEN] = self.mac.finalize().into_bytes().into();
+        PublicOptions::new(tag)
+    }
+}
+
+/// Decrypts one layer: `update()` each buffer in place, then `finish()` verifies
+/// the HMAC in constant time.
+pub struct LayerDecryptor {
+    ctr: Aes256Ctr,
+    mac: HmacSha256,
+    expected: [u8; HMAC_LEN],
+    len: u64,
+}
+
+impl LayerDecryptor {
+    /// Start decrypting. The nonce comes from the public options if they carry
+    /// one (Go's lookup order), else from the private options.
+    pub fn new(opts: &PrivateOptions, public: &PublicOptions) -> Result<Self, CipherError> {
+        if public.cipher != AES_256_CTR_HMAC_SHA256 {
+            return Err(CipherError::UnsupportedCipher(public.cipher.clone()));
+        }
+        let nonce = public.public_nonce.unwrap_or(opts.nonce);
+        let (ctr, mac) = new_parts(opts, &nonce);
+        Ok(LayerDecryptor { ctr, mac, expected: public.hmac, len: 0 })
+    }
+
+    /// Decrypt `buf` in place. The output is unauthenticated until `finish()`.
+    pub fn update(&mut self, buf: &mut [u8]) {
+        self.mac.update(buf);
+        self.ctr.apply_keystream(buf);
+        self.len += buf.len() as u64;
+    }
+
+    /// Bytes decrypted so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been decrypted yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// End of the layer: `Ok` only if the HMAC over all ciphertext matches.
+    pub fn finish(self) -> Result<(), CipherError> {
+        // verify_slice compares in constant time.
+        self.mac.verify_slice(&self.expected).map_err(|_| CipherError::HmacMismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    fn kat_opts(nonce: [u8; 16]) -> PrivateOptions {
+        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+        PrivateOptions { symkey: Zeroizing::new(key), digest: String::new(), nonce }
+    }
+
+    fn seq16() -> [u8; 16] {
+        core::array::from_fn(|i| i as u8)
+    }
+
+    fn check_kat(nonce: [u8; 16], plain_hex: &str, ct_hex: &str, hmac_hex: &str, pubopts_b64: &str) {
+        use base64::Engine as _;
+        let opts = kat_opts(nonce);
+        let mut buf = hex::decode(plain_hex).unwrap();
+        let mut enc = LayerEncryptor::new(&opts);
+        enc.update(&mut buf);
+        assert_eq!(hex::encode(&buf), ct_hex);
+        let public = enc.finish();
+        assert_eq!(hex::encode(public.hmac), hmac_hex);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(public.to_json()),
+            pubopts_b64
+        );
+        let mut dec = LayerDecryptor::new(&opts, &public).unwrap();
+        dec.update(&mut buf);
+        assert_eq!(hex::encode(&buf), plain_hex);
+        dec.finish().unwrap();
+    }
+
+    #[test]
+    fn kat1_short() {
+        check_kat(
+            seq16(),
+            "5468697320697320736f6d65207465787421",
+            "0e066d24289202b68341385822b7c3ea14d2",
+            "db00618044a0e5af29587aeea2a3a21e5f3cda50c6d8a8aa49eabb7533bbfa5e",
+            "eyJjaXBoZXIiOiJBRVNfMjU2X0NUUl9ITUFDX1NIQTI1NiIsImhtYWMiOiIyd0JoZ0VTZzVhOHBXSHJ1b3FPaUhsODgybERHMktpcVNlcTdkVE83K2w0PSIsImNpcGhlcm9wdGlvbnMiOnt9fQ==",
+        );
+    }
+
+    #[test]
+    fn kat2_counter_wraps() {
+        check_kat(
+            [0xff; 16],
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f2021222324252627",
+            "e998e61e48a276dd5b8e1b70518259e1e28112a53e5c89c7b1ea8071c133699fd07c548d6e9cb9c2",
+            "6445c7a0dc4e53010b5cbf85e3b609fe141f228a7ae3ceaeb7fb3629a47bb2e6",
+            "eyJjaXBoZXIiOiJBRVNfMjU2X0NUUl9ITUFDX1NIQTI1NiIsImhtYWMiOiJaRVhIb054T1V3RUxYTCtGNDdZSi9oUWZJb3A2NDg2dXQvczJLYVI3c3VZPSIsImNpcGhlcm9wdGlvbnMiOnt9fQ==",
+        );
+    }
+
+    #[test]
+    fn kat3_empty_layer() {
+        check_kat(
+            seq16(),
+            "",
+            "",
+            "d38b42096d80f45f826b44a9d5607de72496a415d3f4a1a8c88e3bb9da8dc1cb",
+            "eyJjaXBoZXIiOiJBRVNfMjU2X0NUUl9ITUFDX1NIQTI1NiIsImhtYWMiOiIwNHRDQ1cyQTlGK0NhMFNwMVdCOTV5U1dwQlhUOUtHb3lJNDd1ZHFOd2NzPSIsImNpcGhlcm9wdGlvbnMiOnt9fQ==",
+        );
+    }
+
+    #[test]
+    fn flipped_byte_fails_hmac() {
+        let opts = kat_opts(seq16());
+        let mut buf = b"This is some text!".to_vec();
+        let mut enc = LayerEncryptor::new(&opts);
+        enc.update(&mut buf);
+        let public = enc.finish();
+        let last = buf.len() - 1;
+        buf[last] ^= 1;
+        let mut dec = LayerDecryptor::new(&opts, &public).unwrap();
+        dec.update(&mut buf);
+        assert_eq!(dec.finish(), Err(CipherError::HmacMismatch));
+    }
+
+    #[test]
+    fn unknown_cipher_refused() {
+        let opts = kat_opts(seq16());
+        let mut public = PublicOptions::new([0; 32]);
+        public.cipher = "ROT13".into();
+        assert!(matches!(
+            LayerDecryptor::new(&opts, &public),
+            Err(CipherError::UnsupportedCipher(c)) if c == "ROT13"
+        ));
+    }
+}

@@ -1,0 +1,312 @@
+//! `std::io::Read` and `tokio::io::AsyncRead` faces of the layer cipher.
+//!
+//! The encrypting readers yield ciphertext and, after EOF, the public options.
+//! The decrypting readers yield plaintext and turn a bad HMAC into an
+//! `io::Error` (kind `InvalidData`, wrapping [`CipherError`]) on the read that
+//! hits EOF, and on every read after it: a tampered stream never ends with
+//! `Ok(0)`. Plaintext returned before EOF is unauthenticated.
+
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::cipher::{CipherError, LayerDecryptor, LayerEncryptor};
+use crate::options::{PrivateOptions, PublicOptions};
+
+enum EncState {
+    Running(LayerEncryptor),
+    Done(PublicOptions),
+}
+
+/// Encrypts everything read from `R`.
+pub struct EncryptReader<R> {
+    inner: R,
+    state: EncState,
+}
+
+impl<R> EncryptReader<R> {
+    /// Wrap `inner`, encrypting with `opts`.
+    pub fn new(inner: R, opts: &PrivateOptions) -> Self {
+        EncryptReader { inner, state: EncState::Running(LayerEncryptor::new(opts)) }
+    }
+
+    /// The public options (with the HMAC), available once EOF has been read.
+    pub fn public_options(&self) -> Option<&PublicOptions> {
+        match &self.state {
+            EncState::Done(p) => Some(p),
+            EncState::Running(_) => None,
+        }
+    }
+
+    /// The inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// Process `n` fresh bytes at the start of `buf` (n == 0 on a non-empty buffer is EOF).
+    fn after_read(&mut self, buf: &mut [u8], eof: bool) {
+        if eof {
+            let state = std::mem::replace(&mut self.state, EncState::Done(PublicOptions::new([0; 32])));
+            self.state = match state {
+                EncState::Running(enc) => EncState::Done(enc.finish()),
+                done @ EncState::Done(_) => done,
+            };
+        } else if let EncState::Running(enc) = &mut self.state {
+            enc.update(buf);
+        }
+    }
+}
+
+impl<R: Read> Read for EncryptReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if matches!(self.state, EncState::Done(_)) {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        self.after_read(&mut buf[..n], n == 0);
+        Ok(n)
+    }
+}
+
+enum DecState {
+    Running(Box<LayerDecryptor>),
+    Verified,
+    Failed(CipherError),
+}
+
+/// Decrypts everything read from `R` and verifies the HMAC at EOF.
+pub struct DecryptReader<R> {
+    inner: R,
+    state: DecState,
+}
+
+fn hmac_error(e: &CipherError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.clone())
+}
+
+impl<R> DecryptReader<R> {
+    /// Wrap `inner`, decrypting with the private and public options.
+    pub fn new(inner: R, opts: &PrivateOptions, public: &PublicOptions) -> Result<Self, CipherError> {
+        Ok(DecryptReader {
+            inner,
+            state: DecState::Running(Box::new(LayerDecryptor::new(opts, public)?)),
+        })
+    }
+
+    /// Whether EOF was reached and the HMAC matched.
+    pub fn is_verified(&self) -> bool {
+        matches!(self.state, DecState::Verified)
+    }
+
+    /// The inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// Update with fresh bytes, or at EOF settle the verdict. Returns the error to
+    /// report, if any.
+    fn after_read(&mut self, buf: &mut [u8], eof: bool) -> Option<io::Error> {
+        if !eof {
+            if let DecState::Running(dec) = &mut self.state {
+                dec.update(buf);
+            }
+            return None;
+        }
+        let state = std::mem::replace(&mut self.state, DecState::Verified);
+        self.state = match state {
+            DecState::Running(dec) => match dec.finish() {
+                Ok(()) => DecState::Verified,
+                Err(e) => DecState::Failed(e),
+            },
+            other => other,
+        };
+        match &self.state {
+            DecState::Failed(e) => Some(hmac_error(e)),
+            _ => None,
+        }
+    }
+}
+
+impl<R: Read> Read for DecryptReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.state {
+            DecState::Failed(e) => return Err(hmac_error(e)),
+            DecState::Verified => return Ok(0),
+            DecState::Running(_) => {}
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        match self.after_read(&mut buf[..n], n == 0) {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+}
+
+/// Async twin of [`EncryptReader`].
+pub struct AsyncEncryptReader<R> {
+    inner: EncryptReader<R>,
+}
+
+impl<R> AsyncEncryptReader<R> {
+    /// Wrap `inner`, encrypting with `opts`.
+    pub fn new(inner: R, opts: &PrivateOptions) -> Self {
+        AsyncEncryptReader { inner: EncryptReader::new(inner, opts) }
+    }
+
+    /// The public options (with the HMAC), available once EOF has been read.
+    pub fn public_options(&self) -> Option<&PublicOptions> {
+        self.inner.public_options()
+    }
+
+    /// The inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner.into_inner()
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for AsyncEncryptReader<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut self.get_mut().inner;
+        if buf.remaining() == 0 || matches!(this.state, EncState::Done(_)) {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let fresh = &mut buf.filled_mut()[before..];
+                let eof = fresh.is_empty();
+                this.after_read(fresh, eof);
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Async twin of [`DecryptReader`].
+pub struct AsyncDecryptReader<R> {
+    inner: DecryptReader<R>,
+}
+
+impl<R> AsyncDecryptReader<R> {
+    /// Wrap `inner`, decrypting with the private and public options.
+    pub fn new(inner: R, opts: &PrivateOptions, public: &PublicOptions) -> Result<Self, CipherError> {
+        Ok(AsyncDecryptReader { inner: DecryptReader::new(inner, opts, public)? })
+    }
+
+    /// Whether EOF was reached and the HMAC matched.
+    pub fn is_verified(&self) -> bool {
+        self.inner.is_verified()
+    }
+
+    /// The inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner.into_inner()
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for AsyncDecryptReader<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut self.get_mut().inner;
+        match &this.state {
+            DecState::Failed(e) => return Poll::Ready(Err(hmac_error(e))),
+            DecState::Verified => return Poll::Ready(Ok(())),
+            DecState::Running(_) => {}
+        }
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let fresh = &mut buf.filled_mut()[before..];
+                let eof = fresh.is_empty();
+                match this.after_read(fresh, eof) {
+                    Some(e) => Poll::Ready(Err(e)),
+                    None => Poll::Ready(Ok(())),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    fn encrypt_all(data: &[u8], opts: &PrivateOptions) -> (Vec<u8>, PublicOptions) {
+        let mut r = EncryptReader::new(data, opts);
+        assert!(r.public_options().is_none());
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        let public = r.public_options().cloned().unwrap();
+        (out, public)
+    }
+
+    #[test]
+    fn sync_round_trip() {
+        let opts = PrivateOptions::generate("");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let (ct, public) = encrypt_all(&data, &opts);
+        assert_ne!(ct, data);
+        let mut r = DecryptReader::new(ct.as_slice(), &opts, &public).unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert!(r.is_verified());
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error_not_eof() {
+        let opts = PrivateOptions::generate("");
+        let data = vec![7u8; 5000];
+        let (ct, public) = encrypt_all(&data, &opts);
+        let mut r = DecryptReader::new(&ct[..4999], &opts, &public).unwrap();
+        let mut out = Vec::new();
+        let err = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            err.get_ref().and_then(|e| e.downcast_ref::<CipherError>()),
+            Some(&CipherError::HmacMismatch)
+        );
+        // Sticky: reading again must not look like a clean EOF.
+        let mut b = [0u8; 10];
+        assert!(r.read(&mut b).is_err());
+        assert!(!r.is_verified());
+    }
+
+    #[tokio::test]
+    async fn async_round_trip_and_tamper() {
+        let opts = PrivateOptions::generate("");
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 13) as u8).collect();
+        let mut er = AsyncEncryptReader::new(data.as_slice(), &opts);
+        let mut ct = Vec::new();
+        er.read_to_end(&mut ct).await.unwrap();
+        let public = er.public_options().cloned().unwrap();
+        assert_eq!(ct, encrypt_all(&data, &opts).0);
+
+        let mut dr = AsyncDecryptReader::new(ct.as_slice(), &opts, &public).unwrap();
+        let mut out = Vec::new();
+        dr.read_to_end(&mut out).await.unwrap();
+        assert!(dr.is_verified());
+        assert_eq!(out, data);
+
+        ct[0] ^= 0x80;
+        let mut dr = AsyncDecryptReader::new(ct.as_slice(), &opts, &public).unwrap();
+        let mut out = Vec::new();
+        let err = dr.read_to_end(&mut out).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut b = [0u8; 4];
+        assert!(dr.read(&mut b).await.is_err());
+    }
+}
