@@ -1,0 +1,32 @@
+//! The crate-level error returned by the transport-neutral API ([`crate::ImageSource`],
+//! [`crate::ImageDest`]); it wraps the per-module errors so callers can still match
+//! on the stage that failed.
+
+use crate::digest::Digest;
+
+/// Any failure of an image source or destination.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error(transparent)]
+    Reference(#[from] crate::reference::RefError),
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error("manifest digest mismatch: {reference} is pinned to {expected} but the manifest hashes to {actual}")]
+    ManifestDigestMismatch {
+        reference: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("blob {digest} is larger than the {max}-byte limit for this read")]
+    TooLarge { digest: Digest, max: u64 },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

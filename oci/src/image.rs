@@ -1,0 +1,277 @@
+//! The transport-neutral seam: [`ImageSource`] and [`ImageDest`].
+//!
+//! The encryptor and the guest puller talk to these two enums only, so they do not
+//! care whether an image lives in a layout directory or in a registry. Each method
+//! dispatches to the layout or registry implementation; the checks that make a read
+//! trustworthy (size caps, digest verification, pinned-manifest checks) happen here
+//! or below, never in the callers.
+
+use std::path::PathBuf;
+
+use crate::blob::BlobReader;
+use crate::digest::Digest;
+use crate::error::OciError;
+use crate::layout::{LayoutBlobWriter, OciLayout};
+use crate::manifest::{sniff_media_type, Descriptor};
+use crate::media_type;
+use crate::reference::{ImageRef, LayoutRef};
+
+/// Manifests larger than this are refused (distribution's own limit is 4 MiB).
+pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
+
+/// A manifest or index exactly as stored, with its media type and digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawManifest {
+    /// The raw bytes; the digest is over these, so never re-serialise them.
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    /// sha256 (or the pinned algorithm) of `bytes`.
+    pub digest: Digest,
+}
+
+impl RawManifest {
+    /// Parse into the typed [`crate::manifest::Manifest`].
+    pub fn parse(&self) -> Result<crate::manifest::Manifest, OciError> {
+        Ok(crate::manifest::parse_manifest(&self.bytes, &self.media_type)?)
+    }
+
+    /// A descriptor pointing at this manifest.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(self.media_type.clone(), self.digest.clone(), self.bytes.len() as u64)
+    }
+}
+
+/// Options for opening a source.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// `--creds USER:PASS` (or `USER` alone, for an empty password).
+    pub creds: Option<String>,
+    /// `--authfile`; otherwise `$REGISTRY_AUTH_FILE`, then the usual defaults.
+    pub auth_file: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (`--src-tls-verify=false`).
+    pub insecure_plain_http: bool,
+}
+
+/// Options for opening a destination.
+pub type DestOptions = SourceOptions;
+
+/// Where an image is read from.
+#[derive(Debug)]
+pub enum ImageSource {
+    Layout(LayoutSource),
+}
+
+/// An image in a layout, as a source.
+#[derive(Debug)]
+pub struct LayoutSource {
+    pub layout: OciLayout,
+    pub reference: LayoutRef,
+}
+
+impl ImageSource {
+    /// Open the image `r` names for reading.
+    pub async fn open(r: &ImageRef, _opts: &SourceOptions) -> Result<ImageSource, OciError> {
+        match r {
+            ImageRef::Layout(l) => Ok(ImageSource::Layout(LayoutSource {
+                layout: OciLayout::open(&l.dir)?,
+                reference: l.clone(),
+            })),
+            ImageRef::Registry(_) => todo_registry(),
+        }
+    }
+
+    /// The top-level manifest or index the reference names.
+    pub async fn manifest(&self) -> Result<RawManifest, OciError> {
+        match self {
+            ImageSource::Layout(s) => {
+                let desc = s
+                    .layout
+                    .resolve(s.reference.tag.as_deref(), s.reference.digest.as_ref())?;
+                let mut m = layout_manifest(&s.layout, &desc.digest).await?;
+                // index.json's descriptor is authoritative for the media type when
+                // the manifest omits its (optional) mediaType field.
+                if media_type::is_manifest(&desc.media_type) {
+                    m.media_type = desc.media_type;
+                }
+                Ok(m)
+            }
+        }
+    }
+
+    /// A manifest by digest (a child of an index); verified against `d`.
+    pub async fn manifest_by_digest(&self, d: &Digest) -> Result<RawManifest, OciError> {
+        match self {
+            ImageSource::Layout(s) => layout_manifest(&s.layout, d).await,
+        }
+    }
+
+    /// Stream a blob; the reader is capped at `size` and verifies `d` at the end
+    /// (an `InvalidData` I/O error on mismatch).
+    pub async fn blob(&self, d: &Digest, size: u64) -> Result<BlobReader, OciError> {
+        match self {
+            ImageSource::Layout(s) => Ok(s.layout.open_blob(d, size).await?),
+        }
+    }
+
+    /// Read a small blob (a config) whole, at most `max` bytes, verified.
+    pub async fn blob_bytes(&self, d: &Digest, max: u64) -> Result<Vec<u8>, OciError> {
+        match self {
+            ImageSource::Layout(s) => Ok(s.layout.read_blob(d, max).await?),
+        }
+    }
+}
+
+async fn layout_manifest(layout: &OciLayout, d: &Digest) -> Result<RawManifest, OciError> {
+    let bytes = layout.read_blob(d, MAX_MANIFEST_SIZE).await?;
+    let media_type = sniff_media_type(&bytes).unwrap_or_else(|| media_type::OCI_MANIFEST.to_string());
+    Ok(RawManifest {
+        bytes,
+        media_type,
+        digest: d.clone(),
+    })
+}
+
+fn todo_registry<T>() -> Result<T, OciError> {
+    Err(OciError::Io {
+        context: "registry transport".into(),
+        source: std::io::Error::other("not implemented yet"),
+    })
+}
+
+/// Whether a manifest is the reference's top-level one (tagged) or a child of an
+/// index (stored by digest only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestRole {
+    /// Tag it with the destination reference's tag (layout: index.json entry).
+    TopLevel,
+    /// Store it by digest only.
+    Child,
+}
+
+/// Where an image is written to.
+#[derive(Debug)]
+pub enum ImageDest {
+    Layout(LayoutDest),
+}
+
+/// A layout, as a destination.
+#[derive(Debug)]
+pub struct LayoutDest {
+    pub layout: OciLayout,
+    pub reference: LayoutRef,
+}
+
+/// A blob being written; see [`ImageDest::begin_blob`].
+#[derive(Debug)]
+pub enum BlobWriter {
+    Layout(LayoutBlobWriter),
+}
+
+impl BlobWriter {
+    /// Append bytes (uploads as they come, for a registry).
+    pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), OciError> {
+        match self {
+            BlobWriter::Layout(w) => Ok(w.write_all(buf).await?),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        match self {
+            BlobWriter::Layout(w) => w.written(),
+        }
+    }
+
+    /// Commit the blob. `expected` is checked when given; the sha256 digest and size
+    /// of what was written are returned. Nothing is visible at the destination
+    /// unless this succeeds.
+    pub async fn finish(self, expected: Option<&Digest>) -> Result<(Digest, u64), OciError> {
+        match self {
+            BlobWriter::Layout(w) => Ok(w.finish(expected).await?),
+        }
+    }
+}
+
+impl ImageDest {
+    /// Open (creating a layout if needed) the destination `r` names.
+    pub async fn open(r: &ImageRef, _opts: &DestOptions) -> Result<ImageDest, OciError> {
+        match r {
+            ImageRef::Layout(l) => Ok(ImageDest::Layout(LayoutDest {
+                layout: OciLayout::create(&l.dir)?,
+                reference: l.clone(),
+            })),
+            ImageRef::Registry(_) => todo_registry(),
+        }
+    }
+
+    /// Start a blob whose digest is known only at the end.
+    pub async fn begin_blob(&self) -> Result<BlobWriter, OciError> {
+        match self {
+            ImageDest::Layout(d) => Ok(BlobWriter::Layout(d.layout.begin_blob().await?)),
+        }
+    }
+
+    /// Whether the destination already has the blob.
+    pub async fn has_blob(&self, d: &Digest) -> Result<bool, OciError> {
+        match self {
+            ImageDest::Layout(l) => Ok(l.layout.has_blob(d)),
+        }
+    }
+
+    /// Store a small blob (config, child manifest) and return its sha256 digest.
+    pub async fn put_blob_bytes(&self, bytes: &[u8]) -> Result<Digest, OciError> {
+        match self {
+            ImageDest::Layout(l) => Ok(l.layout.put_blob_bytes(bytes).await?),
+        }
+    }
+
+    /// Copy one blob from `src`, streaming and verifying; skipped if present.
+    pub async fn copy_blob_from(
+        &self,
+        src: &ImageSource,
+        d: &Digest,
+        size: u64,
+    ) -> Result<(), OciError> {
+        if self.has_blob(d).await? {
+            return Ok(());
+        }
+        let mut reader = src.blob(d, size).await?;
+        let mut w = self.begin_blob().await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut reader, &mut buf)
+                .await
+                .map_err(|source| OciError::Io {
+                    context: format!("reading blob {d}"),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n]).await?;
+        }
+        w.finish(Some(d)).await?;
+        Ok(())
+    }
+
+    /// Store a manifest. A [`ManifestRole::TopLevel`] manifest gets the destination
+    /// reference's tag (layout: an index.json entry replacing any with the same ref
+    /// name; registry: PUT by tag); a child is stored by digest. Returns its digest.
+    pub async fn put_manifest(
+        &self,
+        bytes: &[u8],
+        media_type: &str,
+        role: ManifestRole,
+    ) -> Result<Digest, OciError> {
+        match self {
+            ImageDest::Layout(l) => {
+                let d = l.layout.put_blob_bytes(bytes).await?;
+                if role == ManifestRole::TopLevel {
+                    let desc = Descriptor::new(media_type, d.clone(), bytes.len() as u64);
+                    l.layout.set_manifest(&desc, l.reference.tag.as_deref())?;
+                }
+                Ok(d)
+            }
+        }
+    }
+}
