@@ -321,6 +321,13 @@ impl CheckReport {
             }
         }
 
+        if self.machine == Machine::Guest && !self.tees.iter().any(|t| t.active) {
+            let _ = writeln!(
+                out,
+                "\nnote: this is an ordinary virtual machine, not a confidential guest: run the \
+                 workload in an SEV-SNP or TDX guest (RuntimeClass kata-snp or kata-tdx)"
+            );
+        }
         let usable = self.usable_tees();
         if usable.is_empty() {
             let _ = writeln!(
@@ -1004,6 +1011,7 @@ mod tests {
         let json = r.to_json();
         assert_eq!(json["usable"], serde_json::json!(false));
         assert_eq!(json["machine"], "guest");
+        assert!(r.render_text().contains("ordinary virtual machine"));
     }
 
     #[test]
