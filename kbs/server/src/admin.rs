@@ -1,0 +1,141 @@
+//! Admin authentication, as Trustee's `AuthenticatedAuthorization` mode: a Bearer JWT
+//! signed with EdDSA (Ed25519) by the key whose SPKI PEM the operator configured, not
+//! expired, not before `nbf`, with a `role` claim equal to "admin", and `iss`/`aud`
+//! matching when they are configured.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use openssl::pkey::{Id, PKey, Public};
+use openssl::sign::Verifier;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin API is disabled: no admin public key is configured")]
+    Disabled,
+    #[error("missing Authorization: Bearer header")]
+    Missing,
+    #[error("admin token is not a compact JWS")]
+    Format,
+    #[error("admin token algorithm {0:?} is not EdDSA")]
+    Alg(String),
+    #[error("admin token signature is invalid")]
+    Signature,
+    #[error("admin token has expired")]
+    Expired,
+    #[error("admin token is not valid yet")]
+    NotYetValid,
+    #[error("admin token has no exp claim")]
+    NoExpiry,
+    #[error("admin token role {0:?} is not allowed (need \"admin\")")]
+    Role(String),
+    #[error("admin token issuer or audience does not match")]
+    IssuerAudience,
+    #[error("admin public key is not an Ed25519 SPKI PEM: {0}")]
+    Key(String),
+}
+
+#[derive(Deserialize)]
+struct AdminClaims {
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    role: Option<String>,
+    iss: Option<String>,
+    aud: Option<serde_json::Value>,
+}
+
+pub struct AdminVerifier {
+    key: PKey<Public>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for AdminVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminVerifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+impl AdminVerifier {
+    pub fn from_pem(pem: &[u8], issuer: Option<String>, audience: Option<String>) -> Result<Self, AdminError> {
+        let key = PKey::public_key_from_pem(pem).map_err(|e| AdminError::Key(e.to_string()))?;
+        if key.id() != Id::ED25519 {
+            return Err(AdminError::Key("key type is not Ed25519".into()));
+        }
+        Ok(Self { key, issuer, audience })
+    }
+
+    /// Checks an `Authorization` header value.
+    pub fn check(&self, authorization: Option<&str>) -> Result<(), AdminError> {
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or(AdminError::Missing)?;
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AdminError::Format);
+        };
+        let header: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(AdminError::Format)?;
+        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or_default();
+        if alg != "EdDSA" {
+            return Err(AdminError::Alg(alg.into()));
+        }
+        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AdminError::Format)?;
+        let ok = Verifier::new_without_digest(&self.key)
+            .and_then(|mut v| v.verify_oneshot(&sig, format!("{h}.{p}").as_bytes()))
+            .unwrap_or(false);
+        if !ok {
+            return Err(AdminError::Signature);
+        }
+        let claims: AdminClaims = URL_SAFE_NO_PAD
+            .decode(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(AdminError::Format)?;
+        let now = crate::now_secs();
+        let exp = claims.exp.ok_or(AdminError::NoExpiry)?;
+        if exp <= now {
+            return Err(AdminError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(AdminError::NotYetValid);
+        }
+        match claims.role.as_deref() {
+            Some("admin") => {}
+            other => return Err(AdminError::Role(other.unwrap_or("").into())),
+        }
+        if let Some(want) = &self.issuer {
+            if claims.iss.as_deref() != Some(want.as_str()) {
+                return Err(AdminError::IssuerAudience);
+            }
+        }
+        if let Some(want) = &self.audience {
+            let ok = match &claims.aud {
+                Some(serde_json::Value::String(a)) => a == want,
+                Some(serde_json::Value::Array(v)) => v.iter().any(|a| a.as_str() == Some(want)),
+                _ => false,
+            };
+            if !ok {
+                return Err(AdminError::IssuerAudience);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Generates an Ed25519 admin key pair as (PKCS#8 private PEM, SPKI public PEM), the
+/// format `openssl genpkey -algorithm ed25519` writes.
+pub fn generate_admin_key() -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<u8>), openssl::error::ErrorStack> {
+    let key = PKey::generate_ed25519()?;
+    Ok((
+        zeroize::Zeroizing::new(key.private_key_to_pem_pkcs8()?),
+        key.public_key_to_pem()?,
+    ))
+}

@@ -1,0 +1,583 @@
+//! The broker's policy: which evidence is acceptable (`required_attestation`) and which
+//! resources an attested guest may receive (`released_resources`).
+//!
+//! The YAML shape is the one platform teams already write (see issue 3). A policy is
+//! parsed and validated completely before it replaces the one in force, so an invalid
+//! file can never weaken or break the running broker. Checks run twice: at attest time
+//! (evidence claims) and at resource time (token claims against the *current* policy),
+//! so a policy change applies to tokens already issued.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::claims::{Claims, SnpClaims, TdxClaims};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("policy is not valid YAML of the expected shape: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    #[error("policy field {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+/// Why evidence or a token was refused. The snake_case name is the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MeasurementMismatch,
+    TcbTooLow,
+    SignatureInvalid,
+    CertChainInvalid,
+    ReportDataMismatch,
+    UnsupportedTee,
+    TeeNotAllowed,
+    MalformedEvidence,
+    DebugNotAllowed,
+    SampleNotAllowed,
+    FamilyIdMismatch,
+    ImageIdMismatch,
+    VmplNotAllowed,
+    NonceMismatch,
+    ProtocolVersion,
+    NotReleased,
+    NotFound,
+    TokenInvalid,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MeasurementMismatch => "measurement_mismatch",
+            Reason::TcbTooLow => "tcb_too_low",
+            Reason::SignatureInvalid => "signature_invalid",
+            Reason::CertChainInvalid => "cert_chain_invalid",
+            Reason::ReportDataMismatch => "report_data_mismatch",
+            Reason::UnsupportedTee => "unsupported_tee",
+            Reason::TeeNotAllowed => "tee_not_allowed",
+            Reason::MalformedEvidence => "malformed_evidence",
+            Reason::DebugNotAllowed => "debug_not_allowed",
+            Reason::SampleNotAllowed => "sample_not_allowed",
+            Reason::FamilyIdMismatch => "family_id_mismatch",
+            Reason::ImageIdMismatch => "image_id_mismatch",
+            Reason::VmplNotAllowed => "vmpl_not_allowed",
+            Reason::NonceMismatch => "nonce_mismatch",
+            Reason::ProtocolVersion => "protocol_version",
+            Reason::NotReleased => "not_released",
+            Reason::NotFound => "not_found",
+            Reason::TokenInvalid => "token_invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: a machine-readable reason and a human-readable detail (no secrets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Denial {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// Whether a measurement was compared against an allow-list (the metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeasurementMatch {
+    Matched,
+    Unchecked,
+}
+
+impl MeasurementMatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeasurementMatch::Matched => "true",
+            MeasurementMatch::Unchecked => "unchecked",
+        }
+    }
+}
+
+// ---- YAML shape -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    default_policy: PolicySpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    #[serde(default)]
+    required_attestation: RequiredSpec,
+    #[serde(default)]
+    released_resources: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RequiredSpec {
+    sev_snp: Option<SnpSpec>,
+    tdx: Option<TdxSpec>,
+    sample: Option<SampleSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnpSpec {
+    measurement: Option<OneOrMany>,
+    tcb_min: Option<TcbSpec>,
+    family_id: Option<String>,
+    image_id: Option<String>,
+    /// Highest VMPL accepted; Trustee accepts only 0, and so does the default here.
+    #[serde(default)]
+    max_vmpl: u32,
+    /// Debug guests are refused unless this is explicitly set.
+    #[serde(default)]
+    allow_debug: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TcbSpec {
+    #[serde(default)]
+    bootloader: u8,
+    #[serde(default)]
+    tee: u8,
+    #[serde(default)]
+    snp: u8,
+    #[serde(default)]
+    microcode: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TdxSpec {
+    #[serde(default)]
+    mr_td: Vec<String>,
+    tcb_svn_min: Option<String>,
+    #[serde(default)]
+    allow_debug: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampleSpec {
+    allow: bool,
+}
+
+// ---- validated policy -------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnpRequirement {
+    /// Allowed measurements, lowercase hex; empty = not checked.
+    pub measurements: Vec<String>,
+    pub tcb_min: crate::claims::SnpTcb,
+    pub family_id: Option<String>,
+    pub image_id: Option<String>,
+    pub max_vmpl: u32,
+    pub allow_debug: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TdxRequirement {
+    pub mr_td: Vec<String>,
+    pub tcb_svn_min: Option<Vec<u8>>,
+    pub allow_debug: bool,
+}
+
+/// A parsed, validated policy. Only `Policy::parse` builds one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub snp: Option<SnpRequirement>,
+    pub tdx: Option<TdxRequirement>,
+    pub sample_allowed: bool,
+    pub released: Vec<String>,
+}
+
+impl Default for Policy {
+    /// Deny everything: used when no policy file is configured.
+    fn default() -> Self {
+        Self {
+            snp: None,
+            tdx: None,
+            sample_allowed: false,
+            released: Vec::new(),
+        }
+    }
+}
+
+fn hex_field(field: &str, value: &str, len: usize) -> Result<String, PolicyError> {
+    let v = value.trim().to_ascii_lowercase();
+    let bytes = hex::decode(&v).map_err(|e| PolicyError::Invalid {
+        field: field.into(),
+        reason: format!("not hex: {e}"),
+    })?;
+    if bytes.len() != len {
+        return Err(PolicyError::Invalid {
+            field: field.into(),
+            reason: format!("expected {len} bytes of hex, got {}", bytes.len()),
+        });
+    }
+    Ok(v)
+}
+
+fn validate_glob(pattern: &str) -> Result<(), PolicyError> {
+    let bad = |reason: &str| PolicyError::Invalid {
+        field: "released_resources".into(),
+        reason: format!("{pattern:?}: {reason}"),
+    };
+    if pattern.is_empty() {
+        return Err(bad("empty pattern"));
+    }
+    if pattern.starts_with('/') {
+        return Err(bad("must be relative like \"default/*\""));
+    }
+    if pattern.split('/').any(|s| s == ".." || s.is_empty()) {
+        return Err(bad("empty or \"..\" segment"));
+    }
+    Ok(())
+}
+
+impl Policy {
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile = serde_yaml::from_str(text)?;
+        let spec = file.default_policy;
+        let snp = match spec.required_attestation.sev_snp {
+            None => None,
+            Some(s) => {
+                let list = match s.measurement {
+                    None => Vec::new(),
+                    Some(OneOrMany::One(m)) => vec![m],
+                    Some(OneOrMany::Many(v)) => v,
+                };
+                let measurements = list
+                    .iter()
+                    .map(|m| hex_field("sev_snp.measurement", m, 48))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let t = s.tcb_min.unwrap_or_default();
+                Some(SnpRequirement {
+                    measurements,
+                    tcb_min: crate::claims::SnpTcb {
+                        bootloader: t.bootloader,
+                        tee: t.tee,
+                        snp: t.snp,
+                        microcode: t.microcode,
+                    },
+                    family_id: s
+                        .family_id
+                        .map(|v| hex_field("sev_snp.family_id", &v, 16))
+                        .transpose()?,
+                    image_id: s
+                        .image_id
+                        .map(|v| hex_field("sev_snp.image_id", &v, 16))
+                        .transpose()?,
+                    max_vmpl: s.max_vmpl,
+                    allow_debug: s.allow_debug,
+                })
+            }
+        };
+        let tdx = match spec.required_attestation.tdx {
+            None => None,
+            Some(t) => Some(TdxRequirement {
+                mr_td: t
+                    .mr_td
+                    .iter()
+                    .map(|m| hex_field("tdx.mr_td", m, 48))
+                    .collect::<Result<Vec<_>, _>>()?,
+                tcb_svn_min: t
+                    .tcb_svn_min
+                    .map(|v| hex_field("tdx.tcb_svn_min", &v, 16))
+                    .transpose()?
+                    .map(|h| hex::decode(h).unwrap_or_default()),
+                allow_debug: t.allow_debug,
+            }),
+        };
+        for p in &spec.released_resources {
+            validate_glob(p)?;
+        }
+        Ok(Policy {
+            snp,
+            tdx,
+            sample_allowed: spec
+                .required_attestation
+                .sample
+                .map(|s| s.allow)
+                .unwrap_or(false),
+            released: spec.released_resources,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Checks verified claims against `required_attestation`.
+    pub fn check_claims(&self, claims: &Claims) -> Result<MeasurementMatch, Denial> {
+        match claims {
+            Claims::Sample(_) => {
+                if self.sample_allowed {
+                    Ok(MeasurementMatch::Unchecked)
+                } else {
+                    Err(Denial::new(
+                        Reason::SampleNotAllowed,
+                        "sample evidence is not allowed by the policy (required_attestation.sample.allow)",
+                    ))
+                }
+            }
+            Claims::Snp(c) => match &self.snp {
+                None => Err(Denial::new(
+                    Reason::TeeNotAllowed,
+                    "the policy has no required_attestation.sev_snp section",
+                )),
+                Some(req) => check_snp(req, c),
+            },
+            Claims::Tdx(c) => match &self.tdx {
+                None => Err(Denial::new(
+                    Reason::TeeNotAllowed,
+                    "the policy has no required_attestation.tdx section",
+                )),
+                Some(req) => check_tdx(req, c),
+            },
+        }
+    }
+
+    /// Whether `path` ("repo/type/tag") is listed in `released_resources`.
+    pub fn is_released(&self, path: &str) -> bool {
+        self.released.iter().any(|p| {
+            if p.contains('*') || p.contains('?') {
+                glob_match(p.as_bytes(), path.as_bytes())
+            } else {
+                // A pattern without wildcards names a resource or a prefix of whole segments.
+                path == p
+                    || path
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+        })
+    }
+}
+
+fn check_snp(req: &SnpRequirement, c: &SnpClaims) -> Result<MeasurementMatch, Denial> {
+    if c.policy_debug_allowed && !req.allow_debug {
+        return Err(Denial::new(
+            Reason::DebugNotAllowed,
+            "the guest policy allows debugging (policy bit 19) and the broker policy does not",
+        ));
+    }
+    if c.vmpl > req.max_vmpl {
+        return Err(Denial::new(
+            Reason::VmplNotAllowed,
+            format!("report VMPL {} is above the allowed {}", c.vmpl, req.max_vmpl),
+        ));
+    }
+    let t = c.reported_tcb;
+    let m = req.tcb_min;
+    for (name, have, min) in [
+        ("bootloader", t.bootloader, m.bootloader),
+        ("tee", t.tee, m.tee),
+        ("snp", t.snp, m.snp),
+        ("microcode", t.microcode, m.microcode),
+    ] {
+        if have < min {
+            return Err(Denial::new(
+                Reason::TcbTooLow,
+                format!("reported_tcb.{name} = {have:#04x} is below tcb_min {min:#04x}"),
+            ));
+        }
+    }
+    if let Some(f) = &req.family_id {
+        if !c.family_id.eq_ignore_ascii_case(f) {
+            return Err(Denial::new(
+                Reason::FamilyIdMismatch,
+                format!("family_id {} is not {f}", c.family_id),
+            ));
+        }
+    }
+    if let Some(i) = &req.image_id {
+        if !c.image_id.eq_ignore_ascii_case(i) {
+            return Err(Denial::new(
+                Reason::ImageIdMismatch,
+                format!("image_id {} is not {i}", c.image_id),
+            ));
+        }
+    }
+    if req.measurements.is_empty() {
+        return Ok(MeasurementMatch::Unchecked);
+    }
+    if req
+        .measurements
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(&c.measurement))
+    {
+        Ok(MeasurementMatch::Matched)
+    } else {
+        Err(Denial::new(
+            Reason::MeasurementMismatch,
+            format!("measurement {} is not in the allowed list", c.measurement),
+        ))
+    }
+}
+
+fn check_tdx(req: &TdxRequirement, c: &TdxClaims) -> Result<MeasurementMatch, Denial> {
+    if c.debug && !req.allow_debug {
+        return Err(Denial::new(
+            Reason::DebugNotAllowed,
+            "TD attributes have DEBUG set and the policy does not allow it",
+        ));
+    }
+    if let Some(min) = &req.tcb_svn_min {
+        let have = hex::decode(&c.tee_tcb_svn).unwrap_or_default();
+        if have.len() != min.len() {
+            return Err(Denial::new(Reason::MalformedEvidence, "TEE_TCB_SVN has the wrong length"));
+        }
+        // Component-wise, as the SVN is 16 independent security version numbers.
+        if let Some(i) = have.iter().zip(min).position(|(h, m)| h < m) {
+            return Err(Denial::new(
+                Reason::TcbTooLow,
+                format!("TEE_TCB_SVN[{i}] = {:#04x} is below tcb_svn_min {:#04x}", have[i], min[i]),
+            ));
+        }
+    }
+    if req.mr_td.is_empty() {
+        return Ok(MeasurementMatch::Unchecked);
+    }
+    if req.mr_td.iter().any(|m| m.eq_ignore_ascii_case(&c.mr_td)) {
+        Ok(MeasurementMatch::Matched)
+    } else {
+        Err(Denial::new(
+            Reason::MeasurementMismatch,
+            format!("MRTD {} is not in the allowed list", c.mr_td),
+        ))
+    }
+}
+
+/// `*` matches any run of characters (including `/`, so "default/*" covers every
+/// resource under `default`), `?` exactly one. Iterative, so no input can blow the stack.
+fn glob_match(pat: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pat.len() && (pat[p] == b'?' || pat[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pat.len() && pat[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while p < pat.len() && pat[p] == b'*' {
+        p += 1;
+    }
+    p == pat.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_policy_releases_default_to_sample() {
+        let p = Policy::parse(
+            "default_policy: {required_attestation: {sample: {allow: true}}, released_resources: [\"default/*\"]}",
+        )
+        .unwrap();
+        assert!(p.sample_allowed);
+        assert!(p.is_released("default/image-kek/1"));
+        assert!(!p.is_released("other/image-kek/1"));
+        let c = Claims::Sample(crate::claims::SampleClaims { svn: "1".into() });
+        assert!(p.check_claims(&c).is_ok());
+        let p = Policy::parse(
+            "default_policy: {required_attestation: {sample: {allow: false}}, released_resources: [\"default/*\"]}",
+        )
+        .unwrap();
+        assert_eq!(p.check_claims(&c).unwrap_err().reason, Reason::SampleNotAllowed);
+    }
+
+    #[test]
+    fn issue_shape_parses_with_hex_tcb() {
+        let m = "ab".repeat(48);
+        let text = format!(
+            r#"
+default_policy:
+  required_attestation:
+    sev_snp:
+      measurement: "{m}"
+      tcb_min: {{bootloader: 0x06, tee: 0x02, snp: 0x14, microcode: 0x73}}
+      family_id: "{f}"
+      image_id: "{f}"
+    tdx: {{mr_td: ["{m}"], tcb_svn_min: "{s}"}}
+    sample: {{allow: false}}
+  released_resources:
+    - "default/payments-tls-cert"
+    - "default/image-kek/*"
+"#,
+            f = "00".repeat(16),
+            s = "01".repeat(16)
+        );
+        let p = Policy::parse(&text).unwrap();
+        let snp = p.snp.unwrap();
+        assert_eq!(snp.tcb_min.snp, 0x14);
+        assert_eq!(snp.tcb_min.microcode, 0x73);
+        assert_eq!(snp.measurements, vec![m.clone()]);
+        assert!(p.released.iter().any(|r| r == "default/image-kek/*"));
+    }
+
+    #[test]
+    fn invalid_policies_are_refused() {
+        assert!(Policy::parse("default_policy: {required_attestation: {sev_snp: {measurement: zz}}}").is_err());
+        assert!(Policy::parse("default_policy: {released_resources: [\"../x\"]}").is_err());
+        assert!(Policy::parse("default_policy: {bogus: 1}").is_err());
+        assert!(Policy::parse("not: yaml: [").is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(b"default/image-kek/*", b"default/image-kek/abc"));
+        assert!(!glob_match(b"default/image-kek/*", b"default/other/abc"));
+        assert!(glob_match(b"*/key/?", b"x/key/1"));
+        assert!(!glob_match(b"*/key/?", b"x/key/12"));
+        let p = Policy::parse("default_policy: {released_resources: [\"default/payments-tls-cert\"]}").unwrap();
+        assert!(p.is_released("default/payments-tls-cert/v1"));
+        assert!(!p.is_released("default/payments-tls-certx/v1"));
+    }
+}

@@ -1,0 +1,151 @@
+//! Resources as files: `<dir>/<repo>/<type>/<tag>`. Writes are atomic (temp file in the
+//! same directory, fsync, rename, fsync of the directory), so a reader sees the old
+//! value or the new one, never half of it. Segments are validated with Trustee's rule
+//! `[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-\.]*`, which excludes "", ".", ".." and separators.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid resource path {0:?}: need REPO/TYPE/TAG with segments [A-Za-z0-9_-][A-Za-z0-9_.-]*")]
+    InvalidPath(String),
+    #[error("resource {0} not found")]
+    NotFound(String),
+    #[error("resource store I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A validated "repo/type/tag".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourcePath {
+    segments: [String; 3],
+}
+
+fn valid_segment(s: &str) -> bool {
+    let b = s.as_bytes();
+    let first_ok = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+    !b.is_empty() && first_ok(b[0]) && b.iter().all(|&c| first_ok(c) || c == b'.')
+}
+
+impl ResourcePath {
+    pub fn parse(path: &str) -> Result<Self, StoreError> {
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() != 3 || !parts.iter().all(|s| valid_segment(s)) {
+            return Err(StoreError::InvalidPath(path.chars().take(200).collect()));
+        }
+        Ok(Self {
+            segments: [parts[0].into(), parts[1].into(), parts[2].into()],
+        })
+    }
+
+    pub fn as_string(&self) -> String {
+        self.segments.join("/")
+    }
+}
+
+impl std::fmt::Display for ResourcePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_string())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ResourceStore {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl ResourceStore {
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        Ok(Self { root: root.to_owned() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn file(&self, p: &ResourcePath) -> PathBuf {
+        let [r, t, g] = &p.segments;
+        self.root.join(r).join(t).join(g)
+    }
+
+    pub fn get(&self, p: &ResourcePath) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let f = self.file(p);
+        match std::fs::read(&f) {
+            Ok(v) => Ok(Zeroizing::new(v)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(p.as_string())),
+            Err(e) => Err(StoreError::Io { path: f, source: e }),
+        }
+    }
+
+    pub fn put(&self, p: &ResourcePath, data: &[u8]) -> Result<(), StoreError> {
+        let f = self.file(p);
+        let dir = f.parent().unwrap_or(&self.root).to_owned();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .map_err(io(&dir))?;
+        tmp.write_all(data).map_err(io(&dir))?;
+        tmp.as_file().sync_all().map_err(io(&dir))?;
+        tmp.persist(&f).map_err(|e| StoreError::Io {
+            path: f.clone(),
+            source: e.error,
+        })?;
+        // The rename is durable only once the directory entry is on disk.
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        Ok(())
+    }
+
+    pub fn delete(&self, p: &ResourcePath) -> Result<(), StoreError> {
+        let f = self.file(p);
+        match std::fs::remove_file(&f) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(p.as_string())),
+            Err(e) => Err(StoreError::Io { path: f, source: e }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_validated() {
+        assert!(ResourcePath::parse("default/key/1").is_ok());
+        assert!(ResourcePath::parse("default/key/v1.2").is_ok());
+        for bad in ["../key/1", "default/../1", "/default/key/1", "default/key", "a//b", "a/b/c/d", "a/b/.x", ""] {
+            assert!(ResourcePath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn put_get_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let s = ResourceStore::open(d.path()).unwrap();
+        let p = ResourcePath::parse("default/key/1").unwrap();
+        assert!(matches!(s.get(&p), Err(StoreError::NotFound(_))));
+        s.put(&p, b"one").unwrap();
+        s.put(&p, b"two").unwrap();
+        assert_eq!(&s.get(&p).unwrap()[..], b"two");
+        s.delete(&p).unwrap();
+        assert!(matches!(s.get(&p), Err(StoreError::NotFound(_))));
+    }
+}
