@@ -10,6 +10,8 @@
 //! [`wrap_keys`] and [`unwrap_keys`] tie these together for the encryptor and
 //! the puller.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod annotations;
 pub mod cipher;
 pub mod jwe;

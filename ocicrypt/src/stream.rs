@@ -16,7 +16,7 @@ use crate::cipher::{CipherError, LayerDecryptor, LayerEncryptor};
 use crate::options::{PrivateOptions, PublicOptions};
 
 enum EncState {
-    Running(LayerEncryptor),
+    Running(Box<LayerEncryptor>),
     Done(PublicOptions),
 }
 
@@ -29,7 +29,7 @@ pub struct EncryptReader<R> {
 impl<R> EncryptReader<R> {
     /// Wrap `inner`, encrypting with `opts`.
     pub fn new(inner: R, opts: &PrivateOptions) -> Self {
-        EncryptReader { inner, state: EncState::Running(LayerEncryptor::new(opts)) }
+        EncryptReader { inner, state: EncState::Running(Box::new(LayerEncryptor::new(opts))) }
     }
 
     /// The public options (with the HMAC), available once EOF has been read.

@@ -146,7 +146,7 @@ fn aes_kw_wrap(kek: &[u8], cek: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn aes_kw_unwrap(kek: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-    if wrapped.len() < 24 || wrapped.len() % 8 != 0 {
+    if wrapped.len() < 24 || wrapped.len() & 7 != 0 {
         return Err(format!("wrapped key has {} bytes, not a multiple of 8 >= 24", wrapped.len()));
     }
     let key = AesKey::new_decrypt(kek).map_err(|_| "bad key-wrap key length".to_owned())?;
