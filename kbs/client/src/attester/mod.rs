@@ -1,0 +1,247 @@
+//! Attesters: where the evidence that binds the runtime data comes from.
+//!
+//! The [`Attester`] trait is the seam the client calls; [`make_attester`] builds
+//! one from a kind (`auto`, `snp`, `tdx`, `sample`). `auto` detects SEV-SNP or
+//! TDX and fails with "no TEE found" otherwise: it never falls back to `sample`,
+//! because sample evidence proves nothing and must be an explicit choice.
+//!
+//! Evidence JSON shapes (the `primary_evidence` of the attest request):
+//! - `sample`: `{"svn":"1","report_data":"<b64 STANDARD of the 48-byte SHA-384>"}` (Trustee's shape).
+//! - `snp`: `{"attestation_report":"<b64 STANDARD raw report, 1184 bytes>",
+//!   "cert_chain":[{"guid":"<uuid>","cert_type":"vcek|vlek|ask|ark|other","data":"<b64 STANDARD DER>"}] | null,
+//!   "source":"configfs-tsm|sev-guest-ioctl"}`.
+//! - `tdx`: `{"quote":"<b64 STANDARD quote>","cc_eventlog":"<b64 STANDARD CCEL>" | null}` (Trustee's shape).
+
+mod sample;
+mod sev_guest_ioctl;
+mod snp;
+mod tdx;
+mod tsm;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+pub use kbs_types::Tee;
+use ocicrypt::keywrap::BoxFuture;
+
+pub use crate::error::AttesterError;
+pub use sample::SampleAttester;
+pub use snp::{parse_cert_table, SnpAttester};
+pub use tdx::TdxAttester;
+
+/// Produces TEE evidence binding `report_data`.
+pub trait Attester: Send + Sync {
+    /// The TEE this attester speaks for (the `tee` of the RCAR request).
+    fn tee(&self) -> Tee;
+    /// `report_data`: the 64-byte value to bind (SHA-384 of the canonical runtime
+    /// data, zero-padded to 64).
+    fn evidence<'a>(
+        &'a self,
+        report_data: &'a [u8; 64],
+    ) -> BoxFuture<'a, Result<serde_json::Value, AttesterError>>;
+}
+
+/// Which attester to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttesterKind {
+    Auto,
+    Snp,
+    Tdx,
+    Sample,
+}
+
+impl FromStr for AttesterKind {
+    type Err = AttesterError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(AttesterKind::Auto),
+            "snp" => Ok(AttesterKind::Snp),
+            "tdx" => Ok(AttesterKind::Tdx),
+            "sample" => Ok(AttesterKind::Sample),
+            other => Err(AttesterError::UnknownKind(other.to_owned())),
+        }
+    }
+}
+
+/// Where the attesters find the hardware, and whether sample evidence is allowed.
+#[derive(Debug, Clone)]
+pub struct AttesterOptions {
+    /// Allow the `sample` attester (development and CI only).
+    pub allow_sample: bool,
+    /// The configfs-tsm report directory.
+    pub tsm_root: PathBuf,
+    /// The SEV-SNP guest device, used when configfs-tsm is not available.
+    pub sev_guest_device: PathBuf,
+}
+
+impl Default for AttesterOptions {
+    fn default() -> Self {
+        AttesterOptions {
+            allow_sample: false,
+            tsm_root: PathBuf::from("/sys/kernel/config/tsm/report"),
+            sev_guest_device: PathBuf::from("/dev/sev-guest"),
+        }
+    }
+}
+
+/// What detection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detected {
+    Snp,
+    Tdx,
+}
+
+/// Looks for a TEE we can get evidence from: a configfs-tsm provider, or the
+/// SEV-SNP guest device. Returns a description of what was looked at when none.
+fn detect(opts: &AttesterOptions) -> Result<Detected, String> {
+    let provider = tsm::probe_provider(&opts.tsm_root);
+    match provider.as_deref() {
+        Ok("sev_guest") => return Ok(Detected::Snp),
+        Ok("tdx_guest") => return Ok(Detected::Tdx),
+        _ => {}
+    }
+    if opts.sev_guest_device.exists() {
+        return Ok(Detected::Snp);
+    }
+    let tsm_state = match provider {
+        Ok(p) => format!("provider {p:?} is neither sev_guest nor tdx_guest"),
+        Err(e) => e,
+    };
+    Err(format!(
+        "configfs-tsm at {}: {tsm_state}; {} does not exist",
+        opts.tsm_root.display(),
+        opts.sev_guest_device.display()
+    ))
+}
+
+/// Builds the attester for `kind`.
+///
+/// `Auto` detects SNP or TDX; with neither it returns [`AttesterError::NoTee`].
+/// `Sample` without `opts.allow_sample` returns [`AttesterError::SampleNotAllowed`].
+/// `Snp` and `Tdx` check that their interface is present.
+pub fn make_attester(
+    kind: AttesterKind,
+    opts: &AttesterOptions,
+) -> Result<Arc<dyn Attester>, AttesterError> {
+    match kind {
+        AttesterKind::Sample => {
+            if opts.allow_sample {
+                Ok(Arc::new(SampleAttester::new()))
+            } else {
+                Err(AttesterError::SampleNotAllowed)
+            }
+        }
+        AttesterKind::Auto => match detect(opts) {
+            Ok(Detected::Snp) => Ok(Arc::new(snp_attester(opts))),
+            Ok(Detected::Tdx) => Ok(Arc::new(TdxAttester::new(opts.tsm_root.clone()))),
+            Err(why) => Err(AttesterError::NoTee(why)),
+        },
+        AttesterKind::Snp => {
+            let tsm_is_snp = tsm::probe_provider(&opts.tsm_root).as_deref() == Ok("sev_guest");
+            if tsm_is_snp || opts.sev_guest_device.exists() {
+                Ok(Arc::new(snp_attester(opts)))
+            } else {
+                Err(AttesterError::NoTee(format!(
+                    "SEV-SNP requested, but configfs-tsm at {} has no sev_guest provider and {} does not exist",
+                    opts.tsm_root.display(),
+                    opts.sev_guest_device.display()
+                )))
+            }
+        }
+        AttesterKind::Tdx => {
+            if tsm::probe_provider(&opts.tsm_root).as_deref() == Ok("tdx_guest") {
+                Ok(Arc::new(TdxAttester::new(opts.tsm_root.clone())))
+            } else {
+                Err(AttesterError::NoTee(format!(
+                    "TDX requested, but configfs-tsm at {} has no tdx_guest provider",
+                    opts.tsm_root.display()
+                )))
+            }
+        }
+    }
+}
+
+fn snp_attester(opts: &AttesterOptions) -> SnpAttester {
+    SnpAttester::new(opts.tsm_root.clone(), opts.sev_guest_device.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn opts_in(dir: &Path) -> AttesterOptions {
+        AttesterOptions {
+            allow_sample: false,
+            tsm_root: dir.join("tsm/report"),
+            sev_guest_device: dir.join("sev-guest"),
+        }
+    }
+
+    #[test]
+    fn kind_parses() {
+        assert_eq!("auto".parse::<AttesterKind>().ok(), Some(AttesterKind::Auto));
+        assert_eq!("snp".parse::<AttesterKind>().ok(), Some(AttesterKind::Snp));
+        assert_eq!("tdx".parse::<AttesterKind>().ok(), Some(AttesterKind::Tdx));
+        assert_eq!("sample".parse::<AttesterKind>().ok(), Some(AttesterKind::Sample));
+        assert!(matches!(
+            "sev".parse::<AttesterKind>(),
+            Err(AttesterError::UnknownKind(_))
+        ));
+    }
+
+    #[test]
+    fn auto_without_tee_says_no_tee_found_and_never_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = opts_in(dir.path());
+        // Even with sample allowed, auto must not fall back to it.
+        opts.allow_sample = true;
+        let err = make_attester(AttesterKind::Auto, &opts).err().unwrap();
+        assert!(matches!(err, AttesterError::NoTee(_)));
+        assert!(err.to_string().starts_with("no TEE found"), "{err}");
+
+        // A tsm directory that exists but whose entries have no provider (not configfs).
+        std::fs::create_dir_all(&opts.tsm_root).unwrap();
+        let err = make_attester(AttesterKind::Auto, &opts).err().unwrap();
+        assert!(err.to_string().starts_with("no TEE found"), "{err}");
+        // The probe cleaned up after itself.
+        assert_eq!(std::fs::read_dir(&opts.tsm_root).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn auto_detects_snp_by_guest_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts_in(dir.path());
+        std::fs::write(&opts.sev_guest_device, b"").unwrap();
+        let a = make_attester(AttesterKind::Auto, &opts).unwrap();
+        assert_eq!(a.tee(), Tee::Snp);
+        let a = make_attester(AttesterKind::Snp, &opts).unwrap();
+        assert_eq!(a.tee(), Tee::Snp);
+        assert!(make_attester(AttesterKind::Tdx, &opts).is_err());
+    }
+
+    #[test]
+    fn explicit_kinds_without_hardware_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts_in(dir.path());
+        for k in [AttesterKind::Snp, AttesterKind::Tdx] {
+            let err = make_attester(k, &opts).err().unwrap();
+            assert!(err.to_string().starts_with("no TEE found"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sample_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = opts_in(dir.path());
+        assert!(matches!(
+            make_attester(AttesterKind::Sample, &opts).err().unwrap(),
+            AttesterError::SampleNotAllowed
+        ));
+        opts.allow_sample = true;
+        let a = make_attester(AttesterKind::Sample, &opts).unwrap();
+        assert_eq!(a.tee(), Tee::Sample);
+    }
+}

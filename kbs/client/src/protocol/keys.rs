@@ -1,0 +1,128 @@
+//! The ephemeral TEE key pair: generated per attestation, its public half goes
+//! into the runtime data (and so into the evidence), and the KBS encrypts every
+//! resource to it. The private half never leaves this process; OpenSSL clears
+//! private key material when the key is freed.
+
+use std::fmt;
+
+use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
+use kbs_types::TeePubKey;
+use openssl::bn::BigNumContext;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+
+use super::ProtocolError;
+
+/// Which kind of TEE key to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TeeKeyKind {
+    /// EC P-256 for `ECDH-ES+A256KW` (Trustee's guest default).
+    #[default]
+    EcP256,
+    /// RSA-2048 for `RSA-OAEP-256`.
+    Rsa,
+}
+
+/// Size of the generated RSA modulus, as Trustee's guest uses.
+const RSA_BITS: u32 = 2048;
+
+/// An ephemeral TEE key pair. `Debug` never shows the key.
+pub struct TeeKeyPair {
+    kind: TeeKeyKind,
+    pkey: PKey<Private>,
+}
+
+impl fmt::Debug for TeeKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TeeKeyPair({:?}, <redacted>)", self.kind)
+    }
+}
+
+fn crypto(e: impl fmt::Display) -> ProtocolError {
+    ProtocolError::Crypto(e.to_string())
+}
+
+impl TeeKeyPair {
+    /// Generates a fresh key pair.
+    pub fn generate(kind: TeeKeyKind) -> Result<Self, ProtocolError> {
+        let pkey = match kind {
+            TeeKeyKind::EcP256 => {
+                let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(crypto)?;
+                PKey::from_ec_key(EcKey::generate(&group).map_err(crypto)?).map_err(crypto)?
+            }
+            TeeKeyKind::Rsa => {
+                PKey::from_rsa(Rsa::generate(RSA_BITS).map_err(crypto)?).map_err(crypto)?
+            }
+        };
+        Ok(TeeKeyPair { kind, pkey })
+    }
+
+    pub fn kind(&self) -> TeeKeyKind {
+        self.kind
+    }
+
+    pub(crate) fn pkey(&self) -> &PKey<Private> {
+        &self.pkey
+    }
+
+    /// The public key as the JWK the runtime data carries (base64url, no padding).
+    pub fn public_jwk(&self) -> Result<TeePubKey, ProtocolError> {
+        match self.kind {
+            TeeKeyKind::EcP256 => {
+                let ec = self.pkey.ec_key().map_err(crypto)?;
+                let mut ctx = BigNumContext::new().map_err(crypto)?;
+                let mut x = openssl::bn::BigNum::new().map_err(crypto)?;
+                let mut y = openssl::bn::BigNum::new().map_err(crypto)?;
+                ec.public_key()
+                    .affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx)
+                    .map_err(crypto)?;
+                // JWK coordinates are fixed-width (RFC 7518 §6.2.1.2): 32 bytes on P-256.
+                Ok(TeePubKey::EC {
+                    crv: "P-256".to_owned(),
+                    alg: "ECDH-ES+A256KW".to_owned(),
+                    x: BASE64_URL_SAFE_NO_PAD.encode(x.to_vec_padded(32).map_err(crypto)?),
+                    y: BASE64_URL_SAFE_NO_PAD.encode(y.to_vec_padded(32).map_err(crypto)?),
+                })
+            }
+            TeeKeyKind::Rsa => {
+                let rsa = self.pkey.rsa().map_err(crypto)?;
+                Ok(TeePubKey::RSA {
+                    alg: "RSA-OAEP-256".to_owned(),
+                    k_mod: BASE64_URL_SAFE_NO_PAD.encode(rsa.n().to_vec()),
+                    k_exp: BASE64_URL_SAFE_NO_PAD.encode(rsa.e().to_vec()),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_have_the_expected_shape() {
+        let ec = TeeKeyPair::generate(TeeKeyKind::EcP256).unwrap();
+        match ec.public_jwk().unwrap() {
+            TeePubKey::EC { crv, alg, x, y } => {
+                assert_eq!(crv, "P-256");
+                assert_eq!(alg, "ECDH-ES+A256KW");
+                assert_eq!(BASE64_URL_SAFE_NO_PAD.decode(x).unwrap().len(), 32);
+                assert_eq!(BASE64_URL_SAFE_NO_PAD.decode(y).unwrap().len(), 32);
+            }
+            other => panic!("not EC: {other:?}"),
+        }
+        let rsa = TeeKeyPair::generate(TeeKeyKind::Rsa).unwrap();
+        match rsa.public_jwk().unwrap() {
+            TeePubKey::RSA { alg, k_mod, k_exp } => {
+                assert_eq!(alg, "RSA-OAEP-256");
+                assert_eq!(BASE64_URL_SAFE_NO_PAD.decode(k_mod).unwrap().len(), 256);
+                assert_eq!(k_exp, "AQAB");
+            }
+            other => panic!("not RSA: {other:?}"),
+        }
+        assert!(!format!("{rsa:?}").contains("BEGIN"));
+    }
+}
