@@ -257,8 +257,10 @@ impl ProviderClient {
         };
         let mut out = Zeroizing::new(Vec::new());
         let mut errbuf = Vec::new();
-        let read_out = (&mut stdout).take(MAX_ANSWER).read_to_end(&mut out);
-        let read_err = (&mut stderr).take(64 * 1024).read_to_end(&mut errbuf);
+        let mut limited_out = (&mut stdout).take(MAX_ANSWER);
+        let mut limited_err = (&mut stderr).take(64 * 1024);
+        let read_out = limited_out.read_to_end(&mut out);
+        let read_err = limited_err.read_to_end(&mut errbuf);
         let (w, o, e) = tokio::join!(write, read_out, read_err);
         let status = child.wait().await.map_err(|e| err(format!("wait failed: {e}")))?;
         let stderr_text = String::from_utf8_lossy(&errbuf).trim().to_owned();

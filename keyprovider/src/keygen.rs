@@ -48,10 +48,10 @@ pub fn generate(uri: &ResourceUri, rsa: bool) -> Result<GeneratedKey, KeygenErro
     let kid = uri.to_string();
     let (mut private, mut public): (Jwk, Jwk) = if rsa {
         let kp = RsaKeyPair::generate(3072).map_err(gen_err)?;
-        (kp.to_jwk_private_key(), kp.to_jwk_public_key())
+        (kp.to_jwk_key_pair(), kp.to_jwk_public_key())
     } else {
         let kp = EcKeyPair::generate(EcCurve::P256).map_err(gen_err)?;
-        (kp.to_jwk_private_key(), kp.to_jwk_public_key())
+        (kp.to_jwk_key_pair(), kp.to_jwk_public_key())
     };
     private.set_key_id(&kid);
     public.set_key_id(&kid);
