@@ -214,8 +214,9 @@ mod tests {
         )
         .unwrap();
         let mine = PKey::from_ec_key(k).unwrap();
+        let peer_pk = PKey::from_ec_key(peer).unwrap();
         let mut d = Deriver::new(&mine).unwrap();
-        d.set_peer(&PKey::from_ec_key(peer).unwrap()).unwrap();
+        d.set_peer(&peer_pk).unwrap();
         let kek = concat_kdf_a256kw(&d.derive_to_vec().unwrap());
         let aes = openssl::aes::AesKey::new_decrypt(&kek[..]).unwrap();
         let mut cek = [0u8; 32];

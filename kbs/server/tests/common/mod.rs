@@ -132,8 +132,9 @@ impl TeeKey {
         let by = BigNum::from_slice(&URL_SAFE_NO_PAD.decode(epk["y"].as_str().unwrap()).unwrap()).unwrap();
         let peer = EcKey::from_public_key_affine_coordinates(&group, &bx, &by).unwrap();
         let mine = PKey::from_ec_key(self.key.clone()).unwrap();
+        let peer_pk = PKey::from_ec_key(peer).unwrap();
         let mut d = Deriver::new(&mine).unwrap();
-        d.set_peer(&PKey::from_ec_key(peer).unwrap()).unwrap();
+        d.set_peer(&peer_pk).unwrap();
         let z = d.derive_to_vec().unwrap();
         let mut h = sha2::Sha256::new();
         h.update(1u32.to_be_bytes());
