@@ -1,1 +1,163 @@
-fn main() {}
+//! `cloak-pull [OPTIONS] IMAGE BUNDLE_DIR`: flags → validated options → the
+//! library's `pull`; errors become a non-zero exit with one clear line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use guest_puller::assemble::LinkMode;
+use guest_puller::extract::{DevicePolicy, ExtractOptions};
+use guest_puller::keys::{KeySources, Keys};
+use guest_puller::policy::Policy;
+use guest_puller::progress::{Bars, JsonLines, ProgressSink, Quiet};
+use guest_puller::pull::{pull, PullOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "cloak-pull", version, about = "Pull an (encrypted) OCI image into a bundle rootfs, verified and fail-closed")]
+struct Cli {
+    /// Image: docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG|@DIGEST].
+    image: String,
+    /// Bundle directory; BUNDLE_DIR/rootfs and BUNDLE_DIR/image.json are written.
+    bundle_dir: PathBuf,
+    /// Private key file for JWE-wrapped layer keys (repeatable).
+    #[arg(long = "key", value_name = "FILE")]
+    keys: Vec<PathBuf>,
+    /// ocicrypt keyprovider config (JSON).
+    #[arg(long, value_name = "FILE", env = "OCICRYPT_KEYPROVIDER_CONFIG")]
+    keyprovider_config: Option<PathBuf>,
+    /// KBS URL to fetch KEKs / private keys from after attestation.
+    #[arg(long, value_name = "URL")]
+    kbs: Option<String>,
+    /// Attester for the KBS: auto | snp | tdx | sample (sample only when named).
+    #[arg(long, value_name = "KIND")]
+    attester: Option<String>,
+    /// Pull policy (YAML).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Platform to pick from an index, OS/ARCH[/VARIANT].
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    /// Layer store (cache by diff_id); without it a private store is used and removed.
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// How the rootfs gets files from --store: copy (reflink when possible) or hardlink.
+    #[arg(long, value_name = "MODE", default_value = "copy")]
+    store_link: String,
+    /// Verify the registry's TLS (false = plain HTTP, insecure).
+    #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
+    src_tls_verify: bool,
+    /// Registry credentials USER[:PASSWORD].
+    #[arg(long, value_name = "USER[:PASS]")]
+    creds: Option<String>,
+    /// Registry auth file (auth.json / config.json).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Layers fetched and decoded at the same time.
+    #[arg(long, default_value_t = 3)]
+    max_concurrent_layers: usize,
+    /// Device nodes and FIFOs in layers: create | skip | reject.
+    #[arg(long, value_name = "POLICY", default_value = "create")]
+    devices: String,
+    /// No progress output.
+    #[arg(long)]
+    quiet: bool,
+    /// Progress format: `json` for JSON lines on stderr.
+    #[arg(long, value_name = "FORMAT")]
+    progress: Option<String>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if cli.quiet { "error" } else { "warn" })),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cloak-pull: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let policy = match &cli.policy {
+        Some(p) => Policy::load(p)?,
+        None => Policy::default(),
+    };
+    let platform = cli.platform.as_deref().map(str::parse).transpose().context("--platform")?;
+    let store_link = match cli.store_link.as_str() {
+        "copy" => LinkMode::Copy,
+        "hardlink" => LinkMode::Hardlink,
+        other => anyhow::bail!("--store-link must be copy or hardlink, not {other:?}"),
+    };
+    let devices = match cli.devices.as_str() {
+        "create" => DevicePolicy::Create,
+        "skip" => DevicePolicy::Skip,
+        "reject" => DevicePolicy::Reject,
+        other => anyhow::bail!("--devices must be create, skip or reject, not {other:?}"),
+    };
+    let progress: Arc<dyn ProgressSink> = match (cli.quiet, cli.progress.as_deref()) {
+        (true, _) => Arc::new(Quiet),
+        (false, Some("json")) => Arc::new(JsonLines::default()),
+        (false, Some(other)) => anyhow::bail!("--progress supports only json, not {other:?}"),
+        (false, None) if std::io::stderr().is_terminal() => Arc::new(Bars::default()),
+        (false, None) => Arc::new(Quiet),
+    };
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async {
+        let keys = Keys::build(&KeySources {
+            key_files: cli.keys.clone(),
+            keyprovider_config: cli.keyprovider_config.clone(),
+            kbs_url: cli.kbs.clone(),
+            attester: cli.attester.clone(),
+        })?;
+        let opts = PullOptions {
+            image: cli.image.clone(),
+            bundle: cli.bundle_dir.clone(),
+            unwrappers: keys.unwrappers.clone(),
+            policy,
+            platform,
+            store: cli.store.clone(),
+            store_link,
+            source: oci::SourceOptions {
+                creds: cli.creds.clone(),
+                auth_file: cli.authfile.clone(),
+                insecure_plain_http: !cli.src_tls_verify,
+            },
+            max_concurrent_layers: cli.max_concurrent_layers,
+            extract: ExtractOptions { devices, ..Default::default() },
+            progress,
+        };
+        let summary = pull(&opts).await?;
+        if cli.json {
+            let mut v = serde_json::to_value(&summary)?;
+            if let (Some(obj), Some(k)) = (v.as_object_mut(), &keys.kbs) {
+                obj.insert("attestations".into(), k.attestation_count().into());
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Deep layer trees hold one directory fd per level while being removed or
+/// assembled; the soft limit is raised to the hard one.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum });
+    }
+}

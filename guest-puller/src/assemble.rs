@@ -1,0 +1,245 @@
+//! Rootfs assembly: apply verified layer trees from the store, in order, into a
+//! rootfs staging directory, honouring the OCI whiteout markers kept in them.
+//!
+//! Both trees are walked through directory fds: source entries are opened with
+//! `O_NOFOLLOW`, destination entries are created relative to their parent fd
+//! and never through a symlink, so a symlink in a lower layer cannot redirect
+//! where an upper layer's file lands. Hardlinks inside a layer stay hardlinks.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+
+use crate::extract::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::fsutil;
+
+/// How file content gets from the store into the rootfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMode {
+    /// Reflink when the filesystem can, else copy (the rootfs is independent of the store).
+    Copy,
+    /// Hardlink to the store (fast; only for a private, throw-away store).
+    Hardlink,
+}
+
+/// Why assembly failed.
+#[derive(Debug, thiserror::Error)]
+#[error("assembling the rootfs at {path}: {op}: {source}")]
+pub struct AssembleError {
+    pub path: String,
+    pub op: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+fn err<'a>(path: &'a [u8], op: &'static str) -> impl FnOnce(io::Error) -> AssembleError + 'a {
+    move |source| AssembleError { path: String::from_utf8_lossy(path).into_owned(), op, source }
+}
+
+fn errno<'a>(path: &'a [u8], op: &'static str) -> impl FnOnce(rustix::io::Errno) -> AssembleError + 'a {
+    move |e| AssembleError { path: String::from_utf8_lossy(path).into_owned(), op, source: e.into() }
+}
+
+/// Applies `layers` (tree directories, lowest first) into the existing empty
+/// directory `dest`.
+pub fn assemble(layers: &[PathBuf], dest: &Path, mode: LinkMode) -> Result<(), AssembleError> {
+    let dest_fd = fsutil::open_root(dest).map_err(err(b"", "open rootfs"))?;
+    let is_root = fsutil::is_root();
+    for layer in layers {
+        let src = fsutil::open_root(layer).map_err(err(b"", "open layer tree"))?;
+        let mut ctx = Ctx { dest_root: dest_fd.as_fd(), mode, is_root, links: HashMap::new() };
+        let st = rustix::fs::fstat(&src).map_err(errno(b".", "stat layer root"))?;
+        ctx.apply_dir(src.as_fd(), dest_fd.as_fd(), Vec::new())?;
+        set_meta_fd(dest_fd.as_fd(), &st, is_root).map_err(errno(b".", "set root metadata"))?;
+    }
+    Ok(())
+}
+
+struct Ctx<'a> {
+    dest_root: BorrowedFd<'a>,
+    mode: LinkMode,
+    is_root: bool,
+    /// (dev, ino) of a multiply-linked source file → its rootfs path.
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+fn child(path: &[u8], name: &[u8]) -> Vec<u8> {
+    if path.is_empty() {
+        name.to_vec()
+    } else {
+        [path, b"/", name].concat()
+    }
+}
+
+fn stamp(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec as _ },
+        last_modification: Timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec as _ },
+    }
+}
+
+fn set_meta_fd(fd: BorrowedFd<'_>, st: &Stat, is_root: bool) -> rustix::io::Result<()> {
+    if is_root {
+        rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)))?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    rustix::fs::futimens(fd, &stamp(st))
+}
+
+impl Ctx<'_> {
+    fn apply_dir(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, path: Vec<u8>) -> Result<(), AssembleError> {
+        let entries = fsutil::list_dir(src).map_err(err(&path, "list layer directory"))?;
+        // Whiteouts hide what lower layers put here, so they go first.
+        if entries.iter().any(|(n, _)| n == OPAQUE_MARKER) {
+            fsutil::clear_dir(dst, &|_| false).map_err(err(&path, "apply opaque marker"))?;
+        }
+        for (name, _) in &entries {
+            if let Some(victim) = name.strip_prefix(WHITEOUT_PREFIX) {
+                if !name.starts_with(b".wh..wh.") && !victim.is_empty() && victim != b"." && victim != b".." {
+                    fsutil::remove_at(dst, victim).map_err(err(&path, "apply whiteout"))?;
+                }
+            }
+        }
+        for (name, _) in entries {
+            if name.starts_with(WHITEOUT_PREFIX) {
+                continue;
+            }
+            let p = child(&path, &name);
+            let st = rustix::fs::statat(src, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(errno(&p, "stat layer entry"))?;
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    let sub_src = rustix::fs::openat(
+                        src,
+                        OsStr::from_bytes(&name),
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(errno(&p, "open layer directory"))?;
+                    let sub_dst = fsutil::ensure_subdir(dst, &name, 0o700).map_err(err(&p, "create directory"))?;
+                    // Writable while children are added; final mode below.
+                    rustix::fs::fchmod(&sub_dst, Mode::from_raw_mode(0o700)).map_err(errno(&p, "chmod directory"))?;
+                    self.apply_dir(sub_src.as_fd(), sub_dst.as_fd(), p.clone())?;
+                    copy_xattrs(sub_src.as_fd(), sub_dst.as_fd());
+                    set_meta_fd(sub_dst.as_fd(), &st, self.is_root).map_err(errno(&p, "set directory metadata"))?;
+                }
+                FileType::RegularFile => self.file(src, dst, &name, &p, &st)?,
+                FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(src, OsStr::from_bytes(&name), Vec::new())
+                        .map_err(errno(&p, "read symlink"))?;
+                    fsutil::clear_for_create(dst, &name).map_err(err(&p, "replace entry"))?;
+                    rustix::fs::symlinkat(target.as_bytes(), dst, OsStr::from_bytes(&name)).map_err(errno(&p, "create symlink"))?;
+                    if self.is_root {
+                        rustix::fs::chownat(
+                            dst,
+                            OsStr::from_bytes(&name),
+                            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                        .map_err(errno(&p, "chown symlink"))?;
+                    }
+                    rustix::fs::utimensat(dst, OsStr::from_bytes(&name), &stamp(&st), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(errno(&p, "set symlink mtime"))?;
+                }
+                other => {
+                    // Devices and FIFOs were admitted by the extraction policy.
+                    fsutil::clear_for_create(dst, &name).map_err(err(&p, "replace entry"))?;
+                    rustix::fs::mknodat(dst, OsStr::from_bytes(&name), other, Mode::from_raw_mode(0o600), st.st_rdev)
+                        .map_err(errno(&p, "mknod"))?;
+                    if self.is_root {
+                        rustix::fs::chownat(
+                            dst,
+                            OsStr::from_bytes(&name),
+                            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )
+                        .map_err(errno(&p, "chown node"))?;
+                    }
+                    rustix::fs::chmodat(dst, OsStr::from_bytes(&name), Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty())
+                        .map_err(errno(&p, "chmod node"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &[u8], p: &[u8], st: &Stat) -> Result<(), AssembleError> {
+        fsutil::clear_for_create(dst, name).map_err(err(p, "replace entry"))?;
+        if self.mode == LinkMode::Hardlink {
+            return rustix::fs::linkat(src, OsStr::from_bytes(name), dst, OsStr::from_bytes(name), AtFlags::empty())
+                .map_err(errno(p, "hardlink from store"));
+        }
+        if st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(first) = self.links.get(&key) {
+                if let Some((parent, leaf)) = split_last(first) {
+                    let pfd = fsutil::open_dir_in_root(self.dest_root, parent).map_err(err(p, "resolve hardlink"))?;
+                    return rustix::fs::linkat(&pfd, OsStr::from_bytes(leaf), dst, OsStr::from_bytes(name), AtFlags::empty())
+                        .map_err(errno(p, "hardlink"));
+                }
+            }
+            self.links.insert(key, p.to_vec());
+        }
+        let sfd: OwnedFd = rustix::fs::openat(src, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(errno(p, "open layer file"))?;
+        let dfd: OwnedFd = rustix::fs::openat(
+            dst,
+            OsStr::from_bytes(name),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(errno(p, "create file"))?;
+        copy_content(sfd.as_fd(), dfd.as_fd(), u64::try_from(st.st_size).unwrap_or(0)).map_err(err(p, "copy file"))?;
+        copy_xattrs(sfd.as_fd(), dfd.as_fd());
+        set_meta_fd(dfd.as_fd(), st, self.is_root).map_err(errno(p, "set file metadata"))
+    }
+}
+
+fn split_last(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    match p.iter().rposition(|b| *b == b'/') {
+        Some(i) => Some((&p[..i], &p[i + 1..])),
+        None => Some((b"".as_slice(), p)),
+    }
+}
+
+/// Reflink, else in-kernel copy, else a plain read/write loop.
+fn copy_content(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    if size == 0 || rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut left = size;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
+            Ok(0) => break,
+            Ok(n) => left -= n as u64,
+            Err(_) => {
+                let mut s = File::from(src.try_clone_to_owned()?);
+                let mut d = File::from(dst.try_clone_to_owned()?);
+                io::copy(&mut s, &mut d)?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies user-visible xattrs the extractor admitted; failures only lose the attribute.
+fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) {
+    let mut names = vec![0u8; 4096];
+    let Ok(n) = rustix::fs::flistxattr(src, &mut names[..]) else { return };
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let mut val = vec![0u8; 64 * 1024];
+        if let Ok(len) = rustix::fs::fgetxattr(src, OsStr::from_bytes(name), &mut val[..]) {
+            let _ = rustix::fs::fsetxattr(dst, OsStr::from_bytes(name), &val[..len], rustix::fs::XattrFlags::empty());
+        }
+    }
+}

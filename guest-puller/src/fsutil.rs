@@ -1,0 +1,184 @@
+//! Directory-fd helpers shared by the extractor and the rootfs assembly.
+//!
+//! Every multi-component path is resolved with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)` against a root directory fd, so `..` and symlinks
+//! (absolute or relative) are clamped to the root like a chroot. The final
+//! component of anything we create, remove or change is handled relative to its
+//! already-resolved parent fd with `*at` calls that do not follow symlinks.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+/// Resolution flags used for every path inside an extraction root.
+pub(crate) fn in_root() -> ResolveFlags {
+    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS
+}
+
+/// Joins normalized components with `/`; the empty list is `.` (the root).
+pub(crate) fn join(components: &[&[u8]]) -> Vec<u8> {
+    if components.is_empty() {
+        return b".".to_vec();
+    }
+    let mut out = Vec::with_capacity(components.iter().map(|c| c.len() + 1).sum());
+    for (i, c) in components.iter().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+/// Opens directory `path` (relative, `/`-separated) inside `root` as an `O_PATH`
+/// handle; intermediate symlinks are followed but stay inside the root.
+pub(crate) fn open_dir_in_root(root: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
+    let p = if path.is_empty() { b".".as_slice() } else { path };
+    Ok(rustix::fs::openat2(
+        root,
+        OsStr::from_bytes(p),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        in_root(),
+    )?)
+}
+
+/// Opens directory `path` inside `root` for reading (listing, fchmod, futimens),
+/// refusing a symlink as the final component.
+pub(crate) fn open_dir_rw_in_root(root: BorrowedFd<'_>, path: &[u8]) -> io::Result<OwnedFd> {
+    let p = if path.is_empty() { b".".as_slice() } else { path };
+    Ok(rustix::fs::openat2(
+        root,
+        OsStr::from_bytes(p),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        in_root(),
+    )?)
+}
+
+/// Opens directory `path` inside `root`, creating missing components (mode
+/// 0755) one at a time, each relative to its resolved parent.
+pub(crate) fn mkdir_all_in_root(root: BorrowedFd<'_>, components: &[&[u8]]) -> io::Result<OwnedFd> {
+    let full = join(components);
+    match open_dir_in_root(root, &full) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    let mut parent = open_dir_in_root(root, b".")?;
+    for i in 0..components.len() {
+        let prefix = join(&components[..=i]);
+        match open_dir_in_root(root, &prefix) {
+            Ok(fd) => parent = fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                match rustix::fs::mkdirat(&parent, OsStr::from_bytes(components[i]), Mode::from_raw_mode(0o755)) {
+                    Ok(()) => {}
+                    // A dangling symlink occupies the name: the reopen below fails clearly.
+                    Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                parent = open_dir_in_root(root, &prefix)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(parent)
+}
+
+/// What sits at `name` in `dir` (not following a final symlink), if anything.
+pub(crate) fn kind_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<FileType>> {
+    match rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes `name` in `dir` whatever it is, directories recursively, never
+/// following symlinks. Missing names are not an error.
+pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    match kind_at(dir, name)? {
+        None => Ok(()),
+        Some(FileType::Directory) => {
+            let sub = rustix::fs::openat(
+                dir,
+                OsStr::from_bytes(name),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            clear_dir(sub.as_fd(), &|_| false)?;
+            rustix::fs::unlinkat(dir, OsStr::from_bytes(name), AtFlags::REMOVEDIR)?;
+            Ok(())
+        }
+        Some(_) => {
+            rustix::fs::unlinkat(dir, OsStr::from_bytes(name), AtFlags::empty())?;
+            Ok(())
+        }
+    }
+}
+
+/// Names of the entries of the readable directory `dir` (without `.` and `..`).
+pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, FileType)>> {
+    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut out = Vec::new();
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push((name.to_vec(), ent.file_type()));
+    }
+    Ok(out)
+}
+
+/// Removes every entry of the readable directory `dir` for which `keep` is false.
+pub(crate) fn clear_dir(dir: BorrowedFd<'_>, keep: &dyn Fn(&[u8]) -> bool) -> io::Result<()> {
+    for (name, _) in list_dir(dir)? {
+        if !keep(&name) {
+            remove_at(dir, &name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes room for a new non-directory at `name`: removes whatever is there.
+pub(crate) fn clear_for_create(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    remove_at(dir, name)
+}
+
+/// Opens (creating if needed) subdirectory `name` of `dir`, replacing a
+/// non-directory at that name. Returns a readable fd (never through a symlink).
+pub(crate) fn ensure_subdir(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<OwnedFd> {
+    match kind_at(dir, name)? {
+        Some(FileType::Directory) => {}
+        Some(_) => {
+            remove_at(dir, name)?;
+            rustix::fs::mkdirat(dir, OsStr::from_bytes(name), Mode::from_raw_mode(mode))?;
+        }
+        None => rustix::fs::mkdirat(dir, OsStr::from_bytes(name), Mode::from_raw_mode(mode))?,
+    }
+    Ok(rustix::fs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens a directory path on the host (not inside any root) for use as a root fd.
+pub(crate) fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Whether the process may do root-only things (chown to any id, mknod).
+pub(crate) fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

@@ -1,0 +1,100 @@
+//! Key sources for a pull: local JWE private keys (`--key`), ocicrypt
+//! keyproviders (`--keyprovider-config` / `$OCICRYPT_KEYPROVIDER_CONFIG`) and the
+//! KBS directly (`--kbs URL --attester KIND`). All KBS-backed unwrappers share
+//! ONE `KbsClient`, so a pull attests once; keys stay in memory only.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ocicrypt::KeyUnwrapper;
+
+/// Where keys come from.
+#[derive(Debug, Clone, Default)]
+pub struct KeySources {
+    /// PEM/DER private key files (`--key`).
+    pub key_files: Vec<PathBuf>,
+    /// ocicrypt keyprovider config; `None` = `$OCICRYPT_KEYPROVIDER_CONFIG` if set.
+    pub keyprovider_config: Option<PathBuf>,
+    /// KBS URL (`--kbs`).
+    pub kbs_url: Option<String>,
+    /// Attester for the KBS (`auto` | `snp` | `tdx` | `sample`).
+    pub attester: Option<String>,
+}
+
+/// Why the key sources could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("reading key file {path}: {source}")]
+    ReadKey { path: String, #[source] source: std::io::Error },
+    #[error("key file {path}: {reason}")]
+    BadKey { path: String, reason: String },
+    #[error("keyprovider config: {0}")]
+    KeyProvider(String),
+    #[error("KBS client: {0}")]
+    Kbs(String),
+    #[error("attester: {0}")]
+    Attester(String),
+    #[error("--attester needs --kbs")]
+    AttesterWithoutKbs,
+}
+
+/// The unwrappers and, when a KBS is used, its client (for attestation counts).
+pub struct Keys {
+    /// Unwrappers in preference order.
+    pub unwrappers: Vec<Arc<dyn KeyUnwrapper>>,
+    /// The shared KBS client, if any.
+    pub kbs: Option<kbs::KbsClient>,
+}
+
+impl Keys {
+    /// Builds every configured unwrapper.
+    pub fn build(src: &KeySources) -> Result<Self, KeysError> {
+        let mut unwrappers: Vec<Arc<dyn KeyUnwrapper>> = Vec::new();
+        if !src.key_files.is_empty() {
+            let mut keys = Vec::new();
+            for path in &src.key_files {
+                let bytes = zeroize::Zeroizing::new(
+                    std::fs::read(path).map_err(|source| KeysError::ReadKey { path: path.display().to_string(), source })?,
+                );
+                let key = ocicrypt::load_private_key(&bytes)
+                    .map_err(|e| KeysError::BadKey { path: path.display().to_string(), reason: e.to_string() })?;
+                keys.push(key);
+            }
+            unwrappers.push(Arc::new(ocicrypt::JweUnwrapper::new(keys)));
+        }
+
+        let config = match &src.keyprovider_config {
+            Some(p) => Some(keyprovider::KeyProviderConfig::from_path(p).map_err(|e| KeysError::KeyProvider(e.to_string()))?),
+            None => keyprovider::KeyProviderConfig::from_env().map_err(|e| KeysError::KeyProvider(e.to_string()))?,
+        };
+        if let Some(cfg) = &config {
+            for name in cfg.key_providers.keys() {
+                let client = cfg.client(name).map_err(|e| KeysError::KeyProvider(e.to_string()))?;
+                unwrappers.push(Arc::new(keyprovider::ProviderUnwrapper::new(client, Vec::new())));
+            }
+        }
+
+        let mut kbs_client = None;
+        match (&src.kbs_url, &src.attester) {
+            (None, Some(_)) => return Err(KeysError::AttesterWithoutKbs),
+            (None, None) => {}
+            (Some(url), attester) => {
+                let kind: kbs::AttesterKind = attester
+                    .as_deref()
+                    .unwrap_or("auto")
+                    .parse()
+                    .map_err(|e: kbs::AttesterError| KeysError::Attester(e.to_string()))?;
+                // Sample evidence only when asked for by name; `auto` never picks it.
+                let opts = kbs::AttesterOptions { allow_sample: kind == kbs::AttesterKind::Sample, ..Default::default() };
+                let attester = kbs::make_attester(kind, &opts).map_err(|e| KeysError::Attester(e.to_string()))?;
+                let client = kbs::KbsClient::new(url, attester, kbs::ClientConfig::default()).map_err(|e| KeysError::Kbs(e.to_string()))?;
+                // A keyprovider config may also name attestation-agent; the direct
+                // KBS unwrapper is tried alongside it.
+                unwrappers.push(Arc::new(keyprovider::KbsKekUnwrapper::new(client.clone())));
+                unwrappers.push(Arc::new(keyprovider::KbsJweKeyUnwrapper::new(client.clone())));
+                kbs_client = Some(client);
+            }
+        }
+        Ok(Self { unwrappers, kbs: kbs_client })
+    }
+}

@@ -1,0 +1,235 @@
+//! The layer store: extracted layer trees cached by diff_id.
+//!
+//! Layout under the store root:
+//! `layers/sha256/<hex>/tree/` (the layer, whiteouts kept as markers),
+//! `layers/sha256/<hex>/complete.json` (written last, names the diff_id),
+//! `staging/<random>/` (work in progress, private), `locks/<hex>.lock`.
+//! An entry becomes visible by one `rename` of its staging directory, after the
+//! blob digest, HMAC and diff_id checks have passed, so a reader sees a whole
+//! entry or none. An entry without a matching `complete.json` is treated as
+//! corrupt and removed. A per-layer file lock makes concurrent pulls of the same
+//! layer do the work once.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid diff_id {0:?} (expected sha256:<64 hex>)")]
+    BadDiffId(String),
+    #[error("layer store {path}: {op}: {source}")]
+    Io { path: PathBuf, op: &'static str, #[source] source: io::Error },
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { path: path.to_path_buf(), op, source }
+}
+
+/// The completion marker of a committed entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Completion {
+    /// `sha256:<hex>` of the layer's uncompressed tar.
+    pub diff_id: String,
+    /// The blob digest the layer was fetched as (informational: another image
+    /// may carry the same diff_id under another blob).
+    pub blob_digest: String,
+    /// Number of tar entries.
+    pub entries: u64,
+    /// Regular-file bytes.
+    pub bytes: u64,
+}
+
+/// A layer store rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// The lowercase hex of a `sha256:` diff_id, validated (it becomes a file name).
+pub fn diff_id_hex(diff_id: &str) -> Result<&str, StoreError> {
+    let hex = diff_id.strip_prefix("sha256:").ok_or_else(|| StoreError::BadDiffId(diff_id.to_string()))?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(StoreError::BadDiffId(diff_id.to_string()));
+    }
+    Ok(hex)
+}
+
+fn mkdir_private(p: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(p).map_err(io_err(p, "create directory"))
+}
+
+impl Store {
+    /// Opens (creating) a store at `root`.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        for sub in ["layers/sha256", "staging", "locks"] {
+            mkdir_private(&root.join(sub))?;
+        }
+        let root = fs::canonicalize(root).map_err(io_err(root, "resolve store root"))?;
+        Ok(Self { root })
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of a committed entry.
+    pub fn entry_dir(&self, diff_id: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.root.join("layers/sha256").join(diff_id_hex(diff_id)?))
+    }
+
+    /// The tree of a committed, valid entry, or `None`. An entry that exists
+    /// without a matching completion marker is removed so it is fetched again.
+    pub fn lookup(&self, diff_id: &str) -> Result<Option<PathBuf>, StoreError> {
+        let dir = self.entry_dir(diff_id)?;
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let ok = fs::read(dir.join("complete.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Completion>(&b).ok())
+            .is_some_and(|c| c.diff_id == diff_id)
+            && dir.join("tree").is_dir();
+        if ok {
+            return Ok(Some(dir.join("tree")));
+        }
+        tracing::warn!(diff_id, "removing incomplete or corrupt layer store entry");
+        self.remove_entry(&dir)?;
+        Ok(None)
+    }
+
+    fn remove_entry(&self, dir: &Path) -> Result<(), StoreError> {
+        // Move aside first so a concurrent reader never sees a half-removed tree.
+        let trash = self.root.join("staging").join(format!("trash-{}", random_suffix()));
+        match fs::rename(dir, &trash) {
+            Ok(()) => remove_tree(&trash),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(dir, "move corrupt entry aside")(e)),
+        }
+    }
+
+    /// Takes the per-layer lock (blocking; call from a blocking thread).
+    pub fn lock(&self, diff_id: &str) -> Result<LayerLock, StoreError> {
+        let path = self.root.join("locks").join(format!("{}.lock", diff_id_hex(diff_id)?));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open lock file"))?;
+        file.lock().map_err(io_err(&path, "lock"))?;
+        Ok(LayerLock { _file: file })
+    }
+
+    /// A fresh private staging directory; removed on drop unless committed.
+    pub fn begin(&self, diff_id: &str) -> Result<Staging, StoreError> {
+        diff_id_hex(diff_id)?;
+        let dir = self.root.join("staging").join(format!("layer-{}", random_suffix()));
+        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io_err(&dir, "create staging directory"))?;
+        let tree = dir.join("tree");
+        fs::DirBuilder::new().mode(0o755).create(&tree).map_err(io_err(&tree, "create staging tree"))?;
+        Ok(Staging { dir, committed: false, diff_id: diff_id.to_string() })
+    }
+
+    /// Commits a fully verified staging directory as the entry for its diff_id.
+    pub fn commit(&self, mut staging: Staging, completion: &Completion) -> Result<PathBuf, StoreError> {
+        if completion.diff_id != staging.diff_id {
+            return Err(StoreError::BadDiffId(completion.diff_id.clone()));
+        }
+        let marker = staging.dir.join("complete.json");
+        let body = serde_json::to_vec_pretty(completion).map_err(|e| io_err(&marker, "encode marker")(io::Error::other(e)))?;
+        let mut f = File::create(&marker).map_err(io_err(&marker, "write marker"))?;
+        f.write_all(&body).map_err(io_err(&marker, "write marker"))?;
+        f.sync_all().map_err(io_err(&marker, "sync marker"))?;
+        let dest = self.entry_dir(&staging.diff_id)?;
+        if dest.exists() {
+            // Someone without the lock left a stale entry: replace it.
+            self.remove_entry(&dest)?;
+        }
+        fs::rename(&staging.dir, &dest).map_err(io_err(&dest, "commit entry"))?;
+        staging.committed = true;
+        Ok(dest.join("tree"))
+    }
+
+    /// Removes leftovers of crashed pulls (staging directories nobody holds).
+    pub fn clean_staging(&self) {
+        if let Ok(rd) = fs::read_dir(self.root.join("staging")) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if name.to_string_lossy().starts_with("trash-") {
+                    let _ = remove_tree(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Holds a per-layer lock until dropped.
+#[derive(Debug)]
+pub struct LayerLock {
+    _file: File,
+}
+
+/// A private staging directory for one layer.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    diff_id: String,
+    committed: bool,
+}
+
+impl Staging {
+    /// Where the layer tree is extracted.
+    pub fn tree(&self) -> PathBuf {
+        self.dir.join("tree")
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Fail closed: nothing unverified survives.
+            let _ = remove_tree(&self.dir);
+        }
+    }
+}
+
+/// Removes a directory tree, first making directories writable (a layer may
+/// carry 0555 directories, which even `remove_dir_all` cannot empty as non-root).
+pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    fn chmod_dirs(p: &Path) {
+        if let Ok(m) = fs::symlink_metadata(p) {
+            if m.is_dir() {
+                let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
+                if let Ok(rd) = fs::read_dir(p) {
+                    for e in rd.flatten() {
+                        chmod_dirs(&e.path());
+                    }
+                }
+            }
+        }
+    }
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            chmod_dirs(path);
+            fs::remove_dir_all(path).map_err(io_err(path, "remove"))
+        }
+    }
+}
+
+/// A short random suffix for private names.
+pub(crate) fn random_suffix() -> String {
+    let mut b = [0u8; 8];
+    // getrandom through rustix would need another feature; /dev/urandom is always there.
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = io::Read::read_exact(&mut f, &mut b);
+    }
+    format!("{}-{}", std::process::id(), hex::encode(b))
+}
