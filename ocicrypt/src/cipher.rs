@@ -75,6 +75,19 @@ impl LayerEncryptor {
     }
 }
 
+impl std::fmt::Debug for LayerEncryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The cipher state holds the key schedule: show only progress.
+        f.debug_struct("LayerEncryptor").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for LayerDecryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerDecryptor").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
 /// Decrypts one layer: `update()` each buffer in place, then `finish()` verifies
 /// the HMAC in constant time.
 pub struct LayerDecryptor {
