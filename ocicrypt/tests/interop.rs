@@ -307,3 +307,18 @@ async fn tampered_layer_fails_at_eof() {
     let mut r = DecryptReader::new(blob.as_slice(), &opts, &bad).unwrap();
     assert!(r.read_to_end(&mut Vec::new()).is_err());
 }
+
+#[tokio::test]
+async fn skopeo_four_recipient_general_jwe_opens_with_each_key() {
+    let ann = layer_annotations(&read("skopeo-4-recipients/manifest.json"));
+    let blob = read("skopeo-4-recipients/layer.enc");
+    let item = &EncAnnotations::parse(&ann).unwrap().wrapped["jwe"][0];
+    let algs: Vec<String> = jwe_recipients(item).unwrap().into_iter().map(|r| r.alg).collect();
+    assert_eq!(algs, ["RSA-OAEP", "ECDH-ES+A256KW", "RSA-OAEP", "ECDH-ES+A256KW"]);
+    // rsa2048b is the SECOND RSA recipient (ocicrypt-rs cannot open that one).
+    for k in ["rsa2048.pem", "ec-P-384.pem", "rsa2048b.pem", "ec-P-521.sec1.der"] {
+        let (opts, public) = unwrap_keys(&unwrappers(vec![key(k)]), &ann).await.unwrap_or_else(|e| panic!("{k}: {e}"));
+        assert_eq!(hex::encode(Sha256::digest(decrypt_blob(&blob, &opts, &public))), PLAIN_DIGEST, "{k}");
+    }
+    assert!(unwrap_keys(&unwrappers(vec![key("ec-P-256.pem")]), &ann).await.is_err());
+}
