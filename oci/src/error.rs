@@ -12,6 +12,8 @@ pub enum OciError {
     #[error(transparent)]
     Layout(#[from] crate::layout::LayoutError),
     #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
@@ -21,6 +23,8 @@ pub enum OciError {
         expected: Digest,
         actual: Digest,
     },
+    #[error("blob digest mismatch: expected {expected}, content hashes to {actual}")]
+    BlobDigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {digest} is larger than the {max}-byte limit for this read")]
     TooLarge { digest: Digest, max: u64 },
     #[error("{context}: {source}")]

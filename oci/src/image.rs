@@ -14,7 +14,8 @@ use crate::error::OciError;
 use crate::layout::{LayoutBlobWriter, OciLayout};
 use crate::manifest::{sniff_media_type, Descriptor};
 use crate::media_type;
-use crate::reference::{ImageRef, LayoutRef};
+use crate::reference::{ImageRef, LayoutRef, RegistryRef};
+use crate::registry::{RegistryBlobWriter, RegistryClient, RegistryConfig};
 
 /// Manifests larger than this are refused (distribution's own limit is 4 MiB).
 pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
@@ -59,6 +60,60 @@ pub type DestOptions = SourceOptions;
 #[derive(Debug)]
 pub enum ImageSource {
     Layout(LayoutSource),
+    Registry(RegistryImage),
+}
+
+/// An image in a registry (as a source or a destination).
+#[derive(Debug)]
+pub struct RegistryImage {
+    pub client: RegistryClient,
+    pub reference: RegistryRef,
+}
+
+fn registry_client(r: &RegistryRef, opts: &SourceOptions, push: bool) -> Result<RegistryClient, OciError> {
+    let credentials = crate::auth::resolve_credentials(
+        &r.registry,
+        &r.repository,
+        opts.creds.as_deref(),
+        opts.auth_file.as_deref(),
+    )?;
+    Ok(RegistryClient::new(
+        r,
+        RegistryConfig {
+            insecure_plain_http: opts.insecure_plain_http,
+            credentials,
+            push,
+        },
+    )?)
+}
+
+/// Fetch a manifest from a registry and check it against `pinned` when given.
+async fn registry_manifest(
+    img: &RegistryImage,
+    reference: &str,
+    pinned: Option<&Digest>,
+) -> Result<RawManifest, OciError> {
+    let m = img.client.get_manifest(reference, MAX_MANIFEST_SIZE).await?;
+    let sha = Digest::sha256_of(&m.bytes);
+    let digest = match pinned {
+        Some(p) => {
+            let actual = Digest::of(p.algorithm(), &m.bytes);
+            if &actual != p {
+                return Err(OciError::ManifestDigestMismatch {
+                    reference: format!("{}/{}@{p}", img.reference.registry, img.reference.repository),
+                    expected: p.clone(),
+                    actual,
+                });
+            }
+            p.clone()
+        }
+        None => sha,
+    };
+    Ok(RawManifest {
+        bytes: m.bytes,
+        media_type: m.media_type,
+        digest,
+    })
 }
 
 /// An image in a layout, as a source.
@@ -70,13 +125,16 @@ pub struct LayoutSource {
 
 impl ImageSource {
     /// Open the image `r` names for reading.
-    pub async fn open(r: &ImageRef, _opts: &SourceOptions) -> Result<ImageSource, OciError> {
+    pub async fn open(r: &ImageRef, opts: &SourceOptions) -> Result<ImageSource, OciError> {
         match r {
             ImageRef::Layout(l) => Ok(ImageSource::Layout(LayoutSource {
                 layout: OciLayout::open(&l.dir)?,
                 reference: l.clone(),
             })),
-            ImageRef::Registry(_) => todo_registry(),
+            ImageRef::Registry(reg) => Ok(ImageSource::Registry(RegistryImage {
+                client: registry_client(reg, opts, false)?,
+                reference: reg.clone(),
+            })),
         }
     }
 
@@ -95,6 +153,14 @@ impl ImageSource {
                 }
                 Ok(m)
             }
+            ImageSource::Registry(img) => {
+                registry_manifest(
+                    img,
+                    &img.reference.manifest_reference(),
+                    img.reference.digest.as_ref(),
+                )
+                .await
+            }
         }
     }
 
@@ -102,6 +168,7 @@ impl ImageSource {
     pub async fn manifest_by_digest(&self, d: &Digest) -> Result<RawManifest, OciError> {
         match self {
             ImageSource::Layout(s) => layout_manifest(&s.layout, d).await,
+            ImageSource::Registry(img) => registry_manifest(img, &d.to_string(), Some(d)).await,
         }
     }
 
@@ -110,6 +177,11 @@ impl ImageSource {
     pub async fn blob(&self, d: &Digest, size: u64) -> Result<BlobReader, OciError> {
         match self {
             ImageSource::Layout(s) => Ok(s.layout.open_blob(d, size).await?),
+            ImageSource::Registry(img) => {
+                let stream = img.client.get_blob_stream(d, 0).await?;
+                let reader = tokio_util::io::StreamReader::new(stream);
+                Ok(BlobReader::new(reader, d.clone(), size))
+            }
         }
     }
 
@@ -117,6 +189,33 @@ impl ImageSource {
     pub async fn blob_bytes(&self, d: &Digest, max: u64) -> Result<Vec<u8>, OciError> {
         match self {
             ImageSource::Layout(s) => Ok(s.layout.read_blob(d, max).await?),
+            ImageSource::Registry(img) => {
+                let stream = img.client.get_blob_stream(d, 0).await?;
+                let reader = tokio_util::io::StreamReader::new(stream);
+                // Capped at max+1 so an oversized blob is detected, not truncated.
+                let mut limited = tokio::io::AsyncReadExt::take(reader, max.saturating_add(1));
+                let mut bytes = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut limited, &mut bytes)
+                    .await
+                    .map_err(|source| OciError::Io {
+                        context: format!("reading blob {d}"),
+                        source,
+                    })?;
+                if bytes.len() as u64 > max {
+                    return Err(OciError::TooLarge {
+                        digest: d.clone(),
+                        max,
+                    });
+                }
+                let actual = Digest::of(d.algorithm(), &bytes);
+                if &actual != d {
+                    return Err(OciError::BlobDigestMismatch {
+                        expected: d.clone(),
+                        actual,
+                    });
+                }
+                Ok(bytes)
+            }
         }
     }
 }
@@ -128,13 +227,6 @@ async fn layout_manifest(layout: &OciLayout, d: &Digest) -> Result<RawManifest, 
         bytes,
         media_type,
         digest: d.clone(),
-    })
-}
-
-fn todo_registry<T>() -> Result<T, OciError> {
-    Err(OciError::Io {
-        context: "registry transport".into(),
-        source: std::io::Error::other("not implemented yet"),
     })
 }
 
@@ -152,6 +244,7 @@ pub enum ManifestRole {
 #[derive(Debug)]
 pub enum ImageDest {
     Layout(LayoutDest),
+    Registry(RegistryImage),
 }
 
 /// A layout, as a destination.
@@ -165,6 +258,7 @@ pub struct LayoutDest {
 #[derive(Debug)]
 pub enum BlobWriter {
     Layout(LayoutBlobWriter),
+    Registry(RegistryBlobWriter),
 }
 
 impl BlobWriter {
@@ -172,6 +266,7 @@ impl BlobWriter {
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), OciError> {
         match self {
             BlobWriter::Layout(w) => Ok(w.write_all(buf).await?),
+            BlobWriter::Registry(w) => Ok(w.write_all(buf).await?),
         }
     }
 
@@ -179,6 +274,7 @@ impl BlobWriter {
     pub fn written(&self) -> u64 {
         match self {
             BlobWriter::Layout(w) => w.written(),
+            BlobWriter::Registry(w) => w.written(),
         }
     }
 
@@ -188,19 +284,23 @@ impl BlobWriter {
     pub async fn finish(self, expected: Option<&Digest>) -> Result<(Digest, u64), OciError> {
         match self {
             BlobWriter::Layout(w) => Ok(w.finish(expected).await?),
+            BlobWriter::Registry(w) => Ok(w.finish(expected).await?),
         }
     }
 }
 
 impl ImageDest {
     /// Open (creating a layout if needed) the destination `r` names.
-    pub async fn open(r: &ImageRef, _opts: &DestOptions) -> Result<ImageDest, OciError> {
+    pub async fn open(r: &ImageRef, opts: &DestOptions) -> Result<ImageDest, OciError> {
         match r {
             ImageRef::Layout(l) => Ok(ImageDest::Layout(LayoutDest {
                 layout: OciLayout::create(&l.dir)?,
                 reference: l.clone(),
             })),
-            ImageRef::Registry(_) => todo_registry(),
+            ImageRef::Registry(reg) => Ok(ImageDest::Registry(RegistryImage {
+                client: registry_client(reg, opts, true)?,
+                reference: reg.clone(),
+            })),
         }
     }
 
@@ -208,6 +308,7 @@ impl ImageDest {
     pub async fn begin_blob(&self) -> Result<BlobWriter, OciError> {
         match self {
             ImageDest::Layout(d) => Ok(BlobWriter::Layout(d.layout.begin_blob().await?)),
+            ImageDest::Registry(r) => Ok(BlobWriter::Registry(r.client.begin_blob().await?)),
         }
     }
 
@@ -215,6 +316,7 @@ impl ImageDest {
     pub async fn has_blob(&self, d: &Digest) -> Result<bool, OciError> {
         match self {
             ImageDest::Layout(l) => Ok(l.layout.has_blob(d)),
+            ImageDest::Registry(r) => Ok(r.client.has_blob(d).await?),
         }
     }
 
@@ -222,6 +324,7 @@ impl ImageDest {
     pub async fn put_blob_bytes(&self, bytes: &[u8]) -> Result<Digest, OciError> {
         match self {
             ImageDest::Layout(l) => Ok(l.layout.put_blob_bytes(bytes).await?),
+            ImageDest::Registry(r) => Ok(r.client.put_blob_bytes(bytes).await?),
         }
     }
 
@@ -234,6 +337,18 @@ impl ImageDest {
     ) -> Result<(), OciError> {
         if self.has_blob(d).await? {
             return Ok(());
+        }
+        // Same registry, other repository: ask for a cross-repository mount first.
+        if let (ImageDest::Registry(dst), ImageSource::Registry(s)) = (self, src) {
+            if dst.client.base_url() == s.client.base_url()
+                && dst.client.repository() != s.client.repository()
+            {
+                match dst.client.mount_blob(d, s.client.repository()).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!("mounting {d} failed, copying instead: {e}"),
+                }
+            }
         }
         let mut reader = src.blob(d, size).await?;
         let mut w = self.begin_blob().await?;
@@ -254,6 +369,38 @@ impl ImageDest {
         Ok(())
     }
 
+    /// Copy a whole image unchanged (an index with all its platform manifests, or
+    /// one manifest), blobs first, manifests last, so the tag appears only when
+    /// everything it points at is in place. Returns the top manifest as copied.
+    pub async fn copy_image_from(&self, src: &ImageSource) -> Result<RawManifest, OciError> {
+        let top = src.manifest().await?;
+        match top.parse()? {
+            crate::manifest::Manifest::Index(idx) => {
+                for child in &idx.manifests {
+                    let m = src.manifest_by_digest(&child.digest).await?;
+                    self.copy_manifest_blobs(src, &m).await?;
+                    self.put_manifest(&m.bytes, &m.media_type, ManifestRole::Child)
+                        .await?;
+                }
+            }
+            crate::manifest::Manifest::Image(_) => self.copy_manifest_blobs(src, &top).await?,
+        }
+        self.put_manifest(&top.bytes, &top.media_type, ManifestRole::TopLevel)
+            .await?;
+        Ok(top)
+    }
+
+    async fn copy_manifest_blobs(&self, src: &ImageSource, m: &RawManifest) -> Result<(), OciError> {
+        if let crate::manifest::Manifest::Image(im) = m.parse()? {
+            self.copy_blob_from(src, &im.config.digest, im.config.size)
+                .await?;
+            for l in &im.layers {
+                self.copy_blob_from(src, &l.digest, l.size).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Store a manifest. A [`ManifestRole::TopLevel`] manifest gets the destination
     /// reference's tag (layout: an index.json entry replacing any with the same ref
     /// name; registry: PUT by tag); a child is stored by digest. Returns its digest.
@@ -271,6 +418,17 @@ impl ImageDest {
                     l.layout.set_manifest(&desc, l.reference.tag.as_deref())?;
                 }
                 Ok(d)
+            }
+            ImageDest::Registry(r) => {
+                let reference = match role {
+                    ManifestRole::TopLevel => r
+                        .reference
+                        .tag
+                        .clone()
+                        .unwrap_or_else(|| Digest::sha256_of(bytes).to_string()),
+                    ManifestRole::Child => Digest::sha256_of(bytes).to_string(),
+                };
+                Ok(r.client.put_manifest(&reference, bytes, media_type).await?)
             }
         }
     }

@@ -11,13 +11,14 @@ pub mod layout;
 pub mod manifest;
 pub mod media_type;
 pub mod reference;
+pub mod registry;
 
 pub use blob::BlobReader;
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::OciError;
 pub use image::{
-    BlobWriter, DestOptions, ImageDest, ImageSource, ManifestRole, RawManifest, SourceOptions,
-    MAX_MANIFEST_SIZE,
+    BlobWriter, DestOptions, ImageDest, ImageSource, ManifestRole, RawManifest, RegistryImage,
+    SourceOptions, MAX_MANIFEST_SIZE,
 };
 pub use layout::{LayoutError, OciLayout};
 pub use manifest::{
@@ -25,3 +26,4 @@ pub use manifest::{
     ManifestError, Platform, PlatformSpec,
 };
 pub use reference::{ImageRef, LayoutRef, RefError, RegistryRef};
+pub use registry::{RegistryClient, RegistryConfig, RegistryError};

@@ -164,10 +164,10 @@ impl fmt::Display for ImageRef {
 }
 
 fn parse_oci(whole: &str, rest: &str) -> Result<LayoutRef, RefError> {
-    // `oci:DIR@sha256:…` — only when what follows `@` really is a digest, so that a
-    // directory name containing `@` still works with the plain `DIR:TAG` form.
+    // `oci:DIR@sha256:…` — only when what follows `@` looks like a digest (`sha…:`),
+    // so that a directory name containing `@` still works in the `DIR:TAG` form.
     if let Some((dir, dgst)) = rest.rsplit_once('@') {
-        if !dir.contains(':') && dgst.contains(':') {
+        if !dir.contains(':') && dgst.starts_with("sha") && dgst.contains(':') {
             let digest = dgst.parse().map_err(|source| RefError::BadDigest {
                 reference: whole.to_string(),
                 source,
