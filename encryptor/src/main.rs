@@ -1,1 +1,316 @@
-fn main() {}
+//! `cloak`: the build-side tool. Parses flags into validated configs and calls
+//! the `encryptor` library; maps errors to exit codes (0 ok, 1 failure, 2 usage).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use encryptor::{
+    CommonOptions, DecryptConfig, EncryptConfig, InspectConfig, KbsAdminOptions, KeygenConfig,
+    LayerSelection, PlatformSelection,
+};
+
+/// Encrypt OCI images so that only an attested confidential guest can read them.
+///
+/// Layers are encrypted with the ocicrypt format (AES-256-CTR + HMAC-SHA256), the
+/// same one skopeo, containerd's imgcrypt and Confidential Containers guests read.
+/// Each layer key is wrapped for every recipient you name.
+///
+/// Image references use skopeo's syntax: `oci:DIR[:TAG]` for an OCI layout,
+/// `docker://HOST[:PORT]/REPO[:TAG|@sha256:...]` for a registry.
+#[derive(Parser, Debug)]
+#[command(name = "cloak", version, propagate_version = true)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace); also `RUST_LOG`.
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Encrypt the layers of an image for one or more recipients.
+    ///
+    /// Examples:
+    ///   cloak encrypt --recipient jwe:pub.pem oci:app:v1 oci:app-enc:v1
+    ///   cloak encrypt --recipient jwe:pub.pem --dest-tls-verify=false oci:app:v1 docker://127.0.0.1:5000/app:enc
+    ///   cloak encrypt --recipient kbs:///default/image-kek/app --kbs-url http://127.0.0.1:8080 \
+    ///                 --kbs-admin-key admin.pem oci:app:v1 oci:app-enc:v1
+    #[command(verbatim_doc_comment)]
+    Encrypt(EncryptArgs),
+    /// Decrypt an encrypted image with local private keys.
+    ///
+    /// The HMAC of every layer is verified before anything is committed to DST.
+    ///   cloak decrypt --key priv.pem oci:app-enc:v1 oci:app-dec:v1
+    #[command(verbatim_doc_comment)]
+    Decrypt(DecryptArgs),
+    /// Show, per layer, the media type, size, encryption schemes and recipients.
+    Inspect(InspectArgs),
+    /// Make a key pair, register the private key in the KBS, write the public JWK.
+    ///
+    /// The public JWK's `kid` is the KBS URI, so guests know where to fetch the key
+    /// after attestation. The private key never touches disk unless --save-private.
+    ///   cloak keygen --kbs-url http://127.0.0.1:8080 --kbs-admin-key admin.pem \
+    ///                kbs:///default/image-key/app --out app.pub.jwk
+    #[command(verbatim_doc_comment)]
+    Keygen(KeygenArgs),
+    /// Check whether this machine has a usable TEE (AMD SEV-SNP, Intel TDX, Arm CCA).
+    ///
+    /// Exit code 0 only when a TEE guest interface can produce evidence.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct CommonArgs {
+    /// Print nothing but errors (no progress bars).
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print a machine-readable JSON result on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Credentials for both registries, USER:PASS.
+    #[arg(long, value_name = "USER:PASS")]
+    creds: Option<String>,
+    /// Credentials for the source registry, USER:PASS.
+    #[arg(long, value_name = "USER:PASS")]
+    src_creds: Option<String>,
+    /// Credentials for the destination registry, USER:PASS.
+    #[arg(long, value_name = "USER:PASS")]
+    dest_creds: Option<String>,
+    /// Auth file (docker config.json format); default $REGISTRY_AUTH_FILE, then ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Require HTTPS and verify certificates for the source registry (false = plain HTTP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    src_tls_verify: bool,
+    /// Require HTTPS and verify certificates for the destination registry (false = plain HTTP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    dest_tls_verify: bool,
+    /// Layers processed at the same time.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    max_concurrent_layers: u16,
+}
+
+#[derive(Args, Debug)]
+struct KbsAdminArgs {
+    /// KBS URL for registering keys (kbs:/// recipients, keygen).
+    #[arg(long, value_name = "URL")]
+    kbs_url: Option<String>,
+    /// Ed25519 admin private key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes).
+    #[arg(long, value_name = "FILE")]
+    kbs_admin_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct EncryptArgs {
+    /// Recipient, repeatable: `jwe:PUBKEY` (PEM, DER, X.509 or JWK file),
+    /// `provider:NAME[:PARAMS]` (ocicrypt keyprovider from $OCICRYPT_KEYPROVIDER_CONFIG),
+    /// or `kbs:///REPO/TYPE/TAG` (a KEK registered in the KBS, CoCo-compatible).
+    #[arg(long = "recipient", short = 'r', required = true, value_name = "RECIPIENT")]
+    recipients: Vec<String>,
+    /// Encrypt only this layer (0-based; negative counts from the end), repeatable.
+    /// Default: all layers.
+    #[arg(long = "layer", value_name = "N", allow_negative_numbers = true)]
+    layers: Vec<i64>,
+    /// From an index, encrypt only this platform (OS/ARCH[/VARIANT]).
+    #[arg(long, value_name = "OS/ARCH", conflicts_with = "all")]
+    platform: Option<String>,
+    /// From an index, encrypt every platform and write a new index.
+    #[arg(long)]
+    all: bool,
+    /// ocicrypt keyprovider config for provider: recipients (default $OCICRYPT_KEYPROVIDER_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    keyprovider_config: Option<PathBuf>,
+    #[command(flatten)]
+    kbs: KbsAdminArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Source image, e.g. oci:app:v1 or docker://registry/app:v1
+    src: String,
+    /// Destination image, e.g. oci:app-enc:v1 or docker://registry/app:enc
+    dst: String,
+}
+
+#[derive(Args, Debug)]
+struct DecryptArgs {
+    /// Private key file (PEM, DER or JWK), repeatable; every key is tried.
+    #[arg(long = "key", short = 'k', required = true, value_name = "FILE")]
+    keys: Vec<PathBuf>,
+    /// From an index, decrypt only this platform (OS/ARCH[/VARIANT]).
+    #[arg(long, value_name = "OS/ARCH", conflicts_with = "all")]
+    platform: Option<String>,
+    /// From an index, decrypt every platform and write a new index.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Source image (encrypted)
+    src: String,
+    /// Destination image (plain)
+    dst: String,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// From an index, show only this platform.
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    /// Credentials, USER:PASS.
+    #[arg(long, value_name = "USER:PASS")]
+    creds: Option<String>,
+    /// Auth file (docker config.json format).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Require HTTPS and verify certificates (false = plain HTTP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    tls_verify: bool,
+    /// Image to inspect
+    image: String,
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    #[command(flatten)]
+    kbs: KbsAdminArgs,
+    /// Make an RSA-3072 key (RSA-OAEP) instead of EC P-256 (ECDH-ES+A256KW).
+    #[arg(long)]
+    rsa: bool,
+    /// Where to write the public JWK.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also write the private JWK here (otherwise it exists only in the KBS).
+    #[arg(long, value_name = "FILE")]
+    save_private: Option<PathBuf>,
+    /// KBS resource for the private key, e.g. kbs:///default/image-key/app
+    uri: String,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn common_options(c: &CommonArgs) -> CommonOptions {
+    CommonOptions {
+        quiet: c.quiet,
+        json: c.json,
+        src_creds: c.src_creds.clone().or_else(|| c.creds.clone()),
+        dest_creds: c.dest_creds.clone().or_else(|| c.creds.clone()),
+        authfile: c.authfile.clone(),
+        insecure_src_plain_http: !c.src_tls_verify,
+        insecure_dest_plain_http: !c.dest_tls_verify,
+        max_concurrent_layers: usize::from(c.max_concurrent_layers),
+    }
+}
+
+fn kbs_options(k: &KbsAdminArgs) -> KbsAdminOptions {
+    KbsAdminOptions { url: k.kbs_url.clone(), admin_key: k.kbs_admin_key.clone() }
+}
+
+fn platform_selection(platform: Option<String>, all: bool) -> PlatformSelection {
+    match (platform, all) {
+        (_, true) => PlatformSelection::All,
+        (Some(p), false) => PlatformSelection::Only(p),
+        (None, false) => PlatformSelection::Default,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Encrypt(a) => {
+            let cfg = EncryptConfig {
+                src: a.src,
+                dst: a.dst,
+                recipients: a.recipients,
+                layers: if a.layers.is_empty() {
+                    LayerSelection::All
+                } else {
+                    LayerSelection::Indices(a.layers)
+                },
+                platforms: platform_selection(a.platform, a.all),
+                keyprovider_config: a.keyprovider_config,
+                kbs: kbs_options(&a.kbs),
+                common: common_options(&a.common),
+            };
+            let result = encryptor::encrypt(&cfg).await?;
+            result.report(&cfg.common)?;
+        }
+        Command::Decrypt(a) => {
+            let cfg = DecryptConfig {
+                src: a.src,
+                dst: a.dst,
+                keys: a.keys,
+                platforms: platform_selection(a.platform, a.all),
+                common: common_options(&a.common),
+            };
+            let result = encryptor::decrypt(&cfg).await?;
+            result.report(&cfg.common)?;
+        }
+        Command::Inspect(a) => {
+            let cfg = InspectConfig {
+                image: a.image,
+                platform: a.platform,
+                creds: a.creds,
+                authfile: a.authfile,
+                insecure_plain_http: !a.tls_verify,
+            };
+            let report = encryptor::inspect(&cfg).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.render_text());
+            }
+        }
+        Command::Keygen(a) => {
+            let cfg = KeygenConfig {
+                kbs: kbs_options(&a.kbs),
+                rsa: a.rsa,
+                out: a.out,
+                save_private: a.save_private,
+                uri: a.uri,
+            };
+            let kid = encryptor::keygen(&cfg).await?;
+            eprintln!("registered the private key at {kid}; public JWK written to {}", cfg.out.display());
+        }
+        Command::Check(a) => {
+            let report = encryptor::check::run_check(std::path::Path::new("/"));
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.render_text());
+            }
+            if !report.usable() {
+                return Err(anyhow::anyhow!("no usable TEE on this machine"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // clap exits with 2 on usage errors by itself.
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `cloak encrypt`: every selected layer gets a fresh 32-byte key and 16-byte
+//! nonce, is encrypted as a stream straight into the destination, and its
+//! private options are wrapped once per recipient scheme.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use ocicrypt::keywrap::KeyWrapper;
+use ocicrypt::{AsyncEncryptReader, PrivateOptions, PublicOptions};
+use oci::{BlobReader, Descriptor, Digest, ImageManifest};
+
+use crate::config::{EncryptConfig, LayerSelection};
+use crate::copy::{copy_image, CopyResult, LayerJob, LayerTransform, StreamTransform};
+use crate::recipients::build_wrappers;
+use crate::Error;
+
+/// Encrypts `cfg.src` into `cfg.dst`.
+pub async fn encrypt(cfg: &EncryptConfig) -> Result<CopyResult, Error> {
+    let wrappers = Arc::new(build_wrappers(cfg).await?);
+    let t = Encrypt { wrappers, layers: cfg.layers.clone() };
+    copy_image(&cfg.src, &cfg.dst, &cfg.platforms, &t, &cfg.common).await
+}
+
+struct Encrypt {
+    wrappers: Arc<Vec<Arc<dyn KeyWrapper>>>,
+    layers: LayerSelection,
+}
+
+impl LayerTransform for Encrypt {
+    fn to_oci(&self) -> bool {
+        true
+    }
+
+    fn prepare(&self, m: &ImageManifest) -> BoxFuture<'_, Result<Vec<Box<dyn LayerJob>>, Error>> {
+        let layers = m.layers.clone();
+        async move {
+            let selected = self.layers.resolve(layers.len())?;
+            let mut jobs: Vec<Box<dyn LayerJob>> = Vec::with_capacity(layers.len());
+            for (index, (desc, sel)) in layers.iter().zip(selected).enumerate() {
+                if !sel {
+                    jobs.push(Box::new(Passthrough));
+                    continue;
+                }
+                if ocicrypt::is_encrypted(&desc.media_type) {
+                    return Err(Error::AlreadyEncrypted {
+                        index,
+                        digest: desc.digest.to_string(),
+                        media_type: desc.media_type.clone(),
+                    });
+                }
+                let media_type = ocicrypt::encrypted_media_type(&desc.media_type).map_err(|e| {
+                    Error::Stream { index, digest: desc.digest.to_string(), reason: e.to_string() }
+                })?;
+                jobs.push(Box::new(EncryptLayer {
+                    index,
+                    source: desc.clone(),
+                    media_type,
+                    opts: PrivateOptions::generate(desc.digest.to_string()),
+                    wrappers: Arc::clone(&self.wrappers),
+                }));
+            }
+            Ok(jobs)
+        }
+        .boxed()
+    }
+}
+
+/// A layer left as it is.
+pub(crate) struct Passthrough;
+
+impl LayerJob for Passthrough {
+    fn passthrough(&self) -> bool {
+        true
+    }
+    fn digest_hint(&self) -> Option<Digest> {
+        None
+    }
+    fn wrap_reader(&self, _reader: BlobReader) -> Result<Box<dyn StreamTransform>, Error> {
+        Err(Error::Usage("internal: a passthrough layer has no stream".into()))
+    }
+    fn finish<'a>(
+        &'a self,
+        _written: (Digest, u64),
+        _stream: Box<dyn StreamTransform>,
+    ) -> BoxFuture<'a, Result<Descriptor, Error>> {
+        async { Err(Error::Usage("internal: a passthrough layer has no stream".into())) }.boxed()
+    }
+}
+
+struct EncryptLayer {
+    index: usize,
+    source: Descriptor,
+    media_type: String,
+    opts: PrivateOptions,
+    wrappers: Arc<Vec<Arc<dyn KeyWrapper>>>,
+}
+
+impl StreamTransform for AsyncEncryptReader<BlobReader> {
+    fn public_options(&self) -> Option<PublicOptions> {
+        AsyncEncryptReader::public_options(self).cloned()
+    }
+}
+
+impl LayerJob for EncryptLayer {
+    fn passthrough(&self) -> bool {
+        false
+    }
+    fn digest_hint(&self) -> Option<Digest> {
+        None
+    }
+    fn wrap_reader(&self, reader: BlobReader) -> Result<Box<dyn StreamTransform>, Error> {
+        Ok(Box::new(AsyncEncryptReader::new(reader, &self.opts)))
+    }
+    fn finish<'a>(
+        &'a self,
+        (digest, size): (Digest, u64),
+        stream: Box<dyn StreamTransform>,
+    ) -> BoxFuture<'a, Result<Descriptor, Error>> {
+        async move {
+            let layer_err = |source| Error::Layer { index: self.index, digest: self.source.digest.to_string(), source };
+            let pubopts = stream.public_options().ok_or_else(|| Error::Stream {
+                index: self.index,
+                digest: self.source.digest.to_string(),
+                reason: "the stream ended before the cipher finished".into(),
+            })?;
+            let enc = ocicrypt::wrap_keys(&self.wrappers, &self.opts, &pubopts).await.map_err(layer_err)?;
+            let existing = self.source.annotations.clone().unwrap_or_default();
+            let annotations = ocicrypt::annotations::merge_enc_annotations(&existing, &enc);
+            let mut d = self.source.clone();
+            d.media_type = self.media_type.clone();
+            d.digest = digest;
+            d.size = size;
+            d.annotations = Some(annotations);
+            Ok(d)
+        }
+        .boxed()
+    }
+}
