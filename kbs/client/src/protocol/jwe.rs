@@ -313,9 +313,12 @@ mod tests {
     fn server_ecdh(jwk: &TeePubKey, plain: &[u8]) -> Response {
         let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
         let eph = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let mut d = Deriver::new(&eph).unwrap();
-        d.set_peer(&ec_public(jwk)).unwrap();
-        let z = d.derive_to_vec().unwrap();
+        let peer = ec_public(jwk);
+        let z = {
+            let mut d = Deriver::new(&eph).unwrap();
+            d.set_peer(&peer).unwrap();
+            d.derive_to_vec().unwrap()
+        };
         let kek = concat_kdf_a256kw(&z);
         let cek: [u8; 32] = rand::random();
         let mut wrapped = vec![0u8; 40];
@@ -377,11 +380,13 @@ mod tests {
         assert_eq!(&decrypt_response(&key, &r).unwrap()[..], SECRET);
     }
 
-    /// josekit is an independent JOSE implementation: its flattened JSON for
-    /// ECDH-ES+A256KW/A256GCM must open with our decryptor (its header is compact
-    /// with sorted keys, which is also Trustee's re-serialised form).
+    /// josekit is an independent JOSE implementation that uses the received
+    /// `protected` string as AAD (plain RFC 7516). Its key unwrap (ECDH-ES Concat
+    /// KDF + AES-KW) must agree with ours; the GCM step then opens exactly when
+    /// josekit's header text happens to equal Trustee's re-serialised form —
+    /// the trap a non-Rust KBS must avoid.
     #[test]
-    fn opens_josekit_ecdh_es_jwe() {
+    fn josekit_ecdh_es_jwe_opens_iff_header_is_in_trustee_form() {
         use josekit::jwe::{JweHeader, ECDH_ES_A256KW};
         use josekit::jwk::Jwk;
         let key = TeeKeyPair::generate(TeeKeyKind::EcP256).unwrap();
@@ -390,9 +395,26 @@ mod tests {
         let enc = ECDH_ES_A256KW.encrypter_from_jwk(&jwk).unwrap();
         let mut h = JweHeader::new();
         h.set_content_encryption("A256GCM");
-        let general = josekit::jwe::serialize_flattened_json(SECRET, None, &h, &enc).unwrap();
-        let resp = parse_response(general.as_bytes()).unwrap();
-        assert_eq!(&decrypt_response(&key, &resp).unwrap()[..], SECRET);
+        let compact = josekit::jwe::serialize_compact(SECRET, &h, &enc).unwrap();
+        let p: Vec<&str> = compact.split('.').collect();
+        assert_eq!(p.len(), 5);
+        let flattened = json!({"protected": p[0], "encrypted_key": p[1], "iv": p[2],
+                               "ciphertext": p[3], "tag": p[4]});
+        let resp = parse_response(flattened.to_string().as_bytes()).unwrap();
+        let trustee_form = trustee_aad(&resp.protected).unwrap() == p[0].as_bytes();
+        match decrypt_response(&key, &resp) {
+            Ok(plain) => {
+                assert!(trustee_form);
+                assert_eq!(&plain[..], SECRET);
+            }
+            // The CEK unwrapped (else the error would be the AES-KW integrity
+            // check); only the AAD differs.
+            Err(ProtocolError::Decrypt(m)) => {
+                assert!(!trustee_form);
+                assert!(m.contains("GCM"), "{m}");
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
     }
 
     #[test]
