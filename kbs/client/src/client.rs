@@ -398,3 +398,56 @@ impl KbsClient {
         Ok(Session { token, key, generation })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..200 {
+            let d1 = backoff_delay(1, &mut rng).as_millis();
+            assert!((50..=100).contains(&d1), "{d1}");
+            let d3 = backoff_delay(3, &mut rng).as_millis();
+            assert!((200..=400).contains(&d3), "{d3}");
+            for a in [7, 20, u32::MAX] {
+                let d = backoff_delay(a, &mut rng).as_millis();
+                assert!((1500..=3000).contains(&d), "{a}: {d}");
+            }
+        }
+        // Jitter: not every delay is the same.
+        let set: std::collections::HashSet<u128> =
+            (0..50).map(|_| backoff_delay(5, &mut rng).as_millis()).collect();
+        assert!(set.len() > 1);
+    }
+
+    #[test]
+    fn base_url_validation() {
+        assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
+        assert_eq!(
+            endpoint(&parse_base_url("http://h:1/prefix").unwrap(), "kbs/v0/auth").unwrap().as_str(),
+            "http://h:1/prefix/kbs/v0/auth"
+        );
+        for bad in ["", "ftp://h", "127.0.0.1:8080", "http://h/?q=1"] {
+            assert!(parse_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(SET_COOKIE, "other=1; Path=/".parse().unwrap());
+        h.append(SET_COOKIE, "kbs-session-id=abc123; Expires=x".parse().unwrap());
+        assert_eq!(session_cookie(&h).as_deref(), Some("kbs-session-id=abc123"));
+        assert_eq!(session_cookie(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn server_reason_prefers_trustee_detail() {
+        let r = server_reason(StatusCode::UNAUTHORIZED, br#"{"type":"PolicyDeny","detail":"denied"}"#);
+        assert_eq!(r, "denied");
+        assert_eq!(server_reason(StatusCode::BAD_GATEWAY, b""), "HTTP 502 Bad Gateway");
+        assert_eq!(server_reason(StatusCode::BAD_REQUEST, b"oops\n\x07"), "oops");
+    }
+}
