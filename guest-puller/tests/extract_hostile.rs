@@ -95,10 +95,11 @@ fn absolute_names_land_inside_root() {
 #[test]
 fn symlink_escape_then_write_stays_inside() {
     let sb = sandbox();
-    let abs = sb.outside.display().to_string();
     let tar = RawTar::new()
-        .symlink("evil", &abs)
+        .dir("etc/")
+        .symlink("evil", "/etc")
         .file("evil/passwd", b"pwned")
+        .dir("outside/")
         .symlink("rel", &rel_outside(&sb))
         .file("rel/passwd", b"pwned2")
         .symlink("dotdots", "../../../../../../")
@@ -106,11 +107,24 @@ fn symlink_escape_then_write_stays_inside() {
         .finish();
     run(&sb, &tar, &ExtractOptions::default()).expect("extract");
     // The writes went through the symlinks as if the root were "/".
-    assert_eq!(fs::read(sb.root.join(abs.trim_start_matches('/')).join("passwd")).expect("in"), b"pwned");
+    assert_eq!(fs::read(sb.root.join("etc/passwd")).expect("in"), b"pwned");
     assert_eq!(fs::read(sb.root.join("outside/passwd")).expect("in"), b"pwned2");
     assert_eq!(fs::read(sb.root.join("created-by-tar")).expect("in"), b"x");
     // The symlinks themselves are kept verbatim.
-    assert_eq!(fs::read_link(sb.root.join("evil")).expect("link"), PathBuf::from(&abs));
+    assert_eq!(fs::read_link(sb.root.join("evil")).expect("link"), PathBuf::from("/etc"));
+}
+
+#[test]
+fn write_through_dangling_symlink_to_outside_fails_inside() {
+    let sb = sandbox();
+    // The symlink points at the real outside dir; inside the root that path does
+    // not exist, so the write fails instead of landing on the host.
+    let tar = RawTar::new()
+        .symlink("evil", &sb.outside.display().to_string())
+        .file("evil/passwd", b"pwned")
+        .finish();
+    let err = run(&sb, &tar, &ExtractOptions::default()).expect_err("dangling");
+    assert!(err.to_string().contains("evil/passwd"), "{err}");
 }
 
 #[test]

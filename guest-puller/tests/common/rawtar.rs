@@ -8,9 +8,10 @@ pub struct RawTar {
 }
 
 fn octal(field: &mut [u8], v: u64) {
-    let s = format!("{:0width$o}", v, width = field.len() - 1);
-    field[..field.len() - 1].copy_from_slice(s.as_bytes());
-    field[field.len() - 1] = 0;
+    let n = field.len() - 1;
+    let s = format!("{:0width$o}", v, width = n);
+    field[..n].copy_from_slice(s.as_bytes());
+    field[n] = 0;
 }
 
 impl RawTar {
