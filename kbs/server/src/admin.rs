@@ -14,8 +14,8 @@ pub enum AdminError {
     Disabled,
     #[error("missing Authorization: Bearer header")]
     Missing,
-    #[error("admin token is not a compact JWS")]
-    Format,
+    #[error("admin token is not a compact JWS: {0}")]
+    Format(&'static str),
     #[error("admin token algorithm {0:?} is not EdDSA")]
     Alg(String),
     #[error("admin token signature is invalid")]
@@ -36,8 +36,9 @@ pub enum AdminError {
 
 #[derive(Deserialize)]
 struct AdminClaims {
-    exp: Option<u64>,
-    nbf: Option<u64>,
+    // Numbers as JSON values: some JWT libraries write NumericDate as a float.
+    exp: Option<serde_json::Value>,
+    nbf: Option<serde_json::Value>,
     role: Option<String>,
     iss: Option<String>,
     aud: Option<serde_json::Value>,
@@ -76,18 +77,18 @@ impl AdminVerifier {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(AdminError::Format);
+            return Err(AdminError::Format("need three dot-separated parts"));
         };
         let header: serde_json::Value = URL_SAFE_NO_PAD
             .decode(h)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(AdminError::Format)?;
+            .ok_or(AdminError::Format("header is not base64url JSON"))?;
         let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or_default();
         if alg != "EdDSA" {
             return Err(AdminError::Alg(alg.into()));
         }
-        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AdminError::Format)?;
+        let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| AdminError::Format("signature is not base64url"))?;
         let ok = Verifier::new_without_digest(&self.key)
             .and_then(|mut v| v.verify_oneshot(&sig, format!("{h}.{p}").as_bytes()))
             .unwrap_or(false);
@@ -98,13 +99,14 @@ impl AdminVerifier {
             .decode(p)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(AdminError::Format)?;
+            .ok_or(AdminError::Format("claims are not base64url JSON of the expected types"))?;
         let now = crate::now_secs();
-        let exp = claims.exp.ok_or(AdminError::NoExpiry)?;
+        let date = |v: &Option<serde_json::Value>| v.as_ref().and_then(|x| x.as_f64()).map(|f| f as u64);
+        let exp = date(&claims.exp).ok_or(AdminError::NoExpiry)?;
         if exp <= now {
             return Err(AdminError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now) {
+        if date(&claims.nbf).is_some_and(|nbf| nbf > now) {
             return Err(AdminError::NotYetValid);
         }
         match claims.role.as_deref() {

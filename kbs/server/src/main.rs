@@ -24,6 +24,40 @@ enum Cmd {
         #[arg(long)]
         public_out: PathBuf,
     },
+    /// Register a resource (admin): POST /kbs/v0/resource/REPO/TYPE/TAG.
+    PutResource {
+        #[arg(long)]
+        url: String,
+        /// Ed25519 admin private key (PKCS#8 PEM).
+        #[arg(long)]
+        admin_key: PathBuf,
+        /// REPO/TYPE/TAG or kbs:///REPO/TYPE/TAG
+        uri: String,
+        file: PathBuf,
+    },
+    /// Fetch a resource as a guest would (RCAR, then GET).
+    GetResource {
+        #[arg(long)]
+        url: String,
+        /// auto | snp | tdx | sample (sample is allowed because it is named explicitly)
+        #[arg(long, default_value = "auto")]
+        attester: String,
+        uri: String,
+        /// Write the secret here (mode 0600); without it, it goes to stdout only.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Load generator for ci/bench-kbs.sh (sample attester).
+    #[command(hide = true)]
+    Loadgen {
+        #[arg(long)]
+        url: String,
+        uri: String,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -122,6 +156,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(kbs_server::serve(cfg))?;
             Ok(())
         }
+        Cmd::PutResource { url, admin_key, uri, file } => {
+            let uri: kbs::ResourceUri = uri.parse()?;
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read(&admin_key).with_context(|| format!("reading {}", admin_key.display()))?,
+            );
+            let data = zeroize::Zeroizing::new(
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+            );
+            let admin = kbs::AdminClient::new(&url, &pem)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(admin.put_resource(&uri, &data))?;
+            eprintln!("stored {uri}");
+            Ok(())
+        }
+        Cmd::GetResource { url, attester, uri, out } => {
+            let uri: kbs::ResourceUri = uri.parse()?;
+            let kind: kbs::AttesterKind = attester.parse()?;
+            let opts = kbs::AttesterOptions {
+                // Naming `--attester sample` is the explicit opt-in the attester requires.
+                allow_sample: matches!(kind, kbs::AttesterKind::Sample),
+                ..Default::default()
+            };
+            let att = kbs::make_attester(kind, &opts)?;
+            let client = kbs::KbsClient::new(&url, att, kbs::ClientConfig::default())?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let secret = rt.block_on(client.get_resource(&uri))?;
+            match out {
+                Some(p) => write_new(&p, &secret, 0o600)?,
+                None => {
+                    use std::io::Write;
+                    let mut so = std::io::stdout().lock();
+                    so.write_all(&secret)?;
+                    so.flush()?;
+                }
+            }
+            Ok(())
+        }
+        Cmd::Loadgen { url, uri, concurrency, requests } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(loadgen(url, uri.parse()?, concurrency, requests))
+        }
         Cmd::GenAdminKey { out, public_out } => {
             let (private, public) = kbs_server::admin::generate_admin_key()?;
             write_new(&out, &private, 0o600)?;
@@ -129,4 +204,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs `requests` full attest+fetch cycles (a fresh client, hence a fresh RCAR, each
+/// time) over `concurrency` workers and prints one JSON line with latency percentiles.
+async fn loadgen(url: String, uri: kbs::ResourceUri, concurrency: usize, requests: usize) -> anyhow::Result<()> {
+    let opts = kbs::AttesterOptions { allow_sample: true, ..Default::default() };
+    let att = kbs::make_attester(kbs::AttesterKind::Sample, &opts)?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (url, uri, att, next) = (url.clone(), uri.clone(), att.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                let t = std::time::Instant::now();
+                let c = kbs::KbsClient::new(&url, att.clone(), kbs::ClientConfig::default())?;
+                c.get_resource(&uri).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    println!(
+        "{{\"concurrency\":{concurrency},\"requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"per_sec\":{:.1}}}",
+        all.len(),
+        pct(0.50),
+        pct(0.99),
+        all.len() as f64 / wall
+    );
+    Ok(())
 }
