@@ -221,7 +221,7 @@ fn platform_selection(platform: Option<String>, all: bool) -> PlatformSelection 
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Encrypt(a) => {
             let cfg = EncryptConfig {
@@ -285,12 +285,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", report.render_text());
             }
+            // The report already says what is missing; the exit code carries the verdict.
             if !report.usable() {
-                return Err(anyhow::anyhow!("no usable TEE on this machine"));
+                return Ok(ExitCode::from(1));
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -307,10 +308,14 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            // Bad references and flags found after parsing are usage errors too.
+            match e.downcast_ref::<encryptor::Error>() {
+                Some(encryptor::Error::Usage(_)) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }
