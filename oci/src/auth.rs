@@ -233,6 +233,7 @@ pub fn resolve_credentials(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn b64(s: &str) -> String {

@@ -130,6 +130,7 @@ impl AsyncRead for BlobReader {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use tokio::io::AsyncReadExt;
 

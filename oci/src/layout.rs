@@ -423,6 +423,7 @@ impl LayoutBlobWriter {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use crate::media_type;
     use tokio::io::AsyncReadExt;

@@ -356,6 +356,7 @@ fn parse_docker(whole: &str, rest: &str) -> Result<RegistryRef, RefError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     const D: &str = "sha256:3c4b0491ad42ed94682815ca7a46e4a5595792d857cec1410833a9d226bb948e";

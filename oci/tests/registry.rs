@@ -1,4 +1,5 @@
 //! Integration tests against the real distribution registry (docker-registry 2.8).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Shared helpers for the oci integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod registry;
 

@@ -6,7 +6,7 @@
 //! Basic-auth registries need `htpasswd` from Debian's `apache2-utils`
 //! (`apt-get install -y apache2-utils`) to make the bcrypt entry.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
