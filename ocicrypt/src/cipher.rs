@@ -7,13 +7,50 @@
 //! NOT authenticated: consumers must not commit anything before that.
 
 use aes::cipher::{KeyIvInit as _, StreamCipher as _};
-use hmac::{Hmac, Mac as _};
-use sha2::Sha256;
+use subtle::ConstantTimeEq as _;
+use zeroize::Zeroizing;
 
 use crate::options::{PrivateOptions, PublicOptions, AES_256_CTR_HMAC_SHA256, HMAC_LEN};
 
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
-type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA256 (RFC 2104) over OpenSSL's SHA-256.
+///
+/// Why not the `hmac` + `sha2` crates: on CPUs without SHA-NI (such as the CI
+/// machines), OpenSSL's AVX2 SHA-256 is about 1.7x faster than sha2's portable
+/// code, and SHA-256 bounds the whole layer cipher. With SHA-NI both are fast.
+/// `openssl::sha::Sha256` is infallible, so `update()` stays infallible.
+struct HmacSha256 {
+    inner: openssl::sha::Sha256,
+    /// The key XOR opad block, kept until `finalize`.
+    outer_key: Zeroizing<[u8; 64]>,
+}
+
+impl HmacSha256 {
+    fn new(key: &[u8; 32]) -> Self {
+        let mut ipad = Zeroizing::new([0x36u8; 64]);
+        let mut opad = Zeroizing::new([0x5cu8; 64]);
+        for (i, k) in key.iter().enumerate() {
+            ipad[i] ^= k;
+            opad[i] ^= k;
+        }
+        let mut inner = openssl::sha::Sha256::new();
+        inner.update(ipad.as_ref());
+        HmacSha256 { inner, outer_key: opad }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.inner.update(data);
+    }
+
+    fn finalize(self) -> [u8; HMAC_LEN] {
+        let inner = self.inner.finish();
+        let mut outer = openssl::sha::Sha256::new();
+        outer.update(self.outer_key.as_ref());
+        outer.update(&inner);
+        outer.finish()
+    }
+}
 
 /// Why a layer could not be decrypted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,12 +66,7 @@ pub enum CipherError {
 
 fn new_parts(opts: &PrivateOptions, nonce: &[u8; 16]) -> (Aes256Ctr, HmacSha256) {
     let ctr = Aes256Ctr::new(opts.symkey.as_ref().into(), nonce.into());
-    let mac = match HmacSha256::new_from_slice(opts.symkey.as_ref()) {
-        Ok(mac) => mac,
-        // HMAC takes keys of any length, so this arm cannot be reached.
-        Err(_) => unreachable!("HMAC-SHA256 accepts any key length"),
-    };
-    (ctr, mac)
+    (ctr, HmacSha256::new(&opts.symkey))
 }
 
 /// Encrypts one layer: `update()` each buffer in place, then `finish()`.
@@ -70,8 +102,7 @@ impl LayerEncryptor {
 
     /// End of the layer: the public options carrying the HMAC.
     pub fn finish(self) -> PublicOptions {
-        let tag: [u8; HMAC_LEN] = self.mac.finalize().into_bytes().into();
-        PublicOptions::new(tag)
+        PublicOptions::new(self.mac.finalize())
     }
 }
 
@@ -128,8 +159,12 @@ impl LayerDecryptor {
 
     /// End of the layer: `Ok` only if the HMAC over all ciphertext matches.
     pub fn finish(self) -> Result<(), CipherError> {
-        // verify_slice compares in constant time.
-        self.mac.verify_slice(&self.expected).map_err(|_| CipherError::HmacMismatch)
+        let tag = self.mac.finalize();
+        if bool::from(tag.ct_eq(&self.expected)) {
+            Ok(())
+        } else {
+            Err(CipherError::HmacMismatch)
+        }
     }
 }
 
