@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
 use josekit::jws::alg::eddsa::EddsaJwsSigner;
-use josekit::jws::{JwsHeader, EdDSA};
+use josekit::jws::{EdDSA, JwsHeader};
 use josekit::jwt::{self, JwtPayload};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
@@ -50,9 +50,9 @@ impl AdminClient {
     /// `openssl genpkey -algorithm ed25519` writes it.
     pub fn new(url: &str, admin_private_key_pem: &[u8]) -> Result<Self, KbsError> {
         let base = parse_base_url(url)?;
-        let signer = EdDSA
-            .signer_from_pem(admin_private_key_pem)
-            .map_err(|_| KbsError::Config("admin key is not an Ed25519 PKCS#8 PEM private key".into()))?;
+        let signer = EdDSA.signer_from_pem(admin_private_key_pem).map_err(|_| {
+            KbsError::Config("admin key is not an Ed25519 PKCS#8 PEM private key".into())
+        })?;
         Ok(AdminClient {
             base,
             http: http_client()?,
@@ -139,7 +139,12 @@ impl AdminClient {
     pub async fn set_resource_policy(&self, policy: &str) -> Result<(), KbsError> {
         let body = serde_json::to_vec(&json!({"policy": BASE64_URL_SAFE_NO_PAD.encode(policy)}))
             .map_err(|e| KbsError::Config(format!("cannot encode the policy: {e}")))?;
-        self.call(Method::POST, "kbs/v0/resource-policy", "application/json", body)
-            .await
+        self.call(
+            Method::POST,
+            "kbs/v0/resource-policy",
+            "application/json",
+            body,
+        )
+        .await
     }
 }

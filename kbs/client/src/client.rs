@@ -178,7 +178,11 @@ pub(crate) async fn send_with_retry(
                 let headers = resp.headers().clone();
                 match read_body(resp).await {
                     Ok(body) if !status.is_server_error() => {
-                        return Ok(Answer { status, headers, body })
+                        return Ok(Answer {
+                            status,
+                            headers,
+                            body,
+                        })
                     }
                     Ok(body) => format!("HTTP {status}: {}", server_reason(status, &body)),
                     Err(e) => e,
@@ -249,7 +253,11 @@ fn now_unix() -> u64 {
 
 impl KbsClient {
     /// A client for the KBS at `url` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(url: &str, attester: Arc<dyn Attester>, cfg: ClientConfig) -> Result<Self, KbsError> {
+    pub fn new(
+        url: &str,
+        attester: Arc<dyn Attester>,
+        cfg: ClientConfig,
+    ) -> Result<Self, KbsError> {
         let base = parse_base_url(url)?;
         Ok(KbsClient {
             inner: Arc::new(Inner {
@@ -293,10 +301,11 @@ impl KbsClient {
             .await?;
             let status = answer.status;
             if status == StatusCode::OK {
-                let resp = protocol::parse_response(&answer.body).map_err(|e| KbsError::Protocol {
-                    step: Step::Resource,
-                    reason: format!("{uri}: {e}"),
-                })?;
+                let resp =
+                    protocol::parse_response(&answer.body).map_err(|e| KbsError::Protocol {
+                        step: Step::Resource,
+                        reason: format!("{uri}: {e}"),
+                    })?;
                 return protocol::decrypt_response(&session.key, &resp).map_err(|e| {
                     KbsError::Protocol {
                         step: Step::Resource,
@@ -325,7 +334,11 @@ impl KbsClient {
 
     /// The current session, attesting if there is none, it expired, or it is the
     /// one the KBS just refused (`refused` = its generation).
-    async fn session(&self, deadline: Instant, refused: Option<u64>) -> Result<Arc<Session>, KbsError> {
+    async fn session(
+        &self,
+        deadline: Instant,
+        refused: Option<u64>,
+    ) -> Result<Arc<Session>, KbsError> {
         // Holding the lock across the handshake makes concurrent callers wait for
         // one attestation instead of each running their own.
         let mut slot = self.inner.session.lock().await;
@@ -344,7 +357,12 @@ impl KbsClient {
     /// One RCAR handshake: request → challenge → evidence → token.
     async fn handshake(&self, deadline: Instant, generation: u64) -> Result<Session, KbsError> {
         let inner = &self.inner;
-        let proto = |step: Step| move |e: protocol::ProtocolError| KbsError::Protocol { step, reason: e.to_string() };
+        let proto = |step: Step| {
+            move |e: protocol::ProtocolError| KbsError::Protocol {
+                step,
+                reason: e.to_string(),
+            }
+        };
 
         let request = protocol::build_request(inner.attester.tee(), &inner.cfg.extra_params);
         let auth_url = endpoint(&inner.base, "kbs/v0/auth")?;
@@ -371,14 +389,17 @@ impl KbsClient {
             })?
             .map_err(proto(Step::Attest))?;
         let jwk = key.public_jwk().map_err(proto(Step::Attest))?;
-        let digest = protocol::runtime_data_digest(&challenge.nonce, &jwk, "").map_err(proto(Step::Attest))?;
+        let digest = protocol::runtime_data_digest(&challenge.nonce, &jwk, "")
+            .map_err(proto(Step::Attest))?;
         let report_data = protocol::report_data(&digest);
         let evidence = inner.attester.evidence(&report_data).await?;
         let attestation = protocol::build_attestation(&challenge.nonce, jwk, evidence);
 
         let attest_url = endpoint(&inner.base, "kbs/v0/attest")?;
         let answer = send_with_retry(&inner.http, Step::Attest, deadline, |http| {
-            let rb = http.request(Method::POST, attest_url.clone()).json(&attestation);
+            let rb = http
+                .request(Method::POST, attest_url.clone())
+                .json(&attestation);
             match &cookie {
                 Some(c) => rb.header(COOKIE, c.as_str()),
                 None => rb,
@@ -395,11 +416,16 @@ impl KbsClient {
         let token = protocol::parse_attest_response(&answer.body).map_err(proto(Step::Attest))?;
         inner.attestations.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(tee = %inner.attester.tee(), exp = ?token.exp(), "attested to the KBS");
-        Ok(Session { token, key, generation })
+        Ok(Session {
+            token,
+            key,
+            generation,
+        })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -417,8 +443,9 @@ mod tests {
             }
         }
         // Jitter: not every delay is the same.
-        let set: std::collections::HashSet<u128> =
-            (0..50).map(|_| backoff_delay(5, &mut rng).as_millis()).collect();
+        let set: std::collections::HashSet<u128> = (0..50)
+            .map(|_| backoff_delay(5, &mut rng).as_millis())
+            .collect();
         assert!(set.len() > 1);
     }
 
@@ -426,7 +453,9 @@ mod tests {
     fn base_url_validation() {
         assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
         assert_eq!(
-            endpoint(&parse_base_url("http://h:1/prefix").unwrap(), "kbs/v0/auth").unwrap().as_str(),
+            endpoint(&parse_base_url("http://h:1/prefix").unwrap(), "kbs/v0/auth")
+                .unwrap()
+                .as_str(),
             "http://h:1/prefix/kbs/v0/auth"
         );
         for bad in ["", "ftp://h", "127.0.0.1:8080", "http://h/?q=1"] {
@@ -438,16 +467,28 @@ mod tests {
     fn session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
         h.append(SET_COOKIE, "other=1; Path=/".parse().unwrap());
-        h.append(SET_COOKIE, "kbs-session-id=abc123; Expires=x".parse().unwrap());
+        h.append(
+            SET_COOKIE,
+            "kbs-session-id=abc123; Expires=x".parse().unwrap(),
+        );
         assert_eq!(session_cookie(&h).as_deref(), Some("kbs-session-id=abc123"));
         assert_eq!(session_cookie(&HeaderMap::new()), None);
     }
 
     #[test]
     fn server_reason_prefers_trustee_detail() {
-        let r = server_reason(StatusCode::UNAUTHORIZED, br#"{"type":"PolicyDeny","detail":"denied"}"#);
+        let r = server_reason(
+            StatusCode::UNAUTHORIZED,
+            br#"{"type":"PolicyDeny","detail":"denied"}"#,
+        );
         assert_eq!(r, "denied");
-        assert_eq!(server_reason(StatusCode::BAD_GATEWAY, b""), "HTTP 502 Bad Gateway");
-        assert_eq!(server_reason(StatusCode::BAD_REQUEST, b"oops\n\x07"), "oops");
+        assert_eq!(
+            server_reason(StatusCode::BAD_GATEWAY, b""),
+            "HTTP 502 Bad Gateway"
+        );
+        assert_eq!(
+            server_reason(StatusCode::BAD_REQUEST, b"oops\n\x07"),
+            "oops"
+        );
     }
 }

@@ -112,6 +112,7 @@ pub enum AttesterError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

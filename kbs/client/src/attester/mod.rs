@@ -168,6 +168,7 @@ fn snp_attester(opts: &AttesterOptions) -> SnpAttester {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::path::Path;
@@ -182,10 +183,16 @@ mod tests {
 
     #[test]
     fn kind_parses() {
-        assert_eq!("auto".parse::<AttesterKind>().ok(), Some(AttesterKind::Auto));
+        assert_eq!(
+            "auto".parse::<AttesterKind>().ok(),
+            Some(AttesterKind::Auto)
+        );
         assert_eq!("snp".parse::<AttesterKind>().ok(), Some(AttesterKind::Snp));
         assert_eq!("tdx".parse::<AttesterKind>().ok(), Some(AttesterKind::Tdx));
-        assert_eq!("sample".parse::<AttesterKind>().ok(), Some(AttesterKind::Sample));
+        assert_eq!(
+            "sample".parse::<AttesterKind>().ok(),
+            Some(AttesterKind::Sample)
+        );
         assert!(matches!(
             "sev".parse::<AttesterKind>(),
             Err(AttesterError::UnknownKind(_))

@@ -34,9 +34,8 @@ struct SnpGuestRequestIoctl {
 }
 
 /// `_IOWR('S', 0x0, struct snp_guest_request_ioctl)`: dir=3 (rw), size=32.
-const SNP_GET_REPORT: u64 = (3 << 30)
-    | ((std::mem::size_of::<SnpGuestRequestIoctl>() as u64) << 16)
-    | ((b'S' as u64) << 8);
+const SNP_GET_REPORT: u64 =
+    (3 << 30) | ((std::mem::size_of::<SnpGuestRequestIoctl>() as u64) << 16) | ((b'S' as u64) << 8);
 
 /// Offset of the report inside `MSG_REPORT_RSP` (status u32, size u32, 24 reserved).
 const REPORT_OFFSET: usize = 32;
@@ -87,7 +86,8 @@ pub(crate) fn get_report(device: &Path, report_data: &[u8; 64]) -> Result<Vec<u8
     if status != 0 {
         return Err(err(format!("firmware returned status 0x{status:x}")));
     }
-    let size = u32::from_le_bytes([resp.data[4], resp.data[5], resp.data[6], resp.data[7]]) as usize;
+    let size =
+        u32::from_le_bytes([resp.data[4], resp.data[5], resp.data[6], resp.data[7]]) as usize;
     let len = size.min(SNP_REPORT_LEN);
     resp.data
         .get(REPORT_OFFSET..REPORT_OFFSET + len)

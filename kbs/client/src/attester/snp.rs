@@ -149,6 +149,7 @@ pub fn parse_cert_table(table: &[u8]) -> Result<Vec<CertEntry>, AttesterError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -99,6 +99,7 @@ impl TeeKeyPair {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -90,7 +90,11 @@ pub fn parse_challenge(body: &[u8]) -> Result<Challenge, ProtocolError> {
 }
 
 /// The JSON object whose canonical form is hashed into report_data (protocol 0.4.0).
-pub fn runtime_data_object(nonce: &str, tee_pubkey: &TeePubKey, additional_evidence: &str) -> Value {
+pub fn runtime_data_object(
+    nonce: &str,
+    tee_pubkey: &TeePubKey,
+    additional_evidence: &str,
+) -> Value {
     json!({
         "tee-pubkey": tee_pubkey,
         "nonce": nonce,
@@ -144,6 +148,7 @@ pub fn parse_attest_response(body: &[u8]) -> Result<Token, ProtocolError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -164,7 +169,10 @@ mod tests {
     fn runtime_data_hash_matches_hand_derived_vector() {
         let canon = br#"{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"AAAA","y":"BBBB"}}"#;
         let obj = runtime_data_object("bm9uY2U=", &ec_key(), "");
-        assert_eq!(serde_json_canonicalizer::to_vec(&obj).unwrap(), canon.to_vec());
+        assert_eq!(
+            serde_json_canonicalizer::to_vec(&obj).unwrap(),
+            canon.to_vec()
+        );
         let d = runtime_data_digest("bm9uY2U=", &ec_key(), "").unwrap();
         assert_eq!(hex::encode(d), HAND_VECTOR_SHA384);
         let rd = report_data(&d);
@@ -195,7 +203,10 @@ mod tests {
         assert_eq!(v["version"], "0.4.0");
         assert_eq!(v["tee"], "sample");
         assert_eq!(v["extra-params"]["pod"], "p1");
-        assert_eq!(v["extra-params"]["supported-hash-algorithms"], json!(["sha384"]));
+        assert_eq!(
+            v["extra-params"]["supported-hash-algorithms"],
+            json!(["sha384"])
+        );
         let r = build_request(Tee::Snp, &Value::Null);
         assert_eq!(serde_json::to_value(&r).unwrap()["tee"], "snp");
     }
@@ -208,10 +219,15 @@ mod tests {
         assert!(parse_challenge(b"not json").is_err());
         assert!(parse_challenge(br#"{"extra-params":""}"#).is_err());
         assert!(matches!(
-            parse_challenge(br#"{"nonce":"a","extra-params":{"selected-hash-algorithm":"sha512"}}"#),
+            parse_challenge(
+                br#"{"nonce":"a","extra-params":{"selected-hash-algorithm":"sha512"}}"#
+            ),
             Err(ProtocolError::Unsupported { .. })
         ));
-        assert!(parse_challenge(br#"{"nonce":"a","extra-params":{"selected-hash-algorithm":"sha384"}}"#).is_ok());
+        assert!(parse_challenge(
+            br#"{"nonce":"a","extra-params":{"selected-hash-algorithm":"sha384"}}"#
+        )
+        .is_ok());
     }
 
     #[test]
