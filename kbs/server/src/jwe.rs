@@ -181,6 +181,7 @@ pub fn encrypt(tee_key: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweErr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use openssl::pkey::Private;

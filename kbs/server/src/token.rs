@@ -154,6 +154,7 @@ impl TokenSigner {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::claims::SampleClaims;

@@ -2,10 +2,12 @@
 //! evidence; every policy failure with its metric reason; hot reload; admin auth;
 //! malformed and oversized input.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 async fn attest_sample(b: &Broker) -> (Rcar, String) {
     let r = auth(&b.url, "sample", json!({"pod":"web-1","namespace":"shop"})).await;
@@ -255,7 +257,8 @@ async fn snp_evidence_verified_and_each_failure_has_its_reason() {
     assert_eq!(s, 200);
     assert_eq!(r.tee_key.decrypt(&v), b"snp-secret");
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut SnpFields)>)> = vec![
+    type Tweak = Box<dyn Fn(&mut SnpFields)>;
+    let cases: Vec<(&str, Tweak)> = vec![
         ("measurement_mismatch", Box::new(|f: &mut SnpFields| f.measurement = [0xAC; 48])),
         ("tcb_too_low", Box::new(|f: &mut SnpFields| f.tcb[6] = 0x13)),
         ("tcb_too_low", Box::new(|f: &mut SnpFields| f.tcb[7] = 0x72)),
@@ -370,6 +373,3 @@ async fn repeated_attest_returns_same_token_and_expired_session_is_refused() {
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     assert_eq!(r.attest(sample_evidence(&r.report_data())).await.0, 401);
 }
-
-#[allow(dead_code)]
-fn _unused(_: Value) {}

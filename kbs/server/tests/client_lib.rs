@@ -1,6 +1,8 @@
 //! The broker against the independent Python client and against cloak's own `kbs`
 //! client library (the one linked into the guest).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

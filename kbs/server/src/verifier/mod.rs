@@ -7,7 +7,7 @@ pub mod sample;
 pub mod snp;
 pub mod tdx;
 
-use kbs_types::Tee;
+pub use kbs_types::Tee;
 use serde_json::Value;
 
 use crate::claims::Claims;

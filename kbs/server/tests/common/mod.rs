@@ -1,7 +1,7 @@
 //! Test helpers: an in-process broker on a free loopback port, a small RCAR client
 //! written against the protocol notes (independent of the `kbs` crate), and builders
 //! for sample, SNP and TDX evidence signed by test keys made here.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
