@@ -145,6 +145,9 @@ pub enum ExtractError {
     NoOpenat2,
 }
 
+/// An xattr name and value from a PAX record.
+type Xattr = (Vec<u8>, Vec<u8>);
+
 /// A directory whose mode and mtime are applied after all entries.
 struct DeferredDir {
     path: Vec<u8>,
@@ -537,7 +540,7 @@ impl Extractor<'_, '_> {
         Ok(())
     }
 
-    fn collect_xattrs<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ExtractError> {
+    fn collect_xattrs<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Vec<Xattr>, ExtractError> {
         let mut out = Vec::new();
         if !self.opts.xattrs {
             return Ok(out);
@@ -561,7 +564,7 @@ impl Extractor<'_, '_> {
         Ok(out)
     }
 
-    fn set_xattrs(&mut self, fd: BorrowedFd<'_>, xattrs: &[(Vec<u8>, Vec<u8>)], raw: &[u8]) {
+    fn set_xattrs(&mut self, fd: BorrowedFd<'_>, xattrs: &[Xattr], raw: &[u8]) {
         for (name, value) in xattrs {
             // A filesystem without xattr support (tmpfs without user xattrs) only
             // loses the attribute; the file content is unaffected.
