@@ -99,14 +99,26 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
             let kind: kbs::AttesterKind = c.attester.parse()?;
             let allow_sample = matches!(kind, kbs::AttesterKind::Sample);
             let opts = kbs::AttesterOptions { allow_sample, ..Default::default() };
-            let attester = kbs::make_attester(kind, &opts)?;
-            let cfg = kbs::ClientConfig { deadline: Duration::from_secs(c.kbs_deadline), ..Default::default() };
-            let client = kbs::KbsClient::new(url, attester, cfg)?;
-            Some(Arc::new(KbsKekUnwrapper::new(client).with_ttl(Duration::from_secs(c.kek_ttl)).with_provider_name(&c.name)))
+            // A build machine wraps without a TEE: an attester that cannot start only
+            // disables unwrapping, and unwrap requests say why.
+            match kbs::make_attester(kind, &opts) {
+                Ok(attester) => {
+                    let cfg = kbs::ClientConfig { deadline: Duration::from_secs(c.kbs_deadline), ..Default::default() };
+                    let client = kbs::KbsClient::new(url, attester, cfg)?;
+                    Ok(Arc::new(
+                        KbsKekUnwrapper::new(client).with_ttl(Duration::from_secs(c.kek_ttl)).with_provider_name(&c.name),
+                    ))
+                }
+                Err(e) => Err(format!("attester {:?} unavailable: {e}", c.attester)),
+            }
         }
-        None => None,
+        None => Err("no --kbs-url: cannot fetch KEKs".to_owned()),
     };
-    let mut core = KeyProviderCore::new(admin, unwrapper).with_name(&c.name);
+    let mut core = match unwrapper {
+        Ok(u) => KeyProviderCore::new(admin, Some(u)),
+        Err(why) => KeyProviderCore::new(admin, None).with_unwrap_disabled_reason(&why),
+    }
+    .with_name(&c.name);
     if !c.keys.is_empty() {
         let mut keys = Vec::new();
         for p in &c.keys {

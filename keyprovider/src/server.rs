@@ -131,6 +131,7 @@ pub struct KeyProviderCore {
     admin: Option<Arc<AdminClient>>,
     kek_unwrapper: Option<Arc<KbsKekUnwrapper>>,
     local: Vec<Arc<dyn KeyUnwrapper>>,
+    no_unwrap_reason: String,
     /// One wrapper per parameter string, so a generated KEK is registered once and
     /// every layer wrapped with the same `keyid` uses the same KEK.
     wrappers: Mutex<HashMap<String, Arc<KbsKekWrapper>>>,
@@ -150,6 +151,7 @@ impl KeyProviderCore {
             admin,
             kek_unwrapper,
             local: Vec::new(),
+            no_unwrap_reason: "no --kbs-url: cannot fetch KEKs".into(),
             wrappers: Mutex::new(HashMap::new()),
         }
     }
@@ -157,6 +159,12 @@ impl KeyProviderCore {
     /// Reads wrap parameters under `ec.Parameters[name]` instead of `attestation-agent`.
     pub fn with_name(mut self, name: &str) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// What unwrap requests report when there is no KEK unwrapper.
+    pub fn with_unwrap_disabled_reason(mut self, reason: &str) -> Self {
+        self.no_unwrap_reason = reason.into();
         self
     }
 
@@ -216,7 +224,7 @@ impl KeyProviderCore {
                 let u = self
                     .kek_unwrapper
                     .as_ref()
-                    .ok_or_else(|| ServiceError::NotConfigured("no --kbs-url: cannot fetch KEKs".into()))?;
+                    .ok_or_else(|| ServiceError::NotConfigured(self.no_unwrap_reason.clone()))?;
                 Ok(u.unwrap_packet(annotation).await?)
             }
             Err(packet_err) => {
