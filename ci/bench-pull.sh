@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# ci/bench.sh pull: the ~1 GiB, 4-layer encrypted image from a local registry to a rootfs.
+#   cloak-pull --key                       (cold: fresh bundle, private store)
+#   skopeo copy --decryption-key + tar -x  (the baseline: decrypt into a layout, then untar each layer)
+#   cloak-pull --store, warm               (every layer already in the store)
+# Median of $BENCH_RUNS (default 3) wall times; peak RSS from /usr/bin/time -v.
+# Prints a markdown table, also written to $BENCH_DIR/pull-results.md.
+# Env: BENCH_DIR (<repo>/.work/bench), BENCH_SIZE_MIB (1024), BENCH_RUNS (3), BENCH_COMPRESS
+#      (gzip|zstd), BENCH_PORT, BENCH_LAYERS_PAR (cloak-pull --max-concurrent-layers, default 4),
+#      CLOAK_PEERS_DIR (<repo>/.work/peers).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+BENCH_DIR=${BENCH_DIR:-$REPO/.work/bench}
+SIZE=${BENCH_SIZE_MIB:-1024} RUNS=${BENCH_RUNS:-3} COMP=${BENCH_COMPRESS:-gzip}
+PAR=${BENCH_LAYERS_PAR:-4}
+S118=${CLOAK_PEERS_DIR:-$REPO/.work/peers}/bin/skopeo-1.18
+TAG=bench
+SRC=$BENCH_DIR/src-$COMP-$SIZE KEYS=$BENCH_DIR/keys OUTD=$BENCH_DIR/pull REG=$BENCH_DIR/pull-registry
+PULL=$REPO/target/release/cloak-pull
+mkdir -p "$BENCH_DIR" "$KEYS" "$OUTD"
+
+if ! command -v skopeo >/dev/null || ! command -v docker-registry >/dev/null || ! [ -x /usr/bin/time ]; then
+  bash "$REPO/ci/install-peers.sh"
+fi
+SKOPEO=$S118; [ -x "$SKOPEO" ] || SKOPEO=$(command -v skopeo)
+
+echo "bench-pull: cargo build --release -p cloak-guest-puller" >&2
+cargo build --release -q -p cloak-guest-puller >&2
+
+# Same cached source image and key as the encrypt benchmark.
+stamp="$(sha256sum "$REPO/ci/gen-bench-image.py" | cut -c1-16) size=$SIZE compress=$COMP"
+if [ "$(cat "$SRC/.stamp" 2>/dev/null)" != "$stamp" ]; then
+  echo "bench-pull: generating the ${SIZE} MiB bench image in $SRC (once)" >&2
+  rm -rf "$SRC"
+  python3 "$REPO/ci/gen-bench-image.py" "$SRC" "$TAG" --size-mib "$SIZE" --compress "$COMP"
+  echo "$stamp" > "$SRC/.stamp"
+fi
+if [ ! -f "$KEYS/pub.pem" ]; then
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEYS/priv.pem" 2>/dev/null
+  openssl pkey -in "$KEYS/priv.pem" -pubout -out "$KEYS/pub.pem"
+fi
+
+PORT=${BENCH_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+# shellcheck source=ci/registry.sh
+source "$REPO/ci/registry.sh"
+# shellcheck disable=SC2064
+trap "registry_stop '$PORT' '$REG' 2>/dev/null || true" EXIT
+rm -rf "$REG"; registry_start "$PORT" "$REG"
+IMG=docker://127.0.0.1:$PORT/bench:enc
+echo "bench-pull: encrypting the bench image into $IMG" >&2
+"$SKOPEO" copy -q --dest-tls-verify=false --encryption-key "jwe:$KEYS/pub.pem" "oci:$SRC:$TAG" "$IMG" >&2
+
+RES=$OUTD/pull-runs.tsv
+: > "$RES"
+
+# timed LABEL I CMD... : wall and peak RSS of one command.
+timed() {
+  local label=$1 i=$2; shift 2
+  local tv=$OUTD/time.txt t0 t1 wall rss
+  sync
+  t0=$(date +%s%N)
+  if ! /usr/bin/time -v -o "$tv" "$@" > "$OUTD/$label-$i.log" 2>&1; then
+    echo "bench-pull: FAILED: $*" >&2; tail -5 "$OUTD/$label-$i.log" >&2; return 1
+  fi
+  t1=$(date +%s%N)
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b-a)/1e9}')
+  rss=$(awk -F': ' '/Maximum resident set size/{print $2}' "$tv")
+  LAST_WALL=$wall LAST_RSS=$rss
+}
+
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RES"; echo "bench-pull: $1 run $2: $3 s, max RSS $(($4 / 1024)) MiB" >&2; }
+
+untar_flag=-xzf; [ "$COMP" = zstd ] && untar_flag="--zstd -xf"
+for i in $(seq "$RUNS"); do
+  # cloak-pull, cold.
+  rm -rf "$OUTD/bundle"
+  timed cloak-pull "$i" "$PULL" --quiet --src-tls-verify=false --max-concurrent-layers "$PAR" --key "$KEYS/priv.pem" "$IMG" "$OUTD/bundle"
+  [ -d "$OUTD/bundle/rootfs" ] || { echo "bench-pull: no rootfs" >&2; exit 1; }
+  record cloak-pull "$i" "$LAST_WALL" "$LAST_RSS"
+
+  # Baseline: skopeo decrypts into a layout, then tar extracts each layer in order.
+  rm -rf "$OUTD/dec" "$OUTD/base-rootfs"; mkdir -p "$OUTD/base-rootfs"
+  timed skopeo-decrypt "$i" "$SKOPEO" copy -q --src-tls-verify=false --decryption-key "$KEYS/priv.pem" "$IMG" "oci:$OUTD/dec:$TAG"
+  w1=$LAST_WALL r1=$LAST_RSS
+  man=$(jq -r '.manifests[0].digest' "$OUTD/dec/index.json" | sed 's/sha256://')
+  layers=$(jq -r '.layers[].digest' "$OUTD/dec/blobs/sha256/$man" | sed 's/sha256://' | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  timed tar-extract "$i" bash -c "for l in $layers; do tar $untar_flag $OUTD/dec/blobs/sha256/\$l -C $OUTD/base-rootfs || exit 1; done"
+  w2=$LAST_WALL r2=$LAST_RSS
+  record "skopeo+tar" "$i" "$(awk -v a="$w1" -v b="$w2" 'BEGIN{printf "%.3f", a+b}')" "$(( r1 > r2 ? r1 : r2 ))"
+done
+
+# Warm store: prime once, then time re-pulls into fresh bundles.
+rm -rf "$OUTD/store" "$OUTD/warm"
+"$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$OUTD/store" "$IMG" "$OUTD/warm" >&2
+for i in $(seq "$RUNS"); do
+  rm -rf "$OUTD/warm"
+  timed cloak-pull-warm "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$OUTD/store" --store-link hardlink "$IMG" "$OUTD/warm"
+  record "cloak-pull (warm store, hardlink)" "$i" "$LAST_WALL" "$LAST_RSS"
+  rm -rf "$OUTD/warm"
+  timed cloak-pull-warm-copy "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$OUTD/store" "$IMG" "$OUTD/warm"
+  record "cloak-pull (warm store, copy)" "$i" "$LAST_WALL" "$LAST_RSS"
+done
+
+comp_mb=$(du -cb "$SRC"/blobs/sha256/* | tail -1 | awk '{printf "%.0f", $1/1e6}')
+{
+  echo "### cloak-pull vs skopeo copy --decryption-key + tar ($(date -u +%F), ${SIZE} MiB image, 4 $COMP layers, ~${comp_mb} MB blobs)"
+  echo
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; registry on 127.0.0.1; baseline skopeo: $("$SKOPEO" --version | awk '{print $3}')."
+  echo
+  awk -F'\t' '
+    function median(k,   i, j, t, a, c) {
+      c = n[k]; for (i = 1; i <= c; i++) a[i] = w[k, i]
+      for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return a[int((c + 1) / 2)]
+    }
+    { k = $1; if (!(k in n)) order[++m] = k; n[k]++; w[k, n[k]] = $3; if ($4 > r[k]) r[k] = $4 }
+    END {
+      for (i = 1; i <= m; i++) med[order[i]] = median(order[i])
+      base = med["skopeo+tar"]
+      print "| tool | runs | wall (median) | vs skopeo+tar | peak RSS |"
+      print "|---|---|---|---|---|"
+      for (i = 1; i <= m; i++) {
+        k = order[i]
+        ratio = base > 0 ? sprintf("%.2fx", med[k] / base) : "-"
+        printf "| %s | %d | %.2f s | %s | %.0f MiB |\n", k, n[k], med[k], ratio, r[k] / 1024
+      }
+    }' "$RES"
+} | tee "$BENCH_DIR/pull-results.md"
