@@ -170,7 +170,7 @@ impl KeyProviderConfig {
 
 enum Transport {
     Cmd(CmdConfig),
-    Grpc { endpoint: Endpoint, channel: OnceCell<KeyProviderServiceClient<Channel>> },
+    Grpc { endpoint: Box<Endpoint>, channel: OnceCell<KeyProviderServiceClient<Channel>> },
 }
 
 /// Talks to one configured provider. Cheap to share (`Arc`); a gRPC provider's
@@ -210,7 +210,7 @@ impl ProviderClient {
         let transport = if let Some(cmd) = &cfg.cmd {
             Transport::Cmd(cmd.clone())
         } else if let Some(addr) = &cfg.grpc {
-            Transport::Grpc { endpoint: grpc_endpoint(name, addr)?, channel: OnceCell::new() }
+            Transport::Grpc { endpoint: Box::new(grpc_endpoint(name, addr)?), channel: OnceCell::new() }
         } else {
             return Err(ClientError::NoTransport(name.into()));
         };

@@ -472,7 +472,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_exec_input_is_refused() {
         let core = KeyProviderCore::new(None, None);
-        let e = exec_once(&core, &vec![b' '; 100], 10).await.unwrap_err();
+        let e = exec_once(&core, &[b' '; 100], 10).await.unwrap_err();
         assert_eq!(status_code(&e), Code::ResourceExhausted);
     }
 

@@ -104,11 +104,6 @@ fn skopeo(env: &Env, config: &Path) -> Command {
     c
 }
 
-async fn register(env: &Env, kid: &str, kek: &[u8]) {
-    let admin = kbs::AdminClient::new(&env.kbs_url, &std::fs::read(&env.admin_key).unwrap()).unwrap();
-    admin.put_resource(&kid.parse().unwrap(), kek).await.unwrap();
-}
-
 fn encrypt(env: &Env, config: &Path, recipient: &str, tag: &str) -> String {
     let plain = plain_layout(env.dir.path());
     let dst = env.registry.docker_ref(&format!("enc:{tag}"));
@@ -167,7 +162,11 @@ async fn skopeo_grpc_encrypt_and_decrypt_through_kbs_then_policy_denial() {
     let kek = env.dir.path().join("kek");
     let kek_bytes: [u8; 32] = rand::random();
     std::fs::write(&kek, kek_bytes).unwrap();
-    register(&env, kid, &kek_bytes).await;
+    // The KEK is provisioned out of band (as with coco_keyprovider's keypath flow):
+    // straight into the broker's file store.
+    let res = env.dir.path().join("resources/default/key");
+    std::fs::create_dir_all(&res).unwrap();
+    std::fs::write(res.join("1"), kek_bytes).unwrap();
 
     let start_kp = |name: &str| {
         let port = free_port();
