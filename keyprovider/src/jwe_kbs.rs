@@ -13,11 +13,11 @@ use ocicrypt::keywrap::{BoxFuture, KeyUnwrapper, WrapError};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-use crate::kek::{parse_kid, KekError};
+use crate::kek::{parse_kid, KekError, KekFetcher};
 
 /// `jwe` unwrapper that fetches private keys named by `kbs:///` kids.
 pub struct KbsJweKeyUnwrapper {
-    client: KbsClient,
+    client: Arc<dyn KekFetcher>,
     keys: Mutex<HashMap<String, Arc<JweUnwrapper>>>,
 }
 
@@ -30,6 +30,11 @@ impl std::fmt::Debug for KbsJweKeyUnwrapper {
 impl KbsJweKeyUnwrapper {
     /// Shares `client` (and so its attestation) with the other unwrappers of a pull.
     pub fn new(client: KbsClient) -> Self {
+        Self::with_fetcher(Arc::new(client))
+    }
+
+    /// Uses any resource source (the KBS in production).
+    pub fn with_fetcher(client: Arc<dyn KekFetcher>) -> Self {
         Self { client, keys: Mutex::new(HashMap::new()) }
     }
 
@@ -38,7 +43,7 @@ impl KbsJweKeyUnwrapper {
             return Ok(u.clone());
         }
         let uri = parse_kid(kid).map_err(|e| WrapError::Malformed { what: "JWE kid".into(), reason: e.to_string() })?;
-        let jwk = self.client.get_resource(&uri).await.map_err(|e| WrapError::from(KekError::from(e)))?;
+        let jwk = self.client.fetch(&uri).await.map_err(|e| WrapError::from(KekError::from(e)))?;
         let key = load_private_key(&jwk).map_err(|e| WrapError::Malformed {
             what: format!("private key fetched from {uri}"),
             reason: e.to_string(),

@@ -239,3 +239,39 @@ async fn grpc_config_without_a_server_reports_unavailable() {
     let e = ProviderUnwrapper::new(client, vec![]).unwrap("provider.attestation-agent", b"{}").await.unwrap_err();
     assert!(matches!(e, WrapError::Unavailable(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn jwe_key_fetched_from_the_kbs_by_kid_unwraps() {
+    let uri: ResourceUri = "kbs:///default/image-key/app".parse().unwrap();
+    let key = keyprovider::keygen::generate(&uri, false).unwrap();
+    let public = ocicrypt::jwe::load_public_key(key.public_jwk.as_bytes()).unwrap();
+    let wrapped = ocicrypt::jwe::JweWrapper::new(vec![public]).wrap_jwe(OPTS).unwrap();
+    let recipients = ocicrypt::jwe::jwe_recipients(&wrapped).unwrap();
+    assert_eq!(recipients[0].kid.as_deref(), Some("kbs:///default/image-key/app"), "the JWE header carries the kid");
+
+    let mut kbs = FakeKbs::default();
+    kbs.keks.insert(uri.to_string(), key.private_jwk.as_bytes().to_vec());
+    let kbs = Arc::new(kbs);
+    let u = keyprovider::KbsJweKeyUnwrapper::with_fetcher(kbs.clone());
+    assert!(u.handles("jwe"));
+    assert_eq!(u.unwrap("jwe", &wrapped).await.unwrap().as_slice(), OPTS);
+    assert_eq!(u.unwrap("jwe", &wrapped).await.unwrap().as_slice(), OPTS);
+    assert_eq!(kbs.fetches.load(Ordering::SeqCst), 1, "the key is fetched once");
+
+    let denied = keyprovider::KbsJweKeyUnwrapper::with_fetcher(Arc::new(FakeKbs { deny: true, ..Default::default() }));
+    assert!(matches!(denied.unwrap("jwe", &wrapped).await, Err(WrapError::Refused(_))));
+}
+
+#[tokio::test]
+async fn zero_ttl_fetches_every_time_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = kek_file(dir.path());
+    let wrapped = keyprovider::KbsKekWrapper::with_kek_file(KID.parse().unwrap(), &kek).unwrap().wrap_packet(OPTS).await.unwrap();
+    let kbs = Arc::new(fake(&[(KID, [0x42; 32])]));
+    let u = KbsKekUnwrapper::with_fetcher(kbs.clone()).with_ttl(std::time::Duration::ZERO);
+    for _ in 0..3 {
+        assert_eq!(u.unwrap_packet(&wrapped).await.unwrap().as_slice(), OPTS);
+    }
+    assert_eq!(kbs.fetches.load(Ordering::SeqCst), 3);
+    assert_eq!(u.cached(), 0);
+}

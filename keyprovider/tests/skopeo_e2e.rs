@@ -226,3 +226,40 @@ async fn skopeo_cmd_encrypt_with_generated_kek_and_decrypt() {
     let out = decrypt(&env, &cfg, &src, "dec-cmd").unwrap();
     assert_eq!(decrypted_layer(&out), PLAIN_LAYER);
 }
+
+/// `keygen` registers the private JWK; fetched back after (sample) attestation it
+/// is the same key. Needs only the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_private_key_comes_back_from_the_kbs_after_attestation() {
+    let Some(kbs_bin) = broker() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_key, admin_pub) = (dir.path().join("admin.pem"), dir.path().join("admin.pub"));
+    ok(Command::new(&kbs_bin).arg("gen-admin-key").arg("--out").arg(&admin_key).arg("--public-out").arg(&admin_pub));
+    std::fs::write(dir.path().join("policy.yaml"), ALLOW).unwrap();
+    let port = free_port();
+    let _kbs = Daemon::spawn(
+        "cloak-kbs",
+        Command::new(&kbs_bin)
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--policy")
+            .arg(dir.path().join("policy.yaml"))
+            .arg("--resources")
+            .arg(dir.path().join("res"))
+            .arg("--admin-public-key")
+            .arg(&admin_pub)
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    wait_for_port(port, Duration::from_secs(20)).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let admin = kbs::AdminClient::new(&url, &std::fs::read(&admin_key).unwrap()).unwrap();
+    let uri: kbs::ResourceUri = "kbs:///default/image-key/app".parse().unwrap();
+    let key = keyprovider::keygen(&admin, &uri, false).await.unwrap();
+    let attester = kbs::make_attester(kbs::AttesterKind::Sample, &kbs::AttesterOptions { allow_sample: true, ..Default::default() }).unwrap();
+    let client = kbs::KbsClient::new(&url, attester, kbs::ClientConfig::default()).unwrap();
+    let fetched = client.get_resource(&uri).await.unwrap();
+    assert_eq!(fetched.as_slice(), key.private_jwk.as_bytes());
+    assert_eq!(client.attestation_count(), 1);
+}
