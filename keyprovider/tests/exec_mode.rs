@@ -142,3 +142,27 @@ async fn cmd_client_against_the_fixture_python_provider() {
     let again = w.wrap(&expected).await.unwrap();
     assert_eq!(u.unwrap("provider.mykp", &again).await.unwrap().as_slice(), expected.as_slice());
 }
+
+#[test]
+fn serve_exits_cleanly_on_sigterm_and_removes_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("kp.sock");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--grpc", &format!("unix:{}", sock.display())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while !sock.exists() && waited < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    assert!(sock.exists(), "server never created its socket");
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(!sock.exists(), "socket removed on shutdown");
+}
