@@ -8,7 +8,11 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Digest as _, Sha512};
+
+// SHA-256 through OpenSSL: its AVX2 code is ~1.7x faster than sha2's portable
+// code on CPUs without SHA-NI, and every blob byte is hashed at least once.
+type Sha256 = openssl::sha::Sha256;
 
 /// Why a string is not a valid digest.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,7 +80,7 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => Digest {
                 algorithm: Algorithm::Sha256,
-                hex: hex::encode(h.finalize()),
+                hex: hex::encode(h.finish()),
             },
             Hasher::Sha512(h) => Digest {
                 algorithm: Algorithm::Sha512,
@@ -107,7 +111,7 @@ impl Digest {
     pub fn sha256_of(data: &[u8]) -> Digest {
         Digest {
             algorithm: Algorithm::Sha256,
-            hex: hex::encode(Sha256::digest(data)),
+            hex: hex::encode(openssl::sha::sha256(data)),
         }
     }
 
