@@ -110,7 +110,8 @@ pub(crate) fn endpoint(base: &Url, path: &str) -> Result<Url, KbsError> {
         .map_err(|e| KbsError::Config(format!("cannot build KBS endpoint {path}: {e}")))
 }
 
-pub(crate) fn http_client() -> Result<reqwest::Client, KbsError> {
+/// The HTTP client the KBS client uses by default.
+pub fn http_client() -> Result<reqwest::Client, KbsError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
@@ -258,11 +259,25 @@ impl KbsClient {
         attester: Arc<dyn Attester>,
         cfg: ClientConfig,
     ) -> Result<Self, KbsError> {
+        Self::with_http_client(url, attester, cfg, http_client()?)
+    }
+
+    /// Like [`KbsClient::new`], over an existing HTTP client (connection pool).
+    /// Building a client loads the TLS roots, which costs milliseconds; callers
+    /// that make many short-lived KBS clients (a load generator, a daemon serving
+    /// many guests) share one. Safe: the session cookie is kept per `KbsClient`,
+    /// not in the HTTP client.
+    pub fn with_http_client(
+        url: &str,
+        attester: Arc<dyn Attester>,
+        cfg: ClientConfig,
+        http: reqwest::Client,
+    ) -> Result<Self, KbsError> {
         let base = parse_base_url(url)?;
         Ok(KbsClient {
             inner: Arc::new(Inner {
                 base,
-                http: http_client()?,
+                http,
                 attester,
                 cfg,
                 session: Mutex::new(None),

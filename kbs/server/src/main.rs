@@ -206,8 +206,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Runs `requests` full attest+fetch cycles (a fresh client, hence a fresh RCAR, each
-/// time) over `concurrency` workers and prints one JSON line with latency percentiles.
+/// Runs `requests` full attest+fetch cycles (a fresh KBS client, hence a fresh RCAR
+/// and a fresh ephemeral TEE key, each time) over `concurrency` workers and prints
+/// one JSON line with latency percentiles. Each worker is one "guest" keeping its
+/// HTTP connection pool, as a guest's agent does across its requests.
 async fn loadgen(url: String, uri: kbs::ResourceUri, concurrency: usize, requests: usize) -> anyhow::Result<()> {
     let opts = kbs::AttesterOptions { allow_sample: true, ..Default::default() };
     let att = kbs::make_attester(kbs::AttesterKind::Sample, &opts)?;
@@ -218,9 +220,10 @@ async fn loadgen(url: String, uri: kbs::ResourceUri, concurrency: usize, request
         let (url, uri, att, next) = (url.clone(), uri.clone(), att.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let http = kbs::client::http_client()?;
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
                 let t = std::time::Instant::now();
-                let c = kbs::KbsClient::new(&url, att.clone(), kbs::ClientConfig::default())?;
+                let c = kbs::KbsClient::with_http_client(&url, att.clone(), kbs::ClientConfig::default(), http.clone())?;
                 c.get_resource(&uri).await?;
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
