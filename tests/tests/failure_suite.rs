@@ -499,6 +499,7 @@ fn no_tee_with_attester_auto_fails_clearly_and_requests_no_key() -> Result<()> {
         "the pull succeeded without a TEE: {}",
         r.describe()
     );
+    eprintln!("failed as expected: {}", r.stderr.trim());
     assert!(
         r.stderr.contains("no TEE found"),
         "unclear error: {}",
@@ -571,6 +572,7 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
         "the pull succeeded with the broker down: {}",
         r.describe()
     );
+    eprintln!("failed as expected: {}", r.stderr.trim());
     // e.g. "KBS unavailable at auth after 9 attempts: ... Connection refused"
     assert!(
         r.stderr.contains("KBS unavailable at auth after"),
@@ -650,6 +652,7 @@ fn policy_too_strict_after_firmware_upgrade_denies_then_updated_policy_allows() 
         "the strict policy let the upgraded guest in: {}",
         r.describe()
     );
+    eprintln!("failed as expected: {}", r.stderr.trim());
     assert!(
         r.stderr.contains("attestation rejected"),
         "unclear refusal: {}",
@@ -728,6 +731,7 @@ fn wrong_kek_registered_error_names_the_layer_and_the_key_id() -> Result<()> {
         "the pull succeeded with the wrong KEK: {}",
         r.describe()
     );
+    eprintln!("failed as expected: {}", r.stderr.trim());
     assert!(
         r.stderr.contains(&format!("layer 0 ({first})")),
         "the error does not name the layer: {}",
@@ -828,6 +832,7 @@ fn substituted_manifest_under_pinned_digest_is_refused_before_any_layer_fetch() 
         "a substituted manifest was accepted: {}",
         r.describe()
     );
+    eprintln!("failed as expected: {}", r.stderr.trim());
     assert!(
         r.stderr.contains("manifest digest mismatch"),
         "unclear refusal: {}",
@@ -850,10 +855,23 @@ fn substituted_manifest_under_pinned_digest_is_refused_before_any_layer_fetch() 
     );
     assert_nothing_left(&bundle, &tmp);
 
-    let log = reg.log();
+    // The registry writes its access log line after the answer is sent, so the
+    // pull may exit first: wait for the manifest request to show up.
+    let manifest_req = format!("/v2/app/manifests/{approved}");
+    let waited = Instant::now();
+    let mut log = reg.log();
+    while !log
+        .get(log_start..)
+        .unwrap_or_default()
+        .contains(&manifest_req)
+        && waited.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        log = reg.log();
+    }
     let requests = log.get(log_start..).unwrap_or_default();
     assert!(
-        requests.contains(&format!("/v2/app/manifests/{approved}")),
+        requests.contains(&manifest_req),
         "the registry log does not show the manifest request; cannot judge the blob requests:\n{requests}"
     );
     assert!(
