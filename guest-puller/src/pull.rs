@@ -61,7 +61,7 @@ pub enum PullError {
     Reference { image: String, reason: String },
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("{0}")]
+    #[error(transparent)]
     Source(#[from] oci::OciError),
     #[error("manifest digest mismatch: {what} should be {expected} but the bytes hash to {actual}")]
     ManifestDigest { what: String, expected: String, actual: String },
