@@ -15,7 +15,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PEERS=${CLOAK_PEERS_DIR:-$REPO/.work/peers}
 WRAPPER=$PEERS/bin/skopeo-1.18
 SYS_PKGS=(docker-registry skopeo jq openssl curl time ca-certificates python3 python3-cryptography
-          python3-requests apache2-utils pigz zstd)
+          python3-requests apache2-utils pigz zstd
+          libssl-dev pkg-config python3-venv)  # libssl-dev + pkg-config: the openssl crate links the system OpenSSL
 # skopeo/trixie plus the libraries it links that bookworm has too old (or under another name).
 TRIXIE_PKGS=(skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsqlite3-0)
 

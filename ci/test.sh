@@ -15,6 +15,8 @@ started=$(date +%s)
 
 step "installing peers (docker-registry, skopeo 1.9.3, skopeo 1.18)"
 ci/install-peers.sh
+# The independent Python peers (KBS client, AnnotationPacket) need these.
+python3 -c 'import cryptography, requests' 2>/dev/null || python3 -m pip install -q cryptography requests
 
 step "building all binaries (the end-to-end tests drive them)"
 cargo build --workspace --bins --locked
