@@ -30,6 +30,19 @@ pub use sample::SampleAttester;
 pub use snp::{parse_cert_table, SnpAttester};
 pub use tdx::TdxAttester;
 
+/// Runs a blocking evidence collector (configfs and ioctl I/O) off the async
+/// runtime; `tee` names it in the error if the task itself dies.
+fn collect_blocking(
+    tee: &'static str,
+    collect: impl FnOnce() -> Result<serde_json::Value, AttesterError> + Send + 'static,
+) -> BoxFuture<'static, Result<serde_json::Value, AttesterError>> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(collect)
+            .await
+            .map_err(|e| AttesterError::Other(format!("{tee} evidence task failed: {e}")))?
+    })
+}
+
 /// Produces TEE evidence binding `report_data`.
 pub trait Attester: Send + Sync {
     /// The TEE this attester speaks for (the `tee` of the RCAR request).

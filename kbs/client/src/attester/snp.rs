@@ -75,11 +75,7 @@ impl Attester for SnpAttester {
     ) -> BoxFuture<'a, Result<Value, AttesterError>> {
         let this = self.clone();
         let rd = *report_data;
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.collect(&rd))
-                .await
-                .map_err(|e| AttesterError::Other(format!("SNP evidence task failed: {e}")))?
-        })
+        super::collect_blocking("SNP", move || this.collect(&rd))
     }
 }
 

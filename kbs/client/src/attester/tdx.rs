@@ -47,10 +47,6 @@ impl Attester for TdxAttester {
     ) -> BoxFuture<'a, Result<Value, AttesterError>> {
         let this = self.clone();
         let rd = *report_data;
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.collect(&rd))
-                .await
-                .map_err(|e| AttesterError::Other(format!("TDX evidence task failed: {e}")))?
-        })
+        super::collect_blocking("TDX", move || this.collect(&rd))
     }
 }
