@@ -88,17 +88,19 @@ pub(crate) trait LayerTransform: Send + Sync {
     /// Whether this run converts Docker schema2 manifests to OCI (encryption must).
     fn to_oci(&self) -> bool;
     /// Checks run before any blob is written (key unwrapping, media types), so bad
-    /// input fails with nothing written.
+    /// input fails with nothing written. One entry per layer; `None` copies the
+    /// layer unchanged.
     fn prepare(
         &self,
         manifest: &ImageManifest,
-    ) -> futures::future::BoxFuture<'_, Result<Vec<Box<dyn LayerJob>>, Error>>;
+    ) -> futures::future::BoxFuture<'_, Result<LayerJobs, Error>>;
 }
+
+/// One job per layer of a manifest; `None` copies the layer unchanged.
+pub(crate) type LayerJobs = Vec<Option<Box<dyn LayerJob>>>;
 
 /// The work for one layer, after `prepare`.
 pub(crate) trait LayerJob: Send + Sync {
-    /// Copy the layer unchanged?
-    fn passthrough(&self) -> bool;
     /// The digest the transformed blob is expected to have, when known in advance
     /// (decryption: the advisory digest in the private options).
     fn digest_hint(&self) -> Option<Digest>;
@@ -351,12 +353,9 @@ impl Run<'_> {
         transform: &dyn LayerTransform,
     ) -> Result<(Vec<u8>, String, Vec<LayerResult>), Error> {
         let jobs = transform.prepare(&m).await?;
-        let existed = self.dst.has_blob(&m.config.digest).await.unwrap_or(false);
-        self.dst
-            .copy_blob_from(&self.src, &m.config.digest, m.config.size)
+        self.copy_unchanged(&m.config.digest, m.config.size)
             .await
             .map_err(Error::oci(format!("copying config {}", m.config.digest)))?;
-        self.cleanup.note(&self.dst, existed, &m.config.digest);
 
         let limit = self.common.max_concurrent_layers.max(1);
         let layers: Vec<(Descriptor, LayerResult)> = futures::stream::iter(
@@ -377,24 +376,23 @@ impl Run<'_> {
         Ok((bytes, media_type, results))
     }
 
+    /// Copies a blob as it is, noting it for cleanup if this run added it.
+    async fn copy_unchanged(&self, d: &Digest, size: u64) -> Result<(), oci::OciError> {
+        let existed = self.dst.has_blob(d).await.unwrap_or(false);
+        self.dst.copy_blob_from(&self.src, d, size).await?;
+        self.cleanup.note(&self.dst, existed, d);
+        Ok(())
+    }
+
     async fn process_layer(
         &self,
         index: usize,
         desc: Descriptor,
-        job: Box<dyn LayerJob>,
+        job: Option<Box<dyn LayerJob>>,
     ) -> Result<(Descriptor, LayerResult), Error> {
         let stream_err = |reason: String| Error::Stream { index, digest: desc.digest.to_string(), reason };
         let bar = self.progress.layer(&format!("layer {index} {}", short(&desc.digest)), desc.size);
-        let new_desc = if job.passthrough() {
-            let existed = self.dst.has_blob(&desc.digest).await.unwrap_or(false);
-            self.dst
-                .copy_blob_from(&self.src, &desc.digest, desc.size)
-                .await
-                .map_err(|e| stream_err(e.to_string()))?;
-            self.cleanup.note(&self.dst, existed, &desc.digest);
-            bar.finish_with_message("copied");
-            desc.clone()
-        } else {
+        let new_desc = if let Some(job) = job {
             let hint = job.digest_hint();
             let hint_existed = match &hint {
                 Some(h) => self.dst.has_blob(h).await.unwrap_or(true),
@@ -420,6 +418,10 @@ impl Run<'_> {
             let d = job.finish(written, stream).await?;
             bar.finish_with_message("done");
             d
+        } else {
+            self.copy_unchanged(&desc.digest, desc.size).await.map_err(|e| stream_err(e.to_string()))?;
+            bar.finish_with_message("copied");
+            desc.clone()
         };
         let result = LayerResult {
             index,

@@ -13,8 +13,7 @@ use ocicrypt::{AsyncDecryptReader, PrivateOptions, PublicOptions};
 use oci::{BlobReader, Descriptor, Digest, ImageManifest};
 
 use crate::config::DecryptConfig;
-use crate::copy::{copy_image, CopyResult, LayerJob, LayerTransform, StreamTransform};
-use crate::encrypt::Passthrough;
+use crate::copy::{copy_image, CopyResult, LayerJob, LayerJobs, LayerTransform, StreamTransform};
 use crate::Error;
 
 /// Decrypts `cfg.src` into `cfg.dst` with the private keys in `cfg.keys`.
@@ -42,13 +41,13 @@ impl LayerTransform for Decrypt {
         false
     }
 
-    fn prepare(&self, m: &ImageManifest) -> BoxFuture<'_, Result<Vec<Box<dyn LayerJob>>, Error>> {
+    fn prepare(&self, m: &ImageManifest) -> BoxFuture<'_, Result<LayerJobs, Error>> {
         let layers = m.layers.clone();
         async move {
-            let mut jobs: Vec<Box<dyn LayerJob>> = Vec::with_capacity(layers.len());
+            let mut jobs: LayerJobs = Vec::with_capacity(layers.len());
             for (index, desc) in layers.into_iter().enumerate() {
                 if !ocicrypt::is_encrypted(&desc.media_type) {
-                    jobs.push(Box::new(Passthrough));
+                    jobs.push(None);
                     continue;
                 }
                 let annotations: HashMap<String, String> =
@@ -61,7 +60,7 @@ impl LayerTransform for Decrypt {
                     digest: desc.digest.to_string(),
                     reason: format!("{} is not an encrypted media type", desc.media_type),
                 })?;
-                jobs.push(Box::new(DecryptLayer { index, source: desc, media_type, opts, pubopts }));
+                jobs.push(Some(Box::new(DecryptLayer { index, source: desc, media_type, opts, pubopts })));
             }
             Ok(jobs)
         }
@@ -84,9 +83,6 @@ impl StreamTransform for AsyncDecryptReader<BlobReader> {
 }
 
 impl LayerJob for DecryptLayer {
-    fn passthrough(&self) -> bool {
-        false
-    }
     fn digest_hint(&self) -> Option<Digest> {
         // Advisory only (skopeo records the source digest); used to avoid
         // deleting a pre-existing identical blob on failure, never for trust.

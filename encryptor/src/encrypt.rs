@@ -11,7 +11,7 @@ use ocicrypt::{AsyncEncryptReader, PrivateOptions, PublicOptions};
 use oci::{BlobReader, Descriptor, Digest, ImageManifest};
 
 use crate::config::{EncryptConfig, LayerSelection};
-use crate::copy::{copy_image, CopyResult, LayerJob, LayerTransform, StreamTransform};
+use crate::copy::{copy_image, CopyResult, LayerJob, LayerJobs, LayerTransform, StreamTransform};
 use crate::recipients::build_wrappers;
 use crate::Error;
 
@@ -32,14 +32,14 @@ impl LayerTransform for Encrypt {
         true
     }
 
-    fn prepare(&self, m: &ImageManifest) -> BoxFuture<'_, Result<Vec<Box<dyn LayerJob>>, Error>> {
+    fn prepare(&self, m: &ImageManifest) -> BoxFuture<'_, Result<LayerJobs, Error>> {
         let layers = m.layers.clone();
         async move {
             let selected = self.layers.resolve(layers.len())?;
-            let mut jobs: Vec<Box<dyn LayerJob>> = Vec::with_capacity(layers.len());
+            let mut jobs: LayerJobs = Vec::with_capacity(layers.len());
             for (index, (desc, sel)) in layers.iter().zip(selected).enumerate() {
                 if !sel {
-                    jobs.push(Box::new(Passthrough));
+                    jobs.push(None);
                     continue;
                 }
                 if ocicrypt::is_encrypted(&desc.media_type) {
@@ -52,39 +52,17 @@ impl LayerTransform for Encrypt {
                 let media_type = ocicrypt::encrypted_media_type(&desc.media_type).map_err(|e| {
                     Error::Stream { index, digest: desc.digest.to_string(), reason: e.to_string() }
                 })?;
-                jobs.push(Box::new(EncryptLayer {
+                jobs.push(Some(Box::new(EncryptLayer {
                     index,
                     source: desc.clone(),
                     media_type,
                     opts: PrivateOptions::generate(desc.digest.to_string()),
                     wrappers: Arc::clone(&self.wrappers),
-                }));
+                })));
             }
             Ok(jobs)
         }
         .boxed()
-    }
-}
-
-/// A layer left as it is.
-pub(crate) struct Passthrough;
-
-impl LayerJob for Passthrough {
-    fn passthrough(&self) -> bool {
-        true
-    }
-    fn digest_hint(&self) -> Option<Digest> {
-        None
-    }
-    fn wrap_reader(&self, _reader: BlobReader) -> Result<Box<dyn StreamTransform>, Error> {
-        Err(Error::Usage("internal: a passthrough layer has no stream".into()))
-    }
-    fn finish<'a>(
-        &'a self,
-        _written: (Digest, u64),
-        _stream: Box<dyn StreamTransform>,
-    ) -> BoxFuture<'a, Result<Descriptor, Error>> {
-        async { Err(Error::Usage("internal: a passthrough layer has no stream".into())) }.boxed()
     }
 }
 
@@ -103,9 +81,6 @@ impl StreamTransform for AsyncEncryptReader<BlobReader> {
 }
 
 impl LayerJob for EncryptLayer {
-    fn passthrough(&self) -> bool {
-        false
-    }
     fn digest_hint(&self) -> Option<Digest> {
         None
     }
