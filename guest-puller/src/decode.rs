@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
+use openssl::sha::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
@@ -120,7 +120,9 @@ impl Read for ChannelReader {
     }
 }
 
-/// Hashes what passes through (the uncompressed tar: the diff_id).
+/// Hashes what passes through (the uncompressed tar: the diff_id). OpenSSL's
+/// SHA-256 (AVX2 code paths) runs about twice as fast as the portable `sha2`
+/// on CPUs without SHA-NI, and the diff_id hash covers every unpacked byte.
 struct HashReader<R> {
     inner: R,
     hasher: Sha256,
@@ -232,8 +234,10 @@ fn decode_blocking(
         }
     };
     let mut hashed = HashReader { inner: decompressed, hasher: Sha256::new() };
-    let stats = extract::extract(&mut hashed, dest, opts).map_err(classify)?;
-    let actual = format!("sha256:{}", hex::encode(hashed.hasher.finalize()));
+    // tar reads 512-byte headers one at a time; the buffer turns those into
+    // large decompress and hash calls.
+    let stats = extract::extract(io::BufReader::with_capacity(CHUNK, &mut hashed), dest, opts).map_err(classify)?;
+    let actual = format!("sha256:{}", hex::encode(hashed.hasher.finish()));
     Ok((actual, stats))
 }
 

@@ -15,7 +15,6 @@ use futures::stream::{self, StreamExt};
 use ocicrypt::{KeyUnwrapper, PrivateOptions, PublicOptions};
 use oci::{Digest, ImageRef, ImageSource, Manifest, PlatformSpec, SourceOptions};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncRead;
 
 use crate::assemble::{self, LinkMode};
@@ -149,7 +148,7 @@ impl KeyUnwrapper for PolicyFiltered {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    format!("sha256:{}", hex::encode(openssl::sha::sha256(bytes)))
 }
 
 /// Checks raw manifest bytes against the digest they were fetched by; done
