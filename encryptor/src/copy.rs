@@ -121,6 +121,15 @@ pub(crate) trait LayerJob: Send + Sync {
 pub(crate) trait StreamTransform: AsyncRead + Send + Unpin {
     /// Public options after encryption; `None` for decryption.
     fn public_options(&self) -> Option<ocicrypt::PublicOptions>;
+    /// Whether the stream hashes its own output (in a combined pass), so the
+    /// destination writer need not.
+    fn hashes_output(&self) -> bool {
+        false
+    }
+    /// The digest of everything the stream yielded, at EOF, if it hashes its output.
+    fn output_digest(&self) -> Option<Digest> {
+        None
+    }
 }
 
 /// Tracks blobs added to a layout destination, to remove them on failure.
@@ -401,6 +410,9 @@ impl Run<'_> {
             let reader = self.src.blob(&desc.digest, desc.size).await.map_err(|e| stream_err(e.to_string()))?;
             let mut stream = job.wrap_reader(reader)?;
             let mut writer = self.dst.begin_blob().await.map_err(|e| stream_err(e.to_string()))?;
+            if stream.hashes_output() {
+                writer.skip_hashing();
+            }
             let mut buf = vec![0u8; BUF_SIZE];
             loop {
                 let n = stream.read(&mut buf).await.map_err(|e| stream_err(e.to_string()))?;
@@ -410,7 +422,8 @@ impl Run<'_> {
                 writer.write_all(&buf[..n]).await.map_err(|e| stream_err(e.to_string()))?;
                 bar.inc(n as u64);
             }
-            let written = writer.finish(None).await.map_err(|e| stream_err(e.to_string()))?;
+            let written =
+                writer.finish(stream.output_digest().as_ref()).await.map_err(|e| stream_err(e.to_string()))?;
             // A fresh random key makes a pre-existing identical ciphertext
             // impossible; a decrypted blob may already have been there.
             let existed = hint_existed && hint.as_ref() == Some(&written.0);

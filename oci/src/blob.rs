@@ -57,6 +57,19 @@ impl BlobReader {
         self.size
     }
 
+    /// Take over the digest check: this reader stops hashing (it still caps the
+    /// size and reports truncation) and returns the digest the caller must now
+    /// check itself before trusting or committing anything, typically in a
+    /// combined hashing pass (`sha256x`). `None` if reading has already begun or
+    /// the algorithm is not sha256, in which case this reader keeps checking.
+    pub fn take_digest_check(&mut self) -> Option<Digest> {
+        if self.read != 0 || self.expected.algorithm() != crate::digest::Algorithm::Sha256 {
+            return None;
+        }
+        self.hasher = None;
+        Some(self.expected.clone())
+    }
+
     fn verify(&mut self) -> io::Result<()> {
         let Some(h) = self.hasher.take() else {
             return Ok(());
@@ -138,6 +151,29 @@ mod tests {
         let mut r = BlobReader::new(data, d, size);
         let mut out = Vec::new();
         r.read_to_end(&mut out).await.map(|_| out)
+    }
+
+    #[tokio::test]
+    async fn taken_digest_check_is_the_callers_but_size_is_still_capped() {
+        let data: &'static [u8] = b"hello blob";
+        let claimed = Digest::sha256_of(b"something else");
+        let mut r = BlobReader::new(data, claimed.clone(), data.len() as u64);
+        assert_eq!(r.take_digest_check(), Some(claimed.clone()));
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, data, "the reader no longer judges the digest");
+
+        let mut r = BlobReader::new(data, claimed.clone(), data.len() as u64 + 5);
+        assert!(r.take_digest_check().is_some());
+        let err = r.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+
+        // Once reading has begun the reader keeps the check.
+        let mut r = BlobReader::new(data, claimed, data.len() as u64);
+        let mut b = [0u8; 3];
+        r.read_exact(&mut b).await.unwrap();
+        assert_eq!(r.take_digest_check(), None);
+        assert!(r.read_to_end(&mut Vec::new()).await.is_err());
     }
 
     #[tokio::test]

@@ -107,6 +107,14 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// The sha256 digest whose raw value is `bytes` (computed elsewhere).
+    pub fn from_sha256_bytes(bytes: [u8; 32]) -> Digest {
+        Digest {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(bytes),
+        }
+    }
+
     /// The sha256 digest of `data`.
     pub fn sha256_of(data: &[u8]) -> Digest {
         Digest {

@@ -270,6 +270,17 @@ impl BlobWriter {
         }
     }
 
+    /// Hand hashing over to the caller, who must then pass the digest of
+    /// exactly what it wrote to [`finish`](Self::finish). For callers that
+    /// already hash the bytes in a combined pass (the encryptor). Only before
+    /// the first write.
+    pub fn skip_hashing(&mut self) {
+        match self {
+            BlobWriter::Layout(w) => w.skip_hashing(),
+            BlobWriter::Registry(w) => w.skip_hashing(),
+        }
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         match self {

@@ -55,6 +55,8 @@ pub enum LayoutError {
     BlobMissing { dir: PathBuf, digest: Digest },
     #[error("blob digest mismatch: expected {expected}, content hashes to {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
+    #[error("internal error: a blob written without hashing was finished without its digest")]
+    NoDigest,
     #[error("blob {digest} is {size} bytes, over the limit of {max}")]
     TooLarge { digest: Digest, size: u64, max: u64 },
     #[error("blob writer only computes sha256; cannot check against {0}")]
@@ -273,7 +275,7 @@ impl OciLayout {
         Ok(LayoutBlobWriter {
             file: tokio::fs::File::from_std(file),
             temp,
-            hasher: Algorithm::Sha256.hasher(),
+            hasher: Some(Algorithm::Sha256.hasher()),
             size: 0,
             root,
         })
@@ -357,7 +359,8 @@ fn write_atomically(dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), LayoutE
 pub struct LayoutBlobWriter {
     file: tokio::fs::File,
     temp: TempPath,
-    hasher: Hasher,
+    /// `None` once the caller took over hashing ([`skip_hashing`](Self::skip_hashing)).
+    hasher: Option<Hasher>,
     size: u64,
     root: PathBuf,
 }
@@ -365,7 +368,9 @@ pub struct LayoutBlobWriter {
 impl LayoutBlobWriter {
     /// Append `buf` to the blob.
     pub async fn write_all(&mut self, buf: &[u8]) -> Result<(), LayoutError> {
-        self.hasher.update(buf);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(buf);
+        }
         self.size += buf.len() as u64;
         let path = self.temp.to_path_buf();
         self.file
@@ -379,10 +384,23 @@ impl LayoutBlobWriter {
         self.size
     }
 
+    /// The caller hashes what it writes and passes the digest to
+    /// [`finish`](Self::finish), which then names the blob by it unchecked.
+    /// Only before the first write; afterwards it does nothing.
+    pub fn skip_hashing(&mut self) {
+        if self.size == 0 {
+            self.hasher = None;
+        }
+    }
+
     /// Complete the blob: check it against `expected` (if given) and move it to its
     /// content address. Returns the digest and size.
     pub async fn finish(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), LayoutError> {
-        let actual = self.hasher.finish();
+        let actual = match (self.hasher.take(), expected) {
+            (Some(h), _) => h.finish(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => return Err(LayoutError::NoDigest),
+        };
         if let Some(e) = expected {
             if e.algorithm() != Algorithm::Sha256 {
                 return Err(LayoutError::UnsupportedAlgorithm(e.clone()));
@@ -477,6 +495,31 @@ mod tests {
         assert_eq!(n, 6);
         assert_eq!(d, Digest::sha256_of(b"abcdef"));
         assert_eq!(std::fs::read(l.blob_path(&d)).unwrap(), b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn prehashed_blob_takes_the_callers_digest_and_needs_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = OciLayout::create(tmp.path()).unwrap();
+        let d = Digest::sha256_of(b"abcdef");
+        let mut w = l.begin_blob().await.unwrap();
+        w.skip_hashing();
+        w.write_all(b"abcdef").await.unwrap();
+        assert_eq!(w.finish(Some(&d)).await.unwrap(), (d.clone(), 6));
+        assert_eq!(std::fs::read(l.blob_path(&d)).unwrap(), b"abcdef");
+
+        let mut w = l.begin_blob().await.unwrap();
+        w.skip_hashing();
+        w.write_all(b"xyz").await.unwrap();
+        assert!(matches!(w.finish(None).await, Err(LayoutError::NoDigest)));
+        assert!(leftover_temps(tmp.path()).is_empty());
+
+        // After the first write it is too late to skip: the writer keeps checking.
+        let mut w = l.begin_blob().await.unwrap();
+        w.write_all(b"abc").await.unwrap();
+        w.skip_hashing();
+        let e = w.finish(Some(&d)).await.unwrap_err();
+        assert!(matches!(e, LayoutError::DigestMismatch { .. }), "{e}");
     }
 
     #[tokio::test]

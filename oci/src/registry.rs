@@ -552,7 +552,7 @@ impl RegistryClient {
             session: Some(loc),
             tx: Some(tx),
             patch: Some(patch),
-            hasher: Algorithm::Sha256.hasher(),
+            hasher: Some(Algorithm::Sha256.hasher()),
             size: 0,
         })
     }
@@ -683,7 +683,8 @@ pub struct RegistryBlobWriter {
     session: Option<Url>,
     tx: Option<mpsc::Sender<std::io::Result<Bytes>>>,
     patch: Option<JoinHandle<Result<Url, RegistryError>>>,
-    hasher: Hasher,
+    /// `None` once the caller took over hashing ([`skip_hashing`](Self::skip_hashing)).
+    hasher: Option<Hasher>,
     size: u64,
 }
 
@@ -706,7 +707,9 @@ impl RegistryBlobWriter {
         if buf.is_empty() {
             return Ok(());
         }
-        self.hasher.update(&buf);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf);
+        }
         self.size += buf.len() as u64;
         let sent = match &self.tx {
             Some(tx) => tx.send(Ok(buf)).await.is_ok(),
@@ -734,6 +737,15 @@ impl RegistryBlobWriter {
         self.size
     }
 
+    /// The caller hashes what it sends and passes the digest to
+    /// [`finish`](Self::finish), which commits under it unchecked here (the
+    /// registry still checks it). Only before the first write.
+    pub fn skip_hashing(&mut self) {
+        if self.size == 0 {
+            self.hasher = None;
+        }
+    }
+
     /// End the stream, check `expected` (if given), then commit with `PUT ?digest=`.
     pub async fn finish(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), RegistryError> {
         self.tx = None; // ends the PATCH body
@@ -745,8 +757,15 @@ impl RegistryBlobWriter {
             Ok(r) => r?,
             Err(e) => return Err(RegistryError::Upload(format!("upload task failed: {e}"))),
         };
-        let hasher = std::mem::replace(&mut self.hasher, Algorithm::Sha256.hasher());
-        let actual = hasher.finish();
+        let actual = match (self.hasher.take(), expected) {
+            (Some(h), _) => h.finish(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => {
+                return Err(RegistryError::Upload(
+                    "internal error: a blob sent without hashing was finished without its digest".into(),
+                ))
+            }
+        };
         if let Some(e) = expected {
             if e.algorithm() != Algorithm::Sha256 {
                 return Err(RegistryError::UnsupportedAlgorithm(e.clone()));

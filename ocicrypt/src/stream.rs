@@ -12,12 +12,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::cipher::{CipherError, LayerDecryptor, LayerEncryptor};
+use crate::cipher::{CipherError, LayerDecryptor, LayerEncryptor, Sealed};
 use crate::options::{PrivateOptions, PublicOptions};
 
 enum EncState {
     Running(Box<LayerEncryptor>),
-    Done(PublicOptions),
+    Done(Box<Sealed>),
 }
 
 /// Encrypts everything read from `R`.
@@ -32,8 +32,20 @@ impl<R> EncryptReader<R> {
         EncryptReader { inner, state: EncState::Running(Box::new(LayerEncryptor::new(opts))) }
     }
 
+    /// Like [`new`](Self::new), also computing the SHA-256 of the plaintext and of
+    /// the ciphertext in the HMAC's pass ([`LayerEncryptor::with_digests`]).
+    pub fn with_digests(inner: R, opts: &PrivateOptions) -> Self {
+        EncryptReader { inner, state: EncState::Running(Box::new(LayerEncryptor::with_digests(opts))) }
+    }
+
     /// The public options (with the HMAC), available once EOF has been read.
     pub fn public_options(&self) -> Option<&PublicOptions> {
+        self.sealed().map(|s| &s.public)
+    }
+
+    /// Everything known at the end (HMAC, and the digests if requested), once
+    /// EOF has been read.
+    pub fn sealed(&self) -> Option<&Sealed> {
         match &self.state {
             EncState::Done(p) => Some(p),
             EncState::Running(_) => None,
@@ -48,9 +60,10 @@ impl<R> EncryptReader<R> {
     /// Process `n` fresh bytes at the start of `buf` (n == 0 on a non-empty buffer is EOF).
     fn after_read(&mut self, buf: &mut [u8], eof: bool) {
         if eof {
-            let state = std::mem::replace(&mut self.state, EncState::Done(PublicOptions::new([0; 32])));
+            let placeholder = Sealed { public: PublicOptions::new([0; 32]), plaintext_sha256: None, ciphertext_sha256: None };
+            let state = std::mem::replace(&mut self.state, EncState::Done(Box::new(placeholder)));
             self.state = match state {
-                EncState::Running(enc) => EncState::Done(enc.finish()),
+                EncState::Running(enc) => EncState::Done(Box::new(enc.finish_with_digests())),
                 done @ EncState::Done(_) => done,
             };
         } else if let EncState::Running(enc) = &mut self.state {
@@ -96,6 +109,19 @@ impl<R> DecryptReader<R> {
             inner,
             state: DecState::Running(Box::new(LayerDecryptor::new(opts, public)?)),
         })
+    }
+
+    /// Also check at EOF that the ciphertext hashes to `blob_sha256`, in the
+    /// HMAC's pass ([`LayerDecryptor::with_ciphertext_digest`]): the caller may
+    /// then read the blob without hashing it separately. A mismatch is reported
+    /// like a bad HMAC: an `InvalidData` error instead of EOF.
+    pub fn with_ciphertext_digest(mut self, blob_sha256: [u8; 32]) -> Self {
+        let state = std::mem::replace(&mut self.state, DecState::Verified);
+        self.state = match state {
+            DecState::Running(dec) => DecState::Running(Box::new(dec.with_ciphertext_digest(blob_sha256))),
+            other => other,
+        };
+        self
     }
 
     /// Whether EOF was reached and the HMAC matched.
@@ -161,9 +187,19 @@ impl<R> AsyncEncryptReader<R> {
         AsyncEncryptReader { inner: EncryptReader::new(inner, opts) }
     }
 
+    /// Like [`new`](Self::new), also computing the plaintext and ciphertext SHA-256.
+    pub fn with_digests(inner: R, opts: &PrivateOptions) -> Self {
+        AsyncEncryptReader { inner: EncryptReader::with_digests(inner, opts) }
+    }
+
     /// The public options (with the HMAC), available once EOF has been read.
     pub fn public_options(&self) -> Option<&PublicOptions> {
         self.inner.public_options()
+    }
+
+    /// The HMAC and the digests, once EOF has been read.
+    pub fn sealed(&self) -> Option<&Sealed> {
+        self.inner.sealed()
     }
 
     /// The inner reader.
@@ -200,6 +236,11 @@ impl<R> AsyncDecryptReader<R> {
     /// Wrap `inner`, decrypting with the private and public options.
     pub fn new(inner: R, opts: &PrivateOptions, public: &PublicOptions) -> Result<Self, CipherError> {
         Ok(AsyncDecryptReader { inner: DecryptReader::new(inner, opts, public)? })
+    }
+
+    /// See [`DecryptReader::with_ciphertext_digest`].
+    pub fn with_ciphertext_digest(self, blob_sha256: [u8; 32]) -> Self {
+        AsyncDecryptReader { inner: self.inner.with_ciphertext_digest(blob_sha256) }
     }
 
     /// Whether EOF was reached and the HMAC matched.
@@ -283,6 +324,46 @@ mod tests {
         let mut b = [0u8; 10];
         assert!(r.read(&mut b).is_err());
         assert!(!r.is_verified());
+    }
+
+    /// The fused digests equal separately computed ones, for any chunking, and
+    /// a decryptor given the ciphertext digest refuses a different blob.
+    #[test]
+    fn fused_digests_match_separate_hashes() {
+        let opts = PrivateOptions::generate("");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(7919) >> 3) as u8).collect();
+        for chunk in [1usize, 63, 64, 1000, 16 << 10, 70_000, 1 << 20] {
+            let mut r = EncryptReader::with_digests(data.as_slice(), &opts);
+            let mut ct = Vec::new();
+            let mut buf = vec![0u8; chunk];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                ct.extend_from_slice(&buf[..n]);
+            }
+            let sealed = r.sealed().cloned().unwrap();
+            let (plain_ct, public) = encrypt_all(&data, &opts);
+            assert_eq!(ct, plain_ct, "chunk {chunk}");
+            assert_eq!(sealed.public.hmac, public.hmac);
+            assert_eq!(sealed.plaintext_sha256, Some(openssl::sha::sha256(&data)));
+            assert_eq!(sealed.ciphertext_sha256, Some(openssl::sha::sha256(&ct)));
+
+            let good = openssl::sha::sha256(&ct);
+            let mut d = DecryptReader::new(ct.as_slice(), &opts, &public).unwrap().with_ciphertext_digest(good);
+            let mut out = Vec::new();
+            d.read_to_end(&mut out).unwrap();
+            assert_eq!(out, data);
+            let mut wrong = good;
+            wrong[0] ^= 1;
+            let mut d = DecryptReader::new(ct.as_slice(), &opts, &public).unwrap().with_ciphertext_digest(wrong);
+            let err = d.read_to_end(&mut Vec::new()).unwrap_err();
+            assert!(matches!(
+                err.get_ref().and_then(|e| e.downcast_ref::<CipherError>()),
+                Some(CipherError::DigestMismatch { .. })
+            ));
+        }
     }
 
     #[tokio::test]

@@ -373,6 +373,35 @@ fn flipped_byte_in_place_fails_the_blob_digest() -> Result<()> {
     decrypt_fails(&enc, &key, "digest")
 }
 
+/// The source digest is checked in the encryptor's combined hashing pass: a
+/// corrupted plain layer is refused, and nothing is written to DST.
+#[test]
+fn encrypting_a_corrupted_source_layer_fails_and_writes_nothing() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let src = work.path().join("plain");
+    copy_tree(&golden().join("three-layers/plain-oci"), &src)?;
+    let m = layout_manifest(&src, "v1")?;
+    let p = blob_path(&src, m["layers"][2]["digest"].as_str().context("digest")?);
+    let mut blob = std::fs::read(&p)?;
+    let last = blob.len() - 1;
+    blob[last] ^= 0x01;
+    std::fs::write(&p, &blob)?;
+    let dst = work.path().join("enc");
+    let key = golden().join("three-layers/keys/rsa.pub.pem");
+    let out = run(
+        cloak()
+            .args(["encrypt", "--quiet", "--recipient"])
+            .arg(format!("jwe:{}", key.display()))
+            .arg(oci_ref(&src, "v1"))
+            .arg(oci_ref(&dst, "enc")),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("digest mismatch"), "stderr: {stderr}");
+    assert!(!dst.exists(), "a failed encrypt left {} behind: {:?}", dst.display(), list_tree(&dst));
+    Ok(())
+}
+
 #[test]
 fn truncated_blob_with_consistent_digests_fails() -> Result<()> {
     let work = tempfile::tempdir()?;
