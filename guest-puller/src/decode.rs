@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use openssl::sha::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -180,17 +180,17 @@ where
             cancelled = true;
             break;
         }
-        let mut buf = vec![0u8; CHUNK];
-        match source.read(&mut buf).await {
+        // Uninitialised capacity: no memset of every chunk before it is overwritten.
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        match source.read_buf(&mut buf).await {
             Ok(0) => {
                 let _ = tx.send(Msg::End).await;
                 break;
             }
             Ok(n) => {
-                buf.truncate(n);
                 source_bytes += n as u64;
                 on_bytes(source_bytes);
-                if tx.send(Msg::Data(Bytes::from(buf))).await.is_err() {
+                if tx.send(Msg::Data(buf.freeze())).await.is_err() {
                     // The blocking side stopped: its error is the one to report.
                     break;
                 }

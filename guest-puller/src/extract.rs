@@ -186,6 +186,9 @@ pub fn extract_at<R: Read>(reader: R, root: BorrowedFd<'_>, opts: &ExtractOption
         created: HashSet::new(),
         parent_cache: None,
         is_root: fsutil::is_root(),
+        ids: (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw()),
+        umask: fsutil::process_umask(),
+        copy_buf: vec![0u8; COPY_BUF],
     };
     {
         let entries = archive.entries().map_err(ExtractError::Read)?;
@@ -237,9 +240,19 @@ struct Extractor<'r, 'o> {
     created: HashSet<Vec<u8>>,
     /// The last resolved parent directory. Dropped whenever an entry could
     /// change how paths resolve (symlinks, links, removals).
-    parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    parent_cache: Option<(Vec<u8>, OwnedFd, u32)>,
     is_root: bool,
+    /// Effective uid and gid: a new file owned by them needs no fchown.
+    ids: (u32, u32),
+    /// The process umask, when known: a file created with a mode the umask
+    /// leaves alone needs no fchmod.
+    umask: Option<u32>,
+    /// Reused for every file's content (no allocation or memset per file).
+    copy_buf: Vec<u8>,
 }
+
+/// Size of the buffer file content is copied through.
+const COPY_BUF: usize = 256 * 1024;
 
 fn lossy(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
@@ -293,7 +306,7 @@ impl Extractor<'_, '_> {
     fn parent(&mut self, comps: &[&[u8]], raw: &[u8]) -> Result<BorrowedFd<'_>, ExtractError> {
         let parent_comps = &comps[..comps.len() - 1];
         let key = fsutil::join(parent_comps);
-        let hit = matches!(&self.parent_cache, Some((k, _)) if *k == key);
+        let hit = matches!(&self.parent_cache, Some((k, _, _)) if *k == key);
         if !hit {
             let fd = fsutil::mkdir_all_in_root(self.root, parent_comps)
                 .map_err(Self::io_err(raw, "resolve parent directory"))?;
@@ -301,10 +314,11 @@ impl Extractor<'_, '_> {
                 let p = fsutil::join(&parent_comps[..i]);
                 self.created.insert(p);
             }
-            self.parent_cache = Some((key, fd));
+            let gid = rustix::fs::fstat(&fd).map_err(Self::errno(raw, "stat parent directory"))?.st_gid;
+            self.parent_cache = Some((key, fd, gid));
         }
         match &self.parent_cache {
-            Some((_, fd)) => Ok(fd.as_fd()),
+            Some((_, fd, _)) => Ok(fd.as_fd()),
             None => Err(ExtractError::Io {
                 path: lossy(raw),
                 op: "resolve parent directory",
@@ -363,27 +377,53 @@ impl Extractor<'_, '_> {
                 if self.stats.bytes.saturating_add(size) > self.opts.limits.max_total_size {
                     return Err(ExtractError::TooLarge { max: self.opts.limits.max_total_size });
                 }
+                // Created with its final permission bits when the umask leaves
+                // them as they are (never setid/sticky bits: a write may clear
+                // those), else 0600 and an fchmod after the content.
+                let plain_mode = mode_bits & 0o7000 == 0 && self.umask.is_some_and(|u| u & mode_bits == 0);
+                let create_mode = if plain_mode { mode_bits } else { 0o600 };
+                let (own_uid, own_gid) = self.ids;
                 let parent = self.parent(&comps, &raw)?;
-                fsutil::clear_for_create(parent, name).map_err(Self::io_err(&raw, "replace existing entry"))?;
-                let fd = rustix::fs::openat(
-                    parent,
-                    OsStr::from_bytes(name),
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
+                let create = || {
+                    rustix::fs::openat(
+                        parent,
+                        OsStr::from_bytes(name),
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(create_mode),
+                    )
+                };
+                // Most names are new: create first, clear only what is in the way.
+                let fd = match create() {
+                    Err(rustix::io::Errno::EXIST) => {
+                        fsutil::clear_for_create(parent, name).map_err(Self::io_err(&raw, "replace existing entry"))?;
+                        create()
+                    }
+                    other => other,
+                }
                 .map_err(Self::errno(&raw, "create file"))?;
+                let parent_gid = match &self.parent_cache {
+                    Some((_, _, g)) => *g,
+                    None => u32::MAX,
+                };
                 let mut file = File::from(fd);
-                let limit = self.opts.limits.max_total_size - self.stats.bytes;
-                let written = copy_limited(&mut entry, &mut file, limit).map_err(|e| match e {
+                let max = self.opts.limits.max_total_size;
+                let limit = max - self.stats.bytes;
+                let written = copy_limited(&mut entry, &mut file, limit, &mut self.copy_buf).map_err(|e| match e {
                     CopyError::Read(e) => ExtractError::Read(e),
                     CopyError::Write(source) => ExtractError::Io { path: lossy(&raw), op: "write file", source },
-                    CopyError::Limit => ExtractError::TooLarge { max: self.opts.limits.max_total_size },
+                    CopyError::Limit => ExtractError::TooLarge { max },
                 })?;
                 self.stats.bytes += written;
-                if is_root && same_owner {
+                // A new file is owned by our euid and by our egid when the parent's
+                // group is ours too (setgid directories and `grpid` mounts give the
+                // parent's group); then the header's ids need no fchown.
+                let owned_already = uid_of(uid).as_raw() == own_uid && gid_of(gid).as_raw() == own_gid && parent_gid == own_gid;
+                if is_root && same_owner && !owned_already {
                     rustix::fs::fchown(&file, Some(uid_of(uid)), Some(gid_of(gid))).map_err(Self::errno(&raw, "fchown"))?;
                 }
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(mode_bits)).map_err(Self::errno(&raw, "fchmod"))?;
+                if !plain_mode {
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode_bits)).map_err(Self::errno(&raw, "fchmod"))?;
+                }
                 self.set_xattrs(file.as_fd(), &xattrs, &raw);
                 rustix::fs::futimens(&file, &times(mtime)).map_err(Self::errno(&raw, "futimens"))?;
                 self.created.insert(full);
@@ -629,11 +669,10 @@ enum CopyError {
 }
 
 /// Copies at most `limit` bytes; one byte more is a tar bomb.
-fn copy_limited<R: Read, W: Write>(r: &mut R, w: &mut W, limit: u64) -> Result<u64, CopyError> {
-    let mut buf = vec![0u8; 64 * 1024];
+fn copy_limited<R: Read, W: Write>(r: &mut R, w: &mut W, limit: u64, buf: &mut [u8]) -> Result<u64, CopyError> {
     let mut total = 0u64;
     loop {
-        let n = match r.read(&mut buf) {
+        let n = match r.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -182,3 +182,11 @@ pub(crate) fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
 pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// The process umask from `/proc/self/status` (Linux 4.7+); `None` when unknown.
+/// Read, never set: setting it to find it out would race with other threads.
+pub(crate) fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}

@@ -118,6 +118,9 @@ pub struct PullSummary {
     pub timings: Timings,
 }
 
+/// One layer's outcome: its tree in the store and its summary.
+type LayerResult = Result<(PathBuf, LayerSummary), PullError>;
+
 struct LayerPlan {
     index: usize,
     digest: Digest,
@@ -302,7 +305,12 @@ async fn pull_layers_and_assemble(
     let t = Instant::now();
     let cancel = AtomicBool::new(false);
     let max = opts.max_concurrent_layers.max(1);
-    let results: Vec<Result<(PathBuf, LayerSummary), PullError>> = stream::iter(plans.iter())
+    // Biggest layers start first, so a small one (not a big one) is what runs
+    // alone at the end when there are more layers than slots; results are put
+    // back in layer order for the assembly.
+    let mut order: Vec<&LayerPlan> = plans.iter().collect();
+    order.sort_by(|a, b| b.size.cmp(&a.size).then(a.index.cmp(&b.index)));
+    let mut results: Vec<(usize, LayerResult)> = stream::iter(order)
         .map(|p| {
             let key = keys.remove(&p.index);
             let cancel = &cancel;
@@ -312,12 +320,14 @@ async fn pull_layers_and_assemble(
                 if r.is_err() {
                     cancel.store(true, Ordering::SeqCst);
                 }
-                r
+                (p.index, r)
             }
         })
-        .buffered(max)
+        .buffer_unordered(max)
         .collect()
         .await;
+    results.sort_by_key(|(i, _)| *i);
+    let results = results.into_iter().map(|(_, r)| r);
     timings.layers_ms = t.elapsed().as_millis();
     let mut trees = Vec::new();
     let mut summaries = Vec::new();

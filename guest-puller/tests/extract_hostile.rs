@@ -332,3 +332,56 @@ fn truncated_stream_is_an_error_not_a_panic() {
     let res = extract(&tar[..1500], &sb.root, &ExtractOptions::default());
     assert!(res.is_err());
 }
+
+/// A tar built with explicit owners and modes.
+fn owned_tar(entries: &[(&str, tar::EntryType, u32, u64, u64, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, mode, uid, gid, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_uid(*uid);
+        h.set_gid(*gid);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, *data).expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
+/// Files are created with their final mode and owner when that saves an
+/// fchmod/fchown; this pins that the result is the same as setting them.
+#[test]
+fn owners_and_modes_of_new_files_match_the_headers() {
+    use tar::EntryType::{Directory, Regular};
+    let sb = sandbox();
+    let tar = owned_tar(&[
+        ("root-owned", Regular, 0o644, 0, 0, b"r"),
+        ("user-owned", Regular, 0o640, 1000, 1001, b"u"),
+        ("read-only", Regular, 0o444, 0, 0, b"content of a read-only file"),
+        ("no-perms", Regular, 0o000, 0, 0, b"x"),
+        ("group-write", Regular, 0o664, 0, 0, b"g"),
+        ("sgid/", Directory, 0o2775, 0, 1001, b""),
+        ("sgid/root-file", Regular, 0o644, 0, 0, b"s"),
+        ("again", Regular, 0o600, 0, 0, b"first"),
+        ("again", Regular, 0o755, 0, 0, b"second"),
+    ]);
+    extract(tar.as_slice(), &sb.root, &ExtractOptions::default()).expect("extract");
+    let meta = |p: &str| fs::metadata(sb.root.join(p)).expect(p);
+    assert_eq!(meta("root-owned").mode() & 0o7777, 0o644);
+    assert_eq!(meta("user-owned").mode() & 0o7777, 0o640);
+    assert_eq!(meta("read-only").mode() & 0o7777, 0o444);
+    assert_eq!(fs::read(sb.root.join("read-only")).expect("read"), b"content of a read-only file");
+    assert_eq!(meta("no-perms").mode() & 0o7777, 0o000);
+    assert_eq!(meta("group-write").mode() & 0o7777, 0o664);
+    assert_eq!(meta("again").mode() & 0o7777, 0o755);
+    assert_eq!(fs::read(sb.root.join("again")).expect("read"), b"second");
+    assert_eq!(meta("again").mtime(), 1_600_000_000);
+    if rustix::process::geteuid().is_root() {
+        assert_eq!((meta("root-owned").uid(), meta("root-owned").gid()), (0, 0));
+        assert_eq!((meta("user-owned").uid(), meta("user-owned").gid()), (1000, 1001));
+        // The setgid parent would hand its group to a new file: the header's gid wins.
+        assert_eq!(meta("sgid").gid(), 1001);
+        assert_eq!((meta("sgid/root-file").uid(), meta("sgid/root-file").gid()), (0, 0));
+    }
+}
