@@ -333,8 +333,11 @@ fn truncated_stream_is_an_error_not_a_panic() {
     assert!(res.is_err());
 }
 
+/// name, type, mode, uid, gid, content.
+type OwnedEntry<'a> = (&'a str, tar::EntryType, u32, u64, u64, &'a [u8]);
+
 /// A tar built with explicit owners and modes.
-fn owned_tar(entries: &[(&str, tar::EntryType, u32, u64, u64, &[u8])]) -> Vec<u8> {
+fn owned_tar(entries: &[OwnedEntry<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, mode, uid, gid, data) in entries {
         let mut h = tar::Header::new_ustar();
