@@ -396,13 +396,17 @@ impl KbsClient {
         let cookie = session_cookie(&answer.headers);
 
         let kind = inner.cfg.tee_key;
-        let key = tokio::task::spawn_blocking(move || TeeKeyPair::generate(kind))
-            .await
-            .map_err(|e| KbsError::Protocol {
-                step: Step::Attest,
-                reason: format!("key generation task failed: {e}"),
-            })?
-            .map_err(proto(Step::Attest))?;
+        let key = match kind {
+            // Tens of microseconds: less than handing it to the blocking pool would cost.
+            TeeKeyKind::EcP256 => TeeKeyPair::generate(kind),
+            TeeKeyKind::Rsa => tokio::task::spawn_blocking(move || TeeKeyPair::generate(kind))
+                .await
+                .map_err(|e| KbsError::Protocol {
+                    step: Step::Attest,
+                    reason: format!("key generation task failed: {e}"),
+                })?,
+        }
+        .map_err(proto(Step::Attest))?;
         let jwk = key.public_jwk().map_err(proto(Step::Attest))?;
         let digest = protocol::runtime_data_digest(&challenge.nonce, &jwk, "")
             .map_err(proto(Step::Attest))?;

@@ -6,11 +6,10 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use kbs_types::{ProtectedHeader, Response, TeePubKey};
-use openssl::bn::{BigNum, BigNumContext};
-use openssl::derive::Deriver;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::nid::Nid;
-use openssl::pkey::{PKey, Public};
+use kbs::protocol::ecdh::{Curve, EcdhError};
+use openssl::bn::BigNum;
+use openssl::ec::EcPoint;
+use openssl::pkey::PKey;
 use openssl::rsa::{Padding, Rsa};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
@@ -37,15 +36,6 @@ fn b64(s: &str, what: &'static str) -> Result<Vec<u8>, JweError> {
         .map_err(|_| JweError::BadKey(what))
 }
 
-fn curve(crv: &str) -> Result<(Nid, usize), JweError> {
-    match crv {
-        "P-256" => Ok((Nid::X9_62_PRIME256V1, 32)),
-        "P-384" => Ok((Nid::SECP384R1, 48)),
-        "P-521" => Ok((Nid::SECP521R1, 66)),
-        other => Err(JweError::UnsupportedCurve(other.into())),
-    }
-}
-
 /// NIST SP 800-56A Concat KDF with SHA-256 for a 256-bit key, apu/apv empty: one round.
 pub fn concat_kdf_a256kw(z: &[u8]) -> Zeroizing<[u8; 32]> {
     use sha2::{Digest, Sha256};
@@ -69,18 +59,19 @@ fn wrap_cek(key: &[u8; 32], cek: &[u8; 32]) -> Result<Vec<u8>, JweError> {
     Ok(out)
 }
 
-fn ec_public(crv: &str, x: &str, y: &str) -> Result<(EcGroup, EcKey<Public>, usize), JweError> {
-    let (nid, len) = curve(crv)?;
-    let group = EcGroup::from_curve_name(nid)?;
+/// The TEE's public point, fully validated (see `kbs::protocol::ecdh`).
+fn ec_public(crv: &str, x: &str, y: &str) -> Result<(Curve, EcPoint), JweError> {
+    let curve = Curve::from_jwk(crv).ok_or_else(|| JweError::UnsupportedCurve(crv.into()))?;
     let (x, y) = (b64(x, "EC x")?, b64(y, "EC y")?);
-    if x.len() != len || y.len() != len {
-        return Err(JweError::BadKey("EC coordinate length does not match the curve"));
+    let point = curve.peer_point(&x, &y).map_err(ecdh_error)?;
+    Ok((curve, point))
+}
+
+fn ecdh_error(e: EcdhError) -> JweError {
+    match e {
+        EcdhError::InvalidPoint(why) => JweError::BadKey(why),
+        EcdhError::Crypto(e) => JweError::Crypto(e),
     }
-    let (bx, by) = (BigNum::from_slice(&x)?, BigNum::from_slice(&y)?);
-    let key = EcKey::from_public_key_affine_coordinates(&group, &bx, &by)
-    .map_err(|_| JweError::BadKey("EC point"))?;
-    key.check_key().map_err(|_| JweError::BadKey("EC point not on the curve"))?;
-    Ok((group, key, len))
 }
 
 /// Encrypts `plaintext` to `tee_key`.
@@ -92,21 +83,12 @@ pub fn encrypt(tee_key: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweErr
             if alg != ECDH_ALG {
                 return Err(JweError::UnsupportedAlg(alg.clone()));
             }
-            let (group, peer, len) = ec_public(crv, x, y)?;
-            let eph = EcKey::generate(&group)?;
-            let eph_pkey = PKey::from_ec_key(eph.clone())?;
-            let peer_pkey = PKey::from_ec_key(peer)?;
-            let mut d = Deriver::new(&eph_pkey)?;
-            d.set_peer(&peer_pkey)?;
-            let z = Zeroizing::new(d.derive_to_vec()?);
+            let (curve, peer) = ec_public(crv, x, y)?;
+            let eph = curve.generate().map_err(ecdh_error)?;
+            let z = curve.shared_secret(&eph, &peer).map_err(ecdh_error)?;
             let kek = concat_kdf_a256kw(&z);
             let wrapped = wrap_cek(&kek, &cek)?;
-            let mut ctx = BigNumContext::new()?;
-            let (mut ex, mut ey) = (BigNum::new()?, BigNum::new()?);
-            eph.public_key()
-                .affine_coordinates(&group, &mut ex, &mut ey, &mut ctx)?;
-            let ex = ex.to_vec_padded(len as i32)?;
-            let ey = ey.to_vec_padded(len as i32)?;
+            let (ex, ey) = curve.public_coordinates(&eph).map_err(ecdh_error)?;
             // Keys inserted in sorted order, so the serialisation is the same whether or
             // not serde_json keeps insertion order: the guest re-serialises this header.
             let mut epk = Map::new();
@@ -184,6 +166,10 @@ pub fn encrypt(tee_key: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweErr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use openssl::bn::BigNumContext;
+    use openssl::derive::Deriver;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
     use openssl::pkey::Private;
 
     fn ec_tee_key(k: &EcKey<Private>) -> TeePubKey {
@@ -208,12 +194,14 @@ mod tests {
         let wire = serde_json::to_string(&resp).unwrap();
         let back: Response = serde_json::from_str(&wire).unwrap();
         let epk = back.protected.other_fields.get("epk").unwrap();
-        let (_, peer, _) = ec_public(
-            epk["crv"].as_str().unwrap(),
-            epk["x"].as_str().unwrap(),
-            epk["y"].as_str().unwrap(),
+        // Independently of `kbs::protocol::ecdh`: OpenSSL's EVP derive.
+        let peer = EcKey::from_public_key_affine_coordinates(
+            &group,
+            &BigNum::from_slice(&URL_SAFE_NO_PAD.decode(epk["x"].as_str().unwrap()).unwrap()).unwrap(),
+            &BigNum::from_slice(&URL_SAFE_NO_PAD.decode(epk["y"].as_str().unwrap()).unwrap()).unwrap(),
         )
         .unwrap();
+        assert_eq!(epk["crv"], "P-256");
         let mine = PKey::from_ec_key(k).unwrap();
         let peer_pk = PKey::from_ec_key(peer).unwrap();
         let mut d = Deriver::new(&mine).unwrap();

@@ -11,19 +11,15 @@
 use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
 use kbs_types::{ProtectedHeader, Response};
 use openssl::aes::{unwrap_key, AesKey};
-use openssl::bn::BigNum;
-use openssl::derive::Deriver;
-use openssl::ec::{EcGroup, EcKey};
 use openssl::encrypt::Decrypter;
 use openssl::hash::MessageDigest;
-use openssl::nid::Nid;
-use openssl::pkey::PKey;
 use openssl::rsa::Padding;
 use openssl::symm::{decrypt_aead, Cipher};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::ecdh::Curve;
 use super::keys::{TeeKeyKind, TeeKeyPair};
 use super::{malformed, ProtocolError, MAX_BODY};
 
@@ -164,7 +160,10 @@ fn unwrap_rsa(
     wrapped: &[u8],
     oaep256: bool,
 ) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-    let mut d = Decrypter::new(key.pkey()).map_err(crypto)?;
+    let pkey = key
+        .rsa_pkey()
+        .ok_or_else(|| crypto("RSA unwrap with a non-RSA TEE key"))?;
+    let mut d = Decrypter::new(pkey).map_err(crypto)?;
     if oaep256 {
         d.set_rsa_padding(Padding::PKCS1_OAEP).map_err(crypto)?;
         d.set_rsa_oaep_md(MessageDigest::sha256()).map_err(crypto)?;
@@ -214,18 +213,14 @@ fn unwrap_ecdh_es_a256kw(
     if x.len() != 32 || y.len() != 32 {
         return Err(malformed("JWE epk", "P-256 coordinates must be 32 bytes"));
     }
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(crypto)?;
-    let bx = BigNum::from_slice(&x).map_err(crypto)?;
-    let by = BigNum::from_slice(&y).map_err(crypto)?;
     // Rejects points not on the curve (invalid-curve attacks on our private key).
-    let peer = EcKey::from_public_key_affine_coordinates(&group, &bx, &by)
-        .map_err(|_| malformed("JWE epk", "point is not on P-256"))?;
-    peer.check_key()
-        .map_err(|_| malformed("JWE epk", "invalid P-256 public key"))?;
-    let peer = PKey::from_ec_key(peer).map_err(crypto)?;
-    let mut deriver = Deriver::new(key.pkey()).map_err(crypto)?;
-    deriver.set_peer(&peer).map_err(crypto)?;
-    let z = Zeroizing::new(deriver.derive_to_vec().map_err(crypto)?);
+    let peer = Curve::P256
+        .peer_point(&x, &y)
+        .map_err(|e| malformed("JWE epk", e))?;
+    let own = key
+        .ec_key()
+        .ok_or_else(|| crypto("ECDH with a non-EC TEE key"))?;
+    let z = Curve::P256.shared_secret(own, &peer).map_err(crypto)?;
 
     let kek = concat_kdf_a256kw(&z);
     if wrapped.len() != CEK_LEN + 8 {
@@ -268,8 +263,12 @@ mod tests {
     use super::*;
     use kbs_types::TeePubKey;
     use openssl::aes::wrap_key;
-    use openssl::bn::BigNumContext;
+    use openssl::bn::{BigNum, BigNumContext};
+    use openssl::derive::Deriver;
+    use openssl::ec::{EcGroup, EcKey};
     use openssl::encrypt::Encrypter;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
     use openssl::pkey::Public;
     use openssl::rsa::Rsa;
     use openssl::symm::encrypt_aead;

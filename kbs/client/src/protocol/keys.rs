@@ -7,12 +7,11 @@ use std::fmt;
 
 use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
 use kbs_types::TeePubKey;
-use openssl::bn::BigNumContext;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::nid::Nid;
+use openssl::ec::{EcKey, EcKeyRef};
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 
+use super::ecdh::Curve;
 use super::ProtocolError;
 
 /// Which kind of TEE key to generate.
@@ -31,7 +30,14 @@ const RSA_BITS: u32 = 2048;
 /// An ephemeral TEE key pair. `Debug` never shows the key.
 pub struct TeeKeyPair {
     kind: TeeKeyKind,
-    pkey: PKey<Private>,
+    secret: Secret,
+}
+
+/// The private half, in the form its operations use: ECDH works on the `EcKey`
+/// directly (see `ecdh`), RSA decryption goes through EVP.
+enum Secret {
+    Ec(EcKey<Private>),
+    Rsa(PKey<Private>),
 }
 
 impl fmt::Debug for TeeKeyPair {
@@ -45,49 +51,53 @@ fn crypto(e: impl fmt::Display) -> ProtocolError {
 }
 
 impl TeeKeyPair {
-    /// Generates a fresh key pair.
+    /// Generates a fresh key pair. An EC key takes tens of microseconds; an RSA key
+    /// tens to hundreds of milliseconds (keep it off an async executor thread).
     pub fn generate(kind: TeeKeyKind) -> Result<Self, ProtocolError> {
-        let pkey = match kind {
-            TeeKeyKind::EcP256 => {
-                let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(crypto)?;
-                PKey::from_ec_key(EcKey::generate(&group).map_err(crypto)?).map_err(crypto)?
-            }
-            TeeKeyKind::Rsa => {
-                PKey::from_rsa(Rsa::generate(RSA_BITS).map_err(crypto)?).map_err(crypto)?
-            }
+        let secret = match kind {
+            TeeKeyKind::EcP256 => Secret::Ec(Curve::P256.generate().map_err(crypto)?),
+            TeeKeyKind::Rsa => Secret::Rsa(
+                PKey::from_rsa(Rsa::generate(RSA_BITS).map_err(crypto)?).map_err(crypto)?,
+            ),
         };
-        Ok(TeeKeyPair { kind, pkey })
+        Ok(TeeKeyPair { kind, secret })
     }
 
     pub fn kind(&self) -> TeeKeyKind {
         self.kind
     }
 
-    pub(crate) fn pkey(&self) -> &PKey<Private> {
-        &self.pkey
+    /// The EC private key (P-256), for ECDH; None for an RSA key.
+    pub(crate) fn ec_key(&self) -> Option<&EcKeyRef<Private>> {
+        match &self.secret {
+            Secret::Ec(k) => Some(k),
+            Secret::Rsa(_) => None,
+        }
+    }
+
+    /// The RSA private key, for RSA-OAEP / RSA1_5; None for an EC key.
+    pub(crate) fn rsa_pkey(&self) -> Option<&PKey<Private>> {
+        match &self.secret {
+            Secret::Rsa(k) => Some(k),
+            Secret::Ec(_) => None,
+        }
     }
 
     /// The public key as the JWK the runtime data carries (base64url, no padding).
     pub fn public_jwk(&self) -> Result<TeePubKey, ProtocolError> {
-        match self.kind {
-            TeeKeyKind::EcP256 => {
-                let ec = self.pkey.ec_key().map_err(crypto)?;
-                let mut ctx = BigNumContext::new().map_err(crypto)?;
-                let mut x = openssl::bn::BigNum::new().map_err(crypto)?;
-                let mut y = openssl::bn::BigNum::new().map_err(crypto)?;
-                ec.public_key()
-                    .affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx)
-                    .map_err(crypto)?;
+        match &self.secret {
+            Secret::Ec(ec) => {
                 // JWK coordinates are fixed-width (RFC 7518 §6.2.1.2): 32 bytes on P-256.
+                let (x, y) = Curve::P256.public_coordinates(ec).map_err(crypto)?;
                 Ok(TeePubKey::EC {
-                    crv: "P-256".to_owned(),
+                    crv: Curve::P256.jwk_name().to_owned(),
                     alg: "ECDH-ES+A256KW".to_owned(),
-                    x: BASE64_URL_SAFE_NO_PAD.encode(x.to_vec_padded(32).map_err(crypto)?),
-                    y: BASE64_URL_SAFE_NO_PAD.encode(y.to_vec_padded(32).map_err(crypto)?),
+                    x: BASE64_URL_SAFE_NO_PAD.encode(x),
+                    y: BASE64_URL_SAFE_NO_PAD.encode(y),
                 })
             }
-            TeeKeyKind::Rsa => {
-                let rsa = self.pkey.rsa().map_err(crypto)?;
+            Secret::Rsa(pkey) => {
+                let rsa = pkey.rsa().map_err(crypto)?;
                 Ok(TeePubKey::RSA {
                     alg: "RSA-OAEP-256".to_owned(),
                     k_mod: BASE64_URL_SAFE_NO_PAD.encode(rsa.n().to_vec()),

@@ -3,6 +3,7 @@
 //! JSON), parsing the challenge and the token answer, and opening the JWE that
 //! carries a resource. The client in `crate::client` only moves these bytes.
 
+pub mod ecdh;
 mod jwe;
 mod keys;
 mod token;
