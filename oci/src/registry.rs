@@ -29,7 +29,7 @@ use crate::media_type;
 use crate::reference::RegistryRef;
 
 /// Chunks in flight between a blob writer and its PATCH request; bounds memory.
-const UPLOAD_QUEUE: usize = 8;
+const UPLOAD_QUEUE: usize = 2;
 /// Longest error body quoted in an error message.
 const MAX_ERROR_BODY: usize = 512;
 

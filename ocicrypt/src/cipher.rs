@@ -16,12 +16,18 @@ use crate::options::{PrivateOptions, PublicOptions, AES_256_CTR_HMAC_SHA256, HMA
 
 type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 
-/// HMAC-SHA256 (RFC 2104) over `sha256x`, so that the HMAC's inner hash can
-/// share one SIMD pass with the blob digests computed over the same bytes
-/// (see [`LayerEncryptor::with_digests`] and
+/// HMAC-SHA256 (RFC 2104).
+///
+/// The inner hash runs on OpenSSL's SHA-256 when it is the only hash of the
+/// stream (OpenSSL's single-stream code is the fastest on CPUs without SHA-NI),
+/// and on `sha256x` when it shares one SIMD pass with the blob digests computed
+/// over the same bytes ([`LayerEncryptor::with_digests`],
 /// [`LayerDecryptor::with_ciphertext_digest`]).
 struct HmacSha256 {
-    inner: Sha256,
+    /// The inner hash while it runs alone (`None` once switched to `lanes`).
+    single: Option<openssl::sha::Sha256>,
+    /// The inner hash for combined passes (started with the same key block).
+    multi: Sha256,
     /// The key XOR opad block, kept until `finalize`.
     outer_key: Zeroizing<[u8; 64]>,
 }
@@ -34,17 +40,35 @@ impl HmacSha256 {
             ipad[i] ^= k;
             opad[i] ^= k;
         }
-        let mut inner = Sha256::new();
-        inner.update(ipad.as_ref());
-        HmacSha256 { inner, outer_key: opad }
+        let mut single = openssl::sha::Sha256::new();
+        single.update(ipad.as_ref());
+        let mut multi = Sha256::new();
+        multi.update(ipad.as_ref());
+        HmacSha256 { single: Some(single), multi, outer_key: opad }
+    }
+
+    /// The inner hash for a combined pass; only before any data.
+    fn lanes(&mut self) -> &mut Sha256 {
+        self.single = None;
+        &mut self.multi
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match &mut self.single {
+            Some(h) => h.update(data),
+            None => self.multi.update(data),
+        }
     }
 
     fn finalize(self) -> [u8; HMAC_LEN] {
-        let inner = self.inner.finalize();
-        let mut outer = Sha256::new();
+        let inner = match self.single {
+            Some(h) => h.finish(),
+            None => self.multi.finalize(),
+        };
+        let mut outer = openssl::sha::Sha256::new();
         outer.update(self.outer_key.as_ref());
         outer.update(&inner);
-        outer.finalize()
+        outer.finish()
     }
 }
 
@@ -116,6 +140,7 @@ impl LayerEncryptor {
     /// wide vectors. Read them with [`finish_with_digests`](Self::finish_with_digests).
     pub fn with_digests(opts: &PrivateOptions) -> Self {
         let mut e = Self::new(opts);
+        e.mac.lanes();
         e.side = Some(Box::new(SideDigests {
             plaintext: Sha256::new(),
             ciphertext: Sha256::new(),
@@ -129,7 +154,7 @@ impl LayerEncryptor {
         self.len += buf.len() as u64;
         let Some(side) = self.side.as_deref_mut() else {
             self.ctr.apply_keystream(buf);
-            self.mac.inner.update(buf);
+            self.mac.update(buf);
             return;
         };
         for piece in buf.chunks_mut(PIECE) {
@@ -138,7 +163,7 @@ impl LayerEncryptor {
             self.ctr.apply_keystream(piece);
             sha256x::update_many(&mut [
                 (&mut side.plaintext, &*plain),
-                (&mut self.mac.inner, &*piece),
+                (self.mac.lanes(), &*piece),
                 (&mut side.ciphertext, &*piece),
             ]);
         }
@@ -210,15 +235,18 @@ impl LayerDecryptor {
     /// digest), computed in the same pass as the HMAC. `finish()` then fails
     /// unless both match.
     pub fn with_ciphertext_digest(mut self, blob_sha256: [u8; 32]) -> Self {
-        self.blob = Some((blob_sha256, Sha256::new()));
+        if self.len == 0 {
+            self.mac.lanes();
+            self.blob = Some((blob_sha256, Sha256::new()));
+        }
         self
     }
 
     /// Decrypt `buf` in place. The output is unauthenticated until `finish()`.
     pub fn update(&mut self, buf: &mut [u8]) {
         match &mut self.blob {
-            Some((_, h)) => sha256x::update_many(&mut [(&mut self.mac.inner, &*buf), (h, &*buf)]),
-            None => self.mac.inner.update(buf),
+            Some((_, h)) => sha256x::update_many(&mut [(self.mac.lanes(), &*buf), (h, &*buf)]),
+            None => self.mac.update(buf),
         }
         self.ctr.apply_keystream(buf);
         self.len += buf.len() as u64;
