@@ -53,6 +53,29 @@ pub fn assemble(layers: &[PathBuf], dest: &Path, mode: LinkMode) -> Result<(), A
     let is_root = fsutil::is_root();
     for layer in layers {
         let src = fsutil::open_root(layer).map_err(err(b"", "open layer tree"))?;
+        let mut ctx = Ctx { dest_root: dest_fd.as_fd(), mode: Placement::Link(mode), is_root, links: HashMap::new() };
+        let st = rustix::fs::fstat(&src).map_err(errno(b".", "stat layer root"))?;
+        ctx.apply_dir(src.as_fd(), dest_fd.as_fd(), Vec::new())?;
+        set_meta_fd(dest_fd.as_fd(), &st, is_root).map_err(errno(b".", "set root metadata"))?;
+    }
+    Ok(())
+}
+
+/// Applies `layers` (tree directories, lowest first) into the existing empty
+/// directory `dest` by renaming their entries instead of linking or copying
+/// them: a directory the rootfs lacks moves in one `renameat`, with its whole
+/// subtree. The trees are consumed, so this is only for a private store that is
+/// removed afterwards (a cold pull without `--store`). A tree listed more than
+/// once is hard-linked for all but its last use. Without root, renaming a
+/// read-only directory to a new parent is refused, so this falls back to
+/// [`LinkMode::Hardlink`].
+pub fn assemble_by_moving(layers: &[PathBuf], dest: &Path) -> Result<(), AssembleError> {
+    let dest_fd = fsutil::open_root(dest).map_err(err(b"", "open rootfs"))?;
+    let is_root = fsutil::is_root();
+    for (i, layer) in layers.iter().enumerate() {
+        let reused = layers[i + 1..].contains(layer);
+        let mode = if is_root && !reused { Placement::Move } else { Placement::Link(LinkMode::Hardlink) };
+        let src = fsutil::open_root(layer).map_err(err(b"", "open layer tree"))?;
         let mut ctx = Ctx { dest_root: dest_fd.as_fd(), mode, is_root, links: HashMap::new() };
         let st = rustix::fs::fstat(&src).map_err(errno(b".", "stat layer root"))?;
         ctx.apply_dir(src.as_fd(), dest_fd.as_fd(), Vec::new())?;
@@ -61,9 +84,16 @@ pub fn assemble(layers: &[PathBuf], dest: &Path, mode: LinkMode) -> Result<(), A
     Ok(())
 }
 
+/// How one layer's entries get into the rootfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    Link(LinkMode),
+    Move,
+}
+
 struct Ctx<'a> {
     dest_root: BorrowedFd<'a>,
-    mode: LinkMode,
+    mode: Placement,
     is_root: bool,
     /// (dev, ino) of a multiply-linked source file → its rootfs path.
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -106,11 +136,15 @@ impl Ctx<'_> {
                 }
             }
         }
-        for (name, _) in entries {
+        for (name, ftype) in entries {
             if name.starts_with(WHITEOUT_PREFIX) {
                 continue;
             }
             let p = child(&path, &name);
+            if self.mode == Placement::Move {
+                self.move_entry(src, dst, &name, ftype, p)?;
+                continue;
+            }
             let st = rustix::fs::statat(src, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(errno(&p, "stat layer entry"))?;
             match FileType::from_raw_mode(st.st_mode) {
@@ -173,7 +207,7 @@ impl Ctx<'_> {
 
     fn file(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &[u8], p: &[u8], st: &Stat) -> Result<(), AssembleError> {
         fsutil::clear_for_create(dst, name).map_err(err(p, "replace entry"))?;
-        if self.mode == LinkMode::Hardlink {
+        if self.mode == Placement::Link(LinkMode::Hardlink) {
             return rustix::fs::linkat(src, OsStr::from_bytes(name), dst, OsStr::from_bytes(name), AtFlags::empty())
                 .map_err(errno(p, "hardlink from store"));
         }
@@ -201,6 +235,65 @@ impl Ctx<'_> {
         copy_xattrs(sfd.as_fd(), dfd.as_fd());
         set_meta_fd(dfd.as_fd(), st, self.is_root).map_err(errno(p, "set file metadata"))
     }
+}
+
+impl Ctx<'_> {
+    /// Move mode: one entry of a layer directory into the rootfs directory.
+    fn move_entry(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &[u8], ftype: FileType, p: Vec<u8>) -> Result<(), AssembleError> {
+        let ftype = match ftype {
+            FileType::Unknown => fsutil::kind_at(src, name).map_err(err(&p, "stat layer entry"))?.unwrap_or(FileType::Unknown),
+            t => t,
+        };
+        let existing = fsutil::kind_at(dst, name).map_err(err(&p, "stat rootfs entry"))?;
+        if ftype == FileType::Directory && existing == Some(FileType::Directory) {
+            // Both layers have the directory: merge, then the upper one's metadata.
+            let open = |dir: BorrowedFd<'_>, what| {
+                rustix::fs::openat(dir, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(errno(&p, what))
+            };
+            let sub_src = open(src, "open layer directory")?;
+            let sub_dst = open(dst, "open rootfs directory")?;
+            let st = rustix::fs::fstat(&sub_src).map_err(errno(&p, "stat layer directory"))?;
+            self.apply_dir(sub_src.as_fd(), sub_dst.as_fd(), p.clone())?;
+            copy_xattrs(sub_src.as_fd(), sub_dst.as_fd());
+            return set_meta_fd(sub_dst.as_fd(), &st, self.is_root).map_err(errno(&p, "set directory metadata"));
+        }
+        if existing.is_some() && (ftype == FileType::Directory || existing == Some(FileType::Directory)) {
+            // rename(2) replaces only a non-directory with a non-directory.
+            fsutil::remove_at(dst, name).map_err(err(&p, "replace entry"))?;
+        }
+        if ftype == FileType::Directory {
+            // Nothing below it in the rootfs: its whiteout markers hide nothing.
+            strip_markers(src, name).map_err(err(&p, "drop whiteout markers"))?;
+        }
+        rustix::fs::renameat(src, OsStr::from_bytes(name), dst, OsStr::from_bytes(name)).map_err(errno(&p, "move from layer tree"))
+    }
+}
+
+/// Removes the OCI whiteout markers from the directory `name` in `parent` and
+/// below, keeping each directory's timestamps as they were.
+fn strip_markers(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let dir = rustix::fs::openat(parent, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let st = rustix::fs::fstat(&dir)?;
+    let mut changed = false;
+    for (child, ftype) in fsutil::list_dir(dir.as_fd())? {
+        if child.starts_with(WHITEOUT_PREFIX) {
+            rustix::fs::unlinkat(&dir, OsStr::from_bytes(&child), AtFlags::empty())?;
+            changed = true;
+            continue;
+        }
+        let ftype = match ftype {
+            FileType::Unknown => fsutil::kind_at(dir.as_fd(), &child)?.unwrap_or(FileType::Unknown),
+            t => t,
+        };
+        if ftype == FileType::Directory {
+            strip_markers(dir.as_fd(), &child)?;
+        }
+    }
+    if changed {
+        rustix::fs::futimens(&dir, &stamp(&st))?;
+    }
+    Ok(())
 }
 
 fn split_last(p: &[u8]) -> Option<(&[u8], &[u8])> {

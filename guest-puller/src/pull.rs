@@ -255,7 +255,8 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
         Some(p) => (Store::open(p)?, false),
         None => (Store::open(&opts.bundle.join(format!(".cloak-pull-store-{}", store::random_suffix())))?, true),
     };
-    let link = if ephemeral { LinkMode::Hardlink } else { opts.store_link };
+    // A private store is thrown away: its trees are moved into the rootfs.
+    let link = if ephemeral { None } else { Some(opts.store_link) };
     let result = pull_layers_and_assemble(opts, &source, &store, &plans, link, &config_bytes, &mut timings).await;
     if ephemeral {
         let _ = store::remove_tree(store.root());
@@ -279,7 +280,7 @@ async fn pull_layers_and_assemble(
     source: &ImageSource,
     store: &Store,
     plans: &[LayerPlan],
-    link: LinkMode,
+    link: Option<LinkMode>,
     config_bytes: &[u8],
     timings: &mut Timings,
 ) -> Result<Vec<LayerSummary>, PullError> {
@@ -357,7 +358,10 @@ async fn pull_layers_and_assemble(
     let mut guard = RemoveOnDrop(Some(staging.clone()));
     std::fs::create_dir(&staging).map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })?;
     let st2 = staging.clone();
-    tokio::task::spawn_blocking(move || assemble::assemble(&trees, &st2, link))
+    tokio::task::spawn_blocking(move || match link {
+        Some(mode) => assemble::assemble(&trees, &st2, mode),
+        None => assemble::assemble_by_moving(&trees, &st2),
+    })
         .await
         .map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })??;
     write_atomic(&opts.bundle.join("image.json"), config_bytes)?;
