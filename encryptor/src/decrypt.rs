@@ -88,13 +88,23 @@ impl LayerJob for DecryptLayer {
         // deleting a pre-existing identical blob on failure, never for trust.
         self.opts.digest.parse().ok()
     }
-    fn wrap_reader(&self, reader: BlobReader) -> Result<Box<dyn StreamTransform>, Error> {
-        let r = AsyncDecryptReader::new(reader, &self.opts, &self.pubopts).map_err(|e| Error::Stream {
+    fn wrap_reader(&self, mut reader: BlobReader) -> Result<Box<dyn StreamTransform>, Error> {
+        // The blob digest is checked in the HMAC's pass (one combined SIMD pass
+        // where the CPU allows); the verdict comes at EOF, before anything is
+        // committed. Otherwise the reader keeps checking it itself.
+        let blob_sha256 = reader.digest().sha256_bytes();
+        if blob_sha256.is_some() {
+            let _ = reader.take_digest_check();
+        }
+        let mut d = AsyncDecryptReader::new(reader, &self.opts, &self.pubopts).map_err(|e| Error::Stream {
             index: self.index,
             digest: self.source.digest.to_string(),
             reason: e.to_string(),
         })?;
-        Ok(Box::new(r))
+        if let Some(bytes) = blob_sha256 {
+            d = d.with_ciphertext_digest(bytes);
+        }
+        Ok(Box::new(d))
     }
     fn finish<'a>(
         &'a self,

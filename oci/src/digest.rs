@@ -115,6 +115,16 @@ impl Digest {
         }
     }
 
+    /// The raw 32 bytes of a sha256 digest (`None` for other algorithms).
+    pub fn sha256_bytes(&self) -> Option<[u8; 32]> {
+        if self.algorithm != Algorithm::Sha256 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&self.hex, &mut out).ok()?;
+        Some(out)
+    }
+
     /// The sha256 digest of `data`.
     pub fn sha256_of(data: &[u8]) -> Digest {
         Digest {
