@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ocicrypt::KeyUnwrapper;
 
@@ -19,6 +20,9 @@ pub struct KeySources {
     pub kbs_url: Option<String>,
     /// Attester for the KBS (`auto` | `snp` | `tdx` | `sample`).
     pub attester: Option<String>,
+    /// How long one KBS exchange (attestation, or one key), retries included,
+    /// may take before the pull fails; `None` = the client's default (30 s).
+    pub kbs_timeout: Option<Duration>,
 }
 
 /// Why the key sources could not be set up.
@@ -87,7 +91,11 @@ impl Keys {
                 // Sample evidence only when asked for by name; `auto` never picks it.
                 let opts = kbs::AttesterOptions { allow_sample: kind == kbs::AttesterKind::Sample, ..Default::default() };
                 let attester = kbs::make_attester(kind, &opts).map_err(|e| KeysError::Attester(e.to_string()))?;
-                let client = kbs::KbsClient::new(url, attester, kbs::ClientConfig::default()).map_err(|e| KeysError::Kbs(e.to_string()))?;
+                let mut cfg = kbs::ClientConfig::default();
+                if let Some(t) = src.kbs_timeout {
+                    cfg.deadline = t;
+                }
+                let client = kbs::KbsClient::new(url, attester, cfg).map_err(|e| KeysError::Kbs(e.to_string()))?;
                 // A keyprovider config may also name attestation-agent; the direct
                 // KBS unwrapper is tried alongside it.
                 unwrappers.push(Arc::new(keyprovider::KbsKekUnwrapper::new(client.clone())));

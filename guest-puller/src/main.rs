@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -13,7 +14,7 @@ use guest_puller::extract::{DevicePolicy, ExtractOptions};
 use guest_puller::keys::{KeySources, Keys};
 use guest_puller::policy::Policy;
 use guest_puller::progress::{Bars, JsonLines, ProgressSink, Quiet};
-use guest_puller::pull::{pull, PullOptions};
+use guest_puller::pull::{pull, PullError, PullOptions};
 
 #[derive(Debug, Parser)]
 #[command(name = "cloak-pull", version, about = "Pull an (encrypted) OCI image into a bundle rootfs, verified and fail-closed")]
@@ -34,6 +35,10 @@ struct Cli {
     /// Attester for the KBS: auto | snp | tdx | sample (sample only when named).
     #[arg(long, value_name = "KIND")]
     attester: Option<String>,
+    /// Deadline of each KBS exchange (attestation, each key), retries with
+    /// backoff included; an unreachable KBS fails the pull after this long.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
+    kbs_timeout: Duration,
     /// Pull policy (YAML).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -122,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             keyprovider_config: cli.keyprovider_config.clone(),
             kbs_url: cli.kbs.clone(),
             attester: cli.attester.clone(),
+            kbs_timeout: Some(cli.kbs_timeout),
         })?;
         let opts = PullOptions {
             image: cli.image.clone(),
@@ -140,7 +146,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             extract: ExtractOptions { devices, ..Default::default() },
             progress,
         };
-        let summary = pull(&opts).await?;
+        let summary = pull(&opts).await.map_err(|e| match (&e, &cli.kbs) {
+            // Say which broker and deadline a key failure ran into.
+            (PullError::Keys { .. }, Some(url)) => {
+                anyhow::Error::new(e).context(format!("unwrapping layer keys (KBS {url}, --kbs-timeout {} s)", cli.kbs_timeout.as_secs_f64()))
+            }
+            _ => anyhow::Error::new(e),
+        })?;
         if cli.json {
             let mut v = serde_json::to_value(&summary)?;
             if let (Some(obj), Some(k)) = (v.as_object_mut(), &keys.kbs) {
@@ -150,6 +162,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// `--kbs-timeout`: positive seconds, fractions allowed, at most an hour.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("{s} s is out of range (more than 0, at most 3600)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Deep layer trees hold one directory fd per level while being removed or

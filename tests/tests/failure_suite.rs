@@ -415,6 +415,18 @@ fn encrypt_for_kbs(broker: &Broker, kek_uri: &str, dest: &str) -> Result<()> {
 /// The guest side: `cloak-pull --kbs URL --attester KIND IMAGE BUNDLE`, with its
 /// `$TMPDIR` pointed at `tmp` so stray temporary files would be seen.
 fn pull(kbs_url: &str, attester: &str, image: &str, bundle: &Path, tmp: &Path) -> Result<Ran> {
+    pull_with(kbs_url, attester, image, bundle, tmp, &[])
+}
+
+/// [`pull`] with extra `cloak-pull` options.
+fn pull_with(
+    kbs_url: &str,
+    attester: &str,
+    image: &str,
+    bundle: &Path,
+    tmp: &Path,
+    extra: &[&str],
+) -> Result<Ran> {
     std::fs::create_dir_all(tmp)?;
     run_bounded(
         Command::new(bin("cloak-pull"))
@@ -425,8 +437,9 @@ fn pull(kbs_url: &str, attester: &str, image: &str, bundle: &Path, tmp: &Path) -
                 "--attester",
                 attester,
                 "--src-tls-verify=false",
-                image,
             ])
+            .args(extra)
+            .arg(image)
             .arg(bundle)
             .env("TMPDIR", tmp),
         CMD_LIMIT,
@@ -544,8 +557,9 @@ fn no_tee_with_attester_auto_fails_clearly_and_requests_no_key() -> Result<()> {
     Ok(())
 }
 
-/// Row 2: the broker is down → bounded retries, then a fail-closed error naming the
-/// KBS step; once the broker is up on that address the same pull succeeds.
+/// Row 2: the broker is down → bounded retries within `--kbs-timeout`, then a
+/// fail-closed error naming the KBS step; once the broker is up on that address the
+/// same pull succeeds.
 #[test]
 fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Result<()> {
     let Some(reg_exe) = docker_registry() else {
@@ -566,7 +580,7 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
     let url = format!("http://127.0.0.1:{port}");
     let guest = tempfile::tempdir()?;
     let (bundle, tmp) = (guest.path().join("bundle"), guest.path().join("tmp"));
-    let r = pull(&url, "sample", &image, &bundle, &tmp)?;
+    let r = pull_with(&url, "sample", &image, &bundle, &tmp, &["--kbs-timeout", "3"])?;
     assert!(
         !r.ok(),
         "the pull succeeded with the broker down: {}",
@@ -591,11 +605,16 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
         "the client gave up without retrying: {}",
         r.describe()
     );
-    // Bounded: the client's deadline (30 s) ends the retries; CMD_LIMIT would kill a
-    // pull that retried for ever, this bound is only a sanity margin above it.
+    // Bounded: --kbs-timeout (3 s) ends the retries, so "KBS down" fails fast; the
+    // bound leaves room for a loaded machine, far below the default 30 s deadline.
     assert!(
-        r.elapsed < Duration::from_secs(120),
-        "retries were not bounded: {}",
+        r.elapsed < Duration::from_secs(15),
+        "retries were not bounded by --kbs-timeout: {}",
+        r.describe()
+    );
+    assert!(
+        r.stderr.contains("--kbs-timeout 3 s"),
+        "the error does not name the deadline it ran into: {}",
         r.describe()
     );
     assert!(
