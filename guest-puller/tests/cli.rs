@@ -138,3 +138,18 @@ fn cli_registry_images_encrypted_by_skopeo_rsa_and_ec() {
         assert!(out.status.success(), "{pinned}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn cli_kbs_timeout_must_be_positive_seconds() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for bad in ["0", "-1", "soon", "7200"] {
+        let out = cloak_pull()
+            .args(["--kbs", "http://127.0.0.1:9", "--attester", "sample", &format!("--kbs-timeout={bad}"), "oci:/nonexistent:v1"])
+            .arg(tmp.path().join("bundle"))
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "--kbs-timeout {bad} was accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--kbs-timeout"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!tmp.path().join("bundle").exists());
+    }
+}
