@@ -209,18 +209,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Runs `requests` full attest+fetch cycles (a fresh KBS client, hence a fresh RCAR
 /// and a fresh ephemeral TEE key, each time) over `concurrency` workers and prints
 /// one JSON line with latency percentiles. Each worker is one "guest" keeping its
-/// HTTP connection pool, as a guest's agent does across its requests.
+/// HTTP connection pool, as a guest's agent does across its requests. The pools are
+/// built before the clock starts: building one loads the system's TLS roots (several
+/// milliseconds of CPU), which a guest does once at boot, not per attestation.
 async fn loadgen(url: String, uri: kbs::ResourceUri, concurrency: usize, requests: usize) -> anyhow::Result<()> {
     let opts = kbs::AttesterOptions { allow_sample: true, ..Default::default() };
     let att = kbs::make_attester(kbs::AttesterKind::Sample, &opts)?;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pools = (0..concurrency.max(1))
+        .map(|_| kbs::client::http_client())
+        .collect::<Result<Vec<_>, _>>()?;
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
+    for http in pools {
         let (url, uri, att, next) = (url.clone(), uri.clone(), att.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            let http = kbs::client::http_client()?;
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
                 let t = std::time::Instant::now();
                 let c = kbs::KbsClient::with_http_client(&url, att.clone(), kbs::ClientConfig::default(), http.clone())?;
