@@ -1,5 +1,7 @@
 //! Fuzz the decrypting reader over arbitrary ciphertext and read chunking: it
 //! must end in `Ok` only when the HMAC matched, and an error must stay an error.
+//! The combined-pass variants (blob digests hashed in the HMAC's SIMD pass) must
+//! agree with the plain ones and with OpenSSL.
 #![no_main]
 
 use std::io::{self, Read};
@@ -61,4 +63,28 @@ fuzz_target!(|input: &[u8]| {
     let mut plain = Vec::new();
     r.read_to_end(&mut plain).expect("decrypt");
     assert_eq!(plain, data);
+
+    // The combined-pass variants (sha256x lanes): same ciphertext and HMAC, and
+    // digests equal to OpenSSL's, under any chunking.
+    let mut fused = EncryptReader::with_digests(Chunky { data, sizes, i: 0 }, &o);
+    let mut ct2 = Vec::new();
+    fused.read_to_end(&mut ct2).expect("encrypt");
+    assert_eq!(ct2, ct);
+    let sealed = fused.sealed().expect("finished").clone();
+    assert_eq!(sealed.public.hmac, public.hmac);
+    assert_eq!(sealed.plaintext_sha256, Some(openssl::sha::sha256(data)));
+    let blob = openssl::sha::sha256(&ct);
+    assert_eq!(sealed.ciphertext_sha256, Some(blob));
+    let mut r = DecryptReader::new(Chunky { data: &ct, sizes, i: 0 }, &o, &public)
+        .expect("cipher")
+        .with_ciphertext_digest(blob);
+    let mut plain = Vec::new();
+    r.read_to_end(&mut plain).expect("decrypt with the blob digest");
+    assert_eq!(plain, data);
+    let mut wrong = blob;
+    wrong[31] ^= 1;
+    let mut r = DecryptReader::new(Chunky { data: &ct, sizes, i: 0 }, &o, &public)
+        .expect("cipher")
+        .with_ciphertext_digest(wrong);
+    assert!(r.read_to_end(&mut Vec::new()).is_err(), "a wrong blob digest must fail");
 });
