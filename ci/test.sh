@@ -28,6 +28,9 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
+step "hashing and cipher again on the fallback SHA-256 backend (what CPUs without SHA-NI or AVX-512 run)"
+CLOAK_SHA256_BACKEND=portable cargo test --locked -q -p cloak-sha256x -p cloak-ocicrypt --lib
+
 if [ -x deploy/tests/run.sh ]; then
     step "deployment kit: admission-policy CEL and Kubernetes schema tests"
     deploy/tests/run.sh

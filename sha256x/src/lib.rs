@@ -7,7 +7,7 @@
 //! so [`update_many`] feeds them through one SIMD pass: with AVX-512VL, eight
 //! independent SHA-256 states advance together in 256-bit registers, which costs
 //! about what one stream costs with the scalar code. With SHA-NI each stream uses
-//! the SHA instructions instead (faster still); elsewhere the portable code runs.
+//! the SHA instructions instead (faster still); elsewhere OpenSSL's single-stream code runs.
 //!
 //! [`Sha256`] is an ordinary incremental hasher; the digest does not depend on
 //! which backend ran or on how the input was split.
@@ -34,7 +34,7 @@ pub enum Backend {
     ShaNi,
     /// Up to eight streams per pass in AVX-512VL registers.
     Avx512Lanes,
-    /// The `sha2` crate's portable code, one stream at a time.
+    /// Neither: OpenSSL's single-stream code, one stream at a time.
     Portable,
 }
 
@@ -86,6 +86,9 @@ fn detect_lanes() -> bool {
 /// An incremental SHA-256 hasher whose state several streams can advance together.
 #[derive(Clone)]
 pub struct Sha256 {
+    /// On CPUs with neither SHA-NI nor AVX-512VL, OpenSSL's single-stream code
+    /// (AVX2 message schedule) is about twice the portable code: use it there.
+    ossl: Option<openssl::sha::Sha256>,
     state: [u32; 8],
     buf: [u8; BLOCK],
     buf_len: usize,
@@ -109,7 +112,8 @@ impl std::fmt::Debug for Sha256 {
 impl Sha256 {
     /// A fresh hasher.
     pub fn new() -> Self {
-        Sha256 { state: IV, buf: [0; BLOCK], buf_len: 0, len: 0 }
+        let ossl = (backend() == Backend::Portable).then(openssl::sha::Sha256::new);
+        Sha256 { ossl, state: IV, buf: [0; BLOCK], buf_len: 0, len: 0 }
     }
 
     /// Bytes hashed so far.
@@ -129,6 +133,9 @@ impl Sha256 {
 
     /// The digest.
     pub fn finalize(mut self) -> [u8; 32] {
+        if let Some(o) = self.ossl {
+            return o.finish();
+        }
         let bit_len = self.len.wrapping_mul(8);
         let mut tail = [0u8; 2 * BLOCK];
         let n = self.buf_len;
@@ -187,6 +194,11 @@ pub fn update_many(lanes: &mut [(&mut Sha256, &[u8])]) {
     for (h, data) in lanes.iter_mut() {
         let data: &[u8] = data;
         h.len = h.len.wrapping_add(data.len() as u64);
+        if let Some(o) = h.ossl.as_mut() {
+            o.update(data);
+            tails.push(None);
+            continue;
+        }
         // Complete a partial block first, lane by lane.
         let data = h.fill(data);
         if h.buf_len > 0 {
