@@ -2,8 +2,14 @@
 # ci/bench.sh pull: the ~1 GiB, 4-layer encrypted image from a local registry to a rootfs.
 #   cloak-pull --key                       (cold: fresh bundle, private store)
 #   skopeo copy --decryption-key + tar -x  (the baseline: decrypt into a layout, then untar each layer)
-#   cloak-pull --store, warm               (every layer already in the store)
+#   cloak-pull --store, warm               (every layer already in the store: hardlink, copy, and
+#                                           overlay when running as root with overlayfs)
 # Median of $BENCH_RUNS (default 3) wall times; peak RSS from /usr/bin/time -v.
+# Every timed run writes into a directory of its own and nothing is deleted until all runs
+# are done: on a journal-less ext4 (this VM's root) the inode allocator skips inodes freed
+# in the last minute or so, scanning past each one, so creating tens of thousands of files
+# right after an `rm -rf` of as many costs several extra seconds of system time, and which
+# tool ran right after a delete would decide the result. Needs ~4 GB of disk per run.
 # Prints a markdown table, also written to $BENCH_DIR/pull-results.md.
 # Env: BENCH_DIR (<repo>/.work/bench), BENCH_SIZE_MIB (1024), BENCH_RUNS (3), BENCH_COMPRESS
 #      (gzip|zstd), BENCH_PORT, BENCH_LAYERS_PAR (cloak-pull --max-concurrent-layers, default 4),
@@ -53,8 +59,23 @@ IMG=docker://127.0.0.1:$PORT/bench:enc
 echo "bench-pull: encrypting the bench image into $IMG" >&2
 "$SKOPEO" copy -q --dest-tls-verify=false --encryption-key "jwe:$KEYS/pub.pem" "oci:$SRC:$TAG" "$IMG" >&2
 
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 RES=$OUTD/pull-runs.tsv
 : > "$RES"
+# Outputs of earlier benchmarks are moved aside, deleted only when this one ends.
+RUND=$OUTD/runs
+[ -e "$RUND" ] && mv "$RUND" "$OUTD/old-runs.$$"
+for old in "$OUTD"/bundle "$OUTD"/dec "$OUTD"/base-rootfs "$OUTD"/store "$OUTD"/warm; do
+  [ -e "$old" ] && mkdir -p "$OUTD/old-runs.$$" && mv "$old" "$OUTD/old-runs.$$/"
+done
+mkdir -p "$RUND"
+cleanup() {
+  registry_stop "$PORT" "$REG" 2>/dev/null || true
+  # Overlay rootfs mounts go first: rm -rf must not walk into a mounted rootfs.
+  awk -v d="$OUTD/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount 2>/dev/null || true
+  rm -rf "$RUND" "$OUTD"/old-runs.*
+}
+trap cleanup EXIT
 
 # timed LABEL I CMD... : wall and peak RSS of one command.
 timed() {
@@ -76,40 +97,45 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RES"; echo "bench-
 untar_flag=-xzf; [ "$COMP" = zstd ] && untar_flag="--zstd -xf"
 for i in $(seq "$RUNS"); do
   # cloak-pull, cold.
-  rm -rf "$OUTD/bundle"
-  timed cloak-pull "$i" "$PULL" --quiet --src-tls-verify=false --max-concurrent-layers "$PAR" --key "$KEYS/priv.pem" "$IMG" "$OUTD/bundle"
-  [ -d "$OUTD/bundle/rootfs" ] || { echo "bench-pull: no rootfs" >&2; exit 1; }
+  timed cloak-pull "$i" "$PULL" --quiet --src-tls-verify=false --max-concurrent-layers "$PAR" --key "$KEYS/priv.pem" "$IMG" "$RUND/bundle-$i"
+  [ -d "$RUND/bundle-$i/rootfs" ] || { echo "bench-pull: no rootfs" >&2; exit 1; }
   record cloak-pull "$i" "$LAST_WALL" "$LAST_RSS"
 
   # Baseline: skopeo decrypts into a layout, then tar extracts each layer in order.
-  rm -rf "$OUTD/dec" "$OUTD/base-rootfs"; mkdir -p "$OUTD/base-rootfs"
-  timed skopeo-decrypt "$i" "$SKOPEO" copy -q --src-tls-verify=false --decryption-key "$KEYS/priv.pem" "$IMG" "oci:$OUTD/dec:$TAG"
+  dec=$RUND/dec-$i base=$RUND/base-rootfs-$i
+  mkdir -p "$base"
+  timed skopeo-decrypt "$i" "$SKOPEO" copy -q --src-tls-verify=false --decryption-key "$KEYS/priv.pem" "$IMG" "oci:$dec:$TAG"
   w1=$LAST_WALL r1=$LAST_RSS
-  man=$(jq -r '.manifests[0].digest' "$OUTD/dec/index.json" | sed 's/sha256://')
-  layers=$(jq -r '.layers[].digest' "$OUTD/dec/blobs/sha256/$man" | sed 's/sha256://' | tr '\n' ' ')
+  man=$(jq -r '.manifests[0].digest' "$dec/index.json" | sed 's/sha256://')
+  layers=$(jq -r '.layers[].digest' "$dec/blobs/sha256/$man" | sed 's/sha256://' | tr '\n' ' ')
   # shellcheck disable=SC2086
-  timed tar-extract "$i" bash -c "for l in $layers; do tar $untar_flag $OUTD/dec/blobs/sha256/\$l -C $OUTD/base-rootfs || exit 1; done"
+  timed tar-extract "$i" bash -c "for l in $layers; do tar $untar_flag $dec/blobs/sha256/\$l -C $base || exit 1; done"
   w2=$LAST_WALL r2=$LAST_RSS
   record "skopeo+tar" "$i" "$(awk -v a="$w1" -v b="$w2" 'BEGIN{printf "%.3f", a+b}')" "$(( r1 > r2 ? r1 : r2 ))"
+  # A handful of blob inodes: deleting them costs the next runs nothing measurable.
+  rm -rf "$dec"
 done
 
 # Warm store: prime once, then time re-pulls into fresh bundles.
-rm -rf "$OUTD/store" "$OUTD/warm"
-"$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$OUTD/store" "$IMG" "$OUTD/warm" >&2
+"$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$RUND/store" "$IMG" "$RUND/warm-prime" >&2
 for i in $(seq "$RUNS"); do
-  rm -rf "$OUTD/warm"
-  timed cloak-pull-warm "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$OUTD/store" --store-link hardlink "$IMG" "$OUTD/warm"
+  timed cloak-pull-warm "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$RUND/store" --store-link hardlink "$IMG" "$RUND/warm-link-$i"
   record "cloak-pull (warm store, hardlink)" "$i" "$LAST_WALL" "$LAST_RSS"
-  rm -rf "$OUTD/warm"
-  timed cloak-pull-warm-copy "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$OUTD/store" "$IMG" "$OUTD/warm"
+  timed cloak-pull-warm-copy "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$RUND/store" "$IMG" "$RUND/warm-copy-$i"
   record "cloak-pull (warm store, copy)" "$i" "$LAST_WALL" "$LAST_RSS"
+  if [ "$(id -u)" = 0 ] && grep -qw overlay /proc/filesystems; then
+    # The first overlay pull also builds each entry's overlay view (once per store entry).
+    timed cloak-pull-warm-overlay "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$RUND/store" --store-link overlay "$IMG" "$RUND/warm-ovl-$i"
+    record "cloak-pull (warm store, overlay)" "$i" "$LAST_WALL" "$LAST_RSS"
+    umount "$RUND/warm-ovl-$i/rootfs"
+  fi
 done
 
 comp_mb=$(du -cb "$SRC"/blobs/sha256/* | tail -1 | awk '{printf "%.0f", $1/1e6}')
 {
   echo "### cloak-pull vs skopeo copy --decryption-key + tar ($(date -u +%F), ${SIZE} MiB image, 4 $COMP layers, ~${comp_mb} MB blobs)"
   echo
-  echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM; registry on 127.0.0.1; baseline skopeo: $("$SKOPEO" --version | awk '{print $3}')."
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, load average at the start $LOAD0; registry on 127.0.0.1; baseline skopeo: $("$SKOPEO" --version | awk '{print $3}')."
   echo
   awk -F'\t' '
     function median(k,   i, j, t, a, c) {

@@ -26,6 +26,9 @@ pub enum LinkMode {
     Copy,
     /// Hardlink to the store (fast; only for a private, throw-away store).
     Hardlink,
+    /// Not assembled: an overlayfs mount of per-layer views of the store (see
+    /// [`crate::overlay`]); [`assemble`] refuses it.
+    Overlay,
 }
 
 /// Why assembly failed.
@@ -49,6 +52,10 @@ fn errno<'a>(path: &'a [u8], op: &'static str) -> impl FnOnce(rustix::io::Errno)
 /// Applies `layers` (tree directories, lowest first) into the existing empty
 /// directory `dest`.
 pub fn assemble(layers: &[PathBuf], dest: &Path, mode: LinkMode) -> Result<(), AssembleError> {
+    if mode == LinkMode::Overlay {
+        let source = io::Error::new(io::ErrorKind::InvalidInput, "an overlay rootfs is mounted, not assembled");
+        return Err(AssembleError { path: dest.display().to_string(), op: "assemble", source });
+    }
     let dest_fd = fsutil::open_root(dest).map_err(err(b"", "open rootfs"))?;
     let is_root = fsutil::is_root();
     for layer in layers {
@@ -114,7 +121,7 @@ fn stamp(st: &Stat) -> Timestamps {
     }
 }
 
-fn set_meta_fd(fd: BorrowedFd<'_>, st: &Stat, is_root: bool) -> rustix::io::Result<()> {
+pub(crate) fn set_meta_fd(fd: BorrowedFd<'_>, st: &Stat, is_root: bool) -> rustix::io::Result<()> {
     if is_root {
         rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)))?;
     }
@@ -326,7 +333,7 @@ fn copy_content(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Resu
 }
 
 /// Copies user-visible xattrs the extractor admitted; failures only lose the attribute.
-fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) {
+pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) {
     let mut names = vec![0u8; 4096];
     let Ok(n) = rustix::fs::flistxattr(src, &mut names[..]) else { return };
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {

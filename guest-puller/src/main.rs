@@ -48,7 +48,10 @@ struct Cli {
     /// Layer store (cache by diff_id); without it a private store is used and removed.
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
-    /// How the rootfs gets files from --store: copy (reflink when possible) or hardlink.
+    /// How the rootfs gets files from --store: copy (reflink when possible), hardlink,
+    /// or overlay (root only: BUNDLE_DIR/rootfs is an overlayfs mount of per-layer
+    /// views of the store, writes go to BUNDLE_DIR/.cloak-overlay; `umount
+    /// BUNDLE_DIR/rootfs` before removing the bundle).
     #[arg(long, value_name = "MODE", default_value = "copy")]
     store_link: String,
     /// Verify the registry's TLS (false = plain HTTP, insecure).
@@ -104,7 +107,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let store_link = match cli.store_link.as_str() {
         "copy" => LinkMode::Copy,
         "hardlink" => LinkMode::Hardlink,
-        other => anyhow::bail!("--store-link must be copy or hardlink, not {other:?}"),
+        "overlay" if cli.store.is_none() => anyhow::bail!("--store-link overlay needs --store (the overlay's lower layers live there)"),
+        "overlay" => LinkMode::Overlay,
+        other => anyhow::bail!("--store-link must be copy, hardlink or overlay, not {other:?}"),
     };
     let devices = match cli.devices.as_str() {
         "create" => DevicePolicy::Create,

@@ -19,6 +19,7 @@ use tokio::io::AsyncRead;
 
 use crate::assemble::{self, LinkMode};
 use crate::decode::{self, Compression, DecodeError};
+use crate::overlay::{self, OverlayError};
 use crate::extract::{ExtractOptions, WhiteoutMode};
 use crate::policy::{LayerFacts, Policy, PolicyError};
 use crate::progress::{Event, ProgressSink};
@@ -76,6 +77,8 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Assemble(#[from] assemble::AssembleError),
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
     #[error("bundle {path}: {reason}")]
     Bundle { path: String, reason: String },
     #[error("cancelled after another layer failed")]
@@ -183,6 +186,10 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
     if rootfs.symlink_metadata().is_ok() {
         return Err(PullError::Bundle { path: rootfs.display().to_string(), reason: "already exists; use a fresh bundle directory".into() });
     }
+    if opts.store.is_some() && opts.store_link == LinkMode::Overlay {
+        // Refused before anything is fetched.
+        overlay::check_available()?;
+    }
     std::fs::create_dir_all(&opts.bundle).map_err(|e| PullError::Bundle { path: opts.bundle.display().to_string(), reason: e.to_string() })?;
 
     // Resolve: manifest (or index → platform manifest) and config.
@@ -255,7 +262,7 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
         Some(p) => (Store::open(p)?, false),
         None => (Store::open(&opts.bundle.join(format!(".cloak-pull-store-{}", store::random_suffix())))?, true),
     };
-    // A private store is thrown away: its trees are moved into the rootfs.
+    // `None`: the store is private and thrown away, so its trees are moved into the rootfs.
     let link = if ephemeral { None } else { Some(opts.store_link) };
     let result = pull_layers_and_assemble(opts, &source, &store, &plans, link, &config_bytes, &mut timings).await;
     if ephemeral {
@@ -351,6 +358,10 @@ async fn pull_layers_and_assemble(
         return Err(e);
     }
 
+    if link == Some(LinkMode::Overlay) {
+        return mount_overlay(opts, store, plans, trees, config_bytes, timings, summaries).await;
+    }
+
     // Assemble into a private staging dir, then one rename publishes the rootfs.
     let t = Instant::now();
     opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
@@ -362,12 +373,45 @@ async fn pull_layers_and_assemble(
         Some(mode) => assemble::assemble(&trees, &st2, mode),
         None => assemble::assemble_by_moving(&trees, &st2),
     })
-        .await
-        .map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })??;
+    .await
+    .map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })??;
     write_atomic(&opts.bundle.join("image.json"), config_bytes)?;
     std::fs::rename(&staging, opts.bundle.join("rootfs"))
         .map_err(|e| PullError::Bundle { path: opts.bundle.join("rootfs").display().to_string(), reason: e.to_string() })?;
     guard.0 = None;
+    timings.assemble_ms = t.elapsed().as_millis();
+    Ok(summaries)
+}
+
+/// `--store-link overlay`: an overlay view per store entry (built once, under
+/// the entry's lock), then one mount at `BUNDLE/rootfs`.
+async fn mount_overlay(
+    opts: &PullOptions,
+    store: &Store,
+    plans: &[LayerPlan],
+    trees: Vec<PathBuf>,
+    config_bytes: &[u8],
+    timings: &mut Timings,
+    summaries: Vec<LayerSummary>,
+) -> Result<Vec<LayerSummary>, PullError> {
+    let t = Instant::now();
+    opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
+    let join = |e: tokio::task::JoinError| PullError::Bundle { path: opts.bundle.display().to_string(), reason: e.to_string() };
+    let diff_ids: Vec<String> = plans.iter().map(|p| p.diff_id.clone()).collect();
+    let st = store.clone();
+    let views = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, PullError> {
+        let mut views = Vec::new();
+        for (tree, diff_id) in trees.iter().zip(&diff_ids) {
+            let _lock = st.lock(diff_id)?;
+            views.push(overlay::ensure_view(tree)?);
+        }
+        Ok(views)
+    })
+    .await
+    .map_err(join)??;
+    write_atomic(&opts.bundle.join("image.json"), config_bytes)?;
+    let bundle = opts.bundle.clone();
+    tokio::task::spawn_blocking(move || overlay::mount(&views, &bundle)).await.map_err(join)??;
     timings.assemble_ms = t.elapsed().as_millis();
     Ok(summaries)
 }

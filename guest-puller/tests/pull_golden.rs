@@ -316,3 +316,49 @@ async fn tamper_manifest_substituted_under_pinned_digest() {
     let msg = err.to_string();
     assert!(msg.contains("digest") && msg.contains("mismatch") || msg.contains("hashes to"), "{msg}");
 }
+
+/// Unmounts on drop, so a failing assertion leaves no mount behind.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn overlay_store_link_mounts_views_and_keeps_writes_out_of_the_store() {
+    if let Err(e) = guest_puller::overlay::check_available() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let g = golden("three-layers");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("store");
+    let image = format!("oci:{}:enc", g.join("enc-oci").display());
+    let key = [g.join("keys/rsa.priv.pem")];
+    let plain = g.join("plain-oci");
+    let expected = model::expected_from_layout(&plain, &model::tagged(&plain, "v1"));
+    let mut mounts = Vec::new();
+    for (i, cached) in [(1, false), (2, true)] {
+        let bundle = tmp.path().join(format!("b{i}"));
+        let mut o = opts(image.clone(), &bundle, &key, Some(store.clone()));
+        o.store_link = LinkMode::Overlay;
+        let s = pull(&o).await.expect("overlay pull");
+        mounts.push(Unmount(bundle.join("rootfs")));
+        assert!(s.layers.iter().all(|l| l.cached == cached));
+        // The whiteouts and opaque directories of the layers are applied by overlayfs.
+        model::assert_same(&expected, &model::read_tree(&bundle.join("rootfs")));
+        let mounted = std::fs::read_to_string("/proc/mounts").expect("mounts");
+        assert!(mounted.contains(&format!("{} overlay", bundle.join("rootfs").display())), "not an overlay mount");
+    }
+    // A container write lands in the bundle's upper directory, never in the store.
+    let stored = model::read_tree(&store);
+    let rootfs = tmp.path().join("b1/rootfs");
+    let (victim, _) = expected.iter().find(|(_, n)| matches!(n, model::Node::File { .. })).expect("a file");
+    std::fs::write(rootfs.join(victim), b"written by the container").expect("write");
+    std::fs::write(rootfs.join("new-file"), b"new").expect("create");
+    model::assert_same(&stored, &model::read_tree(&store));
+    model::assert_same(&expected, &model::read_tree(&tmp.path().join("b2/rootfs")));
+    assert!(tmp.path().join("b1/.cloak-overlay/upper/new-file").exists());
+}
