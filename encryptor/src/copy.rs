@@ -235,7 +235,7 @@ pub(crate) async fn copy_image(
 
 /// The manifests to process: one image, or the chosen children of an index.
 enum Plan {
-    Single(RawManifest, ImageManifest),
+    Single(RawManifest, Box<ImageManifest>),
     Index(ImageIndex, Vec<(Descriptor, RawManifest, ImageManifest)>),
 }
 
@@ -267,7 +267,7 @@ async fn plan_manifests(
     platforms: &PlatformSelection,
 ) -> Result<Plan, Error> {
     match parsed {
-        Manifest::Image(m) => Ok(Plan::Single(top.clone(), m)),
+        Manifest::Image(m) => Ok(Plan::Single(top.clone(), Box::new(m))),
         Manifest::Index(idx) => match platforms {
             PlatformSelection::All => {
                 let mut children = Vec::new();
@@ -295,7 +295,7 @@ async fn plan_manifests(
                     reason: format!("{e} (use --platform OS/ARCH or --all)"),
                 })?;
                 let (raw, m) = child_manifest(src, d).await?;
-                Ok(Plan::Single(raw, m))
+                Ok(Plan::Single(raw, Box::new(m)))
             }
         },
     }
@@ -309,7 +309,7 @@ impl Run<'_> {
     ) -> Result<(Digest, Vec<ManifestResult>), Error> {
         match plan {
             Plan::Single(raw, m) => {
-                let (bytes, media_type, layers) = self.process_manifest(&raw, m, transform).await?;
+                let (bytes, media_type, layers) = self.process_manifest(&raw, *m, transform).await?;
                 let digest = self
                     .dst
                     .put_manifest(&bytes, &media_type, ManifestRole::TopLevel)
