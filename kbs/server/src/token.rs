@@ -11,11 +11,10 @@
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use kbs_types::TeePubKey;
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
-use openssl::sign::Signer;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::claims::Claims;
@@ -53,8 +52,9 @@ pub struct TokenPayload {
 }
 
 pub struct TokenSigner {
-    /// HMAC key; OpenSSL clears it when freed.
-    key: PKey<Private>,
+    /// HMAC-SHA256 with the key already absorbed; cloned per token (cheaper than
+    /// keying a MAC each time). The key itself is not kept.
+    keyed: Hmac<Sha256>,
     ttl_secs: u64,
 }
 
@@ -73,16 +73,15 @@ impl TokenSigner {
     pub fn generate(ttl_secs: u64) -> Result<Self, TokenError> {
         let mut raw = zeroize::Zeroizing::new([0u8; 32]);
         openssl::rand::rand_priv_bytes(&mut raw[..])?;
-        Ok(Self {
-            key: PKey::hmac(&raw[..])?,
-            ttl_secs,
-        })
+        let keyed = Hmac::<Sha256>::new_from_slice(&raw[..])
+            .map_err(|_| TokenError::Payload("HMAC key length".into()))?;
+        Ok(Self { keyed, ttl_secs })
     }
 
-    fn mac(&self, signing_input: &[u8]) -> Result<Vec<u8>, TokenError> {
-        let mut s = Signer::new(MessageDigest::sha256(), &self.key)?;
-        s.update(signing_input)?;
-        Ok(s.sign_to_vec()?)
+    fn mac(&self, signing_input: &[u8]) -> [u8; MAC_LEN] {
+        let mut m = self.keyed.clone();
+        m.update(signing_input);
+        m.finalize().into_bytes().into()
     }
 
     pub fn ttl_secs(&self) -> u64 {
@@ -120,7 +119,7 @@ impl TokenSigner {
         token.push_str(HEADER_B64);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(body, &mut token);
-        let mac = self.mac(token.as_bytes())?;
+        let mac = self.mac(token.as_bytes());
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(mac, &mut token);
         Ok((token, exp))
@@ -141,10 +140,7 @@ impl TokenSigner {
         }
         // The signing input is the token up to its second dot.
         let signed = &token[..h.len() + 1 + p.len()];
-        let ok = self
-            .mac(signed.as_bytes())
-            .is_ok_and(|mac| bool::from(mac.ct_eq(&sig)));
-        if !ok {
+        if !bool::from(self.mac(signed.as_bytes()).ct_eq(&sig[..])) {
             return Err(TokenError::Signature);
         }
         let body = URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Format)?;
