@@ -236,7 +236,7 @@ pub(crate) async fn copy_image(
 /// The manifests to process: one image, or the chosen children of an index.
 enum Plan {
     Single(RawManifest, Box<ImageManifest>),
-    Index(ImageIndex, Vec<(Descriptor, RawManifest, ImageManifest)>),
+    Index(Box<ImageIndex>, Vec<(Descriptor, RawManifest, ImageManifest)>),
 }
 
 fn platform_label(d: &Descriptor) -> Option<String> {
@@ -281,7 +281,7 @@ async fn plan_manifests(
                     let (raw, m) = child_manifest(src, d).await?;
                     children.push((d.clone(), raw, m));
                 }
-                Ok(Plan::Index(idx, children))
+                Ok(Plan::Index(Box::new(idx), children))
             }
             PlatformSelection::Default | PlatformSelection::Only(_) => {
                 let spec = match platforms {
