@@ -56,6 +56,9 @@ struct Session {
 
 struct Inner {
     base: Url,
+    /// `/auth` and `/attest` under `base`, joined once.
+    auth_url: Url,
+    attest_url: Url,
     http: reqwest::Client,
     attester: Arc<dyn Attester>,
     cfg: ClientConfig,
@@ -276,6 +279,8 @@ impl KbsClient {
         let base = parse_base_url(url)?;
         Ok(KbsClient {
             inner: Arc::new(Inner {
+                auth_url: endpoint(&base, "kbs/v0/auth")?,
+                attest_url: endpoint(&base, "kbs/v0/attest")?,
                 base,
                 http,
                 attester,
@@ -380,9 +385,8 @@ impl KbsClient {
         };
 
         let request = protocol::build_request(inner.attester.tee(), &inner.cfg.extra_params);
-        let auth_url = endpoint(&inner.base, "kbs/v0/auth")?;
         let answer = send_with_retry(&inner.http, Step::Auth, deadline, |http| {
-            http.request(Method::POST, auth_url.clone()).json(&request)
+            http.request(Method::POST, inner.auth_url.clone()).json(&request)
         })
         .await?;
         if answer.status != StatusCode::OK {
@@ -414,10 +418,9 @@ impl KbsClient {
         let evidence = inner.attester.evidence(&report_data).await?;
         let attestation = protocol::build_attestation(&challenge.nonce, jwk, evidence);
 
-        let attest_url = endpoint(&inner.base, "kbs/v0/attest")?;
         let answer = send_with_retry(&inner.http, Step::Attest, deadline, |http| {
             let rb = http
-                .request(Method::POST, attest_url.clone())
+                .request(Method::POST, inner.attest_url.clone())
                 .json(&attestation);
             match &cookie {
                 Some(c) => rb.header(COOKIE, c.as_str()),
