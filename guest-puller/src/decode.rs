@@ -9,7 +9,7 @@
 //! source error aborts the extraction. The caller commits the staging directory
 //! only when [`decode_layer`] returns `Ok`.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -101,9 +101,20 @@ struct ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = buf.len().min(avail.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The decompressors read the received chunks in place (no copy into another buffer).
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.cur.is_empty() {
             if self.done {
-                return Ok(0);
+                return Ok(&[]);
             }
             match self.rx.blocking_recv() {
                 Some(Msg::Data(b)) => self.cur = b,
@@ -113,10 +124,11 @@ impl Read for ChannelReader {
                 }
             }
         }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        self.cur = self.cur.slice(n..);
-        Ok(n)
+        Ok(&self.cur)
+    }
+
+    fn consume(&mut self, amt: usize) {
+        let _ = self.cur.split_to(amt.min(self.cur.len()));
     }
 }
 
@@ -223,7 +235,7 @@ fn decode_blocking(
     dest: &Path,
     opts: &ExtractOptions,
 ) -> Result<(String, ExtractStats), DecodeError> {
-    let input = io::BufReader::with_capacity(CHUNK, ChannelReader { rx, cur: Bytes::new(), done: false });
+    let input = ChannelReader { rx, cur: Bytes::new(), done: false };
     let decompressed: Box<dyn Read> = match compression {
         Compression::None => Box::new(input),
         Compression::Gzip => Box::new(DecompressReader(flate2::bufread::MultiGzDecoder::new(input))),
