@@ -144,6 +144,8 @@ fn option_path(p: &Path) -> Result<&str, OverlayError> {
 /// is the top layer's, as in an assembled rootfs. On error nothing is left at
 /// `bundle/rootfs`.
 pub fn mount(views: &[PathBuf], bundle: &Path) -> Result<PathBuf, OverlayError> {
+    // Absolute paths in the options: the kernel would resolve relative ones against our cwd.
+    let bundle = &std::fs::canonicalize(bundle).map_err(|source| OverlayError::Mount { path: bundle.display().to_string(), source })?;
     let state = bundle.join(BUNDLE_DIR);
     let (upper, work, rootfs) = (state.join("upper"), state.join("work"), bundle.join("rootfs"));
     let mut lower = Vec::new();
