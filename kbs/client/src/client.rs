@@ -386,7 +386,8 @@ impl KbsClient {
 
         let request = protocol::build_request(inner.attester.tee(), &inner.cfg.extra_params);
         let answer = send_with_retry(&inner.http, Step::Auth, deadline, |http| {
-            http.request(Method::POST, inner.auth_url.clone()).json(&request)
+            http.request(Method::POST, inner.auth_url.clone())
+                .json(&request)
         })
         .await?;
         if answer.status != StatusCode::OK {

@@ -141,7 +141,9 @@ impl Curve {
         let (bx, by) = (BigNum::from_slice(x)?, BigNum::from_slice(y)?);
         // OpenSSL reduces coordinates mod p silently; a value >= p is an alias, refuse it.
         if bx >= data.p || by >= data.p {
-            return Err(EcdhError::InvalidPoint("coordinate is not below the field prime"));
+            return Err(EcdhError::InvalidPoint(
+                "coordinate is not below the field prime",
+            ));
         }
         let mut ctx = BigNumContext::new()?;
         let mut point = EcPoint::new(&data.group)?;
@@ -220,7 +222,10 @@ mod tests {
         assert!(c.peer_point(&x, &y[..31]).is_err());
         // Off the curve.
         y[31] ^= 1;
-        assert!(matches!(c.peer_point(&x, &y), Err(EcdhError::InvalidPoint(_))));
+        assert!(matches!(
+            c.peer_point(&x, &y),
+            Err(EcdhError::InvalidPoint(_))
+        ));
         // x + p is an alias of x that OpenSSL would reduce silently.
         let (_, y) = c.public_coordinates(&k).unwrap();
         let mut p = BigNum::new().unwrap();
@@ -230,7 +235,8 @@ mod tests {
             .components_gfp(&mut p, &mut a, &mut b, &mut BigNumContext::new().unwrap())
             .unwrap();
         let mut big = BigNum::new().unwrap();
-        big.checked_add(&BigNum::from_slice(&x).unwrap(), &p).unwrap();
+        big.checked_add(&BigNum::from_slice(&x).unwrap(), &p)
+            .unwrap();
         let big = big.to_vec();
         if big.len() == 32 {
             assert!(c.peer_point(&big, &y).is_err());
