@@ -113,6 +113,13 @@ impl TeeKeyPair {
 mod tests {
     use super::*;
 
+    /// Callers keep keys in statics and share them across tasks (the fuzz targets do).
+    #[test]
+    fn key_pair_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<TeeKeyPair>();
+    }
+
     #[test]
     fn jwks_have_the_expected_shape() {
         let ec = TeeKeyPair::generate(TeeKeyKind::EcP256).unwrap();
