@@ -89,29 +89,32 @@ timed() {
   t1=$(date +%s%N)
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b-a)/1e9}')
   rss=$(awk -F': ' '/Maximum resident set size/{print $2}' "$tv")
+  LAST_CPU=$(awk -F': ' '/User time|System time/{s += $2} END{printf "%.3f", s}' "$tv")
   LAST_WALL=$wall LAST_RSS=$rss
 }
 
-record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$RES"; echo "bench-pull: $1 run $2: $3 s, max RSS $(($4 / 1024)) MiB" >&2; }
+# record LABEL I WALL RSS CPU (CPU = user+sys seconds: steadier than wall on a busy machine)
+record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >> "$RES"; echo "bench-pull: $1 run $2: $3 s, user+sys $5 s, max RSS $(($4 / 1024)) MiB" >&2; }
 
 untar_flag=-xzf; [ "$COMP" = zstd ] && untar_flag="--zstd -xf"
 for i in $(seq "$RUNS"); do
   # cloak-pull, cold.
   timed cloak-pull "$i" "$PULL" --quiet --src-tls-verify=false --max-concurrent-layers "$PAR" --key "$KEYS/priv.pem" "$IMG" "$RUND/bundle-$i"
   [ -d "$RUND/bundle-$i/rootfs" ] || { echo "bench-pull: no rootfs" >&2; exit 1; }
-  record cloak-pull "$i" "$LAST_WALL" "$LAST_RSS"
+  record cloak-pull "$i" "$LAST_WALL" "$LAST_RSS" "$LAST_CPU"
 
   # Baseline: skopeo decrypts into a layout, then tar extracts each layer in order.
   dec=$RUND/dec-$i base=$RUND/base-rootfs-$i
   mkdir -p "$base"
   timed skopeo-decrypt "$i" "$SKOPEO" copy -q --src-tls-verify=false --decryption-key "$KEYS/priv.pem" "$IMG" "oci:$dec:$TAG"
-  w1=$LAST_WALL r1=$LAST_RSS
+  w1=$LAST_WALL r1=$LAST_RSS c1=$LAST_CPU
   man=$(jq -r '.manifests[0].digest' "$dec/index.json" | sed 's/sha256://')
   layers=$(jq -r '.layers[].digest' "$dec/blobs/sha256/$man" | sed 's/sha256://' | tr '\n' ' ')
   # shellcheck disable=SC2086
   timed tar-extract "$i" bash -c "for l in $layers; do tar $untar_flag $dec/blobs/sha256/\$l -C $base || exit 1; done"
-  w2=$LAST_WALL r2=$LAST_RSS
-  record "skopeo+tar" "$i" "$(awk -v a="$w1" -v b="$w2" 'BEGIN{printf "%.3f", a+b}')" "$(( r1 > r2 ? r1 : r2 ))"
+  w2=$LAST_WALL r2=$LAST_RSS c2=$LAST_CPU
+  record "skopeo+tar" "$i" "$(awk -v a="$w1" -v b="$w2" 'BEGIN{printf "%.3f", a+b}')" "$(( r1 > r2 ? r1 : r2 ))" \
+    "$(awk -v a="$c1" -v b="$c2" 'BEGIN{printf "%.3f", a+b}')"
   # A handful of blob inodes: deleting them costs the next runs nothing measurable.
   rm -rf "$dec"
 done
@@ -120,13 +123,13 @@ done
 "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$RUND/store" "$IMG" "$RUND/warm-prime" >&2
 for i in $(seq "$RUNS"); do
   timed cloak-pull-warm "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$RUND/store" --store-link hardlink "$IMG" "$RUND/warm-link-$i"
-  record "cloak-pull (warm store, hardlink)" "$i" "$LAST_WALL" "$LAST_RSS"
+  record "cloak-pull (warm store, hardlink)" "$i" "$LAST_WALL" "$LAST_RSS" "$LAST_CPU"
   timed cloak-pull-warm-copy "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$RUND/store" "$IMG" "$RUND/warm-copy-$i"
-  record "cloak-pull (warm store, copy)" "$i" "$LAST_WALL" "$LAST_RSS"
+  record "cloak-pull (warm store, copy)" "$i" "$LAST_WALL" "$LAST_RSS" "$LAST_CPU"
   if [ "$(id -u)" = 0 ] && grep -qw overlay /proc/filesystems; then
     # The first overlay pull also builds each entry's overlay view (once per store entry).
     timed cloak-pull-warm-overlay "$i" "$PULL" --quiet --src-tls-verify=false --key "$KEYS/priv.pem" --store "$RUND/store" --store-link overlay "$IMG" "$RUND/warm-ovl-$i"
-    record "cloak-pull (warm store, overlay)" "$i" "$LAST_WALL" "$LAST_RSS"
+    record "cloak-pull (warm store, overlay)" "$i" "$LAST_WALL" "$LAST_RSS" "$LAST_CPU"
     umount "$RUND/warm-ovl-$i/rootfs"
   fi
 done
@@ -143,16 +146,21 @@ comp_mb=$(du -cb "$SRC"/blobs/sha256/* | tail -1 | awk '{printf "%.0f", $1/1e6}'
       for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
       return a[int((c + 1) / 2)]
     }
-    { k = $1; if (!(k in n)) order[++m] = k; n[k]++; w[k, n[k]] = $3; if ($4 > r[k]) r[k] = $4 }
+    function median_cpu(k,   i, j, t, a, c) {
+      c = n[k]; for (i = 1; i <= c; i++) a[i] = u[k, i]
+      for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return a[int((c + 1) / 2)]
+    }
+    { k = $1; if (!(k in n)) order[++m] = k; n[k]++; w[k, n[k]] = $3; u[k, n[k]] = $5; if ($4 > r[k]) r[k] = $4 }
     END {
       for (i = 1; i <= m; i++) med[order[i]] = median(order[i])
       base = med["skopeo+tar"]
-      print "| tool | runs | wall (median) | vs skopeo+tar | peak RSS |"
-      print "|---|---|---|---|---|"
+      print "| tool | runs | wall (median) | vs skopeo+tar | user+sys (median) | peak RSS |"
+      print "|---|---|---|---|---|---|"
       for (i = 1; i <= m; i++) {
         k = order[i]
         ratio = base > 0 ? sprintf("%.2fx", med[k] / base) : "-"
-        printf "| %s | %d | %.2f s | %s | %.0f MiB |\n", k, n[k], med[k], ratio, r[k] / 1024
+        printf "| %s | %d | %.2f s | %s | %.2f s | %.0f MiB |\n", k, n[k], med[k], ratio, median_cpu(k), r[k] / 1024
       }
     }' "$RES"
 } | tee "$BENCH_DIR/pull-results.md"
