@@ -459,15 +459,25 @@ async fn fetch_layer(
         (true, None) => Some(unwrap_layer_key(unwrappers, p).await?),
     };
     let layer_err = |source| PullError::Layer { index: p.index, digest: digest_s.clone(), source };
-    let blob = source.blob(&p.digest, p.size).await?;
-    let reader: Box<dyn AsyncRead + Unpin + Send> = match &key {
-        None => Box::new(blob),
-        Some((priv_opts, pub_opts)) => Box::new(
-            ocicrypt::AsyncDecryptReader::new(blob, priv_opts, pub_opts)
-                .map_err(|e| layer_err(DecodeError::Source(std::io::Error::other(e.to_string()))))?,
-        ),
+    let mut blob = source.blob(&p.digest, p.size).await?;
+    // An encrypted layer is decrypted on the decode thread, where its blob
+    // digest and HMAC are hashed in one pass with the diff_id; the blob reader
+    // then only caps the size. A plain layer's reader checks the digest itself.
+    let decrypt = match &key {
+        None => None,
+        Some((priv_opts, pub_opts)) => {
+            let mut d = ocicrypt::LayerDecryptor::new(priv_opts, pub_opts)
+                .map_err(|e| layer_err(DecodeError::Source(std::io::Error::other(e.to_string()))))?;
+            if let Some(bytes) = blob.digest().sha256_bytes() {
+                if blob.take_digest_check().is_some() {
+                    d = d.with_ciphertext_digest(bytes);
+                }
+            }
+            Some(d)
+        }
     };
     drop(key);
+    let reader: Box<dyn AsyncRead + Unpin + Send> = Box::new(blob);
     let staging = store.begin(&p.diff_id)?;
     let mut xopts = opts.extract.clone();
     xopts.whiteouts = WhiteoutMode::Keep;
@@ -476,7 +486,7 @@ async fn fetch_layer(
     let idx = p.index;
     let d2 = digest_s.clone();
     let on_bytes = move |n: u64| progress.event(&Event { layer: Some(idx), digest: Some(&d2), phase: "fetch", bytes: n, total });
-    let decoded = decode::decode_layer(reader, p.compression, &p.diff_id, &staging.tree(), &xopts, &on_bytes, cancel)
+    let decoded = decode::decode_layer_with(reader, decrypt, p.compression, &p.diff_id, &staging.tree(), &xopts, &on_bytes, cancel)
         .await
         .map_err(|e| match e {
             DecodeError::Cancelled => PullError::Cancelled,

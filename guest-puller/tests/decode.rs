@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::atomic::AtomicBool;
 
 use common::rawtar::RawTar;
-use guest_puller::decode::{decode_layer, Compression, DecodeError};
+use guest_puller::decode::{decode_layer, decode_layer_with, Compression, DecodeError};
 use guest_puller::extract::ExtractOptions;
 use sha2::Digest as _;
 
@@ -102,4 +102,93 @@ async fn source_failure_at_eof_fails_the_layer() {
 async fn garbage_gzip_is_a_decompress_error() {
     let (r, _tmp) = run(b"definitely not gzip".to_vec(), Compression::Gzip, &diff_id(b"")).await;
     assert!(matches!(r, Err(DecodeError::Decompress(_)) | Err(DecodeError::Extract(_))), "{r:?}");
+}
+
+// ------------------------------------------------- encrypted: decrypted here
+
+/// A gzip layer encrypted as skopeo would: (ciphertext, its sha256, options).
+fn encrypted_layer(tar: &[u8], c: Compression) -> (Vec<u8>, [u8; 32], ocicrypt::PrivateOptions, ocicrypt::PublicOptions) {
+    let mut ct = if c == Compression::Gzip {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(tar).expect("gz");
+        e.finish().expect("gz")
+    } else {
+        tar.to_vec()
+    };
+    let opts = ocicrypt::PrivateOptions::generate("");
+    let mut enc = ocicrypt::LayerEncryptor::new(&opts);
+    enc.update(&mut ct);
+    let public = enc.finish();
+    let sha: [u8; 32] = sha2::Sha256::digest(&ct).into();
+    (ct, sha, opts, public)
+}
+
+async fn run_encrypted(
+    ct: Vec<u8>,
+    dec: ocicrypt::LayerDecryptor,
+    c: Compression,
+    id: &str,
+) -> (Result<guest_puller::decode::DecodedLayer, DecodeError>, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cancel = AtomicBool::new(false);
+    let r = decode_layer_with(
+        std::io::Cursor::new(ct),
+        Some(dec),
+        c,
+        id,
+        tmp.path(),
+        &ExtractOptions::default(),
+        &|_| {},
+        &cancel,
+    )
+    .await;
+    (r, tmp)
+}
+
+/// The blob digest, HMAC and diff_id hashed in one pass on the decode thread
+/// give the same verdicts as separate hashes: a good layer decodes.
+#[tokio::test]
+async fn encrypted_layer_decrypts_and_verifies_in_one_pass() {
+    // Big enough for many chunks and a pending diff_id buffer that overflows.
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    let tar = RawTar::new().file("a", b"alpha").file("big", &big).file("z", b"zulu").finish();
+    let (ct, sha, opts, public) = encrypted_layer(&tar, Compression::Gzip);
+    let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(sha);
+    let (r, tmp) = run_encrypted(ct, dec, Compression::Gzip, &diff_id(&tar)).await;
+    let d = r.expect("decode");
+    assert_eq!(d.diff_id, diff_id(&tar));
+    assert_eq!(std::fs::read(tmp.path().join("big")).expect("big"), big);
+}
+
+/// Tampered ciphertext under a consistent blob digest fails on the HMAC; a blob
+/// that is not the one the manifest names fails on the digest; both as source
+/// failures. A wrong diff_id is still caught.
+#[tokio::test]
+async fn encrypted_layer_failures_are_source_failures() {
+    // A plain-tar layer: a flipped byte inside a file's content is invisible
+    // to tar, so only the HMAC can object (at the end of the stream).
+    let tar = layer_tar();
+    let (ct, sha, opts, public) = encrypted_layer(&tar, Compression::None);
+    let mut flipped = ct.clone();
+    let pos = tar.windows(5).position(|w| w == b"alpha").expect("alpha");
+    flipped[pos] ^= 0x01;
+    let flipped_sha: [u8; 32] = sha2::Sha256::digest(&flipped).into();
+    let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(flipped_sha);
+    let (r, _t) = run_encrypted(flipped, dec, Compression::None, &diff_id(&tar)).await;
+    let err = r.expect_err("tampered");
+    assert!(matches!(&err, DecodeError::Source(_)), "{err}");
+    assert!(err.to_string().contains("HMAC"), "{err}");
+
+    let mut other = sha;
+    other[0] ^= 0xff;
+    let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(other);
+    let (r, _t) = run_encrypted(ct.clone(), dec, Compression::None, &diff_id(&tar)).await;
+    let err = r.expect_err("wrong blob digest");
+    assert!(matches!(&err, DecodeError::Source(_)), "{err}");
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+
+    let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(sha);
+    let (r, _t) =
+        run_encrypted(ct, dec, Compression::None, "sha256:0000000000000000000000000000000000000000000000000000000000000000").await;
+    assert!(matches!(r, Err(DecodeError::DiffId { .. })));
 }
