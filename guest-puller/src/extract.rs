@@ -591,6 +591,13 @@ impl Extractor<'_, '_> {
         for ext in exts {
             let ext = ext.map_err(ExtractError::Read)?;
             let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else { continue };
+            // Overlayfs metadata (whiteouts, opaque dirs, redirects, metacopy) is
+            // cloak's to write, never the image's: with `--store-link overlay`
+            // an image-supplied one could reshape what the container sees.
+            if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+                self.stats.warnings.push(format!("{}: overlayfs xattr {} refused", lossy(raw), lossy(name)));
+                continue;
+            }
             let privileged = name.starts_with(b"trusted.") || name.starts_with(b"security.");
             if privileged && !self.opts.allow_privileged_xattrs {
                 self.stats.warnings.push(format!("{}: xattr {} refused", lossy(raw), lossy(name)));

@@ -309,6 +309,29 @@ fn privileged_xattrs_and_setid_by_policy() {
     assert_eq!(fs::metadata(sb.root.join("suid")).expect("m").permissions().mode() & 0o7777, 0o4755);
 }
 
+/// Overlayfs metadata never comes from an image, even when privileged xattrs
+/// are allowed (with `--store-link overlay` it would reshape the container's view).
+#[test]
+fn overlay_xattrs_are_refused_even_when_privileged_ones_are_allowed() {
+    let sb = sandbox();
+    let tar = RawTar::new()
+        .pax(&[
+            ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+            ("SCHILY.xattr.user.overlay.opaque", b"y"),
+            ("SCHILY.xattr.trusted.other", b"1"),
+        ])
+        .entry("f", b'0', b"x", "", 0o644)
+        .finish();
+    let opts = ExtractOptions { allow_privileged_xattrs: true, ..Default::default() };
+    let stats = extract(tar.as_slice(), &sb.root, &opts).expect("extract");
+    for name in ["trusted.overlay.redirect", "user.overlay.opaque"] {
+        assert!(stats.warnings.iter().any(|w| w.contains(name) && w.contains("refused")), "{name}: {:?}", stats.warnings);
+        let mut buf = [0u8; 16];
+        assert!(rustix::fs::getxattr(sb.root.join("f").as_path(), name, &mut buf).is_err(), "{name} was set");
+    }
+    assert!(!stats.warnings.iter().any(|w| w.contains("trusted.other") && w.contains("refused")), "{:?}", stats.warnings);
+}
+
 #[test]
 fn modes_and_mtimes_are_applied() {
     let sb = sandbox();
