@@ -92,10 +92,7 @@ impl LayerJob for DecryptLayer {
         // The blob digest is checked in the HMAC's pass (one combined SIMD pass
         // where the CPU allows); the verdict comes at EOF, before anything is
         // committed. Otherwise the reader keeps checking it itself.
-        let blob_sha256 = reader.digest().sha256_bytes();
-        if blob_sha256.is_some() {
-            let _ = reader.take_digest_check();
-        }
+        let blob_sha256 = reader.take_sha256_check();
         let mut d = AsyncDecryptReader::new(reader, &self.opts, &self.pubopts).map_err(|e| Error::Stream {
             index: self.index,
             digest: self.source.digest.to_string(),

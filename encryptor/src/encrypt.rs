@@ -78,6 +78,12 @@ impl StreamTransform for AsyncEncryptReader<BlobReader> {
     fn public_options(&self) -> Option<PublicOptions> {
         AsyncEncryptReader::public_options(self).cloned()
     }
+    fn hashes_output(&self) -> bool {
+        self.computes_digests()
+    }
+    fn output_digest(&self) -> Option<Digest> {
+        self.sealed()?.ciphertext_sha256.map(Digest::from_sha256_bytes)
+    }
 }
 
 impl LayerJob for EncryptLayer {
@@ -86,15 +92,12 @@ impl LayerJob for EncryptLayer {
     }
     fn wrap_reader(&self, mut reader: BlobReader) -> Result<Box<dyn StreamTransform>, Error> {
         // The source digest, the HMAC and the new blob's digest are computed in
-        // one combined pass (see `ocicrypt::LayerEncryptor::with_digests`).
-        Ok(match reader.take_digest_check() {
-            Some(expected) => Box::new(FusedEncryptStream {
-                inner: AsyncEncryptReader::with_digests(reader, &self.opts),
-                expected_source: expected,
-                verdict: None,
-            }),
-            None => Box::new(AsyncEncryptReader::new(reader, &self.opts)),
-        })
+        // one combined pass (see `ocicrypt::LayerEncryptor::with_digests`); the
+        // source digest is then judged at EOF by the encrypting reader.
+        Ok(Box::new(match reader.take_sha256_check() {
+            Some(source) => AsyncEncryptReader::with_digests(reader, &self.opts).expecting_plaintext_sha256(source),
+            None => AsyncEncryptReader::new(reader, &self.opts),
+        }))
     }
     fn finish<'a>(
         &'a self,
@@ -119,72 +122,5 @@ impl LayerJob for EncryptLayer {
             Ok(d)
         }
         .boxed()
-    }
-}
-
-/// Encrypts while checking the source blob's digest and hashing the output, all
-/// in the HMAC's pass. The source digest is judged at EOF: a mismatch is an
-/// error instead of EOF, so the destination blob is never committed.
-struct FusedEncryptStream {
-    inner: AsyncEncryptReader<BlobReader>,
-    expected_source: Digest,
-    /// Set at EOF: `Ok` or the mismatch message (sticky).
-    verdict: Option<Result<(), String>>,
-}
-
-impl FusedEncryptStream {
-    fn judge(&self) -> Result<(), String> {
-        let sealed = self.inner.sealed().ok_or("the cipher did not finish")?;
-        let actual = sealed.plaintext_sha256.ok_or("no source digest was computed")?;
-        let actual = Digest::from_sha256_bytes(actual);
-        if actual == self.expected_source {
-            Ok(())
-        } else {
-            Err(format!("blob digest mismatch: expected {}, content hashes to {actual}", self.expected_source))
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for FusedEncryptStream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let this = self.get_mut();
-        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-        match &this.verdict {
-            Some(Ok(())) => return Poll::Ready(Ok(())),
-            Some(Err(m)) => return Poll::Ready(Err(bad(m))),
-            None => {}
-        }
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() == before => {
-                let v = this.judge();
-                this.verdict = Some(v.clone());
-                Poll::Ready(v.map_err(|m| bad(&m)))
-            }
-            other => other,
-        }
-    }
-}
-
-impl StreamTransform for FusedEncryptStream {
-    fn public_options(&self) -> Option<PublicOptions> {
-        self.inner.public_options().cloned()
-    }
-    fn hashes_output(&self) -> bool {
-        true
-    }
-    fn output_digest(&self) -> Option<Digest> {
-        match self.verdict {
-            Some(Ok(())) => self.inner.sealed()?.ciphertext_sha256.map(Digest::from_sha256_bytes),
-            _ => None,
-        }
     }
 }

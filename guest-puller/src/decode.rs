@@ -5,7 +5,7 @@
 //! blocking side through a bounded channel, so memory is bounded by buffers, not
 //! by the layer. A plain layer's blob digest is checked by the async side's
 //! reader, whose verdict arrives with its EOF. An encrypted layer is decrypted
-//! on the blocking side ([`decode_layer_with`]): the blob digest, the HMAC and
+//! on the blocking side (the `decrypt` argument of [`decode_layer`]): the blob digest, the HMAC and
 //! the diff_id are hashed there in one combined SIMD pass (`sha256x`: each
 //! ciphertext chunk's two hashes run together with the diff_id hash of the tar
 //! bytes decompressed since the previous chunk), and the blob digest and HMAC
@@ -246,30 +246,16 @@ struct DecompressFailure(io::Error);
 
 /// Decodes one layer stream into `dest` (an existing, private, empty directory).
 ///
+/// With `decrypt`, `source` yields ciphertext that the decryptor (typically made
+/// [`with_ciphertext_digest`](LayerDecryptor::with_ciphertext_digest), the
+/// source then not checking the blob digest itself) decrypts on the blocking
+/// side, its hashes combined with the diff_id's.
+///
 /// `expected_diff_id` is `sha256:<hex>`. `on_bytes` is called with the number
 /// of source bytes after each chunk (for progress). Setting `cancel` aborts
 /// the layer at the next chunk.
-pub async fn decode_layer<R>(
-    source: R,
-    compression: Compression,
-    expected_diff_id: &str,
-    dest: &Path,
-    opts: &ExtractOptions,
-    on_bytes: &(dyn Fn(u64) + Send + Sync),
-    cancel: &AtomicBool,
-) -> Result<DecodedLayer, DecodeError>
-where
-    R: AsyncRead + Unpin + Send,
-{
-    decode_layer_with(source, None, compression, expected_diff_id, dest, opts, on_bytes, cancel).await
-}
-
-/// Like [`decode_layer`], with `source` yielding ciphertext that `decrypt`
-/// (typically made [`with_ciphertext_digest`](LayerDecryptor::with_ciphertext_digest),
-/// the source then not checking the blob digest itself) decrypts on the
-/// blocking side, its hashes combined with the diff_id's.
 #[allow(clippy::too_many_arguments)]
-pub async fn decode_layer_with<R>(
+pub async fn decode_layer<R>(
     mut source: R,
     decrypt: Option<LayerDecryptor>,
     compression: Compression,

@@ -468,10 +468,8 @@ async fn fetch_layer(
         Some((priv_opts, pub_opts)) => {
             let mut d = ocicrypt::LayerDecryptor::new(priv_opts, pub_opts)
                 .map_err(|e| layer_err(DecodeError::Source(std::io::Error::other(e.to_string()))))?;
-            if let Some(bytes) = blob.digest().sha256_bytes() {
-                if blob.take_digest_check().is_some() {
-                    d = d.with_ciphertext_digest(bytes);
-                }
+            if let Some(bytes) = blob.take_sha256_check() {
+                d = d.with_ciphertext_digest(bytes);
             }
             Some(d)
         }
@@ -486,7 +484,7 @@ async fn fetch_layer(
     let idx = p.index;
     let d2 = digest_s.clone();
     let on_bytes = move |n: u64| progress.event(&Event { layer: Some(idx), digest: Some(&d2), phase: "fetch", bytes: n, total });
-    let decoded = decode::decode_layer_with(reader, decrypt, p.compression, &p.diff_id, &staging.tree(), &xopts, &on_bytes, cancel)
+    let decoded = decode::decode_layer(reader, decrypt, p.compression, &p.diff_id, &staging.tree(), &xopts, &on_bytes, cancel)
         .await
         .map_err(|e| match e {
             DecodeError::Cancelled => PullError::Cancelled,

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::atomic::AtomicBool;
 
 use common::rawtar::RawTar;
-use guest_puller::decode::{decode_layer, decode_layer_with, Compression, DecodeError};
+use guest_puller::decode::{decode_layer, Compression, DecodeError};
 use guest_puller::extract::ExtractOptions;
 use sha2::Digest as _;
 
@@ -24,7 +24,7 @@ fn layer_tar() -> Vec<u8> {
 async fn run(data: Vec<u8>, c: Compression, id: &str) -> (Result<guest_puller::decode::DecodedLayer, DecodeError>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tmp");
     let cancel = AtomicBool::new(false);
-    let r = decode_layer(std::io::Cursor::new(data), c, id, tmp.path(), &ExtractOptions::default(), &|_| {}, &cancel).await;
+    let r = decode_layer(std::io::Cursor::new(data), None, c, id, tmp.path(), &ExtractOptions::default(), &|_| {}, &cancel).await;
     (r, tmp)
 }
 
@@ -91,7 +91,7 @@ async fn source_failure_at_eof_fails_the_layer() {
     let tar = layer_tar();
     let tmp = tempfile::tempdir().expect("tmp");
     let cancel = AtomicBool::new(false);
-    let r = decode_layer(FailingAtEof(std::io::Cursor::new(tar.clone())), Compression::None, &diff_id(&tar), tmp.path(), &ExtractOptions::default(), &|_| {}, &cancel).await;
+    let r = decode_layer(FailingAtEof(std::io::Cursor::new(tar.clone())), None, Compression::None, &diff_id(&tar), tmp.path(), &ExtractOptions::default(), &|_| {}, &cancel).await;
     match r {
         Err(DecodeError::Source(e)) => assert!(e.to_string().contains("HMAC")),
         other => panic!("expected a source failure, got {other:?}"),
@@ -131,7 +131,7 @@ async fn run_encrypted(
 ) -> (Result<guest_puller::decode::DecodedLayer, DecodeError>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tmp");
     let cancel = AtomicBool::new(false);
-    let r = decode_layer_with(
+    let r = decode_layer(
         std::io::Cursor::new(ct),
         Some(dec),
         c,

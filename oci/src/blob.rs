@@ -58,16 +58,17 @@ impl BlobReader {
     }
 
     /// Take over the digest check: this reader stops hashing (it still caps the
-    /// size and reports truncation) and returns the digest the caller must now
+    /// size and reports truncation) and returns the SHA-256 the caller must now
     /// check itself before trusting or committing anything, typically in a
     /// combined hashing pass (`sha256x`). `None` if reading has already begun or
-    /// the algorithm is not sha256, in which case this reader keeps checking.
-    pub fn take_digest_check(&mut self) -> Option<Digest> {
-        if self.read != 0 || self.expected.algorithm() != crate::digest::Algorithm::Sha256 {
+    /// the digest is not sha256, in which case this reader keeps checking.
+    pub fn take_sha256_check(&mut self) -> Option<[u8; 32]> {
+        if self.read != 0 {
             return None;
         }
+        let bytes = self.expected.sha256_bytes()?;
         self.hasher = None;
-        Some(self.expected.clone())
+        Some(bytes)
     }
 
     fn verify(&mut self) -> io::Result<()> {
@@ -158,13 +159,14 @@ mod tests {
         let data: &'static [u8] = b"hello blob";
         let claimed = Digest::sha256_of(b"something else");
         let mut r = BlobReader::new(data, claimed.clone(), data.len() as u64);
-        assert_eq!(r.take_digest_check(), Some(claimed.clone()));
+        assert_eq!(r.take_sha256_check(), claimed.sha256_bytes());
+        assert!(claimed.sha256_bytes().is_some());
         let mut out = Vec::new();
         r.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, data, "the reader no longer judges the digest");
 
         let mut r = BlobReader::new(data, claimed.clone(), data.len() as u64 + 5);
-        assert!(r.take_digest_check().is_some());
+        assert!(r.take_sha256_check().is_some());
         let err = r.read_to_end(&mut Vec::new()).await.unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
 
@@ -172,7 +174,7 @@ mod tests {
         let mut r = BlobReader::new(data, claimed, data.len() as u64);
         let mut b = [0u8; 3];
         r.read_exact(&mut b).await.unwrap();
-        assert_eq!(r.take_digest_check(), None);
+        assert_eq!(r.take_sha256_check(), None);
         assert!(r.read_to_end(&mut Vec::new()).await.is_err());
     }
 

@@ -104,7 +104,8 @@ pub enum CipherError {
     /// The public options name a cipher other than AES_256_CTR_HMAC_SHA256.
     #[error("unsupported layer cipher {0:?}")]
     UnsupportedCipher(String),
-    /// The ciphertext does not hash to the blob digest it was expected to have.
+    /// The ciphertext (decrypting) or plaintext (encrypting) does not hash to the
+    /// blob digest it was expected to have.
     #[error("blob digest mismatch: expected sha256:{expected}, content hashes to sha256:{actual}")]
     DigestMismatch {
         /// Hex of the expected SHA-256.
@@ -167,6 +168,11 @@ impl LayerEncryptor {
                 (&mut side.ciphertext, &*piece),
             ]);
         }
+    }
+
+    /// Whether the plaintext and ciphertext digests are computed ([`with_digests`](Self::with_digests)).
+    pub fn computes_digests(&self) -> bool {
+        self.side.is_some()
     }
 
     /// Bytes encrypted so far.
@@ -290,7 +296,7 @@ impl LayerDecryptor {
         if let Some((expected, h)) = self.blob {
             let actual = h.finalize();
             if actual != expected {
-                return Err(CipherError::DigestMismatch { expected: hex_of(&expected), actual: hex_of(&actual) });
+                return Err(CipherError::digest_mismatch(&expected, &actual));
             }
         }
         let tag = self.mac.finalize();
@@ -302,8 +308,12 @@ impl LayerDecryptor {
     }
 }
 
-fn hex_of(d: &[u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+impl CipherError {
+    /// A [`DigestMismatch`](Self::DigestMismatch) between two SHA-256 values.
+    pub fn digest_mismatch(expected: &[u8; 32], actual: &[u8; 32]) -> Self {
+        let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect();
+        CipherError::DigestMismatch { expected: hex(expected), actual: hex(actual) }
+    }
 }
 
 #[cfg(test)]

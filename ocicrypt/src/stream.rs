@@ -18,24 +18,47 @@ use crate::options::{PrivateOptions, PublicOptions};
 enum EncState {
     Running(Box<LayerEncryptor>),
     Done(Box<Sealed>),
+    /// The plaintext did not hash to the expected digest.
+    Failed(CipherError),
 }
 
 /// Encrypts everything read from `R`.
 pub struct EncryptReader<R> {
     inner: R,
     state: EncState,
+    /// SHA-256 the plaintext must have (checked at EOF), if given.
+    expected_plaintext: Option<[u8; 32]>,
 }
 
 impl<R> EncryptReader<R> {
     /// Wrap `inner`, encrypting with `opts`.
     pub fn new(inner: R, opts: &PrivateOptions) -> Self {
-        EncryptReader { inner, state: EncState::Running(Box::new(LayerEncryptor::new(opts))) }
+        EncryptReader { inner, state: EncState::Running(Box::new(LayerEncryptor::new(opts))), expected_plaintext: None }
     }
 
     /// Like [`new`](Self::new), also computing the SHA-256 of the plaintext and of
     /// the ciphertext in the HMAC's pass ([`LayerEncryptor::with_digests`]).
     pub fn with_digests(inner: R, opts: &PrivateOptions) -> Self {
-        EncryptReader { inner, state: EncState::Running(Box::new(LayerEncryptor::with_digests(opts))) }
+        let state = EncState::Running(Box::new(LayerEncryptor::with_digests(opts)));
+        EncryptReader { inner, state, expected_plaintext: None }
+    }
+
+    /// With [`with_digests`](Self::with_digests): the plaintext must hash to
+    /// `sha256` (the source blob's digest, so the source reader need not hash
+    /// it again). A mismatch is reported like a bad HMAC on decryption: an
+    /// `InvalidData` error instead of EOF, on that read and every later one.
+    pub fn expecting_plaintext_sha256(mut self, sha256: [u8; 32]) -> Self {
+        self.expected_plaintext = Some(sha256);
+        self
+    }
+
+    /// Whether the ciphertext digest is computed (made [`with_digests`](Self::with_digests)).
+    pub fn computes_digests(&self) -> bool {
+        match &self.state {
+            EncState::Running(enc) => enc.computes_digests(),
+            EncState::Done(sealed) => sealed.ciphertext_sha256.is_some(),
+            EncState::Failed(_) => true,
+        }
     }
 
     /// The public options (with the HMAC), available once EOF has been read.
@@ -48,7 +71,7 @@ impl<R> EncryptReader<R> {
     pub fn sealed(&self) -> Option<&Sealed> {
         match &self.state {
             EncState::Done(p) => Some(p),
-            EncState::Running(_) => None,
+            EncState::Running(_) | EncState::Failed(_) => None,
         }
     }
 
@@ -57,31 +80,48 @@ impl<R> EncryptReader<R> {
         self.inner
     }
 
-    /// Process `n` fresh bytes at the start of `buf` (n == 0 on a non-empty buffer is EOF).
-    fn after_read(&mut self, buf: &mut [u8], eof: bool) {
-        if eof {
-            let placeholder = Sealed { public: PublicOptions::new([0; 32]), plaintext_sha256: None, ciphertext_sha256: None };
-            let state = std::mem::replace(&mut self.state, EncState::Done(Box::new(placeholder)));
-            self.state = match state {
-                EncState::Running(enc) => EncState::Done(Box::new(enc.finish_with_digests())),
-                done @ EncState::Done(_) => done,
-            };
-        } else if let EncState::Running(enc) = &mut self.state {
-            enc.update(buf);
+    /// The error to repeat once the stream has failed; `Ok(true)` once it ended well.
+    fn settled(&self) -> io::Result<bool> {
+        match &self.state {
+            EncState::Running(_) => Ok(false),
+            EncState::Done(_) => Ok(true),
+            EncState::Failed(e) => Err(hmac_error(e)),
         }
+    }
+
+    /// Process fresh bytes, or at EOF seal the layer and check the plaintext
+    /// digest. Returns the error to report, if any.
+    fn after_read(&mut self, buf: &mut [u8], eof: bool) -> io::Result<()> {
+        if !eof {
+            if let EncState::Running(enc) = &mut self.state {
+                enc.update(buf);
+            }
+            return Ok(());
+        }
+        let state = std::mem::replace(&mut self.state, EncState::Failed(CipherError::HmacMismatch));
+        self.state = match state {
+            EncState::Running(enc) => {
+                let sealed = enc.finish_with_digests();
+                match (self.expected_plaintext, sealed.plaintext_sha256) {
+                    (Some(expected), Some(actual)) if actual != expected => {
+                        EncState::Failed(CipherError::digest_mismatch(&expected, &actual))
+                    }
+                    _ => EncState::Done(Box::new(sealed)),
+                }
+            }
+            other => other,
+        };
+        self.settled().map(|_| ())
     }
 }
 
 impl<R: Read> Read for EncryptReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if matches!(self.state, EncState::Done(_)) {
+        if buf.is_empty() || self.settled()? {
             return Ok(0);
         }
         let n = self.inner.read(buf)?;
-        self.after_read(&mut buf[..n], n == 0);
+        self.after_read(&mut buf[..n], n == 0)?;
         Ok(n)
     }
 }
@@ -192,6 +232,16 @@ impl<R> AsyncEncryptReader<R> {
         AsyncEncryptReader { inner: EncryptReader::with_digests(inner, opts) }
     }
 
+    /// See [`EncryptReader::expecting_plaintext_sha256`].
+    pub fn expecting_plaintext_sha256(self, sha256: [u8; 32]) -> Self {
+        AsyncEncryptReader { inner: self.inner.expecting_plaintext_sha256(sha256) }
+    }
+
+    /// See [`EncryptReader::computes_digests`].
+    pub fn computes_digests(&self) -> bool {
+        self.inner.computes_digests()
+    }
+
     /// The public options (with the HMAC), available once EOF has been read.
     pub fn public_options(&self) -> Option<&PublicOptions> {
         self.inner.public_options()
@@ -211,16 +261,18 @@ impl<R> AsyncEncryptReader<R> {
 impl<R: AsyncRead + Unpin> AsyncRead for AsyncEncryptReader<R> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut self.get_mut().inner;
-        if buf.remaining() == 0 || matches!(this.state, EncState::Done(_)) {
-            return Poll::Ready(Ok(()));
+        match this.settled() {
+            Err(e) => return Poll::Ready(Err(e)),
+            Ok(true) => return Poll::Ready(Ok(())),
+            Ok(false) if buf.remaining() == 0 => return Poll::Ready(Ok(())),
+            Ok(false) => {}
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let fresh = &mut buf.filled_mut()[before..];
                 let eof = fresh.is_empty();
-                this.after_read(fresh, eof);
-                Poll::Ready(Ok(()))
+                Poll::Ready(this.after_read(fresh, eof))
             }
             other => other,
         }
@@ -349,6 +401,21 @@ mod tests {
             assert_eq!(sealed.public.hmac, public.hmac);
             assert_eq!(sealed.plaintext_sha256, Some(openssl::sha::sha256(&data)));
             assert_eq!(sealed.ciphertext_sha256, Some(openssl::sha::sha256(&ct)));
+
+            // The expected plaintext digest: the right one passes, another fails at EOF, sticky.
+            let mut r = EncryptReader::with_digests(data.as_slice(), &opts)
+                .expecting_plaintext_sha256(openssl::sha::sha256(&data));
+            r.read_to_end(&mut Vec::new()).unwrap();
+            let mut wrong_plain = openssl::sha::sha256(&data);
+            wrong_plain[5] ^= 1;
+            let mut r = EncryptReader::with_digests(data.as_slice(), &opts).expecting_plaintext_sha256(wrong_plain);
+            let err = r.read_to_end(&mut Vec::new()).unwrap_err();
+            assert!(matches!(
+                err.get_ref().and_then(|e| e.downcast_ref::<CipherError>()),
+                Some(CipherError::DigestMismatch { .. })
+            ));
+            assert!(r.read(&mut [0u8; 4]).is_err(), "a failed stream must not turn into EOF");
+            assert!(r.sealed().is_none());
 
             let good = openssl::sha::sha256(&ct);
             let mut d = DecryptReader::new(ct.as_slice(), &opts, &public).unwrap().with_ciphertext_digest(good);
