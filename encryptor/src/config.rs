@@ -77,6 +77,8 @@ pub struct KbsAdminOptions {
     pub url: Option<String>,
     /// Ed25519 admin key, PKCS#8 PEM.
     pub admin_key: Option<PathBuf>,
+    /// A 32-byte KEK the user registered at the `kbs:///` id(s) already.
+    pub kek_file: Option<PathBuf>,
 }
 
 /// `cloak encrypt`.

@@ -100,6 +100,12 @@ struct KbsAdminArgs {
     /// Ed25519 admin private key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes).
     #[arg(long, value_name = "FILE")]
     kbs_admin_key: Option<PathBuf>,
+    /// For kbs:/// recipients: wrap with this 32-byte KEK, which you have registered in
+    /// the KBS yourself (needed with Trustee, whose admin API cannot read a KEK back).
+    /// Without it, the KEK already at the id is reused, or a new one is registered
+    /// create-only; an existing KEK is never replaced.
+    #[arg(long, value_name = "FILE")]
+    kek_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -210,7 +216,7 @@ fn common_options(c: &CommonArgs) -> CommonOptions {
 }
 
 fn kbs_options(k: &KbsAdminArgs) -> KbsAdminOptions {
-    KbsAdminOptions { url: k.kbs_url.clone(), admin_key: k.kbs_admin_key.clone() }
+    KbsAdminOptions { url: k.kbs_url.clone(), admin_key: k.kbs_admin_key.clone(), kek_file: k.kek_file.clone() }
 }
 
 fn platform_selection(platform: Option<String>, all: bool) -> PlatformSelection {

@@ -124,11 +124,18 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
 
     for r in &parsed {
         if let Recipient::Kbs(uri) = r {
-            let admin = admin_client(&cfg.kbs, &format!("recipient {uri}")).await?;
             let kid: kbs::ResourceUri = uri
                 .parse()
                 .map_err(|e: kbs::KbsError| Error::Recipient { recipient: uri.clone(), reason: e.to_string() })?;
-            wrappers.push(Arc::new(keyprovider::kek::KbsKekWrapper::registering(kid, Arc::new(admin))));
+            let wrapper = match &cfg.kbs.kek_file {
+                Some(path) => keyprovider::kek::KbsKekWrapper::with_kek_file(kid, path)
+                    .map_err(|e| Error::Recipient { recipient: uri.clone(), reason: e.to_string() })?,
+                None => {
+                    let admin = admin_client(&cfg.kbs, &format!("recipient {uri}")).await?;
+                    keyprovider::kek::KbsKekWrapper::registering(kid, Arc::new(admin))
+                }
+            };
+            wrappers.push(Arc::new(wrapper));
         }
     }
     Ok(wrappers)

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kbs::{AdminClient, KbsClient, KbsError, ResourceUri};
+use kbs::{AdminClient, Created, KbsClient, KbsError, ResourceUri};
 use ocicrypt::keywrap::{BoxFuture, KeyUnwrapper, KeyWrapper, WrapError};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
@@ -44,6 +44,30 @@ pub enum KekError {
     /// No keypath and no admin client: nowhere to put a generated KEK.
     #[error("no keypath given and no KBS admin key configured: cannot register a generated KEK for {0}")]
     NoAdmin(String),
+    /// The broker cannot say whether the id already holds a KEK (Trustee has no admin
+    /// read-back), so generating one could replace a KEK images depend on.
+    #[error(
+        "cannot register a generated KEK at {kid} safely: {reason}. Register the KEK once yourself \
+         (e.g. `cloak-kbs put-resource` or Trustee's kbs-client) and wrap with that file: \
+         keypath=FILE in the attestation-agent parameters, or --kek-file FILE for `cloak encrypt`"
+    )]
+    NoReadBack {
+        /// The KEK id.
+        kid: String,
+        /// What the broker answered.
+        reason: String,
+    },
+    /// The id holds a resource that is not a 32-byte KEK.
+    #[error("{kid} already holds a resource that is not a 32-byte KEK ({reason}); choose another key id")]
+    NotAKek {
+        /// The KEK id.
+        kid: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The id was created and deleted again under every create-then-read attempt.
+    #[error("{0} kept appearing and disappearing in the KBS while registering a KEK; is another tool deleting it?")]
+    Contended(String),
     /// The packet was bad, or did not open.
     #[error(transparent)]
     Packet(#[from] PacketError),
@@ -60,7 +84,9 @@ impl From<KekError> for WrapError {
             }
             KekError::Packet(PacketError::Auth(_)) => WrapError::NoKey(e.to_string()),
             KekError::Kbs(KbsError::Unavailable { .. }) => WrapError::Unavailable(e.to_string()),
-            KekError::Kbs(KbsError::Rejected { .. }) => WrapError::Refused(e.to_string()),
+            KekError::Kbs(KbsError::Rejected { .. }) | KekError::NoReadBack { .. } | KekError::NotAKek { .. } => {
+                WrapError::Refused(e.to_string())
+            }
             _ => WrapError::Other(e.to_string()),
         }
     }
@@ -124,6 +150,43 @@ enum KekSource {
     Register { admin: Arc<AdminClient>, kek: OnceCell<Kek> },
 }
 
+/// How many times a lost create-only race is retried before giving up.
+const REGISTER_ATTEMPTS: usize = 3;
+
+/// The KEK for `kid`: the one the KBS already holds (read back with the admin key),
+/// or a fresh one registered with a create-only write. A KEK is never replaced: when
+/// two registrations race, the loser's write is refused (412) and it reads the
+/// winner's KEK back, so both wrap with the same key. A broker without admin
+/// read-back (Trustee) is refused before anything is written.
+pub async fn obtain_kek(admin: &AdminClient, kid: &ResourceUri) -> Result<Kek, KekError> {
+    for _ in 0..REGISTER_ATTEMPTS {
+        match admin.read_back(kid).await {
+            Ok(Some(bytes)) => {
+                let k = Kek::from_slice(&bytes)
+                    .map_err(|e| KekError::NotAKek { kid: kid.to_string(), reason: e.to_string() })?;
+                tracing::info!(kid = %kid, "reusing the KEK already registered in the KBS");
+                return Ok(k);
+            }
+            Ok(None) => {}
+            Err(KbsError::Unsupported(reason)) => {
+                return Err(KekError::NoReadBack { kid: kid.to_string(), reason });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let k = Kek::generate();
+        match admin.create_resource(kid, k.as_bytes()).await? {
+            Created::New => {
+                tracing::info!(kid = %kid, "registered a generated KEK in the KBS");
+                return Ok(k);
+            }
+            Created::Exists => {
+                tracing::info!(kid = %kid, "another registration won the race: reading its KEK back");
+            }
+        }
+    }
+    Err(KekError::Contended(kid.to_string()))
+}
+
 /// `provider.attestation-agent` wrapper (build side).
 pub struct KbsKekWrapper {
     kid: ResourceUri,
@@ -154,8 +217,9 @@ impl KbsKekWrapper {
         Self { kid, source: KekSource::Fixed(kek) }
     }
 
-    /// Generates a fresh KEK on first use and registers it at `kid` in the KBS;
-    /// every later wrap by this wrapper reuses it.
+    /// On first use, takes the KEK already registered at `kid` in the KBS, or else
+    /// generates one and registers it create-only (see [`obtain_kek`]); every later
+    /// wrap by this wrapper reuses it.
     pub fn registering(kid: ResourceUri, admin: Arc<AdminClient>) -> Self {
         Self { kid, source: KekSource::Register { admin, kek: OnceCell::new() } }
     }
@@ -183,13 +247,7 @@ impl KbsKekWrapper {
         match &self.source {
             KekSource::Fixed(k) => Ok(k),
             KekSource::Register { admin, kek } => {
-                kek.get_or_try_init(|| async {
-                    let k = Kek::generate();
-                    admin.put_resource(&self.kid, k.as_bytes()).await?;
-                    tracing::info!(kid = %self.kid, "registered a generated KEK in the KBS");
-                    Ok::<_, KekError>(k)
-                })
-                .await
+                kek.get_or_try_init(|| obtain_kek(admin, &self.kid)).await
             }
         }
     }

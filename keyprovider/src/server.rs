@@ -84,7 +84,11 @@ pub fn status_code(e: &ServiceError) -> Code {
             KekError::Packet(PacketError::Auth(_)) => Code::InvalidArgument,
             KekError::Packet(PacketError::KekLength(_)) => Code::FailedPrecondition,
             KekError::Packet(_) => Code::InvalidArgument,
-            KekError::KekFile { .. } | KekError::NoAdmin(_) => Code::FailedPrecondition,
+            KekError::KekFile { .. }
+            | KekError::NoAdmin(_)
+            | KekError::NoReadBack { .. }
+            | KekError::NotAKek { .. } => Code::FailedPrecondition,
+            KekError::Contended(_) => Code::Aborted,
             KekError::Kbs(kbs) => match kbs {
                 KbsError::Unavailable { .. } => Code::Unavailable,
                 KbsError::Rejected { status: 404, .. } => Code::NotFound,

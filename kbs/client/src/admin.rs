@@ -9,12 +9,12 @@ use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
 use josekit::jws::alg::eddsa::EddsaJwsSigner;
 use josekit::jws::{EdDSA, JwsHeader};
 use josekit::jwt::{self, JwtPayload};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, IF_NONE_MATCH};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::client::{endpoint, http_client, parse_base_url, send_with_retry, server_reason};
+use crate::client::{endpoint, http_client, parse_base_url, send_with_retry, server_reason, Answer};
 use crate::error::{KbsError, Step};
 use crate::uri::ResourceUri;
 
@@ -28,6 +28,32 @@ pub const ADMIN_ROLE: &str = "admin";
 const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Total retry budget of one admin call.
 const ADMIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Header cloak-kbs puts on every answer of its admin read-back route.
+const ADMIN_READ_HEADER: &str = "x-cloak-admin-read";
+
+/// What a create-only write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The resource was stored.
+    New,
+    /// The resource existed already; its bytes were left as they were.
+    Exists,
+}
+
+fn refusal(path: &str, answer: &Answer) -> KbsError {
+    let status = answer.status;
+    let reason = server_reason(status, &answer.body);
+    KbsError::Rejected {
+        step: Step::Admin,
+        status: status.as_u16(),
+        reason: if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            format!("admin request refused for {path}: {reason}")
+        } else {
+            format!("{path}: {reason}")
+        },
+    }
+}
 
 /// The KBS admin API client.
 pub struct AdminClient {
@@ -78,6 +104,29 @@ impl AdminClient {
             .map_err(|e| KbsError::Config(format!("cannot sign the admin token: {e}")))
     }
 
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &'static str,
+        create_only: bool,
+        body: Vec<u8>,
+    ) -> Result<Answer, KbsError> {
+        let url = endpoint(&self.base, path)?;
+        let token = self.admin_token()?;
+        let deadline = Instant::now() + ADMIN_DEADLINE;
+        let body = Zeroizing::new(body);
+        send_with_retry(&self.http, Step::Admin, deadline, |http| {
+            let req = http
+                .request(method.clone(), url.clone())
+                .header(AUTHORIZATION, format!("Bearer {}", token.as_str()))
+                .header(CONTENT_TYPE, content_type);
+            let req = if create_only { req.header(IF_NONE_MATCH, "*") } else { req };
+            req.body(body.to_vec())
+        })
+        .await
+    }
+
     async fn call(
         &self,
         method: Method,
@@ -85,31 +134,57 @@ impl AdminClient {
         content_type: &'static str,
         body: Vec<u8>,
     ) -> Result<(), KbsError> {
-        let url = endpoint(&self.base, path)?;
-        let token = self.admin_token()?;
-        let deadline = Instant::now() + ADMIN_DEADLINE;
-        let body = Zeroizing::new(body);
-        let answer = send_with_retry(&self.http, Step::Admin, deadline, |http| {
-            http.request(method.clone(), url.clone())
-                .header(AUTHORIZATION, format!("Bearer {}", token.as_str()))
-                .header(CONTENT_TYPE, content_type)
-                .body(body.to_vec())
-        })
-        .await?;
+        let answer = self.send(method, path, content_type, false, body).await?;
         if answer.status.is_success() {
             return Ok(());
         }
-        let status = answer.status;
-        let reason = server_reason(status, &answer.body);
-        Err(KbsError::Rejected {
-            step: Step::Admin,
-            status: status.as_u16(),
-            reason: if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                format!("admin token refused for {path}: {reason}")
-            } else {
-                format!("{path}: {reason}")
-            },
-        })
+        Err(refusal(path, &answer))
+    }
+
+    /// Stores `data` as the resource `uri` only if the KBS holds nothing there yet
+    /// (`If-None-Match: *`; cloak-kbs answers 412 when it exists and keeps its bytes).
+    ///
+    /// Only cloak-kbs honours the precondition: Trustee overwrites. Callers that must
+    /// not replace a resource on Trustee check [`AdminClient::read_back`] first, which
+    /// fails with [`KbsError::Unsupported`] there.
+    pub async fn create_resource(&self, uri: &ResourceUri, data: &[u8]) -> Result<Created, KbsError> {
+        let path = format!("kbs/v0/resource/{}", uri.path());
+        let answer = self
+            .send(Method::POST, &path, "application/octet-stream", true, data.to_vec())
+            .await?;
+        if answer.status.is_success() {
+            Ok(Created::New)
+        } else if answer.status == StatusCode::PRECONDITION_FAILED {
+            Ok(Created::Exists)
+        } else {
+            Err(refusal(&path, &answer))
+        }
+    }
+
+    /// Reads a resource back with the admin key (`GET /kbs/v0/admin/resource/<path>`,
+    /// a cloak-kbs extension limited to its `admin_readable` patterns): `Some(bytes)`,
+    /// or `None` when the resource does not exist. A broker without the route
+    /// (Trustee) gives [`KbsError::Unsupported`].
+    pub async fn read_back(&self, uri: &ResourceUri) -> Result<Option<Zeroizing<Vec<u8>>>, KbsError> {
+        let path = format!("kbs/v0/admin/resource/{}", uri.path());
+        let answer = self
+            .send(Method::GET, &path, "application/octet-stream", false, Vec::new())
+            .await?;
+        if !answer.headers.contains_key(ADMIN_READ_HEADER) {
+            return Err(KbsError::Unsupported(format!(
+                "the KBS at {} has no admin read-back of resources (HTTP {} for {path}; Trustee has none): \
+                 cannot tell whether {uri} already holds a key",
+                self.base,
+                answer.status.as_u16()
+            )));
+        }
+        if answer.status.is_success() {
+            return Ok(Some(answer.body));
+        }
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Err(refusal(&path, &answer))
     }
 
     /// Stores `data` as the resource `uri` (`POST /kbs/v0/resource/<path>`).

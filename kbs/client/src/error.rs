@@ -59,6 +59,9 @@ pub enum KbsError {
     /// A resource URI (or its segments) is malformed.
     #[error("invalid resource URI: {0}")]
     InvalidUri(String),
+    /// The KBS lacks an API this call needs (e.g. Trustee has no admin read-back).
+    #[error("{0}")]
+    Unsupported(String),
     /// The client configuration is unusable (bad KBS URL, bad admin key, ...).
     #[error("invalid KBS client configuration: {0}")]
     Config(String),

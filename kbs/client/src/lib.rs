@@ -12,7 +12,7 @@ pub mod error;
 pub mod protocol;
 pub mod uri;
 
-pub use admin::AdminClient;
+pub use admin::{AdminClient, Created};
 pub use attester::{make_attester, Attester, AttesterKind, AttesterOptions};
 pub use client::{ClientConfig, KbsClient};
 pub use error::{AttesterError, KbsError, Step};

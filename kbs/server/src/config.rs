@@ -54,7 +54,16 @@ pub struct ServeConfig {
     /// How often the policy file's mtime is polled.
     pub policy_poll_ms: u64,
     pub snp: SnpConfig,
+    /// Resources the admin key may read back (`GET /kbs/v0/admin/resource/...`), so
+    /// build tools reuse a KEK already registered under an id instead of replacing
+    /// it. Globs or segment prefixes, as in `released_resources`.
+    pub admin_readable: Vec<String>,
 }
+
+/// The default `admin_readable`: where `cloak encrypt` and `cloak-keyprovider` keep
+/// generated KEKs (`*/image-kek/*`) and the id CoCo's documentation uses for them
+/// (`*/key/generated*`); other resources (secrets, private JWKs) are never read back.
+pub const DEFAULT_ADMIN_READABLE: &[&str] = &["*/image-kek/*", "*/key/generated*"];
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -71,6 +80,7 @@ impl Default for ServeConfig {
             body_limit_bytes: 1 << 20,
             policy_poll_ms: 500,
             snp: SnpConfig::default(),
+            admin_readable: DEFAULT_ADMIN_READABLE.iter().map(|s| s.to_string()).collect(),
         }
     }
 }

@@ -25,12 +25,19 @@ enum Cmd {
         public_out: PathBuf,
     },
     /// Register a resource (admin): POST /kbs/v0/resource/REPO/TYPE/TAG.
+    ///
+    /// Create-only by default: a resource that already exists is left untouched and the
+    /// command fails, because replacing a KEK locks out every image wrapped with it.
     PutResource {
         #[arg(long)]
         url: String,
         /// Ed25519 admin private key (PKCS#8 PEM).
         #[arg(long)]
         admin_key: PathBuf,
+        /// Overwrite the resource if it exists (images wrapped with the old bytes can
+        /// no longer be decrypted).
+        #[arg(long)]
+        replace: bool,
         /// REPO/TYPE/TAG or kbs:///REPO/TYPE/TAG
         uri: String,
         file: PathBuf,
@@ -83,6 +90,11 @@ struct ServeArgs {
     token_ttl_secs: Option<u64>,
     #[arg(long)]
     attestation_cache_secs: Option<u64>,
+    /// A resource pattern the admin key may read back, so build tools reuse a KEK
+    /// registered earlier (repeatable; replaces the default "*/image-kek/*",
+    /// "*/key/generated*"; "none" allows no read-back at all).
+    #[arg(long, value_name = "PATTERN")]
+    admin_readable: Vec<String>,
 }
 
 fn serve_config(a: ServeArgs) -> anyhow::Result<kbs_server::ServeConfig> {
@@ -113,6 +125,9 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<kbs_server::ServeConfig> {
     }
     if let Some(v) = a.attestation_cache_secs {
         cfg.attestation_cache_secs = v;
+    }
+    if !a.admin_readable.is_empty() {
+        cfg.admin_readable = a.admin_readable.into_iter().filter(|p| p != "none").collect();
     }
     Ok(cfg)
 }
@@ -156,7 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(kbs_server::serve(cfg))?;
             Ok(())
         }
-        Cmd::PutResource { url, admin_key, uri, file } => {
+        Cmd::PutResource { url, admin_key, replace, uri, file } => {
             let uri: kbs::ResourceUri = uri.parse()?;
             let pem = zeroize::Zeroizing::new(
                 std::fs::read(&admin_key).with_context(|| format!("reading {}", admin_key.display()))?,
@@ -166,8 +181,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let admin = kbs::AdminClient::new(&url, &pem)?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(admin.put_resource(&uri, &data))?;
-            eprintln!("stored {uri}");
+            if replace {
+                rt.block_on(admin.put_resource(&uri, &data))?;
+                eprintln!("stored {uri} (replacing any earlier value)");
+            } else {
+                match rt.block_on(admin.create_resource(&uri, &data))? {
+                    kbs::Created::New => eprintln!("stored {uri}"),
+                    kbs::Created::Exists => anyhow::bail!(
+                        "{uri} already exists in the KBS and was left unchanged; pass --replace to overwrite it \
+                         (images wrapped with the current value will no longer decrypt)"
+                    ),
+                }
+            }
             Ok(())
         }
         Cmd::GetResource { url, attester, uri, out } => {

@@ -377,17 +377,20 @@ impl Policy {
 
     /// Whether `path` ("repo/type/tag") is listed in `released_resources`.
     pub fn is_released(&self, path: &str) -> bool {
-        self.released.iter().any(|p| {
-            if p.contains('*') || p.contains('?') {
-                glob_match(p.as_bytes(), path.as_bytes())
-            } else {
-                // A pattern without wildcards names a resource or a prefix of whole segments.
-                path == p
-                    || path
-                        .strip_prefix(p.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
-            }
-        })
+        self.released.iter().any(|p| pattern_matches(p, path))
+    }
+}
+
+/// Whether a resource pattern (`released_resources`, `admin_readable`) matches `path`:
+/// a glob with `*` / `?`, or else a resource or a prefix of whole segments.
+pub(crate) fn pattern_matches(p: &str, path: &str) -> bool {
+    if p.contains('*') || p.contains('?') {
+        glob_match(p.as_bytes(), path.as_bytes())
+    } else {
+        path == p
+            || path
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with('/'))
     }
 }
 

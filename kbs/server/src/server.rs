@@ -62,6 +62,8 @@ enum ApiError {
     Unauthorized(&'static str, String),
     Forbidden(String),
     NotFound(String),
+    /// 412: a create-only write (`If-None-Match: *`) met an existing resource.
+    Exists(String),
     Unavailable(String),
     Internal(String),
 }
@@ -73,6 +75,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(k, d) => (StatusCode::UNAUTHORIZED, k, d),
             ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "PolicyDeny", d),
             ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "ResourceNotFound", d),
+            ApiError::Exists(d) => (StatusCode::PRECONDITION_FAILED, "ResourceExists", d),
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable", d),
             ApiError::Internal(d) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", d),
         };
@@ -105,6 +108,8 @@ pub struct Broker {
     policy_poll: Duration,
     /// Serialises admin policy writes with reloads so neither sees half of the other.
     policy_write: tokio::sync::Mutex<()>,
+    /// Resource patterns the admin key may read back (build-side KEK reuse).
+    admin_readable: Vec<String>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -167,6 +172,7 @@ impl Broker {
             body_limit: cfg.body_limit_bytes,
             policy_poll: Duration::from_millis(cfg.policy_poll_ms.max(50)),
             policy_write: tokio::sync::Mutex::new(()),
+            admin_readable: cfg.admin_readable.clone(),
         }))
     }
 
@@ -276,6 +282,7 @@ impl Broker {
                 get(get_resource).post(put_resource).delete(delete_resource),
             )
             .route("/kbs/v0/resource-policy", post(set_policy))
+            .route(ADMIN_READ_ROUTE, get(admin_read_resource))
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
@@ -560,6 +567,16 @@ fn check_admin(b: &Broker, headers: &HeaderMap) -> Result<(), ApiError> {
     })
 }
 
+/// Whether the request asks for a create-only write (`If-None-Match: *`).
+fn create_only(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "*")
+}
+
+/// `POST /kbs/v0/resource/...`: stores the body. With `If-None-Match: *` the write is
+/// create-only: an existing resource answers 412 and keeps its bytes.
 async fn put_resource(
     State(b): St,
     Path(path): Path<String>,
@@ -570,12 +587,80 @@ async fn put_resource(
     let rp = ResourcePath::parse(&path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let store = b.store.clone();
     let rp2 = rp.clone();
-    tokio::task::spawn_blocking(move || store.put(&rp2, &body))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    tracing::info!(resource = %rp, "resource stored");
-    Ok(StatusCode::OK.into_response())
+    let create = create_only(&headers);
+    let written = tokio::task::spawn_blocking(move || {
+        if create {
+            store.create(&rp2, &body)
+        } else {
+            store.put(&rp2, &body)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match written {
+        Ok(()) => {
+            tracing::info!(resource = %rp, create_only = create, "resource stored");
+            Ok(StatusCode::OK.into_response())
+        }
+        Err(e @ StoreError::Exists(_)) => Err(ApiError::Exists(e.to_string())),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+/// The admin read-back route: build tools fetch a KEK they registered earlier so that
+/// a second image encrypted under the same id reuses it instead of replacing it.
+pub const ADMIN_READ_ROUTE: &str = "/kbs/v0/admin/resource/{*path}";
+/// Header every answer of the admin read-back route carries, so a client can tell
+/// "this broker has the route and the resource is absent" from "no such route".
+pub const ADMIN_READ_HEADER: &str = "x-cloak-admin-read";
+
+/// `GET /kbs/v0/admin/resource/...` (admin token): the stored bytes, for resources that
+/// match `admin_readable` only; 404 `ResourceNotFound` when absent, 403 when the
+/// resource is outside the readable patterns.
+async fn admin_read_resource(
+    State(b): St,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let answer = admin_read(&b, &path, &headers).await;
+    let mut resp = match answer {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut()
+        .insert(ADMIN_READ_HEADER, HeaderValue::from_static("1"));
+    resp
+}
+
+async fn admin_read(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    check_admin(b, headers)?;
+    let rp = ResourcePath::parse(path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let resource = rp.as_string();
+    if !b
+        .admin_readable
+        .iter()
+        .any(|p| crate::policy::pattern_matches(p, &resource))
+    {
+        tracing::warn!(resource = %rp, "admin read refused: not admin-readable");
+        return Err(ApiError::Forbidden(format!(
+            "resource {resource} is not admin-readable: the broker's admin_readable patterns are {:?} \
+             (add one with --admin-readable, or register the key yourself and pass it as a file)",
+            b.admin_readable
+        )));
+    }
+    match b.store.get(&rp) {
+        Ok(data) => {
+            tracing::info!(resource = %rp, "resource read back by the admin");
+            let mut resp = Response::new(axum::body::Body::from(data.to_vec()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            Ok(resp)
+        }
+        Err(e @ StoreError::NotFound(_)) => Err(ApiError::NotFound(e.to_string())),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
 }
 
 async fn delete_resource(State(b): St, Path(path): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {

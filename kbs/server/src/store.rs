@@ -14,6 +14,9 @@ pub enum StoreError {
     InvalidPath(String),
     #[error("resource {0} not found")]
     NotFound(String),
+    /// A create-only write found the resource already there (its bytes are untouched).
+    #[error("resource {0} already exists")]
+    Exists(String),
     #[error("resource store I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -68,6 +71,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// `data` in a new, synced temporary file of `dir` (created if missing).
+fn synced_temp(dir: &Path, data: &[u8]) -> Result<tempfile::NamedTempFile, StoreError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    tmp.write_all(data).map_err(io(dir))?;
+    tmp.as_file().sync_all().map_err(io(dir))?;
+    Ok(tmp)
+}
+
 impl ResourceStore {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root).map_err(io(root))?;
@@ -95,18 +110,34 @@ impl ResourceStore {
     pub fn put(&self, p: &ResourcePath, data: &[u8]) -> Result<(), StoreError> {
         let f = self.file(p);
         let dir = f.parent().unwrap_or(&self.root).to_owned();
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&dir)
-            .map_err(io(&dir))?;
-        tmp.write_all(data).map_err(io(&dir))?;
-        tmp.as_file().sync_all().map_err(io(&dir))?;
+        let tmp = synced_temp(&dir, data)?;
         tmp.persist(&f).map_err(|e| StoreError::Io {
             path: f.clone(),
             source: e.error,
         })?;
         // The rename is durable only once the directory entry is on disk.
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        Ok(())
+    }
+
+    /// Stores `data` only if `p` holds nothing yet: the bytes go to a synced temporary
+    /// file that is then hard-linked into place, which fails atomically when the name
+    /// exists, so two concurrent creators end with exactly one winner and the loser
+    /// gets [`StoreError::Exists`] with the stored bytes unchanged.
+    pub fn create(&self, p: &ResourcePath, data: &[u8]) -> Result<(), StoreError> {
+        let f = self.file(p);
+        let dir = f.parent().unwrap_or(&self.root).to_owned();
+        let tmp = synced_temp(&dir, data)?;
+        match std::fs::hard_link(tmp.path(), &f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Exists(p.as_string()));
+            }
+            Err(e) => return Err(StoreError::Io { path: f, source: e }),
+        }
+        drop(tmp);
         std::fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&dir))?;
@@ -148,5 +179,8 @@ mod tests {
         assert_eq!(&s.get(&p).unwrap()[..], b"two");
         s.delete(&p).unwrap();
         assert!(matches!(s.get(&p), Err(StoreError::NotFound(_))));
+        s.create(&p, b"first").unwrap();
+        assert!(matches!(s.create(&p, b"second"), Err(StoreError::Exists(_))));
+        assert_eq!(&s.get(&p).unwrap()[..], b"first");
     }
 }
