@@ -5,7 +5,7 @@
 use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
 use josekit::jwk::alg::rsa::RsaKeyPair;
 use josekit::jwk::Jwk;
-use kbs::{AdminClient, KbsError, ResourceUri};
+use kbs::{AdminClient, Created, KbsError, ResourceUri};
 use zeroize::Zeroizing;
 
 /// Why a key could not be made or registered.
@@ -23,6 +23,9 @@ pub enum KeygenError {
         #[source]
         source: KbsError,
     },
+    /// The id already holds a key: replacing it would lock out every image wrapped for it.
+    #[error("{0} already exists in the KBS and was left unchanged: choose a new key id (a key is never replaced)")]
+    Exists(String),
 }
 
 /// A generated key pair, as JWK JSON.
@@ -58,14 +61,18 @@ pub fn generate(uri: &ResourceUri, rsa: bool) -> Result<GeneratedKey, KeygenErro
     Ok(GeneratedKey { public_jwk: public.to_string(), private_jwk: Zeroizing::new(private.to_string()) })
 }
 
-/// Generates a pair and registers the private JWK at `uri` in the KBS.
+/// Generates a pair and registers the private JWK at `uri` in the KBS, create-only:
+/// an id that already holds a key is refused, never overwritten.
 pub async fn keygen(admin: &AdminClient, uri: &ResourceUri, rsa: bool) -> Result<GeneratedKey, KeygenError> {
     let key = generate(uri, rsa)?;
-    admin
-        .put_resource(uri, key.private_jwk.as_bytes())
+    let created = admin
+        .create_resource(uri, key.private_jwk.as_bytes())
         .await
         .map_err(|source| KeygenError::Register { uri: uri.to_string(), source })?;
-    Ok(key)
+    match created {
+        Created::New => Ok(key),
+        Created::Exists => Err(KeygenError::Exists(uri.to_string())),
+    }
 }
 
 #[cfg(test)]

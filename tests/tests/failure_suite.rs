@@ -383,6 +383,7 @@ impl Broker {
         run_bounded_ok(
             Command::new(bin("cloak-kbs"))
                 .arg("put-resource")
+                .arg("--replace")
                 .arg("--url")
                 .arg(self.url())
                 .arg("--admin-key")

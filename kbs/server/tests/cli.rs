@@ -69,6 +69,21 @@ fn interface_commands_round_trip() {
         .status()
         .unwrap();
     assert!(st.success());
+    // A second put-resource without --replace fails and leaves the stored bytes.
+    std::fs::write(p("other.bin"), b"other-bytes").unwrap();
+    let put_other = |replace: bool| {
+        let mut c = Command::new(BIN);
+        c.args(["put-resource", "--url", &url, "--admin-key"]).arg(p("admin.pem"));
+        if replace {
+            c.arg("--replace");
+        }
+        c.arg("default/image-kek/1").arg(p("other.bin")).output().unwrap()
+    };
+    let refused = put_other(false);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("already exists") && err.contains("--replace"), "{err}");
+    assert_eq!(std::fs::read(p("res/default/image-kek/1")).unwrap(), b"the-kek-bytes");
     let out = Command::new(BIN)
         .args(["get-resource", "--url", &url, "--attester", "sample", "default/image-kek/1"])
         .output()
@@ -82,6 +97,9 @@ fn interface_commands_round_trip() {
         .unwrap();
     assert!(st.success());
     assert_eq!(std::fs::read(p("got.bin")).unwrap(), b"the-kek-bytes");
+    let replaced = put_other(true);
+    assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
+    assert_eq!(std::fs::read(p("res/default/image-kek/1")).unwrap(), b"other-bytes");
     // allow: false denies, without restart.
     std::fs::write(
         p("policy.yaml"),

@@ -91,3 +91,53 @@ async fn kbs_admin_client_set_policy_and_delete() {
         .unwrap();
     assert!(!b.broker.policy().sample_allowed);
 }
+
+#[tokio::test]
+async fn create_only_writes_never_replace_and_admin_read_back_is_limited_to_kek_ids() {
+    let b = start(SAMPLE_POLICY, |_, _| {}).await;
+    let admin = kbs::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let kek: kbs::ResourceUri = "default/image-kek/app".parse().unwrap();
+    assert!(admin.read_back(&kek).await.unwrap().is_none());
+    assert_eq!(admin.create_resource(&kek, b"first").await.unwrap(), kbs::Created::New);
+    assert_eq!(admin.create_resource(&kek, b"second").await.unwrap(), kbs::Created::Exists);
+    assert_eq!(&admin.read_back(&kek).await.unwrap().unwrap()[..], b"first");
+    assert_eq!(std::fs::read(b.dir.path().join("resources/default/image-kek/app")).unwrap(), b"first");
+
+    // A secret outside admin_readable is never handed back to the admin key.
+    let secret: kbs::ResourceUri = "default/app-secret/db".parse().unwrap();
+    admin.put_resource(&secret, b"s3cret").await.unwrap();
+    let e = admin.read_back(&secret).await.unwrap_err();
+    assert!(matches!(e, kbs::KbsError::Rejected { status: 403, .. }), "{e}");
+    assert!(e.to_string().contains("not admin-readable"), "{e}");
+
+    // Without the admin key there is no read-back.
+    let stranger = openssl::pkey::PKey::generate_ed25519().unwrap();
+    let other = kbs::AdminClient::new(&b.url, &stranger.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let e = other.read_back(&kek).await.unwrap_err();
+    assert!(matches!(e, kbs::KbsError::Rejected { status: 401, .. }), "{e}");
+}
+
+#[tokio::test]
+async fn concurrent_create_only_writes_have_exactly_one_winner() {
+    let b = start(SAMPLE_POLICY, |_, _| {}).await;
+    let pem = b.admin_key.private_key_to_pem_pkcs8().unwrap();
+    let kid: kbs::ResourceUri = "default/image-kek/race".parse().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let admin = kbs::AdminClient::new(&b.url, &pem).unwrap();
+        let kid = kid.clone();
+        tasks.push(tokio::spawn(async move {
+            (i, admin.create_resource(&kid, &[i; 32]).await.unwrap())
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (i, created) = t.await.unwrap();
+        if created == kbs::Created::New {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create-only write may win: {winners:?}");
+    let stored = std::fs::read(b.dir.path().join("resources/default/image-kek/race")).unwrap();
+    assert_eq!(stored, vec![winners[0]; 32]);
+}
