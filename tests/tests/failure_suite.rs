@@ -1004,3 +1004,61 @@ fn get_resource_secret_goes_to_stdout_only_unless_out_names_a_file() -> Result<(
     );
     Ok(())
 }
+
+/// Issue 10: every release re-encrypted with the same `kbs:///` id must reuse the KEK
+/// already in the KBS, so the images built earlier still start. Before the fix, the
+/// second `cloak encrypt` replaced the KEK and the v1 pull failed with "wrong KEK".
+#[test]
+fn reencrypting_with_the_same_kbs_id_keeps_earlier_images_pullable() -> Result<()> {
+    let Some(reg_exe) = docker_registry() else {
+        return Ok(());
+    };
+    let reg = LocalRegistry::start(&reg_exe)?;
+    let host = tempfile::tempdir()?;
+    let broker = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
+    let kid = "kbs:///default/image-kek/app";
+    let (v1, v2) = (reg.docker_ref("app:v1"), reg.docker_ref("app:v2"));
+    encrypt_for_kbs(&broker, kid, &v1)?;
+    let kek_file = host.path().join("resources/default/image-kek/app");
+    let first = std::fs::read(&kek_file).context("the KEK was not registered")?;
+    encrypt_for_kbs(&broker, kid, &v2)?;
+    assert_eq!(std::fs::read(&kek_file)?, first, "the second encryption replaced the KEK");
+
+    let guest = tempfile::tempdir()?;
+    for (name, image) in [("v1", &v1), ("v2", &v2)] {
+        let bundle = guest.path().join(format!("bundle-{name}"));
+        let r = pull(&broker.url(), "sample", image, &bundle, &guest.path().join("tmp"))?;
+        assert!(r.ok(), "pulling {name} failed: {}", r.describe());
+        assert_rootfs(&bundle);
+    }
+    Ok(())
+}
+
+/// Issue 10: two CI jobs encrypting with the same fresh id at once end with one KEK in
+/// the KBS that both images were wrapped with (create-only write, re-read on conflict).
+#[test]
+fn concurrent_first_encryptions_with_a_fresh_id_share_one_kek() -> Result<()> {
+    let Some(reg_exe) = docker_registry() else {
+        return Ok(());
+    };
+    let reg = LocalRegistry::start(&reg_exe)?;
+    let host = tempfile::tempdir()?;
+    let broker = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
+    let kid = "kbs:///default/image-kek/fresh";
+    let (a, b) = (reg.docker_ref("app:job-a"), reg.docker_ref("app:job-b"));
+    std::thread::scope(|s| -> Result<()> {
+        let ja = s.spawn(|| encrypt_for_kbs(&broker, kid, &a));
+        let jb = s.spawn(|| encrypt_for_kbs(&broker, kid, &b));
+        ja.join().map_err(|_| anyhow::anyhow!("job a panicked"))??;
+        jb.join().map_err(|_| anyhow::anyhow!("job b panicked"))??;
+        Ok(())
+    })?;
+    let guest = tempfile::tempdir()?;
+    for (name, image) in [("a", &a), ("b", &b)] {
+        let bundle = guest.path().join(format!("bundle-{name}"));
+        let r = pull(&broker.url(), "sample", image, &bundle, &guest.path().join("tmp"))?;
+        assert!(r.ok(), "pulling job {name}'s image failed: {}", r.describe());
+        assert_rootfs(&bundle);
+    }
+    Ok(())
+}
