@@ -30,6 +30,9 @@ pub struct LayerInfo {
     pub schemes: Vec<String>,
     pub jwe_recipients: Vec<Recipient>,
     pub providers: Vec<String>,
+    /// KBS key ids (`kbs:///…`) named by attestation-agent packets: the KEKs a guest
+    /// fetches to open this layer.
+    pub kek_ids: Vec<String>,
     /// Schemes present that cloak cannot use (pkcs7, pgp, pkcs11).
     pub unsupported_schemes: Vec<String>,
     /// Why the encryption annotations could not be read, if they could not.
@@ -116,6 +119,7 @@ fn layer_info(index: usize, d: &Descriptor) -> LayerInfo {
         schemes: Vec::new(),
         jwe_recipients: Vec::new(),
         providers: Vec::new(),
+        kek_ids: Vec::new(),
         unsupported_schemes: Vec::new(),
         annotation_error: None,
     };
@@ -130,6 +134,14 @@ fn layer_info(index: usize, d: &Descriptor) -> LayerInfo {
                 info.schemes.push(scheme.clone());
                 if let Some(name) = scheme.strip_prefix("provider.") {
                     info.providers.push(name.to_string());
+                }
+                if scheme == "provider.attestation-agent" {
+                    for item in items {
+                        match keyprovider::packet::AnnotationPacket::parse(item) {
+                            Ok(p) => info.kek_ids.push(p.kid),
+                            Err(e) => info.annotation_error = Some(e.to_string()),
+                        }
+                    }
                 }
                 if scheme == "jwe" {
                     for item in items {
@@ -198,4 +210,15 @@ pub async fn inspect(cfg: &InspectConfig) -> Result<InspectReport, Error> {
         media_type: top.media_type,
         manifests,
     })
+}
+
+/// The KEK ids (`kbs:///…`) any layer of the report names.
+impl InspectReport {
+    pub fn kek_ids(&self) -> std::collections::BTreeSet<String> {
+        self.manifests
+            .iter()
+            .flat_map(|m| m.layers.iter())
+            .flat_map(|l| l.kek_ids.iter().cloned())
+            .collect()
+    }
 }

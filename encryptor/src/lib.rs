@@ -10,6 +10,7 @@
 //! index) are written last, so a failure leaves no new tag at the destination.
 
 pub mod check;
+pub mod rotate;
 mod config;
 mod copy;
 mod decrypt;

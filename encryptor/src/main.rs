@@ -59,6 +59,15 @@ enum Command {
     ///
     /// Exit code 0 only when a TEE guest interface can produce evidence.
     Check(CheckArgs),
+    /// Register a new KEK under the next version of a kbs:/// id (app → app.v2 → app.v3)
+    /// and say which of the images named still need the old KEK.
+    ///
+    /// Nothing is replaced or removed: encrypt new releases with the printed id, and
+    /// delete the old KEK only once no image listed as "still needs" is deployed.
+    ///   cloak rotate-kek --kbs-url http://127.0.0.1:8080 --kbs-admin-key admin.pem \
+    ///                    kbs:///default/image-kek/app docker://reg/app:v1 docker://reg/app:v2
+    #[command(verbatim_doc_comment)]
+    RotateKek(RotateKekArgs),
 }
 
 #[derive(Args, Debug)]
@@ -196,6 +205,19 @@ struct KeygenArgs {
 }
 
 #[derive(Args, Debug)]
+struct RotateKekArgs {
+    #[command(flatten)]
+    kbs: KbsAdminArgs,
+    /// Require HTTPS and verify certificates when reading the images (false = plain HTTP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    tls_verify: bool,
+    /// The current KEK id, e.g. kbs:///default/image-kek/app
+    kid: String,
+    /// Images to check for the old KEK (docker://…, oci:DIR:TAG, …).
+    images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
 struct CheckArgs {
     /// Print JSON.
     #[arg(long)]
@@ -283,6 +305,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let kid = encryptor::keygen(&cfg).await?;
             eprintln!("registered the private key at {kid}; public JWK written to {}", cfg.out.display());
+        }
+        Command::RotateKek(a) => {
+            let new = encryptor::rotate::rotate_kek(&kbs_options(&a.kbs), &a.kid).await?;
+            println!("new KEK registered at {new} (the old one at {} is unchanged)", a.kid);
+            let old: kbs::ResourceUri = a.kid.parse()?;
+            for image in &a.images {
+                let cfg = InspectConfig {
+                    image: image.clone(),
+                    platform: None,
+                    creds: None,
+                    authfile: None,
+                    insecure_plain_http: !a.tls_verify,
+                };
+                let report = encryptor::inspect(&cfg).await?;
+                let needs = report.kek_ids().iter().any(|k| k.parse::<kbs::ResourceUri>().is_ok_and(|k| k == old));
+                if needs {
+                    println!("{image}: still needs {}", a.kid);
+                } else {
+                    println!("{image}: does not use {}", a.kid);
+                }
+            }
+            println!("encrypt new releases with --recipient {new}");
         }
         Command::Check(a) => {
             let report = encryptor::check::run_check(std::path::Path::new("/"));

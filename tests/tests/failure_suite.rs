@@ -1031,6 +1031,25 @@ fn reencrypting_with_the_same_kbs_id_keeps_earlier_images_pullable() -> Result<(
         assert!(r.ok(), "pulling {name} failed: {}", r.describe());
         assert_rootfs(&bundle);
     }
+
+    // Rotation registers a new version and names the images that still need the old KEK.
+    let out = Command::new(bin("cloak"))
+        .args(["rotate-kek", "--kbs-url"])
+        .arg(broker.url())
+        .arg("--kbs-admin-key")
+        .arg(broker.admin_key())
+        .arg("--tls-verify=false")
+        .arg(kid)
+        .arg(&v1)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "rotate-kek failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("kbs:///default/image-kek/app.v2"), "{text}");
+    assert!(text.contains(&format!("{v1}: still needs {kid}")), "{text}");
+    assert_eq!(std::fs::read(&kek_file)?, first, "rotation touched the old KEK");
+    let rotated = std::fs::read(host.path().join("resources/default/image-kek/app.v2"))?;
+    assert_eq!(rotated.len(), 32);
+    assert_ne!(rotated, first);
     Ok(())
 }
 
