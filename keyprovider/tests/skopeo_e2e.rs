@@ -263,3 +263,169 @@ async fn keygen_private_key_comes_back_from_the_kbs_after_attestation() {
     assert_eq!(fetched.as_slice(), key.private_jwk.as_bytes());
     assert_eq!(client.attestation_count(), 1);
 }
+
+/// An OCI layout (tag `v1`) of `n` small random gzip'd tar layers, built with the
+/// system `tar` and `gzip` (no extra crates). Returns the layout and its layer digests.
+fn random_layout(dir: &Path, name: &str, n: usize) -> (PathBuf, Vec<String>) {
+    let dst = dir.join(name);
+    let blobs = dst.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> String {
+        let d = cloak_e2e::sha256_digest(bytes);
+        std::fs::write(cloak_e2e::blob_path(&dst, &d), bytes).unwrap();
+        d
+    };
+    let (mut layers, mut diff_ids, mut digests) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let src = dir.join(format!("{name}-src-{i}"));
+        std::fs::create_dir_all(&src).unwrap();
+        let content: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(src.join(format!("file-{i}")), content).unwrap();
+        let tar = ok(Command::new("tar")
+            .args(["--format=ustar", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", "-", "-C"])
+            .arg(&src)
+            .arg(format!("file-{i}")))
+        .stdout;
+        let tar_path = dir.join(format!("{name}-{i}.tar"));
+        std::fs::write(&tar_path, &tar).unwrap();
+        let gz = ok(Command::new("gzip").args(["-n", "-c"]).arg(&tar_path)).stdout;
+        diff_ids.push(cloak_e2e::sha256_digest(&tar));
+        let d = put(&gz);
+        layers.push(serde_json::json!({"digest": d, "size": gz.len(), "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}));
+        digests.push(d);
+    }
+    let config = serde_json::json!({"created": "1970-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}).to_string();
+    let config_digest = put(config.as_bytes());
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"digest": config_digest, "size": config.len(), "mediaType": "application/vnd.oci.image.config.v1+json"},
+        "layers": layers}).to_string();
+    let manifest_digest = put(manifest.as_bytes());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": manifest_digest, "size": manifest.len(),
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
+    std::fs::write(dst.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dst.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    (dst, digests)
+}
+
+fn encrypt_layout(env: &Env, config: &Path, recipient: &str, tag: &str, layout: &Path) -> String {
+    let dst = env.registry.docker_ref(&format!("enc:{tag}"));
+    ok(skopeo(env, config)
+        .arg("copy")
+        .arg("--dest-tls-verify=false")
+        .arg("--encryption-key")
+        .arg(recipient)
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(&dst));
+    dst
+}
+
+/// Every pushed layer is encrypted and names `kid`; returns how many layers there are.
+fn check_all_pushed_layers_encrypted(env: &Env, src: &str, kid: &str) -> usize {
+    let inspect = ok(Command::new(&env.skopeo).arg("inspect").arg("--raw").arg("--tls-verify=false").arg(src));
+    let m: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    use base64::Engine as _;
+    for layer in layers {
+        assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip+encrypted");
+        let ann = layer["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"].as_str().unwrap();
+        let packet = base64::engine::general_purpose::STANDARD.decode(ann).unwrap();
+        let p = keyprovider::AnnotationPacket::parse(&packet).unwrap();
+        assert_eq!(p.kid, kid);
+    }
+    layers.len()
+}
+
+/// The decrypted layout's layers: none still carries encryption annotations.
+fn decrypted_layers(dir: &Path) -> Vec<String> {
+    let m = layout_manifest(dir, "v1").unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+        assert!(l["annotations"].get("org.opencontainers.image.enc.pubopts").is_none());
+    }
+    cloak_e2e::layer_digests(&m)
+}
+
+fn start_grpc_kp(env: &Env, name: &str) -> (Daemon, PathBuf) {
+    let port = free_port();
+    let log = std::fs::File::create(env.dir.path().join(format!("{name}.log"))).unwrap();
+    let d = Daemon::spawn(
+        name,
+        Command::new(BIN)
+            .args(["serve", "--grpc", &format!("127.0.0.1:{port}"), "--kbs-url", &env.kbs_url, "--attester", "sample"])
+            .arg("--kbs-admin-key")
+            .arg(&env.admin_key)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    )
+    .unwrap();
+    wait_for_port(port, Duration::from_secs(20)).unwrap();
+    let cfg = env.dir.path().join(format!("{name}.json"));
+    std::fs::write(&cfg, format!(r#"{{"key-providers":{{"attestation-agent":{{"grpc":"127.0.0.1:{port}"}}}}}}"#)).unwrap();
+    (d, cfg)
+}
+
+async fn read_back_kek(env: &Env, kid: &str) -> Option<Vec<u8>> {
+    let admin = kbs::AdminClient::new(&env.kbs_url, &std::fs::read(&env.admin_key).unwrap()).unwrap();
+    let uri: kbs::ResourceUri = kid.parse().unwrap();
+    admin.read_back(&uri).await.unwrap().map(|k| k.to_vec())
+}
+
+/// skopeo's cmd mode runs one `cloak-keyprovider exec` per layer: every one of them
+/// must use the one KEK registered under the id, or the image cannot be decrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_cmd_generated_kek_on_a_five_layer_image_decrypts() {
+    let Some(env) = setup() else { return };
+    let cfg = env.dir.path().join("cmd.json");
+    let config = serde_json::json!({"key-providers": {"attestation-agent": {"cmd": {"path": BIN, "args": [
+        "exec", "--kbs-url", env.kbs_url, "--attester", "sample", "--kbs-admin-key", env.admin_key]}}}});
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let (plain, originals) = random_layout(env.dir.path(), "five", 5);
+    assert_eq!(originals.len(), 5);
+    let kid = "kbs:///default/key/generated";
+    assert!(read_back_kek(&env, kid).await.is_none(), "no KEK before the first encryption");
+    let src = encrypt_layout(&env, &cfg, &format!("provider:attestation-agent:keyid={kid}"), "cmd-five", &plain);
+    assert_eq!(check_all_pushed_layers_encrypted(&env, &src, kid), 5);
+    let kek = read_back_kek(&env, kid).await.expect("the generated KEK is registered");
+    assert_eq!(kek.len(), 32);
+    let out = decrypt(&env, &cfg, &src, "dec-cmd-five").unwrap();
+    assert_eq!(decrypted_layers(&out), originals, "all 5 layers decrypt to the originals");
+    for d in &originals {
+        assert_eq!(
+            std::fs::read(cloak_e2e::blob_path(&out, d)).unwrap(),
+            std::fs::read(cloak_e2e::blob_path(&plain, d)).unwrap()
+        );
+    }
+    assert_eq!(read_back_kek(&env, kid).await.unwrap(), kek, "the registered KEK was never replaced");
+}
+
+/// A restarted gRPC provider (empty caches) encrypting under the same generated-KEK
+/// id reuses the registered KEK, so images encrypted before the restart still decrypt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_grpc_provider_restarted_between_two_encryptions_reuses_the_kek() {
+    let Some(env) = setup() else { return };
+    let kid = "kbs:///default/image-kek/restart";
+    let recipient = format!("provider:attestation-agent:keyid={kid}");
+
+    let (mut kp1, cfg1) = start_grpc_kp(&env, "kp-restart-1");
+    let src_a = encrypt(&env, &cfg1, &recipient, "restart-a");
+    check_pushed_is_encrypted(&env, &src_a, kid);
+    let kek_before = read_back_kek(&env, kid).await.expect("the generated KEK is registered");
+    kp1.stop();
+
+    let (_kp2, cfg2) = start_grpc_kp(&env, "kp-restart-2");
+    let (plain_b, originals_b) = random_layout(env.dir.path(), "image-b", 3);
+    let src_b = encrypt_layout(&env, &cfg2, &recipient, "restart-b", &plain_b);
+    assert_eq!(check_all_pushed_layers_encrypted(&env, &src_b, kid), 3);
+    let kek_after = read_back_kek(&env, kid).await.unwrap();
+    assert_eq!(kek_before, kek_after, "the restarted provider reused the registered KEK");
+
+    let out_a = decrypt(&env, &cfg2, &src_a, "dec-restart-a").expect("image A (before the restart) decrypts");
+    assert_eq!(decrypted_layer(&out_a), PLAIN_LAYER);
+    let out_b = decrypt(&env, &cfg2, &src_b, "dec-restart-b").expect("image B (after the restart) decrypts");
+    assert_eq!(decrypted_layers(&out_b), originals_b);
+    for log in ["kp-restart-1.log", "kp-restart-2.log"] {
+        let log = std::fs::read_to_string(env.dir.path().join(log)).unwrap();
+        assert!(!log.contains(&hex::encode(&kek_before)), "the KEK never appears in logs");
+    }
+}
