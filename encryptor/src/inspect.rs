@@ -132,10 +132,11 @@ fn layer_info(index: usize, d: &Descriptor) -> LayerInfo {
             info.unsupported_schemes = enc.unknown_schemes.clone();
             for (scheme, items) in &enc.wrapped {
                 info.schemes.push(scheme.clone());
-                if let Some(name) = scheme.strip_prefix("provider.") {
+                let provider = scheme.strip_prefix("provider.");
+                if let Some(name) = provider {
                     info.providers.push(name.to_string());
                 }
-                if scheme == "provider.attestation-agent" {
+                if provider == Some(keyprovider::kek::PROVIDER_NAME) {
                     for item in items {
                         match keyprovider::packet::AnnotationPacket::parse(item) {
                             Ok(p) => info.kek_ids.push(p.kid),

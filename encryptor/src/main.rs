@@ -307,9 +307,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("registered the private key at {kid}; public JWK written to {}", cfg.out.display());
         }
         Command::RotateKek(a) => {
-            let new = encryptor::rotate::rotate_kek(&kbs_options(&a.kbs), &a.kid).await?;
-            println!("new KEK registered at {new} (the old one at {} is unchanged)", a.kid);
             let old: kbs::ResourceUri = a.kid.parse()?;
+            let new = encryptor::rotate::rotate_kek(&kbs_options(&a.kbs), &old).await?;
+            println!("new KEK registered at {new} (the old one at {} is unchanged)", a.kid);
             for image in &a.images {
                 let cfg = InspectConfig {
                     image: image.clone(),

@@ -2,7 +2,7 @@
 //! which of the images named still need the old one. Nothing existing is removed or
 //! replaced: the old KEK stays in the KBS until the operator deletes it.
 
-use keyprovider::packet::Kek;
+use keyprovider::kek::{create_kek, read_back, KekError};
 
 use crate::config::KbsAdminOptions;
 use crate::Error;
@@ -23,30 +23,17 @@ pub fn next_version(tag: &str) -> (String, u32) {
 }
 
 /// Registers a fresh KEK at the first free version after `old` and returns its id.
-pub async fn rotate_kek(kbs: &KbsAdminOptions, old: &str) -> Result<kbs::ResourceUri, Error> {
-    let old_uri: kbs::ResourceUri =
-        old.parse().map_err(|e: kbs::KbsError| Error::Usage(format!("key id {old:?}: {e}")))?;
+pub async fn rotate_kek(kbs: &KbsAdminOptions, old: &kbs::ResourceUri) -> Result<kbs::ResourceUri, Error> {
     let admin = crate::recipients::admin_client(kbs, &format!("rotating {old}")).await?;
-    let (base, mut version) = next_version(old_uri.tag());
+    let kek_err = |e: KekError| Error::Kbs(e.to_string());
+    let (base, mut version) = next_version(old.tag());
     for _ in 0..MAX_VERSION_STEPS {
-        let candidate = kbs::ResourceUri::new(old_uri.repository(), old_uri.r#type(), &format!("{base}.v{version}"))
+        let candidate = kbs::ResourceUri::new(old.repository(), old.r#type(), &format!("{base}.v{version}"))
             .map_err(|e| Error::Kbs(e.to_string()))?;
-        let existing = admin.read_back(&candidate).await.map_err(|e| match e {
-            kbs::KbsError::Unsupported(m) => Error::Kbs(format!(
-                "{m}; with this broker, register the new KEK yourself and encrypt with --kek-file FILE"
-            )),
-            e => Error::Kbs(e.to_string()),
-        })?;
-        if existing.is_none() {
-            let kek = Kek::generate();
-            match admin
-                .create_resource(&candidate, kek.as_bytes())
-                .await
-                .map_err(|e| Error::Kbs(e.to_string()))?
-            {
-                kbs::Created::New => return Ok(candidate),
-                kbs::Created::Exists => {}
-            }
+        if read_back(&admin, &candidate).await.map_err(kek_err)?.is_none()
+            && create_kek(&admin, &candidate).await.map_err(kek_err)?.is_some()
+        {
+            return Ok(candidate);
         }
         version = version.saturating_add(1);
     }

@@ -160,31 +160,39 @@ const REGISTER_ATTEMPTS: usize = 3;
 /// read-back (Trustee) is refused before anything is written.
 pub async fn obtain_kek(admin: &AdminClient, kid: &ResourceUri) -> Result<Kek, KekError> {
     for _ in 0..REGISTER_ATTEMPTS {
-        match admin.read_back(kid).await {
-            Ok(Some(bytes)) => {
-                let k = Kek::from_slice(&bytes)
-                    .map_err(|e| KekError::NotAKek { kid: kid.to_string(), reason: e.to_string() })?;
-                tracing::info!(kid = %kid, "reusing the KEK already registered in the KBS");
-                return Ok(k);
-            }
-            Ok(None) => {}
-            Err(KbsError::Unsupported(reason)) => {
-                return Err(KekError::NoReadBack { kid: kid.to_string(), reason });
-            }
-            Err(e) => return Err(e.into()),
+        if let Some(bytes) = read_back(admin, kid).await? {
+            let k = Kek::from_slice(&bytes)
+                .map_err(|e| KekError::NotAKek { kid: kid.to_string(), reason: e.to_string() })?;
+            tracing::info!(kid = %kid, "reusing the KEK already registered in the KBS");
+            return Ok(k);
         }
-        let k = Kek::generate();
-        match admin.create_resource(kid, k.as_bytes()).await? {
-            Created::New => {
-                tracing::info!(kid = %kid, "registered a generated KEK in the KBS");
-                return Ok(k);
-            }
-            Created::Exists => {
-                tracing::info!(kid = %kid, "another registration won the race: reading its KEK back");
-            }
+        if let Some(k) = create_kek(admin, kid).await? {
+            tracing::info!(kid = %kid, "registered a generated KEK in the KBS");
+            return Ok(k);
         }
+        tracing::info!(kid = %kid, "another registration won the race: reading its KEK back");
     }
     Err(KekError::Contended(kid.to_string()))
+}
+
+/// What the KBS holds at `kid`, read back with the admin key; a broker without the
+/// read-back (whose create-only writes cannot be trusted either) is [`KekError::NoReadBack`].
+pub async fn read_back(admin: &AdminClient, kid: &ResourceUri) -> Result<Option<Zeroizing<Vec<u8>>>, KekError> {
+    admin.read_back(kid).await.map_err(|e| match e {
+        KbsError::Unsupported(reason) => KekError::NoReadBack { kid: kid.to_string(), reason },
+        e => KekError::Kbs(e),
+    })
+}
+
+/// Stores a fresh KEK at `kid` create-only: `Some(kek)` when this call registered it,
+/// `None` when the id was taken meanwhile (its bytes untouched). Call [`read_back`]
+/// first: only a broker with the read-back honours the create-only write.
+pub async fn create_kek(admin: &AdminClient, kid: &ResourceUri) -> Result<Option<Kek>, KekError> {
+    let k = Kek::generate();
+    Ok(match admin.create_resource(kid, k.as_bytes()).await? {
+        Created::New => Some(k),
+        Created::Exists => None,
+    })
 }
 
 /// `provider.attestation-agent` wrapper (build side).

@@ -168,25 +168,7 @@ async fn skopeo_grpc_encrypt_and_decrypt_through_kbs_then_policy_denial() {
     std::fs::create_dir_all(&res).unwrap();
     std::fs::write(res.join("1"), kek_bytes).unwrap();
 
-    let start_kp = |name: &str| {
-        let port = free_port();
-        let log = std::fs::File::create(env.dir.path().join(format!("{name}.log"))).unwrap();
-        let d = Daemon::spawn(
-            name,
-            Command::new(BIN)
-                .args(["serve", "--grpc", &format!("127.0.0.1:{port}"), "--kbs-url", &env.kbs_url, "--attester", "sample"])
-                .arg("--kbs-admin-key")
-                .arg(&env.admin_key)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log),
-        )
-        .unwrap();
-        wait_for_port(port, Duration::from_secs(20)).unwrap();
-        let cfg = env.dir.path().join(format!("{name}.json"));
-        std::fs::write(&cfg, format!(r#"{{"key-providers":{{"attestation-agent":{{"grpc":"127.0.0.1:{port}"}}}}}}"#)).unwrap();
-        (d, cfg)
-    };
-    let (_kp, cfg) = start_kp("kp1");
+    let (_kp, cfg) = start_grpc_kp(&env, "kp1");
     let src = encrypt(
         &env,
         &cfg,
@@ -200,7 +182,7 @@ async fn skopeo_grpc_encrypt_and_decrypt_through_kbs_then_policy_denial() {
     // Policy no longer releases default/*: a fresh provider (empty KEK cache) must fail.
     std::fs::write(&env.policy, DENY).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_kp2, cfg2) = start_kp("kp2");
+    let (_kp2, cfg2) = start_grpc_kp(&env, "kp2");
     let err = decrypt(&env, &cfg2, &src, "dec-denied").unwrap_err();
     assert!(err.contains("PermissionDenied") || err.contains("denied"), "skopeo error: {err}");
     assert!(

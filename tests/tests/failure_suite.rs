@@ -1024,13 +1024,7 @@ fn reencrypting_with_the_same_kbs_id_keeps_earlier_images_pullable() -> Result<(
     encrypt_for_kbs(&broker, kid, &v2)?;
     assert_eq!(std::fs::read(&kek_file)?, first, "the second encryption replaced the KEK");
 
-    let guest = tempfile::tempdir()?;
-    for (name, image) in [("v1", &v1), ("v2", &v2)] {
-        let bundle = guest.path().join(format!("bundle-{name}"));
-        let r = pull(&broker.url(), "sample", image, &bundle, &guest.path().join("tmp"))?;
-        assert!(r.ok(), "pulling {name} failed: {}", r.describe());
-        assert_rootfs(&bundle);
-    }
+    pull_each_with_sample(&broker, &[&v1, &v2])?;
 
     // Rotation registers a new version and names the images that still need the old KEK.
     let out = Command::new(bin("cloak"))
@@ -1072,11 +1066,18 @@ fn concurrent_first_encryptions_with_a_fresh_id_share_one_kek() -> Result<()> {
         jb.join().map_err(|_| anyhow::anyhow!("job b panicked"))??;
         Ok(())
     })?;
+    pull_each_with_sample(&broker, &[&a, &b])?;
+    Ok(())
+}
+
+/// Pulls every image with the sample attester into a fresh bundle; each must succeed
+/// and leave a rootfs.
+fn pull_each_with_sample(broker: &Broker, images: &[&str]) -> Result<()> {
     let guest = tempfile::tempdir()?;
-    for (name, image) in [("a", &a), ("b", &b)] {
-        let bundle = guest.path().join(format!("bundle-{name}"));
+    for (i, image) in images.iter().enumerate() {
+        let bundle = guest.path().join(format!("bundle-{i}"));
         let r = pull(&broker.url(), "sample", image, &bundle, &guest.path().join("tmp"))?;
-        assert!(r.ok(), "pulling job {name}'s image failed: {}", r.describe());
+        assert!(r.ok(), "pulling {image} failed: {}", r.describe());
         assert_rootfs(&bundle);
     }
     Ok(())

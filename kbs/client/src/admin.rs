@@ -29,8 +29,9 @@ const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Total retry budget of one admin call.
 const ADMIN_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Header cloak-kbs puts on every answer of its admin read-back route.
-const ADMIN_READ_HEADER: &str = "x-cloak-admin-read";
+/// Header cloak-kbs puts on every answer of its admin read-back route, so a client can
+/// tell "the route exists and the resource is absent" from "no such route" (Trustee).
+pub const ADMIN_READ_HEADER: &str = "x-cloak-admin-read";
 
 /// What a create-only write found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

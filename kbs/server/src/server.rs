@@ -610,9 +610,6 @@ async fn put_resource(
 /// The admin read-back route: build tools fetch a KEK they registered earlier so that
 /// a second image encrypted under the same id reuses it instead of replacing it.
 pub const ADMIN_READ_ROUTE: &str = "/kbs/v0/admin/resource/{*path}";
-/// Header every answer of the admin read-back route carries, so a client can tell
-/// "this broker has the route and the resource is absent" from "no such route".
-pub const ADMIN_READ_HEADER: &str = "x-cloak-admin-read";
 
 /// `GET /kbs/v0/admin/resource/...` (admin token): the stored bytes, for resources that
 /// match `admin_readable` only; 404 `ResourceNotFound` when absent, 403 when the
@@ -628,7 +625,7 @@ async fn admin_read_resource(
         Err(e) => e.into_response(),
     };
     resp.headers_mut()
-        .insert(ADMIN_READ_HEADER, HeaderValue::from_static("1"));
+        .insert(kbs::admin::ADMIN_READ_HEADER, HeaderValue::from_static("1"));
     resp
 }
 
