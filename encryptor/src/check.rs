@@ -58,16 +58,9 @@ pub enum ProbeError {
 impl ProbeError {
     fn from_io(path: &str, source: io::Error) -> Self {
         match source.kind() {
-            io::ErrorKind::NotFound => ProbeError::NotFound {
-                path: path.to_owned(),
-            },
-            io::ErrorKind::PermissionDenied => ProbeError::PermissionDenied {
-                path: path.to_owned(),
-            },
-            _ => ProbeError::Io {
-                path: path.to_owned(),
-                source,
-            },
+            io::ErrorKind::NotFound => ProbeError::NotFound { path: path.to_owned() },
+            io::ErrorKind::PermissionDenied => ProbeError::PermissionDenied { path: path.to_owned() },
+            _ => ProbeError::Io { path: path.to_owned(), source },
         }
     }
 
@@ -202,10 +195,7 @@ impl TeeStatus {
     }
 
     fn need(&mut self, missing: impl Into<String>, fix: impl Into<String>) {
-        self.missing.push(Remedy {
-            missing: missing.into(),
-            fix: fix.into(),
-        });
+        self.missing.push(Remedy { missing: missing.into(), fix: fix.into() });
     }
 }
 
@@ -241,11 +231,7 @@ impl CheckReport {
 
     /// The technologies usable now, in the order the check lists them.
     pub fn usable_tees(&self) -> Vec<Tee> {
-        self.tees
-            .iter()
-            .filter(|t| t.usable())
-            .map(|t| t.tee)
-            .collect()
+        self.tees.iter().filter(|t| t.usable()).map(|t| t.tee).collect()
     }
 
     /// The report as JSON for `cloak check --json`, with a top-level `usable`.
@@ -258,10 +244,7 @@ impl CheckReport {
         };
         if let serde_json::Value::Object(map) = &mut value {
             map.insert("usable".to_owned(), serde_json::Value::Bool(self.usable()));
-            map.insert(
-                "usable_tees".to_owned(),
-                serde_json::json!(self.usable_tees()),
-            );
+            map.insert("usable_tees".to_owned(), serde_json::json!(self.usable_tees()));
         }
         value
     }
@@ -291,10 +274,7 @@ impl CheckReport {
 
         for t in &self.tees {
             let state = if t.usable() {
-                format!(
-                    "ACTIVE, evidence via {}",
-                    t.evidence.as_deref().unwrap_or("?")
-                )
+                format!("ACTIVE, evidence via {}", t.evidence.as_deref().unwrap_or("?"))
             } else if t.active {
                 "active, but no evidence can be produced".to_owned()
             } else if t.host_capable {
@@ -378,12 +358,7 @@ pub fn run_check(root: &Path) -> CheckReport {
         }
     }
 
-    CheckReport {
-        root: root.to_path_buf(),
-        machine,
-        configfs_tsm: tsm,
-        tees,
-    }
+    CheckReport { root: root.to_path_buf(), machine, configfs_tsm: tsm, tees }
 }
 
 /// CPU information from /proc/cpuinfo (x86 `flags`, arm64 `Features`).
@@ -410,10 +385,7 @@ struct KernelLog {
 impl KernelLog {
     /// The last line containing every needle, if any.
     fn line_with(&self, needles: &[&str]) -> Option<&str> {
-        self.text
-            .lines()
-            .rev()
-            .find(|line| needles.iter().all(|n| line.contains(n)))
+        self.text.lines().rev().find(|line| needles.iter().all(|n| line.contains(n)))
     }
 }
 
@@ -436,14 +408,9 @@ impl Probe<'_> {
         let mut buf = Vec::new();
         // procfs and sysfs report a size of 0 or 4096 whatever the content, so the
         // bound is enforced on what is read, not on metadata.
-        file.take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| ProbeError::from_io(&shown, e))?;
+        file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).map_err(|e| ProbeError::from_io(&shown, e))?;
         if buf.len() as u64 > MAX_FILE_BYTES {
-            return Err(ProbeError::TooLarge {
-                path: shown,
-                limit: MAX_FILE_BYTES,
-            });
+            return Err(ProbeError::TooLarge { path: shown, limit: MAX_FILE_BYTES });
         }
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
@@ -451,18 +418,13 @@ impl Probe<'_> {
     fn read_tail(&self, rel: &str) -> Result<String, ProbeError> {
         let shown = shown(rel);
         let mut file = File::open(self.path(rel)).map_err(|e| ProbeError::from_io(&shown, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| ProbeError::from_io(&shown, e))?
-            .len();
+        let len = file.metadata().map_err(|e| ProbeError::from_io(&shown, e))?.len();
         if len > MAX_LOG_TAIL_BYTES {
             file.seek(SeekFrom::Start(len - MAX_LOG_TAIL_BYTES))
                 .map_err(|e| ProbeError::from_io(&shown, e))?;
         }
         let mut buf = Vec::new();
-        file.take(MAX_LOG_TAIL_BYTES)
-            .read_to_end(&mut buf)
-            .map_err(|e| ProbeError::from_io(&shown, e))?;
+        file.take(MAX_LOG_TAIL_BYTES).read_to_end(&mut buf).map_err(|e| ProbeError::from_io(&shown, e))?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
@@ -503,19 +465,9 @@ impl Probe<'_> {
                     }
                 }
                 let detail = format!("{} CPU flags read", flags.len());
-                CpuInfo {
-                    readable: !flags.is_empty(),
-                    flags,
-                    vendor,
-                    detail,
-                }
+                CpuInfo { readable: !flags.is_empty(), flags, vendor, detail }
             }
-            Err(e) => CpuInfo {
-                readable: false,
-                flags: Vec::new(),
-                vendor: None,
-                detail: e.describe(),
-            },
+            Err(e) => CpuInfo { readable: false, flags: Vec::new(), vendor: None, detail: e.describe() },
         }
     }
 
@@ -536,27 +488,21 @@ impl Probe<'_> {
         }
         let detail = if sources.is_empty() {
             if problems.is_empty() {
-                "no kernel log file found (/var/log/kern.log, /var/log/dmesg, /var/log/messages)"
-                    .to_owned()
+                "no kernel log file found (/var/log/kern.log, /var/log/dmesg, /var/log/messages)".to_owned()
             } else {
                 problems.join("; ")
             }
         } else {
             format!("scanned {}", sources.join(", "))
         };
-        KernelLog {
-            text,
-            sources,
-            detail,
-        }
+        KernelLog { text, sources, detail }
     }
 
     /// Learn the configfs-tsm provider: from an existing report entry if there is one,
     /// else by creating a probe entry, reading `provider` and removing the entry.
     fn tsm(&self) -> TsmStatus {
-        let configfs_mounted = fs::read_dir(self.path(CONFIGFS_DIR))
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
+        let configfs_mounted =
+            fs::read_dir(self.path(CONFIGFS_DIR)).map(|mut d| d.next().is_some()).unwrap_or(false);
         let report_dir = self.path(TSM_REPORT_DIR);
         if !report_dir.is_dir() {
             let detail = if configfs_mounted {
@@ -566,12 +512,7 @@ impl Probe<'_> {
             } else {
                 "configfs is not mounted at /sys/kernel/config".to_owned()
             };
-            return TsmStatus {
-                configfs_mounted,
-                report_interface: false,
-                provider: None,
-                detail,
-            };
+            return TsmStatus { configfs_mounted, report_interface: false, provider: None, detail };
         }
 
         match self.tsm_existing_provider(&report_dir) {
@@ -629,10 +570,7 @@ impl Probe<'_> {
         TsmStatus {
             configfs_mounted: true,
             report_interface: true,
-            provider: provider
-                .ok()
-                .map(|p| p.trim().to_owned())
-                .filter(|p| !p.is_empty()),
+            provider: provider.ok().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()),
             detail,
         }
     }
@@ -640,10 +578,8 @@ impl Probe<'_> {
     fn tsm_existing_provider(&self, dir: &Path) -> Result<Option<(String, String)>, ProbeError> {
         let shown_dir = format!("/{TSM_REPORT_DIR}");
         let entries = fs::read_dir(dir).map_err(|e| ProbeError::from_io(&shown_dir, e))?;
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         for name in names {
             if let Ok(p) = fs::read_to_string(dir.join(&name).join("provider")) {
@@ -665,12 +601,7 @@ impl Probe<'_> {
             (None, true) => format!("provider unknown ({})", tsm.detail),
             (None, false) => tsm.detail.clone(),
         };
-        t.find(
-            &format!("configfs-tsm provider {want}"),
-            &path,
-            ours,
-            detail,
-        );
+        t.find(&format!("configfs-tsm provider {want}"), &path, ours, detail);
         ours
     }
 
@@ -687,19 +618,10 @@ impl Probe<'_> {
         found
     }
 
-    fn log_finding(
-        &self,
-        t: &mut TeeStatus,
-        log: &KernelLog,
-        what: &str,
-        needles: &[&str],
-    ) -> bool {
+    fn log_finding(&self, t: &mut TeeStatus, log: &KernelLog, what: &str, needles: &[&str]) -> bool {
         let line = log.line_with(needles).map(|l| l.trim().to_owned());
-        let path = if log.sources.is_empty() {
-            "/var/log/kern.log".to_owned()
-        } else {
-            log.sources.join(",")
-        };
+        let path =
+            if log.sources.is_empty() { "/var/log/kern.log".to_owned() } else { log.sources.join(",") };
         let found = line.is_some();
         let detail = match line {
             Some(l) => format!("\"{}\"", truncate(&l, 160)),
@@ -734,12 +656,7 @@ impl Probe<'_> {
         let dev_open = if dev_found {
             match self.open_device(dev) {
                 Ok(()) => {
-                    t.find(
-                        "guest device access",
-                        "/dev/sev-guest",
-                        true,
-                        "opened read-write",
-                    );
+                    t.find("guest device access", "/dev/sev-guest", true, "opened read-write");
                     true
                 }
                 Err(e) => {
@@ -750,11 +667,7 @@ impl Probe<'_> {
         } else {
             false
         };
-        let platform = self.path_finding(
-            &mut t,
-            "guest platform device",
-            "sys/devices/platform/sev-guest",
-        );
+        let platform = self.path_finding(&mut t, "guest platform device", "sys/devices/platform/sev-guest");
         let tsm_ours = self.tsm_finding(&mut t, tsm);
         let flag = self.cpu_finding(&mut t, cpu, "sev_snp");
         // x86 prints the active memory-encryption features once at boot, e.g.
@@ -765,11 +678,8 @@ impl Probe<'_> {
             "memory encryption active",
             &["Memory Encryption Features active", "SEV-SNP"],
         );
-        let host_param = self.param_finding(
-            &mut t,
-            "KVM host support",
-            "sys/module/kvm_amd/parameters/sev_snp",
-        );
+        let host_param =
+            self.param_finding(&mut t, "KVM host support", "sys/module/kvm_amd/parameters/sev_snp");
         let psp = self.path_finding(&mut t, "host PSP device", "dev/sev");
 
         let guest_vm = cpu.has_flag("hypervisor");
@@ -814,11 +724,8 @@ impl Probe<'_> {
         let dev = self.path_finding(&mut t, "guest device", "dev/tdx_guest");
         let tsm_ours = self.tsm_finding(&mut t, tsm);
         let log_active = self.log_finding(&mut t, log, "TDX guest", &["tdx: Guest detected"]);
-        let host_param = self.param_finding(
-            &mut t,
-            "KVM host support",
-            "sys/module/kvm_intel/parameters/tdx",
-        );
+        let host_param =
+            self.param_finding(&mut t, "KVM host support", "sys/module/kvm_intel/parameters/tdx");
         let firmware = self.path_finding(&mut t, "TDX module (host)", "sys/firmware/tdx");
         let host_flag = cpu.has_flag("tdx_host_platform");
 
@@ -845,10 +752,7 @@ impl Probe<'_> {
                     "run `cloak check` and the attester as root so a report entry can be created",
                 );
             } else {
-                t.need(
-                    "configfs-tsm provider tdx_guest",
-                    "load the TDX guest driver (`modprobe tdx-guest`)",
-                );
+                t.need("configfs-tsm provider tdx_guest", "load the TDX guest driver (`modprobe tdx-guest`)");
             }
         }
         t
@@ -858,11 +762,7 @@ impl Probe<'_> {
         let mut t = TeeStatus::new(Tee::Cca);
         // Upstream Linux has no CCA guest device node: a Realm shows as the
         // `arm-cca-dev` platform device and the `arm_cca_guest` TSM provider.
-        let platform = self.path_finding(
-            &mut t,
-            "realm platform device",
-            "sys/devices/platform/arm-cca-dev",
-        );
+        let platform = self.path_finding(&mut t, "realm platform device", "sys/devices/platform/arm-cca-dev");
         let tsm_ours = self.tsm_finding(&mut t, tsm);
         let log_active = self.log_finding(&mut t, log, "realm (RSI)", &["RME: Using RSI version"]);
 
@@ -940,8 +840,7 @@ fn clone_io(e: &io::Error) -> io::Error {
 mod tests {
     use super::*;
 
-    const X86_HOST_FLAGS: &str =
-        "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 ht syscall nx lm";
+    const X86_HOST_FLAGS: &str = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr sse sse2 ht syscall nx lm";
 
     struct FakeRoot {
         dir: tempfile::TempDir,
@@ -949,9 +848,7 @@ mod tests {
 
     impl FakeRoot {
         fn new() -> Self {
-            FakeRoot {
-                dir: tempfile::tempdir().expect("tempdir"),
-            }
+            FakeRoot { dir: tempfile::tempdir().expect("tempdir") }
         }
         fn file(&self, rel: &str, content: &str) -> &Self {
             let p = self.dir.path().join(rel);
@@ -978,10 +875,7 @@ mod tests {
     }
 
     fn status(r: &CheckReport, tee: Tee) -> &TeeStatus {
-        r.tees
-            .iter()
-            .find(|t| t.tee == tee)
-            .expect("every tee is reported")
+        r.tees.iter().find(|t| t.tee == tee).expect("every tee is reported")
     }
 
     #[test]
@@ -1017,20 +911,14 @@ mod tests {
     #[test]
     fn snp_guest_with_device_is_usable() {
         let root = FakeRoot::new();
-        root.cpu(
-            "AuthenticAMD",
-            &format!("{X86_HOST_FLAGS} hypervisor sev sev_es sev_snp"),
-        )
-        .file("dev/sev-guest", "")
-        .dir("sys/devices/platform/sev-guest");
+        root.cpu("AuthenticAMD", &format!("{X86_HOST_FLAGS} hypervisor sev sev_es sev_snp"))
+            .file("dev/sev-guest", "")
+            .dir("sys/devices/platform/sev-guest");
         let r = root.check();
         let snp = status(&r, Tee::SevSnp);
         assert!(snp.present && snp.active, "{snp:?}");
         assert!(!snp.host_capable);
-        assert_eq!(
-            snp.evidence.as_deref(),
-            Some("/dev/sev-guest (SNP_GET_EXT_REPORT ioctl)")
-        );
+        assert_eq!(snp.evidence.as_deref(), Some("/dev/sev-guest (SNP_GET_EXT_REPORT ioctl)"));
         assert!(r.usable());
         assert_eq!(r.usable_tees(), vec![Tee::SevSnp]);
         assert_eq!(r.machine, Machine::Guest);
@@ -1039,52 +927,33 @@ mod tests {
         assert_eq!(json["usable_tees"], serde_json::json!(["sev-snp"]));
         assert_eq!(json["tees"][0]["tee"], "sev-snp");
         assert_eq!(json["tees"][0]["active"], true);
-        assert!(r
-            .render_text()
-            .contains("AMD SEV-SNP: ACTIVE, evidence via /dev/sev-guest"));
+        assert!(r.render_text().contains("AMD SEV-SNP: ACTIVE, evidence via /dev/sev-guest"));
     }
 
     #[test]
     fn snp_in_kernel_log_without_device_says_load_the_driver() {
         let root = FakeRoot::new();
-        root.cpu("AuthenticAMD", &format!("{X86_HOST_FLAGS} hypervisor"))
-            .file(
-                "var/log/kern.log",
-                "Nov 28 kernel: Linux version 6.8\n\
+        root.cpu("AuthenticAMD", &format!("{X86_HOST_FLAGS} hypervisor")).file(
+            "var/log/kern.log",
+            "Nov 28 kernel: Linux version 6.8\n\
                  Nov 28 kernel: Memory Encryption Features active: AMD SEV SEV-ES SEV-SNP\n",
-            );
+        );
         let r = root.check();
         let snp = status(&r, Tee::SevSnp);
         assert!(snp.active);
         assert!(snp.evidence.is_none());
         assert!(!r.usable());
-        assert!(
-            snp.missing
-                .iter()
-                .any(|m| m.fix.contains("modprobe sev-guest")),
-            "{:?}",
-            snp.missing
-        );
-        let f = snp
-            .findings
-            .iter()
-            .find(|f| f.check.starts_with("kernel log"))
-            .expect("log finding");
+        assert!(snp.missing.iter().any(|m| m.fix.contains("modprobe sev-guest")), "{:?}", snp.missing);
+        let f = snp.findings.iter().find(|f| f.check.starts_with("kernel log")).expect("log finding");
         assert!(f.found && f.detail.contains("SEV-SNP"), "{f:?}");
     }
 
     #[test]
     fn tdx_guest_with_configfs_tsm_provider_is_usable() {
         let root = FakeRoot::new();
-        root.cpu(
-            "GenuineIntel",
-            &format!("{X86_HOST_FLAGS} hypervisor tdx_guest"),
-        )
-        .file("dev/tdx_guest", "")
-        .file(
-            "sys/kernel/config/tsm/report/attest0/provider",
-            "tdx_guest\n",
-        );
+        root.cpu("GenuineIntel", &format!("{X86_HOST_FLAGS} hypervisor tdx_guest"))
+            .file("dev/tdx_guest", "")
+            .file("sys/kernel/config/tsm/report/attest0/provider", "tdx_guest\n");
         let r = root.check();
         let tdx = status(&r, Tee::Tdx);
         assert!(tdx.active && tdx.present);
@@ -1099,45 +968,26 @@ mod tests {
     #[test]
     fn tdx_guest_without_configfs_tsm_is_not_usable_and_says_why() {
         let root = FakeRoot::new();
-        root.cpu(
-            "GenuineIntel",
-            &format!("{X86_HOST_FLAGS} hypervisor tdx_guest"),
-        )
-        .file("dev/tdx_guest", "");
+        root.cpu("GenuineIntel", &format!("{X86_HOST_FLAGS} hypervisor tdx_guest")).file("dev/tdx_guest", "");
         let r = root.check();
         let tdx = status(&r, Tee::Tdx);
         assert!(tdx.active);
         assert!(tdx.evidence.is_none());
         assert!(!r.usable());
-        assert!(
-            tdx.missing
-                .iter()
-                .any(|m| m.fix.contains("CONFIG_TSM_REPORTS")),
-            "{:?}",
-            tdx.missing
-        );
-        assert!(r
-            .render_text()
-            .contains("Intel TDX: active, but no evidence can be produced"));
+        assert!(tdx.missing.iter().any(|m| m.fix.contains("CONFIG_TSM_REPORTS")), "{:?}", tdx.missing);
+        assert!(r.render_text().contains("Intel TDX: active, but no evidence can be produced"));
     }
 
     #[test]
     fn snp_via_configfs_tsm_probe_entry_is_removed_afterwards() {
         let root = FakeRoot::new();
-        root.cpu("AuthenticAMD", &format!("{X86_HOST_FLAGS} hypervisor"))
-            .dir("sys/kernel/config/tsm/report");
+        root.cpu("AuthenticAMD", &format!("{X86_HOST_FLAGS} hypervisor")).dir("sys/kernel/config/tsm/report");
         let r = root.check();
         // A plain directory has no `provider`: unknown, and nothing is left behind.
         assert!(r.configfs_tsm.report_interface);
         assert_eq!(r.configfs_tsm.provider, None);
-        assert!(
-            r.configfs_tsm.detail.contains("no readable provider"),
-            "{}",
-            r.configfs_tsm.detail
-        );
-        let left: Vec<_> = fs::read_dir(root.dir.path().join(TSM_REPORT_DIR))
-            .expect("report dir")
-            .collect();
+        assert!(r.configfs_tsm.detail.contains("no readable provider"), "{}", r.configfs_tsm.detail);
+        let left: Vec<_> = fs::read_dir(root.dir.path().join(TSM_REPORT_DIR)).expect("report dir").collect();
         assert!(left.is_empty(), "probe entry left behind: {left:?}");
         assert!(!r.usable());
     }
@@ -1156,12 +1006,9 @@ mod tests {
     #[test]
     fn snp_host_is_capable_but_not_usable() {
         let root = FakeRoot::new();
-        root.cpu(
-            "AuthenticAMD",
-            &format!("{X86_HOST_FLAGS} sev sev_es sev_snp"),
-        )
-        .file("sys/module/kvm_amd/parameters/sev_snp", "Y\n")
-        .file("dev/sev", "");
+        root.cpu("AuthenticAMD", &format!("{X86_HOST_FLAGS} sev sev_es sev_snp"))
+            .file("sys/module/kvm_amd/parameters/sev_snp", "Y\n")
+            .file("dev/sev", "");
         let r = root.check();
         assert_eq!(r.machine, Machine::Host);
         let snp = status(&r, Tee::SevSnp);
@@ -1174,16 +1021,12 @@ mod tests {
     #[test]
     fn amd_host_without_snp_enabled_gets_bios_and_kernel_advice() {
         let root = FakeRoot::new();
-        root.cpu("AuthenticAMD", X86_HOST_FLAGS)
-            .file("sys/module/kvm_amd/parameters/sev_snp", "N\n");
+        root.cpu("AuthenticAMD", X86_HOST_FLAGS).file("sys/module/kvm_amd/parameters/sev_snp", "N\n");
         let r = root.check();
         assert_eq!(r.machine, Machine::Host);
         let snp = status(&r, Tee::SevSnp);
         assert!(!snp.host_capable && !snp.present);
-        assert!(snp
-            .missing
-            .iter()
-            .any(|m| m.fix.contains("kvm_amd sev_snp=1")));
+        assert!(snp.missing.iter().any(|m| m.fix.contains("kvm_amd sev_snp=1")));
         // Intel advice is not given to an AMD host.
         assert!(status(&r, Tee::Tdx).missing.is_empty());
     }
@@ -1191,12 +1034,9 @@ mod tests {
     #[test]
     fn tdx_host_is_capable_but_not_usable() {
         let root = FakeRoot::new();
-        root.cpu(
-            "GenuineIntel",
-            &format!("{X86_HOST_FLAGS} tdx_host_platform"),
-        )
-        .file("sys/module/kvm_intel/parameters/tdx", "1\n")
-        .dir("sys/firmware/tdx");
+        root.cpu("GenuineIntel", &format!("{X86_HOST_FLAGS} tdx_host_platform"))
+            .file("sys/module/kvm_intel/parameters/tdx", "1\n")
+            .dir("sys/firmware/tdx");
         let r = root.check();
         let tdx = status(&r, Tee::Tdx);
         assert!(tdx.host_capable && tdx.present && !tdx.active);
@@ -1212,16 +1052,11 @@ mod tests {
         let r = root.check();
         let cca = status(&r, Tee::Cca);
         assert!(cca.active);
-        assert_eq!(
-            cca.evidence.as_deref(),
-            Some("configfs-tsm (arm_cca_guest)")
-        );
+        assert_eq!(cca.evidence.as_deref(), Some("configfs-tsm (arm_cca_guest)"));
         assert!(!cca.usable());
         assert!(!r.usable());
         assert_eq!(r.machine, Machine::Guest);
-        assert!(r
-            .render_text()
-            .contains("cloak has no attester for Arm CCA"));
+        assert!(r.render_text().contains("cloak has no attester for Arm CCA"));
     }
 
     #[test]
@@ -1276,17 +1111,14 @@ mod tests {
     #[test]
     fn json_lists_findings_and_remedies() {
         let root = FakeRoot::new();
-        root.cpu(
-            "GenuineIntel",
-            &format!("{X86_HOST_FLAGS} hypervisor tdx_guest"),
-        );
+        root.cpu("GenuineIntel", &format!("{X86_HOST_FLAGS} hypervisor tdx_guest"));
         let json = root.check().to_json();
         let tdx = &json["tees"][1];
         assert_eq!(tdx["tee"], "tdx");
         assert_eq!(tdx["name"], "Intel TDX");
-        assert!(tdx["findings"].as_array().is_some_and(|f| f
-            .iter()
-            .any(|f| f["path"] == "/proc/cpuinfo" && f["found"] == true)));
+        assert!(tdx["findings"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["path"] == "/proc/cpuinfo" && f["found"] == true)));
         assert!(tdx["missing"].as_array().is_some_and(|m| !m.is_empty()));
         assert_eq!(json["configfs_tsm"]["report_interface"], false);
         assert!(json["root"].is_string());

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use oci::{
-    Descriptor, Digest, ImageDest, ImageIndex, ImageManifest, ImageRef, ImageSource, Manifest,
-    ManifestRole, PlatformSpec, RawManifest,
+    Descriptor, Digest, ImageDest, ImageIndex, ImageManifest, ImageRef, ImageSource, Manifest, ManifestRole,
+    PlatformSpec, RawManifest,
 };
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -69,8 +69,7 @@ impl CopyResult {
             println!("{s}");
         } else if !common.quiet {
             let layers: usize = self.manifests.iter().map(|m| m.layers.len()).sum();
-            let enc: usize =
-                self.manifests.iter().flat_map(|m| &m.layers).filter(|l| l.encrypted).count();
+            let enc: usize = self.manifests.iter().flat_map(|m| &m.layers).filter(|l| l.encrypted).count();
             eprintln!(
                 "wrote {} ({} manifest(s), {layers} layer(s), {enc} encrypted) in {:.2} s, manifest {}",
                 self.destination,
@@ -90,10 +89,7 @@ pub(crate) trait LayerTransform: Send + Sync {
     /// Checks run before any blob is written (key unwrapping, media types), so bad
     /// input fails with nothing written. One entry per layer; `None` copies the
     /// layer unchanged.
-    fn prepare(
-        &self,
-        manifest: &ImageManifest,
-    ) -> futures::future::BoxFuture<'_, Result<LayerJobs, Error>>;
+    fn prepare(&self, manifest: &ImageManifest) -> futures::future::BoxFuture<'_, Result<LayerJobs, Error>>;
 }
 
 /// One job per layer of a manifest; `None` copies the layer unchanged.
@@ -105,10 +101,7 @@ pub(crate) trait LayerJob: Send + Sync {
     /// (decryption: the advisory digest in the private options).
     fn digest_hint(&self) -> Option<Digest>;
     /// Wraps the source stream (encrypting or decrypting).
-    fn wrap_reader(
-        &self,
-        reader: oci::BlobReader,
-    ) -> Result<Box<dyn StreamTransform>, Error>;
+    fn wrap_reader(&self, reader: oci::BlobReader) -> Result<Box<dyn StreamTransform>, Error>;
     /// The new descriptor, once the transformed blob has been written.
     fn finish<'a>(
         &'a self,
@@ -315,7 +308,10 @@ impl Run<'_> {
                     .put_manifest(&bytes, &media_type, ManifestRole::TopLevel)
                     .await
                     .map_err(Error::oci("writing the manifest"))?;
-                Ok((digest.clone(), vec![ManifestResult { platform: None, digest: digest.to_string(), layers }]))
+                Ok((
+                    digest.clone(),
+                    vec![ManifestResult { platform: None, digest: digest.to_string(), layers }],
+                ))
             }
             Plan::Index(mut idx, children) => {
                 let mut results = Vec::new();
@@ -367,13 +363,12 @@ impl Run<'_> {
             .map_err(Error::oci(format!("copying config {}", m.config.digest)))?;
 
         let limit = self.common.max_concurrent_layers.max(1);
-        let layers: Vec<(Descriptor, LayerResult)> = futures::stream::iter(
-            m.layers.iter().cloned().zip(jobs).enumerate(),
-        )
-        .map(|(i, (desc, job))| async move { self.process_layer(i, desc, job).await })
-        .buffered(limit)
-        .try_collect()
-        .await?;
+        let layers: Vec<(Descriptor, LayerResult)> =
+            futures::stream::iter(m.layers.iter().cloned().zip(jobs).enumerate())
+                .map(|(i, (desc, job))| async move { self.process_layer(i, desc, job).await })
+                .buffered(limit)
+                .try_collect()
+                .await?;
 
         let (descs, results): (Vec<Descriptor>, Vec<LayerResult>) = layers.into_iter().unzip();
         let new = mt::rewrite_manifest(m, descs, transform.to_oci());
@@ -407,7 +402,8 @@ impl Run<'_> {
                 Some(h) => self.dst.has_blob(h).await.unwrap_or(true),
                 None => false,
             };
-            let reader = self.src.blob(&desc.digest, desc.size).await.map_err(|e| stream_err(e.to_string()))?;
+            let reader =
+                self.src.blob(&desc.digest, desc.size).await.map_err(|e| stream_err(e.to_string()))?;
             let mut stream = job.wrap_reader(reader)?;
             let mut writer = self.dst.begin_blob().await.map_err(|e| stream_err(e.to_string()))?;
             if stream.hashes_output() {
@@ -422,8 +418,10 @@ impl Run<'_> {
                 writer.write_all(&buf[..n]).await.map_err(|e| stream_err(e.to_string()))?;
                 bar.inc(n as u64);
             }
-            let written =
-                writer.finish(stream.output_digest().as_ref()).await.map_err(|e| stream_err(e.to_string()))?;
+            let written = writer
+                .finish(stream.output_digest().as_ref())
+                .await
+                .map_err(|e| stream_err(e.to_string()))?;
             // A fresh random key makes a pre-existing identical ciphertext
             // impossible; a decrypted blob may already have been there.
             let existed = hint_existed && hint.as_ref() == Some(&written.0);

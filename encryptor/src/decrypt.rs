@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use oci::{BlobReader, Descriptor, Digest, ImageManifest};
 use ocicrypt::keywrap::KeyUnwrapper;
 use ocicrypt::{AsyncDecryptReader, PrivateOptions, PublicOptions};
-use oci::{BlobReader, Descriptor, Digest, ImageManifest};
 
 use crate::config::DecryptConfig;
 use crate::copy::{copy_image, CopyResult, LayerJob, LayerJobs, LayerTransform, StreamTransform};
@@ -55,11 +55,12 @@ impl LayerTransform for Decrypt {
                 let (opts, pubopts) = ocicrypt::unwrap_keys(&self.unwrappers, &annotations)
                     .await
                     .map_err(|source| Error::Layer { index, digest: desc.digest.to_string(), source })?;
-                let media_type = ocicrypt::decrypted_media_type(&desc.media_type).ok_or_else(|| Error::Stream {
-                    index,
-                    digest: desc.digest.to_string(),
-                    reason: format!("{} is not an encrypted media type", desc.media_type),
-                })?;
+                let media_type =
+                    ocicrypt::decrypted_media_type(&desc.media_type).ok_or_else(|| Error::Stream {
+                        index,
+                        digest: desc.digest.to_string(),
+                        reason: format!("{} is not an encrypted media type", desc.media_type),
+                    })?;
                 jobs.push(Some(Box::new(DecryptLayer { index, source: desc, media_type, opts, pubopts })));
             }
             Ok(jobs)
@@ -93,10 +94,8 @@ impl LayerJob for DecryptLayer {
         // where the CPU allows); the verdict comes at EOF, before anything is
         // committed. Otherwise the reader keeps checking it itself.
         let blob_sha256 = reader.take_sha256_check();
-        let mut d = AsyncDecryptReader::new(reader, &self.opts, &self.pubopts).map_err(|e| Error::Stream {
-            index: self.index,
-            digest: self.source.digest.to_string(),
-            reason: e.to_string(),
+        let mut d = AsyncDecryptReader::new(reader, &self.opts, &self.pubopts).map_err(|e| {
+            Error::Stream { index: self.index, digest: self.source.digest.to_string(), reason: e.to_string() }
         })?;
         if let Some(bytes) = blob_sha256 {
             d = d.with_ciphertext_digest(bytes);
@@ -113,7 +112,9 @@ impl LayerJob for DecryptLayer {
             d.media_type = self.media_type.clone();
             d.digest = digest;
             d.size = size;
-            let rest = ocicrypt::annotations::strip_enc_annotations(&self.source.annotations.clone().unwrap_or_default());
+            let rest = ocicrypt::annotations::strip_enc_annotations(
+                &self.source.annotations.clone().unwrap_or_default(),
+            );
             d.annotations = (!rest.is_empty()).then_some(rest);
             Ok(d)
         }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use oci::{BlobReader, Descriptor, Digest, ImageManifest};
 use ocicrypt::keywrap::KeyWrapper;
 use ocicrypt::{AsyncEncryptReader, PrivateOptions, PublicOptions};
-use oci::{BlobReader, Descriptor, Digest, ImageManifest};
 
 use crate::config::{EncryptConfig, LayerSelection};
 use crate::copy::{copy_image, CopyResult, LayerJob, LayerJobs, LayerTransform, StreamTransform};
@@ -95,7 +95,9 @@ impl LayerJob for EncryptLayer {
         // one combined pass (see `ocicrypt::LayerEncryptor::with_digests`); the
         // source digest is then judged at EOF by the encrypting reader.
         Ok(Box::new(match reader.take_sha256_check() {
-            Some(source) => AsyncEncryptReader::with_digests(reader, &self.opts).expecting_plaintext_sha256(source),
+            Some(source) => {
+                AsyncEncryptReader::with_digests(reader, &self.opts).expecting_plaintext_sha256(source)
+            }
             None => AsyncEncryptReader::new(reader, &self.opts),
         }))
     }
@@ -105,7 +107,8 @@ impl LayerJob for EncryptLayer {
         stream: Box<dyn StreamTransform>,
     ) -> BoxFuture<'a, Result<Descriptor, Error>> {
         async move {
-            let layer_err = |source| Error::Layer { index: self.index, digest: self.source.digest.to_string(), source };
+            let layer_err =
+                |source| Error::Layer { index: self.index, digest: self.source.digest.to_string(), source };
             let pubopts = stream.public_options().ok_or_else(|| Error::Stream {
                 index: self.index,
                 digest: self.source.digest.to_string(),

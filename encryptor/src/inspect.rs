@@ -69,7 +69,8 @@ impl InspectReport {
     /// A table for people.
     pub fn render_text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "image:    {}\ndigest:   {}\ntype:     {}", self.image, self.digest, self.media_type);
+        let _ =
+            writeln!(s, "image:    {}\ndigest:   {}\ntype:     {}", self.image, self.digest, self.media_type);
         for m in &self.manifests {
             let _ = writeln!(s);
             if let Some(p) = &m.platform {
@@ -161,7 +162,12 @@ fn layer_info(index: usize, d: &Descriptor) -> LayerInfo {
     info
 }
 
-fn manifest_info(platform: Option<String>, digest: String, media_type: String, m: &ImageManifest) -> ManifestInfo {
+fn manifest_info(
+    platform: Option<String>,
+    digest: String,
+    media_type: String,
+    m: &ImageManifest,
+) -> ManifestInfo {
     ManifestInfo {
         platform,
         digest,
@@ -192,15 +198,27 @@ pub async fn inspect(cfg: &InspectConfig) -> Result<InspectReport, Error> {
                 None => None,
             };
             let chosen: Vec<&Descriptor> = match &wanted {
-                Some(spec) => vec![oci::select_platform(&idx, spec)
-                    .map_err(|e| Error::Manifest { digest: top.digest.to_string(), reason: e.to_string() })?],
+                Some(spec) => vec![oci::select_platform(&idx, spec).map_err(|e| Error::Manifest {
+                    digest: top.digest.to_string(),
+                    reason: e.to_string(),
+                })?],
                 None => idx.manifests.iter().collect(),
             };
             for d in chosen {
-                let raw = src.manifest_by_digest(&d.digest).await.map_err(Error::oci(format!("reading {}", d.digest)))?;
-                if let Manifest::Image(m) = raw.parse().map_err(Error::oci(format!("parsing {}", d.digest)))? {
+                let raw = src
+                    .manifest_by_digest(&d.digest)
+                    .await
+                    .map_err(Error::oci(format!("reading {}", d.digest)))?;
+                if let Manifest::Image(m) =
+                    raw.parse().map_err(Error::oci(format!("parsing {}", d.digest)))?
+                {
                     let platform = d.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture));
-                    manifests.push(manifest_info(platform, raw.digest.to_string(), raw.media_type.clone(), &m));
+                    manifests.push(manifest_info(
+                        platform,
+                        raw.digest.to_string(),
+                        raw.media_type.clone(),
+                        &m,
+                    ));
                 }
             }
         }
@@ -216,10 +234,6 @@ pub async fn inspect(cfg: &InspectConfig) -> Result<InspectReport, Error> {
 /// The KEK ids (`kbs:///…`) any layer of the report names.
 impl InspectReport {
     pub fn kek_ids(&self) -> std::collections::BTreeSet<String> {
-        self.manifests
-            .iter()
-            .flat_map(|m| m.layers.iter())
-            .flat_map(|l| l.kek_ids.iter().cloned())
-            .collect()
+        self.manifests.iter().flat_map(|m| m.layers.iter()).flat_map(|l| l.kek_ids.iter().cloned()).collect()
     }
 }

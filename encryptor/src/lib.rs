@@ -10,7 +10,6 @@
 //! index) are written last, so a failure leaves no new tag at the destination.
 
 pub mod check;
-pub mod rotate;
 mod config;
 mod copy;
 mod decrypt;
@@ -21,6 +20,7 @@ mod keygen;
 mod manifest;
 mod progress;
 mod recipients;
+pub mod rotate;
 
 pub use config::{
     CommonOptions, DecryptConfig, EncryptConfig, InspectConfig, KbsAdminOptions, KeygenConfig,

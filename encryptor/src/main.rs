@@ -238,7 +238,11 @@ fn common_options(c: &CommonArgs) -> CommonOptions {
 }
 
 fn kbs_options(k: &KbsAdminArgs) -> KbsAdminOptions {
-    KbsAdminOptions { url: k.kbs_url.clone(), admin_key: k.kbs_admin_key.clone(), kek_file: k.kek_file.clone() }
+    KbsAdminOptions {
+        url: k.kbs_url.clone(),
+        admin_key: k.kbs_admin_key.clone(),
+        kek_file: k.kek_file.clone(),
+    }
 }
 
 fn platform_selection(platform: Option<String>, all: bool) -> PlatformSelection {
@@ -319,7 +323,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     insecure_plain_http: !a.tls_verify,
                 };
                 let report = encryptor::inspect(&cfg).await?;
-                let needs = report.kek_ids().iter().any(|k| k.parse::<kbs::ResourceUri>().is_ok_and(|k| k == old));
+                let needs =
+                    report.kek_ids().iter().any(|k| k.parse::<kbs::ResourceUri>().is_ok_and(|k| k == old));
                 if needs {
                     println!("{image}: still needs {}", a.kid);
                 } else {

@@ -10,7 +10,9 @@ const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// The OCI equivalent of a Docker schema2 layer type, or the type unchanged.
 pub(crate) fn oci_layer_type(media_type: &str) -> String {
     match media_type {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip".into()
+        }
         "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar".into(),
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip".into()
@@ -23,10 +25,7 @@ pub(crate) fn oci_layer_type(media_type: &str) -> String {
 /// now holds encrypted layers.
 pub(crate) fn rewrite_manifest(mut m: ImageManifest, layers: Vec<Descriptor>, to_oci: bool) -> ImageManifest {
     m.layers = layers;
-    let is_docker = m
-        .media_type
-        .as_deref()
-        .is_some_and(|t| t == oci::media_type::DOCKER_MANIFEST);
+    let is_docker = m.media_type.as_deref().is_some_and(|t| t == oci::media_type::DOCKER_MANIFEST);
     if to_oci || is_docker && m.layers.iter().any(|l| ocicrypt::is_encrypted(&l.media_type)) {
         m.media_type = Some(oci::media_type::OCI_MANIFEST.to_string());
         if m.config.media_type == DOCKER_CONFIG {
@@ -49,6 +48,9 @@ mod tests {
             oci_layer_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
             "application/vnd.oci.image.layer.v1.tar+gzip"
         );
-        assert_eq!(oci_layer_type("application/vnd.oci.image.layer.v1.tar+zstd"), "application/vnd.oci.image.layer.v1.tar+zstd");
+        assert_eq!(
+            oci_layer_type("application/vnd.oci.image.layer.v1.tar+zstd"),
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
     }
 }

@@ -78,8 +78,7 @@ pub(crate) async fn admin_client(kbs: &KbsAdminOptions, what: &str) -> Result<kb
 /// Builds the wrappers for every recipient: one JWE wrapper for all jwe: keys,
 /// one wrapper per provider, one KEK wrapper per kbs:/// resource.
 pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn KeyWrapper>>, Error> {
-    let parsed: Vec<Recipient> =
-        cfg.recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
+    let parsed: Vec<Recipient> = cfg.recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
     let mut wrappers: Vec<Arc<dyn KeyWrapper>> = Vec::new();
 
     let mut jwe_keys = Vec::new();
@@ -115,18 +114,20 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
                 })?,
         };
         for (name, params) in providers {
-            let client = config
-                .client(&name)
-                .map_err(|e| Error::Recipient { recipient: format!("provider:{name}"), reason: e.to_string() })?;
+            let client = config.client(&name).map_err(|e| Error::Recipient {
+                recipient: format!("provider:{name}"),
+                reason: e.to_string(),
+            })?;
             wrappers.push(Arc::new(keyprovider::client::ProviderWrapper::new(client, params)));
         }
     }
 
     for r in &parsed {
         if let Recipient::Kbs(uri) = r {
-            let kid: kbs::ResourceUri = uri
-                .parse()
-                .map_err(|e: kbs::KbsError| Error::Recipient { recipient: uri.clone(), reason: e.to_string() })?;
+            let kid: kbs::ResourceUri = uri.parse().map_err(|e: kbs::KbsError| Error::Recipient {
+                recipient: uri.clone(),
+                reason: e.to_string(),
+            })?;
             let wrapper = match &cfg.kbs.kek_file {
                 Some(path) => keyprovider::kek::KbsKekWrapper::with_kek_file(kid, path)
                     .map_err(|e| Error::Recipient { recipient: uri.clone(), reason: e.to_string() })?,

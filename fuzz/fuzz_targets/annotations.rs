@@ -17,11 +17,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // Annotations as `key=value` lines, or as a JSON object.
     let text = String::from_utf8_lossy(data);
-    let mut map: BTreeMap<String, String> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    let mut map: BTreeMap<String, String> =
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
     if let Ok(json) = serde_json::from_slice::<BTreeMap<String, String>>(data) {
         map.extend(json);
     }

@@ -44,7 +44,8 @@ fuzz_target!(|input: &[u8]| {
     hmac.copy_from_slice(&head[..32]);
 
     // Arbitrary ciphertext and HMAC: success only if the reader says verified.
-    let mut r = DecryptReader::new(Chunky { data, sizes, i: 0 }, &o, &PublicOptions::new(hmac)).expect("cipher");
+    let mut r =
+        DecryptReader::new(Chunky { data, sizes, i: 0 }, &o, &PublicOptions::new(hmac)).expect("cipher");
     let mut out = Vec::new();
     match r.read_to_end(&mut out) {
         Ok(_) => assert!(r.is_verified()),

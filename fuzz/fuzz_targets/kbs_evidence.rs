@@ -19,5 +19,6 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn kbs_types_tee(name: &str) -> kbs_server::verifier::Tee {
-    serde_json::from_value(serde_json::Value::String(name.into())).unwrap_or(kbs_server::verifier::Tee::Sample)
+    serde_json::from_value(serde_json::Value::String(name.into()))
+        .unwrap_or(kbs_server::verifier::Tee::Sample)
 }

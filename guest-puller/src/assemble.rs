@@ -53,14 +53,16 @@ fn errno<'a>(path: &'a [u8], op: &'static str) -> impl FnOnce(rustix::io::Errno)
 /// directory `dest`.
 pub fn assemble(layers: &[PathBuf], dest: &Path, mode: LinkMode) -> Result<(), AssembleError> {
     if mode == LinkMode::Overlay {
-        let source = io::Error::new(io::ErrorKind::InvalidInput, "an overlay rootfs is mounted, not assembled");
+        let source =
+            io::Error::new(io::ErrorKind::InvalidInput, "an overlay rootfs is mounted, not assembled");
         return Err(AssembleError { path: dest.display().to_string(), op: "assemble", source });
     }
     let dest_fd = fsutil::open_root(dest).map_err(err(b"", "open rootfs"))?;
     let is_root = fsutil::is_root();
     for layer in layers {
         let src = fsutil::open_root(layer).map_err(err(b"", "open layer tree"))?;
-        let mut ctx = Ctx { dest_root: dest_fd.as_fd(), mode: Placement::Link(mode), is_root, links: HashMap::new() };
+        let mut ctx =
+            Ctx { dest_root: dest_fd.as_fd(), mode: Placement::Link(mode), is_root, links: HashMap::new() };
         let st = rustix::fs::fstat(&src).map_err(errno(b".", "stat layer root"))?;
         ctx.apply_dir(src.as_fd(), dest_fd.as_fd(), Vec::new())?;
         set_meta_fd(dest_fd.as_fd(), &st, is_root).map_err(errno(b".", "set root metadata"))?;
@@ -123,14 +125,23 @@ fn stamp(st: &Stat) -> Timestamps {
 
 pub(crate) fn set_meta_fd(fd: BorrowedFd<'_>, st: &Stat, is_root: bool) -> rustix::io::Result<()> {
     if is_root {
-        rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)))?;
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        )?;
     }
     rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
     rustix::fs::futimens(fd, &stamp(st))
 }
 
 impl Ctx<'_> {
-    fn apply_dir(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, path: Vec<u8>) -> Result<(), AssembleError> {
+    fn apply_dir(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        path: Vec<u8>,
+    ) -> Result<(), AssembleError> {
         let entries = fsutil::list_dir(src).map_err(err(&path, "list layer directory"))?;
         // Whiteouts hide what lower layers put here, so they go first.
         if entries.iter().any(|(n, _)| n == OPAQUE_MARKER) {
@@ -163,19 +174,23 @@ impl Ctx<'_> {
                         Mode::empty(),
                     )
                     .map_err(errno(&p, "open layer directory"))?;
-                    let sub_dst = fsutil::ensure_subdir(dst, &name, 0o700).map_err(err(&p, "create directory"))?;
+                    let sub_dst =
+                        fsutil::ensure_subdir(dst, &name, 0o700).map_err(err(&p, "create directory"))?;
                     // Writable while children are added; final mode below.
-                    rustix::fs::fchmod(&sub_dst, Mode::from_raw_mode(0o700)).map_err(errno(&p, "chmod directory"))?;
+                    rustix::fs::fchmod(&sub_dst, Mode::from_raw_mode(0o700))
+                        .map_err(errno(&p, "chmod directory"))?;
                     self.apply_dir(sub_src.as_fd(), sub_dst.as_fd(), p.clone())?;
                     copy_xattrs(sub_src.as_fd(), sub_dst.as_fd());
-                    set_meta_fd(sub_dst.as_fd(), &st, self.is_root).map_err(errno(&p, "set directory metadata"))?;
+                    set_meta_fd(sub_dst.as_fd(), &st, self.is_root)
+                        .map_err(errno(&p, "set directory metadata"))?;
                 }
                 FileType::RegularFile => self.file(src, dst, &name, &p, &st)?,
                 FileType::Symlink => {
                     let target = rustix::fs::readlinkat(src, OsStr::from_bytes(&name), Vec::new())
                         .map_err(errno(&p, "read symlink"))?;
                     fsutil::clear_for_create(dst, &name).map_err(err(&p, "replace entry"))?;
-                    rustix::fs::symlinkat(target.as_bytes(), dst, OsStr::from_bytes(&name)).map_err(errno(&p, "create symlink"))?;
+                    rustix::fs::symlinkat(target.as_bytes(), dst, OsStr::from_bytes(&name))
+                        .map_err(errno(&p, "create symlink"))?;
                     if self.is_root {
                         rustix::fs::chownat(
                             dst,
@@ -186,14 +201,25 @@ impl Ctx<'_> {
                         )
                         .map_err(errno(&p, "chown symlink"))?;
                     }
-                    rustix::fs::utimensat(dst, OsStr::from_bytes(&name), &stamp(&st), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(errno(&p, "set symlink mtime"))?;
+                    rustix::fs::utimensat(
+                        dst,
+                        OsStr::from_bytes(&name),
+                        &stamp(&st),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(errno(&p, "set symlink mtime"))?;
                 }
                 other => {
                     // Devices and FIFOs were admitted by the extraction policy.
                     fsutil::clear_for_create(dst, &name).map_err(err(&p, "replace entry"))?;
-                    rustix::fs::mknodat(dst, OsStr::from_bytes(&name), other, Mode::from_raw_mode(0o600), st.st_rdev)
-                        .map_err(errno(&p, "mknod"))?;
+                    rustix::fs::mknodat(
+                        dst,
+                        OsStr::from_bytes(&name),
+                        other,
+                        Mode::from_raw_mode(0o600),
+                        st.st_rdev,
+                    )
+                    .map_err(errno(&p, "mknod"))?;
                     if self.is_root {
                         rustix::fs::chownat(
                             dst,
@@ -204,33 +230,63 @@ impl Ctx<'_> {
                         )
                         .map_err(errno(&p, "chown node"))?;
                     }
-                    rustix::fs::chmodat(dst, OsStr::from_bytes(&name), Mode::from_raw_mode(st.st_mode & 0o7777), AtFlags::empty())
-                        .map_err(errno(&p, "chmod node"))?;
+                    rustix::fs::chmodat(
+                        dst,
+                        OsStr::from_bytes(&name),
+                        Mode::from_raw_mode(st.st_mode & 0o7777),
+                        AtFlags::empty(),
+                    )
+                    .map_err(errno(&p, "chmod node"))?;
                 }
             }
         }
         Ok(())
     }
 
-    fn file(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &[u8], p: &[u8], st: &Stat) -> Result<(), AssembleError> {
+    fn file(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &[u8],
+        p: &[u8],
+        st: &Stat,
+    ) -> Result<(), AssembleError> {
         fsutil::clear_for_create(dst, name).map_err(err(p, "replace entry"))?;
         if self.mode == Placement::Link(LinkMode::Hardlink) {
-            return rustix::fs::linkat(src, OsStr::from_bytes(name), dst, OsStr::from_bytes(name), AtFlags::empty())
-                .map_err(errno(p, "hardlink from store"));
+            return rustix::fs::linkat(
+                src,
+                OsStr::from_bytes(name),
+                dst,
+                OsStr::from_bytes(name),
+                AtFlags::empty(),
+            )
+            .map_err(errno(p, "hardlink from store"));
         }
         if st.st_nlink > 1 {
             let key = (st.st_dev, st.st_ino);
             if let Some(first) = self.links.get(&key) {
                 if let Some((parent, leaf)) = split_last(first) {
-                    let pfd = fsutil::open_dir_in_root(self.dest_root, parent).map_err(err(p, "resolve hardlink"))?;
-                    return rustix::fs::linkat(&pfd, OsStr::from_bytes(leaf), dst, OsStr::from_bytes(name), AtFlags::empty())
-                        .map_err(errno(p, "hardlink"));
+                    let pfd = fsutil::open_dir_in_root(self.dest_root, parent)
+                        .map_err(err(p, "resolve hardlink"))?;
+                    return rustix::fs::linkat(
+                        &pfd,
+                        OsStr::from_bytes(leaf),
+                        dst,
+                        OsStr::from_bytes(name),
+                        AtFlags::empty(),
+                    )
+                    .map_err(errno(p, "hardlink"));
                 }
             }
             self.links.insert(key, p.to_vec());
         }
-        let sfd: OwnedFd = rustix::fs::openat(src, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(errno(p, "open layer file"))?;
+        let sfd: OwnedFd = rustix::fs::openat(
+            src,
+            OsStr::from_bytes(name),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(p, "open layer file"))?;
         let dfd: OwnedFd = rustix::fs::openat(
             dst,
             OsStr::from_bytes(name),
@@ -238,7 +294,8 @@ impl Ctx<'_> {
             Mode::from_raw_mode(0o600),
         )
         .map_err(errno(p, "create file"))?;
-        copy_content(sfd.as_fd(), dfd.as_fd(), u64::try_from(st.st_size).unwrap_or(0)).map_err(err(p, "copy file"))?;
+        copy_content(sfd.as_fd(), dfd.as_fd(), u64::try_from(st.st_size).unwrap_or(0))
+            .map_err(err(p, "copy file"))?;
         copy_xattrs(sfd.as_fd(), dfd.as_fd());
         set_meta_fd(dfd.as_fd(), st, self.is_root).map_err(errno(p, "set file metadata"))
     }
@@ -246,24 +303,39 @@ impl Ctx<'_> {
 
 impl Ctx<'_> {
     /// Move mode: one entry of a layer directory into the rootfs directory.
-    fn move_entry(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &[u8], ftype: FileType, p: Vec<u8>) -> Result<(), AssembleError> {
+    fn move_entry(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &[u8],
+        ftype: FileType,
+        p: Vec<u8>,
+    ) -> Result<(), AssembleError> {
         let ftype = match ftype {
-            FileType::Unknown => fsutil::kind_at(src, name).map_err(err(&p, "stat layer entry"))?.unwrap_or(FileType::Unknown),
+            FileType::Unknown => {
+                fsutil::kind_at(src, name).map_err(err(&p, "stat layer entry"))?.unwrap_or(FileType::Unknown)
+            }
             t => t,
         };
         let existing = fsutil::kind_at(dst, name).map_err(err(&p, "stat rootfs entry"))?;
         if ftype == FileType::Directory && existing == Some(FileType::Directory) {
             // Both layers have the directory: merge, then the upper one's metadata.
             let open = |dir: BorrowedFd<'_>, what| {
-                rustix::fs::openat(dir, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(errno(&p, what))
+                rustix::fs::openat(
+                    dir,
+                    OsStr::from_bytes(name),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(errno(&p, what))
             };
             let sub_src = open(src, "open layer directory")?;
             let sub_dst = open(dst, "open rootfs directory")?;
             let st = rustix::fs::fstat(&sub_src).map_err(errno(&p, "stat layer directory"))?;
             self.apply_dir(sub_src.as_fd(), sub_dst.as_fd(), p.clone())?;
             copy_xattrs(sub_src.as_fd(), sub_dst.as_fd());
-            return set_meta_fd(sub_dst.as_fd(), &st, self.is_root).map_err(errno(&p, "set directory metadata"));
+            return set_meta_fd(sub_dst.as_fd(), &st, self.is_root)
+                .map_err(errno(&p, "set directory metadata"));
         }
         if existing.is_some() && (ftype == FileType::Directory || existing == Some(FileType::Directory)) {
             // rename(2) replaces only a non-directory with a non-directory.
@@ -273,14 +345,20 @@ impl Ctx<'_> {
             // Nothing below it in the rootfs: its whiteout markers hide nothing.
             strip_markers(src, name).map_err(err(&p, "drop whiteout markers"))?;
         }
-        rustix::fs::renameat(src, OsStr::from_bytes(name), dst, OsStr::from_bytes(name)).map_err(errno(&p, "move from layer tree"))
+        rustix::fs::renameat(src, OsStr::from_bytes(name), dst, OsStr::from_bytes(name))
+            .map_err(errno(&p, "move from layer tree"))
     }
 }
 
 /// Removes the OCI whiteout markers from the directory `name` in `parent` and
 /// below, keeping each directory's timestamps as they were.
 fn strip_markers(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    let dir = rustix::fs::openat(parent, OsStr::from_bytes(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let dir = rustix::fs::openat(
+        parent,
+        OsStr::from_bytes(name),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let st = rustix::fs::fstat(&dir)?;
     let mut changed = false;
     for (child, ftype) in fsutil::list_dir(dir.as_fd())? {
@@ -339,7 +417,12 @@ pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) {
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let mut val = vec![0u8; 64 * 1024];
         if let Ok(len) = rustix::fs::fgetxattr(src, OsStr::from_bytes(name), &mut val[..]) {
-            let _ = rustix::fs::fsetxattr(dst, OsStr::from_bytes(name), &val[..len], rustix::fs::XattrFlags::empty());
+            let _ = rustix::fs::fsetxattr(
+                dst,
+                OsStr::from_bytes(name),
+                &val[..len],
+                rustix::fs::XattrFlags::empty(),
+            );
         }
     }
 }

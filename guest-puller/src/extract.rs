@@ -126,7 +126,11 @@ pub enum ExtractError {
     #[error("reading the tar stream: {0}")]
     Read(#[source] io::Error),
     #[error("opening the extraction root {path}: {source}")]
-    Root { path: String, #[source] source: io::Error },
+    Root {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("tar entry {path:?}: '..' is not allowed in entry names")]
     Traversal { path: String },
     #[error("tar entry {path:?}: hardlink target {target:?} is invalid: {reason}")]
@@ -140,7 +144,12 @@ pub enum ExtractError {
     #[error("tar entry {path:?}: {kind} refused by the device policy")]
     DeviceRefused { path: String, kind: &'static str },
     #[error("tar entry {path:?}: {op}: {source}")]
-    Io { path: String, op: &'static str, #[source] source: io::Error },
+    Io {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("this kernel has no openat2 (Linux 5.6 or later is needed for safe extraction)")]
     NoOpenat2,
 }
@@ -160,15 +169,17 @@ struct DeferredDir {
 /// Extracts the tar stream `reader` into the existing directory `root`, then
 /// reads the stream to its end so that a hashing reader underneath sees every byte.
 pub fn extract<R: Read>(reader: R, root: &Path, opts: &ExtractOptions) -> Result<ExtractStats, ExtractError> {
-    let root_fd = fsutil::open_root(root).map_err(|source| ExtractError::Root {
-        path: root.display().to_string(),
-        source,
-    })?;
+    let root_fd = fsutil::open_root(root)
+        .map_err(|source| ExtractError::Root { path: root.display().to_string(), source })?;
     extract_at(reader, root_fd.as_fd(), opts)
 }
 
 /// Like [`extract`], with the root given as a directory fd.
-pub fn extract_at<R: Read>(reader: R, root: BorrowedFd<'_>, opts: &ExtractOptions) -> Result<ExtractStats, ExtractError> {
+pub fn extract_at<R: Read>(
+    reader: R,
+    root: BorrowedFd<'_>,
+    opts: &ExtractOptions,
+) -> Result<ExtractStats, ExtractError> {
     // Probe openat2 once so an old kernel gives one clear error.
     match fsutil::open_dir_in_root(root, b".") {
         Ok(_) => {}
@@ -277,7 +288,11 @@ fn normalize<'a>(raw: &'a [u8], limits: &Limits) -> Result<Vec<&'a [u8]>, Extrac
             b"" | b"." => {}
             b".." => return Err(ExtractError::Traversal { path: lossy(raw) }),
             c if c.len() > limits.max_name_len => {
-                return Err(ExtractError::NameTooLong { path: lossy(raw), len: c.len(), max: limits.max_name_len })
+                return Err(ExtractError::NameTooLong {
+                    path: lossy(raw),
+                    len: c.len(),
+                    max: limits.max_name_len,
+                })
             }
             c => out.push(c),
         }
@@ -338,7 +353,8 @@ impl Extractor<'_, '_> {
 
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ExtractError> {
         let raw: Vec<u8> = entry.path_bytes().into_owned();
-        let comps_owned: Vec<Vec<u8>> = normalize(&raw, &self.opts.limits)?.into_iter().map(<[u8]>::to_vec).collect();
+        let comps_owned: Vec<Vec<u8>> =
+            normalize(&raw, &self.opts.limits)?.into_iter().map(<[u8]>::to_vec).collect();
         let comps: Vec<&[u8]> = comps_owned.iter().map(Vec::as_slice).collect();
         let header = entry.header().clone();
         let kind = header.entry_type();
@@ -395,7 +411,8 @@ impl Extractor<'_, '_> {
                 // Most names are new: create first, clear only what is in the way.
                 let fd = match create() {
                     Err(rustix::io::Errno::EXIST) => {
-                        fsutil::clear_for_create(parent, name).map_err(Self::io_err(&raw, "replace existing entry"))?;
+                        fsutil::clear_for_create(parent, name)
+                            .map_err(Self::io_err(&raw, "replace existing entry"))?;
                         create()
                     }
                     other => other,
@@ -408,21 +425,28 @@ impl Extractor<'_, '_> {
                 let mut file = File::from(fd);
                 let max = self.opts.limits.max_total_size;
                 let limit = max - self.stats.bytes;
-                let written = copy_limited(&mut entry, &mut file, limit, &mut self.copy_buf).map_err(|e| match e {
-                    CopyError::Read(e) => ExtractError::Read(e),
-                    CopyError::Write(source) => ExtractError::Io { path: lossy(&raw), op: "write file", source },
-                    CopyError::Limit => ExtractError::TooLarge { max },
-                })?;
+                let written =
+                    copy_limited(&mut entry, &mut file, limit, &mut self.copy_buf).map_err(|e| match e {
+                        CopyError::Read(e) => ExtractError::Read(e),
+                        CopyError::Write(source) => {
+                            ExtractError::Io { path: lossy(&raw), op: "write file", source }
+                        }
+                        CopyError::Limit => ExtractError::TooLarge { max },
+                    })?;
                 self.stats.bytes += written;
                 // A new file is owned by our euid and by our egid when the parent's
                 // group is ours too (setgid directories and `grpid` mounts give the
                 // parent's group); then the header's ids need no fchown.
-                let owned_already = uid_of(uid).as_raw() == own_uid && gid_of(gid).as_raw() == own_gid && parent_gid == own_gid;
+                let owned_already = uid_of(uid).as_raw() == own_uid
+                    && gid_of(gid).as_raw() == own_gid
+                    && parent_gid == own_gid;
                 if is_root && same_owner && !owned_already {
-                    rustix::fs::fchown(&file, Some(uid_of(uid)), Some(gid_of(gid))).map_err(Self::errno(&raw, "fchown"))?;
+                    rustix::fs::fchown(&file, Some(uid_of(uid)), Some(gid_of(gid)))
+                        .map_err(Self::errno(&raw, "fchown"))?;
                 }
                 if !plain_mode {
-                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode_bits)).map_err(Self::errno(&raw, "fchmod"))?;
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode_bits))
+                        .map_err(Self::errno(&raw, "fchmod"))?;
                 }
                 self.set_xattrs(file.as_fd(), &xattrs, &raw);
                 rustix::fs::futimens(&file, &times(mtime)).map_err(Self::errno(&raw, "futimens"))?;
@@ -430,9 +454,11 @@ impl Extractor<'_, '_> {
             }
             tar::EntryType::Directory => {
                 let parent = self.parent(&comps, &raw)?;
-                let dir = fsutil::ensure_subdir(parent, name, 0o700).map_err(Self::io_err(&raw, "create directory"))?;
+                let dir = fsutil::ensure_subdir(parent, name, 0o700)
+                    .map_err(Self::io_err(&raw, "create directory"))?;
                 if is_root && same_owner {
-                    rustix::fs::fchown(&dir, Some(uid_of(uid)), Some(gid_of(gid))).map_err(Self::errno(&raw, "fchown"))?;
+                    rustix::fs::fchown(&dir, Some(uid_of(uid)), Some(gid_of(gid)))
+                        .map_err(Self::errno(&raw, "fchown"))?;
                 }
                 self.set_xattrs(dir.as_fd(), &xattrs, &raw);
                 // Mode and mtime wait until the children exist (a 0555 dir must stay writable).
@@ -441,29 +467,45 @@ impl Extractor<'_, '_> {
                 self.record_deferred(full, st.st_dev, st.st_ino, mode_bits, mtime);
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .ok_or_else(|| ExtractError::BadLink { path: lossy(&raw), target: String::new(), reason: "missing target".into() })?;
+                let target =
+                    entry.link_name_bytes().map(|t| t.into_owned()).ok_or_else(|| ExtractError::BadLink {
+                        path: lossy(&raw),
+                        target: String::new(),
+                        reason: "missing target".into(),
+                    })?;
                 let parent = self.parent(&comps, &raw)?;
-                fsutil::clear_for_create(parent, name).map_err(Self::io_err(&raw, "replace existing entry"))?;
+                fsutil::clear_for_create(parent, name)
+                    .map_err(Self::io_err(&raw, "replace existing entry"))?;
                 // The target is stored verbatim: it only ever resolves inside a root.
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), parent, OsStr::from_bytes(name))
                     .map_err(Self::errno(&raw, "create symlink"))?;
                 if is_root && same_owner {
-                    rustix::fs::chownat(parent, OsStr::from_bytes(name), Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(Self::errno(&raw, "chown symlink"))?;
+                    rustix::fs::chownat(
+                        parent,
+                        OsStr::from_bytes(name),
+                        Some(uid_of(uid)),
+                        Some(gid_of(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(Self::errno(&raw, "chown symlink"))?;
                 }
-                rustix::fs::utimensat(parent, OsStr::from_bytes(name), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(Self::errno(&raw, "set symlink mtime"))?;
+                rustix::fs::utimensat(
+                    parent,
+                    OsStr::from_bytes(name),
+                    &times(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(Self::errno(&raw, "set symlink mtime"))?;
                 self.created.insert(full);
                 self.parent_cache = None;
             }
             tar::EntryType::Link => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .ok_or_else(|| ExtractError::BadLink { path: lossy(&raw), target: String::new(), reason: "missing target".into() })?;
+                let target_raw =
+                    entry.link_name_bytes().map(|t| t.into_owned()).ok_or_else(|| ExtractError::BadLink {
+                        path: lossy(&raw),
+                        target: String::new(),
+                        reason: "missing target".into(),
+                    })?;
                 let tcomps_owned: Vec<Vec<u8>> = match normalize(&target_raw, &self.opts.limits) {
                     Ok(c) => c.into_iter().map(<[u8]>::to_vec).collect(),
                     Err(_) => {
@@ -476,14 +518,21 @@ impl Extractor<'_, '_> {
                 };
                 let tcomps: Vec<&[u8]> = tcomps_owned.iter().map(Vec::as_slice).collect();
                 if tcomps.is_empty() {
-                    return Err(ExtractError::BadLink { path: lossy(&raw), target: lossy(&target_raw), reason: "points at the root".into() });
+                    return Err(ExtractError::BadLink {
+                        path: lossy(&raw),
+                        target: lossy(&target_raw),
+                        reason: "points at the root".into(),
+                    });
                 }
                 if tcomps == comps {
                     return Ok(());
                 }
-                let tparent = fsutil::open_dir_in_root(self.root, &fsutil::join(&tcomps[..tcomps.len() - 1])).map_err(|e| {
-                    ExtractError::BadLink { path: lossy(&raw), target: lossy(&target_raw), reason: e.to_string() }
-                })?;
+                let tparent = fsutil::open_dir_in_root(self.root, &fsutil::join(&tcomps[..tcomps.len() - 1]))
+                    .map_err(|e| ExtractError::BadLink {
+                        path: lossy(&raw),
+                        target: lossy(&target_raw),
+                        reason: e.to_string(),
+                    })?;
                 let tname = tcomps[tcomps.len() - 1];
                 match fsutil::kind_at(tparent.as_fd(), tname) {
                     Ok(Some(FileType::Directory)) | Ok(None) => {
@@ -494,13 +543,26 @@ impl Extractor<'_, '_> {
                         })
                     }
                     Ok(Some(_)) => {}
-                    Err(e) => return Err(ExtractError::BadLink { path: lossy(&raw), target: lossy(&target_raw), reason: e.to_string() }),
+                    Err(e) => {
+                        return Err(ExtractError::BadLink {
+                            path: lossy(&raw),
+                            target: lossy(&target_raw),
+                            reason: e.to_string(),
+                        })
+                    }
                 }
                 let parent = self.parent(&comps, &raw)?;
-                fsutil::clear_for_create(parent, name).map_err(Self::io_err(&raw, "replace existing entry"))?;
+                fsutil::clear_for_create(parent, name)
+                    .map_err(Self::io_err(&raw, "replace existing entry"))?;
                 // flags = 0: a symlink target is linked itself, never followed.
-                rustix::fs::linkat(tparent.as_fd(), OsStr::from_bytes(tname), parent, OsStr::from_bytes(name), AtFlags::empty())
-                    .map_err(Self::errno(&raw, "create hardlink"))?;
+                rustix::fs::linkat(
+                    tparent.as_fd(),
+                    OsStr::from_bytes(tname),
+                    parent,
+                    OsStr::from_bytes(name),
+                    AtFlags::empty(),
+                )
+                .map_err(Self::errno(&raw, "create hardlink"))?;
                 self.created.insert(full);
                 self.parent_cache = None;
             }
@@ -511,13 +573,17 @@ impl Extractor<'_, '_> {
                     _ => (FileType::Fifo, "fifo"),
                 };
                 match self.opts.devices {
-                    DevicePolicy::Reject => return Err(ExtractError::DeviceRefused { path: lossy(&raw), kind: label }),
+                    DevicePolicy::Reject => {
+                        return Err(ExtractError::DeviceRefused { path: lossy(&raw), kind: label })
+                    }
                     DevicePolicy::Skip => {
                         self.stats.warnings.push(format!("{}: {label} skipped by policy", lossy(&raw)));
                         return Ok(());
                     }
                     DevicePolicy::Create if !is_root && ftype != FileType::Fifo => {
-                        self.stats.warnings.push(format!("{}: {label} skipped (not running as root)", lossy(&raw)));
+                        self.stats
+                            .warnings
+                            .push(format!("{}: {label} skipped (not running as root)", lossy(&raw)));
                         return Ok(());
                     }
                     DevicePolicy::Create => {}
@@ -525,24 +591,49 @@ impl Extractor<'_, '_> {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 let parent = self.parent(&comps, &raw)?;
-                fsutil::clear_for_create(parent, name).map_err(Self::io_err(&raw, "replace existing entry"))?;
-                rustix::fs::mknodat(parent, OsStr::from_bytes(name), ftype, Mode::from_raw_mode(0o600), rustix::fs::makedev(major, minor))
-                    .map_err(Self::errno(&raw, "mknod"))?;
+                fsutil::clear_for_create(parent, name)
+                    .map_err(Self::io_err(&raw, "replace existing entry"))?;
+                rustix::fs::mknodat(
+                    parent,
+                    OsStr::from_bytes(name),
+                    ftype,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(Self::errno(&raw, "mknod"))?;
                 // A device or FIFO must not be opened (side effects, blocking), so its
                 // metadata is set by name relative to the parent fd; the name was just
                 // created by us and is not a symlink.
                 if is_root && same_owner {
-                    rustix::fs::chownat(parent, OsStr::from_bytes(name), Some(uid_of(uid)), Some(gid_of(gid)), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(Self::errno(&raw, "chown node"))?;
+                    rustix::fs::chownat(
+                        parent,
+                        OsStr::from_bytes(name),
+                        Some(uid_of(uid)),
+                        Some(gid_of(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(Self::errno(&raw, "chown node"))?;
                 }
-                rustix::fs::chmodat(parent, OsStr::from_bytes(name), Mode::from_raw_mode(mode_bits), AtFlags::empty())
-                    .map_err(Self::errno(&raw, "chmod node"))?;
-                rustix::fs::utimensat(parent, OsStr::from_bytes(name), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(Self::errno(&raw, "set node mtime"))?;
+                rustix::fs::chmodat(
+                    parent,
+                    OsStr::from_bytes(name),
+                    Mode::from_raw_mode(mode_bits),
+                    AtFlags::empty(),
+                )
+                .map_err(Self::errno(&raw, "chmod node"))?;
+                rustix::fs::utimensat(
+                    parent,
+                    OsStr::from_bytes(name),
+                    &times(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(Self::errno(&raw, "set node mtime"))?;
                 self.created.insert(full);
             }
             other => {
-                self.stats.warnings.push(format!("{}: unsupported entry type {other:?} skipped", lossy(&raw)));
+                self.stats
+                    .warnings
+                    .push(format!("{}: unsupported entry type {other:?} skipped", lossy(&raw)));
             }
         }
         Ok(())
@@ -555,13 +646,22 @@ impl Extractor<'_, '_> {
         let parent_comps = &comps[..comps.len() - 1];
         let parent_path = fsutil::join(parent_comps);
         if name == OPAQUE_MARKER {
-            let dir = fsutil::mkdir_all_in_root(self.root, parent_comps).map_err(Self::io_err(raw, "resolve opaque directory"))?;
-            let readable = rustix::fs::openat(&dir, c".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(Self::errno(raw, "open opaque directory"))?;
+            let dir = fsutil::mkdir_all_in_root(self.root, parent_comps)
+                .map_err(Self::io_err(raw, "resolve opaque directory"))?;
+            let readable = rustix::fs::openat(
+                &dir,
+                c".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(Self::errno(raw, "open opaque directory"))?;
             let created = &self.created;
-            let prefix = if parent_comps.is_empty() { Vec::new() } else { [parent_path.as_slice(), b"/"].concat() };
-            fsutil::clear_dir(readable.as_fd(), &|child: &[u8]| created.contains(&[prefix.as_slice(), child].concat()))
-                .map_err(Self::io_err(raw, "clear opaque directory"))?;
+            let prefix =
+                if parent_comps.is_empty() { Vec::new() } else { [parent_path.as_slice(), b"/"].concat() };
+            fsutil::clear_dir(readable.as_fd(), &|child: &[u8]| {
+                created.contains(&[prefix.as_slice(), child].concat())
+            })
+            .map_err(Self::io_err(raw, "clear opaque directory"))?;
         } else if name.starts_with(b".wh..wh.") {
             self.stats.warnings.push(format!("{}: aufs metadata entry skipped", lossy(raw)));
         } else {
@@ -570,7 +670,9 @@ impl Extractor<'_, '_> {
                 return Err(ExtractError::Traversal { path: lossy(raw) });
             }
             match fsutil::open_dir_in_root(self.root, &parent_path) {
-                Ok(dir) => fsutil::remove_at(dir.as_fd(), victim).map_err(Self::io_err(raw, "apply whiteout"))?,
+                Ok(dir) => {
+                    fsutil::remove_at(dir.as_fd(), victim).map_err(Self::io_err(raw, "apply whiteout"))?
+                }
                 // Nothing below to hide.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {}
                 Err(e) => return Err(Self::io_err(raw, "resolve whiteout parent")(e)),
@@ -580,7 +682,11 @@ impl Extractor<'_, '_> {
         Ok(())
     }
 
-    fn collect_xattrs<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Vec<Xattr>, ExtractError> {
+    fn collect_xattrs<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &[u8],
+    ) -> Result<Vec<Xattr>, ExtractError> {
         let mut out = Vec::new();
         if !self.opts.xattrs {
             return Ok(out);
@@ -604,7 +710,11 @@ impl Extractor<'_, '_> {
                 continue;
             }
             if ext.value_bytes().len() > self.opts.limits.max_xattr_size {
-                return Err(ExtractError::NameTooLong { path: lossy(raw), len: ext.value_bytes().len(), max: self.opts.limits.max_xattr_size });
+                return Err(ExtractError::NameTooLong {
+                    path: lossy(raw),
+                    len: ext.value_bytes().len(),
+                    max: self.opts.limits.max_xattr_size,
+                });
             }
             out.push((name.to_vec(), ext.value_bytes().to_vec()));
         }
@@ -622,7 +732,8 @@ impl Extractor<'_, '_> {
     }
 
     fn defer_dir(&mut self, path: Vec<u8>, mode: u32, mtime: u64, raw: &[u8]) -> Result<(), ExtractError> {
-        let fd = fsutil::open_dir_rw_in_root(self.root, &path).map_err(Self::io_err(raw, "open directory"))?;
+        let fd =
+            fsutil::open_dir_rw_in_root(self.root, &path).map_err(Self::io_err(raw, "open directory"))?;
         let st = rustix::fs::fstat(&fd).map_err(Self::errno(raw, "fstat"))?;
         let bits = self.mode_bits(mode);
         self.record_deferred(path, st.st_dev, st.st_ino, bits, mtime);
@@ -653,7 +764,8 @@ impl Extractor<'_, '_> {
             if st.st_dev != d.dev || st.st_ino != d.ino {
                 continue;
             }
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(d.mode)).map_err(Self::errno(&d.path, "fchmod directory"))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(d.mode))
+                .map_err(Self::errno(&d.path, "fchmod directory"))?;
             let t = Timestamps { last_access: d.mtime, last_modification: d.mtime };
             rustix::fs::futimens(&fd, &t).map_err(Self::errno(&d.path, "futimens directory"))?;
         }
@@ -676,7 +788,12 @@ enum CopyError {
 }
 
 /// Copies at most `limit` bytes; one byte more is a tar bomb.
-fn copy_limited<R: Read, W: Write>(r: &mut R, w: &mut W, limit: u64, buf: &mut [u8]) -> Result<u64, CopyError> {
+fn copy_limited<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    limit: u64,
+    buf: &mut [u8],
+) -> Result<u64, CopyError> {
     let mut total = 0u64;
     loop {
         let n = match r.read(buf) {

@@ -74,7 +74,11 @@ pub(crate) fn mkdir_all_in_root(root: BorrowedFd<'_>, components: &[&[u8]]) -> i
         match open_dir_in_root(root, &prefix) {
             Ok(fd) => parent = fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                match rustix::fs::mkdirat(&parent, OsStr::from_bytes(components[i]), Mode::from_raw_mode(0o755)) {
+                match rustix::fs::mkdirat(
+                    &parent,
+                    OsStr::from_bytes(components[i]),
+                    Mode::from_raw_mode(0o755),
+                ) {
                     Ok(()) => {}
                     // A dangling symlink occupies the name: the reopen below fails clearly.
                     Err(rustix::io::Errno::EXIST) => {}
@@ -171,11 +175,7 @@ pub(crate) fn ensure_subdir(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::
 
 /// Opens a directory path on the host (not inside any root) for use as a root fd.
 pub(crate) fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
+    Ok(rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
 }
 
 /// Whether the process may do root-only things (chown to any id, mknod).

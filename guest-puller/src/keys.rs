@@ -29,7 +29,11 @@ pub struct KeySources {
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
     #[error("reading key file {path}: {source}")]
-    ReadKey { path: String, #[source] source: std::io::Error },
+    ReadKey {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("key file {path}: {reason}")]
     BadKey { path: String, reason: String },
     #[error("keyprovider config: {0}")]
@@ -58,18 +62,25 @@ impl Keys {
             let mut keys = Vec::new();
             for path in &src.key_files {
                 let bytes = zeroize::Zeroizing::new(
-                    std::fs::read(path).map_err(|source| KeysError::ReadKey { path: path.display().to_string(), source })?,
+                    std::fs::read(path)
+                        .map_err(|source| KeysError::ReadKey { path: path.display().to_string(), source })?,
                 );
-                let key = ocicrypt::load_private_key(&bytes)
-                    .map_err(|e| KeysError::BadKey { path: path.display().to_string(), reason: e.to_string() })?;
+                let key = ocicrypt::load_private_key(&bytes).map_err(|e| KeysError::BadKey {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
                 keys.push(key);
             }
             unwrappers.push(Arc::new(ocicrypt::JweUnwrapper::new(keys)));
         }
 
         let config = match &src.keyprovider_config {
-            Some(p) => Some(keyprovider::KeyProviderConfig::from_path(p).map_err(|e| KeysError::KeyProvider(e.to_string()))?),
-            None => keyprovider::KeyProviderConfig::from_env().map_err(|e| KeysError::KeyProvider(e.to_string()))?,
+            Some(p) => Some(
+                keyprovider::KeyProviderConfig::from_path(p)
+                    .map_err(|e| KeysError::KeyProvider(e.to_string()))?,
+            ),
+            None => keyprovider::KeyProviderConfig::from_env()
+                .map_err(|e| KeysError::KeyProvider(e.to_string()))?,
         };
         if let Some(cfg) = &config {
             for name in cfg.key_providers.keys() {
@@ -89,13 +100,18 @@ impl Keys {
                     .parse()
                     .map_err(|e: kbs::AttesterError| KeysError::Attester(e.to_string()))?;
                 // Sample evidence only when asked for by name; `auto` never picks it.
-                let opts = kbs::AttesterOptions { allow_sample: kind == kbs::AttesterKind::Sample, ..Default::default() };
-                let attester = kbs::make_attester(kind, &opts).map_err(|e| KeysError::Attester(e.to_string()))?;
+                let opts = kbs::AttesterOptions {
+                    allow_sample: kind == kbs::AttesterKind::Sample,
+                    ..Default::default()
+                };
+                let attester =
+                    kbs::make_attester(kind, &opts).map_err(|e| KeysError::Attester(e.to_string()))?;
                 let mut cfg = kbs::ClientConfig::default();
                 if let Some(t) = src.kbs_timeout {
                     cfg.deadline = t;
                 }
-                let client = kbs::KbsClient::new(url, attester, cfg).map_err(|e| KeysError::Kbs(e.to_string()))?;
+                let client =
+                    kbs::KbsClient::new(url, attester, cfg).map_err(|e| KeysError::Kbs(e.to_string()))?;
                 // A keyprovider config may also name attestation-agent; the direct
                 // KBS unwrapper is tried alongside it.
                 unwrappers.push(Arc::new(keyprovider::KbsKekUnwrapper::new(client.clone())));

@@ -17,7 +17,11 @@ use guest_puller::progress::{Bars, JsonLines, ProgressSink, Quiet};
 use guest_puller::pull::{pull, PullError, PullOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "cloak-pull", version, about = "Pull an (encrypted) OCI image into a bundle rootfs, verified and fail-closed")]
+#[command(
+    name = "cloak-pull",
+    version,
+    about = "Pull an (encrypted) OCI image into a bundle rootfs, verified and fail-closed"
+)]
 struct Cli {
     /// Image: docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG|@DIGEST].
     image: String,
@@ -84,8 +88,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if cli.quiet { "error" } else { "warn" })),
+            tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if cli.quiet { "error" } else { "warn" })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -107,7 +112,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let store_link = match cli.store_link.as_str() {
         "copy" => LinkMode::Copy,
         "hardlink" => LinkMode::Hardlink,
-        "overlay" if cli.store.is_none() => anyhow::bail!("--store-link overlay needs --store (the overlay's lower layers live there)"),
+        "overlay" if cli.store.is_none() => {
+            anyhow::bail!("--store-link overlay needs --store (the overlay's lower layers live there)")
+        }
         "overlay" => LinkMode::Overlay,
         other => anyhow::bail!("--store-link must be copy, hardlink or overlay, not {other:?}"),
     };
@@ -125,7 +132,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (false, None) => Arc::new(Quiet),
     };
     raise_fd_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async {
         let keys = Keys::build(&KeySources {
             key_files: cli.keys.clone(),
@@ -153,9 +163,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let summary = pull(&opts).await.map_err(|e| match (&e, &cli.kbs) {
             // Say which broker and deadline a key failure ran into.
-            (PullError::Keys { .. }, Some(url)) => {
-                anyhow::Error::new(e).context(format!("unwrapping layer keys (KBS {url}, --kbs-timeout {} s)", cli.kbs_timeout.as_secs_f64()))
-            }
+            (PullError::Keys { .. }, Some(url)) => anyhow::Error::new(e).context(format!(
+                "unwrapping layer keys (KBS {url}, --kbs-timeout {} s)",
+                cli.kbs_timeout.as_secs_f64()
+            )),
             _ => anyhow::Error::new(e),
         })?;
         if cli.json {
@@ -184,6 +195,9 @@ fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let lim = getrlimit(Resource::Nofile);
     if lim.current < lim.maximum {
-        let _ = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum });
+        let _ = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum },
+        );
     }
 }

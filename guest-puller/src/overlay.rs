@@ -43,9 +43,18 @@ pub enum OverlayError {
     #[error("--store-link overlay: {layers} layers make the mount options too long ({len} bytes); use --store-link hardlink")]
     TooManyLayers { layers: usize, len: usize },
     #[error("overlay view of {path}: {op}: {source}")]
-    View { path: String, op: &'static str, #[source] source: io::Error },
+    View {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("mounting the overlay rootfs at {path}: {source}")]
-    Mount { path: String, #[source] source: io::Error },
+    Mount {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn view_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> OverlayError + 'a {
@@ -67,13 +76,16 @@ pub fn check_available() -> Result<(), OverlayError> {
 /// The overlay view of the store tree `tree` (`…/<hex>/tree`), built now if
 /// missing. Call with the entry's store lock held.
 pub fn ensure_view(tree: &Path) -> Result<PathBuf, OverlayError> {
-    let entry = tree.parent().ok_or_else(|| view_err(tree, "locate entry")(io::Error::other("tree has no parent")))?;
+    let entry = tree
+        .parent()
+        .ok_or_else(|| view_err(tree, "locate entry")(io::Error::other("tree has no parent")))?;
     let view = entry.join(VIEW_DIR);
     if view.is_dir() {
         return Ok(view);
     }
     let tmp = entry.join(format!("{VIEW_DIR}.tmp-{}", crate::store::random_suffix()));
-    let result = build(tree, &tmp).and_then(|()| std::fs::rename(&tmp, &view).map_err(view_err(&view, "publish view")));
+    let result = build(tree, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, &view).map_err(view_err(&view, "publish view")));
     if result.is_err() {
         let _ = crate::store::remove_tree(&tmp);
     }
@@ -105,10 +117,21 @@ fn build_dir(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
         if let Some(victim) = name.strip_prefix(WHITEOUT_PREFIX) {
             // Other aufs metadata, nonsense names, or an entry of this very layer
             // by that name (which hides the lower one already): nothing to do.
-            if name.starts_with(b".wh..wh.") || victim.is_empty() || victim == b"." || victim == b".." || present.contains(victim) {
+            if name.starts_with(b".wh..wh.")
+                || victim.is_empty()
+                || victim == b"."
+                || victim == b".."
+                || present.contains(victim)
+            {
                 continue;
             }
-            rustix::fs::mknodat(dst, OsStr::from_bytes(victim), FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))?;
+            rustix::fs::mknodat(
+                dst,
+                OsStr::from_bytes(victim),
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )?;
             continue;
         }
         let ftype = match ftype {
@@ -145,18 +168,25 @@ fn option_path(p: &Path) -> Result<&str, OverlayError> {
 /// `bundle/rootfs`.
 pub fn mount(views: &[PathBuf], bundle: &Path) -> Result<PathBuf, OverlayError> {
     // Absolute paths in the options: the kernel would resolve relative ones against our cwd.
-    let bundle = &std::fs::canonicalize(bundle).map_err(|source| OverlayError::Mount { path: bundle.display().to_string(), source })?;
+    let bundle = &std::fs::canonicalize(bundle)
+        .map_err(|source| OverlayError::Mount { path: bundle.display().to_string(), source })?;
     let state = bundle.join(BUNDLE_DIR);
     let (upper, work, rootfs) = (state.join("upper"), state.join("work"), bundle.join("rootfs"));
     let mut lower = Vec::new();
     for v in views.iter().rev() {
         lower.push(option_path(v)?);
     }
-    let options = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), option_path(&upper)?, option_path(&work)?);
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        option_path(&upper)?,
+        option_path(&work)?
+    );
     if options.len() > MAX_OPTIONS {
         return Err(OverlayError::TooManyLayers { layers: views.len(), len: options.len() });
     }
-    let data = std::ffi::CString::new(options).map_err(|_| OverlayError::BadPath(bundle.display().to_string()))?;
+    let data =
+        std::ffi::CString::new(options).map_err(|_| OverlayError::BadPath(bundle.display().to_string()))?;
     let setup = || -> io::Result<()> {
         std::fs::create_dir(&state)?;
         std::fs::create_dir(&upper)?;
@@ -168,7 +198,13 @@ pub fn mount(views: &[PathBuf], bundle: &Path) -> Result<PathBuf, OverlayError> 
             set_meta_fd(up.as_fd(), &st, true)?;
         }
         std::fs::create_dir(&rootfs)?;
-        rustix::mount::mount("overlay", &rootfs, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())?;
+        rustix::mount::mount(
+            "overlay",
+            &rootfs,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )?;
         Ok(())
     };
     setup().map_err(|source| {

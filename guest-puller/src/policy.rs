@@ -39,14 +39,20 @@ pub struct Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("reading policy {path}: {source}")]
-    Read { path: String, #[source] source: std::io::Error },
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("parsing policy {path}: {reason}")]
     Parse { path: String, reason: String },
     #[error("policy refused {image}: the reference must be pinned by digest (use @sha256:...)")]
     NotPinned { image: String },
     #[error("policy refused {image}: registry {registry} is not in allowed_registries")]
     Registry { image: String, registry: String },
-    #[error("policy refused layer {index} ({digest}): it is not encrypted and require_encrypted_layers is set")]
+    #[error(
+        "policy refused layer {index} ({digest}): it is not encrypted and require_encrypted_layers is set"
+    )]
     Unencrypted { index: usize, digest: String },
     #[error("policy refused layer {index} ({digest}): none of its key schemes [{found}] is in allowed_key_schemes")]
     KeyScheme { index: usize, digest: String, found: String },
@@ -66,7 +72,8 @@ pub struct LayerFacts<'a> {
 impl Policy {
     /// Loads a policy file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
         Self::parse(&text).map_err(|reason| PolicyError::Parse { path: path.display().to_string(), reason })
     }
 
@@ -79,7 +86,12 @@ impl Policy {
     }
 
     /// Checks the reference: `registry` is the host of a `docker://` image (None for layouts).
-    pub fn check_reference(&self, image: &str, registry: Option<&str>, pinned: bool) -> Result<(), PolicyError> {
+    pub fn check_reference(
+        &self,
+        image: &str,
+        registry: Option<&str>,
+        pinned: bool,
+    ) -> Result<(), PolicyError> {
         if self.require_digest && !pinned {
             return Err(PolicyError::NotPinned { image: image.to_string() });
         }
@@ -96,7 +108,9 @@ impl Policy {
     pub fn scheme_allowed(&self, scheme: &str) -> bool {
         match &self.allowed_key_schemes {
             None => true,
-            Some(list) => list.iter().any(|a| a == scheme || (a == "provider.*" && scheme.starts_with("provider."))),
+            Some(list) => {
+                list.iter().any(|a| a == scheme || (a == "provider.*" && scheme.starts_with("provider.")))
+            }
         }
     }
 
@@ -112,7 +126,11 @@ impl Policy {
             }
             let schemes = key_schemes(l.annotations);
             if !schemes.iter().any(|s| self.scheme_allowed(s)) {
-                return Err(PolicyError::KeyScheme { index, digest: l.digest.to_string(), found: schemes.join(", ") });
+                return Err(PolicyError::KeyScheme {
+                    index,
+                    digest: l.digest.to_string(),
+                    found: schemes.join(", "),
+                });
             }
         }
         Ok(())
@@ -137,8 +155,12 @@ mod tests {
         let p = Policy::parse("").expect("parse");
         p.check_reference("docker://h/x:t", Some("h"), false).expect("ref");
         let a = BTreeMap::new();
-        p.check_layers(&[LayerFacts { digest: "sha256:1", media_type: "application/vnd.oci.image.layer.v1.tar+gzip", annotations: &a }])
-            .expect("layers");
+        p.check_layers(&[LayerFacts {
+            digest: "sha256:1",
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+            annotations: &a,
+        }])
+        .expect("layers");
     }
 
     #[test]
@@ -152,22 +174,33 @@ mod tests {
             "require_digest: true\nrequire_encrypted_layers: true\nallowed_registries: [\"127.0.0.1:5000\"]\nallowed_key_schemes: [\"provider.*\"]\n",
         )
         .expect("parse");
-        let e = p.check_reference("docker://127.0.0.1:5000/a:t", Some("127.0.0.1:5000"), false).expect_err("unpinned");
+        let e = p
+            .check_reference("docker://127.0.0.1:5000/a:t", Some("127.0.0.1:5000"), false)
+            .expect_err("unpinned");
         assert!(e.to_string().contains("pinned by digest"));
-        let e = p.check_reference("docker://evil:5000/a@sha256:00", Some("evil:5000"), true).expect_err("registry");
+        let e = p
+            .check_reference("docker://evil:5000/a@sha256:00", Some("evil:5000"), true)
+            .expect_err("registry");
         assert!(e.to_string().contains("registry evil:5000"));
         assert!(p.check_reference("oci:/x:t", None, true).is_err());
         p.check_reference("docker://127.0.0.1:5000/a@sha256:00", Some("127.0.0.1:5000"), true).expect("ok");
         let none = BTreeMap::new();
         let e = p
-            .check_layers(&[LayerFacts { digest: "sha256:1", media_type: "application/vnd.oci.image.layer.v1.tar+gzip", annotations: &none }])
+            .check_layers(&[LayerFacts {
+                digest: "sha256:1",
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+                annotations: &none,
+            }])
             .expect_err("plain");
         assert!(matches!(e, PolicyError::Unencrypted { index: 0, .. }));
         let jwe = ann(&["jwe"]);
         let mt = "application/vnd.oci.image.layer.v1.tar+gzip+encrypted";
-        let e = p.check_layers(&[LayerFacts { digest: "sha256:1", media_type: mt, annotations: &jwe }]).expect_err("scheme");
+        let e = p
+            .check_layers(&[LayerFacts { digest: "sha256:1", media_type: mt, annotations: &jwe }])
+            .expect_err("scheme");
         assert!(e.to_string().contains("[jwe]"), "{e}");
         let aa = ann(&["provider.attestation-agent"]);
-        p.check_layers(&[LayerFacts { digest: "sha256:1", media_type: mt, annotations: &aa }]).expect("provider ok");
+        p.check_layers(&[LayerFacts { digest: "sha256:1", media_type: mt, annotations: &aa }])
+            .expect("provider ok");
     }
 }

@@ -90,10 +90,15 @@ impl ProgressSink for Bars {
         }
         let bar = bars[i].get_or_insert_with(|| {
             let b = self.multi.add(indicatif::ProgressBar::new(ev.total));
-            if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix:>12} {msg:>9} [{bar:30}] {bytes}/{total_bytes}") {
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{prefix:>12} {msg:>9} [{bar:30}] {bytes}/{total_bytes}",
+            ) {
                 b.set_style(style.progress_chars("=> "));
             }
-            let short = ev.digest.map(|d| d.trim_start_matches("sha256:").chars().take(12).collect::<String>()).unwrap_or_default();
+            let short = ev
+                .digest
+                .map(|d| d.trim_start_matches("sha256:").chars().take(12).collect::<String>())
+                .unwrap_or_default();
             b.set_prefix(short);
             b
         });

@@ -12,15 +12,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
-use ocicrypt::{KeyUnwrapper, PrivateOptions, PublicOptions};
 use oci::{Digest, ImageRef, ImageSource, Manifest, PlatformSpec, SourceOptions};
+use ocicrypt::{KeyUnwrapper, PrivateOptions, PublicOptions};
 use serde::Serialize;
 use tokio::io::AsyncRead;
 
 use crate::assemble::{self, LinkMode};
 use crate::decode::{self, Compression, DecodeError};
-use crate::overlay::{self, OverlayError};
 use crate::extract::{ExtractOptions, WhiteoutMode};
+use crate::overlay::{self, OverlayError};
 use crate::policy::{LayerFacts, Policy, PolicyError};
 use crate::progress::{Event, ProgressSink};
 use crate::store::{self, Completion, Store, StoreError};
@@ -72,7 +72,12 @@ pub enum PullError {
     #[error("layer {index} ({digest}): the layer key could not be unwrapped: {reason}")]
     Keys { index: usize, digest: String, reason: String },
     #[error("layer {index} ({digest}): {source}")]
-    Layer { index: usize, digest: String, #[source] source: DecodeError },
+    Layer {
+        index: usize,
+        digest: String,
+        #[source]
+        source: DecodeError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -148,7 +153,11 @@ impl KeyUnwrapper for PolicyFiltered {
     fn handles(&self, scheme: &str) -> bool {
         self.policy.scheme_allowed(scheme) && self.inner.handles(scheme)
     }
-    fn unwrap<'a>(&'a self, scheme: &'a str, wrapped: &'a [u8]) -> ocicrypt::BoxFuture<'a, Result<zeroize::Zeroizing<Vec<u8>>, ocicrypt::WrapError>> {
+    fn unwrap<'a>(
+        &'a self,
+        scheme: &'a str,
+        wrapped: &'a [u8],
+    ) -> ocicrypt::BoxFuture<'a, Result<zeroize::Zeroizing<Vec<u8>>, ocicrypt::WrapError>> {
         self.inner.unwrap(scheme, wrapped)
     }
 }
@@ -163,10 +172,18 @@ fn check_manifest_bytes(raw: &oci::RawManifest, expected: &Digest, what: &str) -
     if expected.algorithm() == oci::Algorithm::Sha256 {
         let actual = sha256_hex(&raw.bytes);
         if actual != expected.to_string() {
-            return Err(PullError::ManifestDigest { what: what.to_string(), expected: expected.to_string(), actual });
+            return Err(PullError::ManifestDigest {
+                what: what.to_string(),
+                expected: expected.to_string(),
+                actual,
+            });
         }
     } else if !expected.matches(&raw.bytes) {
-        return Err(PullError::ManifestDigest { what: what.to_string(), expected: expected.to_string(), actual: "(other)".into() });
+        return Err(PullError::ManifestDigest {
+            what: what.to_string(),
+            expected: expected.to_string(),
+            actual: "(other)".into(),
+        });
     }
     Ok(())
 }
@@ -175,7 +192,8 @@ fn check_manifest_bytes(raw: &oci::RawManifest, expected: &Digest, what: &str) -
 pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
     let t0 = Instant::now();
     let mut timings = Timings::default();
-    let image_ref = ImageRef::from_str(&opts.image).map_err(|e| PullError::Reference { image: opts.image.clone(), reason: e.to_string() })?;
+    let image_ref = ImageRef::from_str(&opts.image)
+        .map_err(|e| PullError::Reference { image: opts.image.clone(), reason: e.to_string() })?;
     let registry = match &image_ref {
         ImageRef::Registry(r) => Some(r.registry.clone()),
         ImageRef::Layout(_) => None,
@@ -184,13 +202,17 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
 
     let rootfs = opts.bundle.join("rootfs");
     if rootfs.symlink_metadata().is_ok() {
-        return Err(PullError::Bundle { path: rootfs.display().to_string(), reason: "already exists; use a fresh bundle directory".into() });
+        return Err(PullError::Bundle {
+            path: rootfs.display().to_string(),
+            reason: "already exists; use a fresh bundle directory".into(),
+        });
     }
     if opts.store.is_some() && opts.store_link == LinkMode::Overlay {
         // Refused before anything is fetched.
         overlay::check_available()?;
     }
-    std::fs::create_dir_all(&opts.bundle).map_err(|e| PullError::Bundle { path: opts.bundle.display().to_string(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&opts.bundle)
+        .map_err(|e| PullError::Bundle { path: opts.bundle.display().to_string(), reason: e.to_string() })?;
 
     // Resolve: manifest (or index → platform manifest) and config.
     opts.progress.event(&Event { layer: None, digest: None, phase: "resolve", bytes: 0, total: 0 });
@@ -210,7 +232,9 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
             check_manifest_bytes(&child, &desc.digest, "the platform manifest")?;
             match child.parse()? {
                 Manifest::Image(m) => (child, m),
-                Manifest::Index(_) => return Err(PullError::Manifest("an index nested in an index is not supported".into())),
+                Manifest::Index(_) => {
+                    return Err(PullError::Manifest("an index nested in an index is not supported".into()))
+                }
             }
         }
     };
@@ -218,32 +242,49 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
     if !manifest.config.digest.matches(&config_bytes) {
         return Err(PullError::Config(format!("config does not hash to {}", manifest.config.digest)));
     }
-    let config: serde_json::Value = serde_json::from_slice(&config_bytes).map_err(|e| PullError::Config(e.to_string()))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&config_bytes).map_err(|e| PullError::Config(e.to_string()))?;
     let diff_ids: Vec<String> = config
         .get("rootfs")
         .and_then(|r| r.get("diff_ids"))
         .and_then(|d| d.as_array())
         .ok_or_else(|| PullError::Config("rootfs.diff_ids is missing".into()))?
         .iter()
-        .map(|v| v.as_str().map(str::to_string).ok_or_else(|| PullError::Config("a diff_id is not a string".into())))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| PullError::Config("a diff_id is not a string".into()))
+        })
         .collect::<Result<_, _>>()?;
     if diff_ids.len() != manifest.layers.len() {
-        return Err(PullError::Config(format!("{} diff_ids for {} layers", diff_ids.len(), manifest.layers.len())));
+        return Err(PullError::Config(format!(
+            "{} diff_ids for {} layers",
+            diff_ids.len(),
+            manifest.layers.len()
+        )));
     }
     let empty = Default::default();
     let facts: Vec<LayerFacts<'_>> = manifest
         .layers
         .iter()
-        .map(|l| LayerFacts { digest: "", media_type: &l.media_type, annotations: l.annotations.as_ref().unwrap_or(&empty) })
+        .map(|l| LayerFacts {
+            digest: "",
+            media_type: &l.media_type,
+            annotations: l.annotations.as_ref().unwrap_or(&empty),
+        })
         .collect();
     let digests: Vec<String> = manifest.layers.iter().map(|l| l.digest.to_string()).collect();
-    let facts: Vec<LayerFacts<'_>> = facts.into_iter().zip(&digests).map(|(f, d)| LayerFacts { digest: d, ..f }).collect();
+    let facts: Vec<LayerFacts<'_>> =
+        facts.into_iter().zip(&digests).map(|(f, d)| LayerFacts { digest: d, ..f }).collect();
     opts.policy.check_layers(&facts)?;
     let mut plans = Vec::new();
     for (index, (l, diff_id)) in manifest.layers.iter().zip(&diff_ids).enumerate() {
         store::diff_id_hex(diff_id)?;
-        let compression = Compression::from_media_type(&l.media_type)
-            .map_err(|e| PullError::Layer { index, digest: l.digest.to_string(), source: e })?;
+        let compression = Compression::from_media_type(&l.media_type).map_err(|e| PullError::Layer {
+            index,
+            digest: l.digest.to_string(),
+            source: e,
+        })?;
         plans.push(LayerPlan {
             index,
             digest: l.digest.clone(),
@@ -260,11 +301,14 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
     // The store: persistent, or private to this pull.
     let (store, ephemeral) = match &opts.store {
         Some(p) => (Store::open(p)?, false),
-        None => (Store::open(&opts.bundle.join(format!(".cloak-pull-store-{}", store::random_suffix())))?, true),
+        None => {
+            (Store::open(&opts.bundle.join(format!(".cloak-pull-store-{}", store::random_suffix())))?, true)
+        }
     };
     // `None`: the store is private and thrown away, so its trees are moved into the rootfs.
     let link = if ephemeral { None } else { Some(opts.store_link) };
-    let result = pull_layers_and_assemble(opts, &source, &store, &plans, link, &config_bytes, &mut timings).await;
+    let result =
+        pull_layers_and_assemble(opts, &source, &store, &plans, link, &config_bytes, &mut timings).await;
     if ephemeral {
         let _ = store::remove_tree(store.root());
     }
@@ -297,14 +341,23 @@ async fn pull_layers_and_assemble(
     let unwrappers: Vec<Arc<dyn KeyUnwrapper>> = opts
         .unwrappers
         .iter()
-        .map(|u| Arc::new(PolicyFiltered { inner: u.clone(), policy: opts.policy.clone() }) as Arc<dyn KeyUnwrapper>)
+        .map(|u| {
+            Arc::new(PolicyFiltered { inner: u.clone(), policy: opts.policy.clone() })
+                as Arc<dyn KeyUnwrapper>
+        })
         .collect();
     let mut keys: HashMap<usize, (PrivateOptions, PublicOptions)> = HashMap::new();
     for p in plans.iter().filter(|p| p.encrypted) {
         if store.lookup(&p.diff_id)?.is_some() {
             continue;
         }
-        opts.progress.event(&Event { layer: Some(p.index), digest: Some(&p.digest.to_string()), phase: "keys", bytes: 0, total: p.size });
+        opts.progress.event(&Event {
+            layer: Some(p.index),
+            digest: Some(&p.digest.to_string()),
+            phase: "keys",
+            bytes: 0,
+            total: p.size,
+        });
         let k = unwrap_layer_key(&unwrappers, p).await?;
         keys.insert(p.index, k);
     }
@@ -367,7 +420,8 @@ async fn pull_layers_and_assemble(
     opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
     let staging = opts.bundle.join(format!(".rootfs-{}", store::random_suffix()));
     let mut guard = RemoveOnDrop(Some(staging.clone()));
-    std::fs::create_dir(&staging).map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })?;
+    std::fs::create_dir(&staging)
+        .map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })?;
     let st2 = staging.clone();
     tokio::task::spawn_blocking(move || match link {
         Some(mode) => assemble::assemble(&trees, &st2, mode),
@@ -376,8 +430,10 @@ async fn pull_layers_and_assemble(
     .await
     .map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })??;
     write_atomic(&opts.bundle.join("image.json"), config_bytes)?;
-    std::fs::rename(&staging, opts.bundle.join("rootfs"))
-        .map_err(|e| PullError::Bundle { path: opts.bundle.join("rootfs").display().to_string(), reason: e.to_string() })?;
+    std::fs::rename(&staging, opts.bundle.join("rootfs")).map_err(|e| PullError::Bundle {
+        path: opts.bundle.join("rootfs").display().to_string(),
+        reason: e.to_string(),
+    })?;
     guard.0 = None;
     timings.assemble_ms = t.elapsed().as_millis();
     Ok(summaries)
@@ -396,7 +452,10 @@ async fn mount_overlay(
 ) -> Result<Vec<LayerSummary>, PullError> {
     let t = Instant::now();
     opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
-    let join = |e: tokio::task::JoinError| PullError::Bundle { path: opts.bundle.display().to_string(), reason: e.to_string() };
+    let join = |e: tokio::task::JoinError| PullError::Bundle {
+        path: opts.bundle.display().to_string(),
+        reason: e.to_string(),
+    };
     let diff_ids: Vec<String> = plans.iter().map(|p| p.diff_id.clone()).collect();
     let st = store.clone();
     let views = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, PullError> {
@@ -416,10 +475,15 @@ async fn mount_overlay(
     Ok(summaries)
 }
 
-async fn unwrap_layer_key(unwrappers: &[Arc<dyn KeyUnwrapper>], p: &LayerPlan) -> Result<(PrivateOptions, PublicOptions), PullError> {
-    ocicrypt::unwrap_keys(unwrappers, &p.annotations)
-        .await
-        .map_err(|e| PullError::Keys { index: p.index, digest: p.digest.to_string(), reason: e.to_string() })
+async fn unwrap_layer_key(
+    unwrappers: &[Arc<dyn KeyUnwrapper>],
+    p: &LayerPlan,
+) -> Result<(PrivateOptions, PublicOptions), PullError> {
+    ocicrypt::unwrap_keys(unwrappers, &p.annotations).await.map_err(|e| PullError::Keys {
+        index: p.index,
+        digest: p.digest.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 async fn fetch_layer(
@@ -446,11 +510,17 @@ async fn fetch_layer(
     // The lock makes a concurrent pull of the same layer wait, then hit the store.
     let st = store.clone();
     let diff_id = p.diff_id.clone();
-    let _lock = tokio::task::spawn_blocking(move || st.lock(&diff_id))
-        .await
-        .map_err(|e| PullError::Bundle { path: store.root().display().to_string(), reason: e.to_string() })??;
+    let _lock = tokio::task::spawn_blocking(move || st.lock(&diff_id)).await.map_err(|e| {
+        PullError::Bundle { path: store.root().display().to_string(), reason: e.to_string() }
+    })??;
     if let Some(tree) = store.lookup(&p.diff_id)? {
-        opts.progress.event(&Event { layer: Some(p.index), digest: Some(&digest_s), phase: "cached", bytes: p.size, total: p.size });
+        opts.progress.event(&Event {
+            layer: Some(p.index),
+            digest: Some(&digest_s),
+            phase: "cached",
+            bytes: p.size,
+            total: p.size,
+        });
         return Ok((tree, summary(true)));
     }
     let key = match (p.encrypted, key) {
@@ -483,19 +553,41 @@ async fn fetch_layer(
     let total = p.size;
     let idx = p.index;
     let d2 = digest_s.clone();
-    let on_bytes = move |n: u64| progress.event(&Event { layer: Some(idx), digest: Some(&d2), phase: "fetch", bytes: n, total });
-    let decoded = decode::decode_layer(reader, decrypt, p.compression, &p.diff_id, &staging.tree(), &xopts, &on_bytes, cancel)
-        .await
-        .map_err(|e| match e {
-            DecodeError::Cancelled => PullError::Cancelled,
-            other => layer_err(other),
-        })?;
+    let on_bytes = move |n: u64| {
+        progress.event(&Event { layer: Some(idx), digest: Some(&d2), phase: "fetch", bytes: n, total })
+    };
+    let decoded = decode::decode_layer(
+        reader,
+        decrypt,
+        p.compression,
+        &p.diff_id,
+        &staging.tree(),
+        &xopts,
+        &on_bytes,
+        cancel,
+    )
+    .await
+    .map_err(|e| match e {
+        DecodeError::Cancelled => PullError::Cancelled,
+        other => layer_err(other),
+    })?;
     for w in &decoded.stats.warnings {
         tracing::warn!(layer = p.index, "{w}");
     }
-    let completion = Completion { diff_id: p.diff_id.clone(), blob_digest: digest_s.clone(), entries: decoded.stats.entries, bytes: decoded.stats.bytes };
+    let completion = Completion {
+        diff_id: p.diff_id.clone(),
+        blob_digest: digest_s.clone(),
+        entries: decoded.stats.entries,
+        bytes: decoded.stats.bytes,
+    };
     let tree = store.commit(staging, &completion)?;
-    opts.progress.event(&Event { layer: Some(p.index), digest: Some(&digest_s), phase: "verified", bytes: p.size, total: p.size });
+    opts.progress.event(&Event {
+        layer: Some(p.index),
+        digest: Some(&digest_s),
+        phase: "verified",
+        bytes: p.size,
+        total: p.size,
+    });
     Ok((tree, summary(false)))
 }
 

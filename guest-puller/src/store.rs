@@ -23,7 +23,12 @@ pub enum StoreError {
     #[error("invalid diff_id {0:?} (expected sha256:<64 hex>)")]
     BadDiffId(String),
     #[error("layer store {path}: {op}: {source}")]
-    Io { path: PathBuf, op: &'static str, #[source] source: io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -142,7 +147,8 @@ impl Store {
             return Err(StoreError::BadDiffId(completion.diff_id.clone()));
         }
         let marker = staging.dir.join("complete.json");
-        let body = serde_json::to_vec_pretty(completion).map_err(|e| io_err(&marker, "encode marker")(io::Error::other(e)))?;
+        let body = serde_json::to_vec_pretty(completion)
+            .map_err(|e| io_err(&marker, "encode marker")(io::Error::other(e)))?;
         let mut f = File::create(&marker).map_err(io_err(&marker, "write marker"))?;
         f.write_all(&body).map_err(io_err(&marker, "write marker"))?;
         f.sync_all().map_err(io_err(&marker, "sync marker"))?;

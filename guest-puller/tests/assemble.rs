@@ -78,7 +78,12 @@ fn trees(base: &Path) -> Vec<PathBuf> {
 type Row = (String, String, u32, i64, String, Vec<u8>);
 
 fn snapshot(root: &Path) -> Vec<Row> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<Row>, inodes: &mut std::collections::HashMap<u64, String>) {
+    fn walk(
+        base: &Path,
+        dir: &Path,
+        out: &mut Vec<Row>,
+        inodes: &mut std::collections::HashMap<u64, String>,
+    ) {
         let mut ents: Vec<_> = fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry")).collect();
         ents.sort_by_key(|e| e.file_name());
         for e in ents {
@@ -92,7 +97,11 @@ fn snapshot(root: &Path) -> Vec<Row> {
             } else {
                 ("file", fs::read(&p).expect("read"))
             };
-            let first = if kind == "file" { inodes.entry(m.ino()).or_insert_with(|| rel.clone()).clone() } else { String::new() };
+            let first = if kind == "file" {
+                inodes.entry(m.ino()).or_insert_with(|| rel.clone()).clone()
+            } else {
+                String::new()
+            };
             out.push((rel, kind.into(), m.mode(), m.mtime(), first, data));
             if m.is_dir() {
                 walk(base, &p, out, inodes);
@@ -134,6 +143,8 @@ fn moving_out_of_a_private_store_equals_hardlinking() {
     assert!(!names.iter().any(|n| n.contains(".wh.")), "{names:?}");
     let b = got.iter().find(|r| r.0 == "usr/lib/b.so").expect("b.so");
     assert_eq!(b.4, "usr/lib/b-link.so", "hardlinks stay hardlinks");
-    assert!(names.contains(&"fresh/sub/f") && !names.contains(&"etc/hosts") && !names.contains(&"var/cache/old"), "{names:?}");
+    assert!(
+        names.contains(&"fresh/sub/f") && !names.contains(&"etc/hosts") && !names.contains(&"var/cache/old"),
+        "{names:?}"
+    );
 }
-

@@ -44,10 +44,8 @@ fn cli_layout_with_key_and_json_progress() {
     assert!(summary["manifest_digest"].as_str().expect("digest").starts_with("sha256:"));
     assert!(summary["layers"][0]["diff_id"].as_str().expect("diff_id").starts_with("sha256:"));
     assert!(summary["timings"]["total_ms"].is_number());
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stderr).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(events.iter().any(|e| e["phase"] == "verified" && e["layer"] == 2), "{events:?}");
     assert!(bundle.join("image.json").is_file());
 }
@@ -90,9 +88,15 @@ fn cli_attester_sample_needs_kbs_and_auto_never_samples() {
         .arg(tmp.path().join("b"))
         .output()
         .expect("run");
-    if !std::path::Path::new("/dev/sev-guest").exists() && !std::path::Path::new("/sys/kernel/config/tsm/report").exists() {
+    if !std::path::Path::new("/dev/sev-guest").exists()
+        && !std::path::Path::new("/sys/kernel/config/tsm/report").exists()
+    {
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("no TEE found"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no TEE found"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(!tmp.path().join("b/rootfs").exists());
 }
@@ -101,7 +105,9 @@ fn cli_attester_sample_needs_kbs_and_auto_never_samples() {
 fn cli_registry_images_encrypted_by_skopeo_rsa_and_ec() {
     let Some(skopeo) = skopeo_193() else { return };
     let Some(reg) = Registry::start() else { return };
-    for (vector, pubkey, privkey) in [("three-layers", "rsa.pub.pem", "rsa.priv.pem"), ("ec-p256", "ec.pub.pem", "ec.priv.pem")] {
+    for (vector, pubkey, privkey) in
+        [("three-layers", "rsa.pub.pem", "rsa.priv.pem"), ("ec-p256", "ec.pub.pem", "ec.priv.pem")]
+    {
         let g = golden(vector);
         let dest = reg.docker_ref(&format!("{vector}:enc"));
         run_ok(
@@ -126,7 +132,11 @@ fn cli_registry_images_encrypted_by_skopeo_rsa_and_ec() {
         model::assert_same(&expected(vector), &model::read_tree(&bundle.join("rootfs")));
         // Pinned by the digest the registry serves: pulls again into a new bundle.
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        let pinned = format!("{}@{}", dest.rsplit_once(':').expect("tag").0, summary["manifest_digest"].as_str().expect("d"));
+        let pinned = format!(
+            "{}@{}",
+            dest.rsplit_once(':').expect("tag").0,
+            summary["manifest_digest"].as_str().expect("d")
+        );
         let out = cloak_pull()
             .arg("--key")
             .arg(g.join("keys").join(privkey))
@@ -144,12 +154,23 @@ fn cli_kbs_timeout_must_be_positive_seconds() {
     let tmp = tempfile::tempdir().expect("tmp");
     for bad in ["0", "-1", "soon", "7200"] {
         let out = cloak_pull()
-            .args(["--kbs", "http://127.0.0.1:9", "--attester", "sample", &format!("--kbs-timeout={bad}"), "oci:/nonexistent:v1"])
+            .args([
+                "--kbs",
+                "http://127.0.0.1:9",
+                "--attester",
+                "sample",
+                &format!("--kbs-timeout={bad}"),
+                "oci:/nonexistent:v1",
+            ])
             .arg(tmp.path().join("bundle"))
             .output()
             .expect("run");
         assert!(!out.status.success(), "--kbs-timeout {bad} was accepted");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("--kbs-timeout"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--kbs-timeout"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!tmp.path().join("bundle").exists());
     }
 }

@@ -21,10 +21,24 @@ fn layer_tar() -> Vec<u8> {
     RawTar::new().dir("d/").file("d/a", b"alpha").file("d/big", &big).file("z", b"zulu").finish()
 }
 
-async fn run(data: Vec<u8>, c: Compression, id: &str) -> (Result<guest_puller::decode::DecodedLayer, DecodeError>, tempfile::TempDir) {
+async fn run(
+    data: Vec<u8>,
+    c: Compression,
+    id: &str,
+) -> (Result<guest_puller::decode::DecodedLayer, DecodeError>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tmp");
     let cancel = AtomicBool::new(false);
-    let r = decode_layer(std::io::Cursor::new(data), None, c, id, tmp.path(), &ExtractOptions::default(), &|_| {}, &cancel).await;
+    let r = decode_layer(
+        std::io::Cursor::new(data),
+        None,
+        c,
+        id,
+        tmp.path(),
+        &ExtractOptions::default(),
+        &|_| {},
+        &cancel,
+    )
+    .await;
     (r, tmp)
 }
 
@@ -75,12 +89,16 @@ async fn diff_id_mismatch_is_reported() {
 struct FailingAtEof(std::io::Cursor<Vec<u8>>);
 
 impl tokio::io::AsyncRead for FailingAtEof {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
-            std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => {
-                std::task::Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "HMAC mismatch")))
-            }
+            std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => std::task::Poll::Ready(Err(
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "HMAC mismatch"),
+            )),
             other => other,
         }
     }
@@ -91,7 +109,17 @@ async fn source_failure_at_eof_fails_the_layer() {
     let tar = layer_tar();
     let tmp = tempfile::tempdir().expect("tmp");
     let cancel = AtomicBool::new(false);
-    let r = decode_layer(FailingAtEof(std::io::Cursor::new(tar.clone())), None, Compression::None, &diff_id(&tar), tmp.path(), &ExtractOptions::default(), &|_| {}, &cancel).await;
+    let r = decode_layer(
+        FailingAtEof(std::io::Cursor::new(tar.clone())),
+        None,
+        Compression::None,
+        &diff_id(&tar),
+        tmp.path(),
+        &ExtractOptions::default(),
+        &|_| {},
+        &cancel,
+    )
+    .await;
     match r {
         Err(DecodeError::Source(e)) => assert!(e.to_string().contains("HMAC")),
         other => panic!("expected a source failure, got {other:?}"),
@@ -107,7 +135,10 @@ async fn garbage_gzip_is_a_decompress_error() {
 // ------------------------------------------------- encrypted: decrypted here
 
 /// A gzip layer encrypted as skopeo would: (ciphertext, its sha256, options).
-fn encrypted_layer(tar: &[u8], c: Compression) -> (Vec<u8>, [u8; 32], ocicrypt::PrivateOptions, ocicrypt::PublicOptions) {
+fn encrypted_layer(
+    tar: &[u8],
+    c: Compression,
+) -> (Vec<u8>, [u8; 32], ocicrypt::PrivateOptions, ocicrypt::PublicOptions) {
     let mut ct = if c == Compression::Gzip {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(tar).expect("gz");
@@ -188,7 +219,12 @@ async fn encrypted_layer_failures_are_source_failures() {
     assert!(err.to_string().contains("digest mismatch"), "{err}");
 
     let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(sha);
-    let (r, _t) =
-        run_encrypted(ct, dec, Compression::None, "sha256:0000000000000000000000000000000000000000000000000000000000000000").await;
+    let (r, _t) = run_encrypted(
+        ct,
+        dec,
+        Compression::None,
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    )
+    .await;
     assert!(matches!(r, Err(DecodeError::DiffId { .. })));
 }

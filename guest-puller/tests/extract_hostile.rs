@@ -149,10 +149,8 @@ fn hardlink_to_outside_is_refused() {
     let tar = RawTar::new().hardlink("h", "../outside/passwd").finish();
     assert!(matches!(run(&sb, &tar, &ExtractOptions::default()), Err(ExtractError::BadLink { .. })));
     // Through a symlink pointing out: resolved inside the root, where nothing is.
-    let tar = RawTar::new()
-        .symlink("out", &sb.outside.display().to_string())
-        .hardlink("h", "out/passwd")
-        .finish();
+    let tar =
+        RawTar::new().symlink("out", &sb.outside.display().to_string()).hardlink("h", "out/passwd").finish();
     assert!(matches!(run(&sb, &tar, &ExtractOptions::default()), Err(ExtractError::BadLink { .. })));
     assert_eq!(fs::metadata(sb.outside.join("passwd")).expect("m").nlink(), 1);
 }
@@ -160,7 +158,11 @@ fn hardlink_to_outside_is_refused() {
 #[test]
 fn hardlink_within_image_works() {
     let sb = sandbox();
-    let tar = RawTar::new().file("a/orig", b"data").hardlink("b/link", "a/orig").hardlink("/b/abs", "/a/orig").finish();
+    let tar = RawTar::new()
+        .file("a/orig", b"data")
+        .hardlink("b/link", "a/orig")
+        .hardlink("/b/abs", "/a/orig")
+        .finish();
     run(&sb, &tar, &ExtractOptions::default()).expect("extract");
     let m = fs::metadata(sb.root.join("a/orig")).expect("m");
     assert_eq!(m.nlink(), 3);
@@ -194,7 +196,10 @@ fn dir_replaced_by_symlink_gets_no_deferred_metadata_outside() {
 #[test]
 fn device_nodes_follow_policy() {
     let sb = sandbox();
-    let tar = RawTar::new().entry_dev("dev/null2", b'3', b"", "", 0o666, 1, 3).entry("p", b'6', b"", "", 0o644).finish();
+    let tar = RawTar::new()
+        .entry_dev("dev/null2", b'3', b"", "", 0o666, 1, 3)
+        .entry("p", b'6', b"", "", 0o644)
+        .finish();
     let opts = ExtractOptions { devices: DevicePolicy::Reject, ..Default::default() };
     assert!(matches!(run(&sb, &tar, &opts), Err(ExtractError::DeviceRefused { .. })));
     let opts = ExtractOptions { devices: DevicePolicy::Skip, ..Default::default() };
@@ -217,7 +222,10 @@ fn tar_bomb_by_size_fails_clearly() {
     let sb = sandbox();
     let big = vec![7u8; 10_000];
     let tar = RawTar::new().file("a", &big).file("b", &big).finish();
-    let opts = ExtractOptions { limits: Limits { max_total_size: 15_000, ..Default::default() }, ..Default::default() };
+    let opts = ExtractOptions {
+        limits: Limits { max_total_size: 15_000, ..Default::default() },
+        ..Default::default()
+    };
     let err = run(&sb, &tar, &opts).expect_err("bomb");
     assert!(err.to_string().starts_with("tar bomb: unpacked size exceeds 15000"), "{err}");
 }
@@ -230,7 +238,8 @@ fn tar_bomb_by_entries_and_names() {
         t.file(&format!("f{i}"), b"");
     }
     let tar = t.finish();
-    let opts = ExtractOptions { limits: Limits { max_entries: 10, ..Default::default() }, ..Default::default() };
+    let opts =
+        ExtractOptions { limits: Limits { max_entries: 10, ..Default::default() }, ..Default::default() };
     assert!(matches!(run(&sb, &tar, &opts), Err(ExtractError::TooManyEntries { max: 10 })));
     let long = "x".repeat(300);
     let tar = RawTar::new().pax(&[("path", long.as_bytes())]).file("short", b"").finish();
@@ -325,20 +334,26 @@ fn overlay_xattrs_are_refused_even_when_privileged_ones_are_allowed() {
     let opts = ExtractOptions { allow_privileged_xattrs: true, ..Default::default() };
     let stats = extract(tar.as_slice(), &sb.root, &opts).expect("extract");
     for name in ["trusted.overlay.redirect", "user.overlay.opaque"] {
-        assert!(stats.warnings.iter().any(|w| w.contains(name) && w.contains("refused")), "{name}: {:?}", stats.warnings);
+        assert!(
+            stats.warnings.iter().any(|w| w.contains(name) && w.contains("refused")),
+            "{name}: {:?}",
+            stats.warnings
+        );
         let mut buf = [0u8; 16];
         assert!(rustix::fs::getxattr(sb.root.join("f").as_path(), name, &mut buf).is_err(), "{name} was set");
     }
-    assert!(!stats.warnings.iter().any(|w| w.contains("trusted.other") && w.contains("refused")), "{:?}", stats.warnings);
+    assert!(
+        !stats.warnings.iter().any(|w| w.contains("trusted.other") && w.contains("refused")),
+        "{:?}",
+        stats.warnings
+    );
 }
 
 #[test]
 fn modes_and_mtimes_are_applied() {
     let sb = sandbox();
-    let tar = RawTar::new()
-        .entry("ro/", b'5', b"", "", 0o555)
-        .entry("ro/file", b'0', b"abc", "", 0o640)
-        .finish();
+    let tar =
+        RawTar::new().entry("ro/", b'5', b"", "", 0o555).entry("ro/file", b'0', b"abc", "", 0o640).finish();
     extract(tar.as_slice(), &sb.root, &ExtractOptions::default()).expect("extract");
     let d = fs::metadata(sb.root.join("ro")).expect("d");
     assert_eq!(d.permissions().mode() & 0o7777, 0o555);

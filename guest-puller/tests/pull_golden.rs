@@ -49,7 +49,8 @@ async fn pull_and_compare(vector: &str, enc_layout: &str, key: &str) -> PullSumm
     let expected = model::expected_from_layout(&plain, &model::tagged(&plain, "v1"));
     assert!(!expected.is_empty());
     model::assert_same(&expected, &model::read_tree(&bundle.join("rootfs")));
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("image.json")).expect("image.json")).expect("json");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("image.json")).expect("image.json")).expect("json");
     assert!(config["rootfs"]["diff_ids"].is_array());
     // No private store left behind.
     let names: Vec<_> = std::fs::read_dir(&bundle).expect("ls").map(|e| e.expect("e").file_name()).collect();
@@ -91,14 +92,23 @@ async fn multi_recipient_either_key() {
 async fn two_platform_index_selects_by_platform() {
     let g = golden("index-two-platforms");
     let plain = g.join("plain-oci");
-    let plain_index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(plain.join("blobs/sha256").join(model::tagged(&plain, "v1").trim_start_matches("sha256:"))).expect("idx"))
-            .expect("json");
+    let plain_index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            plain.join("blobs/sha256").join(model::tagged(&plain, "v1").trim_start_matches("sha256:")),
+        )
+        .expect("idx"),
+    )
+    .expect("json");
     let mut seen = Vec::new();
     for arch in ["amd64", "arm64"] {
         let tmp = tempfile::tempdir().expect("tmp");
         let bundle = tmp.path().join("b");
-        let mut o = opts(format!("oci:{}:enc", g.join("enc-oci").display()), &bundle, &[g.join("keys/rsa.priv.pem")], None);
+        let mut o = opts(
+            format!("oci:{}:enc", g.join("enc-oci").display()),
+            &bundle,
+            &[g.join("keys/rsa.priv.pem")],
+            None,
+        );
         o.platform = Some(format!("linux/{arch}").parse().expect("platform"));
         pull(&o).await.expect("pull");
         let m = plain_index["manifests"]
@@ -120,9 +130,14 @@ async fn wrong_key_fails_without_rootfs() {
     let g = golden("three-layers");
     let tmp = tempfile::tempdir().expect("tmp");
     let bundle = tmp.path().join("b");
-    let err = pull(&opts(format!("oci:{}:enc", g.join("enc-oci").display()), &bundle, &[golden("ec-p256/keys/ec.priv.pem")], None))
-        .await
-        .expect_err("wrong key");
+    let err = pull(&opts(
+        format!("oci:{}:enc", g.join("enc-oci").display()),
+        &bundle,
+        &[golden("ec-p256/keys/ec.priv.pem")],
+        None,
+    ))
+    .await
+    .expect_err("wrong key");
     assert!(matches!(err, PullError::Keys { .. }), "{err}");
     assert!(!bundle.join("rootfs").exists());
 }
@@ -133,7 +148,12 @@ async fn policy_refuses_partly_encrypted_and_unpinned_before_fetching() {
     let tmp = tempfile::tempdir().expect("tmp");
     let bundle = tmp.path().join("b");
     let store = tmp.path().join("store");
-    let mut o = opts(format!("oci:{}:enc", g.join("enc-oci").display()), &bundle, &[g.join("keys/rsa.priv.pem")], Some(store.clone()));
+    let mut o = opts(
+        format!("oci:{}:enc", g.join("enc-oci").display()),
+        &bundle,
+        &[g.join("keys/rsa.priv.pem")],
+        Some(store.clone()),
+    );
     o.policy = Policy::parse("require_encrypted_layers: true").expect("policy");
     let err = pull(&o).await.expect_err("refused");
     assert!(err.to_string().contains("not encrypted"), "{err}");
@@ -155,19 +175,26 @@ async fn store_reuses_layers_and_refetches_corrupt_entries() {
     let store = tmp.path().join("store");
     let image = format!("oci:{}:enc", g.join("enc-oci").display());
     let key = [g.join("keys/rsa.priv.pem")];
-    let s1 = pull(&opts(image.clone(), &tmp.path().join("b1"), &key, Some(store.clone()))).await.expect("first");
+    let s1 =
+        pull(&opts(image.clone(), &tmp.path().join("b1"), &key, Some(store.clone()))).await.expect("first");
     assert!(s1.layers.iter().all(|l| !l.cached));
     // The 1.18 encryption has other blobs but the same diff_ids: all cached.
     let image2 = format!("oci:{}:enc", g.join("enc-oci-1.18").display());
     let s2 = pull(&opts(image2, &tmp.path().join("b2"), &key, Some(store.clone()))).await.expect("second");
     assert!(s2.layers.iter().all(|l| l.cached));
-    model::assert_same(&model::read_tree(&tmp.path().join("b1/rootfs")), &model::read_tree(&tmp.path().join("b2/rootfs")));
+    model::assert_same(
+        &model::read_tree(&tmp.path().join("b1/rootfs")),
+        &model::read_tree(&tmp.path().join("b2/rootfs")),
+    );
     // Break one entry's completion marker: it is detected and fetched again.
     let hex = s1.layers[1].diff_id.trim_start_matches("sha256:");
     std::fs::remove_file(store.join("layers/sha256").join(hex).join("complete.json")).expect("rm marker");
     let s3 = pull(&opts(image, &tmp.path().join("b3"), &key, Some(store.clone()))).await.expect("third");
     assert!(s3.layers[0].cached && !s3.layers[1].cached && s3.layers[2].cached);
-    model::assert_same(&model::read_tree(&tmp.path().join("b1/rootfs")), &model::read_tree(&tmp.path().join("b3/rootfs")));
+    model::assert_same(
+        &model::read_tree(&tmp.path().join("b1/rootfs")),
+        &model::read_tree(&tmp.path().join("b3/rootfs")),
+    );
 }
 
 #[tokio::test]
@@ -185,7 +212,10 @@ async fn concurrent_pulls_of_one_image_share_the_work() {
     for i in 0..3 {
         assert!(a.layers[i].cached != b.layers[i].cached, "layer {i} decoded twice or never");
     }
-    model::assert_same(&model::read_tree(&tmp.path().join("b1/rootfs")), &model::read_tree(&tmp.path().join("b2/rootfs")));
+    model::assert_same(
+        &model::read_tree(&tmp.path().join("b1/rootfs")),
+        &model::read_tree(&tmp.path().join("b2/rootfs")),
+    );
 }
 
 // ---- tamper suite -------------------------------------------------------
@@ -220,7 +250,8 @@ fn edit_manifest(layout: &Path, tag: &str, f: impl FnOnce(&Path, &mut serde_json
     f(layout, &mut m);
     let bytes = serde_json::to_vec(&m).expect("ser");
     let new = put_blob(layout, &bytes);
-    let mut idx: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("idx")).expect("json");
+    let mut idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("idx")).expect("json");
     for e in idx["manifests"].as_array_mut().expect("manifests") {
         if e["digest"] == old.as_str() {
             e["digest"] = new.clone().into();
@@ -246,11 +277,13 @@ fn tampered() -> Tampered {
 }
 
 async fn pull_tampered(t: &Tampered, image: String) -> PullError {
-    let err = pull(&opts(image, &t.bundle, &[golden("three-layers/keys/rsa.priv.pem")], Some(t.store.clone())))
-        .await
-        .expect_err("tampered image must fail");
+    let err =
+        pull(&opts(image, &t.bundle, &[golden("three-layers/keys/rsa.priv.pem")], Some(t.store.clone())))
+            .await
+            .expect_err("tampered image must fail");
     assert!(!t.bundle.join("rootfs").exists(), "a rootfs was published");
-    let staging: Vec<_> = std::fs::read_dir(t.store.join("staging")).map(|r| r.flatten().collect()).unwrap_or_default();
+    let staging: Vec<_> =
+        std::fs::read_dir(t.store.join("staging")).map(|r| r.flatten().collect()).unwrap_or_default();
     assert!(staging.is_empty(), "staging left behind: {staging:?}");
     err
 }
@@ -260,9 +293,16 @@ fn store_has(t: &Tampered, diff_id: &str) -> bool {
 }
 
 fn diff_ids(layout: &Path) -> Vec<String> {
-    let m: serde_json::Value = serde_json::from_slice(&read_blob(layout, &model::tagged(layout, "enc"))).expect("m");
-    let c: serde_json::Value = serde_json::from_slice(&read_blob(layout, m["config"]["digest"].as_str().expect("c"))).expect("c");
-    c["rootfs"]["diff_ids"].as_array().expect("ids").iter().map(|v| v.as_str().expect("s").to_string()).collect()
+    let m: serde_json::Value =
+        serde_json::from_slice(&read_blob(layout, &model::tagged(layout, "enc"))).expect("m");
+    let c: serde_json::Value =
+        serde_json::from_slice(&read_blob(layout, m["config"]["digest"].as_str().expect("c"))).expect("c");
+    c["rootfs"]["diff_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_str().expect("s").to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -279,7 +319,10 @@ async fn tamper_flipped_ciphertext_byte_with_consistent_digests_fails_hmac() {
     let err = pull_tampered(&t, format!("oci:{}:enc", t.layout.display())).await;
     let msg = err.to_string();
     assert!(matches!(err, PullError::Layer { index: 1, .. }), "{msg}");
-    assert!(msg.to_lowercase().contains("hmac") || msg.contains("decompress") || msg.contains("extract"), "{msg}");
+    assert!(
+        msg.to_lowercase().contains("hmac") || msg.contains("decompress") || msg.contains("extract"),
+        "{msg}"
+    );
     assert!(!store_has(&t, &ids[1]), "the tampered layer reached the store");
 }
 
@@ -288,7 +331,9 @@ async fn tamper_wrong_diff_id_fails() {
     let t = tampered();
     let ids = diff_ids(&t.layout);
     edit_manifest(&t.layout, "enc", |layout, m| {
-        let mut c: serde_json::Value = serde_json::from_slice(&read_blob(layout, m["config"]["digest"].as_str().expect("c"))).expect("c");
+        let mut c: serde_json::Value =
+            serde_json::from_slice(&read_blob(layout, m["config"]["digest"].as_str().expect("c")))
+                .expect("c");
         c["rootfs"]["diff_ids"][2] = format!("sha256:{}", "ab".repeat(32)).into();
         let bytes = serde_json::to_vec(&c).expect("ser");
         m["config"]["digest"] = put_blob(layout, &bytes).into();
@@ -310,7 +355,8 @@ async fn tamper_manifest_substituted_under_pinned_digest() {
         m["layers"].as_array_mut().expect("layers").pop();
     });
     let bytes = read_blob(&t.layout, &other);
-    std::fs::write(t.layout.join("blobs/sha256").join(pinned.trim_start_matches("sha256:")), bytes).expect("swap");
+    std::fs::write(t.layout.join("blobs/sha256").join(pinned.trim_start_matches("sha256:")), bytes)
+        .expect("swap");
     std::fs::write(t.layout.join("index.json"), index).expect("restore index");
     let err = pull_tampered(&t, format!("oci:{}@{}", t.layout.display(), pinned)).await;
     let msg = err.to_string();
@@ -350,7 +396,10 @@ async fn overlay_store_link_mounts_views_and_keeps_writes_out_of_the_store() {
         // The whiteouts and opaque directories of the layers are applied by overlayfs.
         model::assert_same(&expected, &model::read_tree(&bundle.join("rootfs")));
         let mounted = std::fs::read_to_string("/proc/mounts").expect("mounts");
-        assert!(mounted.contains(&format!("{} overlay", bundle.join("rootfs").display())), "not an overlay mount");
+        assert!(
+            mounted.contains(&format!("{} overlay", bundle.join("rootfs").display())),
+            "not an overlay mount"
+        );
     }
     // A container write lands in the bundle's upper directory, never in the store.
     let stored = model::read_tree(&store);

@@ -102,13 +102,15 @@ pub enum ClientError {
 impl From<ClientError> for WrapError {
     fn from(e: ClientError) -> Self {
         match &e {
-            ClientError::Grpc { code: tonic::Code::PermissionDenied | tonic::Code::Unauthenticated, .. } => {
-                WrapError::Refused(e.to_string())
-            }
+            ClientError::Grpc {
+                code: tonic::Code::PermissionDenied | tonic::Code::Unauthenticated, ..
+            } => WrapError::Refused(e.to_string()),
             ClientError::Grpc { code: tonic::Code::Unavailable | tonic::Code::DeadlineExceeded, .. } => {
                 WrapError::Unavailable(e.to_string())
             }
-            ClientError::BadAnswer { .. } => WrapError::Malformed { what: "keyprovider answer".into(), reason: e.to_string() },
+            ClientError::BadAnswer { .. } => {
+                WrapError::Malformed { what: "keyprovider answer".into(), reason: e.to_string() }
+            }
             _ => WrapError::Other(e.to_string()),
         }
     }
@@ -146,8 +148,8 @@ pub struct KeyProviderConfig {
 impl KeyProviderConfig {
     /// Reads a config file.
     pub fn from_path(path: &Path) -> Result<Self, ClientError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| ClientError::ReadConfig { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path)
+            .map_err(|source| ClientError::ReadConfig { path: path.to_owned(), source })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ClientError::ParseConfig { path: path.to_owned(), reason: e.to_string() })
     }
@@ -236,7 +238,8 @@ impl ProviderClient {
     }
 
     async fn call_cmd(&self, cmd: &CmdConfig, body: &[u8]) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-        let err = |reason: String| ClientError::Cmd { name: self.name.clone(), path: cmd.path.clone(), reason };
+        let err =
+            |reason: String| ClientError::Cmd { name: self.name.clone(), path: cmd.path.clone(), reason };
         let mut child = tokio::process::Command::new(&cmd.path)
             .args(&cmd.args)
             .stdin(Stdio::piped())
@@ -283,7 +286,8 @@ impl ProviderClient {
         // `connect_lazy` spawns onto the runtime, so it runs on first use, not in `new`.
         let client = channel
             .get_or_init(|| async {
-                KeyProviderServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(MAX_ANSWER as usize)
+                KeyProviderServiceClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(MAX_ANSWER as usize)
             })
             .await;
         let mut client = client.clone();
@@ -339,13 +343,19 @@ impl KeyWrapper for ProviderWrapper {
 
     fn wrap<'a>(&'a self, private_opts: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, WrapError>> {
         Box::pin(async move {
-            let ec = EncryptConfig { parameters: params_of(&self.client.name, &self.params), ..Default::default() };
+            let ec = EncryptConfig {
+                parameters: params_of(&self.client.name, &self.params),
+                ..Default::default()
+            };
             let out = self.client.call(Op::KeyWrap, &KeyProviderInput::wrap(ec, private_opts)).await?;
             match out.keywrapresults.annotation {
                 Some(a) if !a.as_bytes().is_empty() => Ok(a.as_bytes().to_vec()),
                 _ => Err(WrapError::Malformed {
                     what: "keyprovider answer".into(),
-                    reason: format!("keyprovider {:?} returned no keywrapresults.annotation", self.client.name),
+                    reason: format!(
+                        "keyprovider {:?} returned no keywrapresults.annotation",
+                        self.client.name
+                    ),
                 }),
             }
         })

@@ -42,7 +42,8 @@ impl KbsJweKeyUnwrapper {
         if let Some(u) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(kid) {
             return Ok(u.clone());
         }
-        let uri = parse_kid(kid).map_err(|e| WrapError::Malformed { what: "JWE kid".into(), reason: e.to_string() })?;
+        let uri = parse_kid(kid)
+            .map_err(|e| WrapError::Malformed { what: "JWE kid".into(), reason: e.to_string() })?;
         let jwk = self.client.fetch(&uri).await.map_err(|e| WrapError::from(KekError::from(e)))?;
         let key = load_private_key(&jwk).map_err(|e| WrapError::Malformed {
             what: format!("private key fetched from {uri}"),

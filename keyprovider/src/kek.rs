@@ -79,14 +79,15 @@ pub enum KekError {
 impl From<KekError> for WrapError {
     fn from(e: KekError) -> Self {
         match &e {
-            KekError::Params(_) | KekError::Packet(PacketError::Malformed(_)) => {
-                WrapError::Malformed { what: "attestation-agent packet or parameters".into(), reason: e.to_string() }
-            }
+            KekError::Params(_) | KekError::Packet(PacketError::Malformed(_)) => WrapError::Malformed {
+                what: "attestation-agent packet or parameters".into(),
+                reason: e.to_string(),
+            },
             KekError::Packet(PacketError::Auth(_)) => WrapError::NoKey(e.to_string()),
             KekError::Kbs(KbsError::Unavailable { .. }) => WrapError::Unavailable(e.to_string()),
-            KekError::Kbs(KbsError::Rejected { .. }) | KekError::NoReadBack { .. } | KekError::NotAKek { .. } => {
-                WrapError::Refused(e.to_string())
-            }
+            KekError::Kbs(KbsError::Rejected { .. })
+            | KekError::NoReadBack { .. }
+            | KekError::NotAKek { .. } => WrapError::Refused(e.to_string()),
             _ => WrapError::Other(e.to_string()),
         }
     }
@@ -116,9 +117,8 @@ impl FromStr for WrapParams {
             return Ok(p);
         }
         for item in s.split("::") {
-            let (k, v) = item
-                .split_once('=')
-                .ok_or_else(|| KekError::Params(format!("{item:?} is not key=value")))?;
+            let (k, v) =
+                item.split_once('=').ok_or_else(|| KekError::Params(format!("{item:?} is not key=value")))?;
             match k {
                 "keyid" => {
                     p.keyid = Some(parse_kid(v).map_err(|e| KekError::Params(format!("keyid: {e}")))?);
@@ -177,7 +177,10 @@ pub async fn obtain_kek(admin: &AdminClient, kid: &ResourceUri) -> Result<Kek, K
 
 /// What the KBS holds at `kid`, read back with the admin key; a broker without the
 /// read-back (whose create-only writes cannot be trusted either) is [`KekError::NoReadBack`].
-pub async fn read_back(admin: &AdminClient, kid: &ResourceUri) -> Result<Option<Zeroizing<Vec<u8>>>, KekError> {
+pub async fn read_back(
+    admin: &AdminClient,
+    kid: &ResourceUri,
+) -> Result<Option<Zeroizing<Vec<u8>>>, KekError> {
     admin.read_back(kid).await.map_err(|e| match e {
         KbsError::Unsupported(reason) => KekError::NoReadBack { kid: kid.to_string(), reason },
         e => KekError::Kbs(e),
@@ -254,9 +257,7 @@ impl KbsKekWrapper {
     async fn kek(&self) -> Result<&Kek, KekError> {
         match &self.source {
             KekSource::Fixed(k) => Ok(k),
-            KekSource::Register { admin, kek } => {
-                kek.get_or_try_init(|| obtain_kek(admin, &self.kid)).await
-            }
+            KekSource::Register { admin, kek } => kek.get_or_try_init(|| obtain_kek(admin, &self.kid)).await,
         }
     }
 
@@ -411,7 +412,8 @@ mod tests {
 
     #[test]
     fn coco_parameter_syntax() {
-        let p: WrapParams = "keyid=kbs:///default/key/1::keypath=/path/to/kek::algorithm=A256GCM".parse().unwrap();
+        let p: WrapParams =
+            "keyid=kbs:///default/key/1::keypath=/path/to/kek::algorithm=A256GCM".parse().unwrap();
         assert_eq!(p.keyid.unwrap().to_string(), "kbs:///default/key/1");
         assert_eq!(p.keypath.unwrap(), PathBuf::from("/path/to/kek"));
         let p: WrapParams = "keypath=k1::keyid=/default/key/key_id1".parse().unwrap();
@@ -429,7 +431,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kek");
         std::fs::write(&path, [9u8; 32]).unwrap();
-        let params: WrapParams = format!("keyid=kbs:///default/key/1::keypath={}", path.display()).parse().unwrap();
+        let params: WrapParams =
+            format!("keyid=kbs:///default/key/1::keypath={}", path.display()).parse().unwrap();
         let w = KbsKekWrapper::from_params(&params, None).unwrap();
         assert_eq!(w.scheme(), "provider.attestation-agent");
         let packet = w.wrap(b"privopts").await.unwrap();

@@ -24,7 +24,9 @@ pub enum KeygenError {
         source: KbsError,
     },
     /// The id already holds a key: replacing it would lock out every image wrapped for it.
-    #[error("{0} already exists in the KBS and was left unchanged: choose a new key id (a key is never replaced)")]
+    #[error(
+        "{0} already exists in the KBS and was left unchanged: choose a new key id (a key is never replaced)"
+    )]
     Exists(String),
 }
 

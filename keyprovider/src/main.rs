@@ -9,11 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use keyprovider::kek::{KbsKekUnwrapper, DEFAULT_KEK_TTL, PROVIDER_NAME};
-use keyprovider::server::{self, KeyProviderCore, Limits, Listener, ListenAddr};
+use keyprovider::server::{self, KeyProviderCore, Limits, ListenAddr, Listener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser)]
-#[command(name = "cloak-keyprovider", version, about = "ocicrypt keyprovider backed by a KBS (CoCo attestation-agent compatible)")]
+#[command(
+    name = "cloak-keyprovider",
+    version,
+    about = "ocicrypt keyprovider backed by a KBS (CoCo attestation-agent compatible)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -103,10 +107,15 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
             // disables unwrapping, and unwrap requests say why.
             match kbs::make_attester(kind, &opts) {
                 Ok(attester) => {
-                    let cfg = kbs::ClientConfig { deadline: Duration::from_secs(c.kbs_deadline), ..Default::default() };
+                    let cfg = kbs::ClientConfig {
+                        deadline: Duration::from_secs(c.kbs_deadline),
+                        ..Default::default()
+                    };
                     let client = kbs::KbsClient::new(url, attester, cfg)?;
                     Ok(Arc::new(
-                        KbsKekUnwrapper::new(client).with_ttl(Duration::from_secs(c.kek_ttl)).with_provider_name(&c.name),
+                        KbsKekUnwrapper::new(client)
+                            .with_ttl(Duration::from_secs(c.kek_ttl))
+                            .with_provider_name(&c.name),
                     ))
                 }
                 Err(e) => Err(format!("attester {:?} unavailable: {e}", c.attester)),
@@ -122,8 +131,13 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
     if !c.keys.is_empty() {
         let mut keys = Vec::new();
         for p in &c.keys {
-            let bytes = zeroize::Zeroizing::new(std::fs::read(p).with_context(|| format!("reading --key {}", p.display()))?);
-            keys.push(ocicrypt::jwe::load_private_key(&bytes).with_context(|| format!("loading --key {}", p.display()))?);
+            let bytes = zeroize::Zeroizing::new(
+                std::fs::read(p).with_context(|| format!("reading --key {}", p.display()))?,
+            );
+            keys.push(
+                ocicrypt::jwe::load_private_key(&bytes)
+                    .with_context(|| format!("loading --key {}", p.display()))?,
+            );
         }
         core = core.with_local_unwrapper(Arc::new(ocicrypt::jwe::JweUnwrapper::new(keys)));
     }
@@ -228,6 +242,8 @@ async fn main() -> anyhow::Result<()> {
             let code = exec(common).await?;
             std::process::exit(code);
         }
-        Cmd::BenchUnwrap { grpc, packet, calls, concurrency } => bench_unwrap(grpc, packet, *calls, *concurrency).await,
+        Cmd::BenchUnwrap { grpc, packet, calls, concurrency } => {
+            bench_unwrap(grpc, packet, *calls, *concurrency).await
+        }
     }
 }

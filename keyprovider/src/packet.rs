@@ -123,11 +123,15 @@ impl AnnotationPacket {
         }
         if let Some(v) = w.version.as_deref() {
             if !v.starts_with("0.") {
-                return Err(PacketError::Malformed(format!("unknown version {:?}", v.chars().take(32).collect::<String>())));
+                return Err(PacketError::Malformed(format!(
+                    "unknown version {:?}",
+                    v.chars().take(32).collect::<String>()
+                )));
             }
         }
         let iv = w.iv.ok_or_else(|| PacketError::Malformed("missing field iv".into()))?;
-        let wrap_type = w.wrap_type.ok_or_else(|| PacketError::Malformed("missing field wrap_type".into()))?;
+        let wrap_type =
+            w.wrap_type.ok_or_else(|| PacketError::Malformed("missing field wrap_type".into()))?;
         if w.kid.is_empty() {
             return Err(PacketError::Malformed("empty kid".into()));
         }
@@ -155,7 +159,8 @@ impl AnnotationPacket {
     pub fn seal(kid: &str, kek: &Kek, plaintext: &[u8]) -> Result<Self, PacketError> {
         let mut iv = [0u8; GCM_IV_LEN];
         rand::rngs::OsRng.fill_bytes(&mut iv);
-        let cipher = Aes256Gcm::new_from_slice(kek.as_bytes()).map_err(|_| PacketError::KekLength(KEK_LEN))?;
+        let cipher =
+            Aes256Gcm::new_from_slice(kek.as_bytes()).map_err(|_| PacketError::KekLength(KEK_LEN))?;
         let wrapped_data = cipher
             .encrypt(Nonce::from_slice(&iv), plaintext)
             .map_err(|_| PacketError::Malformed("AES-GCM encryption failed".into()))?;
@@ -168,12 +173,16 @@ impl AnnotationPacket {
             return Err(PacketError::UnsupportedWrapType(self.wrap_type.chars().take(32).collect()));
         }
         if self.iv.len() != GCM_IV_LEN {
-            return Err(PacketError::Malformed(format!("iv must be {GCM_IV_LEN} bytes, got {}", self.iv.len())));
+            return Err(PacketError::Malformed(format!(
+                "iv must be {GCM_IV_LEN} bytes, got {}",
+                self.iv.len()
+            )));
         }
         if self.wrapped_data.len() < GCM_TAG_LEN {
             return Err(PacketError::Malformed("wrapped_data shorter than the GCM tag".into()));
         }
-        let cipher = Aes256Gcm::new_from_slice(kek.as_bytes()).map_err(|_| PacketError::KekLength(KEK_LEN))?;
+        let cipher =
+            Aes256Gcm::new_from_slice(kek.as_bytes()).map_err(|_| PacketError::KekLength(KEK_LEN))?;
         cipher
             .decrypt(Nonce::from_slice(&self.iv), self.wrapped_data.as_slice())
             .map(Zeroizing::new)
@@ -195,7 +204,9 @@ mod tests {
         let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys.len(), 4);
         assert_eq!(v["wrap_type"], "A256GCM");
-        assert!(String::from_utf8(json.clone()).unwrap().starts_with("{\"kid\":\"kbs:///default/key/1\",\"wrapped_data\":"));
+        assert!(String::from_utf8(json.clone())
+            .unwrap()
+            .starts_with("{\"kid\":\"kbs:///default/key/1\",\"wrapped_data\":"));
         let back = AnnotationPacket::parse(&json).unwrap();
         assert_eq!(back, p);
         assert_eq!(back.open(&kek).unwrap().as_slice(), b"{\"symkey\":\"x\"}");
@@ -232,11 +243,18 @@ mod tests {
     #[test]
     fn bad_input_is_a_clear_error() {
         assert!(AnnotationPacket::parse(b"not json").is_err());
-        let e = AnnotationPacket::parse(br#"{"kid":"k","wrapped_data":"AAAA","wrap_type":"A256GCM"}"#).unwrap_err();
+        let e = AnnotationPacket::parse(br#"{"kid":"k","wrapped_data":"AAAA","wrap_type":"A256GCM"}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("iv"));
-        let p = AnnotationPacket::parse(br#"{"kid":"k","wrapped_data":"AAAA","iv":"AAAA","wrap_type":"A256CTR"}"#).unwrap();
+        let p = AnnotationPacket::parse(
+            br#"{"kid":"k","wrapped_data":"AAAA","iv":"AAAA","wrap_type":"A256CTR"}"#,
+        )
+        .unwrap();
         assert!(matches!(p.open(&Kek::generate()), Err(PacketError::UnsupportedWrapType(_))));
-        let p = AnnotationPacket::parse(br#"{"kid":"k","wrapped_data":"AAAA","iv":"AAAA","wrap_type":"A256GCM"}"#).unwrap();
+        let p = AnnotationPacket::parse(
+            br#"{"kid":"k","wrapped_data":"AAAA","iv":"AAAA","wrap_type":"A256GCM"}"#,
+        )
+        .unwrap();
         assert!(p.open(&Kek::generate()).is_err());
         assert!(Kek::from_slice(&[0u8; 16]).is_err());
     }

@@ -73,10 +73,7 @@ impl<'de> Deserialize<'de> for B64Bytes {
                 f.write_str("a standard base64 string or an array of byte values")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<B64Bytes, E> {
-                STANDARD
-                    .decode(v)
-                    .map(B64Bytes::new)
-                    .map_err(|e| E::custom(format!("invalid base64: {e}")))
+                STANDARD.decode(v).map(B64Bytes::new).map_err(|e| E::custom(format!("invalid base64: {e}")))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<B64Bytes, A::Error> {
                 let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
@@ -229,10 +226,8 @@ impl KeyProviderInput {
         match self.op.as_str() {
             "keywrap" => {
                 let ec = self.keywrapparams.ec.ok_or(ProtocolError::Missing("keywrapparams.ec"))?;
-                let optsdata = self
-                    .keywrapparams
-                    .optsdata
-                    .ok_or(ProtocolError::Missing("keywrapparams.optsdata"))?;
+                let optsdata =
+                    self.keywrapparams.optsdata.ok_or(ProtocolError::Missing("keywrapparams.optsdata"))?;
                 Ok(Request::Wrap { ec, optsdata })
             }
             "keyunwrap" => {
@@ -388,10 +383,12 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = KeyProviderInput::from_slice(br#"{"op":"keywrap","keywrapparams":{"ec":null,"optsdata":"e30="}}"#)
-            .unwrap()
-            .into_request()
-            .unwrap_err();
+        let e = KeyProviderInput::from_slice(
+            br#"{"op":"keywrap","keywrapparams":{"ec":null,"optsdata":"e30="}}"#,
+        )
+        .unwrap()
+        .into_request()
+        .unwrap_err();
         assert_eq!(e.to_string(), "missing field keywrapparams.ec");
         let e = KeyProviderInput::from_slice(br#"{"op":"frobnicate"}"#).unwrap().into_request().unwrap_err();
         assert!(e.to_string().contains("frobnicate"));

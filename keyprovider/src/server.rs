@@ -126,7 +126,8 @@ pub fn exit_code(e: &ServiceError) -> i32 {
 
 /// The JSON written on stderr by `exec` for an error.
 pub fn error_json(e: &ServiceError) -> String {
-    serde_json::json!({"error": {"code": format!("{:?}", status_code(e)), "message": e.to_string()}}).to_string()
+    serde_json::json!({"error": {"code": format!("{:?}", status_code(e)), "message": e.to_string()}})
+        .to_string()
 }
 
 /// Handles keyprovider requests. Build once, share through `Arc`.
@@ -186,7 +187,11 @@ impl KeyProviderCore {
             if parsed.op != op.as_str() {
                 return Err(ServiceError::InvalidArgument {
                     field: "op".into(),
-                    reason: format!("{:?} sent to the {} call", parsed.op.chars().take(32).collect::<String>(), op.as_str()),
+                    reason: format!(
+                        "{:?} sent to the {} call",
+                        parsed.op.chars().take(32).collect::<String>(),
+                        op.as_str()
+                    ),
                 });
             }
         }
@@ -202,7 +207,9 @@ impl KeyProviderCore {
                 let wrapper = self.wrapper_for(&params)?;
                 KeyProviderOutput::wrapped(wrapper.wrap_packet(optsdata.as_bytes()).await?)
             }
-            Request::Unwrap { annotation, .. } => KeyProviderOutput::unwrapped(self.unwrap(annotation.as_bytes()).await?),
+            Request::Unwrap { annotation, .. } => {
+                KeyProviderOutput::unwrapped(self.unwrap(annotation.as_bytes()).await?)
+            }
         };
         out.to_vec().map_err(ServiceError::from)
     }
@@ -279,10 +286,16 @@ impl GrpcService {
         Self { core, permits: Arc::new(Semaphore::new(limits.max_concurrent.max(1))) }
     }
 
-    async fn call(&self, op: Op, body: Vec<u8>) -> Result<Response<KeyProviderKeyWrapProtocolOutput>, Status> {
+    async fn call(
+        &self,
+        op: Op,
+        body: Vec<u8>,
+    ) -> Result<Response<KeyProviderKeyWrapProtocolOutput>, Status> {
         let _permit = self.permits.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
         match self.core.handle(&body, Some(op)).await {
-            Ok(out) => Ok(Response::new(KeyProviderKeyWrapProtocolOutput { key_provider_key_wrap_protocol_output: out })),
+            Ok(out) => Ok(Response::new(KeyProviderKeyWrapProtocolOutput {
+                key_provider_key_wrap_protocol_output: out,
+            })),
             Err(e) => {
                 tracing::warn!(op = op.as_str(), code = ?status_code(&e), error = %e, "keyprovider request failed");
                 Err(to_status(&e))
@@ -414,7 +427,8 @@ pub async fn serve(
     let svc = KeyProviderServiceServer::new(GrpcService::new(core, limits))
         .max_decoding_message_size(limits.max_request)
         .max_encoding_message_size(4 << 20);
-    let builder = tonic::transport::Server::builder().max_concurrent_streams(Some(limits.max_concurrent as u32));
+    let builder =
+        tonic::transport::Server::builder().max_concurrent_streams(Some(limits.max_concurrent as u32));
     match listener {
         Listener::Tcp(l) => {
             let mut b = builder;
@@ -432,7 +446,11 @@ pub async fn serve(
 
 /// The cmd protocol: one request document in, one answer document out.
 /// `input` beyond `max_request` is refused.
-pub async fn exec_once(core: &KeyProviderCore, input: &[u8], max_request: usize) -> Result<Vec<u8>, ServiceError> {
+pub async fn exec_once(
+    core: &KeyProviderCore,
+    input: &[u8],
+    max_request: usize,
+) -> Result<Vec<u8>, ServiceError> {
     if input.len() > max_request {
         return Err(ServiceError::TooLarge { size: input.len(), limit: max_request });
     }
@@ -450,9 +468,18 @@ mod tests {
         let cases: [(&[u8], &str); 5] = [
             (b"{nope", "request JSON"),
             (br#"{"op":"dance"}"#, "op"),
-            (br#"{"op":"keywrap","keywrapparams":{"ec":{"Parameters":{}},"optsdata":"e30="}}"#, "keywrapparams.ec.Parameters.attestation-agent"),
-            (br#"{"op":"keyunwrap","keyunwrapparams":{"dc":null,"annotation":null}}"#, "keyunwrapparams.annotation"),
-            (br#"{"op":"keyunwrap","keyunwrapparams":{"annotation":"bm90IGEgcGFja2V0"}}"#, "keyunwrapparams.annotation"),
+            (
+                br#"{"op":"keywrap","keywrapparams":{"ec":{"Parameters":{}},"optsdata":"e30="}}"#,
+                "keywrapparams.ec.Parameters.attestation-agent",
+            ),
+            (
+                br#"{"op":"keyunwrap","keyunwrapparams":{"dc":null,"annotation":null}}"#,
+                "keyunwrapparams.annotation",
+            ),
+            (
+                br#"{"op":"keyunwrap","keyunwrapparams":{"annotation":"bm90IGEgcGFja2V0"}}"#,
+                "keyunwrapparams.annotation",
+            ),
         ];
         for (input, field) in cases {
             let e = core.handle(input, None).await.unwrap_err();
@@ -460,7 +487,10 @@ mod tests {
             assert!(e.to_string().contains(field), "{e} should name {field}");
             assert_eq!(exit_code(&e), 2);
         }
-        let e = core.handle(br#"{"op":"keyunwrap","keyunwrapparams":{"annotation":"e30="}}"#, Some(Op::KeyWrap)).await.unwrap_err();
+        let e = core
+            .handle(br#"{"op":"keyunwrap","keyunwrapparams":{"annotation":"e30="}}"#, Some(Op::KeyWrap))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("op"));
     }
 
@@ -482,8 +512,14 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!("unix:///run/kp.sock".parse::<ListenAddr>().unwrap(), ListenAddr::Unix("/run/kp.sock".into()));
-        assert_eq!("unix:/run/kp.sock".parse::<ListenAddr>().unwrap(), ListenAddr::Unix("/run/kp.sock".into()));
+        assert_eq!(
+            "unix:///run/kp.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/kp.sock".into())
+        );
+        assert_eq!(
+            "unix:/run/kp.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/kp.sock".into())
+        );
         assert!(matches!("127.0.0.1:50000".parse::<ListenAddr>().unwrap(), ListenAddr::Tcp(_)));
         assert!("localhost".parse::<ListenAddr>().is_err());
     }

@@ -56,7 +56,11 @@ fn exec_wraps_a_skopeo_request_with_a_kek_file() {
 fn exec_errors_exit_non_zero_with_json_on_stderr() {
     for (input, field, code) in [
         (&b"{nope"[..], "request JSON", 2),
-        (br#"{"op":"keyunwrap","keywrapparams":null,"keyunwrapparams":{"dc":null,"annotation":null}}"#, "keyunwrapparams.annotation", 2),
+        (
+            br#"{"op":"keyunwrap","keywrapparams":null,"keyunwrapparams":{"dc":null,"annotation":null}}"#,
+            "keyunwrapparams.annotation",
+            2,
+        ),
         (br#"{"op":"rewrap"}"#, "op", 2),
     ] {
         let out = run(&["exec"], input);
@@ -85,8 +89,11 @@ async fn cmd_client_drives_the_binary() {
         {"key-providers": {"attestation-agent": {"cmd": {"path": BIN, "args": ["exec"]}}}}
     ))
     .unwrap();
-    let w = ProviderWrapper::from_recipient(&cfg, &format!("attestation-agent:keyid=kbs:///a/b/c::keypath={}", kek.display()))
-        .unwrap();
+    let w = ProviderWrapper::from_recipient(
+        &cfg,
+        &format!("attestation-agent:keyid=kbs:///a/b/c::keypath={}", kek.display()),
+    )
+    .unwrap();
     let packet = w.wrap(b"{\"symkey\":\"k\"}").await.unwrap();
     let p = AnnotationPacket::parse(&packet).unwrap();
     assert_eq!(p.open(&Kek::from_slice(&[6u8; 32]).unwrap()).unwrap().as_slice(), b"{\"symkey\":\"k\"}");
@@ -114,14 +121,17 @@ async fn cmd_client_against_the_fixture_python_provider() {
     // Unwrap the annotation skopeo stored in the fixture manifest.
     let manifest: serde_json::Value =
         serde_json::from_slice(include_bytes!("../testdata/keyprovider-exec/manifest.json")).unwrap();
-    let ann = manifest["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.provider.mykp"].as_str().unwrap();
+    let ann = manifest["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.provider.mykp"]
+        .as_str()
+        .unwrap();
     use base64::Engine as _;
     let wrapped = base64::engine::general_purpose::STANDARD.decode(ann).unwrap();
     let u = ProviderUnwrapper::new(client.clone(), vec![]);
     assert!(u.handles("provider.mykp"));
     let opts = u.unwrap("provider.mykp", &wrapped).await.unwrap();
     let expected: serde_json::Value =
-        serde_json::from_slice(include_bytes!("../testdata/keyprovider-exec/keyunwrap.response.json")).unwrap();
+        serde_json::from_slice(include_bytes!("../testdata/keyprovider-exec/keyunwrap.response.json"))
+            .unwrap();
     let expected = base64::engine::general_purpose::STANDARD
         .decode(expected["keyunwrapresults"]["optsdata"].as_str().unwrap())
         .unwrap();

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use kbs::{KbsError, ResourceUri, Step};
-use keyprovider::client::{KeyProviderConfig, ProviderClient, ProviderConfig, ProviderUnwrapper, ProviderWrapper};
+use keyprovider::client::{
+    KeyProviderConfig, ProviderClient, ProviderConfig, ProviderUnwrapper, ProviderWrapper,
+};
 use keyprovider::kek::{KbsKekUnwrapper, KekFetcher};
 use keyprovider::pb::key_provider_service_client::KeyProviderServiceClient;
 use keyprovider::pb::KeyProviderKeyWrapProtocolInput;
@@ -44,10 +46,9 @@ impl KekFetcher for FakeKbs {
                     reason: format!("{uri} denied: policy"),
                 });
             }
-            self.keks
-                .get(&uri.to_string())
-                .map(|k| Zeroizing::new(k.clone()))
-                .ok_or_else(|| KbsError::Rejected { step: Step::Resource, status: 404, reason: format!("{uri} missing") })
+            self.keks.get(&uri.to_string()).map(|k| Zeroizing::new(k.clone())).ok_or_else(|| {
+                KbsError::Rejected { step: Step::Resource, status: 404, reason: format!("{uri} missing") }
+            })
         })
     }
 }
@@ -99,7 +100,8 @@ async fn start(fetcher: Arc<FakeKbs>, addr: ListenAddr) -> Running {
 
 fn client_for(addr: &str) -> Arc<ProviderClient> {
     let cfg: KeyProviderConfig =
-        serde_json::from_value(serde_json::json!({"key-providers": {"attestation-agent": {"grpc": addr}}})).unwrap();
+        serde_json::from_value(serde_json::json!({"key-providers": {"attestation-agent": {"grpc": addr}}}))
+            .unwrap();
     cfg.client("attestation-agent").unwrap()
 }
 
@@ -113,7 +115,8 @@ async fn wrap_and_unwrap_over_tcp_grpc() {
     let server = start(kbs.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let client = client_for(&server.addr);
 
-    let wrapper = ProviderWrapper::new(client.clone(), vec![format!("keyid={KID}::keypath={}", kek.display())]);
+    let wrapper =
+        ProviderWrapper::new(client.clone(), vec![format!("keyid={KID}::keypath={}", kek.display())]);
     assert_eq!(wrapper.scheme(), "provider.attestation-agent");
     let wrapped = wrapper.wrap(OPTS).await.unwrap();
     let packet: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
@@ -143,10 +146,15 @@ async fn unix_socket_and_independent_python_packet() {
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/independent_packet.py");
     for form in ["v1", "v2"] {
-        let out = std::process::Command::new("python3").args([script, kek.to_str().unwrap(), KID, pt.to_str().unwrap(), form]).output();
+        let out = std::process::Command::new("python3")
+            .args([script, kek.to_str().unwrap(), KID, pt.to_str().unwrap(), form])
+            .output();
         let out = match out {
             Ok(o) if o.status.success() => o.stdout,
-            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named") && std::env::var("CLOAK_REQUIRE_PEERS").as_deref() != Ok("1") => {
+            Ok(o)
+                if String::from_utf8_lossy(&o.stderr).contains("No module named")
+                    && std::env::var("CLOAK_REQUIRE_PEERS").as_deref() != Ok("1") =>
+            {
                 eprintln!("SKIP python packet: python3-cryptography missing");
                 break;
             }
@@ -173,7 +181,8 @@ async fn errors_map_to_grpc_status_codes() {
     let ok = Arc::new(fake(&[(KID, [0x42; 32])]));
     let server = start(ok, "127.0.0.1:0".parse().unwrap()).await;
     let mut raw = KeyProviderServiceClient::connect(format!("http://{}", server.addr)).await.unwrap();
-    let call = |body: &[u8]| KeyProviderKeyWrapProtocolInput { key_provider_key_wrap_protocol_input: body.to_vec() };
+    let call =
+        |body: &[u8]| KeyProviderKeyWrapProtocolInput { key_provider_key_wrap_protocol_input: body.to_vec() };
     let s = raw.un_wrap_key(call(b"{bad json")).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
     let s = raw.un_wrap_key(call(br#"{"op":"keyunwrap","keyunwrapparams":{"dc":null}}"#)).await.unwrap_err();
@@ -236,7 +245,8 @@ async fn two_hundred_concurrent_warm_unwraps_all_succeed() {
 async fn grpc_config_without_a_server_reports_unavailable() {
     let cfg = ProviderConfig { cmd: None, grpc: Some("127.0.0.1:1".into()) };
     let client = Arc::new(ProviderClient::new("attestation-agent", &cfg).unwrap());
-    let e = ProviderUnwrapper::new(client, vec![]).unwrap("provider.attestation-agent", b"{}").await.unwrap_err();
+    let e =
+        ProviderUnwrapper::new(client, vec![]).unwrap("provider.attestation-agent", b"{}").await.unwrap_err();
     assert!(matches!(e, WrapError::Unavailable(_)), "{e:?}");
 }
 
@@ -247,7 +257,11 @@ async fn jwe_key_fetched_from_the_kbs_by_kid_unwraps() {
     let public = ocicrypt::jwe::load_public_key(key.public_jwk.as_bytes()).unwrap();
     let wrapped = ocicrypt::jwe::JweWrapper::new(vec![public]).wrap_jwe(OPTS).unwrap();
     let recipients = ocicrypt::jwe::jwe_recipients(&wrapped).unwrap();
-    assert_eq!(recipients[0].kid.as_deref(), Some("kbs:///default/image-key/app"), "the JWE header carries the kid");
+    assert_eq!(
+        recipients[0].kid.as_deref(),
+        Some("kbs:///default/image-key/app"),
+        "the JWE header carries the kid"
+    );
 
     let mut kbs = FakeKbs::default();
     kbs.keks.insert(uri.to_string(), key.private_jwk.as_bytes().to_vec());
@@ -258,7 +272,8 @@ async fn jwe_key_fetched_from_the_kbs_by_kid_unwraps() {
     assert_eq!(u.unwrap("jwe", &wrapped).await.unwrap().as_slice(), OPTS);
     assert_eq!(kbs.fetches.load(Ordering::SeqCst), 1, "the key is fetched once");
 
-    let denied = keyprovider::KbsJweKeyUnwrapper::with_fetcher(Arc::new(FakeKbs { deny: true, ..Default::default() }));
+    let denied =
+        keyprovider::KbsJweKeyUnwrapper::with_fetcher(Arc::new(FakeKbs { deny: true, ..Default::default() }));
     assert!(matches!(denied.unwrap("jwe", &wrapped).await, Err(WrapError::Refused(_))));
 }
 
@@ -266,7 +281,11 @@ async fn jwe_key_fetched_from_the_kbs_by_kid_unwraps() {
 async fn zero_ttl_fetches_every_time_and_keeps_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let kek = kek_file(dir.path());
-    let wrapped = keyprovider::KbsKekWrapper::with_kek_file(KID.parse().unwrap(), &kek).unwrap().wrap_packet(OPTS).await.unwrap();
+    let wrapped = keyprovider::KbsKekWrapper::with_kek_file(KID.parse().unwrap(), &kek)
+        .unwrap()
+        .wrap_packet(OPTS)
+        .await
+        .unwrap();
     let kbs = Arc::new(fake(&[(KID, [0x42; 32])]));
     let u = KbsKekUnwrapper::with_fetcher(kbs.clone()).with_ttl(std::time::Duration::ZERO);
     for _ in 0..3 {

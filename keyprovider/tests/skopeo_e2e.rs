@@ -41,8 +41,10 @@ struct Env {
     _kbs: Daemon,
 }
 
-const ALLOW: &str = "default_policy: {required_attestation: {sample: {allow: true}}, released_resources: [\"default/*\"]}\n";
-const DENY: &str = "default_policy: {required_attestation: {sample: {allow: true}}, released_resources: [\"other/*\"]}\n";
+const ALLOW: &str =
+    "default_policy: {required_attestation: {sample: {allow: true}}, released_resources: [\"default/*\"]}\n";
+const DENY: &str =
+    "default_policy: {required_attestation: {sample: {allow: true}}, released_resources: [\"other/*\"]}\n";
 
 fn setup() -> Option<Env> {
     let skopeo = cloak_e2e::skopeo_118()?;
@@ -51,7 +53,12 @@ fn setup() -> Option<Env> {
     let dir = tempfile::tempdir().unwrap();
     let admin_key = dir.path().join("admin.pem");
     let admin_pub = dir.path().join("admin.pub");
-    ok(Command::new(&kbs_bin).arg("gen-admin-key").arg("--out").arg(&admin_key).arg("--public-out").arg(&admin_pub));
+    ok(Command::new(&kbs_bin)
+        .arg("gen-admin-key")
+        .arg("--out")
+        .arg(&admin_key)
+        .arg("--public-out")
+        .arg(&admin_pub));
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, ALLOW).unwrap();
     let resources = dir.path().join("resources");
@@ -75,7 +82,15 @@ fn setup() -> Option<Env> {
     )
     .unwrap();
     wait_for_port(port, Duration::from_secs(20)).unwrap();
-    Some(Env { dir, registry, skopeo, kbs_url: format!("http://127.0.0.1:{port}"), admin_key, policy, _kbs: kbs })
+    Some(Env {
+        dir,
+        registry,
+        skopeo,
+        kbs_url: format!("http://127.0.0.1:{port}"),
+        admin_key,
+        policy,
+        _kbs: kbs,
+    })
 }
 
 fn ok(cmd: &mut Command) -> Output {
@@ -91,16 +106,14 @@ fn ok(cmd: &mut Command) -> Output {
 
 fn plain_layout(dir: &Path) -> PathBuf {
     let dst = dir.join("plain");
-    cloak_e2e::copy_tree(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/plain-oci"), &dst).unwrap();
+    cloak_e2e::copy_tree(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/plain-oci"), &dst)
+        .unwrap();
     dst
 }
 
 fn skopeo(env: &Env, config: &Path) -> Command {
     let mut c = Command::new(&env.skopeo);
-    c.env("OCICRYPT_KEYPROVIDER_CONFIG", config)
-        .arg("--insecure-policy")
-        .arg("--tmpdir")
-        .arg(env.dir.path());
+    c.env("OCICRYPT_KEYPROVIDER_CONFIG", config).arg("--insecure-policy").arg("--tmpdir").arg(env.dir.path());
     c
 }
 
@@ -137,11 +150,14 @@ fn decrypt(env: &Env, config: &Path, src: &str, out: &str) -> Result<PathBuf, St
 }
 
 fn check_pushed_is_encrypted(env: &Env, src: &str, kid: &str) {
-    let inspect = ok(Command::new(&env.skopeo).arg("inspect").arg("--raw").arg("--tls-verify=false").arg(src));
+    let inspect =
+        ok(Command::new(&env.skopeo).arg("inspect").arg("--raw").arg("--tls-verify=false").arg(src));
     let m: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     let layer = &m["layers"][0];
     assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip+encrypted");
-    let ann = layer["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"].as_str().unwrap();
+    let ann = layer["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"]
+        .as_str()
+        .unwrap();
     use base64::Engine as _;
     let packet = base64::engine::general_purpose::STANDARD.decode(ann).unwrap();
     let p = keyprovider::AnnotationPacket::parse(&packet).unwrap();
@@ -216,7 +232,12 @@ async fn keygen_private_key_comes_back_from_the_kbs_after_attestation() {
     let Some(kbs_bin) = broker() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (admin_key, admin_pub) = (dir.path().join("admin.pem"), dir.path().join("admin.pub"));
-    ok(Command::new(&kbs_bin).arg("gen-admin-key").arg("--out").arg(&admin_key).arg("--public-out").arg(&admin_pub));
+    ok(Command::new(&kbs_bin)
+        .arg("gen-admin-key")
+        .arg("--out")
+        .arg(&admin_key)
+        .arg("--public-out")
+        .arg(&admin_pub));
     std::fs::write(dir.path().join("policy.yaml"), ALLOW).unwrap();
     let port = free_port();
     let _kbs = Daemon::spawn(
@@ -239,7 +260,11 @@ async fn keygen_private_key_comes_back_from_the_kbs_after_attestation() {
     let admin = kbs::AdminClient::new(&url, &std::fs::read(&admin_key).unwrap()).unwrap();
     let uri: kbs::ResourceUri = "kbs:///default/image-key/app".parse().unwrap();
     let key = keyprovider::keygen(&admin, &uri, false).await.unwrap();
-    let attester = kbs::make_attester(kbs::AttesterKind::Sample, &kbs::AttesterOptions { allow_sample: true, ..Default::default() }).unwrap();
+    let attester = kbs::make_attester(
+        kbs::AttesterKind::Sample,
+        &kbs::AttesterOptions { allow_sample: true, ..Default::default() },
+    )
+    .unwrap();
     let client = kbs::KbsClient::new(&url, attester, kbs::ClientConfig::default()).unwrap();
     let fetched = client.get_resource(&uri).await.unwrap();
     assert_eq!(fetched.as_slice(), key.private_jwk.as_bytes());
@@ -264,7 +289,16 @@ fn random_layout(dir: &Path, name: &str, n: usize) -> (PathBuf, Vec<String>) {
         let content: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
         std::fs::write(src.join(format!("file-{i}")), content).unwrap();
         let tar = ok(Command::new("tar")
-            .args(["--format=ustar", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf", "-", "-C"])
+            .args([
+                "--format=ustar",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-cf",
+                "-",
+                "-C",
+            ])
             .arg(&src)
             .arg(format!("file-{i}")))
         .stdout;
@@ -276,8 +310,10 @@ fn random_layout(dir: &Path, name: &str, n: usize) -> (PathBuf, Vec<String>) {
         layers.push(serde_json::json!({"digest": d, "size": gz.len(), "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}));
         digests.push(d);
     }
-    let config = serde_json::json!({"created": "1970-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}).to_string();
+    let config =
+        serde_json::json!({"created": "1970-01-01T00:00:00Z", "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+        .to_string();
     let config_digest = put(config.as_bytes());
     let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"digest": config_digest, "size": config.len(), "mediaType": "application/vnd.oci.image.config.v1+json"},
@@ -304,13 +340,16 @@ fn encrypt_layout(env: &Env, config: &Path, recipient: &str, tag: &str, layout: 
 
 /// Every pushed layer is encrypted and names `kid`; returns how many layers there are.
 fn check_all_pushed_layers_encrypted(env: &Env, src: &str, kid: &str) -> usize {
-    let inspect = ok(Command::new(&env.skopeo).arg("inspect").arg("--raw").arg("--tls-verify=false").arg(src));
+    let inspect =
+        ok(Command::new(&env.skopeo).arg("inspect").arg("--raw").arg("--tls-verify=false").arg(src));
     let m: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     let layers = m["layers"].as_array().unwrap();
     use base64::Engine as _;
     for layer in layers {
         assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip+encrypted");
-        let ann = layer["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"].as_str().unwrap();
+        let ann = layer["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"]
+            .as_str()
+            .unwrap();
         let packet = base64::engine::general_purpose::STANDARD.decode(ann).unwrap();
         let p = keyprovider::AnnotationPacket::parse(&packet).unwrap();
         assert_eq!(p.kid, kid);
@@ -334,7 +373,15 @@ fn start_grpc_kp(env: &Env, name: &str) -> (Daemon, PathBuf) {
     let d = Daemon::spawn(
         name,
         Command::new(BIN)
-            .args(["serve", "--grpc", &format!("127.0.0.1:{port}"), "--kbs-url", &env.kbs_url, "--attester", "sample"])
+            .args([
+                "serve",
+                "--grpc",
+                &format!("127.0.0.1:{port}"),
+                "--kbs-url",
+                &env.kbs_url,
+                "--attester",
+                "sample",
+            ])
             .arg("--kbs-admin-key")
             .arg(&env.admin_key)
             .stdout(log.try_clone().unwrap())
@@ -343,7 +390,11 @@ fn start_grpc_kp(env: &Env, name: &str) -> (Daemon, PathBuf) {
     .unwrap();
     wait_for_port(port, Duration::from_secs(20)).unwrap();
     let cfg = env.dir.path().join(format!("{name}.json"));
-    std::fs::write(&cfg, format!(r#"{{"key-providers":{{"attestation-agent":{{"grpc":"127.0.0.1:{port}"}}}}}}"#)).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"key-providers":{{"attestation-agent":{{"grpc":"127.0.0.1:{port}"}}}}}}"#),
+    )
+    .unwrap();
     (d, cfg)
 }
 
@@ -366,7 +417,8 @@ async fn skopeo_cmd_generated_kek_on_a_five_layer_image_decrypts() {
     assert_eq!(originals.len(), 5);
     let kid = "kbs:///default/key/generated";
     assert!(read_back_kek(&env, kid).await.is_none(), "no KEK before the first encryption");
-    let src = encrypt_layout(&env, &cfg, &format!("provider:attestation-agent:keyid={kid}"), "cmd-five", &plain);
+    let src =
+        encrypt_layout(&env, &cfg, &format!("provider:attestation-agent:keyid={kid}"), "cmd-five", &plain);
     assert_eq!(check_all_pushed_layers_encrypted(&env, &src, kid), 5);
     let kek = read_back_kek(&env, kid).await.expect("the generated KEK is registered");
     assert_eq!(kek.len(), 32);

@@ -77,20 +77,14 @@ impl Credentials {
         if user.is_empty() {
             return Err(AuthError::EmptyUser);
         }
-        Ok(Credentials {
-            username: user.to_string(),
-            password: Secret::new(pass),
-        })
+        Ok(Credentials { username: user.to_string(), password: Secret::new(pass) })
     }
 }
 
 /// Strip a scheme and a path so legacy keys such as `https://index.docker.io/v1/`
 /// compare equal to plain host names.
 fn normalise_key(key: &str) -> &str {
-    let k = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
+    let k = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
     k.trim_end_matches('/')
 }
 
@@ -123,10 +117,8 @@ pub fn parse_auth_file(
         #[serde(default)]
         auth: Option<String>,
     }
-    let file: File = serde_json::from_slice(json).map_err(|source| AuthError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file: File = serde_json::from_slice(json)
+        .map_err(|source| AuthError::Json { path: path.to_path_buf(), source })?;
     let full = format!("{registry}/{repository}");
     // Score: length of the matched path (longer = more specific).
     let mut best: Option<(usize, &String, &Entry)> = None;
@@ -154,25 +146,16 @@ pub fn parse_auth_file(
     let Some((_, key, entry)) = best else {
         return Ok(None);
     };
-    let bad = || AuthError::BadAuthField {
-        path: path.to_path_buf(),
-        key: key.clone(),
-    };
+    let bad = || AuthError::BadAuthField { path: path.to_path_buf(), key: key.clone() };
     let encoded = entry.auth.as_deref().unwrap_or_default();
-    let decoded = Zeroizing::new(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .map_err(|_| bad())?,
-    );
+    let decoded =
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?);
     let text = std::str::from_utf8(&decoded).map_err(|_| bad())?;
     let (user, pass) = text.split_once(':').ok_or_else(bad)?;
     if user.is_empty() {
         return Err(bad());
     }
-    Ok(Some(Credentials {
-        username: user.to_string(),
-        password: Secret::new(pass),
-    }))
+    Ok(Some(Credentials { username: user.to_string(), password: Secret::new(pass) }))
 }
 
 /// The auth files consulted when none is given, in order.
@@ -208,17 +191,11 @@ pub fn resolve_credentials(
         match std::fs::read(path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(AuthError::Read {
-                path: path.to_path_buf(),
-                source,
-            }),
+            Err(source) => Err(AuthError::Read { path: path.to_path_buf(), source }),
         }
     };
     if let Some(p) = auth_file {
-        let bytes = std::fs::read(p).map_err(|source| AuthError::Read {
-            path: p.to_path_buf(),
-            source,
-        })?;
+        let bytes = std::fs::read(p).map_err(|source| AuthError::Read { path: p.to_path_buf(), source })?;
         return parse_auth_file(&bytes, registry, repository, p);
     }
     for p in default_auth_files() {
@@ -247,10 +224,7 @@ mod tests {
         assert_eq!(c.password.expose(), "pa:ss");
         let c = Credentials::parse_creds("bob").unwrap();
         assert_eq!(c.password.expose(), "");
-        assert!(matches!(
-            Credentials::parse_creds(":x"),
-            Err(AuthError::EmptyUser)
-        ));
+        assert!(matches!(Credentials::parse_creds(":x"), Err(AuthError::EmptyUser)));
     }
 
     #[test]
@@ -278,9 +252,7 @@ mod tests {
         );
         let p = Path::new("auth.json");
         let get = |reg: &str, repo: &str| {
-            parse_auth_file(json.as_bytes(), reg, repo, p)
-                .unwrap()
-                .map(|c| c.username)
+            parse_auth_file(json.as_bytes(), reg, repo, p).unwrap().map(|c| c.username)
         };
         assert_eq!(get("127.0.0.1:5000", "app").as_deref(), Some("u1"));
         assert_eq!(get("127.0.0.1:5001", "app"), None);
@@ -294,10 +266,7 @@ mod tests {
     #[test]
     fn bad_auth_files_are_clear_errors() {
         let p = Path::new("auth.json");
-        assert!(matches!(
-            parse_auth_file(b"{", "h", "r", p),
-            Err(AuthError::Json { .. })
-        ));
+        assert!(matches!(parse_auth_file(b"{", "h", "r", p), Err(AuthError::Json { .. })));
         let bad = br#"{"auths":{"h":{"auth":"!!notbase64"}}}"#;
         let e = parse_auth_file(bad, "h", "r", p).unwrap_err();
         assert!(matches!(e, AuthError::BadAuthField { ref key, .. } if key == "h"));
@@ -310,21 +279,12 @@ mod tests {
     fn explicit_creds_and_auth_file() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("auth.json");
-        std::fs::write(
-            &f,
-            format!(r#"{{"auths":{{"h:1":{{"auth":"{}"}}}}}}"#, b64("fu:fp")),
-        )
-        .unwrap();
-        let c = resolve_credentials("h:1", "r", Some("cu:cp"), Some(&f))
-            .unwrap()
-            .unwrap();
+        std::fs::write(&f, format!(r#"{{"auths":{{"h:1":{{"auth":"{}"}}}}}}"#, b64("fu:fp"))).unwrap();
+        let c = resolve_credentials("h:1", "r", Some("cu:cp"), Some(&f)).unwrap().unwrap();
         assert_eq!(c.username, "cu", "--creds wins over the auth file");
         let c = resolve_credentials("h:1", "r", None, Some(&f)).unwrap().unwrap();
         assert_eq!(c.password.expose(), "fp");
         let missing = dir.path().join("nope.json");
-        assert!(matches!(
-            resolve_credentials("h:1", "r", None, Some(&missing)),
-            Err(AuthError::Read { .. })
-        ));
+        assert!(matches!(resolve_credentials("h:1", "r", None, Some(&missing)), Err(AuthError::Read { .. })));
     }
 }

@@ -38,13 +38,7 @@ impl BlobReader {
     /// Wrap `inner`, which should yield exactly `size` bytes hashing to `expected`.
     pub fn new(inner: impl AsyncRead + Send + 'static, expected: Digest, size: u64) -> Self {
         let hasher = Some(expected.algorithm().hasher());
-        BlobReader {
-            inner: Box::pin(inner),
-            expected,
-            size,
-            read: 0,
-            hasher,
-        }
+        BlobReader { inner: Box::pin(inner), expected, size, read: 0, hasher }
     }
 
     /// The digest the content is checked against.
@@ -81,21 +75,14 @@ impl BlobReader {
         } else {
             Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "blob digest mismatch: expected {}, content hashes to {actual}",
-                    self.expected
-                ),
+                format!("blob digest mismatch: expected {}, content hashes to {actual}", self.expected),
             ))
         }
     }
 }
 
 impl AsyncRead for BlobReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.read == this.size {
             // Everything promised has arrived; the verdict is given once, then EOF.
@@ -111,20 +98,14 @@ impl AsyncRead for BlobReader {
         if n == 0 {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "blob {} truncated: got {} of {} bytes",
-                    this.expected, this.read, this.size
-                ),
+                format!("blob {} truncated: got {} of {} bytes", this.expected, this.read, this.size),
             )));
         }
         if this.read + n > this.size {
             buf.set_filled(before);
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "blob {} is longer than its descriptor size {}",
-                    this.expected, this.size
-                ),
+                format!("blob {} is longer than its descriptor size {}", this.expected, this.size),
             )));
         }
         if let Some(h) = this.hasher.as_mut() {
@@ -181,9 +162,7 @@ mod tests {
     #[tokio::test]
     async fn good_blob_reads_through() {
         let data: &'static [u8] = b"hello blob";
-        let out = read_all(data, Digest::sha256_of(data), data.len() as u64)
-            .await
-            .unwrap();
+        let out = read_all(data, Digest::sha256_of(data), data.len() as u64).await.unwrap();
         assert_eq!(out, data);
         let out = read_all(b"", Digest::sha256_of(b""), 0).await.unwrap();
         assert!(out.is_empty());

@@ -22,11 +22,7 @@ pub enum DigestError {
     #[error("digest algorithm {0:?} is not supported (supported: sha256, sha512)")]
     UnsupportedAlgorithm(String),
     #[error("digest {value:?}: expected {expected} lowercase hex characters after `{algorithm}:`")]
-    BadHex {
-        value: String,
-        algorithm: &'static str,
-        expected: usize,
-    },
+    BadHex { value: String, algorithm: &'static str, expected: usize },
 }
 
 /// The hash function a digest was made with.
@@ -78,14 +74,8 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         match self {
-            Hasher::Sha256(h) => Digest {
-                algorithm: Algorithm::Sha256,
-                hex: hex::encode(h.finish()),
-            },
-            Hasher::Sha512(h) => Digest {
-                algorithm: Algorithm::Sha512,
-                hex: hex::encode(h.finalize()),
-            },
+            Hasher::Sha256(h) => Digest { algorithm: Algorithm::Sha256, hex: hex::encode(h.finish()) },
+            Hasher::Sha512(h) => Digest { algorithm: Algorithm::Sha512, hex: hex::encode(h.finalize()) },
         }
     }
 }
@@ -109,10 +99,7 @@ pub struct Digest {
 impl Digest {
     /// The sha256 digest whose raw value is `bytes` (computed elsewhere).
     pub fn from_sha256_bytes(bytes: [u8; 32]) -> Digest {
-        Digest {
-            algorithm: Algorithm::Sha256,
-            hex: hex::encode(bytes),
-        }
+        Digest { algorithm: Algorithm::Sha256, hex: hex::encode(bytes) }
     }
 
     /// The raw 32 bytes of a sha256 digest (`None` for other algorithms).
@@ -127,10 +114,7 @@ impl Digest {
 
     /// The sha256 digest of `data`.
     pub fn sha256_of(data: &[u8]) -> Digest {
-        Digest {
-            algorithm: Algorithm::Sha256,
-            hex: hex::encode(openssl::sha::sha256(data)),
-        }
+        Digest { algorithm: Algorithm::Sha256, hex: hex::encode(openssl::sha::sha256(data)) }
     }
 
     /// The digest of `data` with the given algorithm.
@@ -171,9 +155,7 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (alg, hex) = s
-            .split_once(':')
-            .ok_or_else(|| DigestError::MissingAlgorithm(s.to_string()))?;
+        let (alg, hex) = s.split_once(':').ok_or_else(|| DigestError::MissingAlgorithm(s.to_string()))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
@@ -190,10 +172,7 @@ impl FromStr for Digest {
                 expected: algorithm.hex_len(),
             });
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_string(),
-        })
+        Ok(Digest { algorithm, hex: hex.to_string() })
     }
 }
 
@@ -252,19 +231,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        assert!(matches!(
-            "abc".parse::<Digest>(),
-            Err(DigestError::MissingAlgorithm(_))
-        ));
+        assert!(matches!("abc".parse::<Digest>(), Err(DigestError::MissingAlgorithm(_))));
         assert!(matches!(
             "md5:d41d8cd98f00b204e9800998ecf8427e".parse::<Digest>(),
             Err(DigestError::UnsupportedAlgorithm(a)) if a == "md5"
         ));
         // too short
-        assert!(matches!(
-            "sha256:abcd".parse::<Digest>(),
-            Err(DigestError::BadHex { .. })
-        ));
+        assert!(matches!("sha256:abcd".parse::<Digest>(), Err(DigestError::BadHex { .. })));
         // uppercase
         assert!(EMPTY.to_uppercase().replace("SHA256", "sha256").parse::<Digest>().is_err());
         // path traversal attempt

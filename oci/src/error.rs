@@ -17,12 +17,10 @@ pub enum OciError {
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
-    #[error("manifest digest mismatch: {reference} is pinned to {expected} but the manifest hashes to {actual}")]
-    ManifestDigestMismatch {
-        reference: String,
-        expected: Digest,
-        actual: Digest,
-    },
+    #[error(
+        "manifest digest mismatch: {reference} is pinned to {expected} but the manifest hashes to {actual}"
+    )]
+    ManifestDigestMismatch { reference: String, expected: Digest, actual: Digest },
     #[error("blob digest mismatch: expected {expected}, content hashes to {actual}")]
     BlobDigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {digest} is larger than the {max}-byte limit for this read")]

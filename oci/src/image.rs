@@ -79,11 +79,7 @@ fn registry_client(r: &RegistryRef, opts: &SourceOptions, push: bool) -> Result<
     )?;
     Ok(RegistryClient::new(
         r,
-        RegistryConfig {
-            insecure_plain_http: opts.insecure_plain_http,
-            credentials,
-            push,
-        },
+        RegistryConfig { insecure_plain_http: opts.insecure_plain_http, credentials, push },
     )?)
 }
 
@@ -109,11 +105,7 @@ async fn registry_manifest(
         }
         None => sha,
     };
-    Ok(RawManifest {
-        bytes: m.bytes,
-        media_type: m.media_type,
-        digest,
-    })
+    Ok(RawManifest { bytes: m.bytes, media_type: m.media_type, digest })
 }
 
 /// An image in a layout, as a source.
@@ -142,9 +134,7 @@ impl ImageSource {
     pub async fn manifest(&self) -> Result<RawManifest, OciError> {
         match self {
             ImageSource::Layout(s) => {
-                let desc = s
-                    .layout
-                    .resolve(s.reference.tag.as_deref(), s.reference.digest.as_ref())?;
+                let desc = s.layout.resolve(s.reference.tag.as_deref(), s.reference.digest.as_ref())?;
                 let mut m = layout_manifest(&s.layout, &desc.digest).await?;
                 // index.json's descriptor is authoritative for the media type when
                 // the manifest omits its (optional) mediaType field.
@@ -154,12 +144,8 @@ impl ImageSource {
                 Ok(m)
             }
             ImageSource::Registry(img) => {
-                registry_manifest(
-                    img,
-                    &img.reference.manifest_reference(),
-                    img.reference.digest.as_ref(),
-                )
-                .await
+                registry_manifest(img, &img.reference.manifest_reference(), img.reference.digest.as_ref())
+                    .await
             }
         }
     }
@@ -197,22 +183,13 @@ impl ImageSource {
                 let mut bytes = Vec::new();
                 tokio::io::AsyncReadExt::read_to_end(&mut limited, &mut bytes)
                     .await
-                    .map_err(|source| OciError::Io {
-                        context: format!("reading blob {d}"),
-                        source,
-                    })?;
+                    .map_err(|source| OciError::Io { context: format!("reading blob {d}"), source })?;
                 if bytes.len() as u64 > max {
-                    return Err(OciError::TooLarge {
-                        digest: d.clone(),
-                        max,
-                    });
+                    return Err(OciError::TooLarge { digest: d.clone(), max });
                 }
                 let actual = Digest::of(d.algorithm(), &bytes);
                 if &actual != d {
-                    return Err(OciError::BlobDigestMismatch {
-                        expected: d.clone(),
-                        actual,
-                    });
+                    return Err(OciError::BlobDigestMismatch { expected: d.clone(), actual });
                 }
                 Ok(bytes)
             }
@@ -223,11 +200,7 @@ impl ImageSource {
 async fn layout_manifest(layout: &OciLayout, d: &Digest) -> Result<RawManifest, OciError> {
     let bytes = layout.read_blob(d, MAX_MANIFEST_SIZE).await?;
     let media_type = sniff_media_type(&bytes).unwrap_or_else(|| media_type::OCI_MANIFEST.to_string());
-    Ok(RawManifest {
-        bytes,
-        media_type,
-        digest: d.clone(),
-    })
+    Ok(RawManifest { bytes, media_type, digest: d.clone() })
 }
 
 /// Whether a manifest is the reference's top-level one (tagged) or a child of an
@@ -304,10 +277,9 @@ impl ImageDest {
     /// Open (creating a layout if needed) the destination `r` names.
     pub async fn open(r: &ImageRef, opts: &DestOptions) -> Result<ImageDest, OciError> {
         match r {
-            ImageRef::Layout(l) => Ok(ImageDest::Layout(LayoutDest {
-                layout: OciLayout::create(&l.dir)?,
-                reference: l.clone(),
-            })),
+            ImageRef::Layout(l) => {
+                Ok(ImageDest::Layout(LayoutDest { layout: OciLayout::create(&l.dir)?, reference: l.clone() }))
+            }
             ImageRef::Registry(reg) => Ok(ImageDest::Registry(RegistryImage {
                 client: registry_client(reg, opts, true)?,
                 reference: reg.clone(),
@@ -340,12 +312,7 @@ impl ImageDest {
     }
 
     /// Copy one blob from `src`, streaming and verifying; skipped if present.
-    pub async fn copy_blob_from(
-        &self,
-        src: &ImageSource,
-        d: &Digest,
-        size: u64,
-    ) -> Result<(), OciError> {
+    pub async fn copy_blob_from(&self, src: &ImageSource, d: &Digest, size: u64) -> Result<(), OciError> {
         if self.has_blob(d).await? {
             return Ok(());
         }
@@ -367,10 +334,7 @@ impl ImageDest {
         loop {
             let n = tokio::io::AsyncReadExt::read(&mut reader, &mut buf)
                 .await
-                .map_err(|source| OciError::Io {
-                    context: format!("reading blob {d}"),
-                    source,
-                })?;
+                .map_err(|source| OciError::Io { context: format!("reading blob {d}"), source })?;
             if n == 0 {
                 break;
             }
@@ -390,21 +354,18 @@ impl ImageDest {
                 for child in &idx.manifests {
                     let m = src.manifest_by_digest(&child.digest).await?;
                     self.copy_manifest_blobs(src, &m).await?;
-                    self.put_manifest(&m.bytes, &m.media_type, ManifestRole::Child)
-                        .await?;
+                    self.put_manifest(&m.bytes, &m.media_type, ManifestRole::Child).await?;
                 }
             }
             crate::manifest::Manifest::Image(_) => self.copy_manifest_blobs(src, &top).await?,
         }
-        self.put_manifest(&top.bytes, &top.media_type, ManifestRole::TopLevel)
-            .await?;
+        self.put_manifest(&top.bytes, &top.media_type, ManifestRole::TopLevel).await?;
         Ok(top)
     }
 
     async fn copy_manifest_blobs(&self, src: &ImageSource, m: &RawManifest) -> Result<(), OciError> {
         if let crate::manifest::Manifest::Image(im) = m.parse()? {
-            self.copy_blob_from(src, &im.config.digest, im.config.size)
-                .await?;
+            self.copy_blob_from(src, &im.config.digest, im.config.size).await?;
             for l in &im.layers {
                 self.copy_blob_from(src, &l.digest, l.size).await?;
             }
@@ -432,11 +393,9 @@ impl ImageDest {
             }
             ImageDest::Registry(r) => {
                 let reference = match role {
-                    ManifestRole::TopLevel => r
-                        .reference
-                        .tag
-                        .clone()
-                        .unwrap_or_else(|| Digest::sha256_of(bytes).to_string()),
+                    ManifestRole::TopLevel => {
+                        r.reference.tag.clone().unwrap_or_else(|| Digest::sha256_of(bytes).to_string())
+                    }
                     ManifestRole::Child => Digest::sha256_of(bytes).to_string(),
                 };
                 Ok(r.client.put_manifest(&reference, bytes, media_type).await?)

@@ -40,17 +40,12 @@ pub enum LayoutError {
         source: serde_json::Error,
     },
     #[error("no image tagged {tag:?} in layout {dir} (tags present: {})", fmt_list(available))]
-    TagNotFound {
-        dir: PathBuf,
-        tag: String,
-        available: Vec<String>,
-    },
-    #[error("layout {dir} holds {count} images; name one with oci:DIR:TAG (tags present: {})", fmt_list(available))]
-    Ambiguous {
-        dir: PathBuf,
-        count: usize,
-        available: Vec<String>,
-    },
+    TagNotFound { dir: PathBuf, tag: String, available: Vec<String> },
+    #[error(
+        "layout {dir} holds {count} images; name one with oci:DIR:TAG (tags present: {})",
+        fmt_list(available)
+    )]
+    Ambiguous { dir: PathBuf, count: usize, available: Vec<String> },
     #[error("layout {dir} has no blob {digest}")]
     BlobMissing { dir: PathBuf, digest: Digest },
     #[error("blob digest mismatch: expected {expected}, content hashes to {actual}")]
@@ -95,21 +90,17 @@ impl OciLayout {
             dir: root.clone(),
             why: format!("cannot read {OCI_LAYOUT_FILE}: {e}"),
         })?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| LayoutError::NotALayout {
-                dir: root.clone(),
-                why: format!("{OCI_LAYOUT_FILE} is not JSON: {e}"),
-            })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LayoutError::NotALayout {
+            dir: root.clone(),
+            why: format!("{OCI_LAYOUT_FILE} is not JSON: {e}"),
+        })?;
         if v.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none() {
             return Err(LayoutError::NotALayout {
                 dir: root,
                 why: format!("{OCI_LAYOUT_FILE} has no imageLayoutVersion"),
             });
         }
-        let layout = OciLayout {
-            root,
-            index_lock: Mutex::new(()),
-        };
+        let layout = OciLayout { root, index_lock: Mutex::new(()) };
         layout.read_index()?;
         Ok(layout)
     }
@@ -125,12 +116,8 @@ impl OciLayout {
         }
         let index = root.join(INDEX_FILE);
         if !index.exists() {
-            let bytes = serde_json::to_vec(&ImageIndex::empty()).map_err(|source| {
-                LayoutError::BadIndex {
-                    path: index.clone(),
-                    source,
-                }
-            })?;
+            let bytes = serde_json::to_vec(&ImageIndex::empty())
+                .map_err(|source| LayoutError::BadIndex { path: index.clone(), source })?;
             write_atomically(&root, &index, &bytes)?;
         }
         OciLayout::open(root)
@@ -143,10 +130,7 @@ impl OciLayout {
 
     /// Where the blob with digest `d` lives (whether or not it exists).
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+        self.root.join("blobs").join(d.algorithm().as_str()).join(d.hex())
     }
 
     /// Whether the blob is present (its content is not re-checked).
@@ -163,41 +147,22 @@ impl OciLayout {
 
     /// The index.json entry for `tag`, or for `digest`, or the only entry when
     /// neither is given (skopeo's rule for `oci:DIR` without a tag).
-    pub fn resolve(
-        &self,
-        tag: Option<&str>,
-        digest: Option<&Digest>,
-    ) -> Result<Descriptor, LayoutError> {
+    pub fn resolve(&self, tag: Option<&str>, digest: Option<&Digest>) -> Result<Descriptor, LayoutError> {
         let index = self.read_index()?;
-        let tags = || {
-            index
-                .manifests
-                .iter()
-                .filter_map(|d| d.ref_name().map(str::to_string))
-                .collect::<Vec<_>>()
-        };
+        let tags =
+            || index.manifests.iter().filter_map(|d| d.ref_name().map(str::to_string)).collect::<Vec<_>>();
         if let Some(d) = digest {
             return index
                 .manifests
                 .iter()
                 .find(|m| &m.digest == d)
                 .cloned()
-                .ok_or_else(|| LayoutError::BlobMissing {
-                    dir: self.root.clone(),
-                    digest: d.clone(),
-                });
+                .ok_or_else(|| LayoutError::BlobMissing { dir: self.root.clone(), digest: d.clone() });
         }
         match tag {
-            Some(t) => index
-                .manifests
-                .iter()
-                .find(|m| m.ref_name() == Some(t))
-                .cloned()
-                .ok_or_else(|| LayoutError::TagNotFound {
-                    dir: self.root.clone(),
-                    tag: t.to_string(),
-                    available: tags(),
-                }),
+            Some(t) => index.manifests.iter().find(|m| m.ref_name() == Some(t)).cloned().ok_or_else(|| {
+                LayoutError::TagNotFound { dir: self.root.clone(), tag: t.to_string(), available: tags() }
+            }),
             None => match index.manifests.as_slice() {
                 [only] => Ok(only.clone()),
                 _ => Err(LayoutError::Ambiguous {
@@ -214,16 +179,9 @@ impl OciLayout {
         let path = self.blob_path(d);
         let file = tokio::fs::File::open(&path).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                LayoutError::BlobMissing {
-                    dir: self.root.clone(),
-                    digest: d.clone(),
-                }
+                LayoutError::BlobMissing { dir: self.root.clone(), digest: d.clone() }
             } else {
-                LayoutError::Io {
-                    op: "open",
-                    path,
-                    source: e,
-                }
+                LayoutError::Io { op: "open", path, source: e }
             }
         })?;
         Ok(BlobReader::new(file, d.clone(), size))
@@ -234,32 +192,18 @@ impl OciLayout {
         let path = self.blob_path(d);
         let meta = tokio::fs::metadata(&path).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                LayoutError::BlobMissing {
-                    dir: self.root.clone(),
-                    digest: d.clone(),
-                }
+                LayoutError::BlobMissing { dir: self.root.clone(), digest: d.clone() }
             } else {
-                LayoutError::Io {
-                    op: "stat",
-                    path: path.clone(),
-                    source: e,
-                }
+                LayoutError::Io { op: "stat", path: path.clone(), source: e }
             }
         })?;
         if meta.len() > max {
-            return Err(LayoutError::TooLarge {
-                digest: d.clone(),
-                size: meta.len(),
-                max,
-            });
+            return Err(LayoutError::TooLarge { digest: d.clone(), size: meta.len(), max });
         }
         let bytes = tokio::fs::read(&path).await.map_err(io_err("read", &path))?;
         let actual = Digest::of(d.algorithm(), &bytes);
         if &actual != d {
-            return Err(LayoutError::DigestMismatch {
-                expected: d.clone(),
-                actual,
-            });
+            return Err(LayoutError::DigestMismatch { expected: d.clone(), actual });
         }
         Ok(bytes)
     }
@@ -298,10 +242,7 @@ impl OciLayout {
     /// unless an untagged entry for the same digest exists already. The blob itself
     /// must already be in the layout.
     pub fn set_manifest(&self, desc: &Descriptor, tag: Option<&str>) -> Result<(), LayoutError> {
-        let _guard = self
-            .index_lock
-            .lock()
-            .map_err(|_| LayoutError::LockPoisoned)?;
+        let _guard = self.index_lock.lock().map_err(|_| LayoutError::LockPoisoned)?;
         let mut index = self.read_index()?;
         let mut entry = desc.clone();
         match tag {
@@ -317,20 +258,16 @@ impl OciLayout {
                 if let Some(a) = entry.annotations.as_mut() {
                     a.remove(REF_NAME_ANNOTATION);
                 }
-                let present = index
-                    .manifests
-                    .iter()
-                    .any(|m| m.digest == entry.digest && m.ref_name().is_none());
+                let present =
+                    index.manifests.iter().any(|m| m.digest == entry.digest && m.ref_name().is_none());
                 if !present {
                     index.manifests.push(entry);
                 }
             }
         }
         let path = self.root.join(INDEX_FILE);
-        let bytes = serde_json::to_vec(&index).map_err(|source| LayoutError::BadIndex {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = serde_json::to_vec(&index)
+            .map_err(|source| LayoutError::BadIndex { path: path.clone(), source })?;
         write_atomically(&self.root, &path, &bytes)
     }
 }
@@ -342,9 +279,7 @@ fn write_atomically(dir: &Path, dest: &Path, bytes: &[u8]) -> Result<(), LayoutE
         .tempfile_in(dir)
         .map_err(io_err("create temp file in", dir))?;
     tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("sync", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_err("sync", tmp.path()))?;
     tmp.persist(dest).map_err(|e| LayoutError::Io {
         op: "rename into",
         path: dest.to_path_buf(),
@@ -373,10 +308,7 @@ impl LayoutBlobWriter {
         }
         self.size += buf.len() as u64;
         let path = self.temp.to_path_buf();
-        self.file
-            .write_all(buf)
-            .await
-            .map_err(io_err("write", &path))
+        self.file.write_all(buf).await.map_err(io_err("write", &path))
     }
 
     /// Bytes written so far.
@@ -406,29 +338,17 @@ impl LayoutBlobWriter {
                 return Err(LayoutError::UnsupportedAlgorithm(e.clone()));
             }
             if e != &actual {
-                return Err(LayoutError::DigestMismatch {
-                    expected: e.clone(),
-                    actual,
-                });
+                return Err(LayoutError::DigestMismatch { expected: e.clone(), actual });
             }
         }
         let tmp_path = self.temp.to_path_buf();
         self.file.flush().await.map_err(io_err("flush", &tmp_path))?;
         // Synced before the rename so a crash can never leave a blob file named by
         // a digest its (empty or torn) content does not have.
-        self.file
-            .sync_data()
-            .await
-            .map_err(io_err("sync", &tmp_path))?;
-        let dest = self
-            .root
-            .join("blobs")
-            .join(actual.algorithm().as_str())
-            .join(actual.hex());
+        self.file.sync_data().await.map_err(io_err("sync", &tmp_path))?;
+        let dest = self.root.join("blobs").join(actual.algorithm().as_str()).join(actual.hex());
         if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io_err("create directory", parent))?;
+            tokio::fs::create_dir_all(parent).await.map_err(io_err("create directory", parent))?;
         }
         self.temp.persist(&dest).map_err(|e| LayoutError::Io {
             op: "rename into",
@@ -468,10 +388,7 @@ mod tests {
         assert_eq!(d, Digest::sha256_of(b"layer bytes"));
         assert!(l.has_blob(&d));
         assert_eq!(l.read_blob(&d, 100).await.unwrap(), b"layer bytes");
-        assert!(matches!(
-            l.read_blob(&d, 3).await,
-            Err(LayoutError::TooLarge { .. })
-        ));
+        assert!(matches!(l.read_blob(&d, 3).await, Err(LayoutError::TooLarge { .. })));
         let mut r = l.open_blob(&d, 11).await.unwrap();
         let mut out = Vec::new();
         r.read_to_end(&mut out).await.unwrap();
@@ -538,8 +455,10 @@ mod tests {
         w.write_all(b"partial").await.unwrap();
         drop(w);
         assert!(leftover_temps(tmp.path()).is_empty());
-        assert!(!tmp.path().join("blobs/sha256").exists()
-            || std::fs::read_dir(tmp.path().join("blobs/sha256")).unwrap().count() == 0);
+        assert!(
+            !tmp.path().join("blobs/sha256").exists()
+                || std::fs::read_dir(tmp.path().join("blobs/sha256")).unwrap().count() == 0
+        );
     }
 
     #[tokio::test]
@@ -548,10 +467,7 @@ mod tests {
         let l = OciLayout::create(tmp.path()).unwrap();
         let d = l.put_blob_bytes(b"good").await.unwrap();
         std::fs::write(l.blob_path(&d), b"evil").unwrap();
-        assert!(matches!(
-            l.read_blob(&d, 100).await,
-            Err(LayoutError::DigestMismatch { .. })
-        ));
+        assert!(matches!(l.read_blob(&d, 100).await, Err(LayoutError::DigestMismatch { .. })));
         let mut r = l.open_blob(&d, 4).await.unwrap();
         let mut out = Vec::new();
         let e = r.read_to_end(&mut out).await.unwrap_err();
@@ -615,9 +531,6 @@ mod tests {
         assert!(OciLayout::open(tmp.path()).is_err());
         std::fs::write(tmp.path().join("oci-layout"), OCI_LAYOUT_CONTENT).unwrap();
         std::fs::write(tmp.path().join("index.json"), b"{not json").unwrap();
-        assert!(matches!(
-            OciLayout::open(tmp.path()),
-            Err(LayoutError::BadIndex { .. })
-        ));
+        assert!(matches!(OciLayout::open(tmp.path()), Err(LayoutError::BadIndex { .. })));
     }
 }

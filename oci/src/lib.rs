@@ -50,13 +50,13 @@ pub use blob::BlobReader;
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::OciError;
 pub use image::{
-    BlobWriter, DestOptions, ImageDest, ImageSource, ManifestRole, RawManifest, RegistryImage,
-    SourceOptions, MAX_MANIFEST_SIZE,
+    BlobWriter, DestOptions, ImageDest, ImageSource, ManifestRole, RawManifest, RegistryImage, SourceOptions,
+    MAX_MANIFEST_SIZE,
 };
 pub use layout::{LayoutError, OciLayout};
 pub use manifest::{
-    parse_manifest, select_platform, Descriptor, ImageIndex, ImageManifest, Manifest,
-    ManifestError, Platform, PlatformSpec,
+    parse_manifest, select_platform, Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError,
+    Platform, PlatformSpec,
 };
 pub use reference::{ImageRef, LayoutRef, RefError, RegistryRef};
 pub use registry::{RegistryClient, RegistryConfig, RegistryError};

@@ -189,10 +189,7 @@ pub fn sniff_media_type(bytes: &[u8]) -> Option<String> {
 
 /// Parse raw manifest bytes according to `media_type`.
 pub fn parse_manifest(bytes: &[u8], media_type: &str) -> Result<Manifest, ManifestError> {
-    let json = |source| ManifestError::Json {
-        media_type: media_type.to_string(),
-        source,
-    };
+    let json = |source| ManifestError::Json { media_type: media_type.to_string(), source };
     if media_type::is_index(media_type) {
         let idx: ImageIndex = serde_json::from_slice(bytes).map_err(json)?;
         if idx.schema_version != 2 {
@@ -229,11 +226,7 @@ impl PlatformSpec {
             "loongarch64" => "loong64",
             other => other,
         };
-        PlatformSpec {
-            os: std::env::consts::OS.to_string(),
-            architecture: arch.to_string(),
-            variant: None,
-        }
+        PlatformSpec { os: std::env::consts::OS.to_string(), architecture: arch.to_string(), variant: None }
     }
 
     fn matches(&self, p: &Platform) -> bool {
@@ -255,11 +248,9 @@ impl std::str::FromStr for PlatformSpec {
         let parts: Vec<&str> = s.split('/').collect();
         let ok = |p: &&str| !p.is_empty();
         match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => Ok(PlatformSpec {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-            }),
+            [os, arch] if ok(os) && ok(arch) => {
+                Ok(PlatformSpec { os: os.to_string(), architecture: arch.to_string(), variant: None })
+            }
             [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(PlatformSpec {
                 os: os.to_string(),
                 architecture: arch.to_string(),
@@ -286,22 +277,16 @@ pub fn select_platform<'a>(
     index: &'a ImageIndex,
     wanted: &PlatformSpec,
 ) -> Result<&'a Descriptor, ManifestError> {
-    index
-        .manifests
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
-        .ok_or_else(|| ManifestError::PlatformNotFound {
+    index.manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p))).ok_or_else(|| {
+        ManifestError::PlatformNotFound {
             wanted: wanted.to_string(),
             available: index
                 .manifests
                 .iter()
-                .map(|d| {
-                    d.platform
-                        .as_ref()
-                        .map_or_else(|| "(no platform)".to_string(), Platform::to_string)
-                })
+                .map(|d| d.platform.as_ref().map_or_else(|| "(no platform)".to_string(), Platform::to_string))
                 .collect(),
-        })
+        }
+    })
 }
 
 #[cfg(test)]
@@ -324,17 +309,9 @@ mod tests {
     #[test]
     fn encrypted_manifest_parses_and_keeps_unknown_fields() {
         let m = parse_manifest(JWE_MANIFEST.as_bytes(), media_type::OCI_MANIFEST).unwrap();
-        let Manifest::Image(m) = m else {
-            panic!("not an image manifest")
-        };
-        assert_eq!(
-            m.layers[0].media_type,
-            "application/vnd.oci.image.layer.v1.tar+gzip+encrypted"
-        );
-        assert_eq!(
-            m.layers[0].annotation("org.opencontainers.image.enc.pubopts"),
-            Some("e30=")
-        );
+        let Manifest::Image(m) = m else { panic!("not an image manifest") };
+        assert_eq!(m.layers[0].media_type, "application/vnd.oci.image.layer.v1.tar+gzip+encrypted");
+        assert_eq!(m.layers[0].annotation("org.opencontainers.image.enc.pubopts"), Some("e30="));
         assert!(m.subject.is_some());
         let out = serde_json::to_value(&m).unwrap();
         assert_eq!(out["layers"][0]["x-vendor"], 7);
@@ -349,27 +326,15 @@ mod tests {
             parse_manifest(doc.as_bytes(), media_type::DOCKER_MANIFEST).unwrap(),
             Manifest::Image(_)
         ));
-        assert_eq!(
-            sniff_media_type(doc.as_bytes()).as_deref(),
-            Some(media_type::DOCKER_MANIFEST)
-        );
+        assert_eq!(sniff_media_type(doc.as_bytes()).as_deref(), Some(media_type::DOCKER_MANIFEST));
     }
 
     #[test]
     fn bad_manifests_give_errors() {
-        assert!(matches!(
-            parse_manifest(b"{", media_type::OCI_MANIFEST),
-            Err(ManifestError::Json { .. })
-        ));
-        assert!(matches!(
-            parse_manifest(b"{}", "text/plain"),
-            Err(ManifestError::UnknownMediaType(_))
-        ));
+        assert!(matches!(parse_manifest(b"{", media_type::OCI_MANIFEST), Err(ManifestError::Json { .. })));
+        assert!(matches!(parse_manifest(b"{}", "text/plain"), Err(ManifestError::UnknownMediaType(_))));
         let v1 = br#"{"schemaVersion":1,"manifests":[]}"#;
-        assert!(matches!(
-            parse_manifest(v1, media_type::OCI_INDEX),
-            Err(ManifestError::SchemaVersion(1))
-        ));
+        assert!(matches!(parse_manifest(v1, media_type::OCI_INDEX), Err(ManifestError::SchemaVersion(1))));
         // a bad digest inside a descriptor is rejected at parse time
         let bad = br#"{"schemaVersion":2,"manifests":[{"mediaType":"x","digest":"sha256:../x","size":1}]}"#;
         assert!(parse_manifest(bad, media_type::OCI_INDEX).is_err());
@@ -378,11 +343,7 @@ mod tests {
     fn index_with(platforms: &[(&str, &str, Option<&str>)]) -> ImageIndex {
         let mut idx = ImageIndex::empty();
         for (i, (os, arch, var)) in platforms.iter().enumerate() {
-            let mut d = Descriptor::new(
-                media_type::OCI_MANIFEST,
-                Digest::sha256_of(&[i as u8]),
-                10,
-            );
+            let mut d = Descriptor::new(media_type::OCI_MANIFEST, Digest::sha256_of(&[i as u8]), 10);
             d.platform = Some(Platform {
                 architecture: arch.to_string(),
                 os: os.to_string(),

@@ -27,19 +27,11 @@ pub enum RefError {
     #[error("oci: reference {0:?} has an empty directory")]
     EmptyDir(String),
     #[error("tag {tag:?} in {reference:?} is not valid ({why})")]
-    BadTag {
-        reference: String,
-        tag: String,
-        why: &'static str,
-    },
+    BadTag { reference: String, tag: String, why: &'static str },
     #[error("docker reference {reference:?} must start with `//` (docker://HOST/REPO[:TAG])")]
     MissingSlashes { reference: String },
     #[error("repository {repository:?} in {reference:?} is not valid: {why}")]
-    BadRepository {
-        reference: String,
-        repository: String,
-        why: &'static str,
-    },
+    BadRepository { reference: String, repository: String, why: &'static str },
     #[error("registry host {host:?} in {reference:?} is not valid")]
     BadHost { reference: String, host: String },
     #[error("bad digest in {reference:?}: {source}")]
@@ -123,15 +115,11 @@ impl FromStr for ImageRef {
     type Err = RefError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (transport, rest) = s
-            .split_once(':')
-            .ok_or_else(|| RefError::MissingTransport(s.to_string()))?;
+        let (transport, rest) = s.split_once(':').ok_or_else(|| RefError::MissingTransport(s.to_string()))?;
         match transport {
             "oci" => parse_oci(s, rest).map(ImageRef::Layout),
             "docker" => parse_docker(s, rest).map(ImageRef::Registry),
-            _ => Err(RefError::UnsupportedTransport {
-                transport: transport.to_string(),
-            }),
+            _ => Err(RefError::UnsupportedTransport { transport: transport.to_string() }),
         }
     }
 }
@@ -168,18 +156,13 @@ fn parse_oci(whole: &str, rest: &str) -> Result<LayoutRef, RefError> {
     // so that a directory name containing `@` still works in the `DIR:TAG` form.
     if let Some((dir, dgst)) = rest.rsplit_once('@') {
         if !dir.contains(':') && dgst.starts_with("sha") && dgst.contains(':') {
-            let digest = dgst.parse().map_err(|source| RefError::BadDigest {
-                reference: whole.to_string(),
-                source,
-            })?;
+            let digest = dgst
+                .parse()
+                .map_err(|source| RefError::BadDigest { reference: whole.to_string(), source })?;
             if dir.is_empty() {
                 return Err(RefError::EmptyDir(whole.to_string()));
             }
-            return Ok(LayoutRef {
-                dir: PathBuf::from(dir),
-                tag: None,
-                digest: Some(digest),
-            });
+            return Ok(LayoutRef { dir: PathBuf::from(dir), tag: None, digest: Some(digest) });
         }
     }
     // Like skopeo (containers/image SplitPathAndImage): the path ends at the first `:`.
@@ -197,39 +180,24 @@ fn parse_oci(whole: &str, rest: &str) -> Result<LayoutRef, RefError> {
             Some(t.to_string())
         }
     };
-    Ok(LayoutRef {
-        dir: PathBuf::from(dir),
-        tag,
-        digest: None,
-    })
+    Ok(LayoutRef { dir: PathBuf::from(dir), tag, digest: None })
 }
 
 /// ref.name values in a layout are looser than registry tags (the OCI spec allows
 /// `/`, `:`-free path-like names); we refuse only what cannot be meant as a name.
 fn validate_layout_tag(whole: &str, tag: &str) -> Result<(), RefError> {
-    let bad = |why| RefError::BadTag {
-        reference: whole.to_string(),
-        tag: tag.to_string(),
-        why,
-    };
+    let bad = |why| RefError::BadTag { reference: whole.to_string(), tag: tag.to_string(), why };
     if tag.len() > 255 {
         return Err(bad("longer than 255 characters"));
     }
-    if !tag
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "._-+/=".contains(c))
-    {
+    if !tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-+/=".contains(c)) {
         return Err(bad("only letters, digits and . _ - + / = are allowed"));
     }
     Ok(())
 }
 
 fn validate_registry_tag(whole: &str, tag: &str) -> Result<(), RefError> {
-    let bad = |why| RefError::BadTag {
-        reference: whole.to_string(),
-        tag: tag.to_string(),
-        why,
-    };
+    let bad = |why| RefError::BadTag { reference: whole.to_string(), tag: tag.to_string(), why };
     let mut chars = tag.chars();
     match chars.next() {
         None => return Err(bad("empty")),
@@ -246,11 +214,8 @@ fn validate_registry_tag(whole: &str, tag: &str) -> Result<(), RefError> {
 }
 
 fn validate_repository(whole: &str, repo: &str) -> Result<(), RefError> {
-    let bad = |why| RefError::BadRepository {
-        reference: whole.to_string(),
-        repository: repo.to_string(),
-        why,
-    };
+    let bad =
+        |why| RefError::BadRepository { reference: whole.to_string(), repository: repo.to_string(), why };
     if repo.is_empty() {
         return Err(bad("empty"));
     }
@@ -287,33 +252,22 @@ fn validate_host(whole: &str, host: &str) -> Result<(), RefError> {
         Some((n, p)) => (n, Some(p)),
         None => (host, None),
     };
-    let name_ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    let name_ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.parse::<u16>().is_ok());
     if name_ok && port_ok {
         Ok(())
     } else {
-        Err(RefError::BadHost {
-            reference: whole.to_string(),
-            host: host.to_string(),
-        })
+        Err(RefError::BadHost { reference: whole.to_string(), host: host.to_string() })
     }
 }
 
 fn parse_docker(whole: &str, rest: &str) -> Result<RegistryRef, RefError> {
-    let rest = rest
-        .strip_prefix("//")
-        .ok_or_else(|| RefError::MissingSlashes {
-            reference: whole.to_string(),
-        })?;
+    let rest =
+        rest.strip_prefix("//").ok_or_else(|| RefError::MissingSlashes { reference: whole.to_string() })?;
     let (name, digest) = match rest.split_once('@') {
         Some((n, d)) => {
-            let digest = d.parse().map_err(|source| RefError::BadDigest {
-                reference: whole.to_string(),
-                source,
-            })?;
+            let digest =
+                d.parse().map_err(|source| RefError::BadDigest { reference: whole.to_string(), source })?;
             (n, Some(digest))
         }
         None => (rest, None),
@@ -346,12 +300,7 @@ fn parse_docker(whole: &str, rest: &str) -> Result<RegistryRef, RefError> {
         (None, Some(_)) => None,
         (None, None) => Some("latest".to_string()),
     };
-    Ok(RegistryRef {
-        registry,
-        repository,
-        tag,
-        digest,
-    })
+    Ok(RegistryRef { registry, repository, tag, digest })
 }
 
 #[cfg(test)]
@@ -401,18 +350,9 @@ mod tests {
 
     #[test]
     fn oci_bad_refs() {
-        assert_eq!(
-            "oci::v1".parse::<ImageRef>(),
-            Err(RefError::EmptyDir("oci::v1".into()))
-        );
-        assert!(matches!(
-            "oci:img:bad tag".parse::<ImageRef>(),
-            Err(RefError::BadTag { .. })
-        ));
-        assert!(matches!(
-            "oci:img@sha256:1234".parse::<ImageRef>(),
-            Err(RefError::BadDigest { .. })
-        ));
+        assert_eq!("oci::v1".parse::<ImageRef>(), Err(RefError::EmptyDir("oci::v1".into())));
+        assert!(matches!("oci:img:bad tag".parse::<ImageRef>(), Err(RefError::BadTag { .. })));
+        assert!(matches!("oci:img@sha256:1234".parse::<ImageRef>(), Err(RefError::BadDigest { .. })));
     }
 
     #[test]
@@ -464,10 +404,7 @@ mod tests {
 
     #[test]
     fn docker_bad_refs() {
-        assert!(matches!(
-            "docker:127.0.0.1/app".parse::<ImageRef>(),
-            Err(RefError::MissingSlashes { .. })
-        ));
+        assert!(matches!("docker:127.0.0.1/app".parse::<ImageRef>(), Err(RefError::MissingSlashes { .. })));
         assert!(matches!(
             "docker://127.0.0.1:5000/App".parse::<ImageRef>(),
             Err(RefError::BadRepository { .. })
@@ -476,33 +413,19 @@ mod tests {
             "docker://127.0.0.1:5000/".parse::<ImageRef>(),
             Err(RefError::BadRepository { .. })
         ));
-        assert!(matches!(
-            "docker://127.0.0.1:5000/app:-x".parse::<ImageRef>(),
-            Err(RefError::BadTag { .. })
-        ));
-        assert!(matches!(
-            "docker://127.0.0.1:99999/app".parse::<ImageRef>(),
-            Err(RefError::BadHost { .. })
-        ));
+        assert!(matches!("docker://127.0.0.1:5000/app:-x".parse::<ImageRef>(), Err(RefError::BadTag { .. })));
+        assert!(matches!("docker://127.0.0.1:99999/app".parse::<ImageRef>(), Err(RefError::BadHost { .. })));
         assert!(matches!(
             "docker://h.io/app@sha256:xyz".parse::<ImageRef>(),
             Err(RefError::BadDigest { .. })
         ));
-        assert!(matches!(
-            "docker://h.io/a//b".parse::<ImageRef>(),
-            Err(RefError::BadRepository { .. })
-        ));
+        assert!(matches!("docker://h.io/a//b".parse::<ImageRef>(), Err(RefError::BadRepository { .. })));
     }
 
     #[test]
     fn unknown_transport_names_it_and_the_supported_ones() {
         let e = "dir:/tmp/x".parse::<ImageRef>().unwrap_err();
-        assert_eq!(
-            e,
-            RefError::UnsupportedTransport {
-                transport: "dir".into()
-            }
-        );
+        assert_eq!(e, RefError::UnsupportedTransport { transport: "dir".into() });
         let msg = e.to_string();
         assert!(msg.contains("\"dir\""), "{msg}");
         assert!(msg.contains("oci:") && msg.contains("docker://"), "{msg}");

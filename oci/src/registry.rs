@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -46,26 +48,13 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
     #[error("{op} {url}: registry answered {status}: {body}")]
-    Status {
-        op: String,
-        url: String,
-        status: u16,
-        body: String,
-    },
+    Status { op: String, url: String, status: u16, body: String },
     #[error("{op}: {registry} refused the credentials (401){hint}")]
-    Unauthorized {
-        op: String,
-        registry: String,
-        hint: &'static str,
-    },
+    Unauthorized { op: String, registry: String, hint: &'static str },
     #[error("{op}: access denied by {registry} (403)")]
     Denied { op: String, registry: String },
     #[error("{what} not found in {registry}/{repository}")]
-    NotFound {
-        what: String,
-        registry: String,
-        repository: String,
-    },
+    NotFound { what: String, registry: String, repository: String },
     #[error("cannot understand the registry's authentication challenge {0:?}")]
     BadChallenge(String),
     #[error("token request to {realm} failed: {why}")]
@@ -169,10 +158,7 @@ impl RegistryClient {
 
     fn url(&self, tail: &str) -> Result<Url, RegistryError> {
         let s = format!("v2/{}/{tail}", self.inner.repository);
-        self.inner
-            .base
-            .join(&s)
-            .map_err(|_| RegistryError::Upload(format!("cannot form a URL from {s:?}")))
+        self.inner.base.join(&s).map_err(|_| RegistryError::Upload(format!("cannot form a URL from {s:?}")))
     }
 
     fn auth_header(&self) -> Option<HeaderValue> {
@@ -282,10 +268,7 @@ impl RegistryClient {
         if let Some(c) = &self.inner.credentials {
             rb = rb.header(AUTHORIZATION, basic_header_value(c));
         }
-        let token_err = |why: String| RegistryError::Token {
-            realm: realm.to_string(),
-            why,
-        };
+        let token_err = |why: String| RegistryError::Token { realm: realm.to_string(), why };
         let resp = rb.send().await.map_err(|e| token_err(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(token_err(format!("status {}", resp.status())));
@@ -313,12 +296,7 @@ impl RegistryClient {
         if body.is_empty() {
             body = "(empty body)".into();
         }
-        RegistryError::Status {
-            op: op.to_string(),
-            url,
-            status,
-            body: body.trim().to_string(),
-        }
+        RegistryError::Status { op: op.to_string(), url, status, body: body.trim().to_string() }
     }
 
     fn not_found(&self, what: String) -> RegistryError {
@@ -334,9 +312,7 @@ impl RegistryClient {
         let url = self.url(&format!("manifests/{reference}"))?;
         let accept = media_type::MANIFEST_TYPES.join(", ");
         let op = format!("GET manifest {reference}");
-        let resp = self
-            .send(&op, |c| c.get(url.clone()).header(ACCEPT, accept.as_str()))
-            .await?;
+        let resp = self.send(&op, |c| c.get(url.clone()).header(ACCEPT, accept.as_str())).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(self.not_found(format!("manifest {reference}")));
         }
@@ -357,10 +333,7 @@ impl RegistryClient {
                 source,
             })?;
             if (bytes.len() + chunk.len()) as u64 > max {
-                return Err(RegistryError::ManifestTooLarge {
-                    reference: reference.to_string(),
-                    max,
-                });
+                return Err(RegistryError::ManifestTooLarge { reference: reference.to_string(), max });
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -384,26 +357,15 @@ impl RegistryClient {
         let op = format!("PUT manifest {reference}");
         let body = Bytes::copy_from_slice(bytes);
         let resp = self
-            .send(&op, |c| {
-                c.put(url.clone())
-                    .header(CONTENT_TYPE, media_type)
-                    .body(body.clone())
-            })
+            .send(&op, |c| c.put(url.clone()).header(CONTENT_TYPE, media_type).body(body.clone()))
             .await?;
         if !resp.status().is_success() {
             return Err(self.error_from(&op, resp).await);
         }
         let local = Digest::sha256_of(bytes);
-        if let Some(server) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(server) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
             if server != local.to_string() {
-                return Err(RegistryError::ServerDigestMismatch {
-                    server: server.to_string(),
-                    local,
-                });
+                return Err(RegistryError::ServerDigestMismatch { server: server.to_string(), local });
             }
         }
         Ok(local)
@@ -444,10 +406,7 @@ impl RegistryClient {
         match resp.status() {
             StatusCode::NOT_FOUND => return Err(self.not_found(format!("blob {d}"))),
             StatusCode::OK if offset > 0 => {
-                return Err(RegistryError::RangeIgnored {
-                    digest: d.clone(),
-                    offset,
-                })
+                return Err(RegistryError::RangeIgnored { digest: d.clone(), offset })
             }
             s if s.is_success() => {}
             _ => return Err(self.error_from(&op, resp).await),
@@ -459,14 +418,10 @@ impl RegistryClient {
     async fn start_upload(&self, query: Option<(&Digest, &str)>) -> Result<(StatusCode, Url), RegistryError> {
         let mut url = self.url("blobs/uploads/")?;
         if let Some((d, from)) = query {
-            url.query_pairs_mut()
-                .append_pair("mount", &d.to_string())
-                .append_pair("from", from);
+            url.query_pairs_mut().append_pair("mount", &d.to_string()).append_pair("from", from);
         }
         let op = "POST blob upload";
-        let resp = self
-            .send(op, |c| c.post(url.clone()).header(CONTENT_LENGTH, "0"))
-            .await?;
+        let resp = self.send(op, |c| c.post(url.clone()).header(CONTENT_LENGTH, "0")).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(self.error_from(op, resp).await);
@@ -506,9 +461,7 @@ impl RegistryClient {
         let body = Bytes::copy_from_slice(bytes);
         let resp = self
             .send(&op, |c| {
-                c.put(loc.clone())
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .body(body.clone())
+                c.put(loc.clone()).header(CONTENT_TYPE, "application/octet-stream").body(body.clone())
             })
             .await?;
         if !resp.status().is_success() {
@@ -567,21 +520,14 @@ fn tokio_stream_from(
 
 fn location(resp: &reqwest::Response, op: &str) -> Result<Url, RegistryError> {
     let missing = || RegistryError::MissingLocation { op: op.to_string() };
-    let raw = resp
-        .headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(missing)?;
+    let raw = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(missing)?;
     // Location may be relative to the request URL.
     resp.url().join(raw).map_err(|_| missing())
 }
 
 fn basic_header(c: &Credentials) -> Secret {
     let raw = zeroize::Zeroizing::new(format!("{}:{}", c.username, c.password.expose()));
-    Secret::new(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
-    ))
+    Secret::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())))
 }
 
 fn basic_header_value(c: &Credentials) -> HeaderValue {
@@ -661,18 +607,12 @@ impl Challenge {
             }
             params.push((key.trim().to_ascii_lowercase(), value.trim().to_string()));
         }
-        Ok(Challenge {
-            scheme: scheme.to_ascii_lowercase(),
-            params,
-        })
+        Ok(Challenge { scheme: scheme.to_ascii_lowercase(), params })
     }
 
     /// The first value of a parameter.
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -690,9 +630,7 @@ pub struct RegistryBlobWriter {
 
 impl fmt::Debug for RegistryBlobWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryBlobWriter")
-            .field("written", &self.size)
-            .finish_non_exhaustive()
+        f.debug_struct("RegistryBlobWriter").field("written", &self.size).finish_non_exhaustive()
     }
 }
 
@@ -749,10 +687,7 @@ impl RegistryBlobWriter {
     /// End the stream, check `expected` (if given), then commit with `PUT ?digest=`.
     pub async fn finish(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), RegistryError> {
         self.tx = None; // ends the PATCH body
-        let patch = self
-            .patch
-            .take()
-            .ok_or_else(|| RegistryError::Upload("upload already failed".into()))?;
+        let patch = self.patch.take().ok_or_else(|| RegistryError::Upload("upload already failed".into()))?;
         let mut loc = match patch.await {
             Ok(r) => r?,
             Err(e) => return Err(RegistryError::Upload(format!("upload task failed: {e}"))),
@@ -772,19 +707,13 @@ impl RegistryBlobWriter {
             }
             if e != &actual {
                 // Drop cancels the session: nothing becomes visible.
-                return Err(RegistryError::DigestMismatch {
-                    expected: e.clone(),
-                    actual,
-                });
+                return Err(RegistryError::DigestMismatch { expected: e.clone(), actual });
             }
         }
         self.session = Some(loc.clone());
         loc.query_pairs_mut().append_pair("digest", &actual.to_string());
         let op = format!("PUT blob {actual}");
-        let resp = self
-            .client
-            .send(&op, |c| c.put(loc.clone()).header(CONTENT_LENGTH, "0"))
-            .await?;
+        let resp = self.client.send(&op, |c| c.put(loc.clone()).header(CONTENT_LENGTH, "0")).await?;
         if !resp.status().is_success() {
             return Err(self.client.error_from(&op, resp).await);
         }

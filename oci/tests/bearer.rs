@@ -39,7 +39,11 @@ async fn serve(listener: TcpListener, log: Arc<Mutex<Vec<String>>>) {
             let (status, headers, body): (&str, String, Vec<u8>) = if first.starts_with("GET /token?") {
                 // alice:pw
                 if auth == "Basic YWxpY2U6cHc=" {
-                    ("200 OK", "Content-Type: application/json\r\n".into(), br#"{"token":"tok-123"}"#.to_vec())
+                    (
+                        "200 OK",
+                        "Content-Type: application/json\r\n".into(),
+                        br#"{"token":"tok-123"}"#.to_vec(),
+                    )
                 } else {
                     ("401 Unauthorized", String::new(), Vec::new())
                 }
@@ -78,11 +82,8 @@ async fn fake() -> (u16, Arc<Mutex<Vec<String>>>) {
 async fn bearer_token_is_fetched_with_credentials_and_used() {
     let (port, log) = fake().await;
     let r: ImageRef = format!("docker://127.0.0.1:{port}/app:v1").parse().unwrap();
-    let opts = SourceOptions {
-        creds: Some("alice:pw".into()),
-        insecure_plain_http: true,
-        ..Default::default()
-    };
+    let opts =
+        SourceOptions { creds: Some("alice:pw".into()), insecure_plain_http: true, ..Default::default() };
     let src = ImageSource::open(&r, &opts).await.unwrap();
     let m = src.manifest().await.unwrap();
     assert_eq!(m.bytes, MANIFEST);
@@ -97,11 +98,8 @@ async fn bearer_token_is_fetched_with_credentials_and_used() {
 async fn bearer_token_refused_is_a_clear_error() {
     let (port, _log) = fake().await;
     let r: ImageRef = format!("docker://127.0.0.1:{port}/app:v1").parse().unwrap();
-    let opts = SourceOptions {
-        creds: Some("alice:wrong".into()),
-        insecure_plain_http: true,
-        ..Default::default()
-    };
+    let opts =
+        SourceOptions { creds: Some("alice:wrong".into()), insecure_plain_http: true, ..Default::default() };
     let src = ImageSource::open(&r, &opts).await.unwrap();
     let e = src.manifest().await.unwrap_err();
     assert!(matches!(e, OciError::Registry(RegistryError::Token { .. })), "{e}");

@@ -6,8 +6,8 @@ mod common;
 
 use oci::manifest::{Manifest, Platform};
 use oci::{
-    media_type, select_platform, Descriptor, DestOptions, ImageDest, ImageIndex, ImageRef,
-    ImageSource, ManifestRole, OciLayout, PlatformSpec, SourceOptions,
+    media_type, select_platform, Descriptor, DestOptions, ImageDest, ImageIndex, ImageRef, ImageSource,
+    ManifestRole, OciLayout, PlatformSpec, SourceOptions,
 };
 
 const MANIFEST: &str = "sha256:ab1a944183cb5d94bd0f02435496d7946b9cf8e624eb67d014af6cd68362ccee";
@@ -24,15 +24,11 @@ async fn reads_the_fixture_by_tag_by_digest_and_untagged() {
         format!("oci:{}", dir.display()),
         format!("oci:{}@{MANIFEST}", dir.display()),
     ] {
-        let src = ImageSource::open(&r(&spec), &SourceOptions::default())
-            .await
-            .unwrap();
+        let src = ImageSource::open(&r(&spec), &SourceOptions::default()).await.unwrap();
         let m = src.manifest().await.unwrap();
         assert_eq!(m.digest.to_string(), MANIFEST, "{spec}");
         assert_eq!(m.media_type, media_type::OCI_MANIFEST);
-        let Manifest::Image(im) = m.parse().unwrap() else {
-            panic!("image manifest expected")
-        };
+        let Manifest::Image(im) = m.parse().unwrap() else { panic!("image manifest expected") };
         let cfg = src.blob_bytes(&im.config.digest, 1 << 20).await.unwrap();
         assert_eq!(cfg.len() as u64, im.config.size);
     }
@@ -62,13 +58,9 @@ async fn index_copy_and_platform_selection() {
     let mut index = ImageIndex::empty();
     index.manifests.push(child);
     let bytes = serde_json::to_vec(&index).unwrap();
-    let dst_a = ImageDest::open(&r(&format!("oci:{}:multi", a.display())), &DestOptions::default())
-        .await
-        .unwrap();
-    let idx_digest = dst_a
-        .put_manifest(&bytes, media_type::OCI_INDEX, ManifestRole::TopLevel)
-        .await
-        .unwrap();
+    let dst_a =
+        ImageDest::open(&r(&format!("oci:{}:multi", a.display())), &DestOptions::default()).await.unwrap();
+    let idx_digest = dst_a.put_manifest(&bytes, media_type::OCI_INDEX, ManifestRole::TopLevel).await.unwrap();
     assert_eq!(layout.resolve(Some("multi"), None).unwrap().digest, idx_digest);
     assert_eq!(layout.resolve(Some("v1"), None).unwrap().digest.to_string(), MANIFEST);
 
@@ -77,9 +69,8 @@ async fn index_copy_and_platform_selection() {
     let src = ImageSource::open(&r(&format!("oci:{}:multi", a.display())), &SourceOptions::default())
         .await
         .unwrap();
-    let dst = ImageDest::open(&r(&format!("oci:{}:copied", b.display())), &DestOptions::default())
-        .await
-        .unwrap();
+    let dst =
+        ImageDest::open(&r(&format!("oci:{}:copied", b.display())), &DestOptions::default()).await.unwrap();
     let top = dst.copy_image_from(&src).await.unwrap();
     assert_eq!(top.digest, idx_digest);
 
@@ -88,9 +79,7 @@ async fn index_copy_and_platform_selection() {
         .unwrap();
     let m = back.manifest().await.unwrap();
     assert_eq!(m.media_type, media_type::OCI_INDEX);
-    let Manifest::Index(idx) = m.parse().unwrap() else {
-        panic!("index expected")
-    };
+    let Manifest::Index(idx) = m.parse().unwrap() else { panic!("index expected") };
     let want: PlatformSpec = "linux/amd64".parse().unwrap();
     let d = select_platform(&idx, &want).unwrap();
     let child = back.manifest_by_digest(&d.digest).await.unwrap();

@@ -5,8 +5,7 @@ mod common;
 
 use common::registry::Registry;
 use oci::{
-    Digest, ImageDest, ImageRef, ImageSource, ManifestRole, OciError, OciLayout, RegistryError,
-    SourceOptions,
+    Digest, ImageDest, ImageRef, ImageSource, ManifestRole, OciError, OciLayout, RegistryError, SourceOptions,
 };
 use tokio::io::AsyncReadExt;
 
@@ -14,10 +13,7 @@ const LAYER: &str = "sha256:3c4b0491ad42ed94682815ca7a46e4a5595792d857cec1410833
 const MANIFEST: &str = "sha256:ab1a944183cb5d94bd0f02435496d7946b9cf8e624eb67d014af6cd68362ccee";
 
 fn insecure() -> SourceOptions {
-    SourceOptions {
-        insecure_plain_http: true,
-        ..Default::default()
-    }
+    SourceOptions { insecure_plain_http: true, ..Default::default() }
 }
 
 fn r(s: &str) -> ImageRef {
@@ -33,10 +29,7 @@ async fn push_fixture(reg: &Registry, repo_tag: &str, opts: &SourceOptions) -> R
 }
 
 async fn read_all(src: &ImageSource, d: &Digest, size: u64) -> std::io::Result<Vec<u8>> {
-    let mut reader = src
-        .blob(d, size)
-        .await
-        .map_err(std::io::Error::other)?;
+    let mut reader = src.blob(d, size).await.map_err(std::io::Error::other)?;
     let mut out = Vec::new();
     reader.read_to_end(&mut out).await?;
     Ok(out)
@@ -47,22 +40,17 @@ async fn push_layout_then_pull_back_byte_identical() {
     let Some(reg) = Registry::start() else { return };
     push_fixture(&reg, "test/plain:v1", &insecure()).await.unwrap();
 
-    let src = ImageSource::open(&r(&reg.docker_ref("test/plain:v1")), &insecure())
-        .await
-        .unwrap();
+    let src = ImageSource::open(&r(&reg.docker_ref("test/plain:v1")), &insecure()).await.unwrap();
     let m = src.manifest().await.unwrap();
     let fixture = common::plain_fixture();
-    let fixture_manifest =
-        std::fs::read(fixture.join("blobs/sha256").join(&MANIFEST[7..])).unwrap();
+    let fixture_manifest = std::fs::read(fixture.join("blobs/sha256").join(&MANIFEST[7..])).unwrap();
     assert_eq!(m.bytes, fixture_manifest, "manifest bytes survive the round trip");
     assert_eq!(m.digest.to_string(), MANIFEST);
     assert_eq!(m.media_type, oci::media_type::OCI_MANIFEST);
 
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("pulled");
-    let dst = ImageDest::open(&r(&format!("oci:{}:back", out.display())), &insecure())
-        .await
-        .unwrap();
+    let dst = ImageDest::open(&r(&format!("oci:{}:back", out.display())), &insecure()).await.unwrap();
     dst.copy_image_from(&src).await.unwrap();
 
     // every blob of the fixture is present and identical in the pulled layout
@@ -72,15 +60,11 @@ async fn push_layout_then_pull_back_byte_identical() {
         assert_eq!(got, std::fs::read(e.path()).unwrap(), "{:?}", e.file_name());
     }
     let layout = OciLayout::open(&out).unwrap();
-    assert_eq!(
-        layout.resolve(Some("back"), None).unwrap().digest.to_string(),
-        MANIFEST
-    );
+    assert_eq!(layout.resolve(Some("back"), None).unwrap().digest.to_string(), MANIFEST);
 
     // pulling by digest works and is verified
-    let pinned = ImageSource::open(&r(&reg.docker_ref(&format!("test/plain@{MANIFEST}"))), &insecure())
-        .await
-        .unwrap();
+    let pinned =
+        ImageSource::open(&r(&reg.docker_ref(&format!("test/plain@{MANIFEST}"))), &insecure()).await.unwrap();
     assert_eq!(pinned.manifest().await.unwrap().bytes, fixture_manifest);
 
     // a second push skips existing blobs and still succeeds
@@ -90,16 +74,13 @@ async fn push_layout_then_pull_back_byte_identical() {
 #[tokio::test]
 async fn streaming_upload_with_digest_known_only_at_the_end() {
     let Some(reg) = Registry::start() else { return };
-    let dst = ImageDest::open(&r(&reg.docker_ref("stream/up:x")), &insecure())
-        .await
-        .unwrap();
+    let dst = ImageDest::open(&r(&reg.docker_ref("stream/up:x")), &insecure()).await.unwrap();
     // ~3 MiB in uneven chunks, produced as we go
     let mut expected = Vec::new();
     let mut w = dst.begin_blob().await.unwrap();
     for i in 0..97u32 {
-        let chunk: Vec<u8> = (0..(31 * 1024 + i as usize))
-            .map(|j| (j as u32 ^ i).wrapping_mul(2654435761) as u8)
-            .collect();
+        let chunk: Vec<u8> =
+            (0..(31 * 1024 + i as usize)).map(|j| (j as u32 ^ i).wrapping_mul(2654435761) as u8).collect();
         w.write_all(&chunk).await.unwrap();
         expected.extend_from_slice(&chunk);
     }
@@ -109,21 +90,14 @@ async fn streaming_upload_with_digest_known_only_at_the_end() {
     assert_eq!(n, expected.len() as u64);
     assert!(dst.has_blob(&d).await.unwrap());
 
-    let src = ImageSource::open(&r(&reg.docker_ref("stream/up:x")), &insecure())
-        .await
-        .unwrap();
+    let src = ImageSource::open(&r(&reg.docker_ref("stream/up:x")), &insecure()).await.unwrap();
     assert_eq!(read_all(&src, &d, n).await.unwrap(), expected);
 
     // resume from an offset with an HTTP Range request
-    let ImageSource::Registry(img) = &src else {
-        panic!("registry source expected")
-    };
+    let ImageSource::Registry(img) = &src else { panic!("registry source expected") };
     let stream = img.client.get_blob_stream(&d, 1_000_000).await.unwrap();
     let mut tail = Vec::new();
-    tokio_util::io::StreamReader::new(stream)
-        .read_to_end(&mut tail)
-        .await
-        .unwrap();
+    tokio_util::io::StreamReader::new(stream).read_to_end(&mut tail).await.unwrap();
     assert_eq!(tail, &expected[1_000_000..]);
 
     // an empty blob works too
@@ -135,17 +109,12 @@ async fn streaming_upload_with_digest_known_only_at_the_end() {
 #[tokio::test]
 async fn upload_with_wrong_expected_digest_or_dropped_leaves_nothing() {
     let Some(reg) = Registry::start() else { return };
-    let dst = ImageDest::open(&r(&reg.docker_ref("stream/bad:x")), &insecure())
-        .await
-        .unwrap();
+    let dst = ImageDest::open(&r(&reg.docker_ref("stream/bad:x")), &insecure()).await.unwrap();
     let mut w = dst.begin_blob().await.unwrap();
     w.write_all(b"some content").await.unwrap();
     let wrong = Digest::sha256_of(b"other content");
     let e = w.finish(Some(&wrong)).await.unwrap_err();
-    assert!(
-        matches!(e, OciError::Registry(RegistryError::DigestMismatch { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, OciError::Registry(RegistryError::DigestMismatch { .. })), "{e}");
     assert!(!dst.has_blob(&Digest::sha256_of(b"some content")).await.unwrap());
     assert!(!dst.has_blob(&wrong).await.unwrap());
 
@@ -166,17 +135,13 @@ async fn pinned_manifest_digest_mismatch_is_reported() {
     assert!(text.contains("\"size\":201"), "{text}");
     std::fs::write(&path, text.replace("\"size\":201", "\"size\":202")).unwrap();
 
-    let src = ImageSource::open(&r(&reg.docker_ref(&format!("tamper/m@{MANIFEST}"))), &insecure())
-        .await
-        .unwrap();
+    let src =
+        ImageSource::open(&r(&reg.docker_ref(&format!("tamper/m@{MANIFEST}"))), &insecure()).await.unwrap();
     let e = src.manifest().await.unwrap_err();
     assert!(matches!(e, OciError::ManifestDigestMismatch { .. }), "{e}");
     assert!(e.to_string().contains("manifest digest mismatch"), "{e}");
 
-    let e = src
-        .manifest_by_digest(&MANIFEST.parse().unwrap())
-        .await
-        .unwrap_err();
+    let e = src.manifest_by_digest(&MANIFEST.parse().unwrap()).await.unwrap_err();
     assert!(matches!(e, OciError::ManifestDigestMismatch { .. }), "{e}");
 }
 
@@ -190,9 +155,7 @@ async fn blob_digest_mismatch_is_invalid_data() {
     bytes[last] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
 
-    let src = ImageSource::open(&r(&reg.docker_ref("tamper/b:v1")), &insecure())
-        .await
-        .unwrap();
+    let src = ImageSource::open(&r(&reg.docker_ref("tamper/b:v1")), &insecure()).await.unwrap();
     let d: Digest = LAYER.parse().unwrap();
     let e = read_all(&src, &d, 201).await.unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
@@ -203,9 +166,7 @@ async fn blob_digest_mismatch_is_invalid_data() {
 
     // copying the bad blob to a layout fails and leaves no blob behind
     let tmp = tempfile::tempdir().unwrap();
-    let dst = ImageDest::open(&r(&format!("oci:{}:x", tmp.path().display())), &insecure())
-        .await
-        .unwrap();
+    let dst = ImageDest::open(&r(&format!("oci:{}:x", tmp.path().display())), &insecure()).await.unwrap();
     assert!(dst.copy_blob_from(&src, &d, 201).await.is_err());
     assert!(!dst.has_blob(&d).await.unwrap());
 }
@@ -213,14 +174,9 @@ async fn blob_digest_mismatch_is_invalid_data() {
 #[tokio::test]
 async fn missing_manifest_and_blob_are_not_found() {
     let Some(reg) = Registry::start() else { return };
-    let src = ImageSource::open(&r(&reg.docker_ref("nothing/here:v1")), &insecure())
-        .await
-        .unwrap();
+    let src = ImageSource::open(&r(&reg.docker_ref("nothing/here:v1")), &insecure()).await.unwrap();
     let e = src.manifest().await.unwrap_err();
-    assert!(
-        matches!(e, OciError::Registry(RegistryError::NotFound { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, OciError::Registry(RegistryError::NotFound { .. })), "{e}");
     assert!(e.to_string().contains("manifest v1 not found"), "{e}");
 }
 
@@ -231,29 +187,17 @@ async fn basic_auth_with_creds_works_and_without_is_refused() {
     };
     // anonymous: refused with a hint
     let e = push_fixture(&reg, "auth/img:v1", &insecure()).await.unwrap_err();
-    assert!(
-        matches!(e, OciError::Registry(RegistryError::Unauthorized { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, OciError::Registry(RegistryError::Unauthorized { .. })), "{e}");
     assert!(e.to_string().contains("--creds"), "{e}");
 
     // wrong password
-    let wrong = SourceOptions {
-        creds: Some("alice:nope".into()),
-        ..insecure()
-    };
+    let wrong = SourceOptions { creds: Some("alice:nope".into()), ..insecure() };
     let e = push_fixture(&reg, "auth/img:v1", &wrong).await.unwrap_err();
-    assert!(
-        matches!(e, OciError::Registry(RegistryError::Unauthorized { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, OciError::Registry(RegistryError::Unauthorized { .. })), "{e}");
     assert!(!e.to_string().contains("nope"), "no secret in errors: {e}");
 
     // --creds
-    let good = SourceOptions {
-        creds: Some("alice:s3cret:pw".into()),
-        ..insecure()
-    };
+    let good = SourceOptions { creds: Some("alice:s3cret:pw".into()), ..insecure() };
     push_fixture(&reg, "auth/img:v1", &good).await.unwrap();
 
     // auth file with a base64 `auth` field
@@ -268,21 +212,14 @@ async fn basic_auth_with_creds_works_and_without_is_refused() {
         ),
     )
     .unwrap();
-    let via_file = SourceOptions {
-        auth_file: Some(auth_file),
-        ..insecure()
-    };
-    let src = ImageSource::open(&r(&reg.docker_ref("auth/img:v1")), &via_file)
-        .await
-        .unwrap();
+    let via_file = SourceOptions { auth_file: Some(auth_file), ..insecure() };
+    let src = ImageSource::open(&r(&reg.docker_ref("auth/img:v1")), &via_file).await.unwrap();
     assert_eq!(src.manifest().await.unwrap().digest.to_string(), MANIFEST);
     let d: Digest = LAYER.parse().unwrap();
     assert_eq!(read_all(&src, &d, 201).await.unwrap().len(), 201);
 
     // streaming upload through basic auth
-    let dst = ImageDest::open(&r(&reg.docker_ref("auth/img:v2")), &via_file)
-        .await
-        .unwrap();
+    let dst = ImageDest::open(&r(&reg.docker_ref("auth/img:v2")), &via_file).await.unwrap();
     let mut w = dst.begin_blob().await.unwrap();
     w.write_all(b"authenticated stream").await.unwrap();
     let (d, _) = w.finish(None).await.unwrap();
@@ -296,9 +233,7 @@ async fn basic_auth_with_creds_works_and_without_is_refused() {
 async fn plain_http_is_not_used_unless_asked() {
     let Some(reg) = Registry::start() else { return };
     // Without insecure_plain_http the client speaks TLS to a plain-HTTP port: it must fail.
-    let src = ImageSource::open(&r(&reg.docker_ref("x/y:v1")), &SourceOptions::default())
-        .await
-        .unwrap();
+    let src = ImageSource::open(&r(&reg.docker_ref("x/y:v1")), &SourceOptions::default()).await.unwrap();
     let e = src.manifest().await.unwrap_err();
     assert!(matches!(e, OciError::Registry(RegistryError::Http { .. })), "{e}");
 }

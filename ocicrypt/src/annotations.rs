@@ -65,8 +65,7 @@ pub struct EncAnnotations {
 
 /// Whether this crate's scheme model covers `scheme` (JWE and keyproviders).
 fn is_known_scheme(scheme: &str) -> bool {
-    scheme == SCHEME_JWE
-        || scheme.strip_prefix(SCHEME_PROVIDER_PREFIX).is_some_and(|n| !n.is_empty())
+    scheme == SCHEME_JWE || scheme.strip_prefix(SCHEME_PROVIDER_PREFIX).is_some_and(|n| !n.is_empty())
 }
 
 /// Split a `keys.*` value into base64-decoded items.
@@ -156,7 +155,10 @@ where
 
 /// Fresh encryption: the existing non-`enc` annotations plus `new_enc` (stale
 /// `enc.*` entries are dropped first, as imgcrypt does).
-pub fn merge_enc_annotations<'a, I>(existing: I, new_enc: &BTreeMap<String, String>) -> BTreeMap<String, String>
+pub fn merge_enc_annotations<'a, I>(
+    existing: I,
+    new_enc: &BTreeMap<String, String>,
+) -> BTreeMap<String, String>
 where
     I: IntoIterator<Item = (&'a String, &'a String)>,
 {

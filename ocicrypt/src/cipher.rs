@@ -339,10 +339,7 @@ mod tests {
         assert_eq!(hex::encode(&buf), ct_hex);
         let public = enc.finish();
         assert_eq!(hex::encode(public.hmac), hmac_hex);
-        assert_eq!(
-            base64::engine::general_purpose::STANDARD.encode(public.to_json()),
-            pubopts_b64
-        );
+        assert_eq!(base64::engine::general_purpose::STANDARD.encode(public.to_json()), pubopts_b64);
         let mut dec = LayerDecryptor::new(&opts, &public).unwrap();
         dec.update(&mut buf);
         assert_eq!(hex::encode(&buf), plain_hex);

@@ -112,10 +112,8 @@ pub async fn wrap_keys(
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for w in wrappers {
         let scheme = w.scheme();
-        let wrapped = w
-            .wrap(&json)
-            .await
-            .map_err(|source| OcicryptError::Wrap { scheme: scheme.clone(), source })?;
+        let wrapped =
+            w.wrap(&json).await.map_err(|source| OcicryptError::Wrap { scheme: scheme.clone(), source })?;
         // An empty result means "no recipients for this scheme", as in Go.
         if wrapped.is_empty() {
             continue;

@@ -14,11 +14,9 @@ pub const OCI_LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zst
 /// OCI nondistributable uncompressed tar layer.
 pub const OCI_LAYER_ND_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
 /// OCI nondistributable gzip tar layer.
-pub const OCI_LAYER_ND_TAR_GZIP: &str =
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+pub const OCI_LAYER_ND_TAR_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
 /// OCI nondistributable zstd tar layer.
-pub const OCI_LAYER_ND_TAR_ZSTD: &str =
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+pub const OCI_LAYER_ND_TAR_ZSTD: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
 /// WebAssembly module layer (passed through with `+encrypted`).
 pub const WASM_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 /// Docker schema2 uncompressed layer.
@@ -28,8 +26,7 @@ pub const DOCKER_LAYER_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.dif
 /// Docker schema2 zstd layer (rare, produced by some buildkit versions).
 pub const DOCKER_LAYER_TAR_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
 /// Docker foreign layer: never encrypted (it is not stored in the registry).
-pub const DOCKER_FOREIGN_LAYER: &str =
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 
 /// The suffix that marks an encrypted layer.
 pub const ENCRYPTED_SUFFIX: &str = "+encrypted";
@@ -41,8 +38,7 @@ pub const OCI_LAYER_TAR_GZIP_ENC: &str = "application/vnd.oci.image.layer.v1.tar
 /// `application/vnd.oci.image.layer.v1.tar+zstd+encrypted`
 pub const OCI_LAYER_TAR_ZSTD_ENC: &str = "application/vnd.oci.image.layer.v1.tar+zstd+encrypted";
 /// Nondistributable tar, encrypted.
-pub const OCI_LAYER_ND_TAR_ENC: &str =
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+encrypted";
+pub const OCI_LAYER_ND_TAR_ENC: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+encrypted";
 /// Nondistributable tar+gzip, encrypted.
 pub const OCI_LAYER_ND_TAR_GZIP_ENC: &str =
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip+encrypted";
@@ -120,11 +116,10 @@ pub fn layer_compression(media_type: &str) -> Result<Compression, MediaTypeError
     let plain = media_type.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(media_type);
     match plain {
         OCI_LAYER_TAR | OCI_LAYER_ND_TAR | DOCKER_LAYER_TAR | WASM_LAYER => Ok(Compression::None),
-        OCI_LAYER_TAR_GZIP | OCI_LAYER_ND_TAR_GZIP | DOCKER_LAYER_TAR_GZIP
-        | DOCKER_FOREIGN_LAYER => Ok(Compression::Gzip),
-        OCI_LAYER_TAR_ZSTD | OCI_LAYER_ND_TAR_ZSTD | DOCKER_LAYER_TAR_ZSTD => {
-            Ok(Compression::Zstd)
+        OCI_LAYER_TAR_GZIP | OCI_LAYER_ND_TAR_GZIP | DOCKER_LAYER_TAR_GZIP | DOCKER_FOREIGN_LAYER => {
+            Ok(Compression::Gzip)
         }
+        OCI_LAYER_TAR_ZSTD | OCI_LAYER_ND_TAR_ZSTD | DOCKER_LAYER_TAR_ZSTD => Ok(Compression::Zstd),
         _ => Err(MediaTypeError::NotALayer(media_type.to_owned())),
     }
 }
@@ -139,14 +134,8 @@ mod tests {
         assert_eq!(encrypted_media_type(OCI_LAYER_TAR).unwrap(), OCI_LAYER_TAR_ENC);
         assert_eq!(encrypted_media_type(OCI_LAYER_TAR_ZSTD).unwrap(), OCI_LAYER_TAR_ZSTD_ENC);
         assert_eq!(encrypted_media_type(OCI_LAYER_ND_TAR).unwrap(), OCI_LAYER_ND_TAR_ENC);
-        assert_eq!(
-            encrypted_media_type(OCI_LAYER_ND_TAR_GZIP).unwrap(),
-            OCI_LAYER_ND_TAR_GZIP_ENC
-        );
-        assert_eq!(
-            encrypted_media_type(OCI_LAYER_ND_TAR_ZSTD).unwrap(),
-            OCI_LAYER_ND_TAR_ZSTD_ENC
-        );
+        assert_eq!(encrypted_media_type(OCI_LAYER_ND_TAR_GZIP).unwrap(), OCI_LAYER_ND_TAR_GZIP_ENC);
+        assert_eq!(encrypted_media_type(OCI_LAYER_ND_TAR_ZSTD).unwrap(), OCI_LAYER_ND_TAR_ZSTD_ENC);
         assert_eq!(encrypted_media_type(WASM_LAYER).unwrap(), WASM_LAYER_ENC);
     }
 
@@ -166,10 +155,7 @@ mod tests {
             encrypted_media_type("application/vnd.oci.image.config.v1+json"),
             Err(MediaTypeError::NotALayer(_))
         ));
-        assert!(matches!(
-            encrypted_media_type(DOCKER_FOREIGN_LAYER),
-            Err(MediaTypeError::NotALayer(_))
-        ));
+        assert!(matches!(encrypted_media_type(DOCKER_FOREIGN_LAYER), Err(MediaTypeError::NotALayer(_))));
         assert!(matches!(
             encrypted_media_type("application/vnd.in-toto+json"),
             Err(MediaTypeError::NotALayer(_))

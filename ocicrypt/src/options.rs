@@ -210,10 +210,8 @@ impl PrivateOptions {
     fn parse(json: &[u8], public_nonce: Option<[u8; NONCE_LEN]>) -> Result<Self, OptionsError> {
         const W: &str = "private";
         let raw: RawPrivate = serde_json::from_slice(json).map_err(|e| json_error(W, &e))?;
-        let key = raw
-            .symkey
-            .ok_or(OptionsError::Missing { which: W, field: "symkey" })?
-            .decode(W, "symkey")?;
+        let key =
+            raw.symkey.ok_or(OptionsError::Missing { which: W, field: "symkey" })?.decode(W, "symkey")?;
         let mut symkey = Zeroizing::new([0u8; KEY_LEN]);
         if key.len() != KEY_LEN {
             return Err(OptionsError::KeyLength(key.len()));
@@ -324,7 +322,8 @@ mod tests {
     fn private_parse_validates() {
         let short_key = r#"{"symkey":"AAEC","cipheroptions":{"nonce":"AAECAwQFBgcICQoLDA0ODw=="}}"#;
         assert_eq!(PrivateOptions::from_json(short_key.as_bytes()), Err(OptionsError::KeyLength(3)));
-        let short_nonce = r#"{"symkey":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","cipheroptions":{"nonce":"AAEC"}}"#;
+        let short_nonce =
+            r#"{"symkey":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","cipheroptions":{"nonce":"AAEC"}}"#;
         assert_eq!(PrivateOptions::from_json(short_nonce.as_bytes()), Err(OptionsError::NonceLength(3)));
         let no_nonce = r#"{"symkey":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","cipheroptions":null}"#;
         assert!(matches!(
@@ -340,9 +339,7 @@ mod tests {
     #[test]
     fn public_json_is_go_exact() {
         let mut hmac = [0u8; 32];
-        hmac.copy_from_slice(
-            &B64.decode("2wBhgESg5a8pWHruoqOiHl882lDG2KiqSeq7dTO7+l4=").unwrap(),
-        );
+        hmac.copy_from_slice(&B64.decode("2wBhgESg5a8pWHruoqOiHl882lDG2KiqSeq7dTO7+l4=").unwrap());
         let p = PublicOptions::new(hmac);
         let want = r#"{"cipher":"AES_256_CTR_HMAC_SHA256","hmac":"2wBhgESg5a8pWHruoqOiHl882lDG2KiqSeq7dTO7+l4=","cipheroptions":{}}"#;
         assert_eq!(p.to_json(), want.as_bytes());

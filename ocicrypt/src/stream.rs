@@ -33,7 +33,11 @@ pub struct EncryptReader<R> {
 impl<R> EncryptReader<R> {
     /// Wrap `inner`, encrypting with `opts`.
     pub fn new(inner: R, opts: &PrivateOptions) -> Self {
-        EncryptReader { inner, state: EncState::Running(Box::new(LayerEncryptor::new(opts))), expected_plaintext: None }
+        EncryptReader {
+            inner,
+            state: EncState::Running(Box::new(LayerEncryptor::new(opts))),
+            expected_plaintext: None,
+        }
     }
 
     /// Like [`new`](Self::new), also computing the SHA-256 of the plaintext and of
@@ -145,10 +149,7 @@ fn hmac_error(e: &CipherError) -> io::Error {
 impl<R> DecryptReader<R> {
     /// Wrap `inner`, decrypting with the private and public options.
     pub fn new(inner: R, opts: &PrivateOptions, public: &PublicOptions) -> Result<Self, CipherError> {
-        Ok(DecryptReader {
-            inner,
-            state: DecState::Running(Box::new(LayerDecryptor::new(opts, public)?)),
-        })
+        Ok(DecryptReader { inner, state: DecState::Running(Box::new(LayerDecryptor::new(opts, public)?)) })
     }
 
     /// Also check at EOF that the ciphertext hashes to `blob_sha256`, in the
@@ -408,7 +409,8 @@ mod tests {
             r.read_to_end(&mut Vec::new()).unwrap();
             let mut wrong_plain = openssl::sha::sha256(&data);
             wrong_plain[5] ^= 1;
-            let mut r = EncryptReader::with_digests(data.as_slice(), &opts).expecting_plaintext_sha256(wrong_plain);
+            let mut r =
+                EncryptReader::with_digests(data.as_slice(), &opts).expecting_plaintext_sha256(wrong_plain);
             let err = r.read_to_end(&mut Vec::new()).unwrap_err();
             assert!(matches!(
                 err.get_ref().and_then(|e| e.downcast_ref::<CipherError>()),
@@ -418,13 +420,15 @@ mod tests {
             assert!(r.sealed().is_none());
 
             let good = openssl::sha::sha256(&ct);
-            let mut d = DecryptReader::new(ct.as_slice(), &opts, &public).unwrap().with_ciphertext_digest(good);
+            let mut d =
+                DecryptReader::new(ct.as_slice(), &opts, &public).unwrap().with_ciphertext_digest(good);
             let mut out = Vec::new();
             d.read_to_end(&mut out).unwrap();
             assert_eq!(out, data);
             let mut wrong = good;
             wrong[0] ^= 1;
-            let mut d = DecryptReader::new(ct.as_slice(), &opts, &public).unwrap().with_ciphertext_digest(wrong);
+            let mut d =
+                DecryptReader::new(ct.as_slice(), &opts, &public).unwrap().with_ciphertext_digest(wrong);
             let err = d.read_to_end(&mut Vec::new()).unwrap_err();
             assert!(matches!(
                 err.get_ref().and_then(|e| e.downcast_ref::<CipherError>()),

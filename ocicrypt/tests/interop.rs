@@ -60,10 +60,7 @@ async fn skopeo_jwe_fixture_decrypts() {
     assert_eq!(plain, read("jwe/layer.plain.tar.gz"));
     // Flattened JWE from go-jose: one RSA-OAEP recipient, no kid.
     let item = &EncAnnotations::parse(&ann).unwrap().wrapped["jwe"][0];
-    assert_eq!(
-        jwe_recipients(item).unwrap(),
-        vec![RecipientInfo { alg: "RSA-OAEP".into(), kid: None }]
-    );
+    assert_eq!(jwe_recipients(item).unwrap(), vec![RecipientInfo { alg: "RSA-OAEP".into(), kid: None }]);
 }
 
 const MULTI_MANIFEST: &str =
@@ -80,10 +77,17 @@ impl KeyUnwrapper for XorProvider {
     fn handles(&self, scheme: &str) -> bool {
         scheme == "provider.mykp"
     }
-    fn unwrap<'a>(&'a self, _: &'a str, wrapped: &'a [u8]) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, WrapError>> {
+    fn unwrap<'a>(
+        &'a self,
+        _: &'a str,
+        wrapped: &'a [u8],
+    ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, WrapError>> {
         Box::pin(async move {
-            let v: serde_json::Value = serde_json::from_slice(wrapped).map_err(|e| WrapError::Other(e.to_string()))?;
-            let x = B64.decode(v["wrapped"].as_str().unwrap_or_default()).map_err(|e| WrapError::Other(e.to_string()))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(wrapped).map_err(|e| WrapError::Other(e.to_string()))?;
+            let x = B64
+                .decode(v["wrapped"].as_str().unwrap_or_default())
+                .map_err(|e| WrapError::Other(e.to_string()))?;
             let pad = b"interop-test-pad";
             Ok(Zeroizing::new(x.iter().enumerate().map(|(i, b)| b ^ pad[i % pad.len()]).collect()))
         })
@@ -224,7 +228,9 @@ async fn multi_recipient_second_key_only() {
     round_trip(recipients.clone(), vec![key("ec-P-256.pem"), key("ec-P-521.pem")]).await.unwrap();
     let err = round_trip(recipients, vec![key("ec-P-384.pem")]).await.unwrap_err();
     let msg = err.to_string();
-    for part in ["recipient 0 (RSA-OAEP)", "recipient 1 (ECDH-ES+A256KW)", "recipient 2 (RSA-OAEP)", "jwe item 0"] {
+    for part in
+        ["recipient 0 (RSA-OAEP)", "recipient 1 (ECDH-ES+A256KW)", "recipient 2 (RSA-OAEP)", "jwe item 0"]
+    {
         assert!(msg.contains(part), "{part} not in {msg}");
     }
 }
@@ -232,7 +238,8 @@ async fn multi_recipient_second_key_only() {
 #[test]
 fn jwe_shape_matches_go_jose() {
     let payload = b"{}";
-    let one = JweWrapper::new(vec![pubkey("ec-P-256.pub.pem").with_kid("kbs:///a/b/c")]).wrap_jwe(payload).unwrap();
+    let one =
+        JweWrapper::new(vec![pubkey("ec-P-256.pub.pem").with_kid("kbs:///a/b/c")]).wrap_jwe(payload).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&one).unwrap();
     assert!(v.get("recipients").is_none() && v.get("encrypted_key").is_some());
     let prot: serde_json::Value =
@@ -242,7 +249,9 @@ fn jwe_shape_matches_go_jose() {
     assert_eq!(prot["kid"], "kbs:///a/b/c");
     assert_eq!(prot["epk"]["crv"], "P-256");
 
-    let two = JweWrapper::new(vec![pubkey("rsa2048.pub.pem"), pubkey("rsa2048b.pub.jwk")]).wrap_jwe(payload).unwrap();
+    let two = JweWrapper::new(vec![pubkey("rsa2048.pub.pem"), pubkey("rsa2048b.pub.jwk")])
+        .wrap_jwe(payload)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&two).unwrap();
     let prot: serde_json::Value =
         serde_json::from_slice(&B64U.decode(v["protected"].as_str().unwrap()).unwrap()).unwrap();
@@ -252,10 +261,7 @@ fn jwe_shape_matches_go_jose() {
         v["recipients"][1]["header"],
         serde_json::json!({"alg": "RSA-OAEP-256", "kid": "kbs:///default/key/rsa-b"})
     );
-    assert_eq!(
-        jwe_recipients(&two).unwrap()[1].kid.as_deref(),
-        Some("kbs:///default/key/rsa-b")
-    );
+    assert_eq!(jwe_recipients(&two).unwrap()[1].kid.as_deref(), Some("kbs:///default/key/rsa-b"));
 }
 
 #[test]
@@ -263,7 +269,10 @@ fn weak_and_unsupported_keys_refused() {
     let err = load_public_key(&read("keys/rsa1024.pub.pem")).unwrap_err();
     assert_eq!(err, KeyError::RsaTooSmall { bits: 1024 });
     assert!(err.to_string().contains("at least 2048"), "{err}");
-    assert_eq!(load_private_key(&read("keys/rsa1024.pem")).unwrap_err(), KeyError::RsaTooSmall { bits: 1024 });
+    assert_eq!(
+        load_private_key(&read("keys/rsa1024.pem")).unwrap_err(),
+        KeyError::RsaTooSmall { bits: 1024 }
+    );
     assert!(matches!(load_private_key(&read("keys/ed25519.pem")), Err(KeyError::UnsupportedKeyType(_))));
     assert_eq!(load_private_key(&read("keys/rsa2048.enc.pem")).unwrap_err(), KeyError::EncryptedPem);
     assert!(matches!(load_public_key(b"hello"), Err(KeyError::Unrecognized(_))));
@@ -317,7 +326,8 @@ async fn skopeo_four_recipient_general_jwe_opens_with_each_key() {
     assert_eq!(algs, ["RSA-OAEP", "ECDH-ES+A256KW", "RSA-OAEP", "ECDH-ES+A256KW"]);
     // rsa2048b is the SECOND RSA recipient (ocicrypt-rs cannot open that one).
     for k in ["rsa2048.pem", "ec-P-384.pem", "rsa2048b.pem", "ec-P-521.sec1.der"] {
-        let (opts, public) = unwrap_keys(&unwrappers(vec![key(k)]), &ann).await.unwrap_or_else(|e| panic!("{k}: {e}"));
+        let (opts, public) =
+            unwrap_keys(&unwrappers(vec![key(k)]), &ann).await.unwrap_or_else(|e| panic!("{k}: {e}"));
         assert_eq!(hex::encode(Sha256::digest(decrypt_blob(&blob, &opts, &public))), PLAIN_DIGEST, "{k}");
     }
     assert!(unwrap_keys(&unwrappers(vec![key("ec-P-256.pem")]), &ann).await.is_err());

@@ -15,7 +15,8 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new(format!("sha256x-{:?}", sha256x::backend()), n), &n, |b, &n| {
             b.iter(|| {
                 let mut hs: Vec<sha256x::Sha256> = (0..n).map(|_| sha256x::Sha256::new()).collect();
-                let mut lanes: Vec<(&mut sha256x::Sha256, &[u8])> = hs.iter_mut().map(|h| (h, &data[..])).collect();
+                let mut lanes: Vec<(&mut sha256x::Sha256, &[u8])> =
+                    hs.iter_mut().map(|h| (h, &data[..])).collect();
                 sha256x::update_many(&mut lanes);
                 drop(lanes);
                 hs.into_iter().map(|h| h.finalize()[0]).fold(0u8, |a, b| a ^ b)

@@ -23,9 +23,8 @@ use std::sync::OnceLock;
 /// Size of one SHA-256 block.
 pub const BLOCK: usize = 64;
 
-const IV: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
+const IV: [u32; 8] =
+    [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 
 /// Which compression code this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -84,8 +84,8 @@ fn xor3(a: __m256i, b: __m256i, c: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,avx512f,avx512vl")]
 fn load_block(data: &[&[u8]; 8], off: usize) -> [__m256i; 16] {
     let bswap = _mm256_set_epi8(
-        12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2,
-        3,
+        12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1,
+        2, 3,
     );
     let mut out = [_mm256_setzero_si256(); 16];
     for half in 0..2 {
@@ -148,15 +148,25 @@ fn compress8(states: &mut [[u32; 8]; 8], data: &[&[u8]; 8], nblocks: usize) {
                 if $r > 0 {
                     let w15 = w[($i + 1) & 15];
                     let w2 = w[($i + 14) & 15];
-                    let s0 = xor3(_mm256_ror_epi32::<7>(w15), _mm256_ror_epi32::<18>(w15), _mm256_srli_epi32::<3>(w15));
-                    let s1 = xor3(_mm256_ror_epi32::<17>(w2), _mm256_ror_epi32::<19>(w2), _mm256_srli_epi32::<10>(w2));
+                    let s0 = xor3(
+                        _mm256_ror_epi32::<7>(w15),
+                        _mm256_ror_epi32::<18>(w15),
+                        _mm256_srli_epi32::<3>(w15),
+                    );
+                    let s1 = xor3(
+                        _mm256_ror_epi32::<17>(w2),
+                        _mm256_ror_epi32::<19>(w2),
+                        _mm256_srli_epi32::<10>(w2),
+                    );
                     w[$i] = add(add(w[$i], s0), add(w[($i + 9) & 15], s1));
                 }
                 let kw = add(w[$i], _mm256_set1_epi32(K[t] as i32));
-                let big_s1 = xor3(_mm256_ror_epi32::<6>(e), _mm256_ror_epi32::<11>(e), _mm256_ror_epi32::<25>(e));
+                let big_s1 =
+                    xor3(_mm256_ror_epi32::<6>(e), _mm256_ror_epi32::<11>(e), _mm256_ror_epi32::<25>(e));
                 let ch = _mm256_ternarylogic_epi32::<0xCA>(e, f, g);
                 let t1 = add(add(hh, kw), add(big_s1, ch));
-                let big_s0 = xor3(_mm256_ror_epi32::<2>(a), _mm256_ror_epi32::<13>(a), _mm256_ror_epi32::<22>(a));
+                let big_s0 =
+                    xor3(_mm256_ror_epi32::<2>(a), _mm256_ror_epi32::<13>(a), _mm256_ror_epi32::<22>(a));
                 let maj = _mm256_ternarylogic_epi32::<0xE8>(a, b, c);
                 let t2 = add(big_s0, maj);
                 hh = g;
@@ -208,4 +218,3 @@ fn compress8(states: &mut [[u32; 8]; 8], data: &[&[u8]; 8], nblocks: usize) {
         }
     }
 }
-

@@ -56,11 +56,7 @@ fn peer(path: PathBuf, what: &str) -> Option<PathBuf> {
 
 fn which(name: &str) -> PathBuf {
     std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.exists())
-        })
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.exists()))
         .unwrap_or_else(|| PathBuf::from(format!("/usr/bin/{name}")))
 }
 
@@ -82,10 +78,7 @@ pub fn skopeo_118() -> Option<PathBuf> {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
 /// Waits until `127.0.0.1:port` accepts connections.
@@ -108,10 +101,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(name: &str, cmd: &mut Command) -> Result<Daemon> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
         Ok(Daemon { child, name: name.to_string() })
     }
     pub fn pid(&self) -> u32 {
@@ -215,8 +205,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 
 /// The manifest of tag `tag` in an OCI layout (following index.json; one level).
 pub fn layout_manifest(dir: &Path, tag: &str) -> Result<serde_json::Value> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
     let entries = index["manifests"].as_array().context("index.json has no manifests")?;
     let entry = entries
         .iter()

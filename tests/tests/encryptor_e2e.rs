@@ -156,13 +156,23 @@ fn several_recipients_each_decrypt_alone_and_inspect_lists_them() -> Result<()> 
     assert_eq!(layers.len(), 3);
     for l in layers {
         assert_eq!(l["encrypted"], true);
-        let algs: BTreeSet<&str> =
-            l["jwe_recipients"].as_array().context("recipients")?.iter().filter_map(|r| r["alg"].as_str()).collect();
+        let algs: BTreeSet<&str> = l["jwe_recipients"]
+            .as_array()
+            .context("recipients")?
+            .iter()
+            .filter_map(|r| r["alg"].as_str())
+            .collect();
         assert_eq!(algs, BTreeSet::from(["RSA-OAEP", "ECDH-ES+A256KW"]));
     }
     for key in ["rsa.priv.pem", "ec.priv.pem"] {
         let dec = work.path().join(format!("dec-{key}"));
-        run_ok(cloak().args(["decrypt", "--quiet", "--key"]).arg(keys.join(key)).arg(oci_ref(&enc, "enc")).arg(oci_ref(&dec, "d")))?;
+        run_ok(
+            cloak()
+                .args(["decrypt", "--quiet", "--key"])
+                .arg(keys.join(key))
+                .arg(oci_ref(&enc, "enc"))
+                .arg(oci_ref(&dec, "d")),
+        )?;
         assert_eq!(layout_layer_digests(&dec, "d")?, layout_layer_digests(&src, "v1")?);
     }
     Ok(())
@@ -185,13 +195,11 @@ fn layer_selection_encrypts_only_the_chosen_layer() -> Result<()> {
     assert_eq!(types.iter().filter(|t| t.ends_with("+encrypted")).count(), 1);
     assert!(types.last().is_some_and(|t| t.ends_with("+encrypted")));
     // Encrypting again is refused, naming the layer.
-    let again = run(
-        cloak()
-            .args(["encrypt", "--quiet", "--recipient"])
-            .arg(format!("jwe:{}", keys.join("rsa.pub.pem").display()))
-            .arg(oci_ref(&enc, "enc"))
-            .arg(oci_ref(&work.path().join("twice"), "x")),
-    )?;
+    let again = run(cloak()
+        .args(["encrypt", "--quiet", "--recipient"])
+        .arg(format!("jwe:{}", keys.join("rsa.pub.pem").display()))
+        .arg(oci_ref(&enc, "enc"))
+        .arg(oci_ref(&work.path().join("twice"), "x")))?;
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already encrypted"));
     assert!(!work.path().join("twice").exists(), "a refused encryption left a layout behind");
@@ -217,7 +225,13 @@ fn two_platform_index_encrypts_platform_by_platform() -> Result<()> {
         .as_array()
         .context("manifests")?
         .iter()
-        .map(|m| format!("{}/{}", m["platform"]["os"].as_str().unwrap_or(""), m["platform"]["architecture"].as_str().unwrap_or("")))
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or(""),
+                m["platform"]["architecture"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     assert_eq!(platforms, BTreeSet::from(["linux/amd64".to_string(), "linux/arm64".to_string()]));
     let dec = work.path().join("dec");
@@ -334,7 +348,11 @@ fn replace_layer0(dir: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
 /// Runs `cloak decrypt` and asserts: exit 1, stderr mentions `needle`, nothing at DST.
 fn decrypt_fails(enc: &Path, key: &Path, needle: &str) -> Result<()> {
     let dst = enc.parent().context("parent")?.join("out");
-    let out = run(cloak().args(["decrypt", "--quiet", "--key"]).arg(key).arg(oci_ref(enc, "enc")).arg(oci_ref(&dst, "d")))?;
+    let out = run(cloak()
+        .args(["decrypt", "--quiet", "--key"])
+        .arg(key)
+        .arg(oci_ref(enc, "enc"))
+        .arg(oci_ref(&dst, "d")))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
@@ -388,13 +406,11 @@ fn encrypting_a_corrupted_source_layer_fails_and_writes_nothing() -> Result<()> 
     std::fs::write(&p, &blob)?;
     let dst = work.path().join("enc");
     let key = golden().join("three-layers/keys/rsa.pub.pem");
-    let out = run(
-        cloak()
-            .args(["encrypt", "--quiet", "--recipient"])
-            .arg(format!("jwe:{}", key.display()))
-            .arg(oci_ref(&src, "v1"))
-            .arg(oci_ref(&dst, "enc")),
-    )?;
+    let out = run(cloak()
+        .args(["encrypt", "--quiet", "--recipient"])
+        .arg(format!("jwe:{}", key.display()))
+        .arg(oci_ref(&src, "v1"))
+        .arg(oci_ref(&dst, "enc")))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("digest mismatch"), "stderr: {stderr}");
@@ -415,7 +431,8 @@ fn malformed_annotations_are_named() -> Result<()> {
     let work = tempfile::tempdir()?;
     let (enc, key) = tamperable_copy(work.path())?;
     rewrite_manifest(&enc, "enc", |m| {
-        m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"] = Value::from("%%% not base64 %%%");
+        m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"] =
+            Value::from("%%% not base64 %%%");
     })?;
     decrypt_fails(&enc, &key, "org.opencontainers.image.enc.keys.jwe")
 }
@@ -426,7 +443,8 @@ fn malformed_jwe_is_reported() -> Result<()> {
     let (enc, key) = tamperable_copy(work.path())?;
     // Valid base64 of a JSON object that is not a JWE.
     rewrite_manifest(&enc, "enc", |m| {
-        m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"] = Value::from("eyJoZWxsbyI6MX0=");
+        m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"] =
+            Value::from("eyJoZWxsbyI6MX0=");
     })?;
     decrypt_fails(&enc, &key, "jwe")
 }
@@ -436,7 +454,8 @@ fn unknown_transport_is_a_usage_error() -> Result<()> {
     let work = tempfile::tempdir()?;
     let key = golden().join("three-layers/keys/rsa.priv.pem");
     let dst = work.path().join("out");
-    let out = run(cloak().args(["decrypt", "--key"]).arg(&key).arg("dir:/tmp/nothing").arg(oci_ref(&dst, "x")))?;
+    let out =
+        run(cloak().args(["decrypt", "--key"]).arg(&key).arg("dir:/tmp/nothing").arg(oci_ref(&dst, "x")))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("dir"), "the transport is not named: {stderr}");

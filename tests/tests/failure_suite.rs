@@ -33,12 +33,7 @@ default_policy:
 ";
 
 fn plain_image() -> String {
-    format!(
-        "oci:{}:v1",
-        workspace_root()
-            .join("testdata/golden/three-layers/plain-oci")
-            .display()
-    )
+    format!("oci:{}:v1", workspace_root().join("testdata/golden/three-layers/plain-oci").display())
 }
 
 // ---- running commands ---------------------------------------------------------------
@@ -101,12 +96,7 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Ran> {
     };
     let stdout = t_out.join().unwrap_or_default();
     let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-    Ok(Ran {
-        status,
-        stdout,
-        stderr,
-        elapsed: start.elapsed(),
-    })
+    Ok(Ran { status, stdout, stderr, elapsed: start.elapsed() })
 }
 
 fn run_bounded_ok(cmd: &mut Command) -> Result<Ran> {
@@ -123,16 +113,11 @@ struct HttpAnswer {
 }
 
 fn http_get(port: u16, path: &str, accept: Option<&str>) -> Result<HttpAnswer> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    let mut s =
+        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{accept}Connection: close\r\n\r\n"
-    )?;
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{accept}Connection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let split = raw
@@ -145,10 +130,7 @@ fn http_get(port: u16, path: &str, accept: Option<&str>) -> Result<HttpAnswer> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("bad status line in {head:?}"))?;
-    Ok(HttpAnswer {
-        status,
-        body: raw[split + 4..].to_vec(),
-    })
+    Ok(HttpAnswer { status, body: raw[split + 4..].to_vec() })
 }
 
 /// Sum of every sample of a Prometheus counter (all label sets); 0 when absent.
@@ -168,24 +150,17 @@ fn metric_total(text: &str, name: &str) -> f64 {
 // ---- peers --------------------------------------------------------------------------
 
 fn peers_required() -> bool {
-    std::env::var("CLOAK_REQUIRE_PEERS")
-        .map(|v| v == "1")
-        .unwrap_or(false)
+    std::env::var("CLOAK_REQUIRE_PEERS").map(|v| v == "1").unwrap_or(false)
 }
 
 /// docker-registry on PATH, or `None` to skip (a failure under CLOAK_REQUIRE_PEERS=1).
 fn docker_registry() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("docker-registry"))
-            .find(|p| p.exists())
+        std::env::split_paths(&paths).map(|d| d.join("docker-registry")).find(|p| p.exists())
     });
     if found.is_none() {
         let msg = "docker-registry not found on PATH (run ci/install-peers.sh)";
-        assert!(
-            !peers_required(),
-            "{msg}; CLOAK_REQUIRE_PEERS=1 forbids skipping"
-        );
+        assert!(!peers_required(), "{msg}; CLOAK_REQUIRE_PEERS=1 forbids skipping");
         eprintln!("SKIP: {msg}");
     }
     found
@@ -216,18 +191,10 @@ impl LocalRegistry {
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
         let daemon = Daemon::spawn(
             "docker-registry",
-            Command::new(exe)
-                .arg("serve")
-                .arg(&cfg)
-                .stdout(log.try_clone()?)
-                .stderr(log),
+            Command::new(exe).arg("serve").arg(&cfg).stdout(log.try_clone()?).stderr(log),
         )?;
         wait_for_port(port, Duration::from_secs(30))?;
-        Ok(LocalRegistry {
-            port,
-            dir,
-            _daemon: daemon,
-        })
+        Ok(LocalRegistry { port, dir, _daemon: daemon })
     }
 
     fn docker_ref(&self, repo_ref: &str) -> String {
@@ -256,11 +223,7 @@ impl LocalRegistry {
             &format!("/v2/{repo}/manifests/{reference}"),
             Some("application/vnd.oci.image.manifest.v1+json"),
         )?;
-        ensure!(
-            a.status == 200,
-            "registry answered {} for {repo}:{reference}",
-            a.status
-        );
+        ensure!(a.status == 200, "registry answered {} for {repo}:{reference}", a.status);
         Ok((sha256_digest(&a.body), a.body))
     }
 }
@@ -294,10 +257,7 @@ impl Broker {
         }
         std::fs::create_dir_all(host_dir.join("resources"))?;
         std::fs::write(Self::policy_path(host_dir), policy)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(host_dir.join("kbs.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(host_dir.join("kbs.log"))?;
         let daemon = Daemon::spawn(
             "cloak-kbs",
             Command::new(bin("cloak-kbs"))
@@ -314,11 +274,7 @@ impl Broker {
                 .stdout(log.try_clone()?)
                 .stderr(log),
         )?;
-        let b = Broker {
-            port,
-            host_dir: host_dir.to_path_buf(),
-            daemon,
-        };
+        let b = Broker { port, host_dir: host_dir.to_path_buf(), daemon };
         wait_for_port(port, Duration::from_secs(60))?;
         let start = Instant::now();
         while http_get(port, "/healthz", None).map(|a| a.status).ok() != Some(200) {
@@ -359,11 +315,7 @@ impl Broker {
         let tmp = path.with_extension("yaml.new");
         std::fs::write(&tmp, policy)?;
         std::fs::rename(&tmp, &path)?;
-        run_bounded_ok(
-            Command::new("kill")
-                .arg("-HUP")
-                .arg(self.daemon.pid().to_string()),
-        )?;
+        run_bounded_ok(Command::new("kill").arg("-HUP").arg(self.daemon.pid().to_string()))?;
         let start = Instant::now();
         while reloads(&self.log()) <= before {
             ensure!(
@@ -431,14 +383,7 @@ fn pull_with(
     std::fs::create_dir_all(tmp)?;
     run_bounded(
         Command::new(bin("cloak-pull"))
-            .args([
-                "--quiet",
-                "--kbs",
-                kbs_url,
-                "--attester",
-                attester,
-                "--src-tls-verify=false",
-            ])
+            .args(["--quiet", "--kbs", kbs_url, "--attester", attester, "--src-tls-verify=false"])
             .args(extra)
             .arg(image)
             .arg(bundle)
@@ -450,34 +395,18 @@ fn pull_with(
 /// A failed pull must leave no rootfs, nothing else in the bundle directory (it may
 /// exist, empty, because the pull creates it first), and nothing in `$TMPDIR`.
 fn assert_nothing_left(bundle: &Path, tmp: &Path) {
-    assert!(
-        !bundle.join("rootfs").exists(),
-        "a failed pull left {}",
-        bundle.join("rootfs").display()
-    );
+    assert!(!bundle.join("rootfs").exists(), "a failed pull left {}", bundle.join("rootfs").display());
     let left = list_tree(bundle);
-    assert!(
-        left.is_empty(),
-        "a failed pull left files in the bundle {}: {left:?}",
-        bundle.display()
-    );
+    assert!(left.is_empty(), "a failed pull left files in the bundle {}: {left:?}", bundle.display());
     let left = list_tree(tmp);
-    assert!(
-        left.is_empty(),
-        "a failed pull left files in TMPDIR {}: {left:?}",
-        tmp.display()
-    );
+    assert!(left.is_empty(), "a failed pull left files in TMPDIR {}: {left:?}", tmp.display());
 }
 
 /// A successful pull produced the image's files.
 fn assert_rootfs(bundle: &Path) {
     let rootfs = bundle.join("rootfs");
     let files = list_tree(&rootfs);
-    assert!(
-        !files.is_empty(),
-        "no rootfs content at {}",
-        rootfs.display()
-    );
+    assert!(!files.is_empty(), "no rootfs content at {}", rootfs.display());
 }
 
 // ---- the suite -------------------------------------------------------------------------
@@ -486,11 +415,7 @@ fn assert_rootfs(bundle: &Path) {
 /// broker never sees an attestation attempt nor releases anything.
 #[test]
 fn no_tee_with_attester_auto_fails_clearly_and_requests_no_key() -> Result<()> {
-    for tee in [
-        "/dev/sev-guest",
-        "/sys/kernel/config/tsm/report",
-        "/dev/tdx_guest",
-    ] {
+    for tee in ["/dev/sev-guest", "/sys/kernel/config/tsm/report", "/dev/tdx_guest"] {
         if Path::new(tee).exists() {
             eprintln!("SKIP: {tee} exists: this machine may have a TEE, so `auto` would not fail");
             return Ok(());
@@ -508,17 +433,9 @@ fn no_tee_with_attester_auto_fails_clearly_and_requests_no_key() -> Result<()> {
     let guest = tempfile::tempdir()?;
     let (bundle, tmp) = (guest.path().join("bundle"), guest.path().join("tmp"));
     let r = pull(&broker.url(), "auto", &image, &bundle, &tmp)?;
-    assert!(
-        !r.ok(),
-        "the pull succeeded without a TEE: {}",
-        r.describe()
-    );
+    assert!(!r.ok(), "the pull succeeded without a TEE: {}", r.describe());
     eprintln!("failed as expected: {}", r.stderr.trim());
-    assert!(
-        r.stderr.contains("no TEE found"),
-        "unclear error: {}",
-        r.describe()
-    );
+    assert!(r.stderr.contains("no TEE found"), "unclear error: {}", r.describe());
     assert_nothing_left(&bundle, &tmp);
 
     let m = broker.metrics()?;
@@ -529,32 +446,18 @@ fn no_tee_with_attester_auto_fails_clearly_and_requests_no_key() -> Result<()> {
         "coco_kbs_resource_releases_total",
         "coco_kbs_resource_denials_total",
     ] {
-        assert_eq!(
-            metric_total(&m, name),
-            0.0,
-            "{name} moved although no key may be requested:\n{m}"
-        );
+        assert_eq!(metric_total(&m, name), 0.0, "{name} moved although no key may be requested:\n{m}");
     }
 
     // Control: the same broker does count a real attempt, so the zeros above mean
     // "not asked", not "not measured".
     let ok_bundle = guest.path().join("bundle-sample");
     let r = pull(&broker.url(), "sample", &image, &ok_bundle, &tmp)?;
-    assert!(
-        r.ok(),
-        "the control pull with sample evidence failed: {}",
-        r.describe()
-    );
+    assert!(r.ok(), "the control pull with sample evidence failed: {}", r.describe());
     assert_rootfs(&ok_bundle);
     let m = broker.metrics()?;
-    assert!(
-        metric_total(&m, "coco_attestation_attempts_total") >= 1.0,
-        "{m}"
-    );
-    assert!(
-        metric_total(&m, "coco_kbs_resource_releases_total") >= 1.0,
-        "{m}"
-    );
+    assert!(metric_total(&m, "coco_attestation_attempts_total") >= 1.0, "{m}");
+    assert!(metric_total(&m, "coco_kbs_resource_releases_total") >= 1.0, "{m}");
     Ok(())
 }
 
@@ -582,11 +485,7 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
     let guest = tempfile::tempdir()?;
     let (bundle, tmp) = (guest.path().join("bundle"), guest.path().join("tmp"));
     let r = pull_with(&url, "sample", &image, &bundle, &tmp, &["--kbs-timeout", "3"])?;
-    assert!(
-        !r.ok(),
-        "the pull succeeded with the broker down: {}",
-        r.describe()
-    );
+    assert!(!r.ok(), "the pull succeeded with the broker down: {}", r.describe());
     eprintln!("failed as expected: {}", r.stderr.trim());
     // e.g. "KBS unavailable at auth after 9 attempts: ... Connection refused"
     assert!(
@@ -601,11 +500,7 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("no attempt count in: {}", r.stderr))?;
-    assert!(
-        attempts >= 2,
-        "the client gave up without retrying: {}",
-        r.describe()
-    );
+    assert!(attempts >= 2, "the client gave up without retrying: {}", r.describe());
     // Bounded: --kbs-timeout (3 s) ends the retries, so "KBS down" fails fast; the
     // bound leaves room for a loaded machine, far below the default 30 s deadline.
     assert!(
@@ -628,11 +523,7 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
     // The broker comes back on the same address with the same resources.
     let broker = Broker::start(host.path(), port, ALLOW_SAMPLE)?;
     let r = pull(&broker.url(), "sample", &image, &bundle, &tmp)?;
-    assert!(
-        r.ok(),
-        "the pull after the broker returned failed: {}",
-        r.describe()
-    );
+    assert!(r.ok(), "the pull after the broker returned failed: {}", r.describe());
     assert_rootfs(&bundle);
     assert!(metric_total(&broker.metrics()?, "coco_kbs_resource_releases_total") >= 1.0);
     Ok(())
@@ -667,33 +558,14 @@ fn policy_too_strict_after_firmware_upgrade_denies_then_updated_policy_allows() 
     let guest = tempfile::tempdir()?;
     let (bundle, tmp) = (guest.path().join("bundle"), guest.path().join("tmp"));
     let r = pull(&broker.url(), "sample", &image, &bundle, &tmp)?;
-    assert!(
-        !r.ok(),
-        "the strict policy let the upgraded guest in: {}",
-        r.describe()
-    );
+    assert!(!r.ok(), "the strict policy let the upgraded guest in: {}", r.describe());
     eprintln!("failed as expected: {}", r.stderr.trim());
-    assert!(
-        r.stderr.contains("attestation rejected"),
-        "unclear refusal: {}",
-        r.describe()
-    );
-    assert!(
-        r.stderr.contains("sample_not_allowed"),
-        "the refusal does not say why: {}",
-        r.describe()
-    );
+    assert!(r.stderr.contains("attestation rejected"), "unclear refusal: {}", r.describe());
+    assert!(r.stderr.contains("sample_not_allowed"), "the refusal does not say why: {}", r.describe());
     assert_nothing_left(&bundle, &tmp);
     let m = broker.metrics()?;
-    assert!(
-        metric_total(&m, "coco_attestation_failure_total") >= 1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric_total(&m, "coco_kbs_resource_releases_total"),
-        0.0,
-        "a key was released:\n{m}"
-    );
+    assert!(metric_total(&m, "coco_attestation_failure_total") >= 1.0, "{m}");
+    assert_eq!(metric_total(&m, "coco_kbs_resource_releases_total"), 0.0, "a key was released:\n{m}");
 
     broker.replace_policy(&format!(
         "# Updated after the upgrade: the new evidence is accepted.\n\
@@ -702,11 +574,7 @@ fn policy_too_strict_after_firmware_upgrade_denies_then_updated_policy_allows() 
     ))?;
     // The very same pull (same command, same bundle directory) now succeeds.
     let r = pull(&broker.url(), "sample", &image, &bundle, &tmp)?;
-    assert!(
-        r.ok(),
-        "the pull under the updated policy failed: {}",
-        r.describe()
-    );
+    assert!(r.ok(), "the pull under the updated policy failed: {}", r.describe());
     assert_rootfs(&bundle);
     assert_eq!(
         broker.log().matches("cloak-kbs listening").count(),
@@ -731,46 +599,27 @@ fn wrong_kek_registered_error_names_the_layer_and_the_key_id() -> Result<()> {
     let kid = "kbs:///default/image-kek/x";
     encrypt_for_kbs(&broker, kid, &image)?;
     // Someone overwrites the KEK with 32 other bytes.
-    let wrong: Vec<u8> = (0u8..32)
-        .map(|i| i.wrapping_mul(37).wrapping_add(11))
-        .collect();
+    let wrong: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
     broker.put_resource(kid, &wrong)?;
 
     let (_, manifest) = reg.manifest("app", "enc")?;
     let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
     let layers = layer_digests(&manifest);
-    let first = layers
-        .first()
-        .context("the encrypted image has no layers")?;
+    let first = layers.first().context("the encrypted image has no layers")?;
 
     let guest = tempfile::tempdir()?;
     let (bundle, tmp) = (guest.path().join("bundle"), guest.path().join("tmp"));
     let r = pull(&broker.url(), "sample", &image, &bundle, &tmp)?;
-    assert!(
-        !r.ok(),
-        "the pull succeeded with the wrong KEK: {}",
-        r.describe()
-    );
+    assert!(!r.ok(), "the pull succeeded with the wrong KEK: {}", r.describe());
     eprintln!("failed as expected: {}", r.stderr.trim());
     assert!(
         r.stderr.contains(&format!("layer 0 ({first})")),
         "the error does not name the layer: {}",
         r.describe()
     );
-    assert!(
-        r.stderr.contains(kid),
-        "the error does not name the key id: {}",
-        r.describe()
-    );
-    assert!(
-        r.stderr.contains("wrong KEK"),
-        "the error does not say what is wrong: {}",
-        r.describe()
-    );
-    assert!(
-        !r.stderr.contains(&hex::encode(&wrong)),
-        "the error leaks the KEK"
-    );
+    assert!(r.stderr.contains(kid), "the error does not name the key id: {}", r.describe());
+    assert!(r.stderr.contains("wrong KEK"), "the error does not say what is wrong: {}", r.describe());
+    assert!(!r.stderr.contains(&hex::encode(&wrong)), "the error leaks the KEK");
     assert_nothing_left(&bundle, &tmp);
     Ok(())
 }
@@ -785,22 +634,12 @@ fn substituted_manifest_under_pinned_digest_is_refused_before_any_layer_fetch() 
     let reg = LocalRegistry::start(&reg_exe)?;
     let host = tempfile::tempdir()?;
     let broker = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
-    encrypt_for_kbs(
-        &broker,
-        "kbs:///default/image-kek/approved",
-        &reg.docker_ref("app:approved"),
-    )?;
+    encrypt_for_kbs(&broker, "kbs:///default/image-kek/approved", &reg.docker_ref("app:approved"))?;
     // The attacker's image: same files, its own key, hence another manifest.
-    let attacker_key =
-        workspace_root().join("testdata/golden/multi-recipient-rsa-ec/keys/rsa.pub.pem");
+    let attacker_key = workspace_root().join("testdata/golden/multi-recipient-rsa-ec/keys/rsa.pub.pem");
     run_bounded_ok(
         Command::new(bin("cloak"))
-            .args([
-                "encrypt",
-                "--quiet",
-                "--dest-tls-verify=false",
-                "--recipient",
-            ])
+            .args(["encrypt", "--quiet", "--dest-tls-verify=false", "--recipient"])
             .arg(format!("jwe:{}", attacker_key.display()))
             .arg(plain_image())
             .arg(reg.docker_ref("app:evil")),
@@ -815,11 +654,7 @@ fn substituted_manifest_under_pinned_digest_is_refused_before_any_layer_fetch() 
     // Control: the pinned pull of the genuine image works.
     let good = guest.path().join("bundle-good");
     let r = pull(&broker.url(), "sample", &pinned, &good, &tmp)?;
-    assert!(
-        r.ok(),
-        "the pinned pull of the approved image failed: {}",
-        r.describe()
-    );
+    assert!(r.ok(), "the pinned pull of the approved image failed: {}", r.describe());
     assert_rootfs(&good);
     let releases_before = metric_total(&broker.metrics()?, "coco_kbs_resource_releases_total");
 
@@ -827,18 +662,11 @@ fn substituted_manifest_under_pinned_digest_is_refused_before_any_layer_fetch() 
     // attacker's manifest, and every layer blob is gone, so a layer fetch could
     // only fail with "blob unknown", never with a digest mismatch.
     let target = reg.blob_data(&approved);
-    ensure!(
-        target.exists(),
-        "registry layout changed: {} missing",
-        target.display()
-    );
+    ensure!(target.exists(), "registry layout changed: {} missing", target.display());
     std::fs::write(&target, &evil_bytes)?;
     let evil_manifest: serde_json::Value = serde_json::from_slice(&evil_bytes)?;
     let approved_manifest: serde_json::Value = serde_json::from_slice(&approved_bytes)?;
-    for d in layer_digests(&approved_manifest)
-        .iter()
-        .chain(&layer_digests(&evil_manifest))
-    {
+    for d in layer_digests(&approved_manifest).iter().chain(&layer_digests(&evil_manifest)) {
         let p = reg.blob_data(d);
         ensure!(p.exists(), "layer blob {d} not at {}", p.display());
         std::fs::remove_file(&p)?;
@@ -847,32 +675,12 @@ fn substituted_manifest_under_pinned_digest_is_refused_before_any_layer_fetch() 
 
     let bundle = guest.path().join("bundle");
     let r = pull(&broker.url(), "sample", &pinned, &bundle, &tmp)?;
-    assert!(
-        !r.ok(),
-        "a substituted manifest was accepted: {}",
-        r.describe()
-    );
+    assert!(!r.ok(), "a substituted manifest was accepted: {}", r.describe());
     eprintln!("failed as expected: {}", r.stderr.trim());
-    assert!(
-        r.stderr.contains("manifest digest mismatch"),
-        "unclear refusal: {}",
-        r.describe()
-    );
-    assert!(
-        r.stderr.contains(&approved),
-        "the refusal does not name the pinned digest: {}",
-        r.describe()
-    );
-    assert!(
-        r.stderr.contains(&evil),
-        "the refusal does not name what was served: {}",
-        r.describe()
-    );
-    assert!(
-        !r.stderr.contains("blob unknown"),
-        "a layer was fetched: {}",
-        r.describe()
-    );
+    assert!(r.stderr.contains("manifest digest mismatch"), "unclear refusal: {}", r.describe());
+    assert!(r.stderr.contains(&approved), "the refusal does not name the pinned digest: {}", r.describe());
+    assert!(r.stderr.contains(&evil), "the refusal does not name what was served: {}", r.describe());
+    assert!(!r.stderr.contains("blob unknown"), "a layer was fetched: {}", r.describe());
     assert_nothing_left(&bundle, &tmp);
 
     // The registry writes its access log line after the answer is sent, so the
@@ -880,10 +688,7 @@ fn substituted_manifest_under_pinned_digest_is_refused_before_any_layer_fetch() 
     let manifest_req = format!("/v2/app/manifests/{approved}");
     let waited = Instant::now();
     let mut log = reg.log();
-    while !log
-        .get(log_start..)
-        .unwrap_or_default()
-        .contains(&manifest_req)
+    while !log.get(log_start..).unwrap_or_default().contains(&manifest_req)
         && waited.elapsed() < Duration::from_secs(20)
     {
         std::thread::sleep(Duration::from_millis(100));
@@ -916,28 +721,15 @@ fn get_resource_secret_goes_to_stdout_only_unless_out_names_a_file() -> Result<(
     let secret = format!(
         "db-password-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     );
     broker.put_resource("kbs:///default/app-secret/db", secret.as_bytes())?;
 
-    let (cwd, home, tmp) = (
-        tempfile::tempdir()?,
-        tempfile::tempdir()?,
-        tempfile::tempdir()?,
-    );
+    let (cwd, home, tmp) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
     let get = |extra: &[&str]| -> Result<Ran> {
         run_bounded(
             Command::new(bin("cloak-kbs"))
-                .args([
-                    "get-resource",
-                    "--url",
-                    &broker.url(),
-                    "--attester",
-                    "sample",
-                ])
+                .args(["get-resource", "--url", &broker.url(), "--attester", "sample"])
                 .args(extra)
                 .arg("default/app-secret/db")
                 .current_dir(cwd.path())
@@ -950,25 +742,11 @@ fn get_resource_secret_goes_to_stdout_only_unless_out_names_a_file() -> Result<(
     };
     let r = get(&[])?;
     assert!(r.ok(), "get-resource failed: {}", r.describe());
-    assert_eq!(
-        r.stdout,
-        secret.as_bytes(),
-        "stdout is not exactly the secret"
-    );
-    assert!(
-        !r.stderr.contains(&secret),
-        "the secret was printed on stderr"
-    );
-    for (what, dir) in [
-        ("working directory", cwd.path()),
-        ("HOME", home.path()),
-        ("TMPDIR", tmp.path()),
-    ] {
+    assert_eq!(r.stdout, secret.as_bytes(), "stdout is not exactly the secret");
+    assert!(!r.stderr.contains(&secret), "the secret was printed on stderr");
+    for (what, dir) in [("working directory", cwd.path()), ("HOME", home.path()), ("TMPDIR", tmp.path())] {
         let left = list_tree(dir);
-        assert!(
-            left.is_empty(),
-            "get-resource wrote to its {what}: {left:?}"
-        );
+        assert!(left.is_empty(), "get-resource wrote to its {what}: {left:?}");
     }
 
     let r = get(&["--out", "secret.bin"])?;
@@ -977,16 +755,9 @@ fn get_resource_secret_goes_to_stdout_only_unless_out_names_a_file() -> Result<(
         !String::from_utf8_lossy(&r.stdout).contains(&secret),
         "with --out the secret still went to stdout"
     );
-    assert!(
-        !r.stderr.contains(&secret),
-        "the secret was printed on stderr"
-    );
+    assert!(!r.stderr.contains(&secret), "the secret was printed on stderr");
     let out = cwd.path().join("secret.bin");
-    assert_eq!(
-        std::fs::read(&out)?,
-        secret.as_bytes(),
-        "--out does not hold exactly the secret"
-    );
+    assert_eq!(std::fs::read(&out)?, secret.as_bytes(), "--out does not hold exactly the secret");
     let mode = std::fs::metadata(&out)?.permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "--out file mode is {mode:o}, not 600");
     assert_eq!(
@@ -998,10 +769,7 @@ fn get_resource_secret_goes_to_stdout_only_unless_out_names_a_file() -> Result<(
         list_tree(home.path()).is_empty() && list_tree(tmp.path()).is_empty(),
         "stray files in HOME or TMPDIR"
     );
-    assert!(
-        !broker.log().contains(&secret),
-        "the broker logged the secret"
-    );
+    assert!(!broker.log().contains(&secret), "the broker logged the secret");
     Ok(())
 }
 

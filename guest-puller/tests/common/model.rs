@@ -137,7 +137,9 @@ pub fn decompress(media_type: &str, blob: &[u8]) -> Vec<u8> {
 
 /// The expected rootfs of the manifest `manifest_digest` in a plain layout.
 pub fn expected_from_layout(layout: &Path, manifest_digest: &str) -> Tree {
-    let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).expect("blob");
+    let blob = |d: &str| {
+        std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).expect("blob")
+    };
     let m: serde_json::Value = serde_json::from_slice(&blob(manifest_digest)).expect("manifest");
     let mut t = Tree::new();
     for l in m["layers"].as_array().expect("layers") {
@@ -150,7 +152,8 @@ pub fn expected_from_layout(layout: &Path, manifest_digest: &str) -> Tree {
 
 /// The manifest digest tagged `tag` in a layout's index.json.
 pub fn tagged(layout: &Path, tag: &str) -> String {
-    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index")).expect("json");
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index")).expect("json");
     idx["manifests"]
         .as_array()
         .expect("manifests")

@@ -24,7 +24,16 @@ impl RawTar {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn entry_dev(&mut self, name: &str, typeflag: u8, data: &[u8], link: &str, mode: u32, major: u32, minor: u32) -> &mut Self {
+    pub fn entry_dev(
+        &mut self,
+        name: &str,
+        typeflag: u8,
+        data: &[u8],
+        link: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> &mut Self {
         let mut h = [0u8; 512];
         assert!(name.len() <= 100, "use pax for long names");
         h[..name.len()].copy_from_slice(name.as_bytes());

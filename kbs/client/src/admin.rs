@@ -65,10 +65,7 @@ pub struct AdminClient {
 
 impl std::fmt::Debug for AdminClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminClient")
-            .field("url", &self.base.as_str())
-            .field("key", &"<redacted>")
-            .finish()
+        f.debug_struct("AdminClient").field("url", &self.base.as_str()).field("key", &"<redacted>").finish()
     }
 }
 
@@ -77,14 +74,10 @@ impl AdminClient {
     /// `openssl genpkey -algorithm ed25519` writes it.
     pub fn new(url: &str, admin_private_key_pem: &[u8]) -> Result<Self, KbsError> {
         let base = parse_base_url(url)?;
-        let signer = EdDSA.signer_from_pem(admin_private_key_pem).map_err(|_| {
-            KbsError::Config("admin key is not an Ed25519 PKCS#8 PEM private key".into())
-        })?;
-        Ok(AdminClient {
-            base,
-            http: http_client()?,
-            signer,
-        })
+        let signer = EdDSA
+            .signer_from_pem(admin_private_key_pem)
+            .map_err(|_| KbsError::Config("admin key is not an Ed25519 PKCS#8 PEM private key".into()))?;
+        Ok(AdminClient { base, http: http_client()?, signer })
     }
 
     /// A signed admin JWT valid for a few minutes.
@@ -150,9 +143,7 @@ impl AdminClient {
     /// fails with [`KbsError::Unsupported`] there.
     pub async fn create_resource(&self, uri: &ResourceUri, data: &[u8]) -> Result<Created, KbsError> {
         let path = format!("kbs/v0/resource/{}", uri.path());
-        let answer = self
-            .send(Method::POST, &path, "application/octet-stream", true, data.to_vec())
-            .await?;
+        let answer = self.send(Method::POST, &path, "application/octet-stream", true, data.to_vec()).await?;
         if answer.status.is_success() {
             Ok(Created::New)
         } else if answer.status == StatusCode::PRECONDITION_FAILED {
@@ -168,9 +159,7 @@ impl AdminClient {
     /// (Trustee) gives [`KbsError::Unsupported`].
     pub async fn read_back(&self, uri: &ResourceUri) -> Result<Option<Zeroizing<Vec<u8>>>, KbsError> {
         let path = format!("kbs/v0/admin/resource/{}", uri.path());
-        let answer = self
-            .send(Method::GET, &path, "application/octet-stream", false, Vec::new())
-            .await?;
+        let answer = self.send(Method::GET, &path, "application/octet-stream", false, Vec::new()).await?;
         if !answer.headers.contains_key(ADMIN_READ_HEADER) {
             return Err(KbsError::Unsupported(format!(
                 "the KBS at {} has no admin read-back of resources (HTTP {} for {path}; Trustee has none): \
@@ -215,12 +204,6 @@ impl AdminClient {
     pub async fn set_resource_policy(&self, policy: &str) -> Result<(), KbsError> {
         let body = serde_json::to_vec(&json!({"policy": BASE64_URL_SAFE_NO_PAD.encode(policy)}))
             .map_err(|e| KbsError::Config(format!("cannot encode the policy: {e}")))?;
-        self.call(
-            Method::POST,
-            "kbs/v0/resource-policy",
-            "application/json",
-            body,
-        )
-        .await
+        self.call(Method::POST, "kbs/v0/resource-policy", "application/json", body).await
     }
 }

@@ -92,14 +92,10 @@ pub(crate) struct Answer {
 pub(crate) fn parse_base_url(url: &str) -> Result<Url, KbsError> {
     let mut u = Url::parse(url).map_err(|e| KbsError::Config(format!("KBS URL {url:?}: {e}")))?;
     if u.scheme() != "http" && u.scheme() != "https" {
-        return Err(KbsError::Config(format!(
-            "KBS URL {url:?}: scheme must be http or https"
-        )));
+        return Err(KbsError::Config(format!("KBS URL {url:?}: scheme must be http or https")));
     }
     if u.host().is_none() || u.query().is_some() || u.fragment().is_some() {
-        return Err(KbsError::Config(format!(
-            "KBS URL {url:?}: needs a host and no query or fragment"
-        )));
+        return Err(KbsError::Config(format!("KBS URL {url:?}: needs a host and no query or fragment")));
     }
     if !u.path().ends_with('/') {
         let p = format!("{}/", u.path());
@@ -109,8 +105,7 @@ pub(crate) fn parse_base_url(url: &str) -> Result<Url, KbsError> {
 }
 
 pub(crate) fn endpoint(base: &Url, path: &str) -> Result<Url, KbsError> {
-    base.join(path)
-        .map_err(|e| KbsError::Config(format!("cannot build KBS endpoint {path}: {e}")))
+    base.join(path).map_err(|e| KbsError::Config(format!("cannot build KBS endpoint {path}: {e}")))
 }
 
 /// The HTTP client the KBS client uses by default.
@@ -153,12 +148,7 @@ pub(crate) fn server_reason(status: StatusCode, body: &[u8]) -> String {
 }
 
 fn clean(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(300)
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    s.chars().filter(|c| !c.is_control()).take(300).collect::<String>().trim().to_owned()
 }
 
 /// Sends a request, retrying connection errors, timeouts and 5xx with backoff
@@ -181,13 +171,7 @@ pub(crate) async fn send_with_retry(
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 match read_body(resp).await {
-                    Ok(body) if !status.is_server_error() => {
-                        return Ok(Answer {
-                            status,
-                            headers,
-                            body,
-                        })
-                    }
+                    Ok(body) if !status.is_server_error() => return Ok(Answer { status, headers, body }),
                     Ok(body) => format!("HTTP {status}: {}", server_reason(status, &body)),
                     Err(e) => e,
                 }
@@ -221,10 +205,8 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, St
         return Err(format!("answer larger than {MAX_BODY} bytes"));
     }
     let mut body = Zeroizing::new(Vec::new());
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the answer: {}", describe_reqwest(&e)))?
+    while let Some(chunk) =
+        resp.chunk().await.map_err(|e| format!("reading the answer: {}", describe_reqwest(&e)))?
     {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(format!("answer larger than {MAX_BODY} bytes"));
@@ -249,19 +231,12 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl KbsClient {
     /// A client for the KBS at `url` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(
-        url: &str,
-        attester: Arc<dyn Attester>,
-        cfg: ClientConfig,
-    ) -> Result<Self, KbsError> {
+    pub fn new(url: &str, attester: Arc<dyn Attester>, cfg: ClientConfig) -> Result<Self, KbsError> {
         Self::with_http_client(url, attester, cfg, http_client()?)
     }
 
@@ -321,17 +296,12 @@ impl KbsClient {
             .await?;
             let status = answer.status;
             if status == StatusCode::OK {
-                let resp =
-                    protocol::parse_response(&answer.body).map_err(|e| KbsError::Protocol {
-                        step: Step::Resource,
-                        reason: format!("{uri}: {e}"),
-                    })?;
-                return protocol::decrypt_response(&session.key, &resp).map_err(|e| {
-                    KbsError::Protocol {
-                        step: Step::Resource,
-                        reason: format!("{uri}: {e}"),
-                    }
-                });
+                let resp = protocol::parse_response(&answer.body).map_err(|e| KbsError::Protocol {
+                    step: Step::Resource,
+                    reason: format!("{uri}: {e}"),
+                })?;
+                return protocol::decrypt_response(&session.key, &resp)
+                    .map_err(|e| KbsError::Protocol { step: Step::Resource, reason: format!("{uri}: {e}") });
             }
             let reason = server_reason(status, &answer.body);
             if status == StatusCode::UNAUTHORIZED && refused.is_none() {
@@ -354,11 +324,7 @@ impl KbsClient {
 
     /// The current session, attesting if there is none, it expired, or it is the
     /// one the KBS just refused (`refused` = its generation).
-    async fn session(
-        &self,
-        deadline: Instant,
-        refused: Option<u64>,
-    ) -> Result<Arc<Session>, KbsError> {
+    async fn session(&self, deadline: Instant, refused: Option<u64>) -> Result<Arc<Session>, KbsError> {
         // Holding the lock across the handshake makes concurrent callers wait for
         // one attestation instead of each running their own.
         let mut slot = self.inner.session.lock().await;
@@ -377,17 +343,12 @@ impl KbsClient {
     /// One RCAR handshake: request → challenge → evidence → token.
     async fn handshake(&self, deadline: Instant, generation: u64) -> Result<Session, KbsError> {
         let inner = &self.inner;
-        let proto = |step: Step| {
-            move |e: protocol::ProtocolError| KbsError::Protocol {
-                step,
-                reason: e.to_string(),
-            }
-        };
+        let proto =
+            |step: Step| move |e: protocol::ProtocolError| KbsError::Protocol { step, reason: e.to_string() };
 
         let request = protocol::build_request(inner.attester.tee(), &inner.cfg.extra_params);
         let answer = send_with_retry(&inner.http, Step::Auth, deadline, |http| {
-            http.request(Method::POST, inner.auth_url.clone())
-                .json(&request)
+            http.request(Method::POST, inner.auth_url.clone()).json(&request)
         })
         .await?;
         if answer.status != StatusCode::OK {
@@ -413,16 +374,14 @@ impl KbsClient {
         }
         .map_err(proto(Step::Attest))?;
         let jwk = key.public_jwk().map_err(proto(Step::Attest))?;
-        let digest = protocol::runtime_data_digest(&challenge.nonce, &jwk, "")
-            .map_err(proto(Step::Attest))?;
+        let digest =
+            protocol::runtime_data_digest(&challenge.nonce, &jwk, "").map_err(proto(Step::Attest))?;
         let report_data = protocol::report_data(&digest);
         let evidence = inner.attester.evidence(&report_data).await?;
         let attestation = protocol::build_attestation(&challenge.nonce, jwk, evidence);
 
         let answer = send_with_retry(&inner.http, Step::Attest, deadline, |http| {
-            let rb = http
-                .request(Method::POST, inner.attest_url.clone())
-                .json(&attestation);
+            let rb = http.request(Method::POST, inner.attest_url.clone()).json(&attestation);
             match &cookie {
                 Some(c) => rb.header(COOKIE, c.as_str()),
                 None => rb,
@@ -439,11 +398,7 @@ impl KbsClient {
         let token = protocol::parse_attest_response(&answer.body).map_err(proto(Step::Attest))?;
         inner.attestations.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(tee = %inner.attester.tee(), exp = ?token.exp(), "attested to the KBS");
-        Ok(Session {
-            token,
-            key,
-            generation,
-        })
+        Ok(Session { token, key, generation })
     }
 }
 
@@ -466,9 +421,8 @@ mod tests {
             }
         }
         // Jitter: not every delay is the same.
-        let set: std::collections::HashSet<u128> = (0..50)
-            .map(|_| backoff_delay(5, &mut rng).as_millis())
-            .collect();
+        let set: std::collections::HashSet<u128> =
+            (0..50).map(|_| backoff_delay(5, &mut rng).as_millis()).collect();
         assert!(set.len() > 1);
     }
 
@@ -476,9 +430,7 @@ mod tests {
     fn base_url_validation() {
         assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
         assert_eq!(
-            endpoint(&parse_base_url("http://h:1/prefix").unwrap(), "kbs/v0/auth")
-                .unwrap()
-                .as_str(),
+            endpoint(&parse_base_url("http://h:1/prefix").unwrap(), "kbs/v0/auth").unwrap().as_str(),
             "http://h:1/prefix/kbs/v0/auth"
         );
         for bad in ["", "ftp://h", "127.0.0.1:8080", "http://h/?q=1"] {
@@ -490,28 +442,16 @@ mod tests {
     fn session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
         h.append(SET_COOKIE, "other=1; Path=/".parse().unwrap());
-        h.append(
-            SET_COOKIE,
-            "kbs-session-id=abc123; Expires=x".parse().unwrap(),
-        );
+        h.append(SET_COOKIE, "kbs-session-id=abc123; Expires=x".parse().unwrap());
         assert_eq!(session_cookie(&h).as_deref(), Some("kbs-session-id=abc123"));
         assert_eq!(session_cookie(&HeaderMap::new()), None);
     }
 
     #[test]
     fn server_reason_prefers_trustee_detail() {
-        let r = server_reason(
-            StatusCode::UNAUTHORIZED,
-            br#"{"type":"PolicyDeny","detail":"denied"}"#,
-        );
+        let r = server_reason(StatusCode::UNAUTHORIZED, br#"{"type":"PolicyDeny","detail":"denied"}"#);
         assert_eq!(r, "denied");
-        assert_eq!(
-            server_reason(StatusCode::BAD_GATEWAY, b""),
-            "HTTP 502 Bad Gateway"
-        );
-        assert_eq!(
-            server_reason(StatusCode::BAD_REQUEST, b"oops\n\x07"),
-            "oops"
-        );
+        assert_eq!(server_reason(StatusCode::BAD_GATEWAY, b""), "HTTP 502 Bad Gateway");
+        assert_eq!(server_reason(StatusCode::BAD_REQUEST, b"oops\n\x07"), "oops");
     }
 }

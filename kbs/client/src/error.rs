@@ -44,11 +44,7 @@ pub enum KbsError {
     /// (`"kbs:///a/b/c denied: <server's reason>"`), so the whole message reads
     /// `resource kbs:///a/b/c denied: ...`.
     #[error("{}", rejected_message(*step, *status, reason))]
-    Rejected {
-        step: Step,
-        status: u16,
-        reason: String,
-    },
+    Rejected { step: Step, status: u16, reason: String },
     /// The KBS answered something that does not follow the protocol
     /// (bad JSON, bad JWE, a token without the expected shape, ...).
     #[error("KBS protocol error at {step}: {reason}")]
@@ -71,10 +67,7 @@ impl KbsError {
     /// Builds [`KbsError::Unavailable`] with the attempt count in front of the cause.
     pub fn unavailable(step: Step, attempts: u32, cause: impl fmt::Display) -> Self {
         let noun = if attempts == 1 { "attempt" } else { "attempts" };
-        KbsError::Unavailable {
-            step,
-            reason: format!("{attempts} {noun}: {cause}"),
-        }
+        KbsError::Unavailable { step, reason: format!("{attempts} {noun}: {cause}") }
     }
 
     /// Whether the KBS gave a definitive answer (as opposed to being unreachable).
@@ -121,19 +114,10 @@ mod tests {
 
     #[test]
     fn display_names_the_step() {
-        let e = KbsError::Rejected {
-            step: Step::Attest,
-            status: 401,
-            reason: "bad measurement".into(),
-        };
+        let e = KbsError::Rejected { step: Step::Attest, status: 401, reason: "bad measurement".into() };
         assert_eq!(e.to_string(), "attestation rejected: bad measurement");
         let e = KbsError::unavailable(Step::Auth, 4, "connection refused");
-        assert_eq!(
-            e.to_string(),
-            "KBS unavailable at auth after 4 attempts: connection refused"
-        );
-        assert!(AttesterError::NoTee("x".into())
-            .to_string()
-            .starts_with("no TEE found"));
+        assert_eq!(e.to_string(), "KBS unavailable at auth after 4 attempts: connection refused");
+        assert!(AttesterError::NoTee("x".into()).to_string().starts_with("no TEE found"));
     }
 }

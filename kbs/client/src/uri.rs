@@ -25,21 +25,15 @@ fn check_segment(what: &str, s: &str) -> Result<(), KbsError> {
         return Err(KbsError::InvalidUri(format!("empty {what} segment")));
     }
     if s.len() > MAX_SEGMENT {
-        return Err(KbsError::InvalidUri(format!(
-            "{what} segment longer than {MAX_SEGMENT} bytes"
-        )));
+        return Err(KbsError::InvalidUri(format!("{what} segment longer than {MAX_SEGMENT} bytes")));
     }
     if s == "." || s == ".." {
-        return Err(KbsError::InvalidUri(format!(
-            "{what} segment {s:?} is a relative path component"
-        )));
+        return Err(KbsError::InvalidUri(format!("{what} segment {s:?} is a relative path component")));
     }
     // Trustee's path rule: [a-zA-Z0-9_-]+[a-zA-Z0-9_.-]* — the first character may
     // not be a dot, which also excludes "..".
     let mut chars = s.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !first_ok || !rest_ok {
         return Err(KbsError::InvalidUri(format!(
@@ -55,11 +49,7 @@ impl ResourceUri {
         check_segment("repository", repo)?;
         check_segment("type", ty)?;
         check_segment("tag", tag)?;
-        Ok(ResourceUri {
-            repository: repo.to_owned(),
-            r#type: ty.to_owned(),
-            tag: tag.to_owned(),
-        })
+        Ok(ResourceUri { repository: repo.to_owned(), r#type: ty.to_owned(), tag: tag.to_owned() })
     }
 
     /// `repository/type/tag`, as used after `/kbs/v0/resource/`.
@@ -90,16 +80,10 @@ impl FromStr for ResourceUri {
             // Drop the authority (possibly empty); what follows its '/' is the path.
             match rest.find('/') {
                 Some(i) => &rest[i + 1..],
-                None => {
-                    return Err(KbsError::InvalidUri(format!(
-                        "{s:?} has no path after the host"
-                    )))
-                }
+                None => return Err(KbsError::InvalidUri(format!("{s:?} has no path after the host"))),
             }
         } else if s.contains("://") {
-            return Err(KbsError::InvalidUri(format!(
-                "{s:?}: only the kbs:// scheme is supported"
-            )));
+            return Err(KbsError::InvalidUri(format!("{s:?}: only the kbs:// scheme is supported")));
         } else if s.starts_with('/') {
             return Err(KbsError::InvalidUri(format!(
                 "{s:?} is absolute; write repo/type/tag or kbs:///repo/type/tag"
@@ -175,10 +159,7 @@ mod tests {
             "a/b/ü",
         ] {
             let r = s.parse::<ResourceUri>();
-            assert!(
-                matches!(r, Err(KbsError::InvalidUri(_))),
-                "{s:?} was accepted: {r:?}"
-            );
+            assert!(matches!(r, Err(KbsError::InvalidUri(_))), "{s:?} was accepted: {r:?}");
         }
         assert!(ResourceUri::new("a", "..", "c").is_err());
         assert!(ResourceUri::new("a", "b/c", "d").is_err());

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
 use kbs::{
-    make_attester, AttesterKind, AttesterOptions, ClientConfig, KbsClient, KbsError, ResourceUri,
-    Step, TeeKeyKind,
+    make_attester, AttesterKind, AttesterOptions, ClientConfig, KbsClient, KbsError, ResourceUri, Step,
+    TeeKeyKind,
 };
 use openssl::bn::BigNum;
 use openssl::encrypt::Encrypter;
@@ -71,10 +71,7 @@ async fn read_req(s: &mut tokio::net::TcpStream) -> Option<Req> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut body = buf[head_end + 4..].to_vec();
     while body.len() < len {
         let n = s.read(&mut tmp).await.ok()?;
@@ -83,12 +80,7 @@ async fn read_req(s: &mut tokio::net::TcpStream) -> Option<Req> {
         }
         body.extend_from_slice(&tmp[..n]);
     }
-    Some(Req {
-        method,
-        path,
-        headers,
-        body,
-    })
+    Some(Req { method, path, headers, body })
 }
 
 fn b64(b: &[u8]) -> String {
@@ -96,32 +88,17 @@ fn b64(b: &[u8]) -> String {
 }
 
 fn token() -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    format!(
-        "{}.{}.c2ln",
-        b64(br#"{"alg":"ES256"}"#),
-        b64(json!({"exp": exp}).to_string().as_bytes())
-    )
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    format!("{}.{}.c2ln", b64(br#"{"alg":"ES256"}"#), b64(json!({"exp": exp}).to_string().as_bytes()))
 }
 
 /// RSA-OAEP-256 + A256GCM to the TEE key, with Trustee's AAD.
 fn seal(jwk: &Value, plain: &[u8]) -> Value {
-    let n = BASE64_URL_SAFE_NO_PAD
-        .decode(jwk["n"].as_str().unwrap())
-        .unwrap();
-    let e = BASE64_URL_SAFE_NO_PAD
-        .decode(jwk["e"].as_str().unwrap())
-        .unwrap();
+    let n = BASE64_URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+    let e = BASE64_URL_SAFE_NO_PAD.decode(jwk["e"].as_str().unwrap()).unwrap();
     let pk = PKey::from_rsa(
-        Rsa::from_public_components(
-            BigNum::from_slice(&n).unwrap(),
-            BigNum::from_slice(&e).unwrap(),
-        )
-        .unwrap(),
+        Rsa::from_public_components(BigNum::from_slice(&n).unwrap(), BigNum::from_slice(&e).unwrap())
+            .unwrap(),
     )
     .unwrap();
     let mut enc = Encrypter::new(&pk).unwrap();
@@ -135,28 +112,15 @@ fn seal(jwk: &Value, plain: &[u8]) -> Value {
     let protected = b64(br#"{"alg":"RSA-OAEP-256","enc":"A256GCM"}"#);
     let iv: [u8; 12] = rand::random();
     let mut tag = [0u8; 16];
-    let ct = encrypt_aead(
-        Cipher::aes_256_gcm(),
-        &cek,
-        Some(&iv),
-        protected.as_bytes(),
-        plain,
-        &mut tag,
-    )
-    .unwrap();
+    let ct =
+        encrypt_aead(Cipher::aes_256_gcm(), &cek, Some(&iv), protected.as_bytes(), plain, &mut tag).unwrap();
     json!({"protected": protected, "encrypted_key": b64(&wrapped), "iv": b64(&iv),
            "ciphertext": b64(&ct), "tag": b64(&tag)})
 }
 
 fn respond(st: &State, r: &Req) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let json_err = |code: u16, detail: &str| {
-        (
-            code,
-            vec![],
-            json!({"type": "x", "detail": detail})
-                .to_string()
-                .into_bytes(),
-        )
+        (code, vec![], json!({"type": "x", "detail": detail}).to_string().into_bytes())
     };
     match (r.method.as_str(), r.path.as_str()) {
         ("POST", "/kbs/v0/auth") => {
@@ -164,16 +128,10 @@ fn respond(st: &State, r: &Req) -> (u16, Vec<(String, String)>, Vec<u8>) {
             if n < st.script.auth_503_first {
                 return json_err(503, "warming up");
             }
-            st.auth_bodies
-                .lock()
-                .unwrap()
-                .push(serde_json::from_slice(&r.body).unwrap());
+            st.auth_bodies.lock().unwrap().push(serde_json::from_slice(&r.body).unwrap());
             (
                 200,
-                vec![(
-                    "Set-Cookie".into(),
-                    "kbs-session-id=s3ss10n; Path=/; HttpOnly".into(),
-                )],
+                vec![("Set-Cookie".into(), "kbs-session-id=s3ss10n; Path=/; HttpOnly".into())],
                 br#"{"nonce":"bm9uY2U=","extra-params":""}"#.to_vec(),
             )
         }
@@ -189,33 +147,21 @@ fn respond(st: &State, r: &Req) -> (u16, Vec<(String, String)>, Vec<u8>) {
             assert_eq!(att["runtime-data"]["nonce"], "bm9uY2U=");
             assert!(att["tee-evidence"]["primary_evidence"]["report_data"].is_string());
             *st.tee_pubkey.lock().unwrap() = Some(att["runtime-data"]["tee-pubkey"].clone());
-            (
-                200,
-                vec![],
-                json!({"token": token()}).to_string().into_bytes(),
-            )
+            (200, vec![], json!({"token": token()}).to_string().into_bytes())
         }
         ("GET", p) if p.starts_with("/kbs/v0/resource/") => {
             let n = st.resource.fetch_add(1, Ordering::SeqCst);
             if st.script.resource_503_always {
                 return json_err(503, "backend down");
             }
-            if !r
-                .headers
-                .get("authorization")
-                .is_some_and(|a| a.starts_with("Bearer "))
-            {
+            if !r.headers.get("authorization").is_some_and(|a| a.starts_with("Bearer ")) {
                 return json_err(401, "no token");
             }
             if n < st.script.resource_401 {
                 return json_err(401, "policy denied");
             }
             let jwk = st.tee_pubkey.lock().unwrap().clone().unwrap();
-            (
-                200,
-                vec![],
-                seal(&jwk, p.as_bytes()).to_string().into_bytes(),
-            )
+            (200, vec![], seal(&jwk, p.as_bytes()).to_string().into_bytes())
         }
         _ => json_err(404, "no such endpoint"),
     }
@@ -224,10 +170,7 @@ fn respond(st: &State, r: &Req) -> (u16, Vec<(String, String)>, Vec<u8>) {
 async fn serve(script: Script) -> (String, Arc<State>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
-    let st = Arc::new(State {
-        script,
-        ..Default::default()
-    });
+    let st = Arc::new(State { script, ..Default::default() });
     let st2 = Arc::clone(&st);
     tokio::spawn(async move {
         loop {
@@ -238,7 +181,10 @@ async fn serve(script: Script) -> (String, Arc<State>) {
             tokio::spawn(async move {
                 while let Some(r) = read_req(&mut s).await {
                     let (code, hdrs, body) = respond(&st, &r);
-                    let mut out = format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\n", body.len());
+                    let mut out = format!(
+                        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+                        body.len()
+                    );
                     for (k, v) in hdrs {
                         out.push_str(&format!("{k}: {v}\r\n"));
                     }
@@ -260,16 +206,9 @@ fn client(url: &str, deadline: Duration) -> KbsClient {
 }
 
 fn client_with_key(url: &str, deadline: Duration, tee_key: TeeKeyKind) -> KbsClient {
-    let opts = AttesterOptions {
-        allow_sample: true,
-        ..Default::default()
-    };
+    let opts = AttesterOptions { allow_sample: true, ..Default::default() };
     let att = make_attester(AttesterKind::Sample, &opts).unwrap();
-    let cfg = ClientConfig {
-        deadline,
-        tee_key,
-        extra_params: json!({"pod": "p1", "namespace": "ns1"}),
-    };
+    let cfg = ClientConfig { deadline, tee_key, extra_params: json!({"pod": "p1", "namespace": "ns1"}) };
     KbsClient::new(url, att, cfg).unwrap()
 }
 
@@ -295,11 +234,7 @@ async fn one_attestation_serves_every_resource() {
 
 #[tokio::test]
 async fn retries_503_then_succeeds() {
-    let (url, st) = serve(Script {
-        auth_503_first: 2,
-        ..Default::default()
-    })
-    .await;
+    let (url, st) = serve(Script { auth_503_first: 2, ..Default::default() }).await;
     let c = client(&url, Duration::from_secs(20));
     c.get_resource(&uri("default/key/1")).await.unwrap();
     assert_eq!(st.auth.load(Ordering::SeqCst), 3);
@@ -312,21 +247,9 @@ async fn connection_refused_fails_closed_at_the_deadline() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let c = client(
-        &format!("http://127.0.0.1:{port}"),
-        Duration::from_millis(1500),
-    );
+    let c = client(&format!("http://127.0.0.1:{port}"), Duration::from_millis(1500));
     let err = c.get_resource(&uri("default/key/1")).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            KbsError::Unavailable {
-                step: Step::Auth,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, KbsError::Unavailable { step: Step::Auth, .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.starts_with("KBS unavailable at auth after "), "{msg}");
     assert_eq!(c.attestation_count(), 0);
@@ -334,35 +257,18 @@ async fn connection_refused_fails_closed_at_the_deadline() {
 
 #[tokio::test]
 async fn persistent_503_on_resource_is_unavailable_not_success() {
-    let (url, st) = serve(Script {
-        resource_503_always: true,
-        ..Default::default()
-    })
-    .await;
+    let (url, st) = serve(Script { resource_503_always: true, ..Default::default() }).await;
     // An EC TEE key (the stand-in never seals an answer here): RSA key generation
     // alone can take more than this 1.5 s deadline on a loaded machine.
     let c = client_with_key(&url, Duration::from_millis(1500), TeeKeyKind::EcP256);
     let err = c.get_resource(&uri("default/key/1")).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            KbsError::Unavailable {
-                step: Step::Resource,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, KbsError::Unavailable { step: Step::Resource, .. }), "{err}");
     assert!(st.resource.load(Ordering::SeqCst) >= 2, "it retried");
 }
 
 #[tokio::test]
 async fn reattests_once_on_401_then_succeeds() {
-    let (url, _st) = serve(Script {
-        resource_401: 1,
-        ..Default::default()
-    })
-    .await;
+    let (url, _st) = serve(Script { resource_401: 1, ..Default::default() }).await;
     let c = client(&url, Duration::from_secs(20));
     c.get_resource(&uri("default/key/1")).await.unwrap();
     assert_eq!(c.attestation_count(), 2);
@@ -370,41 +276,20 @@ async fn reattests_once_on_401_then_succeeds() {
 
 #[tokio::test]
 async fn reattests_only_once_then_reports_denial() {
-    let (url, st) = serve(Script {
-        resource_401: usize::MAX,
-        ..Default::default()
-    })
-    .await;
+    let (url, st) = serve(Script { resource_401: usize::MAX, ..Default::default() }).await;
     let c = client(&url, Duration::from_secs(20));
     let err = c.get_resource(&uri("default/key/1")).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "resource kbs:///default/key/1 denied: policy denied"
-    );
-    assert!(matches!(
-        err,
-        KbsError::Rejected {
-            step: Step::Resource,
-            status: 401,
-            ..
-        }
-    ));
+    assert_eq!(err.to_string(), "resource kbs:///default/key/1 denied: policy denied");
+    assert!(matches!(err, KbsError::Rejected { step: Step::Resource, status: 401, .. }));
     assert_eq!(c.attestation_count(), 2);
     assert_eq!(st.resource.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn attestation_rejection_names_the_reason() {
-    let (url, _st) = serve(Script {
-        attest_reject: true,
-        ..Default::default()
-    })
-    .await;
+    let (url, _st) = serve(Script { attest_reject: true, ..Default::default() }).await;
     let c = client(&url, Duration::from_secs(20));
     let err = c.get_resource(&uri("default/key/1")).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "attestation rejected: measurement mismatch"
-    );
+    assert_eq!(err.to_string(), "attestation rejected: measurement mismatch");
     assert_eq!(c.attestation_count(), 0);
 }

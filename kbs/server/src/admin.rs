@@ -60,7 +60,11 @@ impl std::fmt::Debug for AdminVerifier {
 }
 
 impl AdminVerifier {
-    pub fn from_pem(pem: &[u8], issuer: Option<String>, audience: Option<String>) -> Result<Self, AdminError> {
+    pub fn from_pem(
+        pem: &[u8],
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Self, AdminError> {
         let key = PKey::public_key_from_pem(pem).map_err(|e| AdminError::Key(e.to_string()))?;
         if key.id() != Id::ED25519 {
             return Err(AdminError::Key("key type is not Ed25519".into()));
@@ -136,8 +140,5 @@ impl AdminVerifier {
 /// format `openssl genpkey -algorithm ed25519` writes.
 pub fn generate_admin_key() -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<u8>), openssl::error::ErrorStack> {
     let key = PKey::generate_ed25519()?;
-    Ok((
-        zeroize::Zeroizing::new(key.private_key_to_pem_pkcs8()?),
-        key.public_key_to_pem()?,
-    ))
+    Ok((zeroize::Zeroizing::new(key.private_key_to_pem_pkcs8()?), key.public_key_to_pem()?))
 }

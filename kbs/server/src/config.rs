@@ -87,22 +87,14 @@ impl Default for ServeConfig {
 
 impl ServeConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
-            path: path.to_owned(),
-            source,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml { path: path.to_owned(), source })
     }
 }
 
 pub(crate) fn load_cert(path: &Path) -> Result<openssl::x509::X509, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     openssl::x509::X509::from_pem(&bytes)
         .or_else(|_| openssl::x509::X509::from_der(&bytes))
         .map_err(|_| ConfigError::Cert { path: path.to_owned() })

@@ -5,8 +5,8 @@
 //! header)), i.e. `ProtectedHeader::generate_aad`, which is what the guest recomputes.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use kbs_types::{ProtectedHeader, Response, TeePubKey};
 use kbs::protocol::ecdh::{Curve, EcdhError};
+use kbs_types::{ProtectedHeader, Response, TeePubKey};
 use openssl::bn::BigNum;
 use openssl::ec::EcPoint;
 use openssl::pkey::PKey;
@@ -31,9 +31,7 @@ pub enum JweError {
 const ECDH_ALG: &str = "ECDH-ES+A256KW";
 
 fn b64(s: &str, what: &'static str) -> Result<Vec<u8>, JweError> {
-    URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .map_err(|_| JweError::BadKey(what))
+    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).map_err(|_| JweError::BadKey(what))
 }
 
 /// NIST SP 800-56A Concat KDF with SHA-256 for a 256-bit key, apu/apv empty: one round.
@@ -133,14 +131,8 @@ pub fn encrypt(tee_key: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweErr
         }
         TeePubKey::AKP { alg, .. } => return Err(JweError::UnsupportedAlg(alg.clone())),
     };
-    let protected = ProtectedHeader {
-        alg,
-        enc: "A256GCM".into(),
-        other_fields: other,
-    };
-    let aad = protected
-        .generate_aad()
-        .map_err(|e| JweError::Header(e.to_string()))?;
+    let protected = ProtectedHeader { alg, enc: "A256GCM".into(), other_fields: other };
+    let aad = protected.generate_aad().map_err(|e| JweError::Header(e.to_string()))?;
     let mut iv = [0u8; 12];
     openssl::rand::rand_bytes(&mut iv)?;
     let mut tag = vec![0u8; 16];
@@ -152,14 +144,7 @@ pub fn encrypt(tee_key: &TeePubKey, plaintext: &[u8]) -> Result<Response, JweErr
         plaintext,
         &mut tag,
     )?;
-    Ok(Response {
-        protected,
-        encrypted_key,
-        aad: None,
-        iv: iv.to_vec(),
-        ciphertext,
-        tag,
-    })
+    Ok(Response { protected, encrypted_key, aad: None, iv: iv.to_vec(), ciphertext, tag })
 }
 
 #[cfg(test)]
@@ -246,7 +231,8 @@ mod tests {
 
     #[test]
     fn bad_keys_are_errors_not_panics() {
-        let key = TeePubKey::EC { crv: "P-256".into(), alg: ECDH_ALG.into(), x: "AAAA".into(), y: "!!".into() };
+        let key =
+            TeePubKey::EC { crv: "P-256".into(), alg: ECDH_ALG.into(), x: "AAAA".into(), y: "!!".into() };
         assert!(encrypt(&key, b"x").is_err());
         let key = TeePubKey::EC { crv: "P-999".into(), alg: ECDH_ALG.into(), x: "".into(), y: "".into() };
         assert!(matches!(encrypt(&key, b"x"), Err(JweError::UnsupportedCurve(_))));

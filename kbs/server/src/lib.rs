@@ -25,8 +25,5 @@ pub use server::{serve, Broker};
 
 /// Seconds since the Unix epoch; a clock before 1970 reads as 0 so expiry checks fail closed.
 pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

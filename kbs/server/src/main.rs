@@ -237,13 +237,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// HTTP connection pool, as a guest's agent does across its requests. The pools are
 /// built before the clock starts: building one loads the system's TLS roots (several
 /// milliseconds of CPU), which a guest does once at boot, not per attestation.
-async fn loadgen(url: String, uri: kbs::ResourceUri, concurrency: usize, requests: usize) -> anyhow::Result<()> {
+async fn loadgen(
+    url: String,
+    uri: kbs::ResourceUri,
+    concurrency: usize,
+    requests: usize,
+) -> anyhow::Result<()> {
     let opts = kbs::AttesterOptions { allow_sample: true, ..Default::default() };
     let att = kbs::make_attester(kbs::AttesterKind::Sample, &opts)?;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let pools = (0..concurrency.max(1))
-        .map(|_| kbs::client::http_client())
-        .collect::<Result<Vec<_>, _>>()?;
+    let pools = (0..concurrency.max(1)).map(|_| kbs::client::http_client()).collect::<Result<Vec<_>, _>>()?;
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
     for http in pools {
@@ -252,7 +255,12 @@ async fn loadgen(url: String, uri: kbs::ResourceUri, concurrency: usize, request
             let mut lat = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
                 let t = std::time::Instant::now();
-                let c = kbs::KbsClient::with_http_client(&url, att.clone(), kbs::ClientConfig::default(), http.clone())?;
+                let c = kbs::KbsClient::with_http_client(
+                    &url,
+                    att.clone(),
+                    kbs::ClientConfig::default(),
+                    http.clone(),
+                )?;
                 c.get_resource(&uri).await?;
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
@@ -265,7 +273,9 @@ async fn loadgen(url: String, uri: kbs::ResourceUri, concurrency: usize, request
     }
     let wall = start.elapsed().as_secs_f64();
     all.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0.0)
+    };
     println!(
         "{{\"concurrency\":{concurrency},\"requests\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"per_sec\":{:.1}}}",
         all.len(),

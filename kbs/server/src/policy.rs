@@ -90,10 +90,7 @@ pub struct Denial {
 
 impl Denial {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-        }
+        Self { reason, detail: detail.into() }
     }
 }
 
@@ -227,21 +224,14 @@ pub struct Policy {
 impl Default for Policy {
     /// Deny everything: used when no policy file is configured.
     fn default() -> Self {
-        Self {
-            snp: None,
-            tdx: None,
-            sample_allowed: false,
-            released: Vec::new(),
-        }
+        Self { snp: None, tdx: None, sample_allowed: false, released: Vec::new() }
     }
 }
 
 fn hex_field(field: &str, value: &str, len: usize) -> Result<String, PolicyError> {
     let v = value.trim().to_ascii_lowercase();
-    let bytes = hex::decode(&v).map_err(|e| PolicyError::Invalid {
-        field: field.into(),
-        reason: format!("not hex: {e}"),
-    })?;
+    let bytes = hex::decode(&v)
+        .map_err(|e| PolicyError::Invalid { field: field.into(), reason: format!("not hex: {e}") })?;
     if bytes.len() != len {
         return Err(PolicyError::Invalid {
             field: field.into(),
@@ -293,14 +283,8 @@ impl Policy {
                         snp: t.snp,
                         microcode: t.microcode,
                     },
-                    family_id: s
-                        .family_id
-                        .map(|v| hex_field("sev_snp.family_id", &v, 16))
-                        .transpose()?,
-                    image_id: s
-                        .image_id
-                        .map(|v| hex_field("sev_snp.image_id", &v, 16))
-                        .transpose()?,
+                    family_id: s.family_id.map(|v| hex_field("sev_snp.family_id", &v, 16)).transpose()?,
+                    image_id: s.image_id.map(|v| hex_field("sev_snp.image_id", &v, 16)).transpose()?,
                     max_vmpl: s.max_vmpl,
                     allow_debug: s.allow_debug,
                 })
@@ -328,20 +312,14 @@ impl Policy {
         Ok(Policy {
             snp,
             tdx,
-            sample_allowed: spec
-                .required_attestation
-                .sample
-                .map(|s| s.allow)
-                .unwrap_or(false),
+            sample_allowed: spec.required_attestation.sample.map(|s| s.allow).unwrap_or(false),
             released: spec.released_resources,
         })
     }
 
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Read { path: path.to_owned(), source })?;
         Self::parse(&text)
     }
 
@@ -387,10 +365,7 @@ pub(crate) fn pattern_matches(p: &str, path: &str) -> bool {
     if p.contains('*') || p.contains('?') {
         glob_match(p.as_bytes(), path.as_bytes())
     } else {
-        path == p
-            || path
-                .strip_prefix(p)
-                .is_some_and(|rest| rest.starts_with('/'))
+        path == p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
     }
 }
 
@@ -432,20 +407,13 @@ fn check_snp(req: &SnpRequirement, c: &SnpClaims) -> Result<MeasurementMatch, De
     }
     if let Some(i) = &req.image_id {
         if !c.image_id.eq_ignore_ascii_case(i) {
-            return Err(Denial::new(
-                Reason::ImageIdMismatch,
-                format!("image_id {} is not {i}", c.image_id),
-            ));
+            return Err(Denial::new(Reason::ImageIdMismatch, format!("image_id {} is not {i}", c.image_id)));
         }
     }
     if req.measurements.is_empty() {
         return Ok(MeasurementMatch::Unchecked);
     }
-    if req
-        .measurements
-        .iter()
-        .any(|m| m.eq_ignore_ascii_case(&c.measurement))
-    {
+    if req.measurements.iter().any(|m| m.eq_ignore_ascii_case(&c.measurement)) {
         Ok(MeasurementMatch::Matched)
     } else {
         Err(Denial::new(
@@ -481,10 +449,7 @@ fn check_tdx(req: &TdxRequirement, c: &TdxClaims) -> Result<MeasurementMatch, De
     if req.mr_td.iter().any(|m| m.eq_ignore_ascii_case(&c.mr_td)) {
         Ok(MeasurementMatch::Matched)
     } else {
-        Err(Denial::new(
-            Reason::MeasurementMismatch,
-            format!("MRTD {} is not in the allowed list", c.mr_td),
-        ))
+        Err(Denial::new(Reason::MeasurementMismatch, format!("MRTD {} is not in the allowed list", c.mr_td)))
     }
 }
 
@@ -568,7 +533,9 @@ default_policy:
 
     #[test]
     fn invalid_policies_are_refused() {
-        assert!(Policy::parse("default_policy: {required_attestation: {sev_snp: {measurement: zz}}}").is_err());
+        assert!(
+            Policy::parse("default_policy: {required_attestation: {sev_snp: {measurement: zz}}}").is_err()
+        );
         assert!(Policy::parse("default_policy: {released_resources: [\"../x\"]}").is_err());
         assert!(Policy::parse("default_policy: {bogus: 1}").is_err());
         assert!(Policy::parse("not: yaml: [").is_err());
@@ -580,7 +547,8 @@ default_policy:
         assert!(!glob_match(b"default/image-kek/*", b"default/other/abc"));
         assert!(glob_match(b"*/key/?", b"x/key/1"));
         assert!(!glob_match(b"*/key/?", b"x/key/12"));
-        let p = Policy::parse("default_policy: {released_resources: [\"default/payments-tls-cert\"]}").unwrap();
+        let p =
+            Policy::parse("default_policy: {released_resources: [\"default/payments-tls-cert\"]}").unwrap();
         assert!(p.is_released("default/payments-tls-cert/v1"));
         assert!(!p.is_released("default/payments-tls-certx/v1"));
     }

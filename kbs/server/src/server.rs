@@ -122,10 +122,8 @@ impl Broker {
     pub fn new(cfg: &ServeConfig) -> Result<Arc<Self>, ServeError> {
         let (policy, text) = match &cfg.policy {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| PolicyError::Read {
-                    path: p.clone(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| PolicyError::Read { path: p.clone(), source })?;
                 (Policy::parse(&text)?, Some(text))
             }
             None => {
@@ -135,15 +133,8 @@ impl Broker {
         };
         let admin = match &cfg.admin_public_key {
             Some(p) => {
-                let pem = std::fs::read(p).map_err(|source| ConfigError::Read {
-                    path: p.clone(),
-                    source,
-                })?;
-                Some(AdminVerifier::from_pem(
-                    &pem,
-                    cfg.admin_issuer.clone(),
-                    cfg.admin_audience.clone(),
-                )?)
+                let pem = std::fs::read(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                Some(AdminVerifier::from_pem(&pem, cfg.admin_issuer.clone(), cfg.admin_audience.clone())?)
             }
             None => {
                 tracing::warn!("no admin public key configured: the admin API refuses every request");
@@ -156,10 +147,7 @@ impl Broker {
             vcek: cfg.snp.vcek.as_deref().map(load_cert).transpose()?,
         };
         Ok(Arc::new(Self {
-            policy: RwLock::new(PolicySlot {
-                policy: Arc::new(policy),
-                text,
-            }),
+            policy: RwLock::new(PolicySlot { policy: Arc::new(policy), text }),
             policy_path: cfg.policy.clone(),
             store: ResourceStore::open(&cfg.resources)?,
             sessions: Sessions::default(),
@@ -191,10 +179,7 @@ impl Broker {
 
     fn install(&self, policy: Policy, text: String) {
         if let Ok(mut slot) = self.policy.write() {
-            *slot = PolicySlot {
-                policy: Arc::new(policy),
-                text: Some(text),
-            };
+            *slot = PolicySlot { policy: Arc::new(policy), text: Some(text) };
         }
     }
 
@@ -205,15 +190,9 @@ impl Broker {
             return Ok(false);
         };
         let _guard = self.policy_write.lock().await;
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let unchanged = self
-            .policy
-            .read()
-            .map(|s| s.text.as_deref() == Some(text.as_str()))
-            .unwrap_or(false);
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Read { path: path.clone(), source })?;
+        let unchanged = self.policy.read().map(|s| s.text.as_deref() == Some(text.as_str())).unwrap_or(false);
         if unchanged {
             return Ok(false);
         }
@@ -277,10 +256,7 @@ impl Broker {
         Router::new()
             .route("/kbs/v0/auth", post(auth))
             .route("/kbs/v0/attest", post(attest))
-            .route(
-                "/kbs/v0/resource/{*path}",
-                get(get_resource).post(put_resource).delete(delete_resource),
-            )
+            .route("/kbs/v0/resource/{*path}", get(get_resource).post(put_resource).delete(delete_resource))
             .route("/kbs/v0/resource-policy", post(set_policy))
             .route(ADMIN_READ_ROUTE, get(admin_read_resource))
             .route("/metrics", get(metrics))
@@ -322,8 +298,7 @@ fn str_param(v: &Value, key: &str) -> String {
 fn initdata_param(body: &str, keys: &[&str]) -> Option<String> {
     body.lines().find_map(|l| {
         let (k, v) = l.split_once('=')?;
-        keys.contains(&k.trim())
-            .then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
+        keys.contains(&k.trim()).then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
     })
 }
 
@@ -352,10 +327,7 @@ async fn auth(State(b): St, body: Bytes) -> Result<Response, ApiError> {
     if !b.sessions.insert(id.clone(), session) {
         return Err(ApiError::Unavailable("too many open sessions".into()));
     }
-    let challenge = Challenge {
-        nonce,
-        extra_params: Value::String(String::new()),
-    };
+    let challenge = Challenge { nonce, extra_params: Value::String(String::new()) };
     let mut resp = axum::Json(challenge).into_response();
     if let Some(c) = set_cookie(&id, b.session_ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, c);
@@ -400,12 +372,9 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
     let next = b
         .sessions
         .with(&id, |s| match &s.state {
-            SessionState::Authed { nonce } => Next::Verify {
-                tee: s.tee,
-                nonce: nonce.clone(),
-                pod: s.pod.clone(),
-                ns: s.namespace.clone(),
-            },
+            SessionState::Authed { nonce } => {
+                Next::Verify { tee: s.tee, nonce: nonce.clone(), pod: s.pod.clone(), ns: s.namespace.clone() }
+            }
             // Trustee answers a repeated /attest with the token it already issued.
             SessionState::Attested { token } => Next::Done(token.clone()),
         })
@@ -426,14 +395,8 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
             }
         }
     }
-    b.metrics
-        .attempts
-        .get_or_create(&PodLabels { pod: pod.clone(), namespace: ns.clone() })
-        .inc();
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(
-        att.runtime_data.nonce.as_bytes(),
-        nonce.as_bytes(),
-    )) {
+    b.metrics.attempts.get_or_create(&PodLabels { pod: pod.clone(), namespace: ns.clone() }).inc();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(att.runtime_data.nonce.as_bytes(), nonce.as_bytes())) {
         return Err(attest_denied(
             &b,
             &pod,
@@ -455,10 +418,7 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
             c
         }
     };
-    let mm = b
-        .policy()
-        .check_claims(&claims)
-        .map_err(|d| attest_denied(&b, &pod, &ns, &d))?;
+    let mm = b.policy().check_claims(&claims).map_err(|d| attest_denied(&b, &pod, &ns, &d))?;
     let (token, _exp) = b
         .tokens
         .issue(att.runtime_data.tee_pubkey.clone(), claims, &pod, &ns)
@@ -469,11 +429,7 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
     });
     b.metrics
         .success
-        .get_or_create(&SuccessLabels {
-            pod,
-            namespace: ns,
-            measurement_match: mm.as_str().into(),
-        })
+        .get_or_create(&SuccessLabels { pod, namespace: ns, measurement_match: mm.as_str().into() })
         .inc();
     Ok(token_response(&id, &token, b.session_ttl))
 }
@@ -489,14 +445,15 @@ fn token_response(id: &str, token: &str, ttl: Duration) -> Response {
 fn deny_resource(b: &Broker, resource: &str, reason: Reason) {
     b.metrics
         .denials
-        .get_or_create(&DenialLabels {
-            resource: resource.into(),
-            reason: reason.as_str().into(),
-        })
+        .get_or_create(&DenialLabels { resource: resource.into(), reason: reason.as_str().into() })
         .inc();
 }
 
-async fn get_resource(State(b): St, Path(path): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn get_resource(
+    State(b): St,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let rp = ResourcePath::parse(&path).map_err(|e| ApiError::NotFound(e.to_string()))?;
     let resource = rp.as_string();
     let bearer = headers
@@ -527,10 +484,7 @@ async fn get_resource(State(b): St, Path(path): Path<String>, headers: HeaderMap
     let policy = b.policy();
     if let Err(d) = policy.check_claims(&payload.cloak_claims) {
         deny_resource(&b, &resource, d.reason);
-        return Err(ApiError::Unauthorized(
-            "PolicyDeny",
-            format!("resource {resource} denied: {d}"),
-        ));
+        return Err(ApiError::Unauthorized("PolicyDeny", format!("resource {resource} denied: {d}")));
     }
     if !policy.is_released(&resource) {
         deny_resource(&b, &resource, Reason::NotReleased);
@@ -548,10 +502,7 @@ async fn get_resource(State(b): St, Path(path): Path<String>, headers: HeaderMap
     };
     let jwe = crate::jwe::encrypt(&payload.tee_pubkey, &data)
         .map_err(|e| ApiError::BadRequest(format!("cannot encrypt to the token's TEE key: {e}")))?;
-    b.metrics
-        .releases
-        .get_or_create(&ResourceLabels { resource })
-        .inc();
+    b.metrics.releases.get_or_create(&ResourceLabels { resource }).inc();
     Ok(axum::Json(jwe).into_response())
 }
 
@@ -569,10 +520,7 @@ fn check_admin(b: &Broker, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Whether the request asks for a create-only write (`If-None-Match: *`).
 fn create_only(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == "*")
+    headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "*")
 }
 
 /// `POST /kbs/v0/resource/...`: stores the body. With `If-None-Match: *` the write is
@@ -588,15 +536,18 @@ async fn put_resource(
     let store = b.store.clone();
     let rp2 = rp.clone();
     let create = create_only(&headers);
-    let written = tokio::task::spawn_blocking(move || {
-        if create {
-            store.create(&rp2, &body)
-        } else {
-            store.put(&rp2, &body)
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let written =
+        tokio::task::spawn_blocking(
+            move || {
+                if create {
+                    store.create(&rp2, &body)
+                } else {
+                    store.put(&rp2, &body)
+                }
+            },
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     match written {
         Ok(()) => {
             tracing::info!(resource = %rp, create_only = create, "resource stored");
@@ -614,18 +565,13 @@ pub const ADMIN_READ_ROUTE: &str = "/kbs/v0/admin/resource/{*path}";
 /// `GET /kbs/v0/admin/resource/...` (admin token): the stored bytes, for resources that
 /// match `admin_readable` only; 404 `ResourceNotFound` when absent, 403 when the
 /// resource is outside the readable patterns.
-async fn admin_read_resource(
-    State(b): St,
-    Path(path): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn admin_read_resource(State(b): St, Path(path): Path<String>, headers: HeaderMap) -> Response {
     let answer = admin_read(&b, &path, &headers).await;
     let mut resp = match answer {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    resp.headers_mut()
-        .insert(kbs::admin::ADMIN_READ_HEADER, HeaderValue::from_static("1"));
+    resp.headers_mut().insert(kbs::admin::ADMIN_READ_HEADER, HeaderValue::from_static("1"));
     resp
 }
 
@@ -633,11 +579,7 @@ async fn admin_read(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Respo
     check_admin(b, headers)?;
     let rp = ResourcePath::parse(path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let resource = rp.as_string();
-    if !b
-        .admin_readable
-        .iter()
-        .any(|p| crate::policy::pattern_matches(p, &resource))
-    {
+    if !b.admin_readable.iter().any(|p| crate::policy::pattern_matches(p, &resource)) {
         tracing::warn!(resource = %rp, "admin read refused: not admin-readable");
         return Err(ApiError::Forbidden(format!(
             "resource {resource} is not admin-readable: the broker's admin_readable patterns are {:?} \
@@ -649,10 +591,8 @@ async fn admin_read(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Respo
         Ok(data) => {
             tracing::info!(resource = %rp, "resource read back by the admin");
             let mut resp = Response::new(axum::body::Body::from(data.to_vec()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             Ok(resp)
         }
         Err(e @ StoreError::NotFound(_)) => Err(ApiError::NotFound(e.to_string())),
@@ -660,7 +600,11 @@ async fn admin_read(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Respo
     }
 }
 
-async fn delete_resource(State(b): St, Path(path): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn delete_resource(
+    State(b): St,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     check_admin(&b, &headers)?;
     let rp = ResourcePath::parse(&path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match b.store.delete(&rp) {
@@ -707,10 +651,7 @@ async fn set_policy(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Res
 }
 
 async fn metrics(State(b): St) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        b.metrics_text(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], b.metrics_text())
         .into_response()
 }
 
@@ -733,7 +674,9 @@ fn startup_notes(cfg: &ServeConfig) {
 }
 
 /// Binds and starts the broker; returns the bound address and the task serving it.
-pub async fn spawn(cfg: ServeConfig) -> Result<(SocketAddr, Arc<Broker>, tokio::task::JoinHandle<()>), ServeError> {
+pub async fn spawn(
+    cfg: ServeConfig,
+) -> Result<(SocketAddr, Arc<Broker>, tokio::task::JoinHandle<()>), ServeError> {
     startup_notes(&cfg);
     let broker = Broker::new(&cfg)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -104,9 +104,7 @@ impl AttestationCache {
             return None;
         }
         let m = self.map.lock().ok()?;
-        m.get(key)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, c)| c.clone())
+        m.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, c)| c.clone())
     }
 
     pub fn put(&self, key: [u8; 48], claims: Claims) {

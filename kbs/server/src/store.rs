@@ -43,9 +43,7 @@ impl ResourcePath {
         if parts.len() != 3 || !parts.iter().all(|s| valid_segment(s)) {
             return Err(StoreError::InvalidPath(path.chars().take(200).collect()));
         }
-        Ok(Self {
-            segments: [parts[0].into(), parts[1].into(), parts[2].into()],
-        })
+        Ok(Self { segments: [parts[0].into(), parts[1].into(), parts[2].into()] })
     }
 
     pub fn as_string(&self) -> String {
@@ -65,19 +63,13 @@ pub struct ResourceStore {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StoreError::Io { path: path.to_owned(), source }
 }
 
 /// `data` in a new, synced temporary file of `dir` (created if missing).
 fn synced_temp(dir: &Path, data: &[u8]) -> Result<tempfile::NamedTempFile, StoreError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io(dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io(dir))?;
     tmp.write_all(data).map_err(io(dir))?;
     tmp.as_file().sync_all().map_err(io(dir))?;
     Ok(tmp)
@@ -111,14 +103,9 @@ impl ResourceStore {
         let f = self.file(p);
         let dir = f.parent().unwrap_or(&self.root).to_owned();
         let tmp = synced_temp(&dir, data)?;
-        tmp.persist(&f).map_err(|e| StoreError::Io {
-            path: f.clone(),
-            source: e.error,
-        })?;
+        tmp.persist(&f).map_err(|e| StoreError::Io { path: f.clone(), source: e.error })?;
         // The rename is durable only once the directory entry is on disk.
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
         Ok(())
     }
 
@@ -138,9 +125,7 @@ impl ResourceStore {
             Err(e) => return Err(StoreError::Io { path: f, source: e }),
         }
         drop(tmp);
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
         Ok(())
     }
 
@@ -163,7 +148,9 @@ mod tests {
     fn segments_are_validated() {
         assert!(ResourcePath::parse("default/key/1").is_ok());
         assert!(ResourcePath::parse("default/key/v1.2").is_ok());
-        for bad in ["../key/1", "default/../1", "/default/key/1", "default/key", "a//b", "a/b/c/d", "a/b/.x", ""] {
+        for bad in
+            ["../key/1", "default/../1", "/default/key/1", "default/key", "a//b", "a/b/c/d", "a/b/.x", ""]
+        {
             assert!(ResourcePath::parse(bad).is_err(), "{bad}");
         }
     }

@@ -10,8 +10,8 @@
 //! third of the broker's CPU per attestation. Forging a token still needs the key.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use kbs_types::TeePubKey;
 use hmac::{Hmac, Mac};
+use kbs_types::TeePubKey;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Sha256;
@@ -179,10 +179,7 @@ mod tests {
 
     #[test]
     fn header_is_hs256_and_nothing_else_is_accepted() {
-        assert_eq!(
-            URL_SAFE_NO_PAD.decode(HEADER_B64).unwrap(),
-            br#"{"alg":"HS256","typ":"JWT"}"#
-        );
+        assert_eq!(URL_SAFE_NO_PAD.decode(HEADER_B64).unwrap(), br#"{"alg":"HS256","typ":"JWT"}"#);
         let s = TokenSigner::generate(60).unwrap();
         let (t, _) = s.issue(key(), Claims::Sample(SampleClaims { svn: "1".into() }), "p", "n").unwrap();
         let (_, rest) = t.split_once('.').unwrap();

@@ -52,7 +52,10 @@ async fn sample_denied_when_allow_false_and_reason_in_metrics() {
     assert_eq!(s, 401);
     assert!(v["detail"].as_str().unwrap().starts_with("sample_not_allowed"), "{v}");
     let m = b.metrics().await;
-    assert_eq!(metric(&m, "coco_attestation_failure_total", &["reason=\"sample_not_allowed\"", "pod=\"unknown\""]), 1);
+    assert_eq!(
+        metric(&m, "coco_attestation_failure_total", &["reason=\"sample_not_allowed\"", "pod=\"unknown\""]),
+        1
+    );
 }
 
 #[tokio::test]
@@ -131,7 +134,9 @@ async fn admin_api_refuses_bad_expired_missing_jwt_and_writes_nothing() {
             req = req.bearer_auth(t);
         }
         assert_eq!(req.send().await.unwrap().status(), 401, "{t:?}");
-        let mut req = http.post(format!("{}/kbs/v0/resource-policy", b.url)).json(&json!({"policy": "ZGVmYXVsdF9wb2xpY3k6IHt9"}));
+        let mut req = http
+            .post(format!("{}/kbs/v0/resource-policy", b.url))
+            .json(&json!({"policy": "ZGVmYXVsdF9wb2xpY3k6IHt9"}));
         if let Some(t) = t {
             req = req.bearer_auth(t);
         }
@@ -354,7 +359,9 @@ async fn tdx_quote_checked_against_policy() {
     let r = auth(&b.url, "sgx", json!({})).await;
     assert_eq!(r.attest(json!({})).await.0, 401);
     let text = b.metrics().await;
-    for reason in ["measurement_mismatch", "tcb_too_low", "debug_not_allowed", "malformed_evidence", "unsupported_tee"] {
+    for reason in
+        ["measurement_mismatch", "tcb_too_low", "debug_not_allowed", "malformed_evidence", "unsupported_tee"]
+    {
         assert!(
             metric(&text, "coco_attestation_failure_total", &[&format!("reason=\"{reason}\"")]) >= 1,
             "{reason}\n{text}"

@@ -85,10 +85,7 @@ async fn kbs_admin_client_set_policy_and_delete() {
     admin.put_resource(&uri, b"v").await.unwrap();
     admin.delete_resource(&uri).await.unwrap();
     assert!(!b.dir.path().join("resources/default/key/x").exists());
-    admin
-        .set_resource_policy(&SAMPLE_POLICY.replace("allow: true", "allow: false"))
-        .await
-        .unwrap();
+    admin.set_resource_policy(&SAMPLE_POLICY.replace("allow: true", "allow: false")).await.unwrap();
     assert!(!b.broker.policy().sample_allowed);
 }
 
@@ -126,9 +123,7 @@ async fn concurrent_create_only_writes_have_exactly_one_winner() {
     for i in 0..8u8 {
         let admin = kbs::AdminClient::new(&b.url, &pem).unwrap();
         let kid = kid.clone();
-        tasks.push(tokio::spawn(async move {
-            (i, admin.create_resource(&kid, &[i; 32]).await.unwrap())
-        }));
+        tasks.push(tokio::spawn(async move { (i, admin.create_resource(&kid, &[i; 32]).await.unwrap()) }));
     }
     let mut winners = Vec::new();
     for t in tasks {

@@ -28,11 +28,8 @@ fn find(name: &str, fallback: &str) -> Option<PathBuf> {
     if fallback.is_file() {
         return Some(fallback);
     }
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|c| c.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file()))
 }
 
 /// Locate a peer tool, or decide to skip (returns None after printing why).
@@ -41,7 +38,9 @@ pub fn peer(name: &str, fallback: &str) -> Option<PathBuf> {
         Some(p) => Some(p),
         None if required() => panic!("{name} is required (CLOAK_REQUIRE_PEERS is set) but was not found"),
         None => {
-            eprintln!("SKIP: {name} not found (install it, or set CLOAK_REQUIRE_PEERS=1 to make this a failure)");
+            eprintln!(
+                "SKIP: {name} not found (install it, or set CLOAK_REQUIRE_PEERS=1 to make this a failure)"
+            );
             None
         }
     }
@@ -63,10 +62,7 @@ impl Registry {
     /// A registry that requires HTTP basic auth for `user`/`pass`, or None (skip).
     pub fn start_with_basic_auth(user: &str, pass: &str) -> Option<Registry> {
         let htpasswd = peer("htpasswd", "/usr/bin/htpasswd")?;
-        let out = Command::new(htpasswd)
-            .args(["-Bbn", user, pass])
-            .output()
-            .expect("run htpasswd");
+        let out = Command::new(htpasswd).args(["-Bbn", user, pass]).output().expect("run htpasswd");
         assert!(out.status.success(), "htpasswd failed: {out:?}");
         Self::start_inner(Some(String::from_utf8(out.stdout).expect("utf8 htpasswd line")))
     }
@@ -80,10 +76,7 @@ impl Registry {
             Some(line) => {
                 let path = dir.path().join("htpasswd");
                 std::fs::write(&path, line).expect("write htpasswd");
-                format!(
-                    "auth:\n  htpasswd:\n    realm: cloak-test\n    path: {}\n",
-                    path.display()
-                )
+                format!("auth:\n  htpasswd:\n    realm: cloak-test\n    path: {}\n", path.display())
             }
             None => String::new(),
         };
@@ -128,12 +121,7 @@ impl Registry {
 
     /// Where the registry keeps the data of blob `hex` (sha256), for tamper tests.
     pub fn blob_data_path(&self, hex: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+        self.dir.path().join("data/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
 
     pub fn root(&self) -> &Path {

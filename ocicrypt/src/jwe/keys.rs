@@ -259,9 +259,9 @@ pub fn load_public_key(bytes: &[u8]) -> Result<PublicKey, KeyError> {
     let pkey = if let Some(label) = pem_label(bytes) {
         match label {
             "PUBLIC KEY" => PKey::public_key_from_pem(bytes).ok(),
-            "RSA PUBLIC KEY" => Rsa::public_key_from_pem_pkcs1(bytes)
-                .ok()
-                .and_then(|r| PKey::from_rsa(r).ok()),
+            "RSA PUBLIC KEY" => {
+                Rsa::public_key_from_pem_pkcs1(bytes).ok().and_then(|r| PKey::from_rsa(r).ok())
+            }
             "CERTIFICATE" | "TRUSTED CERTIFICATE" | "X509 CERTIFICATE" => {
                 X509::from_pem(bytes).ok().and_then(|c| c.public_key().ok())
             }
@@ -400,13 +400,8 @@ fn private_from_jwk(bytes: &[u8]) -> Result<PrivateKey, KeyError> {
     let pkey = match kty {
         "RSA" => {
             let (n, e, d) = (jwk_req(&m, "n")?, jwk_req(&m, "e")?, jwk_req(&m, "d")?);
-            let crt = (
-                jwk_bn(&m, "p")?,
-                jwk_bn(&m, "q")?,
-                jwk_bn(&m, "dp")?,
-                jwk_bn(&m, "dq")?,
-                jwk_bn(&m, "qi")?,
-            );
+            let crt =
+                (jwk_bn(&m, "p")?, jwk_bn(&m, "q")?, jwk_bn(&m, "dp")?, jwk_bn(&m, "dq")?, jwk_bn(&m, "qi")?);
             let rsa = match crt {
                 (Some(p), Some(q), Some(dp), Some(dq), Some(qi)) => {
                     Rsa::from_private_components(n, e, d, p, q, dp, dq, qi).map_err(ssl)?
@@ -429,7 +424,9 @@ fn private_from_jwk(bytes: &[u8]) -> Result<PrivateKey, KeyError> {
 }
 
 /// The base64url affine coordinates of an EC public key, padded to the field size.
-pub(crate) fn ec_coordinates(key: &EcKey<impl openssl::pkey::HasPublic>) -> Result<(&'static str, String, String), KeyError> {
+pub(crate) fn ec_coordinates(
+    key: &EcKey<impl openssl::pkey::HasPublic>,
+) -> Result<(&'static str, String, String), KeyError> {
     let group = key.group();
     let nid = group.curve_name();
     let crv = curve_name(nid).ok_or_else(|| KeyError::UnsupportedCurve("unnamed".into()))?;

@@ -151,7 +151,8 @@ fn aes_kw_unwrap(kek: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, Strin
     }
     let key = AesKey::new_decrypt(kek).map_err(|_| "bad key-wrap key length".to_owned())?;
     let mut out = Zeroizing::new(vec![0u8; wrapped.len() - 8]);
-    unwrap_key(&key, None, &mut out, wrapped).map_err(|_| "AES key unwrap failed (not this key)".to_owned())?;
+    unwrap_key(&key, None, &mut out, wrapped)
+        .map_err(|_| "AES key unwrap failed (not this key)".to_owned())?;
     Ok(out)
 }
 
@@ -192,8 +193,8 @@ impl JweWrapper {
 
         let mut headers = Vec::with_capacity(self.recipients.len());
         for (i, r) in self.recipients.iter().enumerate() {
-            let (header, ek) = wrap_cek(r, cek.as_ref())
-                .map_err(|e| JweError::Encrypt(format!("recipient {i}: {e}")))?;
+            let (header, ek) =
+                wrap_cek(r, cek.as_ref()).map_err(|e| JweError::Encrypt(format!("recipient {i}: {e}")))?;
             headers.push((header, ek));
         }
 
@@ -315,9 +316,7 @@ fn decode_protected(b64: &str) -> Result<Map<String, Value>, JweError> {
     if b64.is_empty() {
         return Ok(Map::new());
     }
-    let raw = B64U
-        .decode(b64.as_bytes())
-        .map_err(|_| malformed("protected header is not base64url"))?;
+    let raw = B64U.decode(b64.as_bytes()).map_err(|_| malformed("protected header is not base64url"))?;
     match serde_json::from_slice(&raw) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(malformed("protected header is not a JSON object")),
@@ -355,7 +354,9 @@ fn parse_compact(text: &str) -> Result<ParsedJwe, JweError> {
     let [protected_b64, ek, iv, ct, tag] = parts.as_slice() else {
         return Err(malformed(format!("compact form has {} parts, need 5", parts.len())));
     };
-    let dec = |name: &str, s: &str| B64U.decode(s.as_bytes()).map_err(|_| malformed(format!("{name} is not base64url")));
+    let dec = |name: &str, s: &str| {
+        B64U.decode(s.as_bytes()).map_err(|_| malformed(format!("{name} is not base64url")))
+    };
     let header = decode_protected(protected_b64)?;
     Ok(ParsedJwe {
         protected_b64: (*protected_b64).to_owned(),
@@ -391,9 +392,7 @@ fn parse_json(text: &str) -> Result<ParsedJwe, JweError> {
         Some(_) => return Err(malformed("\"aad\" is not a string")),
     };
     let req = |name: &str| -> Result<Vec<u8>, JweError> {
-        b64u_field(&top, name)
-            .map_err(malformed)?
-            .ok_or_else(|| malformed(format!("missing {name:?}")))
+        b64u_field(&top, name).map_err(malformed)?.ok_or_else(|| malformed(format!("missing {name:?}")))
     };
     let iv = req("iv")?;
     let ciphertext = req("ciphertext")?;
@@ -540,7 +539,12 @@ impl JweUnwrapper {
     }
 
     /// Recover the CEK of one recipient with one key.
-    fn unwrap_cek(&self, key: &PrivateKey, header: &Map<String, Value>, ek: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+    fn unwrap_cek(
+        &self,
+        key: &PrivateKey,
+        header: &Map<String, Value>,
+        ek: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
         let alg_name = str_header(header, "alg").ok_or("no \"alg\" header")?;
         let alg = KeyAlg::parse(alg_name).ok_or_else(|| format!("unsupported alg {alg_name:?}"))?;
         if alg.is_rsa() {
@@ -551,7 +555,9 @@ impl JweUnwrapper {
         }
         let ours = key.pkey.ec_key().map_err(|_| format!("{alg_name} needs an EC key, this key is RSA"))?;
         let epk = match header.get("epk") {
-            Some(Value::Object(m)) => keys::ec_public_from_jwk_value(m).map_err(|e| format!("bad \"epk\": {e}"))?,
+            Some(Value::Object(m)) => {
+                keys::ec_public_from_jwk_value(m).map_err(|e| format!("bad \"epk\": {e}"))?
+            }
             _ => return Err("no \"epk\" header".into()),
         };
         let theirs = epk.ec_key().map_err(ssl)?;
@@ -616,7 +622,11 @@ impl KeyUnwrapper for JweUnwrapper {
         scheme == SCHEME
     }
 
-    fn unwrap<'a>(&'a self, scheme: &'a str, wrapped: &'a [u8]) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, WrapError>> {
+    fn unwrap<'a>(
+        &'a self,
+        scheme: &'a str,
+        wrapped: &'a [u8],
+    ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, WrapError>> {
         Box::pin(async move {
             if scheme != SCHEME {
                 return Err(WrapError::Other(format!("the jwe unwrapper cannot open scheme {scheme:?}")));
@@ -634,8 +644,8 @@ mod tests {
     fn concat_kdf_rfc7518_appendix_c() {
         // RFC 7518 Appendix C: ECDH-ES direct, A128GCM, apu "Alice", apv "Bob".
         let z: [u8; 32] = [
-            158, 86, 217, 29, 129, 113, 53, 211, 114, 131, 66, 131, 191, 132, 38, 156, 251, 49, 110, 163, 218,
-            128, 106, 72, 246, 218, 167, 121, 140, 254, 144, 196,
+            158, 86, 217, 29, 129, 113, 53, 211, 114, 131, 66, 131, 191, 132, 38, 156, 251, 49, 110, 163,
+            218, 128, 106, 72, 246, 218, 167, 121, 140, 254, 144, 196,
         ];
         let k = concat_kdf(&z, "A128GCM", b"Alice", b"Bob", 16);
         assert_eq!(B64U.encode(k.as_slice()), "VqqN6vgjbSBcIijNcacQGg");

@@ -134,10 +134,7 @@ fn detect(opts: &AttesterOptions) -> Result<Detected, String> {
 /// `Auto` detects SNP or TDX; with neither it returns [`AttesterError::NoTee`].
 /// `Sample` without `opts.allow_sample` returns [`AttesterError::SampleNotAllowed`].
 /// `Snp` and `Tdx` check that their interface is present.
-pub fn make_attester(
-    kind: AttesterKind,
-    opts: &AttesterOptions,
-) -> Result<Arc<dyn Attester>, AttesterError> {
+pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<dyn Attester>, AttesterError> {
     match kind {
         AttesterKind::Sample => {
             if opts.allow_sample {
@@ -196,20 +193,11 @@ mod tests {
 
     #[test]
     fn kind_parses() {
-        assert_eq!(
-            "auto".parse::<AttesterKind>().ok(),
-            Some(AttesterKind::Auto)
-        );
+        assert_eq!("auto".parse::<AttesterKind>().ok(), Some(AttesterKind::Auto));
         assert_eq!("snp".parse::<AttesterKind>().ok(), Some(AttesterKind::Snp));
         assert_eq!("tdx".parse::<AttesterKind>().ok(), Some(AttesterKind::Tdx));
-        assert_eq!(
-            "sample".parse::<AttesterKind>().ok(),
-            Some(AttesterKind::Sample)
-        );
-        assert!(matches!(
-            "sev".parse::<AttesterKind>(),
-            Err(AttesterError::UnknownKind(_))
-        ));
+        assert_eq!("sample".parse::<AttesterKind>().ok(), Some(AttesterKind::Sample));
+        assert!(matches!("sev".parse::<AttesterKind>(), Err(AttesterError::UnknownKind(_))));
     }
 
     #[test]

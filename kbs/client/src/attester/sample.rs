@@ -24,10 +24,7 @@ impl Attester for SampleAttester {
         Tee::Sample
     }
 
-    fn evidence<'a>(
-        &'a self,
-        report_data: &'a [u8; 64],
-    ) -> BoxFuture<'a, Result<Value, AttesterError>> {
+    fn evidence<'a>(&'a self, report_data: &'a [u8; 64]) -> BoxFuture<'a, Result<Value, AttesterError>> {
         // Trustee's sample attester does not pad and its verifier compares the
         // exact 48-byte SHA-384, so send only the digest, not the padded field.
         let digest = &report_data[..RUNTIME_DATA_HASH_LEN];

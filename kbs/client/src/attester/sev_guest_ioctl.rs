@@ -42,20 +42,13 @@ const REPORT_OFFSET: usize = 32;
 
 /// Requests an attestation report at VMPL 0 binding `report_data`.
 pub(crate) fn get_report(device: &Path, report_data: &[u8; 64]) -> Result<Vec<u8>, AttesterError> {
-    let err = |reason: String| AttesterError::SevGuest {
-        path: device.display().to_string(),
-        reason,
-    };
+    let err = |reason: String| AttesterError::SevGuest { path: device.display().to_string(), reason };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(device)
         .map_err(|e| err(format!("cannot open: {e}")))?;
-    let req = SnpReportReq {
-        user_data: *report_data,
-        vmpl: 0,
-        rsvd: [0; 28],
-    };
+    let req = SnpReportReq { user_data: *report_data, vmpl: 0, rsvd: [0; 28] };
     let mut resp = Box::new(SnpReportResp { data: [0; 4000] });
     let mut ioctl_arg = SnpGuestRequestIoctl {
         msg_version: 1,
@@ -69,11 +62,7 @@ pub(crate) fn get_report(device: &Path, report_data: &[u8; 64]) -> Result<Vec<u8
     // sized (#[repr(C)] copies of the kernel structs) and not otherwise borrowed
     // until the call returns. The kernel writes only into `resp` and `ioctl_arg`.
     let rc = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            SNP_GET_REPORT as _,
-            &mut ioctl_arg as *mut SnpGuestRequestIoctl,
-        )
+        libc::ioctl(file.as_raw_fd(), SNP_GET_REPORT as _, &mut ioctl_arg as *mut SnpGuestRequestIoctl)
     };
     if rc != 0 {
         let os = std::io::Error::last_os_error();
@@ -86,8 +75,7 @@ pub(crate) fn get_report(device: &Path, report_data: &[u8; 64]) -> Result<Vec<u8
     if status != 0 {
         return Err(err(format!("firmware returned status 0x{status:x}")));
     }
-    let size =
-        u32::from_le_bytes([resp.data[4], resp.data[5], resp.data[6], resp.data[7]]) as usize;
+    let size = u32::from_le_bytes([resp.data[4], resp.data[5], resp.data[6], resp.data[7]]) as usize;
     let len = size.min(SNP_REPORT_LEN);
     resp.data
         .get(REPORT_OFFSET..REPORT_OFFSET + len)

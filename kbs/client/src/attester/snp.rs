@@ -69,10 +69,7 @@ impl Attester for SnpAttester {
         Tee::Snp
     }
 
-    fn evidence<'a>(
-        &'a self,
-        report_data: &'a [u8; 64],
-    ) -> BoxFuture<'a, Result<Value, AttesterError>> {
+    fn evidence<'a>(&'a self, report_data: &'a [u8; 64]) -> BoxFuture<'a, Result<Value, AttesterError>> {
         let this = self.clone();
         let rd = *report_data;
         super::collect_blocking("SNP", move || this.collect(&rd))
@@ -135,11 +132,7 @@ pub fn parse_cert_table(table: &[u8]) -> Result<Vec<CertEntry>, AttesterError> {
             .filter(|&e| e <= table.len())
             .ok_or_else(|| bad(format!("certificate at {off}+{len} outside the table")))?;
         let guid = guid_text(&g);
-        out.push(CertEntry {
-            cert_type: cert_type(&guid),
-            guid,
-            data: table[off..end].to_vec(),
-        });
+        out.push(CertEntry { cert_type: cert_type(&guid), guid, data: table[off..end].to_vec() });
         at += 24;
     }
 }

@@ -26,9 +26,7 @@ impl TdxAttester {
 
     fn collect(&self, report_data: &[u8; 64]) -> Result<Value, AttesterError> {
         let r = tsm::get_report(&self.tsm_root, "tdx_guest", report_data, None)?;
-        let ccel = std::fs::read(CCEL_PATH)
-            .ok()
-            .map(|b| BASE64_STANDARD.encode(b));
+        let ccel = std::fs::read(CCEL_PATH).ok().map(|b| BASE64_STANDARD.encode(b));
         Ok(json!({
             "cc_eventlog": ccel,
             "quote": BASE64_STANDARD.encode(&r.outblob),
@@ -41,10 +39,7 @@ impl Attester for TdxAttester {
         Tee::Tdx
     }
 
-    fn evidence<'a>(
-        &'a self,
-        report_data: &'a [u8; 64],
-    ) -> BoxFuture<'a, Result<Value, AttesterError>> {
+    fn evidence<'a>(&'a self, report_data: &'a [u8; 64]) -> BoxFuture<'a, Result<Value, AttesterError>> {
         let this = self.clone();
         let rd = *report_data;
         super::collect_blocking("TDX", move || this.collect(&rd))

@@ -22,11 +22,7 @@ struct Slot {
 
 impl Slot {
     fn create(root: &Path) -> Result<Slot, String> {
-        let name = format!(
-            "cloak-{}-{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
+        let name = format!("cloak-{}-{:016x}", std::process::id(), rand::random::<u64>());
         let dir = root.join(name);
         fs::create_dir(&dir).map_err(|e| format!("cannot create a report entry: {e}"))?;
         Ok(Slot { dir })
@@ -61,18 +57,13 @@ pub(crate) fn probe_provider(root: &Path) -> Result<String, String> {
 }
 
 fn tsm_err(root: &Path, reason: impl Into<String>) -> AttesterError {
-    AttesterError::Tsm {
-        path: root.display().to_string(),
-        reason: reason.into(),
-    }
+    AttesterError::Tsm { path: root.display().to_string(), reason: reason.into() }
 }
 
 fn read_generation(slot: &Slot) -> Result<u64, String> {
     let s = fs::read_to_string(slot.dir.join("generation"))
         .map_err(|e| format!("cannot read generation: {e}"))?;
-    s.trim()
-        .parse::<u64>()
-        .map_err(|_| format!("generation {:?} is not a number", s.trim()))
+    s.trim().parse::<u64>().map_err(|_| format!("generation {:?} is not a number", s.trim()))
 }
 
 /// Requests one report from `provider` binding `report_data`. `privlevel` is
@@ -86,10 +77,7 @@ pub(crate) fn get_report(
     let slot = Slot::create(root).map_err(|e| tsm_err(root, e))?;
     let provider = slot.read_provider().map_err(|e| tsm_err(root, e))?;
     if provider != expected_provider {
-        return Err(tsm_err(
-            root,
-            format!("provider is {provider:?}, expected {expected_provider:?}"),
-        ));
+        return Err(tsm_err(root, format!("provider is {provider:?}, expected {expected_provider:?}")));
     }
     if let Some(level) = privlevel {
         fs::write(slot.dir.join("privlevel"), level.to_string())
@@ -97,8 +85,8 @@ pub(crate) fn get_report(
     }
     fs::write(slot.dir.join("inblob"), report_data)
         .map_err(|e| tsm_err(root, format!("cannot write inblob: {e}")))?;
-    let outblob = fs::read(slot.dir.join("outblob"))
-        .map_err(|e| tsm_err(root, format!("cannot read outblob: {e}")))?;
+    let outblob =
+        fs::read(slot.dir.join("outblob")).map_err(|e| tsm_err(root, format!("cannot read outblob: {e}")))?;
     let auxblob = match fs::read(slot.dir.join("auxblob")) {
         Ok(b) if !b.is_empty() => Some(b),
         _ => None,

@@ -99,9 +99,7 @@ impl Curve {
         };
         // A failure here is an OpenSSL without the curve: it will not start working
         // later, so it is remembered like a success.
-        cell.get_or_init(|| build().ok())
-            .as_ref()
-            .ok_or_else(|| EcdhError::Crypto(ErrorStack::get()))
+        cell.get_or_init(|| build().ok()).as_ref().ok_or_else(|| EcdhError::Crypto(ErrorStack::get()))
     }
 
     /// The curve's group (built once per process).
@@ -123,8 +121,7 @@ impl Curve {
         let group = self.group()?;
         let mut ctx = BigNumContext::new()?;
         let (mut x, mut y) = (BigNum::new()?, BigNum::new()?);
-        key.public_key()
-            .affine_coordinates(group, &mut x, &mut y, &mut ctx)?;
+        key.public_key().affine_coordinates(group, &mut x, &mut y, &mut ctx)?;
         let len = self.coordinate_len() as i32;
         Ok((x.to_vec_padded(len)?, y.to_vec_padded(len)?))
     }
@@ -133,17 +130,13 @@ impl Curve {
     pub fn peer_point(self, x: &[u8], y: &[u8]) -> Result<EcPoint, EcdhError> {
         let len = self.coordinate_len();
         if x.len() != len || y.len() != len {
-            return Err(EcdhError::InvalidPoint(
-                "coordinate length does not match the curve",
-            ));
+            return Err(EcdhError::InvalidPoint("coordinate length does not match the curve"));
         }
         let data = self.data()?;
         let (bx, by) = (BigNum::from_slice(x)?, BigNum::from_slice(y)?);
         // OpenSSL reduces coordinates mod p silently; a value >= p is an alias, refuse it.
         if bx >= data.p || by >= data.p {
-            return Err(EcdhError::InvalidPoint(
-                "coordinate is not below the field prime",
-            ));
+            return Err(EcdhError::InvalidPoint("coordinate is not below the field prime"));
         }
         let mut ctx = BigNumContext::new()?;
         let mut point = EcPoint::new(&data.group)?;
@@ -222,10 +215,7 @@ mod tests {
         assert!(c.peer_point(&x, &y[..31]).is_err());
         // Off the curve.
         y[31] ^= 1;
-        assert!(matches!(
-            c.peer_point(&x, &y),
-            Err(EcdhError::InvalidPoint(_))
-        ));
+        assert!(matches!(c.peer_point(&x, &y), Err(EcdhError::InvalidPoint(_))));
         // x + p is an alias of x that OpenSSL would reduce silently.
         let (_, y) = c.public_coordinates(&k).unwrap();
         let mut p = BigNum::new().unwrap();
@@ -235,8 +225,7 @@ mod tests {
             .components_gfp(&mut p, &mut a, &mut b, &mut BigNumContext::new().unwrap())
             .unwrap();
         let mut big = BigNum::new().unwrap();
-        big.checked_add(&BigNum::from_slice(&x).unwrap(), &p)
-            .unwrap();
+        big.checked_add(&BigNum::from_slice(&x).unwrap(), &p).unwrap();
         let big = big.to_vec();
         if big.len() == 32 {
             assert!(c.peer_point(&big, &y).is_err());

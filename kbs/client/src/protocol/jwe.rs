@@ -69,8 +69,7 @@ fn write_sorted(v: &Value, out: &mut String) -> Result<(), ProtocolError> {
 }
 
 fn json_scalar(v: &Value) -> Result<String, ProtocolError> {
-    serde_json::to_string(v)
-        .map_err(|e| ProtocolError::Crypto(format!("cannot serialise header: {e}")))
+    serde_json::to_string(v).map_err(|e| ProtocolError::Crypto(format!("cannot serialise header: {e}")))
 }
 
 /// The AAD Trustee uses: base64url (no padding) of the re-serialised header.
@@ -98,21 +97,13 @@ fn crypto(e: impl std::fmt::Display) -> ProtocolError {
 }
 
 /// Decrypts a resource answer with the TEE key it was encrypted to.
-pub fn decrypt_response(
-    key: &TeeKeyPair,
-    resp: &Response,
-) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
+pub fn decrypt_response(key: &TeeKeyPair, resp: &Response) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
     let h = &resp.protected;
     if h.enc != "A256GCM" {
-        return Err(ProtocolError::Unsupported {
-            what: "JWE enc",
-            value: h.enc.clone(),
-        });
+        return Err(ProtocolError::Unsupported { what: "JWE enc", value: h.enc.clone() });
     }
     let cek = match (h.alg.as_str(), key.kind()) {
-        ("ECDH-ES+A256KW", TeeKeyKind::EcP256) => {
-            unwrap_ecdh_es_a256kw(key, h, &resp.encrypted_key)?
-        }
+        ("ECDH-ES+A256KW", TeeKeyKind::EcP256) => unwrap_ecdh_es_a256kw(key, h, &resp.encrypted_key)?,
         ("RSA-OAEP-256", TeeKeyKind::Rsa) => unwrap_rsa(key, &resp.encrypted_key, true)?,
         ("RSA1_5", TeeKeyKind::Rsa) => unwrap_rsa(key, &resp.encrypted_key, false)?,
         (alg, kind) => {
@@ -129,40 +120,21 @@ pub fn decrypt_response(
         )));
     }
     if resp.iv.len() != GCM_IV_LEN {
-        return Err(malformed(
-            "JWE iv",
-            format!("{} bytes, expected {GCM_IV_LEN}", resp.iv.len()),
-        ));
+        return Err(malformed("JWE iv", format!("{} bytes, expected {GCM_IV_LEN}", resp.iv.len())));
     }
     if resp.tag.len() != GCM_TAG_LEN {
-        return Err(malformed(
-            "JWE tag",
-            format!("{} bytes, expected {GCM_TAG_LEN}", resp.tag.len()),
-        ));
+        return Err(malformed("JWE tag", format!("{} bytes, expected {GCM_TAG_LEN}", resp.tag.len())));
     }
     let aad = trustee_aad(h)?;
-    let plain = decrypt_aead(
-        Cipher::aes_256_gcm(),
-        &cek,
-        Some(&resp.iv),
-        &aad,
-        &resp.ciphertext,
-        &resp.tag,
-    )
-    .map_err(|_| {
-        ProtocolError::Decrypt("AES-256-GCM tag mismatch (tampered answer or wrong key)".into())
-    })?;
+    let plain = decrypt_aead(Cipher::aes_256_gcm(), &cek, Some(&resp.iv), &aad, &resp.ciphertext, &resp.tag)
+        .map_err(|_| {
+            ProtocolError::Decrypt("AES-256-GCM tag mismatch (tampered answer or wrong key)".into())
+        })?;
     Ok(Zeroizing::new(plain))
 }
 
-fn unwrap_rsa(
-    key: &TeeKeyPair,
-    wrapped: &[u8],
-    oaep256: bool,
-) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-    let pkey = key
-        .rsa_pkey()
-        .ok_or_else(|| crypto("RSA unwrap with a non-RSA TEE key"))?;
+fn unwrap_rsa(key: &TeeKeyPair, wrapped: &[u8], oaep256: bool) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
+    let pkey = key.rsa_pkey().ok_or_else(|| crypto("RSA unwrap with a non-RSA TEE key"))?;
     let mut d = Decrypter::new(pkey).map_err(crypto)?;
     if oaep256 {
         d.set_rsa_padding(Padding::PKCS1_OAEP).map_err(crypto)?;
@@ -173,20 +145,15 @@ fn unwrap_rsa(
     }
     let len = d.decrypt_len(wrapped).map_err(crypto)?;
     let mut out = Zeroizing::new(vec![0u8; len]);
-    let n = d
-        .decrypt(wrapped, &mut out)
-        .map_err(|_| ProtocolError::Decrypt("RSA key unwrap failed".into()))?;
+    let n =
+        d.decrypt(wrapped, &mut out).map_err(|_| ProtocolError::Decrypt("RSA key unwrap failed".into()))?;
     out.truncate(n);
     Ok(out)
 }
 
 fn b64_field(v: Option<&Value>, what: &'static str) -> Result<Vec<u8>, ProtocolError> {
-    let s = v
-        .and_then(Value::as_str)
-        .ok_or_else(|| malformed(what, "missing or not a string"))?;
-    BASE64_URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|e| malformed(what, e))
+    let s = v.and_then(Value::as_str).ok_or_else(|| malformed(what, "missing or not a string"))?;
+    BASE64_URL_SAFE_NO_PAD.decode(s).map_err(|e| malformed(what, e))
 }
 
 fn unwrap_ecdh_es_a256kw(
@@ -194,10 +161,7 @@ fn unwrap_ecdh_es_a256kw(
     h: &ProtectedHeader,
     wrapped: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
-    let epk = h
-        .other_fields
-        .get("epk")
-        .ok_or_else(|| malformed("JWE header", "ECDH-ES without epk"))?;
+    let epk = h.other_fields.get("epk").ok_or_else(|| malformed("JWE header", "ECDH-ES without epk"))?;
     if epk.get("kty").and_then(Value::as_str) != Some("EC") {
         return Err(malformed("JWE epk", "kty is not EC"));
     }
@@ -214,23 +178,15 @@ fn unwrap_ecdh_es_a256kw(
         return Err(malformed("JWE epk", "P-256 coordinates must be 32 bytes"));
     }
     // Rejects points not on the curve (invalid-curve attacks on our private key).
-    let peer = Curve::P256
-        .peer_point(&x, &y)
-        .map_err(|e| malformed("JWE epk", e))?;
-    let own = key
-        .ec_key()
-        .ok_or_else(|| crypto("ECDH with a non-EC TEE key"))?;
+    let peer = Curve::P256.peer_point(&x, &y).map_err(|e| malformed("JWE epk", e))?;
+    let own = key.ec_key().ok_or_else(|| crypto("ECDH with a non-EC TEE key"))?;
     let z = Curve::P256.shared_secret(own, &peer).map_err(crypto)?;
 
     let kek = concat_kdf_a256kw(&z);
     if wrapped.len() != CEK_LEN + 8 {
         return Err(malformed(
             "JWE encrypted_key",
-            format!(
-                "{} bytes, expected {} for A256KW",
-                wrapped.len(),
-                CEK_LEN + 8
-            ),
+            format!("{} bytes, expected {} for A256KW", wrapped.len(), CEK_LEN + 8),
         ));
     }
     let aes = AesKey::new_decrypt(&kek[..]).map_err(|_| crypto("bad AES-KW key"))?;
@@ -285,19 +241,14 @@ mod tests {
     }
 
     fn header(alg: &str, other: serde_json::Map<String, Value>) -> ProtectedHeader {
-        ProtectedHeader {
-            alg: alg.into(),
-            enc: "A256GCM".into(),
-            other_fields: other,
-        }
+        ProtectedHeader { alg: alg.into(), enc: "A256GCM".into(), other_fields: other }
     }
 
     fn seal(h: ProtectedHeader, encrypted_key: Vec<u8>, cek: &[u8], plain: &[u8]) -> Response {
         let iv: [u8; 12] = rand::random();
         let aad = trustee_aad(&h).unwrap();
         let mut tag = [0u8; 16];
-        let ct =
-            encrypt_aead(Cipher::aes_256_gcm(), cek, Some(&iv), &aad, plain, &mut tag).unwrap();
+        let ct = encrypt_aead(Cipher::aes_256_gcm(), cek, Some(&iv), &aad, plain, &mut tag).unwrap();
         Response {
             protected: h,
             encrypted_key,
@@ -309,9 +260,7 @@ mod tests {
     }
 
     fn ec_public(jwk: &TeePubKey) -> PKey<Public> {
-        let TeePubKey::EC { x, y, .. } = jwk else {
-            panic!("not EC")
-        };
+        let TeePubKey::EC { x, y, .. } = jwk else { panic!("not EC") };
         let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
         let k = EcKey::from_public_key_affine_coordinates(
             &group,
@@ -323,9 +272,7 @@ mod tests {
     }
 
     fn rsa_public(jwk: &TeePubKey) -> PKey<Public> {
-        let TeePubKey::RSA { k_mod, k_exp, .. } = jwk else {
-            panic!("not RSA")
-        };
+        let TeePubKey::RSA { k_mod, k_exp, .. } = jwk else { panic!("not RSA") };
         let rsa = Rsa::from_public_components(
             BigNum::from_slice(&unb64(k_mod)).unwrap(),
             BigNum::from_slice(&unb64(k_exp)).unwrap(),
@@ -347,13 +294,7 @@ mod tests {
         let kek = concat_kdf_a256kw(&z);
         let cek: [u8; 32] = rand::random();
         let mut wrapped = vec![0u8; 40];
-        wrap_key(
-            &AesKey::new_encrypt(&kek[..]).unwrap(),
-            None,
-            &mut wrapped,
-            &cek,
-        )
-        .unwrap();
+        wrap_key(&AesKey::new_encrypt(&kek[..]).unwrap(), None, &mut wrapped, &cek).unwrap();
         let ec = eph.ec_key().unwrap();
         let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
         ec.public_key()
@@ -400,11 +341,7 @@ mod tests {
     #[test]
     fn rsa_oaep_256_round_trip() {
         let key = TeeKeyPair::generate(TeeKeyKind::Rsa).unwrap();
-        let r = over_the_wire(&server_rsa(
-            &key.public_jwk().unwrap(),
-            "RSA-OAEP-256",
-            SECRET,
-        ));
+        let r = over_the_wire(&server_rsa(&key.public_jwk().unwrap(), "RSA-OAEP-256", SECRET));
         assert_eq!(&decrypt_response(&key, &r).unwrap()[..], SECRET);
     }
 
@@ -456,10 +393,7 @@ mod tests {
     fn aad_is_trustees_reserialised_header() {
         let mut other = serde_json::Map::new();
         other.insert("zip".into(), json!("DEF"));
-        other.insert(
-            "epk".into(),
-            json!({"y":"Y","x":"X","kty":"EC","crv":"P-256"}),
-        );
+        other.insert("epk".into(), json!({"y":"Y","x":"X","kty":"EC","crv":"P-256"}));
         let h = header("ECDH-ES+A256KW", other);
         let want = r#"{"alg":"ECDH-ES+A256KW","enc":"A256GCM","epk":{"crv":"P-256","kty":"EC","x":"X","y":"Y"},"zip":"DEF"}"#;
         assert_eq!(trustee_aad(&h).unwrap(), b64(want.as_bytes()).into_bytes());
@@ -469,10 +403,7 @@ mod tests {
             b64(br#"{"zip":"DEF","epk":{"x":"X","y":"Y","crv":"P-256","kty":"EC"},"enc":"A256GCM","alg":"ECDH-ES+A256KW"}"#)
         );
         let r = parse_response(wire.as_bytes()).unwrap();
-        assert_eq!(
-            trustee_aad(&r.protected).unwrap(),
-            b64(want.as_bytes()).into_bytes()
-        );
+        assert_eq!(trustee_aad(&r.protected).unwrap(), b64(want.as_bytes()).into_bytes());
     }
 
     #[test]
@@ -483,50 +414,28 @@ mod tests {
 
         let mut r = good.clone();
         r.tag[0] ^= 1;
-        assert!(matches!(
-            decrypt_response(&key, &r),
-            Err(ProtocolError::Decrypt(_))
-        ));
+        assert!(matches!(decrypt_response(&key, &r), Err(ProtocolError::Decrypt(_))));
         let mut r = good.clone();
         r.ciphertext[0] ^= 1;
-        assert!(matches!(
-            decrypt_response(&key, &r),
-            Err(ProtocolError::Decrypt(_))
-        ));
+        assert!(matches!(decrypt_response(&key, &r), Err(ProtocolError::Decrypt(_))));
         let mut r = good.clone();
         r.encrypted_key[3] ^= 1;
-        assert!(matches!(
-            decrypt_response(&key, &r),
-            Err(ProtocolError::Decrypt(_))
-        ));
+        assert!(matches!(decrypt_response(&key, &r), Err(ProtocolError::Decrypt(_))));
         // A header changed after sealing changes the AAD.
         let mut r = good.clone();
         r.protected.other_fields.insert("kid".into(), json!("x"));
-        assert!(matches!(
-            decrypt_response(&key, &r),
-            Err(ProtocolError::Decrypt(_))
-        ));
+        assert!(matches!(decrypt_response(&key, &r), Err(ProtocolError::Decrypt(_))));
         let mut r = good.clone();
         r.iv.pop();
-        assert!(matches!(
-            decrypt_response(&key, &r),
-            Err(ProtocolError::Malformed { .. })
-        ));
+        assert!(matches!(decrypt_response(&key, &r), Err(ProtocolError::Malformed { .. })));
         let mut r = good.clone();
         r.protected.enc = "A128GCM".into();
-        assert!(matches!(
-            decrypt_response(&key, &r),
-            Err(ProtocolError::Unsupported { .. })
-        ));
+        assert!(matches!(decrypt_response(&key, &r), Err(ProtocolError::Unsupported { .. })));
         let mut r = good.clone();
-        r.protected.other_fields.insert(
-            "epk".into(),
-            json!({"kty":"EC","crv":"P-256","x":b64(&[1u8;32]),"y":b64(&[2u8;32])}),
-        );
-        assert!(matches!(
-            decrypt_response(&key, &r),
-            Err(ProtocolError::Malformed { .. })
-        ));
+        r.protected
+            .other_fields
+            .insert("epk".into(), json!({"kty":"EC","crv":"P-256","x":b64(&[1u8;32]),"y":b64(&[2u8;32])}));
+        assert!(matches!(decrypt_response(&key, &r), Err(ProtocolError::Malformed { .. })));
 
         // Someone else's key cannot open it.
         let other = TeeKeyPair::generate(TeeKeyKind::EcP256).unwrap();
@@ -534,17 +443,11 @@ mod tests {
         // An RSA answer to an EC key is refused, not attempted.
         let rsa = TeeKeyPair::generate(TeeKeyKind::Rsa).unwrap();
         let r = server_rsa(&rsa.public_jwk().unwrap(), "RSA-OAEP-256", SECRET);
-        assert!(matches!(
-            decrypt_response(&key, &r),
-            Err(ProtocolError::Unsupported { .. })
-        ));
+        assert!(matches!(decrypt_response(&key, &r), Err(ProtocolError::Unsupported { .. })));
         // Plain RSA-OAEP (SHA-1) is not accepted.
         let mut r = r;
         r.protected.alg = "RSA-OAEP".into();
-        assert!(matches!(
-            decrypt_response(&rsa, &r),
-            Err(ProtocolError::Unsupported { .. })
-        ));
+        assert!(matches!(decrypt_response(&rsa, &r), Err(ProtocolError::Unsupported { .. })));
     }
 
     #[test]
@@ -556,11 +459,7 @@ mod tests {
             br#"{"protected":"!!","encrypted_key":"","iv":"","ciphertext":"","tag":""}"#,
             br#"{"protected":"e30","encrypted_key":"","iv":"","ciphertext":"","tag":""}"#,
         ] {
-            assert!(
-                parse_response(body).is_err(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(parse_response(body).is_err(), "{}", String::from_utf8_lossy(body));
         }
     }
 }

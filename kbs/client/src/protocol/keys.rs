@@ -56,9 +56,9 @@ impl TeeKeyPair {
     pub fn generate(kind: TeeKeyKind) -> Result<Self, ProtocolError> {
         let secret = match kind {
             TeeKeyKind::EcP256 => Secret::Ec(Curve::P256.generate().map_err(crypto)?),
-            TeeKeyKind::Rsa => Secret::Rsa(
-                PKey::from_rsa(Rsa::generate(RSA_BITS).map_err(crypto)?).map_err(crypto)?,
-            ),
+            TeeKeyKind::Rsa => {
+                Secret::Rsa(PKey::from_rsa(Rsa::generate(RSA_BITS).map_err(crypto)?).map_err(crypto)?)
+            }
         };
         Ok(TeeKeyPair { kind, secret })
     }

@@ -43,10 +43,7 @@ pub enum ProtocolError {
 }
 
 pub(crate) fn malformed(what: &'static str, reason: impl ToString) -> ProtocolError {
-    ProtocolError::Malformed {
-        what,
-        reason: reason.to_string(),
-    }
+    ProtocolError::Malformed { what, reason: reason.to_string() }
 }
 
 /// The `/auth` request body. `extra` (an object, or null) is merged into
@@ -63,11 +60,7 @@ pub fn build_request(tee: Tee, extra: &Value) -> Request {
             }
         }
     }
-    Request {
-        version: KBS_PROTOCOL_VERSION.to_owned(),
-        tee,
-        extra_params: Value::Object(params),
-    }
+    Request { version: KBS_PROTOCOL_VERSION.to_owned(), tee, extra_params: Value::Object(params) }
 }
 
 /// Parses the `/auth` answer and checks the nonce and the selected hash.
@@ -91,11 +84,7 @@ pub fn parse_challenge(body: &[u8]) -> Result<Challenge, ProtocolError> {
 }
 
 /// The JSON object whose canonical form is hashed into report_data (protocol 0.4.0).
-pub fn runtime_data_object(
-    nonce: &str,
-    tee_pubkey: &TeePubKey,
-    additional_evidence: &str,
-) -> Value {
+pub fn runtime_data_object(nonce: &str, tee_pubkey: &TeePubKey, additional_evidence: &str) -> Value {
     json!({
         "tee-pubkey": tee_pubkey,
         "nonce": nonce,
@@ -126,14 +115,8 @@ pub fn report_data(digest: &[u8; RUNTIME_DATA_HASH_LEN]) -> [u8; 64] {
 pub fn build_attestation(nonce: &str, tee_pubkey: TeePubKey, evidence: Value) -> Attestation {
     Attestation {
         init_data: None,
-        runtime_data: RuntimeData {
-            nonce: nonce.to_owned(),
-            tee_pubkey,
-        },
-        tee_evidence: CompositeEvidence {
-            primary_evidence: evidence,
-            additional_evidence: String::new(),
-        },
+        runtime_data: RuntimeData { nonce: nonce.to_owned(), tee_pubkey },
+        tee_evidence: CompositeEvidence { primary_evidence: evidence, additional_evidence: String::new() },
     }
 }
 
@@ -143,8 +126,7 @@ pub fn parse_attest_response(body: &[u8]) -> Result<Token, ProtocolError> {
     struct TokenAnswer {
         token: String,
     }
-    let t: TokenAnswer =
-        serde_json::from_slice(body).map_err(|e| malformed("attestation answer", e))?;
+    let t: TokenAnswer = serde_json::from_slice(body).map_err(|e| malformed("attestation answer", e))?;
     Token::parse(t.token)
 }
 
@@ -170,10 +152,7 @@ mod tests {
     fn runtime_data_hash_matches_hand_derived_vector() {
         let canon = br#"{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"AAAA","y":"BBBB"}}"#;
         let obj = runtime_data_object("bm9uY2U=", &ec_key(), "");
-        assert_eq!(
-            serde_json_canonicalizer::to_vec(&obj).unwrap(),
-            canon.to_vec()
-        );
+        assert_eq!(serde_json_canonicalizer::to_vec(&obj).unwrap(), canon.to_vec());
         let d = runtime_data_digest("bm9uY2U=", &ec_key(), "").unwrap();
         assert_eq!(hex::encode(d), HAND_VECTOR_SHA384);
         let rd = report_data(&d);
@@ -181,7 +160,8 @@ mod tests {
         assert_eq!(&rd[48..], &[0u8; 16]);
     }
 
-    const HAND_VECTOR_SHA384: &str = "d20490d30e5f16cba693abc1ca3c31ed977d2722d0adf01a980972d16913dc38f103c1f12abf477df0523af2b12e4b43";
+    const HAND_VECTOR_SHA384: &str =
+        "d20490d30e5f16cba693abc1ca3c31ed977d2722d0adf01a980972d16913dc38f103c1f12abf477df0523af2b12e4b43";
 
     #[test]
     fn runtime_data_hash_changes_with_every_field() {
@@ -204,10 +184,7 @@ mod tests {
         assert_eq!(v["version"], "0.4.0");
         assert_eq!(v["tee"], "sample");
         assert_eq!(v["extra-params"]["pod"], "p1");
-        assert_eq!(
-            v["extra-params"]["supported-hash-algorithms"],
-            json!(["sha384"])
-        );
+        assert_eq!(v["extra-params"]["supported-hash-algorithms"], json!(["sha384"]));
         let r = build_request(Tee::Snp, &Value::Null);
         assert_eq!(serde_json::to_value(&r).unwrap()["tee"], "snp");
     }
@@ -220,15 +197,12 @@ mod tests {
         assert!(parse_challenge(b"not json").is_err());
         assert!(parse_challenge(br#"{"extra-params":""}"#).is_err());
         assert!(matches!(
-            parse_challenge(
-                br#"{"nonce":"a","extra-params":{"selected-hash-algorithm":"sha512"}}"#
-            ),
+            parse_challenge(br#"{"nonce":"a","extra-params":{"selected-hash-algorithm":"sha512"}}"#),
             Err(ProtocolError::Unsupported { .. })
         ));
-        assert!(parse_challenge(
-            br#"{"nonce":"a","extra-params":{"selected-hash-algorithm":"sha384"}}"#
-        )
-        .is_ok());
+        assert!(
+            parse_challenge(br#"{"nonce":"a","extra-params":{"selected-hash-algorithm":"sha384"}}"#).is_ok()
+        );
     }
 
     #[test]

@@ -36,10 +36,7 @@ impl Token {
         let (Some(_header), Some(payload), Some(_sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(malformed(
-                "token",
-                "not a compact JWT (three dot-separated parts)",
-            ));
+            return Err(malformed("token", "not a compact JWT (three dot-separated parts)"));
         };
         let raw = BASE64_URL_SAFE_NO_PAD
             .decode(payload.trim_end_matches('='))

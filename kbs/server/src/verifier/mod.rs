@@ -26,10 +26,7 @@ pub fn verify(
         Tee::Sample => sample::verify(evidence, expected_report_data).map(Claims::Sample),
         Tee::Snp => snp::verify(evidence, expected_report_data, snp_trust).map(Claims::Snp),
         Tee::Tdx => tdx::verify(evidence, expected_report_data).map(Claims::Tdx),
-        other => Err(Denial::new(
-            Reason::UnsupportedTee,
-            format!("no verifier for TEE {other}"),
-        )),
+        other => Err(Denial::new(Reason::UnsupportedTee, format!("no verifier for TEE {other}"))),
     }
 }
 
@@ -57,10 +54,7 @@ pub(crate) fn json_bytes(v: &Value) -> Option<Vec<u8>> {
                 .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(s))
                 .ok()
         }
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_u64().and_then(|n| u8::try_from(n).ok()))
-            .collect(),
+        Value::Array(a) => a.iter().map(|x| x.as_u64().and_then(|n| u8::try_from(n).ok())).collect(),
         _ => None,
     }
 }

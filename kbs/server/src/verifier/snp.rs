@@ -103,12 +103,7 @@ impl Report {
             report_data: arr(b, 0x50),
             measurement: arr(b, 0x90),
             host_data: arr(b, 0xC0),
-            reported_tcb: SnpTcb {
-                bootloader: tcb[0],
-                tee: tcb[1],
-                snp: tcb[6],
-                microcode: tcb[7],
-            },
+            reported_tcb: SnpTcb { bootloader: tcb[0], tee: tcb[1], snp: tcb[6], microcode: tcb[7] },
             chip_id: arr(b, 0x1A0),
             sig_r: be(&b[0x2A0..0x2A0 + 72]),
             sig_s: be(&b[0x2E8..0x2E8 + 72]),
@@ -121,9 +116,7 @@ impl Report {
 }
 
 fn parse_cert(der_or_pem: &[u8]) -> Option<X509> {
-    X509::from_der(der_or_pem)
-        .or_else(|_| X509::from_pem(der_or_pem))
-        .ok()
+    X509::from_der(der_or_pem).or_else(|_| X509::from_pem(der_or_pem)).ok()
 }
 
 fn cert_kind(entry: &Value) -> Option<String> {
@@ -170,10 +163,8 @@ pub fn verify(evidence: &Value, expected: &[u8], trust: &SnpTrust) -> Result<Snp
         }
     }
     let chain_err = |d: &str| Denial::new(Reason::CertChainInvalid, d);
-    let ark = trust
-        .ark
-        .as_ref()
-        .ok_or_else(|| chain_err("no AMD ARK certificate is configured (snp.ark)"))?;
+    let ark =
+        trust.ark.as_ref().ok_or_else(|| chain_err("no AMD ARK certificate is configured (snp.ark)"))?;
     let ask = trust
         .ask
         .as_ref()
@@ -183,18 +174,14 @@ pub fn verify(evidence: &Value, expected: &[u8], trust: &SnpTrust) -> Result<Snp
         .as_ref()
         .or(trust.vcek.as_ref())
         .ok_or_else(|| chain_err("no VCEK in the evidence cert_chain or the configuration"))?;
-    let ark_key = ark
-        .public_key()
-        .map_err(|_| chain_err("ARK public key unreadable"))?;
+    let ark_key = ark.public_key().map_err(|_| chain_err("ARK public key unreadable"))?;
     if !ark.verify(&ark_key).unwrap_or(false) {
         return Err(chain_err("ARK is not self-signed"));
     }
     if !ask.verify(&ark_key).unwrap_or(false) {
         return Err(chain_err("ASK is not signed by the configured ARK"));
     }
-    let ask_key = ask
-        .public_key()
-        .map_err(|_| chain_err("ASK public key unreadable"))?;
+    let ask_key = ask.public_key().map_err(|_| chain_err("ASK public key unreadable"))?;
     if !vcek.verify(&ask_key).unwrap_or(false) {
         return Err(chain_err("VCEK is not signed by the ASK"));
     }

@@ -67,12 +67,7 @@ impl Quote {
             mr_td: arr(q, b + 136),
             mr_config_id: arr(q, b + 184),
             mr_owner: arr(q, b + 232),
-            rtmr: [
-                arr(q, b + 328),
-                arr(q, b + 376),
-                arr(q, b + 424),
-                arr(q, b + 472),
-            ],
+            rtmr: [arr(q, b + 328), arr(q, b + 376), arr(q, b + 424), arr(q, b + 472)],
             report_data: arr(q, b + 520),
             signature_len,
         })

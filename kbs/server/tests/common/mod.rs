@@ -51,14 +51,7 @@ pub async fn start(policy: &str, tweak: impl FnOnce(&mut kbs_server::ServeConfig
     };
     tweak(&mut cfg, dir.path());
     let (addr, broker, task) = kbs_server::server::spawn(cfg).await.unwrap();
-    Broker {
-        url: format!("http://{addr}"),
-        dir,
-        policy_path,
-        admin_key,
-        broker,
-        task,
-    }
+    Broker { url: format!("http://{addr}"), dir, policy_path, admin_key, broker, task }
 }
 
 pub fn admin_jwt(key: &PKey<Private>, claims: Value) -> String {
@@ -70,10 +63,7 @@ pub fn admin_jwt(key: &PKey<Private>, claims: Value) -> String {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 pub fn good_admin_claims() -> Value {
@@ -92,12 +82,7 @@ impl Broker {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        reqwest::get(format!("{}/metrics", self.url)).await.unwrap().text().await.unwrap()
     }
 }
 
@@ -150,8 +135,11 @@ impl TeeKey {
         let ek = URL_SAFE_NO_PAD.decode(resp["encrypted_key"].as_str().unwrap()).unwrap();
         openssl::aes::unwrap_key(&aes, None, &mut cek, &ek).unwrap();
         // AAD: base64url of the header re-serialised compactly with sorted keys (alg, enc first).
-        let aad = URL_SAFE_NO_PAD.encode(serde_json::to_string(&json!({
-            "alg": header["alg"], "enc": header["enc"], "epk": header["epk"]})).unwrap());
+        let aad = URL_SAFE_NO_PAD.encode(
+            serde_json::to_string(&json!({
+            "alg": header["alg"], "enc": header["enc"], "epk": header["epk"]}))
+            .unwrap(),
+        );
         let b = |k: &str| URL_SAFE_NO_PAD.decode(resp[k].as_str().unwrap()).unwrap();
         openssl::symm::decrypt_aead(
             openssl::symm::Cipher::aes_256_gcm(),
@@ -191,13 +179,7 @@ pub async fn auth(url: &str, tee: &str, extra: Value) -> Rcar {
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     assert!(cookie.starts_with("kbs-session-id="));
     let v: Value = r.json().await.unwrap();
-    Rcar {
-        http,
-        url: url.into(),
-        cookie,
-        nonce: v["nonce"].as_str().unwrap().into(),
-        tee_key: TeeKey::new(),
-    }
+    Rcar { http, url: url.into(), cookie, nonce: v["nonce"].as_str().unwrap().into(), tee_key: TeeKey::new() }
 }
 
 impl Rcar {
@@ -260,15 +242,55 @@ pub fn snp_chain(dir: &Path) -> SnpChain {
     sh(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "ark.key"]);
     sh(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "ask.key"]);
     sh(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "vcek.key"]);
-    let mut a = vec!["req", "-x509", "-new", "-key", "ark.key", "-subj", "/CN=ARK-Test", "-days", "30", "-out", "ark.pem"];
+    let mut a = vec![
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ark.key",
+        "-subj",
+        "/CN=ARK-Test",
+        "-days",
+        "30",
+        "-out",
+        "ark.pem",
+    ];
     a.extend(pss);
     sh(dir, &a);
     sh(dir, &["req", "-new", "-key", "ask.key", "-subj", "/CN=SEV-Test", "-out", "ask.csr"]);
-    let mut a = vec!["x509", "-req", "-in", "ask.csr", "-CA", "ark.pem", "-CAkey", "ark.key", "-CAcreateserial", "-days", "30", "-out", "ask.pem"];
+    let mut a = vec![
+        "x509",
+        "-req",
+        "-in",
+        "ask.csr",
+        "-CA",
+        "ark.pem",
+        "-CAkey",
+        "ark.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-out",
+        "ask.pem",
+    ];
     a.extend(pss);
     sh(dir, &a);
     sh(dir, &["req", "-new", "-key", "vcek.key", "-subj", "/CN=SEV-VCEK", "-out", "vcek.csr"]);
-    let mut a = vec!["x509", "-req", "-in", "vcek.csr", "-CA", "ask.pem", "-CAkey", "ask.key", "-CAcreateserial", "-days", "30", "-out", "vcek.pem"];
+    let mut a = vec![
+        "x509",
+        "-req",
+        "-in",
+        "vcek.csr",
+        "-CA",
+        "ask.pem",
+        "-CAkey",
+        "ask.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-out",
+        "vcek.pem",
+    ];
     a.extend(pss);
     sh(dir, &a);
     let vcek_key = EcKey::private_key_from_pem(&std::fs::read(dir.join("vcek.key")).unwrap()).unwrap();
