@@ -13,7 +13,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 N=${BENCH_KBS_REQUESTS:-2000}
 BENCH_DIR=${BENCH_DIR:-$REPO/.work/bench}
-cargo build -q --release -p cloak-kbs
+cargo build -q --release -p cloak-kbs-server
 BIN=$REPO/target/release/cloak-kbs
 W=$(mktemp -d)
 PID=

@@ -11,7 +11,7 @@ CALLS=${BENCH_CALLS:-20000}
 CONC=${BENCH_CONCURRENCY:-64}
 cd "$REPO"
 flag=(); [ "$PROFILE" = release ] && flag=(--release)
-cargo build -q "${flag[@]}" -p cloak-keyprovider -p cloak-kbs
+cargo build -q "${flag[@]}" -p cloak-keyprovider -p cloak-kbs-server
 BIN="$REPO/target/$PROFILE"
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

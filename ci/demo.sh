@@ -36,7 +36,7 @@ wait_http() {
 }
 
 say "building release binaries (cloak, cloak-kbs, cloak-pull)"
-cargo build --release --quiet -p cloak-encryptor -p cloak-kbs -p cloak-guest-puller
+cargo build --release --quiet -p cloak-encryptor -p cloak-kbs-server -p cloak-guest-puller
 BIN=$ROOT/target/release
 for b in cloak cloak-kbs cloak-pull; do [ -x "$BIN/$b" ] || fail "missing $BIN/$b"; done
 

@@ -311,7 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("registered the private key at {kid}; public JWK written to {}", cfg.out.display());
         }
         Command::RotateKek(a) => {
-            let old: kbs::ResourceUri = a.kid.parse()?;
+            let old: kbs_client::ResourceUri = a.kid.parse()?;
             let new = encryptor::rotate::rotate_kek(&kbs_options(&a.kbs), &old).await?;
             println!("new KEK registered at {new} (the old one at {} is unchanged)", a.kid);
             for image in &a.images {
@@ -324,7 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 let report = encryptor::inspect(&cfg).await?;
                 let needs =
-                    report.kek_ids().iter().any(|k| k.parse::<kbs::ResourceUri>().is_ok_and(|k| k == old));
+                    report.kek_ids().iter().any(|k| k.parse::<kbs_client::ResourceUri>().is_ok_and(|k| k == old));
                 if needs {
                     println!("{image}: still needs {}", a.kid);
                 } else {

@@ -43,7 +43,7 @@ impl std::str::FromStr for Recipient {
             }
             Ok(Recipient::Provider { name: name.to_string(), params })
         } else if s.starts_with("kbs://") {
-            s.parse::<kbs::ResourceUri>().map_err(|e| bad(&e.to_string()))?;
+            s.parse::<kbs_client::ResourceUri>().map_err(|e| bad(&e.to_string()))?;
             Ok(Recipient::Kbs(s.to_string()))
         } else {
             let scheme = s.split(':').next().unwrap_or(s);
@@ -69,10 +69,10 @@ fn kbs_admin(kbs: &KbsAdminOptions, what: &str) -> Result<(String, PathBuf), Err
 }
 
 /// An admin client for the KBS named by the options.
-pub(crate) async fn admin_client(kbs: &KbsAdminOptions, what: &str) -> Result<kbs::AdminClient, Error> {
+pub(crate) async fn admin_client(kbs: &KbsAdminOptions, what: &str) -> Result<kbs_client::AdminClient, Error> {
     let (url, key_path) = kbs_admin(kbs, what)?;
     let pem = zeroize::Zeroizing::new(read_file(&key_path).await?);
-    kbs::AdminClient::new(&url, &pem).map_err(|e| Error::Kbs(e.to_string()))
+    kbs_client::AdminClient::new(&url, &pem).map_err(|e| Error::Kbs(e.to_string()))
 }
 
 /// Builds the wrappers for every recipient: one JWE wrapper for all jwe: keys,
@@ -124,7 +124,7 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
 
     for r in &parsed {
         if let Recipient::Kbs(uri) = r {
-            let kid: kbs::ResourceUri = uri.parse().map_err(|e: kbs::KbsError| Error::Recipient {
+            let kid: kbs_client::ResourceUri = uri.parse().map_err(|e: kbs_client::KbsError| Error::Recipient {
                 recipient: uri.clone(),
                 reason: e.to_string(),
             })?;

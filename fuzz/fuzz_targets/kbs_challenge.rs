@@ -2,7 +2,7 @@
 //! answer and the token's claims. Arbitrary bytes must give an error, never a panic.
 #![no_main]
 
-use kbs::protocol::{parse_attest_response, parse_challenge, Token};
+use kbs_client::protocol::{parse_attest_response, parse_challenge, Token};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,8 +5,8 @@
 
 use std::sync::OnceLock;
 
-use kbs::protocol::{decrypt_response, parse_response};
-use kbs::{TeeKeyKind, TeeKeyPair};
+use kbs_client::protocol::{decrypt_response, parse_response};
+use kbs_client::{TeeKeyKind, TeeKeyPair};
 use libfuzzer_sys::fuzz_target;
 
 fn keys() -> &'static [TeeKeyPair; 2] {

@@ -51,7 +51,7 @@ pub struct Keys {
     /// Unwrappers in preference order.
     pub unwrappers: Vec<Arc<dyn KeyUnwrapper>>,
     /// The shared KBS client, if any.
-    pub kbs: Option<kbs::KbsClient>,
+    pub kbs: Option<kbs_client::KbsClient>,
 }
 
 impl Keys {
@@ -94,24 +94,24 @@ impl Keys {
             (None, Some(_)) => return Err(KeysError::AttesterWithoutKbs),
             (None, None) => {}
             (Some(url), attester) => {
-                let kind: kbs::AttesterKind = attester
+                let kind: kbs_client::AttesterKind = attester
                     .as_deref()
                     .unwrap_or("auto")
                     .parse()
-                    .map_err(|e: kbs::AttesterError| KeysError::Attester(e.to_string()))?;
+                    .map_err(|e: kbs_client::AttesterError| KeysError::Attester(e.to_string()))?;
                 // Sample evidence only when asked for by name; `auto` never picks it.
-                let opts = kbs::AttesterOptions {
-                    allow_sample: kind == kbs::AttesterKind::Sample,
+                let opts = kbs_client::AttesterOptions {
+                    allow_sample: kind == kbs_client::AttesterKind::Sample,
                     ..Default::default()
                 };
                 let attester =
-                    kbs::make_attester(kind, &opts).map_err(|e| KeysError::Attester(e.to_string()))?;
-                let mut cfg = kbs::ClientConfig::default();
+                    kbs_client::make_attester(kind, &opts).map_err(|e| KeysError::Attester(e.to_string()))?;
+                let mut cfg = kbs_client::ClientConfig::default();
                 if let Some(t) = src.kbs_timeout {
                     cfg.deadline = t;
                 }
                 let client =
-                    kbs::KbsClient::new(url, attester, cfg).map_err(|e| KeysError::Kbs(e.to_string()))?;
+                    kbs_client::KbsClient::new(url, attester, cfg).map_err(|e| KeysError::Kbs(e.to_string()))?;
                 // A keyprovider config may also name attestation-agent; the direct
                 // KBS unwrapper is tried alongside it.
                 unwrappers.push(Arc::new(keyprovider::KbsKekUnwrapper::new(client.clone())));

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use kbs::KbsClient;
+use kbs_client::KbsClient;
 use ocicrypt::jwe::{jwe_recipients, load_private_key, JweUnwrapper};
 use ocicrypt::keywrap::{BoxFuture, KeyUnwrapper, WrapError};
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! [`AnnotationPacket`] with a KEK read from a file (`keypath=`) or generated once
 //! per wrapper and registered in the KBS through the admin API.
 //! Guest side: [`KbsKekUnwrapper`] fetches the KEK named by the packet's `kid`
-//! through one shared [`kbs::KbsClient`] (one attestation serves every layer) and
+//! through one shared [`kbs_client::KbsClient`] (one attestation serves every layer) and
 //! keeps it in memory for a short TTL.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kbs::{AdminClient, Created, KbsClient, KbsError, ResourceUri};
+use kbs_client::{AdminClient, Created, KbsClient, KbsError, ResourceUri};
 use ocicrypt::keywrap::{BoxFuture, KeyUnwrapper, KeyWrapper, WrapError};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;

@@ -5,7 +5,7 @@
 use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
 use josekit::jwk::alg::rsa::RsaKeyPair;
 use josekit::jwk::Jwk;
-use kbs::{AdminClient, Created, KbsError, ResourceUri};
+use kbs_client::{AdminClient, Created, KbsError, ResourceUri};
 use zeroize::Zeroizing;
 
 /// Why a key could not be made or registered.

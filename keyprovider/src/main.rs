@@ -93,25 +93,25 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
             let pem = zeroize::Zeroizing::new(
                 std::fs::read(path).with_context(|| format!("reading --kbs-admin-key {}", path.display()))?,
             );
-            Some(Arc::new(kbs::AdminClient::new(url, &pem)?))
+            Some(Arc::new(kbs_client::AdminClient::new(url, &pem)?))
         }
         (Some(_), None) => anyhow::bail!("--kbs-admin-key needs --kbs-url"),
         _ => None,
     };
     let unwrapper = match &c.kbs_url {
         Some(url) => {
-            let kind: kbs::AttesterKind = c.attester.parse()?;
-            let allow_sample = matches!(kind, kbs::AttesterKind::Sample);
-            let opts = kbs::AttesterOptions { allow_sample, ..Default::default() };
+            let kind: kbs_client::AttesterKind = c.attester.parse()?;
+            let allow_sample = matches!(kind, kbs_client::AttesterKind::Sample);
+            let opts = kbs_client::AttesterOptions { allow_sample, ..Default::default() };
             // A build machine wraps without a TEE: an attester that cannot start only
             // disables unwrapping, and unwrap requests say why.
-            match kbs::make_attester(kind, &opts) {
+            match kbs_client::make_attester(kind, &opts) {
                 Ok(attester) => {
-                    let cfg = kbs::ClientConfig {
+                    let cfg = kbs_client::ClientConfig {
                         deadline: Duration::from_secs(c.kbs_deadline),
                         ..Default::default()
                     };
-                    let client = kbs::KbsClient::new(url, attester, cfg)?;
+                    let client = kbs_client::KbsClient::new(url, attester, cfg)?;
                     Ok(Arc::new(
                         KbsKekUnwrapper::new(client)
                             .with_ttl(Duration::from_secs(c.kek_ttl))

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use kbs::{AdminClient, KbsError};
+use kbs_client::{AdminClient, KbsError};
 use ocicrypt::keywrap::{KeyUnwrapper, WrapError};
 use tokio::sync::Semaphore;
 use tonic::{Code, Request as GrpcRequest, Response, Status};

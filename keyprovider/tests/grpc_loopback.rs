@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use kbs::{KbsError, ResourceUri, Step};
+use kbs_client::{KbsError, ResourceUri, Step};
 use keyprovider::client::{
     KeyProviderConfig, ProviderClient, ProviderConfig, ProviderUnwrapper, ProviderWrapper,
 };

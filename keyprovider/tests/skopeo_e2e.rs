@@ -4,7 +4,7 @@
 //! A policy denial makes skopeo fail.
 //!
 //! Peers: docker-registry and skopeo 1.18 per the PEERS CONTRACT; the broker at
-//! `<repo>/target/debug/cloak-kbs` (`cargo build -p cloak-kbs`). Missing → skip,
+//! `<repo>/target/debug/cloak-kbs` (`cargo build -p cloak-kbs-server`). Missing → skip,
 //! unless CLOAK_REQUIRE_PEERS=1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,8 +26,8 @@ fn broker() -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
-    assert!(!required(), "{} missing (cargo build -p cloak-kbs)", p.display());
-    eprintln!("SKIP: {} missing (cargo build -p cloak-kbs)", p.display());
+    assert!(!required(), "{} missing (cargo build -p cloak-kbs-server)", p.display());
+    eprintln!("SKIP: {} missing (cargo build -p cloak-kbs-server)", p.display());
     None
 }
 
@@ -257,15 +257,15 @@ async fn keygen_private_key_comes_back_from_the_kbs_after_attestation() {
     .unwrap();
     wait_for_port(port, Duration::from_secs(20)).unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let admin = kbs::AdminClient::new(&url, &std::fs::read(&admin_key).unwrap()).unwrap();
-    let uri: kbs::ResourceUri = "kbs:///default/image-key/app".parse().unwrap();
+    let admin = kbs_client::AdminClient::new(&url, &std::fs::read(&admin_key).unwrap()).unwrap();
+    let uri: kbs_client::ResourceUri = "kbs:///default/image-key/app".parse().unwrap();
     let key = keyprovider::keygen(&admin, &uri, false).await.unwrap();
-    let attester = kbs::make_attester(
-        kbs::AttesterKind::Sample,
-        &kbs::AttesterOptions { allow_sample: true, ..Default::default() },
+    let attester = kbs_client::make_attester(
+        kbs_client::AttesterKind::Sample,
+        &kbs_client::AttesterOptions { allow_sample: true, ..Default::default() },
     )
     .unwrap();
-    let client = kbs::KbsClient::new(&url, attester, kbs::ClientConfig::default()).unwrap();
+    let client = kbs_client::KbsClient::new(&url, attester, kbs_client::ClientConfig::default()).unwrap();
     let fetched = client.get_resource(&uri).await.unwrap();
     assert_eq!(fetched.as_slice(), key.private_jwk.as_bytes());
     assert_eq!(client.attestation_count(), 1);
@@ -399,8 +399,8 @@ fn start_grpc_kp(env: &Env, name: &str) -> (Daemon, PathBuf) {
 }
 
 async fn read_back_kek(env: &Env, kid: &str) -> Option<Vec<u8>> {
-    let admin = kbs::AdminClient::new(&env.kbs_url, &std::fs::read(&env.admin_key).unwrap()).unwrap();
-    let uri: kbs::ResourceUri = kid.parse().unwrap();
+    let admin = kbs_client::AdminClient::new(&env.kbs_url, &std::fs::read(&env.admin_key).unwrap()).unwrap();
+    let uri: kbs_client::ResourceUri = kid.parse().unwrap();
     admin.read_back(&uri).await.unwrap().map(|k| k.to_vec())
 }
 

@@ -33,8 +33,8 @@ async fn generated_kek_is_refused_against_a_broker_without_read_back() {
     });
     let key = josekit::jws::EdDSA.generate_key_pair(josekit::jwk::alg::ed::EdCurve::Ed25519).unwrap();
     let admin =
-        kbs::AdminClient::new(&format!("http://127.0.0.1:{port}"), &key.to_pem_private_key()).unwrap();
-    let kid: kbs::ResourceUri = "default/image-kek/app".parse().unwrap();
+        kbs_client::AdminClient::new(&format!("http://127.0.0.1:{port}"), &key.to_pem_private_key()).unwrap();
+    let kid: kbs_client::ResourceUri = "default/image-kek/app".parse().unwrap();
     let e = keyprovider::kek::obtain_kek(&admin, &kid).await.unwrap_err().to_string();
     assert!(e.contains("keypath=") && e.contains("--kek-file"), "{e}");
     assert!(e.contains("kbs:///default/image-kek/app"), "{e}");

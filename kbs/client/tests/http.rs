@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
-use kbs::{
+use kbs_client::{
     make_attester, AttesterKind, AttesterOptions, ClientConfig, KbsClient, KbsError, ResourceUri, Step,
     TeeKeyKind,
 };

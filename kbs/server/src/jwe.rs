@@ -5,7 +5,7 @@
 //! header)), i.e. `ProtectedHeader::generate_aad`, which is what the guest recomputes.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use kbs::protocol::ecdh::{Curve, EcdhError};
+use kbs_client::protocol::ecdh::{Curve, EcdhError};
 use kbs_types::{ProtectedHeader, Response, TeePubKey};
 use openssl::bn::BigNum;
 use openssl::ec::EcPoint;
@@ -57,7 +57,7 @@ fn wrap_cek(key: &[u8; 32], cek: &[u8; 32]) -> Result<Vec<u8>, JweError> {
     Ok(out)
 }
 
-/// The TEE's public point, fully validated (see `kbs::protocol::ecdh`).
+/// The TEE's public point, fully validated (see `kbs_client::protocol::ecdh`).
 fn ec_public(crv: &str, x: &str, y: &str) -> Result<(Curve, EcPoint), JweError> {
     let curve = Curve::from_jwk(crv).ok_or_else(|| JweError::UnsupportedCurve(crv.into()))?;
     let (x, y) = (b64(x, "EC x")?, b64(y, "EC y")?);
@@ -179,7 +179,7 @@ mod tests {
         let wire = serde_json::to_string(&resp).unwrap();
         let back: Response = serde_json::from_str(&wire).unwrap();
         let epk = back.protected.other_fields.get("epk").unwrap();
-        // Independently of `kbs::protocol::ecdh`: OpenSSL's EVP derive.
+        // Independently of `kbs_client::protocol::ecdh`: OpenSSL's EVP derive.
         let peer = EcKey::from_public_key_affine_coordinates(
             &group,
             &BigNum::from_slice(&URL_SAFE_NO_PAD.decode(epk["x"].as_str().unwrap()).unwrap()).unwrap(),

@@ -172,22 +172,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::PutResource { url, admin_key, replace, uri, file } => {
-            let uri: kbs::ResourceUri = uri.parse()?;
+            let uri: kbs_client::ResourceUri = uri.parse()?;
             let pem = zeroize::Zeroizing::new(
                 std::fs::read(&admin_key).with_context(|| format!("reading {}", admin_key.display()))?,
             );
             let data = zeroize::Zeroizing::new(
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
             );
-            let admin = kbs::AdminClient::new(&url, &pem)?;
+            let admin = kbs_client::AdminClient::new(&url, &pem)?;
             let rt = tokio::runtime::Runtime::new()?;
             if replace {
                 rt.block_on(admin.put_resource(&uri, &data))?;
                 eprintln!("stored {uri} (replacing any earlier value)");
             } else {
                 match rt.block_on(admin.create_resource(&uri, &data))? {
-                    kbs::Created::New => eprintln!("stored {uri}"),
-                    kbs::Created::Exists => anyhow::bail!(
+                    kbs_client::Created::New => eprintln!("stored {uri}"),
+                    kbs_client::Created::Exists => anyhow::bail!(
                         "{uri} already exists in the KBS and was left unchanged; pass --replace to overwrite it \
                          (images wrapped with the current value will no longer decrypt)"
                     ),
@@ -196,15 +196,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::GetResource { url, attester, uri, out } => {
-            let uri: kbs::ResourceUri = uri.parse()?;
-            let kind: kbs::AttesterKind = attester.parse()?;
-            let opts = kbs::AttesterOptions {
+            let uri: kbs_client::ResourceUri = uri.parse()?;
+            let kind: kbs_client::AttesterKind = attester.parse()?;
+            let opts = kbs_client::AttesterOptions {
                 // Naming `--attester sample` is the explicit opt-in the attester requires.
-                allow_sample: matches!(kind, kbs::AttesterKind::Sample),
+                allow_sample: matches!(kind, kbs_client::AttesterKind::Sample),
                 ..Default::default()
             };
-            let att = kbs::make_attester(kind, &opts)?;
-            let client = kbs::KbsClient::new(&url, att, kbs::ClientConfig::default())?;
+            let att = kbs_client::make_attester(kind, &opts)?;
+            let client = kbs_client::KbsClient::new(&url, att, kbs_client::ClientConfig::default())?;
             let rt = tokio::runtime::Runtime::new()?;
             let secret = rt.block_on(client.get_resource(&uri))?;
             match out {
@@ -239,14 +239,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// milliseconds of CPU), which a guest does once at boot, not per attestation.
 async fn loadgen(
     url: String,
-    uri: kbs::ResourceUri,
+    uri: kbs_client::ResourceUri,
     concurrency: usize,
     requests: usize,
 ) -> anyhow::Result<()> {
-    let opts = kbs::AttesterOptions { allow_sample: true, ..Default::default() };
-    let att = kbs::make_attester(kbs::AttesterKind::Sample, &opts)?;
+    let opts = kbs_client::AttesterOptions { allow_sample: true, ..Default::default() };
+    let att = kbs_client::make_attester(kbs_client::AttesterKind::Sample, &opts)?;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let pools = (0..concurrency.max(1)).map(|_| kbs::client::http_client()).collect::<Result<Vec<_>, _>>()?;
+    let pools = (0..concurrency.max(1)).map(|_| kbs_client::client::http_client()).collect::<Result<Vec<_>, _>>()?;
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
     for http in pools {
@@ -255,10 +255,10 @@ async fn loadgen(
             let mut lat = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
                 let t = std::time::Instant::now();
-                let c = kbs::KbsClient::with_http_client(
+                let c = kbs_client::KbsClient::with_http_client(
                     &url,
                     att.clone(),
-                    kbs::ClientConfig::default(),
+                    kbs_client::ClientConfig::default(),
                     http.clone(),
                 )?;
                 c.get_resource(&uri).await?;

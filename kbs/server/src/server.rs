@@ -571,7 +571,7 @@ async fn admin_read_resource(State(b): St, Path(path): Path<String>, headers: He
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    resp.headers_mut().insert(kbs::admin::ADMIN_READ_HEADER, HeaderValue::from_static("1"));
+    resp.headers_mut().insert(kbs_client::admin::ADMIN_READ_HEADER, HeaderValue::from_static("1"));
     resp
 }
 

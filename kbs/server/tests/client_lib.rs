@@ -45,22 +45,22 @@ async fn independent_python_client_fetches_resource() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
 
-fn sample_attester() -> Arc<dyn kbs::Attester> {
-    let opts = kbs::AttesterOptions { allow_sample: true, ..Default::default() };
-    kbs::make_attester(kbs::AttesterKind::Sample, &opts).unwrap()
+fn sample_attester() -> Arc<dyn kbs_client::Attester> {
+    let opts = kbs_client::AttesterOptions { allow_sample: true, ..Default::default() };
+    kbs_client::make_attester(kbs_client::AttesterKind::Sample, &opts).unwrap()
 }
 
 #[tokio::test]
 async fn kbs_client_lib_one_attestation_for_many_resources() {
     let b = start(SAMPLE_POLICY, |_, _| {}).await;
-    let admin = kbs::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let admin = kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
     for i in 0..3 {
-        let uri: kbs::ResourceUri = format!("default/image-kek/{i}").parse().unwrap();
+        let uri: kbs_client::ResourceUri = format!("default/image-kek/{i}").parse().unwrap();
         admin.put_resource(&uri, format!("kek-{i}").as_bytes()).await.unwrap();
     }
-    let c = kbs::KbsClient::new(&b.url, sample_attester(), kbs::ClientConfig::default()).unwrap();
+    let c = kbs_client::KbsClient::new(&b.url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
     for i in 0..3 {
-        let uri: kbs::ResourceUri = format!("kbs:///default/image-kek/{i}").parse().unwrap();
+        let uri: kbs_client::ResourceUri = format!("kbs:///default/image-kek/{i}").parse().unwrap();
         assert_eq!(&c.get_resource(&uri).await.unwrap()[..], format!("kek-{i}").as_bytes());
     }
     assert_eq!(c.attestation_count(), 1);
@@ -69,8 +69,8 @@ async fn kbs_client_lib_one_attestation_for_many_resources() {
 #[tokio::test]
 async fn kbs_client_lib_sees_rejection_reason() {
     let b = start(&SAMPLE_POLICY.replace("allow: true", "allow: false"), |_, _| {}).await;
-    let c = kbs::KbsClient::new(&b.url, sample_attester(), kbs::ClientConfig::default()).unwrap();
-    let uri: kbs::ResourceUri = "default/image-kek/1".parse().unwrap();
+    let c = kbs_client::KbsClient::new(&b.url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
+    let uri: kbs_client::ResourceUri = "default/image-kek/1".parse().unwrap();
     let e = c.get_resource(&uri).await.unwrap_err().to_string();
     assert!(e.contains("sample_not_allowed"), "{e}");
     let m = b.metrics().await;
@@ -80,8 +80,8 @@ async fn kbs_client_lib_sees_rejection_reason() {
 #[tokio::test]
 async fn kbs_admin_client_set_policy_and_delete() {
     let b = start(SAMPLE_POLICY, |_, _| {}).await;
-    let admin = kbs::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    let uri: kbs::ResourceUri = "default/key/x".parse().unwrap();
+    let admin = kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let uri: kbs_client::ResourceUri = "default/key/x".parse().unwrap();
     admin.put_resource(&uri, b"v").await.unwrap();
     admin.delete_resource(&uri).await.unwrap();
     assert!(!b.dir.path().join("resources/default/key/x").exists());
@@ -92,43 +92,43 @@ async fn kbs_admin_client_set_policy_and_delete() {
 #[tokio::test]
 async fn create_only_writes_never_replace_and_admin_read_back_is_limited_to_kek_ids() {
     let b = start(SAMPLE_POLICY, |_, _| {}).await;
-    let admin = kbs::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    let kek: kbs::ResourceUri = "default/image-kek/app".parse().unwrap();
+    let admin = kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let kek: kbs_client::ResourceUri = "default/image-kek/app".parse().unwrap();
     assert!(admin.read_back(&kek).await.unwrap().is_none());
-    assert_eq!(admin.create_resource(&kek, b"first").await.unwrap(), kbs::Created::New);
-    assert_eq!(admin.create_resource(&kek, b"second").await.unwrap(), kbs::Created::Exists);
+    assert_eq!(admin.create_resource(&kek, b"first").await.unwrap(), kbs_client::Created::New);
+    assert_eq!(admin.create_resource(&kek, b"second").await.unwrap(), kbs_client::Created::Exists);
     assert_eq!(&admin.read_back(&kek).await.unwrap().unwrap()[..], b"first");
     assert_eq!(std::fs::read(b.dir.path().join("resources/default/image-kek/app")).unwrap(), b"first");
 
     // A secret outside admin_readable is never handed back to the admin key.
-    let secret: kbs::ResourceUri = "default/app-secret/db".parse().unwrap();
+    let secret: kbs_client::ResourceUri = "default/app-secret/db".parse().unwrap();
     admin.put_resource(&secret, b"s3cret").await.unwrap();
     let e = admin.read_back(&secret).await.unwrap_err();
-    assert!(matches!(e, kbs::KbsError::Rejected { status: 403, .. }), "{e}");
+    assert!(matches!(e, kbs_client::KbsError::Rejected { status: 403, .. }), "{e}");
     assert!(e.to_string().contains("not admin-readable"), "{e}");
 
     // Without the admin key there is no read-back.
     let stranger = openssl::pkey::PKey::generate_ed25519().unwrap();
-    let other = kbs::AdminClient::new(&b.url, &stranger.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let other = kbs_client::AdminClient::new(&b.url, &stranger.private_key_to_pem_pkcs8().unwrap()).unwrap();
     let e = other.read_back(&kek).await.unwrap_err();
-    assert!(matches!(e, kbs::KbsError::Rejected { status: 401, .. }), "{e}");
+    assert!(matches!(e, kbs_client::KbsError::Rejected { status: 401, .. }), "{e}");
 }
 
 #[tokio::test]
 async fn concurrent_create_only_writes_have_exactly_one_winner() {
     let b = start(SAMPLE_POLICY, |_, _| {}).await;
     let pem = b.admin_key.private_key_to_pem_pkcs8().unwrap();
-    let kid: kbs::ResourceUri = "default/image-kek/race".parse().unwrap();
+    let kid: kbs_client::ResourceUri = "default/image-kek/race".parse().unwrap();
     let mut tasks = Vec::new();
     for i in 0..8u8 {
-        let admin = kbs::AdminClient::new(&b.url, &pem).unwrap();
+        let admin = kbs_client::AdminClient::new(&b.url, &pem).unwrap();
         let kid = kid.clone();
         tasks.push(tokio::spawn(async move { (i, admin.create_resource(&kid, &[i; 32]).await.unwrap()) }));
     }
     let mut winners = Vec::new();
     for t in tasks {
         let (i, created) = t.await.unwrap();
-        if created == kbs::Created::New {
+        if created == kbs_client::Created::New {
             winners.push(i);
         }
     }
