@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # KBS benchmark (called by `ci/bench.sh kbs`): builds cloak-kbs in release, starts the
 # broker on a free 127.0.0.1 port with the sample policy, registers one resource, then
-# runs the hidden `cloak-kbs loadgen` (a fresh RCAR + JWE fetch per request, through the
+# runs the load generator (example `loadgen` of cloak-kbs-server: a fresh RCAR + JWE fetch per request, through the
 # kbs client library) with 1 and 32 concurrent clients. Prints a markdown table of
 # attest+fetch latency p50/p99, attestations per second and the broker's CPU time
 # (user+sys) per attestation.
@@ -13,8 +13,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 N=${BENCH_KBS_REQUESTS:-2000}
 BENCH_DIR=${BENCH_DIR:-$REPO/.work/bench}
-cargo build -q --release -p cloak-kbs-server
+cargo build -q --release -p cloak-kbs-server --bins --example loadgen
 BIN=$REPO/target/release/cloak-kbs
+LOADGEN=$REPO/target/release/examples/loadgen
 W=$(mktemp -d)
 PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
@@ -29,7 +30,7 @@ RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --policy "$W/policy.yaml" 
 PID=$!
 for _ in $(seq 100); do curl -sf "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 "$BIN" put-resource --url "$URL" --admin-key "$W/admin.pem" default/image-kek/bench "$W/kek.bin"
-"$BIN" loadgen --url "$URL" --concurrency 4 --requests 200 default/image-kek/bench >/dev/null  # warm-up
+"$LOADGEN" --url "$URL" --concurrency 4 --requests 200 default/image-kek/bench >/dev/null  # warm-up
 # Broker CPU (user+sys) per attestation, from /proc: unlike wall-clock rates it stays
 # comparable when other work shares the machine.
 TCK=$(getconf CLK_TCK)
@@ -37,7 +38,7 @@ cpu() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 run() {
   local c0 r c1
   c0=$(cpu)
-  r=$("$BIN" loadgen --url "$URL" --concurrency "$1" --requests "$N" default/image-kek/bench)
+  r=$("$LOADGEN" --url "$URL" --concurrency "$1" --requests "$N" default/image-kek/bench)
   c1=$(cpu)
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["broker_cpu_us"]=(float(sys.argv[2])-float(sys.argv[3]))/float(sys.argv[4])*1e6/max(r["requests"],1); print(json.dumps(r))' "$r" "$c1" "$c0" "$TCK"
 }

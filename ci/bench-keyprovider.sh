@@ -11,7 +11,8 @@ CALLS=${BENCH_CALLS:-20000}
 CONC=${BENCH_CONCURRENCY:-64}
 cd "$REPO"
 flag=(); [ "$PROFILE" = release ] && flag=(--release)
-cargo build -q "${flag[@]}" -p cloak-keyprovider -p cloak-kbs-server
+cargo build -q "${flag[@]}" -p cloak-keyprovider -p cloak-kbs-server --bins
+cargo build -q "${flag[@]}" -p cloak-keyprovider --example bench-unwrap
 BIN="$REPO/target/$PROFILE"
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -30,7 +31,7 @@ printf '{"op":"keywrap","keywrapparams":{"ec":{"Parameters":{"attestation-agent"
   | "$BIN/cloak-keyprovider" exec | python3 -c 'import sys,json,base64; sys.stdout.buffer.write(base64.b64decode(json.load(sys.stdin)["keywrapresults"]["annotation"]))' > "$W/packet.json"
 CLOAK_LOG=warn "$BIN/cloak-keyprovider" serve --grpc "127.0.0.1:$KP" --kbs-url "http://127.0.0.1:$KB" --attester sample 2>"$W/kp.log" &
 wait_port "$KP"
-out=$("$BIN/cloak-keyprovider" bench-unwrap --grpc "127.0.0.1:$KP" --packet "$W/packet.json" --calls "$CALLS" --concurrency "$CONC")
+out=$("$BIN/examples/bench-unwrap" --grpc "127.0.0.1:$KP" --packet "$W/packet.json" --calls "$CALLS" --concurrency "$CONC")
 echo "$out"
 python3 - "$out" <<'PY'
 import json, sys

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command. Installs the real peers the tests run against
-# (Debian's docker-registry, skopeo 1.9.3, skopeo 1.18 from trixie), builds
-# every binary, runs the workspace and end-to-end tests, the deployment-kit
-# tests, and checks that the fuzz targets build. Exits non-zero on any failure.
+# (Debian's docker-registry, skopeo 1.9.3, skopeo 1.18 from trixie), checks
+# formatting and clippy (warnings are errors), builds every binary, runs the
+# workspace and end-to-end tests, the deployment-kit tests, and checks that
+# the fuzz targets build. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,6 +18,10 @@ step "installing peers (docker-registry, skopeo 1.9.3, skopeo 1.18)"
 ci/install-peers.sh
 # The independent Python peers (KBS client, AnnotationPacket) need these.
 python3 -c 'import cryptography, requests' 2>/dev/null || python3 -m pip install -q cryptography requests
+
+step "lints: rustfmt (rustfmt.toml) and clippy with warnings as errors"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "building all binaries (the end-to-end tests drive them)"
 cargo build --workspace --bins --locked

@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+use oci::{ImageRef, PlatformSpec};
+
+use crate::recipients::Recipient;
+
 /// Options shared by `encrypt` and `decrypt`.
 #[derive(Debug, Clone, Default)]
 pub struct CommonOptions {
@@ -65,7 +69,7 @@ pub enum PlatformSelection {
     /// The running platform (like skopeo without `--all`).
     Default,
     /// One platform, `OS/ARCH[/VARIANT]`.
-    Only(String),
+    Only(PlatformSpec),
     /// Every manifest of the index; a new index is written.
     All,
 }
@@ -84,10 +88,10 @@ pub struct KbsAdminOptions {
 /// `cloak encrypt`.
 #[derive(Debug, Clone)]
 pub struct EncryptConfig {
-    pub src: String,
-    pub dst: String,
-    /// Raw recipient strings (`jwe:…`, `provider:…`, `kbs:///…`).
-    pub recipients: Vec<String>,
+    pub src: ImageRef,
+    pub dst: ImageRef,
+    /// Parsed recipients (`jwe:…`, `provider:…`, `kbs:///…`).
+    pub recipients: Vec<Recipient>,
     pub layers: LayerSelection,
     pub platforms: PlatformSelection,
     pub keyprovider_config: Option<PathBuf>,
@@ -98,8 +102,8 @@ pub struct EncryptConfig {
 /// `cloak decrypt`.
 #[derive(Debug, Clone)]
 pub struct DecryptConfig {
-    pub src: String,
-    pub dst: String,
+    pub src: ImageRef,
+    pub dst: ImageRef,
     pub keys: Vec<PathBuf>,
     pub platforms: PlatformSelection,
     pub common: CommonOptions,
@@ -108,8 +112,8 @@ pub struct DecryptConfig {
 /// `cloak inspect`.
 #[derive(Debug, Clone)]
 pub struct InspectConfig {
-    pub image: String,
-    pub platform: Option<String>,
+    pub image: ImageRef,
+    pub platform: Option<PlatformSpec>,
     pub creds: Option<String>,
     pub authfile: Option<PathBuf>,
     pub insecure_plain_http: bool,

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::{CommonOptions, PlatformSelection};
+use crate::error::StreamError;
 use crate::manifest as mt;
 use crate::progress::Progress;
 use crate::Error;
@@ -175,21 +176,16 @@ struct Run<'a> {
     progress: Progress,
 }
 
-fn parse_ref(s: &str, what: &str) -> Result<ImageRef, Error> {
-    s.parse::<ImageRef>().map_err(|e| Error::Usage(format!("{what} {s:?}: {e}")))
-}
-
 /// Copies `src` to `dst`, transforming layers.
 pub(crate) async fn copy_image(
-    src_s: &str,
-    dst_s: &str,
+    src_ref: &ImageRef,
+    dst_ref: &ImageRef,
     platforms: &PlatformSelection,
     transform: &dyn LayerTransform,
     common: &CommonOptions,
 ) -> Result<CopyResult, Error> {
     let started = Instant::now();
-    let src_ref = parse_ref(src_s, "source")?;
-    let dst_ref = parse_ref(dst_s, "destination")?;
+    let (src_s, dst_s) = (src_ref.to_string(), dst_ref.to_string());
     let src_opts = oci::SourceOptions {
         creds: common.src_creds.clone(),
         auth_file: common.authfile.clone(),
@@ -200,21 +196,21 @@ pub(crate) async fn copy_image(
         auth_file: common.authfile.clone(),
         insecure_plain_http: common.insecure_dest_plain_http,
     };
-    let src = ImageSource::open(&src_ref, &src_opts).await.map_err(Error::oci(format!("opening {src_s}")))?;
+    let src = ImageSource::open(src_ref, &src_opts).await.map_err(Error::oci(format!("opening {src_s}")))?;
     let top = src.manifest().await.map_err(Error::oci(format!("reading the manifest of {src_s}")))?;
     let parsed = top.parse().map_err(Error::oci(format!("parsing the manifest of {src_s}")))?;
 
     // Resolve which manifests to process before touching the destination.
     let plan = plan_manifests(&src, &top, parsed, platforms).await?;
 
-    let cleanup = Cleanup::new(&dst_ref);
-    let dst = ImageDest::open(&dst_ref, &dst_opts).await.map_err(Error::oci(format!("opening {dst_s}")))?;
+    let cleanup = Cleanup::new(dst_ref);
+    let dst = ImageDest::open(dst_ref, &dst_opts).await.map_err(Error::oci(format!("opening {dst_s}")))?;
     let run = Run { src, dst, cleanup, common, progress: Progress::new(common.quiet) };
 
     match run.execute(plan, transform).await {
         Ok((manifest_digest, manifests)) => Ok(CopyResult {
-            source: src_s.to_string(),
-            destination: dst_s.to_string(),
+            source: src_s,
+            destination: dst_s,
             manifest_digest: manifest_digest.to_string(),
             manifests,
             elapsed_ms: started.elapsed().as_millis(),
@@ -278,14 +274,12 @@ async fn plan_manifests(
             }
             PlatformSelection::Default | PlatformSelection::Only(_) => {
                 let spec = match platforms {
-                    PlatformSelection::Only(p) => p
-                        .parse::<PlatformSpec>()
-                        .map_err(|e| Error::Usage(format!("--platform {p:?}: {e}")))?,
+                    PlatformSelection::Only(p) => p.clone(),
                     _ => PlatformSpec::current(),
                 };
                 let d = oci::select_platform(&idx, &spec).map_err(|e| Error::Manifest {
                     digest: top.digest.to_string(),
-                    reason: format!("{e} (use --platform OS/ARCH or --all)"),
+                    reason: format!("{e} (choose a platform, or all of them)"),
                 })?;
                 let (raw, m) = child_manifest(src, d).await?;
                 Ok(Plan::Single(raw, Box::new(m)))
@@ -394,7 +388,7 @@ impl Run<'_> {
         desc: Descriptor,
         job: Option<Box<dyn LayerJob>>,
     ) -> Result<(Descriptor, LayerResult), Error> {
-        let stream_err = |reason: String| Error::Stream { index, digest: desc.digest.to_string(), reason };
+        let stream_err = |e: StreamError| Error::Stream { index, digest: desc.digest.clone(), source: e };
         let bar = self.progress.layer(&format!("layer {index} {}", short(&desc.digest)), desc.size);
         let new_desc = if let Some(job) = job {
             let hint = job.digest_hint();
@@ -402,26 +396,23 @@ impl Run<'_> {
                 Some(h) => self.dst.has_blob(h).await.unwrap_or(true),
                 None => false,
             };
-            let reader =
-                self.src.blob(&desc.digest, desc.size).await.map_err(|e| stream_err(e.to_string()))?;
+            let reader = self.src.blob(&desc.digest, desc.size).await.map_err(|e| stream_err(e.into()))?;
             let mut stream = job.wrap_reader(reader)?;
-            let mut writer = self.dst.begin_blob().await.map_err(|e| stream_err(e.to_string()))?;
+            let mut writer = self.dst.begin_blob().await.map_err(|e| stream_err(e.into()))?;
             if stream.hashes_output() {
                 writer.skip_hashing();
             }
             let mut buf = vec![0u8; BUF_SIZE];
             loop {
-                let n = stream.read(&mut buf).await.map_err(|e| stream_err(e.to_string()))?;
+                let n = stream.read(&mut buf).await.map_err(|e| stream_err(e.into()))?;
                 if n == 0 {
                     break;
                 }
-                writer.write_all(&buf[..n]).await.map_err(|e| stream_err(e.to_string()))?;
+                writer.write_all(&buf[..n]).await.map_err(|e| stream_err(e.into()))?;
                 bar.inc(n as u64);
             }
-            let written = writer
-                .finish(stream.output_digest().as_ref())
-                .await
-                .map_err(|e| stream_err(e.to_string()))?;
+            let written =
+                writer.finish(stream.output_digest().as_ref()).await.map_err(|e| stream_err(e.into()))?;
             // A fresh random key makes a pre-existing identical ciphertext
             // impossible; a decrypted blob may already have been there.
             let existed = hint_existed && hint.as_ref() == Some(&written.0);
@@ -430,7 +421,7 @@ impl Run<'_> {
             bar.finish_with_message("done");
             d
         } else {
-            self.copy_unchanged(&desc.digest, desc.size).await.map_err(|e| stream_err(e.to_string()))?;
+            self.copy_unchanged(&desc.digest, desc.size).await.map_err(|e| stream_err(e.into()))?;
             bar.finish_with_message("copied");
             desc.clone()
         };

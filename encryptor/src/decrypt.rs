@@ -14,6 +14,7 @@ use ocicrypt::{AsyncDecryptReader, PrivateOptions, PublicOptions};
 
 use crate::config::DecryptConfig;
 use crate::copy::{copy_image, CopyResult, LayerJob, LayerJobs, LayerTransform, StreamTransform};
+use crate::error::StreamError;
 use crate::Error;
 
 /// Decrypts `cfg.src` into `cfg.dst` with the private keys in `cfg.keys`.
@@ -58,8 +59,8 @@ impl LayerTransform for Decrypt {
                 let media_type =
                     ocicrypt::decrypted_media_type(&desc.media_type).ok_or_else(|| Error::Stream {
                         index,
-                        digest: desc.digest.to_string(),
-                        reason: format!("{} is not an encrypted media type", desc.media_type),
+                        digest: desc.digest.clone(),
+                        source: StreamError::NotEncrypted(desc.media_type.clone()),
                     })?;
                 jobs.push(Some(Box::new(DecryptLayer { index, source: desc, media_type, opts, pubopts })));
             }
@@ -93,13 +94,15 @@ impl LayerJob for DecryptLayer {
         // The blob digest is checked in the HMAC's pass (one combined SIMD pass
         // where the CPU allows); the verdict comes at EOF, before anything is
         // committed. Otherwise the reader keeps checking it itself.
-        let blob_sha256 = reader.take_sha256_check();
-        let mut d = AsyncDecryptReader::new(reader, &self.opts, &self.pubopts).map_err(|e| {
-            Error::Stream { index: self.index, digest: self.source.digest.to_string(), reason: e.to_string() }
+        let d = match reader.take_sha256_check() {
+            Some(sha) => AsyncDecryptReader::with_ciphertext_digest(reader, &self.opts, &self.pubopts, sha),
+            None => AsyncDecryptReader::new(reader, &self.opts, &self.pubopts),
+        };
+        let d = d.map_err(|e| Error::Stream {
+            index: self.index,
+            digest: self.source.digest.clone(),
+            source: e.into(),
         })?;
-        if let Some(bytes) = blob_sha256 {
-            d = d.with_ciphertext_digest(bytes);
-        }
         Ok(Box::new(d))
     }
     fn finish<'a>(

@@ -12,6 +12,7 @@ use ocicrypt::{AsyncEncryptReader, PrivateOptions, PublicOptions};
 
 use crate::config::{EncryptConfig, LayerSelection};
 use crate::copy::{copy_image, CopyResult, LayerJob, LayerJobs, LayerTransform, StreamTransform};
+use crate::error::StreamError;
 use crate::recipients::build_wrappers;
 use crate::Error;
 
@@ -49,9 +50,8 @@ impl LayerTransform for Encrypt {
                         media_type: desc.media_type.clone(),
                     });
                 }
-                let media_type = ocicrypt::encrypted_media_type(&desc.media_type).map_err(|e| {
-                    Error::Stream { index, digest: desc.digest.to_string(), reason: e.to_string() }
-                })?;
+                let media_type = ocicrypt::encrypted_media_type(&desc.media_type)
+                    .map_err(|e| Error::Stream { index, digest: desc.digest.clone(), source: e.into() })?;
                 jobs.push(Some(Box::new(EncryptLayer {
                     index,
                     source: desc.clone(),
@@ -111,8 +111,8 @@ impl LayerJob for EncryptLayer {
                 |source| Error::Layer { index: self.index, digest: self.source.digest.to_string(), source };
             let pubopts = stream.public_options().ok_or_else(|| Error::Stream {
                 index: self.index,
-                digest: self.source.digest.to_string(),
-                reason: "the stream ended before the cipher finished".into(),
+                digest: self.source.digest.clone(),
+                source: StreamError::Unsealed,
             })?;
             let enc = ocicrypt::wrap_keys(&self.wrappers, &self.opts, &pubopts).await.map_err(layer_err)?;
             let existing = self.source.annotations.clone().unwrap_or_default();

@@ -2,6 +2,7 @@
 
 /// Errors of `encrypt`, `decrypt`, `inspect` and `keygen`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A flag or argument is invalid (exit code 2 territory, but found after parsing).
     #[error("{0}")]
@@ -28,8 +29,13 @@ pub enum Error {
         source: ocicrypt::OcicryptError,
     },
     /// Streaming a layer failed (I/O, HMAC mismatch, digest mismatch).
-    #[error("layer {index} ({digest}): {reason}")]
-    Stream { index: usize, digest: String, reason: String },
+    #[error("layer {index} ({digest}): {source}")]
+    Stream {
+        index: usize,
+        digest: oci::Digest,
+        #[source]
+        source: StreamError,
+    },
     /// A layer is already encrypted.
     #[error("layer {index} ({digest}) is already encrypted ({media_type}); decrypt it first or leave it out with --layer")]
     AlreadyEncrypted { index: usize, digest: String, media_type: String },
@@ -46,6 +52,31 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why streaming one layer failed; the cause is kept (an ENOSPC while
+/// writing the new blob stays an `io::Error` with that code).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// Reading the source or writing the destination.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The image source or destination.
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    /// The layer cipher (HMAC, digest, unsupported cipher).
+    #[error(transparent)]
+    Cipher(#[from] ocicrypt::CipherError),
+    /// The layer's media type.
+    #[error(transparent)]
+    MediaType(#[from] ocicrypt::MediaTypeError),
+    /// The layer is not encrypted although its annotations say it is.
+    #[error("{0} is not an encrypted media type")]
+    NotEncrypted(String),
+    /// The stream ended before the cipher sealed the layer.
+    #[error("the stream ended before the cipher finished")]
+    Unsealed,
 }
 
 impl Error {

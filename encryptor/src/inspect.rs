@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use oci::{Descriptor, ImageManifest, ImageRef, ImageSource, Manifest, PlatformSpec};
+use oci::{Descriptor, ImageManifest, ImageRef, ImageSource, Manifest};
 use serde::Serialize;
 
 use crate::config::InspectConfig;
@@ -179,13 +179,13 @@ fn manifest_info(
 
 /// Reads the image's manifests and describes every layer.
 pub async fn inspect(cfg: &InspectConfig) -> Result<InspectReport, Error> {
-    let r: ImageRef = cfg.image.parse().map_err(|e| Error::Usage(format!("image {:?}: {e}", cfg.image)))?;
+    let r: &ImageRef = &cfg.image;
     let opts = oci::SourceOptions {
         creds: cfg.creds.clone(),
         auth_file: cfg.authfile.clone(),
         insecure_plain_http: cfg.insecure_plain_http,
     };
-    let src = ImageSource::open(&r, &opts).await.map_err(Error::oci(format!("opening {}", cfg.image)))?;
+    let src = ImageSource::open(r, &opts).await.map_err(Error::oci(format!("opening {}", cfg.image)))?;
     let top = src.manifest().await.map_err(Error::oci(format!("reading the manifest of {}", cfg.image)))?;
     let mut manifests = Vec::new();
     match top.parse().map_err(Error::oci("parsing the manifest"))? {
@@ -193,11 +193,7 @@ pub async fn inspect(cfg: &InspectConfig) -> Result<InspectReport, Error> {
             manifests.push(manifest_info(None, top.digest.to_string(), top.media_type.clone(), &m));
         }
         Manifest::Index(idx) => {
-            let wanted: Option<PlatformSpec> = match &cfg.platform {
-                Some(p) => Some(p.parse().map_err(|e| Error::Usage(format!("--platform {p:?}: {e}")))?),
-                None => None,
-            };
-            let chosen: Vec<&Descriptor> = match &wanted {
+            let chosen: Vec<&Descriptor> = match &cfg.platform {
                 Some(spec) => vec![oci::select_platform(&idx, spec).map_err(|e| Error::Manifest {
                     digest: top.digest.to_string(),
                     reason: e.to_string(),
@@ -224,7 +220,7 @@ pub async fn inspect(cfg: &InspectConfig) -> Result<InspectReport, Error> {
         }
     }
     Ok(InspectReport {
-        image: cfg.image.clone(),
+        image: cfg.image.to_string(),
         digest: top.digest.to_string(),
         media_type: top.media_type,
         manifests,

@@ -29,7 +29,7 @@ pub use config::{
 pub use copy::{CopyResult, LayerResult};
 pub use decrypt::decrypt;
 pub use encrypt::encrypt;
-pub use error::Error;
+pub use error::{Error, StreamError};
 pub use inspect::{inspect, InspectReport};
 pub use keygen::keygen;
 pub use recipients::Recipient;

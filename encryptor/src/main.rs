@@ -245,27 +245,37 @@ fn kbs_options(k: &KbsAdminArgs) -> KbsAdminOptions {
     }
 }
 
-fn platform_selection(platform: Option<String>, all: bool) -> PlatformSelection {
-    match (platform, all) {
+fn platform_selection(platform: Option<String>, all: bool) -> Result<PlatformSelection, encryptor::Error> {
+    Ok(match (platform, all) {
         (_, true) => PlatformSelection::All,
-        (Some(p), false) => PlatformSelection::Only(p),
+        (Some(p), false) => PlatformSelection::Only(parse_platform(&p)?),
         (None, false) => PlatformSelection::Default,
-    }
+    })
+}
+
+/// `--platform`; a bad value is a usage error (exit 2).
+fn parse_platform(p: &str) -> Result<oci::PlatformSpec, encryptor::Error> {
+    p.parse().map_err(|e| encryptor::Error::Usage(format!("--platform {p:?}: {e}")))
+}
+
+/// An image reference argument; a bad one is a usage error (exit 2).
+fn parse_image(s: &str, what: &str) -> Result<oci::ImageRef, encryptor::Error> {
+    s.parse().map_err(|e| encryptor::Error::Usage(format!("{what} {s:?}: {e}")))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Encrypt(a) => {
             let cfg = EncryptConfig {
-                src: a.src,
-                dst: a.dst,
-                recipients: a.recipients,
+                src: parse_image(&a.src, "source")?,
+                dst: parse_image(&a.dst, "destination")?,
+                recipients: a.recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>()?,
                 layers: if a.layers.is_empty() {
                     LayerSelection::All
                 } else {
                     LayerSelection::Indices(a.layers)
                 },
-                platforms: platform_selection(a.platform, a.all),
+                platforms: platform_selection(a.platform, a.all)?,
                 keyprovider_config: a.keyprovider_config,
                 kbs: kbs_options(&a.kbs),
                 common: common_options(&a.common),
@@ -275,10 +285,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Decrypt(a) => {
             let cfg = DecryptConfig {
-                src: a.src,
-                dst: a.dst,
+                src: parse_image(&a.src, "source")?,
+                dst: parse_image(&a.dst, "destination")?,
                 keys: a.keys,
-                platforms: platform_selection(a.platform, a.all),
+                platforms: platform_selection(a.platform, a.all)?,
                 common: common_options(&a.common),
             };
             let result = encryptor::decrypt(&cfg).await?;
@@ -286,8 +296,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Inspect(a) => {
             let cfg = InspectConfig {
-                image: a.image,
-                platform: a.platform,
+                image: parse_image(&a.image, "image")?,
+                platform: a.platform.as_deref().map(parse_platform).transpose()?,
                 creds: a.creds,
                 authfile: a.authfile,
                 insecure_plain_http: !a.tls_verify,
@@ -316,15 +326,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("new KEK registered at {new} (the old one at {} is unchanged)", a.kid);
             for image in &a.images {
                 let cfg = InspectConfig {
-                    image: image.clone(),
+                    image: parse_image(image, "image")?,
                     platform: None,
                     creds: None,
                     authfile: None,
                     insecure_plain_http: !a.tls_verify,
                 };
                 let report = encryptor::inspect(&cfg).await?;
-                let needs =
-                    report.kek_ids().iter().any(|k| k.parse::<kbs_client::ResourceUri>().is_ok_and(|k| k == old));
+                let needs = report
+                    .kek_ids()
+                    .iter()
+                    .any(|k| k.parse::<kbs_client::ResourceUri>().is_ok_and(|k| k == old));
                 if needs {
                     println!("{image}: still needs {}", a.kid);
                 } else {

@@ -2,32 +2,22 @@
 //! needs an OCI manifest (only OCI carries `+encrypted` layers and their
 //! annotations), so Docker schema2 manifests are converted, as skopeo does.
 
+use oci::media_type::{DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST};
 use oci::{Descriptor, ImageManifest};
 
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-
-/// The OCI equivalent of a Docker schema2 layer type, or the type unchanged.
+/// The OCI equivalent of a Docker schema2 layer type, or the type unchanged
+/// (ocicrypt's media-type table decides).
 pub(crate) fn oci_layer_type(media_type: &str) -> String {
-    match media_type {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-            "application/vnd.oci.image.layer.v1.tar+gzip".into()
-        }
-        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar".into(),
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
-            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip".into()
-        }
-        other => other.to_string(),
-    }
+    ocicrypt::oci_media_type(media_type)
 }
 
 /// The manifest with its new layers; converted to OCI when `to_oci` or when it
 /// now holds encrypted layers.
 pub(crate) fn rewrite_manifest(mut m: ImageManifest, layers: Vec<Descriptor>, to_oci: bool) -> ImageManifest {
     m.layers = layers;
-    let is_docker = m.media_type.as_deref().is_some_and(|t| t == oci::media_type::DOCKER_MANIFEST);
+    let is_docker = m.media_type.as_deref().is_some_and(|t| t == DOCKER_MANIFEST);
     if to_oci || is_docker && m.layers.iter().any(|l| ocicrypt::is_encrypted(&l.media_type)) {
-        m.media_type = Some(oci::media_type::OCI_MANIFEST.to_string());
+        m.media_type = Some(OCI_MANIFEST.to_string());
         if m.config.media_type == DOCKER_CONFIG {
             m.config.media_type = OCI_CONFIG.to_string();
         }
@@ -52,5 +42,11 @@ mod tests {
             oci_layer_type("application/vnd.oci.image.layer.v1.tar+zstd"),
             "application/vnd.oci.image.layer.v1.tar+zstd"
         );
+        // A foreign layer becomes nondistributable, as containers/image converts it.
+        assert_eq!(
+            oci_layer_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        );
+        assert_eq!(oci_layer_type("application/x-unknown"), "application/x-unknown");
     }
 }

@@ -69,7 +69,10 @@ fn kbs_admin(kbs: &KbsAdminOptions, what: &str) -> Result<(String, PathBuf), Err
 }
 
 /// An admin client for the KBS named by the options.
-pub(crate) async fn admin_client(kbs: &KbsAdminOptions, what: &str) -> Result<kbs_client::AdminClient, Error> {
+pub(crate) async fn admin_client(
+    kbs: &KbsAdminOptions,
+    what: &str,
+) -> Result<kbs_client::AdminClient, Error> {
     let (url, key_path) = kbs_admin(kbs, what)?;
     let pem = zeroize::Zeroizing::new(read_file(&key_path).await?);
     kbs_client::AdminClient::new(&url, &pem).map_err(|e| Error::Kbs(e.to_string()))
@@ -78,11 +81,11 @@ pub(crate) async fn admin_client(kbs: &KbsAdminOptions, what: &str) -> Result<kb
 /// Builds the wrappers for every recipient: one JWE wrapper for all jwe: keys,
 /// one wrapper per provider, one KEK wrapper per kbs:/// resource.
 pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn KeyWrapper>>, Error> {
-    let parsed: Vec<Recipient> = cfg.recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
+    let parsed = &cfg.recipients;
     let mut wrappers: Vec<Arc<dyn KeyWrapper>> = Vec::new();
 
     let mut jwe_keys = Vec::new();
-    for r in &parsed {
+    for r in parsed {
         if let Recipient::Jwe(path) = r {
             let bytes = read_file(path).await?;
             let key = ocicrypt::load_public_key(&bytes).map_err(|e| Error::Recipient {
@@ -98,7 +101,7 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
 
     // Recipients of one provider share one wrap call with all their parameters, as in Go.
     let mut providers: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
-    for r in &parsed {
+    for r in parsed {
         if let Recipient::Provider { name, params } = r {
             providers.entry(name.clone()).or_default().extend(params.clone());
         }
@@ -122,11 +125,10 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
         }
     }
 
-    for r in &parsed {
+    for r in parsed {
         if let Recipient::Kbs(uri) = r {
-            let kid: kbs_client::ResourceUri = uri.parse().map_err(|e: kbs_client::KbsError| Error::Recipient {
-                recipient: uri.clone(),
-                reason: e.to_string(),
+            let kid: kbs_client::ResourceUri = uri.parse().map_err(|e: kbs_client::KbsError| {
+                Error::Recipient { recipient: uri.clone(), reason: e.to_string() }
             })?;
             let wrapper = match &cfg.kbs.kek_file {
                 Some(path) => keyprovider::kek::KbsKekWrapper::with_kek_file(kid, path)

@@ -23,13 +23,17 @@ pub fn next_version(tag: &str) -> (String, u32) {
 }
 
 /// Registers a fresh KEK at the first free version after `old` and returns its id.
-pub async fn rotate_kek(kbs: &KbsAdminOptions, old: &kbs_client::ResourceUri) -> Result<kbs_client::ResourceUri, Error> {
+pub async fn rotate_kek(
+    kbs: &KbsAdminOptions,
+    old: &kbs_client::ResourceUri,
+) -> Result<kbs_client::ResourceUri, Error> {
     let admin = crate::recipients::admin_client(kbs, &format!("rotating {old}")).await?;
     let kek_err = |e: KekError| Error::Kbs(e.to_string());
     let (base, mut version) = next_version(old.tag());
     for _ in 0..MAX_VERSION_STEPS {
-        let candidate = kbs_client::ResourceUri::new(old.repository(), old.r#type(), &format!("{base}.v{version}"))
-            .map_err(|e| Error::Kbs(e.to_string()))?;
+        let candidate =
+            kbs_client::ResourceUri::new(old.repository(), old.r#type(), &format!("{base}.v{version}"))
+                .map_err(|e| Error::Kbs(e.to_string()))?;
         if read_back(&admin, &candidate).await.map_err(kek_err)?.is_none()
             && create_kek(&admin, &candidate).await.map_err(kek_err)?.is_some()
         {

@@ -76,16 +76,14 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(sealed.plaintext_sha256, Some(openssl::sha::sha256(data)));
     let blob = openssl::sha::sha256(&ct);
     assert_eq!(sealed.ciphertext_sha256, Some(blob));
-    let mut r = DecryptReader::new(Chunky { data: &ct, sizes, i: 0 }, &o, &public)
-        .expect("cipher")
-        .with_ciphertext_digest(blob);
+    let mut r = DecryptReader::with_ciphertext_digest(Chunky { data: &ct, sizes, i: 0 }, &o, &public, blob)
+        .expect("cipher");
     let mut plain = Vec::new();
     r.read_to_end(&mut plain).expect("decrypt with the blob digest");
     assert_eq!(plain, data);
     let mut wrong = blob;
     wrong[31] ^= 1;
-    let mut r = DecryptReader::new(Chunky { data: &ct, sizes, i: 0 }, &o, &public)
-        .expect("cipher")
-        .with_ciphertext_digest(wrong);
+    let mut r = DecryptReader::with_ciphertext_digest(Chunky { data: &ct, sizes, i: 0 }, &o, &public, wrong)
+        .expect("cipher");
     assert!(r.read_to_end(&mut Vec::new()).is_err(), "a wrong blob digest must fail");
 });

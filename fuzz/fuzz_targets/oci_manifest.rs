@@ -1,5 +1,6 @@
-//! Manifests and indexes come from registries the guest does not trust:
-//! parsing any bytes under any media type must return, never panic.
+//! Manifests, indexes and image configs come from registries the guest does
+//! not trust: parsing any bytes under any media type must return, never panic;
+//! a layer media type that parses prints back as the same string.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,8 +16,15 @@ fuzz_target!(|data: &[u8]| {
             let _ = oci::select_platform(&idx, &oci::PlatformSpec::current());
         }
     }
+    if let Ok(c) = oci::ImageConfig::parse(data.to_vec()) {
+        let _ = c.check_layer_count(c.diff_ids().len());
+    }
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = s.parse::<oci::ImageRef>();
         let _ = s.parse::<oci::Digest>();
+        if let Ok(t) = ocicrypt::LayerMediaType::parse(s) {
+            assert_eq!(t.to_string(), s);
+            let _ = t.encrypt();
+        }
     }
 });

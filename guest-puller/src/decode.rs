@@ -5,71 +5,41 @@
 //! blocking side through a bounded channel, so memory is bounded by buffers, not
 //! by the layer. A plain layer's blob digest is checked by the async side's
 //! reader, whose verdict arrives with its EOF. An encrypted layer is decrypted
-//! on the blocking side (the `decrypt` argument of [`decode_layer`]): the blob digest, the HMAC and
-//! the diff_id are hashed there in one combined SIMD pass (`sha256x`: each
+//! on the blocking side, in place, by ocicrypt's [`DecryptBufReader`] (the
+//! `decrypt` argument of [`decode_layer`]): the blob digest, the HMAC and the
+//! diff_id are hashed there in one combined SIMD pass (`sha256x`: each
 //! ciphertext chunk's two hashes run together with the diff_id hash of the tar
-//! bytes decompressed since the previous chunk), and the blob digest and HMAC
-//! verdict is delivered at the stream's end, before the decompressor can see
-//! EOF. Any failure aborts the extraction; the caller commits the staging
-//! directory only when decoding returns `Ok`.
+//! bytes decompressed since the previous chunk, fed back through the adapter's
+//! side hash), and the adapter delivers the blob digest and HMAC verdict at the
+//! stream's end, before the decompressor can see EOF; the verdict is then read
+//! from the adapter itself. Any failure aborts the extraction; the caller
+//! commits the staging directory only when decoding returns `Ok`.
 
-use std::cell::RefCell;
 use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Bytes, BytesMut};
-use ocicrypt::{CipherError, LayerDecryptor};
+use bytes::{Buf as _, BytesMut};
+use oci::Digest;
+use ocicrypt::{BufReadMut, DecryptBufReader, LayerDecryptor};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::extract::{self, ExtractError, ExtractOptions, ExtractStats};
 
+pub use ocicrypt::Compression;
+
 /// Chunk size read from the source and passed to the blocking side.
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the two sides.
 const DEPTH: usize = 4;
-/// Decompressed bytes waiting to ride along with the next ciphertext chunk's
-/// hashing pass; beyond this they are hashed on their own.
-const PENDING_MAX: usize = 2 << 20;
-
-/// How a layer's tar stream is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip (multi-member streams allowed).
-    Gzip,
-    /// zstd (multi-frame streams allowed).
-    Zstd,
-}
-
-impl Compression {
-    /// Compression from an OCI / Docker layer media type, encrypted or not.
-    pub fn from_media_type(media_type: &str) -> Result<Self, DecodeError> {
-        let base = media_type.strip_suffix("+encrypted").unwrap_or(media_type);
-        match base {
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar" => Ok(Self::None),
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Self::Gzip),
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(Self::Zstd),
-            other => Err(DecodeError::MediaType(other.to_string())),
-        }
-    }
-}
 
 /// Why decoding a layer failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
-    #[error("unsupported layer media type {0:?}")]
-    MediaType(String),
-    /// Reading the layer source failed: transport, size cap, blob digest or HMAC.
+    /// Reading the layer source failed: transport, size cap, blob digest or
+    /// HMAC (then the `io::Error` wraps the [`ocicrypt::CipherError`]).
     #[error("layer stream failed verification or transfer: {0}")]
     Source(#[source] io::Error),
     #[error("decompressing the layer: {0}")]
@@ -77,18 +47,18 @@ pub enum DecodeError {
     #[error("extracting the layer: {0}")]
     Extract(#[source] ExtractError),
     #[error("diff_id mismatch: the config says {expected}, the layer content hashes to {actual}")]
-    DiffId { expected: String, actual: String },
+    DiffId { expected: Digest, actual: Digest },
     #[error("cancelled after another layer failed")]
     Cancelled,
     #[error("the decode thread failed: {0}")]
-    Join(String),
+    Join(#[from] tokio::task::JoinError),
 }
 
 /// The outcome of a decoded layer.
 #[derive(Debug, Clone)]
 pub struct DecodedLayer {
-    /// `sha256:<hex>` of the uncompressed tar (the verified diff_id).
-    pub diff_id: String,
+    /// The verified diff_id (SHA-256 of the uncompressed tar).
+    pub diff_id: Digest,
     /// Compressed (plaintext) bytes read from the source.
     pub source_bytes: u64,
     /// Extraction statistics.
@@ -101,55 +71,26 @@ enum Msg {
     Failed,
 }
 
-/// The diff_id hash, shared by the channel reader (which decrypts, and hashes
-/// pending diff_id bytes in the same pass) and the tap above the decompressor.
-enum DiffHash {
-    /// Plain layer: OpenSSL's single-stream SHA-256 (the fastest for one stream).
-    Single(openssl::sha::Sha256),
-    /// Encrypted layer: `pending` decompressed bytes join the next combined pass.
-    Lanes { hasher: sha256x::Sha256, pending: Vec<u8> },
-}
-
-struct Shared {
-    diff: Option<DiffHash>,
-    /// Why the decryptor refused the stream (blob digest or HMAC), if it did.
-    source_failure: Option<CipherError>,
-}
-
-type SharedState = Rc<RefCell<Shared>>;
-
-/// Feeds the blocking side; EOF only after the async side said `End` and, for
-/// an encrypted layer, the blob digest and HMAC matched.
+/// Feeds the blocking side with the received chunks, in place (the decryptor
+/// above it decrypts them where they lie); EOF only after the async side said `End`.
 struct ChannelReader {
     rx: mpsc::Receiver<Msg>,
-    cur: Bytes,
+    cur: BytesMut,
     done: bool,
-    dec: Option<LayerDecryptor>,
-    shared: SharedState,
 }
 
 impl ChannelReader {
-    /// Decrypt a received chunk in place; the diff_id bytes decompressed since
-    /// the previous chunk are hashed in the same pass.
-    fn decrypt(&mut self, chunk: &mut [u8]) {
-        let Some(dec) = self.dec.as_mut() else { return };
-        let mut sh = self.shared.borrow_mut();
-        match sh.diff.as_mut() {
-            Some(DiffHash::Lanes { hasher, pending }) => {
-                dec.update_with(chunk, (hasher, pending));
-                pending.clear();
+    fn fill(&mut self) -> io::Result<()> {
+        while self.cur.is_empty() && !self.done {
+            match self.rx.blocking_recv() {
+                Some(Msg::Data(b)) => self.cur = b,
+                Some(Msg::End) => self.done = true,
+                Some(Msg::Failed) | None => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer source aborted"))
+                }
             }
-            _ => dec.update(chunk),
         }
-    }
-
-    /// End of the ciphertext: the blob digest and HMAC verdict.
-    fn settle(&mut self) -> io::Result<()> {
-        let Some(dec) = self.dec.take() else { return Ok(()) };
-        dec.finish().map_err(|e| {
-            self.shared.borrow_mut().source_failure = Some(e.clone());
-            io::Error::new(io::ErrorKind::InvalidData, e)
-        })
+        Ok(())
     }
 }
 
@@ -166,83 +107,139 @@ impl Read for ChannelReader {
 /// The decompressors read the received chunks in place (no copy into another buffer).
 impl BufRead for ChannelReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.cur.is_empty() {
-            if self.done {
-                return Ok(&[]);
-            }
-            match self.rx.blocking_recv() {
-                Some(Msg::Data(mut b)) => {
-                    self.decrypt(&mut b);
-                    self.cur = b.freeze();
-                }
-                Some(Msg::End) => {
-                    self.settle()?;
-                    self.done = true;
-                }
-                Some(Msg::Failed) | None => {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "layer source aborted"))
-                }
-            }
-        }
+        self.fill()?;
         Ok(&self.cur)
     }
 
     fn consume(&mut self, amt: usize) {
-        let _ = self.cur.split_to(amt.min(self.cur.len()));
+        self.cur.advance(amt.min(self.cur.len()));
     }
 }
 
-/// Hashes what passes through (the uncompressed tar: the diff_id), directly
-/// for a plain layer, or by queueing it for the next combined pass.
-struct HashReader<R> {
-    inner: R,
-    shared: SharedState,
+impl BufReadMut for ChannelReader {
+    fn fill_buf_mut(&mut self) -> io::Result<&mut [u8]> {
+        self.fill()?;
+        Ok(&mut self.cur)
+    }
 }
 
-impl<R: Read> Read for HashReader<R> {
+/// The compressed tar: as received, or decrypted in place by ocicrypt's
+/// adapter, which also carries the diff_id lane (the tar bytes decompressed
+/// since the previous chunk are hashed in that chunk's HMAC pass).
+enum Source {
+    Plain(ChannelReader),
+    Encrypted(DecryptBufReader<ChannelReader>),
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Plain(r) => r.read(buf),
+            Source::Encrypted(r) => r.read(buf),
+        }
+    }
+}
+
+impl BufRead for Source {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self {
+            Source::Plain(r) => r.fill_buf(),
+            Source::Encrypted(r) => r.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, amt: usize) {
+        match self {
+            Source::Plain(r) => r.consume(amt),
+            Source::Encrypted(r) => r.consume(amt),
+        }
+    }
+}
+
+/// The decompressor over the source; it remembers whether it failed, so its
+/// errors are told apart from the extractor's own.
+struct Decompressor {
+    kind: Decompress,
+    failed: bool,
+}
+
+enum Decompress {
+    None(Source),
+    Gzip(flate2::bufread::MultiGzDecoder<Source>),
+    Zstd(zstd::stream::read::Decoder<'static, Source>),
+}
+
+impl Decompressor {
+    fn new(source: Source, compression: Compression) -> io::Result<Self> {
+        let kind = match compression {
+            Compression::None => Decompress::None(source),
+            Compression::Gzip => Decompress::Gzip(flate2::bufread::MultiGzDecoder::new(source)),
+            // The zstd reader continues across frames: multi-frame layers decode whole.
+            Compression::Zstd => Decompress::Zstd(zstd::stream::read::Decoder::with_buffer(source)?),
+        };
+        Ok(Decompressor { kind, failed: false })
+    }
+
+    fn source(&mut self) -> &mut Source {
+        match &mut self.kind {
+            Decompress::None(s) => s,
+            Decompress::Gzip(d) => d.get_mut(),
+            Decompress::Zstd(d) => d.get_mut(),
+        }
+    }
+}
+
+impl Read for Decompressor {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = match &mut self.kind {
+            Decompress::None(s) => return s.read(buf),
+            Decompress::Gzip(d) => d.read(buf),
+            Decompress::Zstd(d) => d.read(buf),
+        };
+        self.failed |= r.is_err();
+        r
+    }
+}
+
+/// Hashes what passes through (the uncompressed tar: the diff_id): directly
+/// for a plain layer, through the decryptor's lane for an encrypted one.
+struct DiffIdTap {
+    inner: Decompressor,
+    /// Plain layer: OpenSSL's single-stream SHA-256 (the fastest for one stream).
+    single: Option<openssl::sha::Sha256>,
+}
+
+impl Read for DiffIdTap {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let mut sh = self.shared.borrow_mut();
-        match sh.diff.as_mut() {
-            Some(DiffHash::Single(h)) => h.update(&buf[..n]),
-            Some(DiffHash::Lanes { hasher, pending }) => {
-                pending.extend_from_slice(&buf[..n]);
-                if pending.len() >= PENDING_MAX {
-                    hasher.update(pending);
-                    pending.clear();
-                }
-            }
-            None => {}
+        match (&mut self.single, self.inner.source()) {
+            (Some(h), _) => h.update(&buf[..n]),
+            (None, Source::Encrypted(d)) => d.feed_side_hash(&buf[..n]),
+            (None, Source::Plain(_)) => {}
         }
         Ok(n)
     }
 }
 
-/// The diff_id of everything that passed the tap.
-fn finish_diff(shared: &SharedState) -> String {
-    let digest = match shared.borrow_mut().diff.take() {
-        Some(DiffHash::Single(h)) => h.finish(),
-        Some(DiffHash::Lanes { mut hasher, pending }) => {
-            hasher.update(&pending);
-            hasher.finalize()
+impl DiffIdTap {
+    /// The diff_id of everything that passed the tap.
+    fn finish(mut self) -> Digest {
+        let digest = match (self.single.take(), self.inner.source()) {
+            (Some(h), _) => h.finish(),
+            (None, Source::Encrypted(d)) => d.finish_side_hash().unwrap_or_default(),
+            (None, Source::Plain(_)) => openssl::sha::Sha256::new().finish(),
+        };
+        Digest::from_sha256_bytes(digest)
+    }
+
+    /// Why the decryptor refused the stream (blob digest or HMAC), if it did.
+    fn refusal(&mut self) -> Option<ocicrypt::CipherError> {
+        match self.inner.source() {
+            Source::Encrypted(d) => d.failure().cloned(),
+            Source::Plain(_) => None,
         }
-        None => openssl::sha::Sha256::new().finish(),
-    };
-    format!("sha256:{}", hex::encode(digest))
-}
-
-/// Marks errors coming out of the decompressor so they can be told apart.
-struct DecompressReader<R>(R);
-
-impl<R: Read> Read for DecompressReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| io::Error::new(e.kind(), DecompressFailure(e)))
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct DecompressFailure(io::Error);
 
 /// Decodes one layer stream into `dest` (an existing, private, empty directory).
 ///
@@ -251,7 +248,7 @@ struct DecompressFailure(io::Error);
 /// source then not checking the blob digest itself) decrypts on the blocking
 /// side, its hashes combined with the diff_id's.
 ///
-/// `expected_diff_id` is `sha256:<hex>`. `on_bytes` is called with the number
+/// `on_bytes` is called with the number
 /// of source bytes after each chunk (for progress). Setting `cancel` aborts
 /// the layer at the next chunk.
 #[allow(clippy::too_many_arguments)]
@@ -259,7 +256,7 @@ pub async fn decode_layer<R>(
     mut source: R,
     decrypt: Option<LayerDecryptor>,
     compression: Compression,
-    expected_diff_id: &str,
+    expected_diff_id: &Digest,
     dest: &Path,
     opts: &ExtractOptions,
     on_bytes: &(dyn Fn(u64) + Send + Sync),
@@ -305,7 +302,7 @@ where
         }
     }
     drop(tx);
-    let result = worker.await.map_err(|e| DecodeError::Join(e.to_string()))?;
+    let result = worker.await?;
     if cancelled {
         return Err(DecodeError::Cancelled);
     }
@@ -313,8 +310,8 @@ where
         return Err(DecodeError::Source(e));
     }
     let (actual, stats) = result?;
-    if actual != expected_diff_id {
-        return Err(DecodeError::DiffId { expected: expected_diff_id.to_string(), actual });
+    if actual != *expected_diff_id {
+        return Err(DecodeError::DiffId { expected: expected_diff_id.clone(), actual });
     }
     Ok(DecodedLayer { diff_id: actual, source_bytes, stats })
 }
@@ -325,43 +322,26 @@ fn decode_blocking(
     compression: Compression,
     dest: &Path,
     opts: &ExtractOptions,
-) -> Result<(String, ExtractStats), DecodeError> {
-    let diff = match dec {
-        Some(_) => DiffHash::Lanes { hasher: sha256x::Sha256::new(), pending: Vec::with_capacity(CHUNK) },
-        None => DiffHash::Single(openssl::sha::Sha256::new()),
+) -> Result<(Digest, ExtractStats), DecodeError> {
+    let input = ChannelReader { rx, cur: BytesMut::new(), done: false };
+    let (source, single) = match dec {
+        Some(dec) => (Source::Encrypted(DecryptBufReader::with_side_hash(input, dec)), None),
+        None => (Source::Plain(input), Some(openssl::sha::Sha256::new())),
     };
-    let shared: SharedState = Rc::new(RefCell::new(Shared { diff: Some(diff), source_failure: None }));
-    let input = ChannelReader { rx, cur: Bytes::new(), done: false, dec, shared: Rc::clone(&shared) };
-    let decompressed: Box<dyn Read> = match compression {
-        Compression::None => Box::new(input),
-        Compression::Gzip => Box::new(DecompressReader(flate2::bufread::MultiGzDecoder::new(input))),
-        Compression::Zstd => {
-            // The zstd reader continues across frames: multi-frame layers decode whole.
-            let d = zstd::stream::read::Decoder::with_buffer(input).map_err(DecodeError::Decompress)?;
-            Box::new(DecompressReader(d))
-        }
-    };
-    let mut hashed = HashReader { inner: decompressed, shared: Rc::clone(&shared) };
+    let inner = Decompressor::new(source, compression).map_err(DecodeError::Decompress)?;
+    let mut tap = DiffIdTap { inner, single };
     // tar reads 512-byte headers one at a time; the buffer turns those into
     // large decompress and hash calls.
-    let extracted = extract::extract(io::BufReader::with_capacity(CHUNK, &mut hashed), dest, opts);
-    if let Some(e) = shared.borrow_mut().source_failure.take() {
-        // The decryptor refused the stream: that, not the decompressor's view of it, is the error.
+    let extracted = extract::extract(io::BufReader::with_capacity(CHUNK, &mut tap), dest, opts);
+    if let Some(e) = tap.refusal() {
+        // The decryptor refused the stream: that, not the decompressor's or
+        // the extractor's view of it, is the error.
         return Err(DecodeError::Source(io::Error::new(io::ErrorKind::InvalidData, e)));
     }
-    let stats = extracted.map_err(classify)?;
-    Ok((finish_diff(&shared), stats))
-}
-
-fn classify(e: ExtractError) -> DecodeError {
-    match e {
-        ExtractError::Read(io) => {
-            if io.get_ref().is_some_and(|inner| inner.is::<DecompressFailure>()) {
-                DecodeError::Decompress(io)
-            } else {
-                DecodeError::Extract(ExtractError::Read(io))
-            }
-        }
-        other => DecodeError::Extract(other),
-    }
+    let stats = match extracted {
+        Ok(stats) => stats,
+        Err(ExtractError::Read(io)) if tap.inner.failed => return Err(DecodeError::Decompress(io)),
+        Err(e) => return Err(DecodeError::Extract(e)),
+    };
+    Ok((tap.finish(), stats))
 }

@@ -122,6 +122,7 @@ pub struct ExtractStats {
 
 /// Why an extraction failed. Paths are the (lossy) entry names from the tar.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExtractError {
     #[error("reading the tar stream: {0}")]
     Read(#[source] io::Error),

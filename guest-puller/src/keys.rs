@@ -1,6 +1,6 @@
 //! Key sources for a pull: local JWE private keys (`--key`), ocicrypt
 //! keyproviders (`--keyprovider-config` / `$OCICRYPT_KEYPROVIDER_CONFIG`) and the
-//! KBS directly (`--kbs URL --attester KIND`). All KBS-backed unwrappers share
+//! KBS directly (a KBS URL and an attester kind). All KBS-backed unwrappers share
 //! ONE `KbsClient`, so a pull attests once; keys stay in memory only.
 
 use std::path::PathBuf;
@@ -18,8 +18,8 @@ pub struct KeySources {
     pub keyprovider_config: Option<PathBuf>,
     /// KBS URL (`--kbs`).
     pub kbs_url: Option<String>,
-    /// Attester for the KBS (`auto` | `snp` | `tdx` | `sample`).
-    pub attester: Option<String>,
+    /// Attester for the KBS; `None` = `auto` (which never picks `sample`).
+    pub attester: Option<kbs_client::AttesterKind>,
     /// How long one KBS exchange (attestation, or one key), retries included,
     /// may take before the pull fails; `None` = the client's default (30 s).
     pub kbs_timeout: Option<Duration>,
@@ -27,22 +27,27 @@ pub struct KeySources {
 
 /// Why the key sources could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeysError {
     #[error("reading key file {path}: {source}")]
     ReadKey {
-        path: String,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("key file {path}: {reason}")]
-    BadKey { path: String, reason: String },
+    #[error("key file {path}: {source}")]
+    BadKey {
+        path: PathBuf,
+        #[source]
+        source: ocicrypt::KeyError,
+    },
     #[error("keyprovider config: {0}")]
-    KeyProvider(String),
+    KeyProvider(#[from] keyprovider::client::ClientError),
     #[error("KBS client: {0}")]
-    Kbs(String),
+    Kbs(#[from] kbs_client::KbsError),
     #[error("attester: {0}")]
-    Attester(String),
-    #[error("--attester needs --kbs")]
+    Attester(#[from] kbs_client::AttesterError),
+    #[error("an attester was named but no KBS URL was given")]
     AttesterWithoutKbs,
 }
 
@@ -63,28 +68,22 @@ impl Keys {
             for path in &src.key_files {
                 let bytes = zeroize::Zeroizing::new(
                     std::fs::read(path)
-                        .map_err(|source| KeysError::ReadKey { path: path.display().to_string(), source })?,
+                        .map_err(|source| KeysError::ReadKey { path: path.clone(), source })?,
                 );
-                let key = ocicrypt::load_private_key(&bytes).map_err(|e| KeysError::BadKey {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let key = ocicrypt::load_private_key(&bytes)
+                    .map_err(|source| KeysError::BadKey { path: path.clone(), source })?;
                 keys.push(key);
             }
             unwrappers.push(Arc::new(ocicrypt::JweUnwrapper::new(keys)));
         }
 
         let config = match &src.keyprovider_config {
-            Some(p) => Some(
-                keyprovider::KeyProviderConfig::from_path(p)
-                    .map_err(|e| KeysError::KeyProvider(e.to_string()))?,
-            ),
-            None => keyprovider::KeyProviderConfig::from_env()
-                .map_err(|e| KeysError::KeyProvider(e.to_string()))?,
+            Some(p) => Some(keyprovider::KeyProviderConfig::from_path(p)?),
+            None => keyprovider::KeyProviderConfig::from_env()?,
         };
         if let Some(cfg) = &config {
             for name in cfg.key_providers.keys() {
-                let client = cfg.client(name).map_err(|e| KeysError::KeyProvider(e.to_string()))?;
+                let client = cfg.client(name)?;
                 unwrappers.push(Arc::new(keyprovider::ProviderUnwrapper::new(client, Vec::new())));
             }
         }
@@ -94,24 +93,18 @@ impl Keys {
             (None, Some(_)) => return Err(KeysError::AttesterWithoutKbs),
             (None, None) => {}
             (Some(url), attester) => {
-                let kind: kbs_client::AttesterKind = attester
-                    .as_deref()
-                    .unwrap_or("auto")
-                    .parse()
-                    .map_err(|e: kbs_client::AttesterError| KeysError::Attester(e.to_string()))?;
+                let kind = attester.unwrap_or(kbs_client::AttesterKind::Auto);
                 // Sample evidence only when asked for by name; `auto` never picks it.
                 let opts = kbs_client::AttesterOptions {
                     allow_sample: kind == kbs_client::AttesterKind::Sample,
                     ..Default::default()
                 };
-                let attester =
-                    kbs_client::make_attester(kind, &opts).map_err(|e| KeysError::Attester(e.to_string()))?;
+                let attester = kbs_client::make_attester(kind, &opts)?;
                 let mut cfg = kbs_client::ClientConfig::default();
                 if let Some(t) = src.kbs_timeout {
                     cfg.deadline = t;
                 }
-                let client =
-                    kbs_client::KbsClient::new(url, attester, cfg).map_err(|e| KeysError::Kbs(e.to_string()))?;
+                let client = kbs_client::KbsClient::new(url, attester, cfg)?;
                 // A keyprovider config may also name attestation-agent; the direct
                 // KBS unwrapper is tried alongside it.
                 unwrappers.push(Arc::new(keyprovider::KbsKekUnwrapper::new(client.clone())));

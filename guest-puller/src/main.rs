@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use guest_puller::assemble::LinkMode;
 use guest_puller::extract::{DevicePolicy, ExtractOptions};
 use guest_puller::keys::{KeySources, Keys};
-use guest_puller::policy::Policy;
+use guest_puller::policy::PullPolicy;
 use guest_puller::progress::{Bars, JsonLines, ProgressSink, Quiet};
 use guest_puller::pull::{pull, PullError, PullOptions};
 
@@ -38,7 +38,7 @@ struct Cli {
     kbs: Option<String>,
     /// Attester for the KBS: auto | snp | tdx | sample (sample only when named).
     #[arg(long, value_name = "KIND")]
-    attester: Option<String>,
+    attester: Option<Attester>,
     /// Deadline of each KBS exchange (attestation, each key), retries with
     /// backoff included; an unreachable KBS fails the pull after this long.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
@@ -57,7 +57,7 @@ struct Cli {
     /// views of the store, writes go to BUNDLE_DIR/.cloak-overlay; `umount
     /// BUNDLE_DIR/rootfs` before removing the bundle).
     #[arg(long, value_name = "MODE", default_value = "copy")]
-    store_link: String,
+    store_link: StoreLink,
     /// Verify the registry's TLS (false = plain HTTP, insecure).
     #[arg(long, value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     src_tls_verify: bool,
@@ -72,16 +72,58 @@ struct Cli {
     max_concurrent_layers: usize,
     /// Device nodes and FIFOs in layers: create | skip | reject.
     #[arg(long, value_name = "POLICY", default_value = "create")]
-    devices: String,
+    devices: Devices,
     /// No progress output.
     #[arg(long)]
     quiet: bool,
     /// Progress format: `json` for JSON lines on stderr.
     #[arg(long, value_name = "FORMAT")]
-    progress: Option<String>,
+    progress: Option<ProgressFormat>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `--attester`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Attester {
+    Auto,
+    Snp,
+    Tdx,
+    Sample,
+}
+
+impl From<Attester> for kbs_client::AttesterKind {
+    fn from(a: Attester) -> Self {
+        match a {
+            Attester::Auto => Self::Auto,
+            Attester::Snp => Self::Snp,
+            Attester::Tdx => Self::Tdx,
+            Attester::Sample => Self::Sample,
+        }
+    }
+}
+
+/// `--store-link`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreLink {
+    Copy,
+    Hardlink,
+    Overlay,
+}
+
+/// `--devices`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Devices {
+    Create,
+    Skip,
+    Reject,
+}
+
+/// `--progress`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProgressFormat {
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -104,30 +146,32 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let image: oci::ImageRef =
+        cli.image.parse().with_context(|| format!("invalid image reference {:?}", cli.image))?;
     let policy = match &cli.policy {
-        Some(p) => Policy::load(p)?,
-        None => Policy::default(),
+        Some(p) => PullPolicy::load(p)?,
+        None => PullPolicy::default(),
     };
     let platform = cli.platform.as_deref().map(str::parse).transpose().context("--platform")?;
-    let store_link = match cli.store_link.as_str() {
-        "copy" => LinkMode::Copy,
-        "hardlink" => LinkMode::Hardlink,
-        "overlay" if cli.store.is_none() => {
+    let store_link = match cli.store_link {
+        StoreLink::Copy => LinkMode::Copy,
+        StoreLink::Hardlink => LinkMode::Hardlink,
+        StoreLink::Overlay if cli.store.is_none() => {
             anyhow::bail!("--store-link overlay needs --store (the overlay's lower layers live there)")
         }
-        "overlay" => LinkMode::Overlay,
-        other => anyhow::bail!("--store-link must be copy, hardlink or overlay, not {other:?}"),
+        StoreLink::Overlay => LinkMode::Overlay,
     };
-    let devices = match cli.devices.as_str() {
-        "create" => DevicePolicy::Create,
-        "skip" => DevicePolicy::Skip,
-        "reject" => DevicePolicy::Reject,
-        other => anyhow::bail!("--devices must be create, skip or reject, not {other:?}"),
+    let devices = match cli.devices {
+        Devices::Create => DevicePolicy::Create,
+        Devices::Skip => DevicePolicy::Skip,
+        Devices::Reject => DevicePolicy::Reject,
     };
-    let progress: Arc<dyn ProgressSink> = match (cli.quiet, cli.progress.as_deref()) {
+    if cli.attester.is_some() && cli.kbs.is_none() {
+        anyhow::bail!("--attester needs --kbs");
+    }
+    let progress: Arc<dyn ProgressSink> = match (cli.quiet, cli.progress) {
         (true, _) => Arc::new(Quiet),
-        (false, Some("json")) => Arc::new(JsonLines::default()),
-        (false, Some(other)) => anyhow::bail!("--progress supports only json, not {other:?}"),
+        (false, Some(ProgressFormat::Json)) => Arc::new(JsonLines::default()),
         (false, None) if std::io::stderr().is_terminal() => Arc::new(Bars::default()),
         (false, None) => Arc::new(Quiet),
     };
@@ -141,11 +185,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key_files: cli.keys.clone(),
             keyprovider_config: cli.keyprovider_config.clone(),
             kbs_url: cli.kbs.clone(),
-            attester: cli.attester.clone(),
+            attester: cli.attester.map(Into::into),
             kbs_timeout: Some(cli.kbs_timeout),
         })?;
         let opts = PullOptions {
-            image: cli.image.clone(),
+            image,
             bundle: cli.bundle_dir.clone(),
             unwrappers: keys.unwrappers.clone(),
             policy,

@@ -33,14 +33,15 @@ const MAX_OPTIONS: usize = 4000;
 
 /// Why the overlay rootfs could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OverlayError {
-    #[error("--store-link overlay needs root (it mounts overlayfs and sets trusted.* xattrs)")]
+    #[error("an overlay rootfs needs root (it mounts overlayfs and sets trusted.* xattrs)")]
     NotRoot,
-    #[error("--store-link overlay: this kernel has no overlayfs (not in /proc/filesystems)")]
+    #[error("an overlay rootfs: this kernel has no overlayfs (not in /proc/filesystems)")]
     Unavailable,
-    #[error("--store-link overlay: path {0} has a ',', ':', '\\' or whitespace, which overlayfs options cannot carry")]
+    #[error("an overlay rootfs: path {0} has a ',', ':', '\\' or whitespace, which overlayfs options cannot carry")]
     BadPath(String),
-    #[error("--store-link overlay: {layers} layers make the mount options too long ({len} bytes); use --store-link hardlink")]
+    #[error("an overlay rootfs: {layers} layers make the mount options too long ({len} bytes); link the store by hardlink instead")]
     TooManyLayers { layers: usize, len: usize },
     #[error("overlay view of {path}: {op}: {source}")]
     View {

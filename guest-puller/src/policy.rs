@@ -11,15 +11,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use oci::Digest;
+use ocicrypt::annotations::KEYS_PREFIX;
 use serde::Deserialize;
 
-/// Annotation prefix of wrapped layer keys.
-pub const KEYS_PREFIX: &str = "org.opencontainers.image.enc.keys.";
-
-/// A parsed policy. The default allows everything.
+/// A parsed pull policy (what images and layer keys a pull accepts; not the
+/// broker's key-release policy). The default allows everything.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct Policy {
+pub struct PullPolicy {
     /// The image must be referenced by digest.
     #[serde(default)]
     pub require_digest: bool,
@@ -37,6 +37,7 @@ pub struct Policy {
 
 /// A policy refusal or a bad policy file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     #[error("reading policy {path}: {source}")]
     Read {
@@ -44,8 +45,12 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("parsing policy {path}: {reason}")]
-    Parse { path: String, reason: String },
+    #[error("parsing policy {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
     #[error("policy refused {image}: the reference must be pinned by digest (use @sha256:...)")]
     NotPinned { image: String },
     #[error("policy refused {image}: registry {registry} is not in allowed_registries")]
@@ -53,36 +58,45 @@ pub enum PolicyError {
     #[error(
         "policy refused layer {index} ({digest}): it is not encrypted and require_encrypted_layers is set"
     )]
-    Unencrypted { index: usize, digest: String },
+    Unencrypted { index: usize, digest: Digest },
     #[error("policy refused layer {index} ({digest}): none of its key schemes [{found}] is in allowed_key_schemes")]
-    KeyScheme { index: usize, digest: String, found: String },
+    KeyScheme { index: usize, digest: Digest, found: String },
 }
 
 /// What the policy needs to know about a layer.
 #[derive(Debug, Clone)]
 pub struct LayerFacts<'a> {
     /// Descriptor digest.
-    pub digest: &'a str,
+    pub digest: &'a Digest,
     /// Descriptor media type.
     pub media_type: &'a str,
     /// Descriptor annotations.
     pub annotations: &'a BTreeMap<String, String>,
 }
 
-impl Policy {
+impl PullPolicy {
     /// Loads a policy file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| PolicyError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text).map_err(|reason| PolicyError::Parse { path: path.display().to_string(), reason })
+        Self::parse(&text).map_err(|source| PolicyError::Parse { path: path.display().to_string(), source })
     }
 
     /// Parses policy YAML; an empty document is the permissive default.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        serde_yaml::from_str(text)
+    }
+
+    /// Checks a parsed reference ([`check_reference`](Self::check_reference) with its facts).
+    pub fn check_image(&self, image: &oci::ImageRef) -> Result<(), PolicyError> {
+        let registry = match image {
+            oci::ImageRef::Registry(r) => Some(r.registry.as_str()),
+            oci::ImageRef::Layout(_) => None,
+        };
+        self.check_reference(&image.to_string(), registry, image.digest().is_some())
     }
 
     /// Checks the reference: `registry` is the host of a `docker://` image (None for layouts).
@@ -117,10 +131,10 @@ impl Policy {
     /// Checks the layers of the selected manifest.
     pub fn check_layers(&self, layers: &[LayerFacts<'_>]) -> Result<(), PolicyError> {
         for (index, l) in layers.iter().enumerate() {
-            let encrypted = l.media_type.ends_with("+encrypted");
+            let encrypted = ocicrypt::is_encrypted(l.media_type);
             if !encrypted {
                 if self.require_encrypted_layers {
-                    return Err(PolicyError::Unencrypted { index, digest: l.digest.to_string() });
+                    return Err(PolicyError::Unencrypted { index, digest: l.digest.clone() });
                 }
                 continue;
             }
@@ -128,7 +142,7 @@ impl Policy {
             if !schemes.iter().any(|s| self.scheme_allowed(s)) {
                 return Err(PolicyError::KeyScheme {
                     index,
-                    digest: l.digest.to_string(),
+                    digest: l.digest.clone(),
                     found: schemes.join(", "),
                 });
             }
@@ -146,17 +160,21 @@ pub fn key_schemes(annotations: &BTreeMap<String, String>) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn d() -> Digest {
+        Digest::sha256_of(b"layer")
+    }
+
     fn ann(keys: &[&str]) -> BTreeMap<String, String> {
         keys.iter().map(|k| (format!("{KEYS_PREFIX}{k}"), "x".to_string())).collect()
     }
 
     #[test]
     fn empty_policy_allows_everything() {
-        let p = Policy::parse("").expect("parse");
+        let p = PullPolicy::parse("").expect("parse");
         p.check_reference("docker://h/x:t", Some("h"), false).expect("ref");
         let a = BTreeMap::new();
         p.check_layers(&[LayerFacts {
-            digest: "sha256:1",
+            digest: &d(),
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
             annotations: &a,
         }])
@@ -165,12 +183,12 @@ mod tests {
 
     #[test]
     fn typo_in_policy_is_an_error() {
-        assert!(Policy::parse("require_digets: true").is_err());
+        assert!(PullPolicy::parse("require_digets: true").is_err());
     }
 
     #[test]
     fn refusals_name_the_reason() {
-        let p = Policy::parse(
+        let p = PullPolicy::parse(
             "require_digest: true\nrequire_encrypted_layers: true\nallowed_registries: [\"127.0.0.1:5000\"]\nallowed_key_schemes: [\"provider.*\"]\n",
         )
         .expect("parse");
@@ -187,7 +205,7 @@ mod tests {
         let none = BTreeMap::new();
         let e = p
             .check_layers(&[LayerFacts {
-                digest: "sha256:1",
+                digest: &d(),
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
                 annotations: &none,
             }])
@@ -196,11 +214,11 @@ mod tests {
         let jwe = ann(&["jwe"]);
         let mt = "application/vnd.oci.image.layer.v1.tar+gzip+encrypted";
         let e = p
-            .check_layers(&[LayerFacts { digest: "sha256:1", media_type: mt, annotations: &jwe }])
+            .check_layers(&[LayerFacts { digest: &d(), media_type: mt, annotations: &jwe }])
             .expect_err("scheme");
         assert!(e.to_string().contains("[jwe]"), "{e}");
         let aa = ann(&["provider.attestation-agent"]);
-        p.check_layers(&[LayerFacts { digest: "sha256:1", media_type: mt, annotations: &aa }])
+        p.check_layers(&[LayerFacts { digest: &d(), media_type: mt, annotations: &aa }])
             .expect("provider ok");
     }
 }

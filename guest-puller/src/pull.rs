@@ -1,27 +1,33 @@
-//! The pull orchestrator: reference → policy → manifest (pinned digest checked)
-//! → config → keys → layers in parallel (fetch, verify, decrypt, decode,
-//! extract, commit to the store) → rootfs assembled in order → one rename into
-//! `BUNDLE/rootfs`. On any failure nothing is left at `BUNDLE/rootfs` and no
-//! unverified layer is in the store.
+//! The pull orchestrator, in three stages a caller may run one by one:
+//!
+//! 1. [`resolve`]: reference policy → manifest (pinned digest checked, index →
+//!    platform manifest) → config, verified and parsed ([`ResolvedImage`]);
+//! 2. [`plan`]: layer policy, one typed [`LayerPlan`] per layer (media type,
+//!    diff_id, whether encrypted) ([`PullPlan`]);
+//! 3. [`execute`]: keys → layers in parallel (fetch, verify, decrypt, decode,
+//!    extract, commit to the store) → rootfs assembled in order → one rename
+//!    into `BUNDLE/rootfs`.
+//!
+//! [`pull`] runs all three. On any failure nothing is left at `BUNDLE/rootfs`
+//! and no unverified layer is in the store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{self, StreamExt};
-use oci::{Digest, ImageRef, ImageSource, Manifest, PlatformSpec, SourceOptions};
-use ocicrypt::{KeyUnwrapper, PrivateOptions, PublicOptions};
+use oci::{Digest, ImageConfig, ImageManifest, ImageRef, ImageSource, Manifest, PlatformSpec, SourceOptions};
+use ocicrypt::{KeyUnwrapper, LayerMediaType, PrivateOptions, PublicOptions};
 use serde::Serialize;
 use tokio::io::AsyncRead;
 
 use crate::assemble::{self, LinkMode};
-use crate::decode::{self, Compression, DecodeError};
+use crate::decode::{self, DecodeError};
 use crate::extract::{ExtractOptions, WhiteoutMode};
 use crate::overlay::{self, OverlayError};
-use crate::policy::{LayerFacts, Policy, PolicyError};
+use crate::policy::{LayerFacts, PolicyError, PullPolicy};
 use crate::progress::{Event, ProgressSink};
 use crate::store::{self, Completion, Store, StoreError};
 
@@ -30,14 +36,14 @@ const MAX_CONFIG_SIZE: u64 = 4 << 20;
 
 /// Everything a pull needs.
 pub struct PullOptions {
-    /// `docker://…` or `oci:DIR[:TAG|@DIGEST]`.
-    pub image: String,
+    /// The image (`docker://…` or `oci:DIR[:TAG|@DIGEST]`).
+    pub image: ImageRef,
     /// The bundle directory; `rootfs/` and `image.json` are written into it.
     pub bundle: PathBuf,
     /// Key unwrappers (local JWE keys, keyproviders, KBS), tried per layer.
     pub unwrappers: Vec<Arc<dyn KeyUnwrapper>>,
     /// Pull policy.
-    pub policy: Policy,
+    pub policy: PullPolicy,
     /// Platform to select from an index (default: this machine's).
     pub platform: Option<PlatformSpec>,
     /// Persistent layer store; `None` = a private one inside the bundle, removed afterwards.
@@ -56,25 +62,36 @@ pub struct PullOptions {
 
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PullError {
-    #[error("invalid image reference {image:?}: {reason}")]
-    Reference { image: String, reason: String },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Source(#[from] oci::OciError),
     #[error("manifest digest mismatch: {what} should be {expected} but the bytes hash to {actual}")]
-    ManifestDigest { what: String, expected: String, actual: String },
-    #[error("bad manifest: {0}")]
-    Manifest(String),
+    ManifestDigest { what: &'static str, expected: Digest, actual: Digest },
+    #[error("bad manifest: an index nested in an index is not supported")]
+    NestedIndex,
     #[error("bad image config: {0}")]
-    Config(String),
-    #[error("layer {index} ({digest}): the layer key could not be unwrapped: {reason}")]
-    Keys { index: usize, digest: String, reason: String },
+    Config(#[from] oci::ConfigError),
+    #[error("layer {index} ({digest}): unsupported layer media type: {source}")]
+    MediaType {
+        index: usize,
+        digest: Digest,
+        #[source]
+        source: ocicrypt::MediaTypeError,
+    },
+    #[error("layer {index} ({digest}): the layer key could not be unwrapped: {source}")]
+    Keys {
+        index: usize,
+        digest: Digest,
+        #[source]
+        source: ocicrypt::OcicryptError,
+    },
     #[error("layer {index} ({digest}): {source}")]
     Layer {
         index: usize,
-        digest: String,
+        digest: Digest,
         #[source]
         source: DecodeError,
     },
@@ -84,8 +101,16 @@ pub enum PullError {
     Assemble(#[from] assemble::AssembleError),
     #[error(transparent)]
     Overlay(#[from] OverlayError),
-    #[error("bundle {path}: {reason}")]
-    Bundle { path: String, reason: String },
+    #[error("bundle {path}: {source}")]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle {path}: rootfs already exists; use a fresh bundle directory")]
+    BundleInUse { path: PathBuf },
+    #[error("a blocking task of the pull failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
     #[error("cancelled after another layer failed")]
     Cancelled,
 }
@@ -93,8 +118,8 @@ pub enum PullError {
 /// One layer in the summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerSummary {
-    pub digest: String,
-    pub diff_id: String,
+    pub digest: Digest,
+    pub diff_id: Digest,
     pub media_type: String,
     pub size: u64,
     pub encrypted: bool,
@@ -117,33 +142,71 @@ pub struct Timings {
 pub struct PullSummary {
     pub image: String,
     /// Digest of the top-level manifest or index the reference resolved to.
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     /// Digest of the platform manifest (equal to `manifest_digest` without an index).
-    pub platform_manifest_digest: String,
-    pub config_digest: String,
+    pub platform_manifest_digest: Digest,
+    pub config_digest: Digest,
     pub layers: Vec<LayerSummary>,
     pub rootfs: PathBuf,
     pub timings: Timings,
 }
 
+/// Stage 1's result: the image the reference resolved to, every byte of its
+/// manifests and config verified against the digests that name them.
+pub struct ResolvedImage {
+    /// The reference it was resolved from.
+    pub image: ImageRef,
+    /// Where its blobs come from.
+    pub source: ImageSource,
+    /// Digest of the top-level manifest or index.
+    pub manifest_digest: Digest,
+    /// Digest of the platform manifest (equal to `manifest_digest` without an index).
+    pub platform_manifest_digest: Digest,
+    /// The platform manifest.
+    pub manifest: ImageManifest,
+    /// The image config, parsed.
+    pub config: ImageConfig,
+    /// Milliseconds spent resolving.
+    pub resolve_ms: u128,
+}
+
+/// One layer as the pull will treat it.
+#[derive(Debug, Clone)]
+pub struct LayerPlan {
+    /// Position in the manifest (and in the rootfs order).
+    pub index: usize,
+    /// Blob digest.
+    pub digest: Digest,
+    /// Blob size from the descriptor (reads are capped at it).
+    pub size: u64,
+    /// The descriptor's media type, parsed.
+    pub media_type: LayerMediaType,
+    /// Descriptor annotations (wrapped keys for encrypted layers).
+    pub annotations: HashMap<String, String>,
+    /// The diff_id the config gives for this layer.
+    pub diff_id: Digest,
+}
+
+impl LayerPlan {
+    fn encrypted(&self) -> bool {
+        self.media_type.encrypted
+    }
+}
+
+/// Stage 2's result: every layer checked against the policy and typed.
+#[derive(Debug, Clone)]
+pub struct PullPlan {
+    /// The layers in manifest order.
+    pub layers: Vec<LayerPlan>,
+}
+
 /// One layer's outcome: its tree in the store and its summary.
 type LayerResult = Result<(PathBuf, LayerSummary), PullError>;
-
-struct LayerPlan {
-    index: usize,
-    digest: Digest,
-    size: u64,
-    media_type: String,
-    annotations: HashMap<String, String>,
-    diff_id: String,
-    compression: Compression,
-    encrypted: bool,
-}
 
 /// Restricts an unwrapper to the schemes the policy allows.
 struct PolicyFiltered {
     inner: Arc<dyn KeyUnwrapper>,
-    policy: Policy,
+    policy: PullPolicy,
 }
 
 impl KeyUnwrapper for PolicyFiltered {
@@ -162,142 +225,130 @@ impl KeyUnwrapper for PolicyFiltered {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(openssl::sha::sha256(bytes)))
-}
-
 /// Checks raw manifest bytes against the digest they were fetched by; done
 /// here as well as in `oci`, because the whole chain of trust starts here.
-fn check_manifest_bytes(raw: &oci::RawManifest, expected: &Digest, what: &str) -> Result<(), PullError> {
-    if expected.algorithm() == oci::Algorithm::Sha256 {
-        let actual = sha256_hex(&raw.bytes);
-        if actual != expected.to_string() {
-            return Err(PullError::ManifestDigest {
-                what: what.to_string(),
-                expected: expected.to_string(),
-                actual,
-            });
-        }
-    } else if !expected.matches(&raw.bytes) {
-        return Err(PullError::ManifestDigest {
-            what: what.to_string(),
-            expected: expected.to_string(),
-            actual: "(other)".into(),
-        });
+fn check_manifest_bytes(
+    raw: &oci::RawManifest,
+    expected: &Digest,
+    what: &'static str,
+) -> Result<(), PullError> {
+    let actual = Digest::of(expected.algorithm(), &raw.bytes);
+    if actual != *expected {
+        return Err(PullError::ManifestDigest { what, expected: expected.clone(), actual });
     }
     Ok(())
 }
 
-/// Pulls `opts.image` into `opts.bundle`.
+/// Pulls `opts.image` into `opts.bundle`: [`resolve`], [`plan`], [`execute`].
 pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
-    let t0 = Instant::now();
-    let mut timings = Timings::default();
-    let image_ref = ImageRef::from_str(&opts.image)
-        .map_err(|e| PullError::Reference { image: opts.image.clone(), reason: e.to_string() })?;
-    let registry = match &image_ref {
-        ImageRef::Registry(r) => Some(r.registry.clone()),
-        ImageRef::Layout(_) => None,
-    };
-    opts.policy.check_reference(&opts.image, registry.as_deref(), image_ref.digest().is_some())?;
+    opts.policy.check_image(&opts.image)?;
+    // The bundle is checked before anything is fetched.
+    prepare_bundle(opts)?;
+    let resolved = resolve(opts).await?;
+    let plan = plan(opts, &resolved)?;
+    execute(opts, &resolved, &plan).await
+}
 
+/// Refuses a bundle that already has a rootfs (or an overlay store link that
+/// cannot work here) and creates the bundle directory.
+fn prepare_bundle(opts: &PullOptions) -> Result<(), PullError> {
     let rootfs = opts.bundle.join("rootfs");
     if rootfs.symlink_metadata().is_ok() {
-        return Err(PullError::Bundle {
-            path: rootfs.display().to_string(),
-            reason: "already exists; use a fresh bundle directory".into(),
-        });
+        return Err(PullError::BundleInUse { path: rootfs });
     }
     if opts.store.is_some() && opts.store_link == LinkMode::Overlay {
-        // Refused before anything is fetched.
         overlay::check_available()?;
     }
     std::fs::create_dir_all(&opts.bundle)
-        .map_err(|e| PullError::Bundle { path: opts.bundle.display().to_string(), reason: e.to_string() })?;
+        .map_err(|source| PullError::Bundle { path: opts.bundle.clone(), source })
+}
 
-    // Resolve: manifest (or index → platform manifest) and config.
+/// Stage 1: checks the reference against the policy, then fetches and verifies
+/// the manifest (the platform's, from an index) and the config.
+pub async fn resolve(opts: &PullOptions) -> Result<ResolvedImage, PullError> {
+    let t0 = Instant::now();
+    let image_ref = &opts.image;
+    opts.policy.check_image(image_ref)?;
     opts.progress.event(&Event { layer: None, digest: None, phase: "resolve", bytes: 0, total: 0 });
-    let source = ImageSource::open(&image_ref, &opts.source).await?;
+    let source = ImageSource::open(image_ref, &opts.source).await?;
     let top = source.manifest().await?;
     if let Some(pinned) = image_ref.digest() {
         check_manifest_bytes(&top, pinned, "the pinned manifest")?;
     }
     check_manifest_bytes(&top, &top.digest, "the manifest")?;
-    let manifest_digest = top.digest.to_string();
-    let (platform_raw, manifest) = match top.parse()? {
-        Manifest::Image(m) => (top.clone(), m),
+    let (platform_digest, manifest) = match top.parse()? {
+        Manifest::Image(m) => (top.digest.clone(), m),
         Manifest::Index(idx) => {
             let wanted = opts.platform.clone().unwrap_or_else(PlatformSpec::current);
             let desc = oci::select_platform(&idx, &wanted).map_err(oci::OciError::from)?;
             let child = source.manifest_by_digest(&desc.digest).await?;
             check_manifest_bytes(&child, &desc.digest, "the platform manifest")?;
             match child.parse()? {
-                Manifest::Image(m) => (child, m),
-                Manifest::Index(_) => {
-                    return Err(PullError::Manifest("an index nested in an index is not supported".into()))
-                }
+                Manifest::Image(m) => (child.digest, m),
+                Manifest::Index(_) => return Err(PullError::NestedIndex),
             }
         }
     };
     let config_bytes = source.blob_bytes(&manifest.config.digest, MAX_CONFIG_SIZE).await?;
-    if !manifest.config.digest.matches(&config_bytes) {
-        return Err(PullError::Config(format!("config does not hash to {}", manifest.config.digest)));
-    }
-    let config: serde_json::Value =
-        serde_json::from_slice(&config_bytes).map_err(|e| PullError::Config(e.to_string()))?;
-    let diff_ids: Vec<String> = config
-        .get("rootfs")
-        .and_then(|r| r.get("diff_ids"))
-        .and_then(|d| d.as_array())
-        .ok_or_else(|| PullError::Config("rootfs.diff_ids is missing".into()))?
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| PullError::Config("a diff_id is not a string".into()))
-        })
-        .collect::<Result<_, _>>()?;
-    if diff_ids.len() != manifest.layers.len() {
-        return Err(PullError::Config(format!(
-            "{} diff_ids for {} layers",
-            diff_ids.len(),
-            manifest.layers.len()
-        )));
-    }
+    let config = ImageConfig::from_blob(config_bytes, &manifest.config.digest)?;
+    config.check_layer_count(manifest.layers.len())?;
+    Ok(ResolvedImage {
+        image: image_ref.clone(),
+        source,
+        manifest_digest: top.digest,
+        platform_manifest_digest: platform_digest,
+        manifest,
+        config,
+        resolve_ms: t0.elapsed().as_millis(),
+    })
+}
+
+/// Stage 2: checks the layers against the policy and types each one (media
+/// type, diff_id); nothing is fetched.
+pub fn plan(opts: &PullOptions, resolved: &ResolvedImage) -> Result<PullPlan, PullError> {
+    let manifest = &resolved.manifest;
+    let diff_ids = resolved.config.diff_ids();
     let empty = Default::default();
     let facts: Vec<LayerFacts<'_>> = manifest
         .layers
         .iter()
         .map(|l| LayerFacts {
-            digest: "",
+            digest: &l.digest,
             media_type: &l.media_type,
             annotations: l.annotations.as_ref().unwrap_or(&empty),
         })
         .collect();
-    let digests: Vec<String> = manifest.layers.iter().map(|l| l.digest.to_string()).collect();
-    let facts: Vec<LayerFacts<'_>> =
-        facts.into_iter().zip(&digests).map(|(f, d)| LayerFacts { digest: d, ..f }).collect();
     opts.policy.check_layers(&facts)?;
-    let mut plans = Vec::new();
-    for (index, (l, diff_id)) in manifest.layers.iter().zip(&diff_ids).enumerate() {
-        store::diff_id_hex(diff_id)?;
-        let compression = Compression::from_media_type(&l.media_type).map_err(|e| PullError::Layer {
-            index,
-            digest: l.digest.to_string(),
-            source: e,
-        })?;
-        plans.push(LayerPlan {
+    let mut layers = Vec::new();
+    for (index, (l, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+        store::diff_id_hex(&diff_id.to_string())?;
+        let media_type_err = |source| PullError::MediaType { index, digest: l.digest.clone(), source };
+        let media_type = LayerMediaType::parse(&l.media_type).map_err(media_type_err)?;
+        if !media_type.is_tar() {
+            return Err(media_type_err(ocicrypt::MediaTypeError::NotATar(l.media_type.clone())));
+        }
+        layers.push(LayerPlan {
             index,
             digest: l.digest.clone(),
             size: l.size,
-            media_type: l.media_type.clone(),
+            media_type,
             annotations: l.annotations.clone().unwrap_or_default().into_iter().collect(),
             diff_id: diff_id.clone(),
-            compression,
-            encrypted: ocicrypt::is_encrypted(&l.media_type),
         });
     }
-    timings.resolve_ms = t0.elapsed().as_millis();
+    Ok(PullPlan { layers })
+}
 
+/// Stage 3: unwraps the keys, fetches, verifies and unpacks every layer and
+/// publishes `BUNDLE/rootfs` (and `image.json`).
+pub async fn execute(
+    opts: &PullOptions,
+    resolved: &ResolvedImage,
+    plan: &PullPlan,
+) -> Result<PullSummary, PullError> {
+    let t0 = Instant::now();
+    prepare_bundle(opts)?;
+    let mut timings = Timings { resolve_ms: resolved.resolve_ms, ..Default::default() };
     // The store: persistent, or private to this pull.
     let (store, ephemeral) = match &opts.store {
         Some(p) => (Store::open(p)?, false),
@@ -307,21 +358,29 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
     };
     // `None`: the store is private and thrown away, so its trees are moved into the rootfs.
     let link = if ephemeral { None } else { Some(opts.store_link) };
-    let result =
-        pull_layers_and_assemble(opts, &source, &store, &plans, link, &config_bytes, &mut timings).await;
+    let result = pull_layers_and_assemble(
+        opts,
+        &resolved.source,
+        &store,
+        &plan.layers,
+        link,
+        resolved.config.bytes(),
+        &mut timings,
+    )
+    .await;
     if ephemeral {
         let _ = store::remove_tree(store.root());
     }
     let layers = result?;
-    timings.total_ms = t0.elapsed().as_millis();
+    timings.total_ms = timings.resolve_ms + t0.elapsed().as_millis();
     opts.progress.event(&Event { layer: None, digest: None, phase: "done", bytes: 0, total: 0 });
     Ok(PullSummary {
-        image: opts.image.clone(),
-        manifest_digest,
-        platform_manifest_digest: platform_raw.digest.to_string(),
-        config_digest: manifest.config.digest.to_string(),
+        image: resolved.image.to_string(),
+        manifest_digest: resolved.manifest_digest.clone(),
+        platform_manifest_digest: resolved.platform_manifest_digest.clone(),
+        config_digest: resolved.manifest.config.digest.clone(),
         layers,
-        rootfs,
+        rootfs: opts.bundle.join("rootfs"),
         timings,
     })
 }
@@ -347,8 +406,8 @@ async fn pull_layers_and_assemble(
         })
         .collect();
     let mut keys: HashMap<usize, (PrivateOptions, PublicOptions)> = HashMap::new();
-    for p in plans.iter().filter(|p| p.encrypted) {
-        if store.lookup(&p.diff_id)?.is_some() {
+    for p in plans.iter().filter(|p| p.encrypted()) {
+        if store.lookup(&p.diff_id.to_string())?.is_some() {
             continue;
         }
         opts.progress.event(&Event {
@@ -420,20 +479,16 @@ async fn pull_layers_and_assemble(
     opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
     let staging = opts.bundle.join(format!(".rootfs-{}", store::random_suffix()));
     let mut guard = RemoveOnDrop(Some(staging.clone()));
-    std::fs::create_dir(&staging)
-        .map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })?;
+    std::fs::create_dir(&staging).map_err(|source| PullError::Bundle { path: staging.clone(), source })?;
     let st2 = staging.clone();
     tokio::task::spawn_blocking(move || match link {
         Some(mode) => assemble::assemble(&trees, &st2, mode),
         None => assemble::assemble_by_moving(&trees, &st2),
     })
-    .await
-    .map_err(|e| PullError::Bundle { path: staging.display().to_string(), reason: e.to_string() })??;
+    .await??;
     write_atomic(&opts.bundle.join("image.json"), config_bytes)?;
-    std::fs::rename(&staging, opts.bundle.join("rootfs")).map_err(|e| PullError::Bundle {
-        path: opts.bundle.join("rootfs").display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let rootfs = opts.bundle.join("rootfs");
+    std::fs::rename(&staging, &rootfs).map_err(|source| PullError::Bundle { path: rootfs, source })?;
     guard.0 = None;
     timings.assemble_ms = t.elapsed().as_millis();
     Ok(summaries)
@@ -452,11 +507,7 @@ async fn mount_overlay(
 ) -> Result<Vec<LayerSummary>, PullError> {
     let t = Instant::now();
     opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
-    let join = |e: tokio::task::JoinError| PullError::Bundle {
-        path: opts.bundle.display().to_string(),
-        reason: e.to_string(),
-    };
-    let diff_ids: Vec<String> = plans.iter().map(|p| p.diff_id.clone()).collect();
+    let diff_ids: Vec<String> = plans.iter().map(|p| p.diff_id.to_string()).collect();
     let st = store.clone();
     let views = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, PullError> {
         let mut views = Vec::new();
@@ -466,11 +517,10 @@ async fn mount_overlay(
         }
         Ok(views)
     })
-    .await
-    .map_err(join)??;
+    .await??;
     write_atomic(&opts.bundle.join("image.json"), config_bytes)?;
     let bundle = opts.bundle.clone();
-    tokio::task::spawn_blocking(move || overlay::mount(&views, &bundle)).await.map_err(join)??;
+    tokio::task::spawn_blocking(move || overlay::mount(&views, &bundle)).await??;
     timings.assemble_ms = t.elapsed().as_millis();
     Ok(summaries)
 }
@@ -479,10 +529,10 @@ async fn unwrap_layer_key(
     unwrappers: &[Arc<dyn KeyUnwrapper>],
     p: &LayerPlan,
 ) -> Result<(PrivateOptions, PublicOptions), PullError> {
-    ocicrypt::unwrap_keys(unwrappers, &p.annotations).await.map_err(|e| PullError::Keys {
+    ocicrypt::unwrap_keys(unwrappers, &p.annotations).await.map_err(|source| PullError::Keys {
         index: p.index,
-        digest: p.digest.to_string(),
-        reason: e.to_string(),
+        digest: p.digest.clone(),
+        source,
     })
 }
 
@@ -496,12 +546,13 @@ async fn fetch_layer(
     cancel: &AtomicBool,
 ) -> Result<(PathBuf, LayerSummary), PullError> {
     let digest_s = p.digest.to_string();
+    let diff_id_s = p.diff_id.to_string();
     let summary = |cached| LayerSummary {
-        digest: digest_s.clone(),
+        digest: p.digest.clone(),
         diff_id: p.diff_id.clone(),
-        media_type: p.media_type.clone(),
+        media_type: p.media_type.to_string(),
         size: p.size,
-        encrypted: p.encrypted,
+        encrypted: p.encrypted(),
         cached,
     };
     if cancel.load(Ordering::SeqCst) {
@@ -509,11 +560,9 @@ async fn fetch_layer(
     }
     // The lock makes a concurrent pull of the same layer wait, then hit the store.
     let st = store.clone();
-    let diff_id = p.diff_id.clone();
-    let _lock = tokio::task::spawn_blocking(move || st.lock(&diff_id)).await.map_err(|e| {
-        PullError::Bundle { path: store.root().display().to_string(), reason: e.to_string() }
-    })??;
-    if let Some(tree) = store.lookup(&p.diff_id)? {
+    let diff_id = diff_id_s.clone();
+    let _lock = tokio::task::spawn_blocking(move || st.lock(&diff_id)).await??;
+    if let Some(tree) = store.lookup(&diff_id_s)? {
         opts.progress.event(&Event {
             layer: Some(p.index),
             digest: Some(&digest_s),
@@ -523,12 +572,12 @@ async fn fetch_layer(
         });
         return Ok((tree, summary(true)));
     }
-    let key = match (p.encrypted, key) {
+    let key = match (p.encrypted(), key) {
         (false, _) => None,
         (true, Some(k)) => Some(k),
         (true, None) => Some(unwrap_layer_key(unwrappers, p).await?),
     };
-    let layer_err = |source| PullError::Layer { index: p.index, digest: digest_s.clone(), source };
+    let layer_err = |source| PullError::Layer { index: p.index, digest: p.digest.clone(), source };
     let mut blob = source.blob(&p.digest, p.size).await?;
     // An encrypted layer is decrypted on the decode thread, where its blob
     // digest and HMAC are hashed in one pass with the diff_id; the blob reader
@@ -536,17 +585,20 @@ async fn fetch_layer(
     let decrypt = match &key {
         None => None,
         Some((priv_opts, pub_opts)) => {
-            let mut d = ocicrypt::LayerDecryptor::new(priv_opts, pub_opts)
-                .map_err(|e| layer_err(DecodeError::Source(std::io::Error::other(e.to_string()))))?;
-            if let Some(bytes) = blob.take_sha256_check() {
-                d = d.with_ciphertext_digest(bytes);
-            }
-            Some(d)
+            // The blob reader's own check is handed to the decryptor, which
+            // holds it from the first byte.
+            let dec = match blob.take_sha256_check() {
+                Some(sha) => ocicrypt::LayerDecryptor::with_ciphertext_digest(priv_opts, pub_opts, sha),
+                None => ocicrypt::LayerDecryptor::new(priv_opts, pub_opts),
+            };
+            Some(dec.map_err(|e| {
+                layer_err(DecodeError::Source(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+            })?)
         }
     };
     drop(key);
     let reader: Box<dyn AsyncRead + Unpin + Send> = Box::new(blob);
-    let staging = store.begin(&p.diff_id)?;
+    let staging = store.begin(&diff_id_s)?;
     let mut xopts = opts.extract.clone();
     xopts.whiteouts = WhiteoutMode::Keep;
     let progress = opts.progress.clone();
@@ -559,7 +611,7 @@ async fn fetch_layer(
     let decoded = decode::decode_layer(
         reader,
         decrypt,
-        p.compression,
+        p.media_type.compression,
         &p.diff_id,
         &staging.tree(),
         &xopts,
@@ -575,7 +627,7 @@ async fn fetch_layer(
         tracing::warn!(layer = p.index, "{w}");
     }
     let completion = Completion {
-        diff_id: p.diff_id.clone(),
+        diff_id: diff_id_s.clone(),
         blob_digest: digest_s.clone(),
         entries: decoded.stats.entries,
         bytes: decoded.stats.bytes,
@@ -603,7 +655,7 @@ impl Drop for RemoveOnDrop {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
     let tmp = path.with_extension(format!("tmp-{}", store::random_suffix()));
-    let e = |e: std::io::Error| PullError::Bundle { path: path.display().to_string(), reason: e.to_string() };
+    let e = |source| PullError::Bundle { path: path.to_path_buf(), source };
     std::fs::write(&tmp, bytes).map_err(e)?;
     std::fs::rename(&tmp, path).map_err(e)
 }

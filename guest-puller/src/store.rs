@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error("invalid diff_id {0:?} (expected sha256:<64 hex>)")]
     BadDiffId(String),

@@ -12,8 +12,8 @@ use guest_puller::decode::{decode_layer, Compression, DecodeError};
 use guest_puller::extract::ExtractOptions;
 use sha2::Digest as _;
 
-fn diff_id(tar: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(tar)))
+fn diff_id(tar: &[u8]) -> oci::Digest {
+    oci::Digest::from_sha256_bytes(sha2::Sha256::digest(tar).into())
 }
 
 fn layer_tar() -> Vec<u8> {
@@ -24,7 +24,7 @@ fn layer_tar() -> Vec<u8> {
 async fn run(
     data: Vec<u8>,
     c: Compression,
-    id: &str,
+    id: &oci::Digest,
 ) -> (Result<guest_puller::decode::DecodedLayer, DecodeError>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tmp");
     let cancel = AtomicBool::new(false);
@@ -74,7 +74,7 @@ async fn zstd_multi_frame_decodes_whole() {
 #[tokio::test]
 async fn diff_id_mismatch_is_reported() {
     let tar = layer_tar();
-    let wrong = format!("sha256:{}", "0".repeat(64));
+    let wrong: oci::Digest = format!("sha256:{}", "0".repeat(64)).parse().expect("digest");
     let (r, _tmp) = run(tar.clone(), Compression::None, &wrong).await;
     match r {
         Err(DecodeError::DiffId { expected, actual }) => {
@@ -158,7 +158,7 @@ async fn run_encrypted(
     ct: Vec<u8>,
     dec: ocicrypt::LayerDecryptor,
     c: Compression,
-    id: &str,
+    id: &oci::Digest,
 ) -> (Result<guest_puller::decode::DecodedLayer, DecodeError>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tmp");
     let cancel = AtomicBool::new(false);
@@ -184,7 +184,7 @@ async fn encrypted_layer_decrypts_and_verifies_in_one_pass() {
     let big: Vec<u8> = (0..6_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
     let tar = RawTar::new().file("a", b"alpha").file("big", &big).file("z", b"zulu").finish();
     let (ct, sha, opts, public) = encrypted_layer(&tar, Compression::Gzip);
-    let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(sha);
+    let dec = ocicrypt::LayerDecryptor::with_ciphertext_digest(&opts, &public, sha).expect("dec");
     let (r, tmp) = run_encrypted(ct, dec, Compression::Gzip, &diff_id(&tar)).await;
     let d = r.expect("decode");
     assert_eq!(d.diff_id, diff_id(&tar));
@@ -204,7 +204,7 @@ async fn encrypted_layer_failures_are_source_failures() {
     let pos = tar.windows(5).position(|w| w == b"alpha").expect("alpha");
     flipped[pos] ^= 0x01;
     let flipped_sha: [u8; 32] = sha2::Sha256::digest(&flipped).into();
-    let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(flipped_sha);
+    let dec = ocicrypt::LayerDecryptor::with_ciphertext_digest(&opts, &public, flipped_sha).expect("dec");
     let (r, _t) = run_encrypted(flipped, dec, Compression::None, &diff_id(&tar)).await;
     let err = r.expect_err("tampered");
     assert!(matches!(&err, DecodeError::Source(_)), "{err}");
@@ -212,18 +212,18 @@ async fn encrypted_layer_failures_are_source_failures() {
 
     let mut other = sha;
     other[0] ^= 0xff;
-    let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(other);
+    let dec = ocicrypt::LayerDecryptor::with_ciphertext_digest(&opts, &public, other).expect("dec");
     let (r, _t) = run_encrypted(ct.clone(), dec, Compression::None, &diff_id(&tar)).await;
     let err = r.expect_err("wrong blob digest");
     assert!(matches!(&err, DecodeError::Source(_)), "{err}");
     assert!(err.to_string().contains("digest mismatch"), "{err}");
 
-    let dec = ocicrypt::LayerDecryptor::new(&opts, &public).expect("dec").with_ciphertext_digest(sha);
+    let dec = ocicrypt::LayerDecryptor::with_ciphertext_digest(&opts, &public, sha).expect("dec");
     let (r, _t) = run_encrypted(
         ct,
         dec,
         Compression::None,
-        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        &"sha256:0000000000000000000000000000000000000000000000000000000000000000".parse().expect("digest"),
     )
     .await;
     assert!(matches!(r, Err(DecodeError::DiffId { .. })));

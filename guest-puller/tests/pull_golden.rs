@@ -13,7 +13,7 @@ use common::model;
 use guest_puller::assemble::LinkMode;
 use guest_puller::extract::ExtractOptions;
 use guest_puller::keys::{KeySources, Keys};
-use guest_puller::policy::Policy;
+use guest_puller::policy::PullPolicy;
 use guest_puller::progress::Quiet;
 use guest_puller::pull::{pull, PullError, PullOptions, PullSummary};
 use sha2::Digest as _;
@@ -25,10 +25,10 @@ fn golden(name: &str) -> PathBuf {
 fn opts(image: String, bundle: &Path, keys: &[PathBuf], store: Option<PathBuf>) -> PullOptions {
     let k = Keys::build(&KeySources { key_files: keys.to_vec(), ..Default::default() }).expect("keys");
     PullOptions {
-        image,
+        image: image.parse().expect("image reference"),
         bundle: bundle.to_path_buf(),
         unwrappers: k.unwrappers,
-        policy: Policy::default(),
+        policy: PullPolicy::default(),
         platform: None,
         store,
         store_link: LinkMode::Copy,
@@ -154,16 +154,16 @@ async fn policy_refuses_partly_encrypted_and_unpinned_before_fetching() {
         &[g.join("keys/rsa.priv.pem")],
         Some(store.clone()),
     );
-    o.policy = Policy::parse("require_encrypted_layers: true").expect("policy");
+    o.policy = PullPolicy::parse("require_encrypted_layers: true").expect("policy");
     let err = pull(&o).await.expect_err("refused");
     assert!(err.to_string().contains("not encrypted"), "{err}");
     let stored = std::fs::read_dir(store.join("layers/sha256")).map(|r| r.count()).unwrap_or(0);
     assert_eq!(stored, 0, "nothing fetched");
-    o.policy = Policy::parse("require_digest: true").expect("policy");
+    o.policy = PullPolicy::parse("require_digest: true").expect("policy");
     let err = pull(&o).await.expect_err("refused");
     assert!(err.to_string().contains("pinned by digest"), "{err}");
     // Without a policy the partly encrypted image pulls fine.
-    o.policy = Policy::default();
+    o.policy = PullPolicy::default();
     pull(&o).await.expect("pull");
     assert_eq!(std::fs::read_dir(store.join("layers/sha256")).expect("ls").count(), 3);
 }
@@ -187,7 +187,7 @@ async fn store_reuses_layers_and_refetches_corrupt_entries() {
         &model::read_tree(&tmp.path().join("b2/rootfs")),
     );
     // Break one entry's completion marker: it is detected and fetched again.
-    let hex = s1.layers[1].diff_id.trim_start_matches("sha256:");
+    let hex = s1.layers[1].diff_id.hex();
     std::fs::remove_file(store.join("layers/sha256").join(hex).join("complete.json")).expect("rm marker");
     let s3 = pull(&opts(image, &tmp.path().join("b3"), &key, Some(store.clone()))).await.expect("third");
     assert!(s3.layers[0].cached && !s3.layers[1].cached && s3.layers[2].cached);

@@ -33,6 +33,7 @@ const MAX_ANSWER: u64 = 4 << 20;
 
 /// Why a provider could not be configured or called.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The config file could not be read.
     #[error("cannot read keyprovider config {path}: {source}")]
@@ -104,14 +105,14 @@ impl From<ClientError> for WrapError {
         match &e {
             ClientError::Grpc {
                 code: tonic::Code::PermissionDenied | tonic::Code::Unauthenticated, ..
-            } => WrapError::Refused(e.to_string()),
+            } => WrapError::Refused(Box::new(e)),
             ClientError::Grpc { code: tonic::Code::Unavailable | tonic::Code::DeadlineExceeded, .. } => {
-                WrapError::Unavailable(e.to_string())
+                WrapError::Unavailable(Box::new(e))
             }
             ClientError::BadAnswer { .. } => {
-                WrapError::Malformed { what: "keyprovider answer".into(), reason: e.to_string() }
+                WrapError::Malformed { what: "keyprovider answer".into(), source: Box::new(e) }
             }
-            _ => WrapError::Other(e.to_string()),
+            _ => WrapError::Other(Box::new(e)),
         }
     }
 }
@@ -352,10 +353,11 @@ impl KeyWrapper for ProviderWrapper {
                 Some(a) if !a.as_bytes().is_empty() => Ok(a.as_bytes().to_vec()),
                 _ => Err(WrapError::Malformed {
                     what: "keyprovider answer".into(),
-                    reason: format!(
+                    source: format!(
                         "keyprovider {:?} returned no keywrapresults.annotation",
                         self.client.name
-                    ),
+                    )
+                    .into(),
                 }),
             }
         })
@@ -395,10 +397,10 @@ impl KeyUnwrapper for ProviderUnwrapper {
             let out = self.client.call(Op::KeyUnwrap, &KeyProviderInput::unwrap(dc, wrapped)).await?;
             match out.keyunwrapresults.optsdata {
                 Some(o) if !o.as_bytes().is_empty() => Ok(o.0),
-                _ => Err(WrapError::NoKey(format!(
-                    "keyprovider {:?} returned no keyunwrapresults.optsdata",
-                    self.client.name
-                ))),
+                _ => Err(WrapError::NoKey(
+                    format!("keyprovider {:?} returned no keyunwrapresults.optsdata", self.client.name)
+                        .into(),
+                )),
             }
         })
     }

@@ -43,11 +43,11 @@ impl KbsJweKeyUnwrapper {
             return Ok(u.clone());
         }
         let uri = parse_kid(kid)
-            .map_err(|e| WrapError::Malformed { what: "JWE kid".into(), reason: e.to_string() })?;
+            .map_err(|e| WrapError::Malformed { what: "JWE kid".into(), source: Box::new(e) })?;
         let jwk = self.client.fetch(&uri).await.map_err(|e| WrapError::from(KekError::from(e)))?;
         let key = load_private_key(&jwk).map_err(|e| WrapError::Malformed {
             what: format!("private key fetched from {uri}"),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         let u = Arc::new(JweUnwrapper::new(vec![key]));
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(kid.to_owned(), u.clone());
@@ -91,7 +91,7 @@ impl KeyUnwrapper for KbsJweKeyUnwrapper {
                     Err(e) => errors.push(format!("{kid}: {e}")),
                 }
             }
-            Err(WrapError::NoKey(errors.join("; ")))
+            Err(WrapError::NoKey(errors.join("; ").into()))
         })
     }
 }

@@ -29,6 +29,7 @@ pub const DEFAULT_KEK_TTL: Duration = Duration::from_secs(60);
 
 /// What went wrong wrapping or unwrapping with a KBS-held KEK.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KekError {
     /// Bad `keyid=..::keypath=..` parameters.
     #[error("invalid attestation-agent parameters: {0}")]
@@ -81,14 +82,14 @@ impl From<KekError> for WrapError {
         match &e {
             KekError::Params(_) | KekError::Packet(PacketError::Malformed(_)) => WrapError::Malformed {
                 what: "attestation-agent packet or parameters".into(),
-                reason: e.to_string(),
+                source: Box::new(e),
             },
-            KekError::Packet(PacketError::Auth(_)) => WrapError::NoKey(e.to_string()),
-            KekError::Kbs(KbsError::Unavailable { .. }) => WrapError::Unavailable(e.to_string()),
+            KekError::Packet(PacketError::Auth(_)) => WrapError::NoKey(Box::new(e)),
+            KekError::Kbs(KbsError::Unavailable { .. }) => WrapError::Unavailable(Box::new(e)),
             KekError::Kbs(KbsError::Rejected { .. })
             | KekError::NoReadBack { .. }
-            | KekError::NotAKek { .. } => WrapError::Refused(e.to_string()),
-            _ => WrapError::Other(e.to_string()),
+            | KekError::NotAKek { .. } => WrapError::Refused(Box::new(e)),
+            _ => WrapError::Other(Box::new(e)),
         }
     }
 }

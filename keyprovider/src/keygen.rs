@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 /// Why a key could not be made or registered.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeygenError {
     /// Key generation failed.
     #[error("key generation failed: {0}")]

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use keyprovider::kek::{KbsKekUnwrapper, DEFAULT_KEK_TTL, PROVIDER_NAME};
 use keyprovider::server::{self, KeyProviderCore, Limits, ListenAddr, Listener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,22 +44,6 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Load generator for ci/bench-keyprovider.sh: UnWrapKey calls against a server.
-    #[command(hide = true)]
-    BenchUnwrap {
-        /// Server address (`host:port` or `unix:/path`).
-        #[arg(long)]
-        grpc: String,
-        /// File holding the AnnotationPacket to unwrap.
-        #[arg(long)]
-        packet: PathBuf,
-        /// Total calls.
-        #[arg(long, default_value_t = 20000)]
-        calls: usize,
-        /// Calls in flight.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-    },
 }
 
 #[derive(Args)]
@@ -68,8 +52,8 @@ struct Common {
     #[arg(long, env = "CLOAK_KBS_URL")]
     kbs_url: Option<String>,
     /// auto | snp | tdx | sample (sample: development only).
-    #[arg(long, default_value = "auto")]
-    attester: String,
+    #[arg(long, value_enum, default_value_t = Attester::Auto)]
+    attester: Attester,
     /// Ed25519 PKCS#8 PEM admin key, to register generated KEKs in the KBS.
     #[arg(long)]
     kbs_admin_key: Option<PathBuf>,
@@ -87,6 +71,30 @@ struct Common {
     kbs_deadline: u64,
 }
 
+/// `--attester`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Attester {
+    Auto,
+    Snp,
+    Tdx,
+    Sample,
+}
+
+impl Attester {
+    fn kind(self) -> kbs_client::AttesterKind {
+        match self {
+            Attester::Auto => kbs_client::AttesterKind::Auto,
+            Attester::Snp => kbs_client::AttesterKind::Snp,
+            Attester::Tdx => kbs_client::AttesterKind::Tdx,
+            Attester::Sample => kbs_client::AttesterKind::Sample,
+        }
+    }
+
+    fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
+}
+
 fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
     let admin = match (&c.kbs_admin_key, &c.kbs_url) {
         (Some(path), Some(url)) => {
@@ -100,7 +108,7 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
     };
     let unwrapper = match &c.kbs_url {
         Some(url) => {
-            let kind: kbs_client::AttesterKind = c.attester.parse()?;
+            let kind = c.attester.kind();
             let allow_sample = matches!(kind, kbs_client::AttesterKind::Sample);
             let opts = kbs_client::AttesterOptions { allow_sample, ..Default::default() };
             // A build machine wraps without a TEE: an attester that cannot start only
@@ -118,7 +126,7 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
                             .with_provider_name(&c.name),
                     ))
                 }
-                Err(e) => Err(format!("attester {:?} unavailable: {e}", c.attester)),
+                Err(e) => Err(format!("attester {:?} unavailable: {e}", c.attester.name())),
             }
         }
         None => Err("no --kbs-url: cannot fetch KEKs".to_owned()),
@@ -179,43 +187,6 @@ async fn exec(common: &Common) -> anyhow::Result<i32> {
     }
 }
 
-async fn bench_unwrap(grpc: &str, packet: &PathBuf, calls: usize, concurrency: usize) -> anyhow::Result<()> {
-    use keyprovider::client::{ProviderClient, ProviderConfig};
-    use keyprovider::protocol::{DecryptConfig, KeyProviderInput, Op};
-    let ann = std::fs::read(packet)?;
-    let cfg = ProviderConfig { cmd: None, grpc: Some(grpc.to_owned()) };
-    let client = Arc::new(ProviderClient::new("attestation-agent", &cfg)?);
-    let input = Arc::new(KeyProviderInput::unwrap(DecryptConfig::default(), &ann));
-    let cold = Instant::now();
-    client.call(Op::KeyUnwrap, &input).await?;
-    let cold = cold.elapsed();
-    let start = Instant::now();
-    let per = calls.div_ceil(concurrency.max(1));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let (client, input) = (client.clone(), input.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per {
-                client.call(Op::KeyUnwrap, &input).await?;
-            }
-            Ok::<_, keyprovider::client::ClientError>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let done = per * concurrency.max(1);
-    println!(
-        "{{\"first_call_ms\":{:.3},\"warm_calls\":{},\"warm_seconds\":{:.3},\"warm_calls_per_s\":{:.0}}}",
-        cold.as_secs_f64() * 1000.0,
-        done,
-        secs,
-        done as f64 / secs
-    );
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -241,9 +212,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Exec { common } => {
             let code = exec(common).await?;
             std::process::exit(code);
-        }
-        Cmd::BenchUnwrap { grpc, packet, calls, concurrency } => {
-            bench_unwrap(grpc, packet, *calls, *concurrency).await
         }
     }
 }

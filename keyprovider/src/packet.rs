@@ -25,6 +25,7 @@ const GCM_TAG_LEN: usize = 16;
 
 /// What was wrong with a packet or a seal/open attempt.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PacketError {
     /// Not a JSON AnnotationPacket.
     #[error("malformed AnnotationPacket: {0}")]

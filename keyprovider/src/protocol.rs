@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 /// Why a protocol document could not be read or built. Names the field.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// Not valid JSON, or a field of the wrong shape.
     #[error("malformed keyprovider JSON: {0}")]

@@ -33,6 +33,7 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 256;
 
 /// Why a request failed. Messages name the field or the peer; never key material.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServiceError {
     /// The request document was wrong.
     #[error("invalid {field}: {reason}")]
@@ -104,6 +105,8 @@ pub fn status_code(e: &ServiceError) -> Code {
             WrapError::Refused(_) => Code::PermissionDenied,
             WrapError::Unavailable(_) => Code::Unavailable,
             WrapError::Other(_) => Code::Internal,
+            // A kind added later: an internal error until it is mapped here.
+            _ => Code::Internal,
         },
     }
 }
@@ -346,6 +349,7 @@ impl FromStr for ListenAddr {
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// A bad `--grpc` value.
     #[error("invalid listen address {0:?}: expected host:port or unix:/path")]

@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 /// What was wrong with supplied credentials or an auth file (never includes secrets).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     #[error("--creds must be USER:PASS (or USER alone); the user name is empty")]
     EmptyUser,

@@ -16,6 +16,7 @@ type Sha256 = openssl::sha::Sha256;
 
 /// Why a string is not a valid digest.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DigestError {
     #[error("digest {0:?} has no `algorithm:` prefix (expected e.g. sha256:<64 hex>)")]
     MissingAlgorithm(String),

@@ -6,6 +6,7 @@ use crate::digest::Digest;
 
 /// Any failure of an image source or destination.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OciError {
     #[error(transparent)]
     Reference(#[from] crate::reference::RefError),

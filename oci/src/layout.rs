@@ -23,6 +23,7 @@ const TEMP_PREFIX: &str = ".cloak-tmp-";
 
 /// What went wrong with a layout.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LayoutError {
     #[error("{dir} is not an OCI image layout: {why}")]
     NotALayout { dir: PathBuf, why: String },

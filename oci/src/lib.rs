@@ -37,6 +37,7 @@
 
 pub mod auth;
 pub mod blob;
+pub mod config;
 pub mod digest;
 pub mod error;
 pub mod image;
@@ -47,6 +48,7 @@ pub mod reference;
 pub mod registry;
 
 pub use blob::BlobReader;
+pub use config::{ConfigError, ImageConfig};
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::OciError;
 pub use image::{

@@ -19,6 +19,7 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
 /// Why a manifest or index could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     #[error("manifest of media type {media_type:?} is not valid JSON for that type: {source}")]
     Json {

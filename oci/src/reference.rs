@@ -19,6 +19,7 @@ pub const DOCKER_HUB: &str = "docker.io";
 
 /// Why a string is not a usable image reference.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RefError {
     #[error("image reference {0:?} has no transport (supported: {SUPPORTED_TRANSPORTS})")]
     MissingTransport(String),

@@ -37,6 +37,7 @@ const MAX_ERROR_BODY: usize = 512;
 
 /// What went wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),

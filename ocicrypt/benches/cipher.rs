@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decrypt+blob_digest_fused", |b| {
         b.iter(|| {
             data.copy_from_slice(&ciphertext);
-            let mut d = LayerDecryptor::new(&opts, &public).unwrap().with_ciphertext_digest(blob_sha);
+            let mut d = LayerDecryptor::with_ciphertext_digest(&opts, &public, blob_sha).unwrap();
             for chunk in data.chunks_mut(BUF) {
                 d.update(chunk);
             }

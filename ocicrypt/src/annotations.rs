@@ -39,6 +39,7 @@ pub fn keys_annotation(scheme: &str) -> String {
 
 /// Why a layer's encryption annotations could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AnnotationError {
     /// The layer has no `pubopts` annotation.
     #[error("layer has no {PUBOPTS} annotation")]

@@ -96,6 +96,7 @@ pub struct Sealed {
 
 /// Why a layer could not be decrypted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CipherError {
     /// The HMAC over the ciphertext did not match `pubopts`: the blob was
     /// tampered with, truncated, or the wrong key was used.
@@ -106,13 +107,30 @@ pub enum CipherError {
     UnsupportedCipher(String),
     /// The ciphertext (decrypting) or plaintext (encrypting) does not hash to the
     /// blob digest it was expected to have.
-    #[error("blob digest mismatch: expected sha256:{expected}, content hashes to sha256:{actual}")]
+    #[error("blob digest mismatch: expected {expected}, content hashes to {actual}")]
     DigestMismatch {
-        /// Hex of the expected SHA-256.
-        expected: String,
-        /// Hex of the SHA-256 of what was read.
-        actual: String,
+        /// The expected SHA-256.
+        expected: Sha256Digest,
+        /// The SHA-256 of what was read.
+        actual: Sha256Digest,
     },
+}
+
+/// A SHA-256 value, shown as `sha256:<hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl std::fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sha256Digest({self})")
+    }
 }
 
 fn new_parts(opts: &PrivateOptions, nonce: &[u8; 16]) -> (Aes256Ctr, HmacSha256) {
@@ -237,15 +255,22 @@ impl LayerDecryptor {
         Ok(LayerDecryptor { ctr, mac, expected: public.hmac, len: 0, blob: None })
     }
 
-    /// Also check that the ciphertext hashes to `blob_sha256` (the layer's blob
-    /// digest), computed in the same pass as the HMAC. `finish()` then fails
-    /// unless both match.
-    pub fn with_ciphertext_digest(mut self, blob_sha256: [u8; 32]) -> Self {
-        if self.len == 0 {
-            self.mac.lanes();
-            self.blob = Some((blob_sha256, Sha256::new()));
-        }
-        self
+    /// Like [`new`](Self::new), and also check that the ciphertext hashes to
+    /// `blob_sha256` (the layer's blob digest), computed in the same pass as
+    /// the HMAC. `finish()` then fails unless both match.
+    ///
+    /// A constructor, not a setter: the digest is in place before the first
+    /// byte, so a caller that switched its blob reader's own check off cannot
+    /// end up with no check at all.
+    pub fn with_ciphertext_digest(
+        opts: &PrivateOptions,
+        public: &PublicOptions,
+        blob_sha256: [u8; 32],
+    ) -> Result<Self, CipherError> {
+        let mut d = Self::new(opts, public)?;
+        d.mac.lanes();
+        d.blob = Some((blob_sha256, Sha256::new()));
+        Ok(d)
     }
 
     /// Decrypt `buf` in place. The output is unauthenticated until `finish()`.
@@ -311,8 +336,7 @@ impl LayerDecryptor {
 impl CipherError {
     /// A [`DigestMismatch`](Self::DigestMismatch) between two SHA-256 values.
     pub fn digest_mismatch(expected: &[u8; 32], actual: &[u8; 32]) -> Self {
-        let hex = |d: &[u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect();
-        CipherError::DigestMismatch { expected: hex(expected), actual: hex(actual) }
+        CipherError::DigestMismatch { expected: Sha256Digest(*expected), actual: Sha256Digest(*actual) }
     }
 }
 
@@ -391,10 +415,11 @@ mod tests {
         let public = enc.finish();
         let extra: Vec<u8> = (0..777_777u32).map(|i| (i % 253) as u8).collect();
         for with_blob in [false, true] {
-            let mut dec = LayerDecryptor::new(&opts, &public).unwrap();
-            if with_blob {
-                dec = dec.with_ciphertext_digest(openssl::sha::sha256(&ct));
-            }
+            let mut dec = if with_blob {
+                LayerDecryptor::with_ciphertext_digest(&opts, &public, openssl::sha::sha256(&ct)).unwrap()
+            } else {
+                LayerDecryptor::new(&opts, &public).unwrap()
+            };
             let mut buf = ct.clone();
             let mut x = sha256x::Sha256::new();
             let mut xs = extra.chunks(100_000);
@@ -440,5 +465,17 @@ mod tests {
             LayerDecryptor::new(&opts, &public),
             Err(CipherError::UnsupportedCipher(c)) if c == "ROT13"
         ));
+    }
+
+    /// The mismatch names both digests as `sha256:<hex>`, typed.
+    #[test]
+    fn digest_mismatch_is_typed_and_readable() {
+        let e = CipherError::digest_mismatch(&[0xab; 32], &[0x01; 32]);
+        let CipherError::DigestMismatch { expected, actual } = &e else { panic!("{e:?}") };
+        assert_eq!(expected.0, [0xab; 32]);
+        assert_eq!(actual.0, [0x01; 32]);
+        let text = e.to_string();
+        assert!(text.contains(&format!("expected sha256:{}", "ab".repeat(32))), "{text}");
+        assert!(text.contains(&format!("hashes to sha256:{}", "01".repeat(32))), "{text}");
     }
 }

@@ -10,25 +10,35 @@ use zeroize::Zeroizing;
 /// A boxed, sendable future, so the traits stay object-safe (`Arc<dyn KeyWrapper>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why a wrap or unwrap attempt failed. The message names what was wrong and
-/// never contains key material.
+/// The cause of a [`WrapError`]: the underlying error, kept for its chain
+/// (a plain message converts too: `"text".into()`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a wrap or unwrap attempt failed: a kind (which the keyprovider maps to
+/// a gRPC code) and the cause. The message names what was wrong and never
+/// contains key material.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WrapError {
     /// The input was malformed (bad base64, bad JSON, bad JWE, ...).
-    #[error("malformed {what}: {reason}")]
-    Malformed { what: String, reason: String },
+    #[error("malformed {what}: {source}")]
+    Malformed {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     /// None of this unwrapper's keys could open the wrapped blob.
     #[error("no usable key: {0}")]
-    NoKey(String),
+    NoKey(#[source] BoxError),
     /// The peer (keyprovider, KBS) refused: policy, attestation.
     #[error("refused: {0}")]
-    Refused(String),
+    Refused(#[source] BoxError),
     /// The peer could not be reached after retries.
     #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else, with a message.
+    Unavailable(#[source] BoxError),
+    /// Anything else.
     #[error("{0}")]
-    Other(String),
+    Other(#[source] BoxError),
 }
 
 /// Wraps the private options JSON of a layer for one scheme.

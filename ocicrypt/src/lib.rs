@@ -28,20 +28,38 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
 pub use annotations::{AnnotationError, EncAnnotations};
-pub use cipher::{CipherError, LayerDecryptor, LayerEncryptor};
+pub use cipher::{CipherError, LayerDecryptor, LayerEncryptor, Sha256Digest};
 pub use jwe::{
     jwe_recipients, load_private_key, load_public_key, JweError, JweUnwrapper, JweWrapper, KeyError,
     PrivateKey, PublicKey, RecipientInfo,
 };
 pub use keywrap::{BoxFuture, KeyUnwrapper, KeyWrapper, WrapError};
 pub use mediatype::{
-    decrypted_media_type, encrypted_media_type, is_encrypted, layer_compression, Compression, MediaTypeError,
+    decrypted_media_type, encrypted_media_type, is_encrypted, layer_compression, oci_media_type, Compression,
+    LayerBase, LayerMediaType, MediaTypeError,
 };
 pub use options::{OptionsError, PrivateOptions, PublicOptions};
-pub use stream::{AsyncDecryptReader, AsyncEncryptReader, DecryptReader, EncryptReader};
+#[cfg(feature = "tokio")]
+pub use stream::{AsyncDecryptReader, AsyncEncryptReader};
+pub use stream::{BufReadMut, DecryptBufReader, DecryptReader, EncryptReader};
+
+/// Why one attempt to unwrap a layer key failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnwrapFailure {
+    /// No configured unwrapper handles the scheme.
+    #[error("no unwrapper configured for this scheme")]
+    NoUnwrapper,
+    /// The unwrapper failed.
+    #[error(transparent)]
+    Wrap(WrapError),
+    /// The unwrapped bytes are not valid private options.
+    #[error("unwrapped, but the private options are invalid: {0}")]
+    Options(#[source] OptionsError),
+}
 
 /// One failed attempt to unwrap a layer key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct UnwrapAttempt {
     /// The scheme (`jwe`, `provider.<name>`).
     pub scheme: String,
@@ -50,11 +68,11 @@ pub struct UnwrapAttempt {
     /// Index of the comma-separated item in the annotation.
     pub item: usize,
     /// Why it failed.
-    pub reason: String,
+    pub reason: UnwrapFailure,
 }
 
 /// Every failed attempt, for the error message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct UnwrapReport {
     /// The attempts in the order they were made.
     pub attempts: Vec<UnwrapAttempt>,
@@ -82,6 +100,7 @@ impl fmt::Display for UnwrapReport {
 
 /// Errors of the top-level wrap/unwrap API.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OcicryptError {
     /// A key wrapper failed.
     #[error("wrapping the layer key with scheme {scheme:?} failed: {source}")]
@@ -156,7 +175,7 @@ pub async fn unwrap_keys(
                 scheme: scheme.clone(),
                 unwrapper: "-".into(),
                 item: 0,
-                reason: "no unwrapper configured for this scheme".into(),
+                reason: UnwrapFailure::NoUnwrapper,
             });
             continue;
         }
@@ -165,9 +184,9 @@ pub async fn unwrap_keys(
                 let reason = match u.unwrap(scheme, wrapped).await {
                     Ok(json) => match PrivateOptions::from_json_with_public(&json, &enc.pubopts) {
                         Ok(opts) => return Ok((opts, enc.pubopts)),
-                        Err(e) => format!("unwrapped, but the private options are invalid: {e}"),
+                        Err(e) => UnwrapFailure::Options(e),
                     },
-                    Err(e) => e.to_string(),
+                    Err(e) => UnwrapFailure::Wrap(e),
                 };
                 attempts.push(UnwrapAttempt { scheme: scheme.clone(), unwrapper: u.name(), item, reason });
             }

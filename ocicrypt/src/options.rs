@@ -28,6 +28,7 @@ pub const HMAC_LEN: usize = 32;
 /// Why private or public options could not be parsed.
 /// Messages never contain key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OptionsError {
     /// Not valid JSON, or a field has the wrong JSON type. Only the position is
     /// reported, because the input may hold a key.

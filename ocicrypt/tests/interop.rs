@@ -84,10 +84,10 @@ impl KeyUnwrapper for XorProvider {
     ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, WrapError>> {
         Box::pin(async move {
             let v: serde_json::Value =
-                serde_json::from_slice(wrapped).map_err(|e| WrapError::Other(e.to_string()))?;
+                serde_json::from_slice(wrapped).map_err(|e| WrapError::Other(e.to_string().into()))?;
             let x = B64
                 .decode(v["wrapped"].as_str().unwrap_or_default())
-                .map_err(|e| WrapError::Other(e.to_string()))?;
+                .map_err(|e| WrapError::Other(e.to_string().into()))?;
             let pad = b"interop-test-pad";
             Ok(Zeroizing::new(x.iter().enumerate().map(|(i, b)| b ^ pad[i % pad.len()]).collect()))
         })

@@ -21,6 +21,7 @@ pub const MIN_RSA_BITS: u32 = 2048;
 
 /// Why a key could not be loaded. Never contains key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// Not recognised as PEM, DER or JWK.
     #[error("not a recognised {0} key (expected PEM, DER or JWK)")]

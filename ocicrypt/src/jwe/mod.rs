@@ -43,6 +43,7 @@ pub const MAX_JWE_LEN: usize = 1 << 20;
 
 /// Why a JWE could not be made or opened. Never contains key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JweError {
     /// The bytes are not a well-formed JWE.
     #[error("malformed JWE: {0}")]
@@ -61,9 +62,9 @@ pub enum JweError {
 impl From<JweError> for WrapError {
     fn from(e: JweError) -> Self {
         match e {
-            JweError::Malformed(reason) => WrapError::Malformed { what: "JWE".into(), reason },
-            JweError::NoKey(reason) => WrapError::NoKey(reason),
-            other => WrapError::Other(other.to_string()),
+            JweError::Malformed(reason) => WrapError::Malformed { what: "JWE".into(), source: reason.into() },
+            JweError::NoKey(reason) => WrapError::NoKey(reason.into()),
+            other => WrapError::Other(Box::new(other)),
         }
     }
 }
@@ -629,7 +630,9 @@ impl KeyUnwrapper for JweUnwrapper {
     ) -> BoxFuture<'a, Result<Zeroizing<Vec<u8>>, WrapError>> {
         Box::pin(async move {
             if scheme != SCHEME {
-                return Err(WrapError::Other(format!("the jwe unwrapper cannot open scheme {scheme:?}")));
+                return Err(WrapError::Other(
+                    format!("the jwe unwrapper cannot open scheme {scheme:?}").into(),
+                ));
             }
             self.unwrap_jwe(wrapped).map_err(WrapError::from)
         })
