@@ -2,21 +2,4 @@
 //! parsing any bytes under any media type must return, never panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    for media_type in [
-        oci::media_type::OCI_MANIFEST,
-        oci::media_type::OCI_INDEX,
-        oci::media_type::DOCKER_MANIFEST,
-        oci::media_type::DOCKER_MANIFEST_LIST,
-    ] {
-        if let Ok(oci::Manifest::Index(idx)) = oci::parse_manifest(data, media_type) {
-            let _ = oci::select_platform(&idx, &oci::PlatformSpec::current());
-        }
-    }
-    if let Ok(s) = std::str::from_utf8(data) {
-        let _ = s.parse::<oci::ImageRef>();
-        let _ = s.parse::<oci::Digest>();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cloak_fuzz_lib::targets::oci_manifest(data));
