@@ -100,6 +100,6 @@ echo "$table"
 [ -n "${FUZZ_SUMMARY:-}" ] && printf '%s s per target on %s\n\n%s\n' "$SECONDS_PER_TARGET" "$(date -u +%FT%TZ)" "$table" >"$FUZZ_SUMMARY"
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "crashes in: ${failed[*]} (inputs in fuzz/artifacts/TARGET/, logs in fuzz/artifacts/logs/);" >&2
-    echo "fix, then keep each input in fuzz/regressions/TARGET/ (replayed by 'cd fuzz && cargo test')" >&2
+    echo "fix the parser, then keep each input in fuzz/regressions/TARGET/ (fuzz/lib/tests/replay.rs replays it)" >&2
     exit 1
 fi

@@ -242,32 +242,54 @@ pub fn jwe(data: &[u8]) {
 }
 
 /// Every plaintext josekit finds with the fixed keys and the algorithms ocicrypt
-/// accepts, in the JWE as given and in each recipient taken alone (as a
-/// flattened JWE): ocicrypt tries the recipients one by one and skips one it
-/// cannot read, as go-jose does not and josekit does not, so "some recipient
-/// opens, to this plaintext" is the property both must share.
+/// accepts: in the JWE as given, and in each recipient taken alone as a
+/// flattened JWE with its binary fields re-encoded as canonical base64url.
+/// ocicrypt (like go-jose) is lenient where josekit is strict — it skips a
+/// recipient it cannot read and takes padded or standard-alphabet base64 — so
+/// the property both must share is "some recipient opens, to this plaintext";
+/// the protected header is passed on byte for byte (it is the AAD).
 fn josekit_open(data: &[u8]) -> Vec<Vec<u8>> {
-    let Ok(serde_json::Value::Object(top)) = serde_json::from_slice::<serde_json::Value>(data) else {
-        return josekit_open_one(data);
-    };
+    use serde_json::Value;
     let mut found = josekit_open_one(data);
-    if let Some(serde_json::Value::Array(recipients)) = top.get("recipients") {
-        for r in recipients {
-            let mut one = top.clone();
-            one.remove("recipients");
-            one.remove("header");
-            one.remove("encrypted_key");
-            if let Some(h) = r.get("header") {
-                one.insert("header".into(), h.clone());
-            }
-            if let Some(k) = r.get("encrypted_key") {
-                one.insert("encrypted_key".into(), k.clone());
-            }
-            let text = serde_json::Value::Object(one).to_string();
-            found.extend(josekit_open_one(text.as_bytes()));
+    let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(data) else { return found };
+    let mut base = top.clone();
+    for field in ["recipients", "header", "encrypted_key"] {
+        base.remove(field);
+    }
+    for field in ["iv", "ciphertext", "tag"] {
+        if let Some(v) = base.get_mut(field) {
+            canonical_b64u(v);
         }
     }
+    let recipients = match top.get("recipients") {
+        Some(Value::Array(rs)) => rs.clone(),
+        _ => vec![Value::Object(top.clone())],
+    };
+    for r in recipients {
+        let mut one = base.clone();
+        if let Some(h) = r.get("header") {
+            one.insert("header".into(), h.clone());
+        }
+        if let Some(k) = r.get("encrypted_key") {
+            let mut k = k.clone();
+            canonical_b64u(&mut k);
+            one.insert("encrypted_key".into(), k);
+        }
+        found.extend(josekit_open_one(Value::Object(one).to_string().as_bytes()));
+    }
     found
+}
+
+/// Re-encodes a base64 string (either alphabet, padded or not) as unpadded
+/// base64url; leaves anything else alone.
+fn canonical_b64u(v: &mut serde_json::Value) {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let Some(s) = v.as_str() else { return };
+    let s = s.trim_end_matches('=');
+    if let Ok(bytes) = URL_SAFE_NO_PAD.decode(s).or_else(|_| STANDARD_NO_PAD.decode(s)) {
+        *v = serde_json::Value::String(URL_SAFE_NO_PAD.encode(bytes));
+    }
 }
 
 /// What josekit opens `data` to, with each fixed key and algorithm.
