@@ -251,14 +251,22 @@ pub fn jwe(data: &[u8]) {
 fn josekit_open(data: &[u8]) -> Vec<Vec<u8>> {
     use serde_json::Value;
     let mut found = josekit_open_one(data);
-    let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(data) else { return found };
-    let mut base = top.clone();
-    for field in ["recipients", "header", "encrypted_key"] {
-        base.remove(field);
+    // ocicrypt trims surrounding (Unicode) whitespace and reads the compact form too.
+    let Ok(text) = std::str::from_utf8(data) else { return found };
+    let text = text.trim();
+    if !text.starts_with('{') {
+        return josekit_open_compact(text);
     }
-    for field in ["iv", "ciphertext", "tag"] {
-        if let Some(v) = base.get_mut(field) {
-            canonical_b64u(v);
+    let Ok(Value::Object(top)) = serde_json::from_str::<Value>(text) else { return found };
+    // Only the members that mean something; unknown ones are ignored by both.
+    let mut base = serde_json::Map::new();
+    for field in ["protected", "unprotected", "aad", "iv", "ciphertext", "tag"] {
+        if let Some(v) = top.get(field) {
+            let mut v = v.clone();
+            if matches!(field, "iv" | "ciphertext" | "tag") {
+                canonical_b64u(&mut v);
+            }
+            base.insert(field.into(), v);
         }
     }
     let recipients = match top.get("recipients") {
@@ -292,8 +300,27 @@ fn canonical_b64u(v: &mut serde_json::Value) {
     }
 }
 
-/// What josekit opens `data` to, with each fixed key and algorithm.
+/// What josekit opens the compact form `text` to.
+fn josekit_open_compact(text: &str) -> Vec<Vec<u8>> {
+    josekit_decrypters()
+        .iter()
+        .filter_map(|d| josekit::jwe::deserialize_compact(text, &**d).ok())
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// What josekit opens `data` (JSON serialization) to, with each fixed key and algorithm.
 fn josekit_open_one(data: &[u8]) -> Vec<Vec<u8>> {
+    let Ok(text) = std::str::from_utf8(data) else { return Vec::new() };
+    josekit_decrypters()
+        .iter()
+        .filter_map(|d| josekit::jwe::deserialize_json(text, &**d).ok())
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The josekit decrypters for the fixed keys, one per algorithm ocicrypt accepts.
+fn josekit_decrypters() -> &'static [Box<dyn josekit::jwe::JweDecrypter>] {
     use josekit::jwe::{self, JweDecrypter};
     static D: OnceLock<Vec<Box<dyn JweDecrypter>>> = OnceLock::new();
     let decrypters = D.get_or_init(|| {
@@ -306,8 +333,7 @@ fn josekit_open_one(data: &[u8]) -> Vec<Vec<u8>> {
         }
         d
     });
-    let Ok(text) = std::str::from_utf8(data) else { return Vec::new() };
-    decrypters.iter().filter_map(|d| jwe::deserialize_json(text, &**d).ok()).map(|(p, _)| p).collect()
+    decrypters
 }
 
 /// The KBS handshake answers: the `/auth` challenge, the `/attest` token answer
