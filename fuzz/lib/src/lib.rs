@@ -1,0 +1,33 @@
+//! The bodies of the fuzz targets, as plain functions.
+//!
+//! Each `fuzz/fuzz_targets/NAME.rs` is a one-line `fuzz_target!` that calls
+//! [`targets::NAME`]; the regression replay (`tests/replay.rs`, part of the
+//! ordinary workspace `cargo test`) feeds every file of `fuzz/regressions/NAME/`
+//! and `fuzz/seeds/NAME/` to the same function through [`entry`], so a crash
+//! the fuzzer once found stays covered without the fuzzer. This crate is a
+//! workspace member (the cargo-fuzz crate in `fuzz/` is not), so the replay
+//! reuses the workspace build. A target body panics exactly when it found a bug.
+
+pub mod targets;
+
+/// A target body: arbitrary bytes in, a panic when a property is broken.
+pub type Entry = fn(&[u8]);
+
+/// Every target that has a library body, by its `cargo fuzz` name.
+pub const ENTRIES: &[(&str, Entry)] = &[
+    ("annotations", targets::annotations),
+    ("decrypt_stream", targets::decrypt_stream),
+    ("extract_tar", targets::extract_tar),
+    ("jwe", targets::jwe),
+    ("kbs_challenge", targets::kbs_challenge),
+    ("kbs_evidence", targets::kbs_evidence),
+    ("kbs_resource_response", targets::kbs_resource_response),
+    ("keyprovider_packet", targets::keyprovider_packet),
+    ("keyprovider_protocol", targets::keyprovider_protocol),
+    ("oci_manifest", targets::oci_manifest),
+];
+
+/// The body of the target called `name`, if it has one here.
+pub fn entry(name: &str) -> Option<Entry> {
+    ENTRIES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}

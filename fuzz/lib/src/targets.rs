@@ -1,0 +1,432 @@
+//! One function per fuzz target (see the crate docs). Keys and options here are
+//! fixed test material: fuzzing needs determinism, not secrecy.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::sync::OnceLock;
+
+/// Annotation and cipher-options parsers (untrusted manifest bytes): parsed
+/// values must survive a serialize/parse round trip.
+pub fn annotations(data: &[u8]) {
+    use ocicrypt::{EncAnnotations, PrivateOptions, PublicOptions};
+    if let Ok(p) = PrivateOptions::from_json(data) {
+        let again = PrivateOptions::from_json(&p.to_json()).expect("private options round trip");
+        assert_eq!(again, p);
+    }
+    if let Ok(p) = PublicOptions::from_json(data) {
+        assert_eq!(PublicOptions::from_json(&p.to_json()).expect("public options round trip"), p);
+    }
+    // Annotations as `key=value` lines, or as a JSON object.
+    let text = String::from_utf8_lossy(data);
+    let mut map: BTreeMap<String, String> =
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    if let Ok(json) = serde_json::from_slice::<BTreeMap<String, String>>(data) {
+        map.extend(json);
+    }
+    if let Ok(enc) = EncAnnotations::parse(&map) {
+        let back = EncAnnotations::parse(&enc.to_annotations()).expect("annotations round trip");
+        assert_eq!(back.wrapped, enc.wrapped);
+        assert_eq!(back.pubopts, enc.pubopts);
+    }
+    let stripped = ocicrypt::annotations::strip_enc_annotations(&map);
+    assert!(stripped.keys().all(|k| !k.starts_with(ocicrypt::annotations::ENC_PREFIX)));
+}
+
+/// A reader that hands out its data in the fuzzer-chosen chunk sizes.
+struct Chunky<'a> {
+    data: &'a [u8],
+    sizes: &'a [u8],
+    i: usize,
+}
+
+impl Read for Chunky<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = self.sizes.get(self.i % self.sizes.len().max(1)).copied().unwrap_or(255) as usize + 1;
+        self.i += 1;
+        let n = want.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+/// The decrypting reader over arbitrary ciphertext and read chunking: it must
+/// end in `Ok` only when the HMAC matched, and an error must stay an error. The
+/// combined-pass variants (blob digests hashed in the HMAC's SIMD pass) must
+/// agree with the plain ones and with OpenSSL (differential).
+///
+/// Input layout: 32 bytes of claimed HMAC, one byte giving how many of the
+/// following bytes are chunk sizes, then the ciphertext/plaintext.
+pub fn decrypt_stream(input: &[u8]) {
+    use ocicrypt::{DecryptReader, EncryptReader, PrivateOptions, PublicOptions};
+    if input.len() < 33 {
+        return;
+    }
+    let (head, rest) = input.split_at(33);
+    let split = (head[32] as usize).min(rest.len());
+    let (sizes, data) = rest.split_at(split);
+    let o = PrivateOptions::from_json(
+        br#"{"symkey":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","cipheroptions":{"nonce":"AAECAwQFBgcICQoLDA0ODw=="}}"#,
+    )
+    .expect("fixed options");
+    let mut hmac = [0u8; 32];
+    hmac.copy_from_slice(&head[..32]);
+
+    // Arbitrary ciphertext and HMAC: success only if the reader says verified.
+    let mut r =
+        DecryptReader::new(Chunky { data, sizes, i: 0 }, &o, &PublicOptions::new(hmac)).expect("cipher");
+    let mut out = Vec::new();
+    match r.read_to_end(&mut out) {
+        Ok(_) => assert!(r.is_verified()),
+        Err(e) => {
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(r.read(&mut [0u8; 8]).is_err(), "a failed stream must not turn into EOF");
+        }
+    }
+
+    // Real ciphertext of `data`: must round-trip under any chunking.
+    let mut enc = EncryptReader::new(Chunky { data, sizes, i: 0 }, &o);
+    let mut ct = Vec::new();
+    enc.read_to_end(&mut ct).expect("encrypt");
+    let public = enc.public_options().expect("finished").clone();
+    let mut r = DecryptReader::new(Chunky { data: &ct, sizes, i: 0 }, &o, &public).expect("cipher");
+    let mut plain = Vec::new();
+    r.read_to_end(&mut plain).expect("decrypt");
+    assert_eq!(plain, data);
+
+    // The combined-pass variants (sha256x lanes): same ciphertext and HMAC, and
+    // digests equal to OpenSSL's, under any chunking.
+    let mut fused = EncryptReader::with_digests(Chunky { data, sizes, i: 0 }, &o);
+    let mut ct2 = Vec::new();
+    fused.read_to_end(&mut ct2).expect("encrypt");
+    assert_eq!(ct2, ct);
+    let sealed = fused.sealed().expect("finished").clone();
+    assert_eq!(sealed.public.hmac, public.hmac);
+    assert_eq!(sealed.plaintext_sha256, Some(openssl::sha::sha256(data)));
+    let blob = openssl::sha::sha256(&ct);
+    assert_eq!(sealed.ciphertext_sha256, Some(blob));
+    let mut r = DecryptReader::with_ciphertext_digest(Chunky { data: &ct, sizes, i: 0 }, &o, &public, blob)
+        .expect("cipher");
+    let mut plain = Vec::new();
+    r.read_to_end(&mut plain).expect("decrypt with the blob digest");
+    assert_eq!(plain, data);
+    let mut wrong = blob;
+    wrong[31] ^= 1;
+    let mut r = DecryptReader::with_ciphertext_digest(Chunky { data: &ct, sizes, i: 0 }, &o, &public, wrong)
+        .expect("cipher");
+    assert!(r.read_to_end(&mut Vec::new()).is_err(), "a wrong blob digest must fail");
+}
+
+/// One entry of the `tar` crate's own listing of an archive.
+struct Listed {
+    path: Vec<u8>,
+    kind: tar::EntryType,
+    contents: Vec<u8>,
+}
+
+/// The `tar` crate's listing, and whether it reached the end without error.
+fn tar_listing(data: &[u8]) -> (Vec<Listed>, bool) {
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(data);
+    let Ok(entries) = archive.entries() else { return (out, false) };
+    for e in entries {
+        let Ok(mut e) = e else { return (out, false) };
+        let path = e.path_bytes().into_owned();
+        let kind = e.header().entry_type();
+        let mut contents = Vec::new();
+        if kind.is_file() && e.read_to_end(&mut contents).is_err() {
+            return (out, false);
+        }
+        out.push(Listed { path, kind, contents });
+    }
+    (out, true)
+}
+
+/// A listing the extractor must reproduce exactly: only regular files and
+/// directories, plain relative names (no `.`/`..`, no whiteouts, no duplicates,
+/// no file that is also used as a directory).
+fn is_simple(list: &[Listed]) -> bool {
+    use std::collections::HashSet;
+    let mut files = HashSet::new();
+    let mut dirs = HashSet::new();
+    for e in list {
+        let Ok(p) = std::str::from_utf8(&e.path) else { return false };
+        let p = p.trim_end_matches('/');
+        let parts: Vec<&str> = p.split('/').collect();
+        let plain =
+            |c: &&str| !c.is_empty() && *c != "." && *c != ".." && !c.starts_with(".wh.") && c.len() < 200;
+        if p.is_empty() || !parts.iter().all(plain) {
+            return false;
+        }
+        for i in 1..parts.len() {
+            dirs.insert(parts[..i].join("/"));
+        }
+        match e.kind {
+            tar::EntryType::Regular if files.insert(p.to_owned()) => {}
+            tar::EntryType::Directory => {
+                dirs.insert(p.to_owned());
+            }
+            _ => return false,
+        }
+    }
+    files.iter().all(|f| !dirs.contains(f))
+}
+
+/// The safe tar extractor with arbitrary bytes, in both whiteout modes, each
+/// into a fresh root inside a sandbox directory: nothing may appear next to the
+/// root (the escape property). Differential against the `tar` crate's listing:
+/// an archive the extractor accepts must list to the end with as many entries,
+/// and for simple archives every listed file must be on disk with its bytes.
+pub fn extract_tar(data: &[u8]) {
+    use guest_puller::extract::{extract, ExtractOptions, Limits, WhiteoutMode};
+    let limits = Limits { max_total_size: 16 << 20, max_entries: 10_000, ..Limits::default() };
+    for mode in [WhiteoutMode::Apply, WhiteoutMode::Keep] {
+        let Ok(tmp) = tempfile::tempdir() else { return };
+        let root = tmp.path().join("root");
+        if std::fs::create_dir(&root).is_err() {
+            return;
+        }
+        let opts = ExtractOptions { whiteouts: mode, limits, ..ExtractOptions::default() };
+        let res = extract(data, &root, &opts);
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, vec![std::ffi::OsString::from("root")], "an entry escaped the root");
+        let Ok(stats) = res else { continue };
+        let (list, complete) = tar_listing(data);
+        assert!(complete, "the extractor accepted an archive the tar crate cannot list to the end");
+        assert_eq!(stats.entries, list.len() as u64, "entry count differs from the tar crate's listing");
+        if is_simple(&list) {
+            for e in list.iter().filter(|e| e.kind == tar::EntryType::Regular) {
+                let p = root.join(std::str::from_utf8(&e.path).expect("checked utf-8"));
+                match std::fs::read(&p) {
+                    Ok(on_disk) => {
+                        assert!(on_disk == e.contents, "extracted bytes differ from the tar crate's")
+                    }
+                    // Not root: a mode the archive set may keep us out.
+                    Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {}
+                    Err(err) => panic!("a listed file is missing after extraction: {err}"),
+                }
+            }
+        }
+    }
+}
+
+/// The two private keys the `multi-recipient-rsa-ec` golden vector (real
+/// skopeo) was encrypted to, so the seed JWEs open.
+const JWE_KEYS: [&[u8]; 2] = [
+    include_bytes!("../../../testdata/golden/multi-recipient-rsa-ec/keys/rsa.priv.pem"),
+    include_bytes!("../../../testdata/golden/multi-recipient-rsa-ec/keys/ec.priv.pem"),
+];
+
+/// The JWE parser and unwrapper with fixed RSA and EC keys, and the header-only
+/// `jwe_recipients`: arbitrary bytes give an error, never a panic. Differential
+/// against josekit: a JWE we open must open under josekit with one of the same
+/// keys, to the same plaintext.
+pub fn jwe(data: &[u8]) {
+    use ocicrypt::{jwe_recipients, load_private_key, JweUnwrapper};
+    static U: OnceLock<JweUnwrapper> = OnceLock::new();
+    let u = U.get_or_init(|| {
+        JweUnwrapper::new(JWE_KEYS.iter().map(|k| load_private_key(k).expect("test key")).collect())
+    });
+    let _ = jwe_recipients(data);
+    let Ok(ours) = u.unwrap_jwe(data) else { return };
+    let theirs = josekit_open(data);
+    assert!(
+        theirs.iter().any(|p| p[..] == ours[..]),
+        "ocicrypt opened a JWE that josekit does not open to the same plaintext ({} josekit results)",
+        theirs.len()
+    );
+}
+
+/// Every plaintext josekit finds with the fixed keys and the algorithms ocicrypt
+/// accepts: in the JWE as given, and in each recipient taken alone as a
+/// flattened JWE with its binary fields re-encoded as canonical base64url.
+/// ocicrypt (like go-jose) is lenient where josekit is strict — it skips a
+/// recipient it cannot read and takes padded or standard-alphabet base64 — so
+/// the property both must share is "some recipient opens, to this plaintext";
+/// the protected header is passed on byte for byte (it is the AAD).
+fn josekit_open(data: &[u8]) -> Vec<Vec<u8>> {
+    use serde_json::Value;
+    let mut found = josekit_open_one(data);
+    // ocicrypt trims surrounding (Unicode) whitespace and reads the compact form too.
+    let Ok(text) = std::str::from_utf8(data) else { return found };
+    let text = text.trim();
+    if !text.starts_with('{') {
+        return josekit_open_compact(text);
+    }
+    let Ok(Value::Object(top)) = serde_json::from_str::<Value>(text) else { return found };
+    // Only the members that mean something; unknown ones are ignored by both.
+    let mut base = serde_json::Map::new();
+    for field in ["protected", "unprotected", "aad", "iv", "ciphertext", "tag"] {
+        if let Some(v) = top.get(field) {
+            let mut v = v.clone();
+            if matches!(field, "iv" | "ciphertext" | "tag") {
+                canonical_b64u(&mut v);
+            }
+            base.insert(field.into(), v);
+        }
+    }
+    let recipients = match top.get("recipients") {
+        Some(Value::Array(rs)) => rs.clone(),
+        _ => vec![Value::Object(top.clone())],
+    };
+    for r in recipients {
+        let mut one = base.clone();
+        if let Some(h) = r.get("header") {
+            one.insert("header".into(), h.clone());
+        }
+        if let Some(k) = r.get("encrypted_key") {
+            let mut k = k.clone();
+            canonical_b64u(&mut k);
+            one.insert("encrypted_key".into(), k);
+        }
+        found.extend(josekit_open_one(Value::Object(one).to_string().as_bytes()));
+    }
+    found
+}
+
+/// Re-encodes a base64 string (either alphabet, padded or not) as unpadded
+/// base64url; leaves anything else alone.
+fn canonical_b64u(v: &mut serde_json::Value) {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let Some(s) = v.as_str() else { return };
+    let s = s.trim_end_matches('=');
+    if let Ok(bytes) = URL_SAFE_NO_PAD.decode(s).or_else(|_| STANDARD_NO_PAD.decode(s)) {
+        *v = serde_json::Value::String(URL_SAFE_NO_PAD.encode(bytes));
+    }
+}
+
+/// What josekit opens the compact form `text` to.
+fn josekit_open_compact(text: &str) -> Vec<Vec<u8>> {
+    josekit_decrypters()
+        .iter()
+        .filter_map(|d| josekit::jwe::deserialize_compact(text, &**d).ok())
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// What josekit opens `data` (JSON serialization) to, with each fixed key and algorithm.
+fn josekit_open_one(data: &[u8]) -> Vec<Vec<u8>> {
+    let Ok(text) = std::str::from_utf8(data) else { return Vec::new() };
+    josekit_decrypters()
+        .iter()
+        .filter_map(|d| josekit::jwe::deserialize_json(text, &**d).ok())
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The josekit decrypters for the fixed keys, one per algorithm ocicrypt accepts.
+fn josekit_decrypters() -> &'static [Box<dyn josekit::jwe::JweDecrypter>] {
+    use josekit::jwe::{self, JweDecrypter};
+    static D: OnceLock<Vec<Box<dyn JweDecrypter>>> = OnceLock::new();
+    let decrypters = D.get_or_init(|| {
+        let mut d: Vec<Box<dyn JweDecrypter>> = Vec::new();
+        for rsa in [jwe::RSA_OAEP, jwe::RSA_OAEP_256] {
+            d.push(Box::new(rsa.decrypter_from_pem(JWE_KEYS[0]).expect("josekit RSA key")));
+        }
+        for ec in [jwe::ECDH_ES_A128KW, jwe::ECDH_ES_A192KW, jwe::ECDH_ES_A256KW, jwe::ECDH_ES] {
+            d.push(Box::new(ec.decrypter_from_pem(JWE_KEYS[1]).expect("josekit EC key")));
+        }
+        d
+    });
+    decrypters
+}
+
+/// The KBS handshake answers: the `/auth` challenge, the `/attest` token answer
+/// and the token's claims. Arbitrary bytes give an error, never a panic.
+pub fn kbs_challenge(data: &[u8]) {
+    use kbs_client::protocol::{parse_attest_response, parse_challenge, Token};
+    let _ = parse_challenge(data);
+    if let Ok(t) = parse_attest_response(data) {
+        let _ = t.is_fresh(0, 5);
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = Token::parse(s.to_owned());
+    }
+}
+
+/// The broker's parsers of untrusted guest input: raw SNP reports and TDX
+/// quotes, evidence JSON through each verifier, and the policy YAML.
+pub fn kbs_evidence(data: &[u8]) {
+    use kbs_server::verifier::Tee;
+    let _ = kbs_server::verifier::snp::Report::parse(data);
+    let _ = kbs_server::verifier::tdx::Quote::parse(data);
+    let trust = kbs_server::verifier::SnpTrust::default();
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        for tee in [Tee::Sample, Tee::Snp, Tee::Tdx] {
+            let _ = kbs_server::verifier::verify(tee, &v, &[0u8; 48], &trust);
+        }
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = kbs_server::policy::Policy::parse(s);
+    }
+}
+
+/// The KBS resource answer: arbitrary bytes go through the JWE parser and the
+/// decryptor with fixed EC and RSA TEE keys; an error, never a panic.
+pub fn kbs_resource_response(data: &[u8]) {
+    use kbs_client::protocol::{decrypt_response, parse_response};
+    use kbs_client::{TeeKeyKind, TeeKeyPair};
+    static K: OnceLock<[TeeKeyPair; 2]> = OnceLock::new();
+    let keys = K.get_or_init(|| {
+        [
+            TeeKeyPair::generate(TeeKeyKind::EcP256).expect("EC key"),
+            TeeKeyPair::generate(TeeKeyKind::Rsa).expect("RSA key"),
+        ]
+    });
+    if let Ok(resp) = parse_response(data) {
+        for k in keys {
+            let _ = decrypt_response(k, &resp);
+        }
+    }
+}
+
+/// CoCo AnnotationPackets (untrusted: from an image's layer annotation):
+/// parsing and opening with a fixed KEK never panic.
+pub fn keyprovider_packet(data: &[u8]) {
+    if let Ok(p) = keyprovider::AnnotationPacket::parse(data) {
+        if let Ok(kek) = keyprovider::Kek::from_slice(&[7u8; 32]) {
+            let _ = p.open(&kek);
+        }
+        let _ = p.to_v1_json();
+    }
+}
+
+/// Keyprovider request/answer JSON (untrusted: from skopeo/containerd or from a
+/// provider process): parsing and validating never panic.
+pub fn keyprovider_protocol(data: &[u8]) {
+    if let Ok(input) = keyprovider::protocol::KeyProviderInput::from_slice(data) {
+        let _ = input.to_vec();
+        let _ = input.into_request();
+    }
+    let _ = keyprovider::protocol::KeyProviderOutput::from_slice(data);
+}
+
+/// Manifests and indexes come from registries the guest does not trust:
+/// parsing any bytes under any media type returns, never panics.
+pub fn oci_manifest(data: &[u8]) {
+    for media_type in [
+        oci::media_type::OCI_MANIFEST,
+        oci::media_type::OCI_INDEX,
+        oci::media_type::DOCKER_MANIFEST,
+        oci::media_type::DOCKER_MANIFEST_LIST,
+    ] {
+        if let Ok(oci::Manifest::Index(idx)) = oci::parse_manifest(data, media_type) {
+            let _ = oci::select_platform(&idx, &oci::PlatformSpec::current());
+        }
+    }
+    if let Ok(c) = oci::ImageConfig::parse(data.to_vec()) {
+        let _ = c.check_layer_count(c.diff_ids().len());
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = s.parse::<oci::ImageRef>();
+        let _ = s.parse::<oci::Digest>();
+        // A layer media type that parses prints back as the same string.
+        if let Ok(t) = ocicrypt::LayerMediaType::parse(s) {
+            assert_eq!(t.to_string(), s);
+            let _ = t.encrypt();
+        }
+    }
+}
