@@ -374,7 +374,7 @@ fn gpg_signed_by_skopeo_193_verifies_under_signed_by() -> Result<()> {
     let gpg = |args: &[&str]| -> Result<Output> {
         ok(Command::new("gpg").arg("--homedir").arg(&gnupg).args(["--batch", "--quiet"]).args(args).output()?, "gpg")
     };
-    gpg(&["--passphrase", "", "--quick-gen-key", "cloak test <cloak@example.invalid>", "ed25519", "sign", "never"])?;
+    gpg(&["--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", "cloak test <cloak@example.invalid>", "ed25519", "sign", "never"])?;
     let public = gpg(&["--armor", "--export", "cloak@example.invalid"])?.stdout;
     let key = tmp.path().join("signer.gpg");
     std::fs::write(&key, &public)?;
@@ -427,8 +427,12 @@ fn gpg_signed_by_skopeo_193_verifies_under_signed_by() -> Result<()> {
     let gpg2 = |args: &[&str]| -> Result<Output> {
         ok(Command::new("gpg").arg("--homedir").arg(&gnupg2).args(["--batch", "--quiet"]).args(args).output()?, "gpg")
     };
-    gpg2(&["--passphrase", "", "--quick-gen-key", "other <other@example.invalid>", "ed25519", "sign", "never"])?;
+    gpg2(&["--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", "other <other@example.invalid>", "ed25519", "sign", "never"])?;
     std::fs::write(&key, gpg2(&["--armor", "--export", "other@example.invalid"])?.stdout)?;
     assert_refused(&pol, &reg.docker_ref("app/gpg:v1"), &tmp.path().join("b3"), &["--registries-d", &rd_s], "signature-1")?;
+    // The agents key generation started for the two throw-away homedirs.
+    for home in [&gnupg, &gnupg2] {
+        let _ = Command::new("gpgconf").arg("--homedir").arg(home).args(["--kill", "gpg-agent"]).output();
+    }
     Ok(())
 }

@@ -307,3 +307,178 @@ fn check_claims(
     }
     Ok(format!("{name} by {key}, identity {}", p.docker_reference))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+
+    use base64::Engine as _;
+
+    use super::*;
+    use crate::identity::DockerRef;
+    use crate::keys::SigningKey;
+
+    const TD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+
+    struct Mem(Vec<FetchedSignature>);
+
+    impl SignatureSource for Mem {
+        fn cosign<'a>(&'a self, _: &'a Digest) -> BoxFuture<'a, Result<Found<FetchedSignature>, FetchError>> {
+            Box::pin(async move { Ok(Found { location: "mem".into(), signatures: self.0.clone() }) })
+        }
+        fn gpg<'a>(&'a self, _: &'a Digest) -> BoxFuture<'a, Result<Found<Vec<u8>>, FetchError>> {
+            Box::pin(async move { Ok(Found { location: "mem-gpg".into(), signatures: vec![] }) })
+        }
+    }
+
+    struct FakeKbs;
+
+    impl ResourceFetcher for FakeKbs {
+        fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, String>> {
+            Box::pin(async move {
+                match uri {
+                    "kbs:///default/cosign-public-key/test" => {
+                        std::fs::read(format!("{TD}/cosign.pub")).map_err(|e| e.to_string())
+                    }
+                    _ => Err(format!("{uri}: not found")),
+                }
+            })
+        }
+    }
+
+    fn key(name: &str) -> SigningKey {
+        let pw: Option<&[u8]> = if name == "cosign.key" { Some(b"cloak-test") } else { None };
+        SigningKey::from_pem(&std::fs::read(format!("{TD}/{name}")).unwrap(), pw, name).unwrap()
+    }
+
+    fn sig(k: &str, identity: &str, digest: &Digest) -> FetchedSignature {
+        let payload = Payload::cosign_bytes(identity, digest);
+        FetchedSignature { index: 0, signature: key(k).sign(&payload).unwrap(), payload }
+    }
+
+    fn policy(reqs: &str) -> Policy {
+        Policy::parse(
+            format!(r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"h.io/app":{reqs}}}}}}}"#).as_bytes(),
+            Path::new(TD),
+        )
+        .unwrap()
+    }
+
+    fn image(s: &str) -> ImageIdentity {
+        ImageIdentity::Docker(DockerRef::parse(s).unwrap())
+    }
+
+    fn eval(p: &Policy, img: &str, d: &Digest, sigs: Vec<FetchedSignature>) -> Result<Decision, Refusal> {
+        let keys = StandardKeys { kbs: Some(Arc::new(FakeKbs)) };
+        futures::executor::block_on(evaluate(p, &image(img), d, &Mem(sigs), &keys))
+    }
+
+    const COSIGN: &str = r#"[{"type":"sigstoreSigned","keyPath":"cosign.pub"}]"#;
+
+    #[test]
+    fn accepts_a_good_signature_and_says_how() {
+        let d = Digest::sha256_of(b"m");
+        let ok = eval(&policy(COSIGN), "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)]).unwrap();
+        assert_eq!(ok.scope, r#"transports.docker["h.io/app"]"#);
+        assert!(ok.accepted[0].contains("ECDSA P-256"), "{:?}", ok.accepted);
+    }
+
+    #[test]
+    fn refuses_unsigned_other_key_other_digest_other_identity() {
+        let d = Digest::sha256_of(b"m");
+        let p = policy(COSIGN);
+        let e = eval(&p, "h.io/app:v1", &d, vec![]).unwrap_err();
+        assert!(matches!(e.reason, RefusalReason::Unsigned { .. }), "{e}");
+
+        let e = eval(&p, "h.io/app:v1", &d, vec![sig("p384.key", "h.io/app", &d)]).unwrap_err().to_string();
+        assert!(e.contains("not made by any of the keys tried"), "{e}");
+        assert!(e.contains("keyPath") && e.contains("ECDSA P-256"), "names the keys tried: {e}");
+
+        let other = Digest::sha256_of(b"other");
+        let e = eval(&p, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &other)]).unwrap_err().to_string();
+        assert!(e.contains(&format!("signs manifest {other}, but the manifest pulled is {d}")), "{e}");
+
+        // Omitted signedIdentity = matchRepository: a signature for app-a never admits app-b.
+        let p = Policy::parse(
+            br#"{"default":[{"type":"sigstoreSigned","keyPath":"cosign.pub"}]}"#,
+            Path::new(TD),
+        )
+        .unwrap();
+        let e = eval(&p, "h.io/app-b:v1", &d, vec![sig("cosign.key", "h.io/app-a", &d)]).unwrap_err().to_string();
+        assert!(e.contains("claims identity h.io/app-a") && e.contains("matchRepository"), "{e}");
+        assert!(e.contains("default requirement 1"), "names scope and requirement: {e}");
+    }
+
+    #[test]
+    fn one_good_signature_among_bad_ones_is_enough() {
+        let d = Digest::sha256_of(b"m");
+        let sigs = vec![sig("rsa.key", "h.io/app", &d), sig("cosign.key", "h.io/app", &d)];
+        assert!(eval(&policy(COSIGN), "h.io/app:v1", &d, sigs).is_ok());
+    }
+
+    #[test]
+    fn every_requirement_must_hold() {
+        let d = Digest::sha256_of(b"m");
+        let both = policy(
+            r#"[{"type":"sigstoreSigned","keyPath":"cosign.pub"},{"type":"sigstoreSigned","keyPath":"ed25519.pub"}]"#,
+        );
+        let e = eval(&both, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)]).unwrap_err();
+        assert_eq!(e.number, 2, "{e}");
+        let ok = eval(&both, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d), sig("ed25519.key", "h.io/app", &d)]);
+        assert_eq!(ok.unwrap().accepted.len(), 2);
+        let e = eval(&policy(r#"[{"type":"insecureAcceptAnything"},{"type":"reject"}]"#), "h.io/app:v1", &d, vec![])
+            .unwrap_err();
+        assert!(matches!(e.reason, RefusalReason::Reject));
+    }
+
+    #[test]
+    fn key_data_kbs_keys_and_every_key_type() {
+        let d = Digest::sha256_of(b"m");
+        let pem = std::fs::read(format!("{TD}/rsa.pub")).unwrap();
+        let data = base64::engine::general_purpose::STANDARD.encode(pem);
+        let p = policy(&format!(r#"[{{"type":"sigstoreSigned","keyData":"{data}"}}]"#));
+        assert!(eval(&p, "h.io/app:v1", &d, vec![sig("rsa.key", "h.io/app", &d)]).is_ok());
+        let kbs = policy(r#"[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-public-key/test"}]"#);
+        assert!(eval(&kbs, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)]).is_ok());
+        let missing = policy(r#"[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-public-key/nope"}]"#);
+        let e = eval(&missing, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)]).unwrap_err().to_string();
+        assert!(e.contains("kbs:///default/cosign-public-key/nope"), "{e}");
+        let paths = policy(r#"[{"type":"sigstoreSigned","keyPaths":["p384.pub","ed25519.pub"]}]"#);
+        assert!(eval(&paths, "h.io/app:v1", &d, vec![sig("ed25519.key", "h.io/app", &d)]).is_ok());
+        assert!(eval(&paths, "h.io/app:v1", &d, vec![sig("p384.key", "h.io/app", &d)]).is_ok());
+        assert!(eval(&paths, "h.io/app:v1", &d, vec![sig("rsa.key", "h.io/app", &d)]).is_err());
+    }
+
+    #[test]
+    fn a_layout_has_no_identity_unless_the_policy_names_one() {
+        let d = Digest::sha256_of(b"m");
+        let p = |id: &str| {
+            Policy::parse(
+                format!(r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"cosign.pub"{id}}}]}}"#).as_bytes(),
+                Path::new(TD),
+            )
+            .unwrap()
+        };
+        let layout = ImageIdentity::Layout { dir: "/l".into(), tag: Some("v1".into()) };
+        let run = |pol: &Policy| {
+            futures::executor::block_on(evaluate(
+                pol,
+                &layout,
+                &d,
+                &Mem(vec![sig("cosign.key", "h.io/app", &d)]),
+                &StandardKeys::default(),
+            ))
+        };
+        assert!(run(&p("")).is_err());
+        assert!(run(&p(r#","signedIdentity":{"type":"exactRepository","dockerRepository":"h.io/app"}"#)).is_ok());
+    }
+
+    #[test]
+    fn signed_by_without_lookaside_is_unsigned() {
+        let d = Digest::sha256_of(b"m");
+        let p = policy(r#"[{"type":"signedBy","keyType":"GPGKeys","keyPath":"cosign.pub"}]"#);
+        let e = eval(&p, "h.io/app:v1", &d, vec![]).unwrap_err();
+        assert!(matches!(e.reason, RefusalReason::Unsigned { .. }), "{e}");
+    }
+}
