@@ -14,7 +14,9 @@ use cloak_e2e::*;
 const PASSWORD: &str = "cloak-test";
 
 fn peers_dir() -> PathBuf {
-    std::env::var_os("CLOAK_PEERS_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".work/peers"))
+    std::env::var_os("CLOAK_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".work/peers"))
 }
 
 fn required() -> bool {
@@ -155,7 +157,8 @@ fn cosign_signs_cloak_verifies_and_pulls() -> Result<()> {
             .output()?,
         "cosign sign",
     )?;
-    let pol = sigstore_policy(tmp.path(), &format!("{}/app", reg.host()), &testdata().join("cosign.pub"), None)?;
+    let pol =
+        sigstore_policy(tmp.path(), &format!("{}/app", reg.host()), &testdata().join("cosign.pub"), None)?;
     let image = reg.docker_ref("app/hello:v1");
     let v = cloak_verify(&pol, &image)?;
     assert!(v.status.success(), "cloak verify refused a cosign-signed image: {}", stderr(&v));
@@ -165,7 +168,8 @@ fn cosign_signs_cloak_verifies_and_pulls() -> Result<()> {
     assert!(bundle.join("rootfs").is_dir());
 
     // The same image under another key is refused, naming the key tried.
-    let other = sigstore_policy(tmp.path(), &format!("{}/app", reg.host()), &testdata().join("p384.pub"), None)?;
+    let other =
+        sigstore_policy(tmp.path(), &format!("{}/app", reg.host()), &testdata().join("p384.pub"), None)?;
     assert_refused(&other, &image, &tmp.path().join("b2"), &[], "not made by any of the keys tried")?;
     let e = stderr(&cloak_verify(&other, &image)?);
     assert!(e.contains("ECDSA P-384"), "{e}");
@@ -202,7 +206,8 @@ fn skopeo_118_and_cloak_accept_each_others_signatures() -> Result<()> {
     let rd = tmp.path().join("registries.d");
     std::fs::create_dir_all(&rd)?;
     std::fs::write(rd.join("sigstore.yaml"), "default-docker:\n  use-sigstore-attachments: true\n")?;
-    let pol = sigstore_policy(tmp.path(), &format!("{}/app", reg.host()), &testdata().join("cosign.pub"), None)?;
+    let pol =
+        sigstore_policy(tmp.path(), &format!("{}/app", reg.host()), &testdata().join("cosign.pub"), None)?;
 
     // cloak signs, skopeo 1.18 verifies while copying out.
     let digest = push(&reg, "app/by-cloak:v1")?;
@@ -278,7 +283,13 @@ fn refusals_leave_no_rootfs() -> Result<()> {
     // Signature by another key.
     let d_other = push(&reg, "app/other-key:v1")?;
     cloak_sign(&testdata().join("p384.key"), &reg.docker_ref(&format!("app/other-key@{d_other}")), &[])?;
-    assert_refused(&pol, &reg.docker_ref("app/other-key:v1"), &b("other-key"), &[], "not made by any of the keys")?;
+    assert_refused(
+        &pol,
+        &reg.docker_ref("app/other-key:v1"),
+        &b("other-key"),
+        &[],
+        "not made by any of the keys",
+    )?;
 
     // Signature for another digest: image A's signature manifest re-tagged onto image B
     // (same repository; B is the same image as a Docker v2s2 manifest, so another digest).
@@ -307,7 +318,11 @@ fn refusals_leave_no_rootfs() -> Result<()> {
 
     // Identity mismatch with signedIdentity omitted: a signature for app-a presented for app-b.
     let d_id = push(&reg, "app/app-b:v1")?;
-    cloak_sign(&key, &reg.docker_ref(&format!("app/app-b@{d_id}")), &["--identity", &format!("{host}/app/app-a")])?;
+    cloak_sign(
+        &key,
+        &reg.docker_ref(&format!("app/app-b@{d_id}")),
+        &["--identity", &format!("{host}/app/app-a")],
+    )?;
     assert_refused(&pol, &reg.docker_ref("app/app-b:v1"), &b("identity"), &[], "claims identity")?;
 
     // A reject scope.
@@ -322,7 +337,13 @@ fn refusals_leave_no_rootfs() -> Result<()> {
     let out = pull(&pol, &reg.docker_ref("app/good:v1"), &b("cached-1"), &["--store", &store_s])?;
     assert!(out.status.success(), "{}", stderr(&out));
     let other_key = sigstore_policy(tmp.path(), &format!("{host}/app"), &testdata().join("rsa.pub"), None)?;
-    assert_refused(&other_key, &reg.docker_ref("app/good:v1"), &b("cached-2"), &["--store", &store_s], "RSA-2048")?;
+    assert_refused(
+        &other_key,
+        &reg.docker_ref("app/good:v1"),
+        &b("cached-2"),
+        &["--store", &store_s],
+        "RSA-2048",
+    )?;
 
     // A malformed signature manifest (a layer without the signature annotation).
     let d_bad = push(&reg, "app/malformed:v1")?;
@@ -338,14 +359,26 @@ fn refusals_leave_no_rootfs() -> Result<()> {
     .stdout;
     let broken = String::from_utf8(raw)?.replace("dev.cosignproject.cosign/signature", "dev.example/nothing");
     put_manifest(&reg, &sig_tag, broken.as_bytes())?;
-    assert_refused(&pol, &reg.docker_ref("app/malformed:v1"), &b("malformed"), &[], "annotation dev.cosignproject.cosign/signature is missing")?;
+    assert_refused(
+        &pol,
+        &reg.docker_ref("app/malformed:v1"),
+        &b("malformed"),
+        &[],
+        "annotation dev.cosignproject.cosign/signature is missing",
+    )?;
 
     // An oversized one (more signature layers than allowed).
     let mut m: serde_json::Value = serde_json::from_str(&broken)?;
     let layer = m["layers"][0].clone();
     m["layers"] = serde_json::Value::Array(vec![layer; 65]);
     put_manifest(&reg, &sig_tag, m.to_string().as_bytes())?;
-    assert_refused(&pol, &reg.docker_ref("app/malformed:v1"), &b("oversized"), &[], "more than the 64 allowed")?;
+    assert_refused(
+        &pol,
+        &reg.docker_ref("app/malformed:v1"),
+        &b("oversized"),
+        &[],
+        "more than the 64 allowed",
+    )?;
     Ok(())
 }
 
@@ -356,7 +389,14 @@ fn put_manifest(reg: &Registry, repo_tag: &str, bytes: &[u8]) -> Result<()> {
     std::fs::write(f.path(), bytes)?;
     ok(
         Command::new("curl")
-            .args(["-fsS", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json", "--data-binary"])
+            .args([
+                "-fsS",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/vnd.oci.image.manifest.v1+json",
+                "--data-binary",
+            ])
             .arg(format!("@{}", f.path().display()))
             .arg(format!("http://{}/v2/{repo}/manifests/{tag}", reg.host()))
             .output()?,
@@ -372,9 +412,27 @@ fn gpg_signed_by_skopeo_193_verifies_under_signed_by() -> Result<()> {
     let gnupg = tmp.path().join("gnupg");
     std::fs::create_dir_all(&gnupg)?;
     let gpg = |args: &[&str]| -> Result<Output> {
-        ok(Command::new("gpg").arg("--homedir").arg(&gnupg).args(["--batch", "--quiet"]).args(args).output()?, "gpg")
+        ok(
+            Command::new("gpg")
+                .arg("--homedir")
+                .arg(&gnupg)
+                .args(["--batch", "--quiet"])
+                .args(args)
+                .output()?,
+            "gpg",
+        )
     };
-    gpg(&["--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", "cloak test <cloak@example.invalid>", "ed25519", "sign", "never"])?;
+    gpg(&[
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "cloak test <cloak@example.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ])?;
     let public = gpg(&["--armor", "--export", "cloak@example.invalid"])?.stdout;
     let key = tmp.path().join("signer.gpg");
     std::fs::write(&key, &public)?;
@@ -425,11 +483,35 @@ fn gpg_signed_by_skopeo_193_verifies_under_signed_by() -> Result<()> {
     let gnupg2 = tmp.path().join("gnupg2");
     std::fs::create_dir_all(&gnupg2)?;
     let gpg2 = |args: &[&str]| -> Result<Output> {
-        ok(Command::new("gpg").arg("--homedir").arg(&gnupg2).args(["--batch", "--quiet"]).args(args).output()?, "gpg")
+        ok(
+            Command::new("gpg")
+                .arg("--homedir")
+                .arg(&gnupg2)
+                .args(["--batch", "--quiet"])
+                .args(args)
+                .output()?,
+            "gpg",
+        )
     };
-    gpg2(&["--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", "other <other@example.invalid>", "ed25519", "sign", "never"])?;
+    gpg2(&[
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "other <other@example.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ])?;
     std::fs::write(&key, gpg2(&["--armor", "--export", "other@example.invalid"])?.stdout)?;
-    assert_refused(&pol, &reg.docker_ref("app/gpg:v1"), &tmp.path().join("b3"), &["--registries-d", &rd_s], "signature-1")?;
+    assert_refused(
+        &pol,
+        &reg.docker_ref("app/gpg:v1"),
+        &tmp.path().join("b3"),
+        &["--registries-d", &rd_s],
+        "signature-1",
+    )?;
     // The agents key generation started for the two throw-away homedirs.
     for home in [&gnupg, &gnupg2] {
         let _ = Command::new("gpgconf").arg("--homedir").arg(home).args(["--kill", "gpg-agent"]).output();

@@ -323,8 +323,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Encrypt(a) => {
             // Loaded first: a wrong password must not cost an encryption.
-            let signing_key =
-                a.sign_by_sigstore_private_key.as_deref().map(encryptor::sign::load_signing_key).transpose()?;
+            let signing_key = a
+                .sign_by_sigstore_private_key
+                .as_deref()
+                .map(encryptor::sign::load_signing_key)
+                .transpose()?;
             let cfg = EncryptConfig {
                 src: a.src,
                 dst: a.dst,
@@ -347,7 +350,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     auth_file: cfg.common.authfile.clone(),
                     insecure_plain_http: cfg.common.insecure_dest_plain_http,
                 };
-                let signed = encryptor::sign::sign_digest(&cfg.dst, &result.manifest_digest, key, &opts).await?;
+                let signed =
+                    encryptor::sign::sign_digest(&cfg.dst, &result.manifest_digest, key, &opts).await?;
                 if !cfg.common.quiet && !cfg.common.json {
                     eprintln!("signed {} as {} at {}", signed.digest, signed.identity, signed.signature_ref);
                 }
@@ -374,11 +378,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 insecure_plain_http: !a.src_tls_verify,
             };
             let (digest, decision) =
-                encryptor::sign::verify(&a.image, &a.signature_policy, a.registries_d.as_deref(), &opts).await?;
+                encryptor::sign::verify(&a.image, &a.signature_policy, a.registries_d.as_deref(), &opts)
+                    .await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"digest": digest.to_string(), "decision": decision}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"digest": digest.to_string(), "decision": decision})
+                    )?
+                );
             } else {
-                eprintln!("accepted {} ({digest}) under {}: {}", a.image, decision.scope, decision.accepted.join("; "));
+                eprintln!(
+                    "accepted {} ({digest}) under {}: {}",
+                    a.image,
+                    decision.scope,
+                    decision.accepted.join("; ")
+                );
             }
         }
         Command::Decrypt(a) => {

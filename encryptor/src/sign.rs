@@ -117,17 +117,24 @@ pub async fn verify(
     options: &SourceOptions,
 ) -> Result<(Digest, Decision), SignCmdError> {
     let r = parse_ref(image)?;
-    let bytes =
-        std::fs::read(policy_path).map_err(|source| SignCmdError::Read { path: policy_path.to_path_buf(), source })?;
+    let bytes = std::fs::read(policy_path)
+        .map_err(|source| SignCmdError::Read { path: policy_path.to_path_buf(), source })?;
     let policy = Policy::parse(&bytes, policy_path.parent().unwrap_or(Path::new(".")))?;
     let lookaside = match (registries_d, &r) {
-        (Some(dir), ImageRef::Registry(reg)) => RegistriesD::load(dir)?.lookaside_for(&reg.registry, &reg.repository),
+        (Some(dir), ImageRef::Registry(reg)) => {
+            RegistriesD::load(dir)?.lookaside_for(&reg.registry, &reg.repository)
+        }
         _ => None,
     };
     let digest = resolve_digest(&r, options).await?;
     let sigs = ImageSignatures { image: r.clone(), options: options.clone(), lookaside };
-    let decision =
-        imgsig::evaluate(&policy, &ImageIdentity::from_image_ref(&r), &digest, &sigs, &StandardKeys::default())
-            .await?;
+    let decision = imgsig::evaluate(
+        &policy,
+        &ImageIdentity::from_image_ref(&r),
+        &digest,
+        &sigs,
+        &StandardKeys::default(),
+    )
+    .await?;
     Ok((digest, decision))
 }

@@ -157,7 +157,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Arc::new(guest_puller::signatures::KbsResources(c)) as Arc<dyn imgsig::ResourceFetcher>
                 });
                 let check =
-                    guest_puller::signatures::SignatureCheck::load(p, cli.registries_d.as_deref(), kbs).await?;
+                    guest_puller::signatures::SignatureCheck::load(p, cli.registries_d.as_deref(), kbs)
+                        .await?;
                 Some(Arc::new(check))
             }
             None => None,

@@ -68,12 +68,16 @@ impl SignatureCheck {
     ) -> Result<SignatureCheck, SignatureError> {
         let (bytes, base) = if policy.starts_with("kbs:///") {
             let Some(f) = &kbs else { return Err(SignatureError::NoKbs { uri: policy.to_string() }) };
-            let b = f.fetch(policy).await.map_err(|reason| SignatureError::Kbs { uri: policy.to_string(), reason })?;
+            let b = f
+                .fetch(policy)
+                .await
+                .map_err(|reason| SignatureError::Kbs { uri: policy.to_string(), reason })?;
             // Relative key paths in a KBS policy have no meaningful base: use /.
             (b, PathBuf::from("/"))
         } else {
             let p = Path::new(policy);
-            let b = std::fs::read(p).map_err(|source| SignatureError::Read { path: policy.to_string(), source })?;
+            let b = std::fs::read(p)
+                .map_err(|source| SignatureError::Read { path: policy.to_string(), source })?;
             (b, p.parent().unwrap_or(Path::new(".")).to_path_buf())
         };
         let policy_parsed = Policy::parse(&bytes, &base)
@@ -95,9 +99,10 @@ impl SignatureCheck {
         };
         let sigs = ImageSignatures { image: image.clone(), options: source.clone(), lookaside };
         let keys = StandardKeys { kbs: self.kbs.clone() };
-        let decision = imgsig::evaluate(&self.policy, &ImageIdentity::from_image_ref(image), digest, &sigs, &keys)
-            .await
-            .map_err(Box::new)?;
+        let decision =
+            imgsig::evaluate(&self.policy, &ImageIdentity::from_image_ref(image), digest, &sigs, &keys)
+                .await
+                .map_err(Box::new)?;
         tracing::info!(scope = %decision.scope, accepted = %decision.accepted.join("; "), "signature policy accepted the image");
         Ok(decision)
     }

@@ -26,7 +26,8 @@ impl SignatureSource for InMemory {
 
 fn bench(c: &mut Criterion) {
     let td = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let key = SigningKey::from_pem(&std::fs::read(td.join("cosign.key")).unwrap(), Some(b"cloak-test"), "k").unwrap();
+    let key = SigningKey::from_pem(&std::fs::read(td.join("cosign.key")).unwrap(), Some(b"cloak-test"), "k")
+        .unwrap();
     let digest = Digest::sha256_of(b"manifest");
     let payload = Payload::cosign_bytes("127.0.0.1:5000/app", &digest);
     let sig = FetchedSignature { index: 0, signature: key.sign(&payload).unwrap(), payload };

@@ -198,8 +198,12 @@ mod tests {
 
     #[test]
     fn tag_is_cosigns() {
-        let d: Digest = "sha256:3c4b0491ad42ed94682815ca7a46e4a5595792d857cec1410833a9d226bb948e".parse().unwrap();
-        assert_eq!(signature_tag(&d), "sha256-3c4b0491ad42ed94682815ca7a46e4a5595792d857cec1410833a9d226bb948e.sig");
+        let d: Digest =
+            "sha256:3c4b0491ad42ed94682815ca7a46e4a5595792d857cec1410833a9d226bb948e".parse().unwrap();
+        assert_eq!(
+            signature_tag(&d),
+            "sha256-3c4b0491ad42ed94682815ca7a46e4a5595792d857cec1410833a9d226bb948e.sig"
+        );
     }
 
     #[test]
@@ -237,8 +241,14 @@ mod tests {
             Err(SignatureManifestError::BadSignature { index: 0 })
         ));
         let big = s.replace("\"size\":1,", "\"size\":99999999,");
-        assert!(matches!(parse_signature_manifest(big.as_bytes()), Err(SignatureManifestError::PayloadSize { .. })));
+        assert!(matches!(
+            parse_signature_manifest(big.as_bytes()),
+            Err(SignatureManifestError::PayloadSize { .. })
+        ));
         let v1 = s.replace("\"schemaVersion\":2", "\"schemaVersion\":1");
-        assert!(matches!(parse_signature_manifest(v1.as_bytes()), Err(SignatureManifestError::SchemaVersion(1))));
+        assert!(matches!(
+            parse_signature_manifest(v1.as_bytes()),
+            Err(SignatureManifestError::SchemaVersion(1))
+        ));
     }
 }

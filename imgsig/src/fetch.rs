@@ -31,7 +31,8 @@ pub fn signature_ref(image: &ImageRef, digest: &Digest) -> ImageRef {
 fn is_not_found(e: &OciError) -> bool {
     matches!(
         e,
-        OciError::Registry(RegistryError::NotFound { .. }) | OciError::Layout(oci::LayoutError::TagNotFound { .. })
+        OciError::Registry(RegistryError::NotFound { .. })
+            | OciError::Layout(oci::LayoutError::TagNotFound { .. })
     )
 }
 
@@ -89,7 +90,10 @@ impl ImageSignatures {
 
     fn fetch_gpg(&self, digest: &Digest) -> Result<Found<Vec<u8>>, FetchError> {
         let ImageRef::Registry(r) = &self.image else {
-            return Ok(Found { location: "(GPG signatures need a docker:// image and a lookaside)".into(), signatures: vec![] });
+            return Ok(Found {
+                location: "(GPG signatures need a docker:// image and a lookaside)".into(),
+                signatures: vec![],
+            });
         };
         let Some(base) = &self.lookaside else {
             return Ok(Found {
@@ -105,10 +109,16 @@ impl ImageSignatures {
             digest.hex()
         );
         let Some(dir) = base.strip_prefix("file://") else {
-            return Err(FetchError::Other { location, reason: "only file:// lookaside stores are supported".into() });
+            return Err(FetchError::Other {
+                location,
+                reason: "only file:// lookaside stores are supported".into(),
+            });
         };
         if r.repository.split('/').any(|c| c == ".." || c == ".") {
-            return Err(FetchError::Other { location, reason: "repository path has . or .. components".into() });
+            return Err(FetchError::Other {
+                location,
+                reason: "repository path has . or .. components".into(),
+            });
         }
         let dir = std::path::Path::new(dir).join(format!(
             "{}@{}={}",
@@ -121,12 +131,21 @@ impl ImageSignatures {
             let p = dir.join(format!("signature-{n}"));
             match std::fs::metadata(&p) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) => return Err(FetchError::Other { location, reason: format!("{}: {e}", p.display()) }),
-                Ok(m) if m.len() > MAX_GPG_SIGNATURE_SIZE as u64 => {
-                    return Err(FetchError::Other { location, reason: format!("{} is too large", p.display()) })
+                Err(e) => {
+                    return Err(FetchError::Other { location, reason: format!("{}: {e}", p.display()) })
                 }
-                Ok(_) => signatures
-                    .push(std::fs::read(&p).map_err(|e| FetchError::Other { location: location.clone(), reason: e.to_string() })?),
+                Ok(m) if m.len() > MAX_GPG_SIGNATURE_SIZE as u64 => {
+                    return Err(FetchError::Other {
+                        location,
+                        reason: format!("{} is too large", p.display()),
+                    })
+                }
+                Ok(_) => {
+                    signatures.push(std::fs::read(&p).map_err(|e| FetchError::Other {
+                        location: location.clone(),
+                        reason: e.to_string(),
+                    })?)
+                }
             }
         }
         Ok(Found { location, signatures })
@@ -134,7 +153,10 @@ impl ImageSignatures {
 }
 
 impl SignatureSource for ImageSignatures {
-    fn cosign<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Found<FetchedSignature>, FetchError>> {
+    fn cosign<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Found<FetchedSignature>, FetchError>> {
         Box::pin(self.fetch_cosign(digest))
     }
     fn gpg<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Found<Vec<u8>>, FetchError>> {

@@ -36,7 +36,13 @@ pub struct GpgVerified {
 
 fn gpg(home: &Path) -> Command {
     let mut c = Command::new(std::env::var_os("CLOAK_GPG").unwrap_or_else(|| "gpg".into()));
-    c.arg("--homedir").arg(home).args(["--batch", "--no-tty", "--quiet", "--no-auto-key-retrieve", "--no-permission-warning"]);
+    c.arg("--homedir").arg(home).args([
+        "--batch",
+        "--no-tty",
+        "--quiet",
+        "--no-auto-key-retrieve",
+        "--no-permission-warning",
+    ]);
     c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }
@@ -46,7 +52,8 @@ pub fn verify(signature: &[u8], keyrings: &[Vec<u8>]) -> Result<GpgVerified, Gpg
     if signature.len() > MAX_GPG_SIGNATURE_SIZE {
         return Err(GpgError::TooLarge(signature.len()));
     }
-    let home = tempfile::Builder::new().prefix("cloak-gpg-").tempdir().map_err(|e| GpgError::Run(e.to_string()))?;
+    let home =
+        tempfile::Builder::new().prefix("cloak-gpg-").tempdir().map_err(|e| GpgError::Run(e.to_string()))?;
     let run = |e: std::io::Error| GpgError::Run(e.to_string());
     let mut imported = 0;
     let mut import_errors = Vec::new();
@@ -80,12 +87,12 @@ pub fn verify(signature: &[u8], keyrings: &[Vec<u8>]) -> Result<GpgVerified, Gpg
         .map_err(run)?;
     let status = std::fs::read_to_string(&status_path).unwrap_or_default();
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    let validsig: Vec<&str> = status
-        .lines()
-        .filter_map(|l| l.strip_prefix("[GNUPG:] VALIDSIG "))
-        .collect();
+    let validsig: Vec<&str> = status.lines().filter_map(|l| l.strip_prefix("[GNUPG:] VALIDSIG ")).collect();
     let bad = status.lines().any(|l| {
-        l.starts_with("[GNUPG:] BADSIG") || l.starts_with("[GNUPG:] ERRSIG") || l.starts_with("[GNUPG:] EXPKEYSIG") || l.starts_with("[GNUPG:] REVKEYSIG")
+        l.starts_with("[GNUPG:] BADSIG")
+            || l.starts_with("[GNUPG:] ERRSIG")
+            || l.starts_with("[GNUPG:] EXPKEYSIG")
+            || l.starts_with("[GNUPG:] REVKEYSIG")
     });
     if !out.status.success() || bad || validsig.len() != 1 {
         let why = if stderr.is_empty() { format!("{} valid signatures", validsig.len()) } else { stderr };

@@ -63,7 +63,9 @@ impl DockerRef {
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, rest))
-                if first.contains(['.', ':']) || first == "localhost" || first.chars().any(char::is_uppercase) =>
+                if first.contains(['.', ':'])
+                    || first == "localhost"
+                    || first.chars().any(char::is_uppercase) =>
             {
                 check_host(first)?;
                 (first.to_string(), rest.to_string())
@@ -128,7 +130,8 @@ fn check_repository(r: &str) -> Result<(), IdentityError> {
         && r.len() <= 255
         && r.split('/').all(|c| {
             !c.is_empty()
-                && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
+                && c.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-'))
                 && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
         });
     if ok {
@@ -239,7 +242,10 @@ mod tests {
         assert_eq!(r("user/app:1").to_string(), "docker.io/user/app:1");
         assert_eq!(r("localhost/app").registry, "localhost");
         let x = r(&format!("127.0.0.1:5000/a/b:v1@{D}"));
-        assert_eq!((x.registry.as_str(), x.repository.as_str(), x.tag.as_deref()), ("127.0.0.1:5000", "a/b", Some("v1")));
+        assert_eq!(
+            (x.registry.as_str(), x.repository.as_str(), x.tag.as_deref()),
+            ("127.0.0.1:5000", "a/b", Some("v1"))
+        );
         assert!(x.digest.is_some());
         assert!(DockerRef::parse("h.io/App").is_err());
         assert!(DockerRef::parse("h.io/a:").is_err());

@@ -80,7 +80,11 @@ fn kind_of<T: openssl::pkey::HasPublic>(what: &str, k: &PKey<T>) -> Result<KeyKi
     let unsupported = |kind: String| KeyError::Unsupported { what: what.to_string(), kind };
     match k.id() {
         Id::EC => {
-            let ec = k.ec_key().map_err(|source| KeyError::Crypto { what: what.into(), op: "reading EC key", source })?;
+            let ec = k.ec_key().map_err(|source| KeyError::Crypto {
+                what: what.into(),
+                op: "reading EC key",
+                source,
+            })?;
             match ec.group().curve_name() {
                 Some(Nid::X9_62_PRIME256V1) => Ok(KeyKind::EcdsaP256),
                 Some(Nid::SECP384R1) => Ok(KeyKind::EcdsaP384),
@@ -214,7 +218,8 @@ impl SigningKey {
             PKey::private_key_from_der(&der).map_err(|_| KeyError::PrivatePem { what: what.into() })?
         } else if label == "ENCRYPTED PRIVATE KEY" {
             let pw = password.ok_or_else(|| KeyError::NeedPassword { what: what.into() })?;
-            PKey::private_key_from_pem_passphrase(pem, pw).map_err(|_| KeyError::WrongPassword { what: what.into() })?
+            PKey::private_key_from_pem_passphrase(pem, pw)
+                .map_err(|_| KeyError::WrongPassword { what: what.into() })?
         } else {
             PKey::private_key_from_pem(pem).map_err(|_| KeyError::PrivatePem { what: what.into() })?
         };
@@ -239,9 +244,11 @@ impl SigningKey {
 
     /// The matching public key, as PEM (`cosign.pub` form).
     pub fn public_key_pem(&self) -> Result<Vec<u8>, KeyError> {
-        self.key
-            .public_key_to_pem()
-            .map_err(|source| KeyError::Crypto { what: "signing key".into(), op: "exporting public key", source })
+        self.key.public_key_to_pem().map_err(|source| KeyError::Crypto {
+            what: "signing key".into(),
+            op: "exporting public key",
+            source,
+        })
     }
 
     /// The matching public key.
@@ -262,7 +269,14 @@ fn decrypt_cosign(body_b64: &str, password: &[u8], what: &str) -> Result<Zeroizi
         return Err(bad(&format!("cipher {:?} (only nacl/secretbox)", env.cipher.name)));
     }
     let ScryptParams { N: n, r, p } = env.kdf.params;
-    if !n.is_power_of_two() || n < 2 || n > MAX_SCRYPT_N || r == 0 || r > MAX_SCRYPT_R || p == 0 || p > MAX_SCRYPT_P {
+    if !n.is_power_of_two()
+        || n < 2
+        || n > MAX_SCRYPT_N
+        || r == 0
+        || r > MAX_SCRYPT_R
+        || p == 0
+        || p > MAX_SCRYPT_P
+    {
         return Err(bad(&format!("scrypt parameters N={n} r={r} p={p} out of range")));
     }
     let salt = B64.decode(&env.kdf.salt).map_err(|_| bad("salt is not base64"))?;
@@ -338,6 +352,9 @@ mod tests {
         assert!(e.to_string().contains("RSA-1024"), "{e}");
         let e = SigningKey::from_pem(b"-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nbm90IGpzb24=\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n", Some(b"x"), "k").unwrap_err();
         assert!(matches!(e, KeyError::Envelope { .. }), "{e}");
-        assert_eq!(format!("{:?}", SigningKey::from_pem(&read("ed25519.key"), None, "k").unwrap()), "SigningKey(Ed25519, [redacted])");
+        assert_eq!(
+            format!("{:?}", SigningKey::from_pem(&read("ed25519.key"), None, "k").unwrap()),
+            "SigningKey(Ed25519, [redacted])"
+        );
     }
 }

@@ -145,9 +145,15 @@ pub enum Requirement {
     InsecureAcceptAnything,
     Reject,
     /// GPG simple signing.
-    SignedBy { keys: Vec<KeySource>, identity: SignedIdentity },
+    SignedBy {
+        keys: Vec<KeySource>,
+        identity: SignedIdentity,
+    },
     /// cosign, key-based.
-    SigstoreSigned { keys: Vec<KeySource>, identity: SignedIdentity },
+    SigstoreSigned {
+        keys: Vec<KeySource>,
+        identity: SignedIdentity,
+    },
 }
 
 impl std::fmt::Display for Requirement {
@@ -156,7 +162,9 @@ impl std::fmt::Display for Requirement {
             Requirement::InsecureAcceptAnything => f.write_str("insecureAcceptAnything"),
             Requirement::Reject => f.write_str("reject"),
             Requirement::SignedBy { identity, .. } => write!(f, "signedBy, signedIdentity {identity}"),
-            Requirement::SigstoreSigned { identity, .. } => write!(f, "sigstoreSigned, signedIdentity {identity}"),
+            Requirement::SigstoreSigned { identity, .. } => {
+                write!(f, "sigstoreSigned, signedIdentity {identity}")
+            }
         }
     }
 }
@@ -331,7 +339,9 @@ fn validate_docker_scope(scope: &str) -> Result<(), String> {
     }
     if let Some(domain) = scope.strip_prefix("*.") {
         let ok = !domain.is_empty()
-            && domain.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            && domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
         return if ok { Ok(()) } else { Err(format!("wildcard scope {scope:?} is not *.DOMAIN")) };
     }
     if !scope.contains('/') {
@@ -373,7 +383,10 @@ fn requirement(r: RawRequirement, place: &str, base: &Path) -> Result<Requiremen
         RawRequirement::Reject {} => Requirement::Reject,
         RawRequirement::SignedBy { key_type, key_path, key_paths, key_data, signed_identity } => {
             if key_type != "GPGKeys" {
-                return Err(invalid(place, format!("signedBy keyType {key_type:?} is not supported (only GPGKeys)")));
+                return Err(invalid(
+                    place,
+                    format!("signedBy keyType {key_type:?} is not supported (only GPGKeys)"),
+                ));
             }
             Requirement::SignedBy {
                 keys: key_sources(key_path, key_paths, key_data, place, base)?,
@@ -394,7 +407,10 @@ fn requirement(r: RawRequirement, place: &str, base: &Path) -> Result<Requiremen
             if fulcio.is_some() || pki.is_some() {
                 return Err(invalid(place, "sigstoreSigned with fulcio/pki (keyless) is not supported; use keyPath, keyPaths or keyData"));
             }
-            if rekor_public_key_path.is_some() || rekor_public_key_paths.is_some() || rekor_public_key_data.is_some() {
+            if rekor_public_key_path.is_some()
+                || rekor_public_key_paths.is_some()
+                || rekor_public_key_data.is_some()
+            {
                 return Err(invalid(place, "rekorPublicKey* is not supported: cloak verifies key-based signatures offline and cannot enforce a Rekor inclusion proof; remove it"));
             }
             Requirement::SigstoreSigned {
@@ -442,7 +458,11 @@ fn key_sources(
     }
 }
 
-fn identity(raw: Option<RawIdentity>, default: SignedIdentity, place: &str) -> Result<SignedIdentity, PolicyError> {
+fn identity(
+    raw: Option<RawIdentity>,
+    default: SignedIdentity,
+    place: &str,
+) -> Result<SignedIdentity, PolicyError> {
     let parse = |s: &str, what: &str| {
         DockerRef::parse(s).map_err(|e| invalid(place, format!("signedIdentity {what} {s:?}: {e}")))
     };
@@ -454,24 +474,38 @@ fn identity(raw: Option<RawIdentity>, default: SignedIdentity, place: &str) -> R
         Some(RawIdentity::ExactReference { docker_reference }) => {
             let r = parse(&docker_reference, "dockerReference")?;
             if r.is_name_only() {
-                return Err(invalid(place, format!("exactReference {docker_reference:?} needs a tag or digest (or use exactRepository)")));
+                return Err(invalid(
+                    place,
+                    format!(
+                        "exactReference {docker_reference:?} needs a tag or digest (or use exactRepository)"
+                    ),
+                ));
             }
             SignedIdentity::ExactReference(r)
         }
         Some(RawIdentity::ExactRepository { docker_repository }) => {
             let r = parse(&docker_repository, "dockerRepository")?;
             if !r.is_name_only() {
-                return Err(invalid(place, format!("exactRepository {docker_repository:?} must not have a tag or digest")));
+                return Err(invalid(
+                    place,
+                    format!("exactRepository {docker_repository:?} must not have a tag or digest"),
+                ));
             }
             SignedIdentity::ExactRepository(r)
         }
         Some(RawIdentity::RemapIdentity { prefix, signed_prefix }) => {
             for (what, p) in [("prefix", &prefix), ("signedPrefix", &signed_prefix)] {
                 if p.starts_with("*.") {
-                    return Err(invalid(place, format!("remapIdentity {what} {p:?}: wildcards are not supported")));
+                    return Err(invalid(
+                        place,
+                        format!("remapIdentity {what} {p:?}: wildcards are not supported"),
+                    ));
                 }
                 validate_docker_scope(p).map_err(|e| invalid(place, format!("remapIdentity {what}: {e}")))?;
-                if p.is_empty() || p.contains(['@']) || p.rsplit('/').next().is_some_and(|last| p.contains('/') && last.contains(':')) {
+                if p.is_empty()
+                    || p.contains(['@'])
+                    || p.rsplit('/').next().is_some_and(|last| p.contains('/') && last.contains(':'))
+                {
                     return Err(invalid(place, format!("remapIdentity {what} {p:?} must be host[:port][/namespace…] without tag or digest")));
                 }
             }
@@ -512,7 +546,10 @@ mod tests {
     fn scope_lookup_most_specific_first() {
         let pol = p(FULL).unwrap();
         let name = |s: &str| pol.scope_for(&docker(s)).to_string();
-        assert_eq!(name("127.0.0.1:5000/app/hello:v1"), r#"transports.docker["127.0.0.1:5000/app/hello:v1"]"#);
+        assert_eq!(
+            name("127.0.0.1:5000/app/hello:v1"),
+            r#"transports.docker["127.0.0.1:5000/app/hello:v1"]"#
+        );
         assert_eq!(name("127.0.0.1:5000/app/hello:v2"), r#"transports.docker["127.0.0.1:5000/app/hello"]"#);
         assert_eq!(name("127.0.0.1:5000/app/other:v1"), r#"transports.docker["127.0.0.1:5000/app"]"#);
         assert_eq!(name("127.0.0.1:5000/x"), r#"transports.docker["127.0.0.1:5000"]"#);
@@ -526,7 +563,8 @@ mod tests {
                 identity: SignedIdentity::MatchRepository,
             }]
         );
-        let s = pol.scope_for(&ImageIdentity::Layout { dir: "/layouts/signed/img".into(), tag: Some("v1".into()) });
+        let s = pol
+            .scope_for(&ImageIdentity::Layout { dir: "/layouts/signed/img".into(), tag: Some("v1".into()) });
         assert_eq!(s.to_string(), r#"transports.oci["/layouts/signed"]"#);
         let s = pol.scope_for(&ImageIdentity::Layout { dir: "/elsewhere".into(), tag: None });
         assert_eq!(s.to_string(), "default");
@@ -546,7 +584,10 @@ mod tests {
             r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"h.io/a@{d}":[{{"type":"insecureAcceptAnything"}}]}}}}}}"#
         ))
         .unwrap();
-        assert_eq!(pol.scope_for(&docker(&format!("h.io/a:v1@{d}"))).requirements, &[Requirement::InsecureAcceptAnything]);
+        assert_eq!(
+            pol.scope_for(&docker(&format!("h.io/a:v1@{d}"))).requirements,
+            &[Requirement::InsecureAcceptAnything]
+        );
         assert_eq!(pol.scope_for(&docker("h.io/a:v1")).requirements, &[Requirement::Reject]);
     }
 
@@ -559,23 +600,47 @@ mod tests {
             (r#"{"default":[{"type":"reject","x":1}]}"#, "x"),
             (r#"{"default":[{"type":"sigstoreSigned"}]}"#, "needs one of keyPath"),
             (r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","keyData":"Zm9v"}]}"#, "exactly one"),
-            (r#"{"default":[{"type":"sigstoreSigned","keyData":"-----BEGIN PUBLIC KEY-----"}]}"#, "base64 of the key file"),
+            (
+                r#"{"default":[{"type":"sigstoreSigned","keyData":"-----BEGIN PUBLIC KEY-----"}]}"#,
+                "base64 of the key file",
+            ),
             (r#"{"default":[{"type":"sigstoreSigned","fulcio":{}}]}"#, "keyless"),
             (r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","rekorPublicKeyPath":"r"}]}"#, "Rekor"),
             (r#"{"default":[{"type":"signedBy","keyType":"X509","keyPath":"a"}]}"#, "X509"),
-            (r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","signedIdentity":{"type":"exactReference","dockerReference":"h.io/a"}}]}"#, "needs a tag"),
-            (r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","signedIdentity":{"type":"exactRepository","dockerRepository":"h.io/a:v1"}}]}"#, "must not have a tag"),
-            (r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","signedIdentity":{"type":"remapIdentity","prefix":"*.a.io","signedPrefix":"b.io"}}]}"#, "wildcards"),
-            (r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","signedIdentity":{"type":"matchSomething"}}]}"#, "matchSomething"),
-            (r#"{"default":[{"type":"reject"}],"transports":{"docker":{"busybox":[{"type":"reject"}]}}}"#, "docker.io/library/busybox"),
-            (r#"{"default":[{"type":"reject"}],"transports":{"docker":{"docker.io/library/busybox":[]}}}"#, "transports.docker[\"docker.io/library/busybox\"]"),
+            (
+                r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","signedIdentity":{"type":"exactReference","dockerReference":"h.io/a"}}]}"#,
+                "needs a tag",
+            ),
+            (
+                r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","signedIdentity":{"type":"exactRepository","dockerRepository":"h.io/a:v1"}}]}"#,
+                "must not have a tag",
+            ),
+            (
+                r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","signedIdentity":{"type":"remapIdentity","prefix":"*.a.io","signedPrefix":"b.io"}}]}"#,
+                "wildcards",
+            ),
+            (
+                r#"{"default":[{"type":"sigstoreSigned","keyPath":"a","signedIdentity":{"type":"matchSomething"}}]}"#,
+                "matchSomething",
+            ),
+            (
+                r#"{"default":[{"type":"reject"}],"transports":{"docker":{"busybox":[{"type":"reject"}]}}}"#,
+                "docker.io/library/busybox",
+            ),
+            (
+                r#"{"default":[{"type":"reject"}],"transports":{"docker":{"docker.io/library/busybox":[]}}}"#,
+                "transports.docker[\"docker.io/library/busybox\"]",
+            ),
             (r#"{"default":[{"type":"sigstoreSigned","keyPath":"kbs://host/a/b/c"}]}"#, "kbs:///"),
         ];
         for (json, needle) in cases {
             let e = p(json).unwrap_err().to_string();
             assert!(e.contains(needle), "{json}: {e}");
         }
-        assert!(matches!(Policy::parse(&vec![b' '; MAX_POLICY_SIZE + 1], Path::new("/")), Err(PolicyError::TooLarge { .. })));
+        assert!(matches!(
+            Policy::parse(&vec![b' '; MAX_POLICY_SIZE + 1], Path::new("/")),
+            Err(PolicyError::TooLarge { .. })
+        ));
     }
 
     #[test]

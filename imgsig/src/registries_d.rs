@@ -80,7 +80,8 @@ impl RegistriesD {
         let f: File = if yaml.trim().is_empty() {
             File::default()
         } else {
-            serde_yaml::from_str(yaml).map_err(|source| RegistriesDError::Parse { path: path.to_string(), source })?
+            serde_yaml::from_str(yaml)
+                .map_err(|source| RegistriesDError::Parse { path: path.to_string(), source })?
         };
         if let Some(d) = f.default_docker {
             if self.default_docker.is_some() {

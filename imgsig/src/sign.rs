@@ -86,7 +86,10 @@ pub async fn sign_image(
     let dest = ImageDest::open(&sref, options).await.map_err(werr)?;
     dest.put_blob_bytes(&payload).await.map_err(werr)?;
     dest.put_blob_bytes(&built.config).await.map_err(werr)?;
-    let d = dest.put_manifest(&built.manifest, oci::media_type::OCI_MANIFEST, ManifestRole::TopLevel).await.map_err(werr)?;
+    let d = dest
+        .put_manifest(&built.manifest, oci::media_type::OCI_MANIFEST, ManifestRole::TopLevel)
+        .await
+        .map_err(werr)?;
     Ok(Signed {
         digest: digest.to_string(),
         identity,

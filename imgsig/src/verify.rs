@@ -58,7 +58,8 @@ pub enum FetchError {
 /// Where signatures come from (the image's registry or layout, a lookaside store).
 pub trait SignatureSource: Send + Sync {
     /// cosign signatures (`sha256-<hex>.sig`) of `digest`; an empty list when there are none.
-    fn cosign<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Found<FetchedSignature>, FetchError>>;
+    fn cosign<'a>(&'a self, digest: &'a Digest)
+        -> BoxFuture<'a, Result<Found<FetchedSignature>, FetchError>>;
     /// GPG simple signatures of `digest` (raw OpenPGP messages).
     fn gpg<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Found<Vec<u8>>, FetchError>>;
 }
@@ -229,7 +230,15 @@ pub async fn evaluate(
                         .map_err(|e| gpg::GpgError::Run(e.to_string()))
                         .and_then(|r| r);
                     match verified.map_err(|e| format!("signature-{}: {e}", n + 1)).and_then(|v| {
-                        check_claims(&v.payload, ATOMIC_TYPE, digest, image, identity, &format!("signature-{}", n + 1), &format!("GPG key {}", v.fingerprint))
+                        check_claims(
+                            &v.payload,
+                            ATOMIC_TYPE,
+                            digest,
+                            image,
+                            identity,
+                            &format!("signature-{}", n + 1),
+                            &format!("GPG key {}", v.fingerprint),
+                        )
                     }) {
                         Ok(line) => {
                             ok = Some(line);
@@ -258,7 +267,10 @@ fn describe_key(k: &PublicKey) -> String {
     format!("{} ({} {})", k.origin, k.kind(), k.fingerprint())
 }
 
-async fn load_public_keys(keys: &dyn KeyLoader, sources: &[KeySource]) -> Result<Vec<PublicKey>, RefusalReason> {
+async fn load_public_keys(
+    keys: &dyn KeyLoader,
+    sources: &[KeySource],
+) -> Result<Vec<PublicKey>, RefusalReason> {
     let mut out = Vec::new();
     for s in sources {
         let bytes = keys.load(s).await.map_err(RefusalReason::Key)?;
@@ -359,7 +371,8 @@ mod tests {
 
     fn policy(reqs: &str) -> Policy {
         Policy::parse(
-            format!(r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"h.io/app":{reqs}}}}}}}"#).as_bytes(),
+            format!(r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"h.io/app":{reqs}}}}}}}"#)
+                .as_bytes(),
             Path::new(TD),
         )
         .unwrap()
@@ -396,7 +409,8 @@ mod tests {
         assert!(e.contains("keyPath") && e.contains("ECDSA P-256"), "names the keys tried: {e}");
 
         let other = Digest::sha256_of(b"other");
-        let e = eval(&p, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &other)]).unwrap_err().to_string();
+        let e =
+            eval(&p, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &other)]).unwrap_err().to_string();
         assert!(e.contains(&format!("signs manifest {other}, but the manifest pulled is {d}")), "{e}");
 
         // Omitted signedIdentity = matchRepository: a signature for app-a never admits app-b.
@@ -405,7 +419,8 @@ mod tests {
             Path::new(TD),
         )
         .unwrap();
-        let e = eval(&p, "h.io/app-b:v1", &d, vec![sig("cosign.key", "h.io/app-a", &d)]).unwrap_err().to_string();
+        let e =
+            eval(&p, "h.io/app-b:v1", &d, vec![sig("cosign.key", "h.io/app-a", &d)]).unwrap_err().to_string();
         assert!(e.contains("claims identity h.io/app-a") && e.contains("matchRepository"), "{e}");
         assert!(e.contains("default requirement 1"), "names scope and requirement: {e}");
     }
@@ -425,10 +440,20 @@ mod tests {
         );
         let e = eval(&both, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)]).unwrap_err();
         assert_eq!(e.number, 2, "{e}");
-        let ok = eval(&both, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d), sig("ed25519.key", "h.io/app", &d)]);
+        let ok = eval(
+            &both,
+            "h.io/app:v1",
+            &d,
+            vec![sig("cosign.key", "h.io/app", &d), sig("ed25519.key", "h.io/app", &d)],
+        );
         assert_eq!(ok.unwrap().accepted.len(), 2);
-        let e = eval(&policy(r#"[{"type":"insecureAcceptAnything"},{"type":"reject"}]"#), "h.io/app:v1", &d, vec![])
-            .unwrap_err();
+        let e = eval(
+            &policy(r#"[{"type":"insecureAcceptAnything"},{"type":"reject"}]"#),
+            "h.io/app:v1",
+            &d,
+            vec![],
+        )
+        .unwrap_err();
         assert!(matches!(e.reason, RefusalReason::Reject));
     }
 
@@ -441,8 +466,11 @@ mod tests {
         assert!(eval(&p, "h.io/app:v1", &d, vec![sig("rsa.key", "h.io/app", &d)]).is_ok());
         let kbs = policy(r#"[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-public-key/test"}]"#);
         assert!(eval(&kbs, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)]).is_ok());
-        let missing = policy(r#"[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-public-key/nope"}]"#);
-        let e = eval(&missing, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)]).unwrap_err().to_string();
+        let missing =
+            policy(r#"[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-public-key/nope"}]"#);
+        let e = eval(&missing, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kbs:///default/cosign-public-key/nope"), "{e}");
         let paths = policy(r#"[{"type":"sigstoreSigned","keyPaths":["p384.pub","ed25519.pub"]}]"#);
         assert!(eval(&paths, "h.io/app:v1", &d, vec![sig("ed25519.key", "h.io/app", &d)]).is_ok());
@@ -455,7 +483,8 @@ mod tests {
         let d = Digest::sha256_of(b"m");
         let p = |id: &str| {
             Policy::parse(
-                format!(r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"cosign.pub"{id}}}]}}"#).as_bytes(),
+                format!(r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"cosign.pub"{id}}}]}}"#)
+                    .as_bytes(),
                 Path::new(TD),
             )
             .unwrap()
@@ -471,7 +500,9 @@ mod tests {
             ))
         };
         assert!(run(&p("")).is_err());
-        assert!(run(&p(r#","signedIdentity":{"type":"exactRepository","dockerRepository":"h.io/app"}"#)).is_ok());
+        assert!(
+            run(&p(r#","signedIdentity":{"type":"exactRepository","dockerRepository":"h.io/app"}"#)).is_ok()
+        );
     }
 
     #[test]

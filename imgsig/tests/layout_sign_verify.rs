@@ -65,18 +65,22 @@ async fn sign_into_a_layout_then_verify_from_it() {
     let e = sign_image(&image, &digest, None, &key("cosign.key"), &opts).await.unwrap_err();
     assert!(e.to_string().contains("--identity"), "{e}");
 
-    let s = sign_image(&image, &digest, Some("registry.example/app"), &key("cosign.key"), &opts).await.unwrap();
+    let s =
+        sign_image(&image, &digest, Some("registry.example/app"), &key("cosign.key"), &opts).await.unwrap();
     assert!(s.appended);
     assert!(s.signature_ref.ends_with(&format!("{}-{}.sig", "sha256", digest.hex())), "{}", s.signature_ref);
     evaluate(&policy("cosign.pub"), &id, &digest, &sigs, &StandardKeys::default()).await.unwrap();
-    let e = evaluate(&policy("ed25519.pub"), &id, &digest, &sigs, &StandardKeys::default()).await.unwrap_err();
+    let e =
+        evaluate(&policy("ed25519.pub"), &id, &digest, &sigs, &StandardKeys::default()).await.unwrap_err();
     assert!(e.to_string().contains("Ed25519"), "{e}");
 
     // A second key appends a layer; the same ECDSA key again makes a new (randomised)
     // signature, Ed25519 is deterministic and is not duplicated.
-    let s2 = sign_image(&image, &digest, Some("registry.example/app"), &key("ed25519.key"), &opts).await.unwrap();
+    let s2 =
+        sign_image(&image, &digest, Some("registry.example/app"), &key("ed25519.key"), &opts).await.unwrap();
     assert!(s2.appended);
-    let s3 = sign_image(&image, &digest, Some("registry.example/app"), &key("ed25519.key"), &opts).await.unwrap();
+    let s3 =
+        sign_image(&image, &digest, Some("registry.example/app"), &key("ed25519.key"), &opts).await.unwrap();
     assert!(!s3.appended);
     evaluate(&policy("ed25519.pub"), &id, &digest, &sigs, &StandardKeys::default()).await.unwrap();
     let m = sigs.signature_manifest(&digest).await.unwrap().unwrap();
