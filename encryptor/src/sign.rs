@@ -35,7 +35,7 @@ pub enum SignCmdError {
     Resolve {
         image: String,
         #[source]
-        source: oci::OciError,
+        source: Box<oci::OciError>,
     },
     #[error(transparent)]
     Sign(#[from] imgsig::SignError),
@@ -44,7 +44,7 @@ pub enum SignCmdError {
     #[error(transparent)]
     RegistriesD(#[from] imgsig::registries_d::RegistriesDError),
     #[error(transparent)]
-    Refused(#[from] imgsig::Refusal),
+    Refused(#[from] Box<imgsig::Refusal>),
 }
 
 /// Reads a signing key; the password (for cosign's encrypted format or an
@@ -77,7 +77,7 @@ pub async fn resolve_digest(image: &ImageRef, options: &SourceOptions) -> Result
     if let Some(d) = image.digest() {
         return Ok(d.clone());
     }
-    let err = |source| SignCmdError::Resolve { image: image.to_string(), source };
+    let err = |source| SignCmdError::Resolve { image: image.to_string(), source: Box::new(source) };
     let src = ImageSource::open(image, options).await.map_err(err)?;
     Ok(src.manifest().await.map_err(err)?.digest)
 }
@@ -135,6 +135,7 @@ pub async fn verify(
         &sigs,
         &StandardKeys::default(),
     )
-    .await?;
+    .await
+    .map_err(Box::new)?;
     Ok((digest, decision))
 }

@@ -51,12 +51,12 @@ impl ImageSignatures {
         let location = r.to_string();
         let src = match ImageSource::open(&r, &self.options).await {
             Ok(s) => s,
-            Err(e) => return Err(FetchError::Source { location, source: e }),
+            Err(e) => return Err(FetchError::Source { location, source: Box::new(e) }),
         };
         match src.manifest().await {
             Ok(m) => Ok(Some(m)),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(FetchError::Source { location, source: e }),
+            Err(e) => Err(FetchError::Source { location, source: Box::new(e) }),
         }
     }
 
@@ -76,13 +76,16 @@ impl ImageSignatures {
             .map_err(|source| FetchError::Manifest { location: location.clone(), source })?;
         let src = ImageSource::open(&r, &self.options)
             .await
-            .map_err(|source| FetchError::Source { location: location.clone(), source })?;
+            .map_err(|source| FetchError::Source { location: location.clone(), source: Box::new(source) })?;
         let mut signatures = Vec::new();
         for l in layers {
             let payload = src
                 .blob_bytes(&l.payload_digest, (MAX_PAYLOAD_SIZE as u64).min(l.payload_size))
                 .await
-                .map_err(|source| FetchError::Source { location: location.clone(), source })?;
+                .map_err(|source| FetchError::Source {
+                    location: location.clone(),
+                    source: Box::new(source),
+                })?;
             signatures.push(FetchedSignature { index: l.index, payload, signature: l.signature });
         }
         Ok(Found { location, signatures })

@@ -269,14 +269,11 @@ fn decrypt_cosign(body_b64: &str, password: &[u8], what: &str) -> Result<Zeroizi
         return Err(bad(&format!("cipher {:?} (only nacl/secretbox)", env.cipher.name)));
     }
     let ScryptParams { N: n, r, p } = env.kdf.params;
-    if !n.is_power_of_two()
-        || n < 2
-        || n > MAX_SCRYPT_N
-        || r == 0
-        || r > MAX_SCRYPT_R
-        || p == 0
-        || p > MAX_SCRYPT_P
-    {
+    let in_range = n.is_power_of_two()
+        && (2..=MAX_SCRYPT_N).contains(&n)
+        && (1..=MAX_SCRYPT_R).contains(&r)
+        && (1..=MAX_SCRYPT_P).contains(&p);
+    if !in_range {
         return Err(bad(&format!("scrypt parameters N={n} r={r} p={p} out of range")));
     }
     let salt = B64.decode(&env.kdf.salt).map_err(|_| bad("salt is not base64"))?;

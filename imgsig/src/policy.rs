@@ -43,6 +43,9 @@ struct RawPolicy {
     transports: BTreeMap<String, BTreeMap<String, Vec<RawRequirement>>>,
 }
 
+// Parsed once per policy and turned into `Requirement` at once: the size of the
+// keyless variant's fields does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
 enum RawRequirement {

@@ -31,7 +31,7 @@ pub enum SignError {
     Write {
         location: String,
         #[source]
-        source: oci::OciError,
+        source: Box<oci::OciError>,
     },
 }
 
@@ -82,7 +82,7 @@ pub async fn sign_image(
         .map_err(SignError::Manifest)?;
     let sref = signature_ref(image, digest);
     let location = sref.to_string();
-    let werr = |source| SignError::Write { location: location.clone(), source };
+    let werr = |source| SignError::Write { location: location.clone(), source: Box::new(source) };
     let dest = ImageDest::open(&sref, options).await.map_err(werr)?;
     dest.put_blob_bytes(&payload).await.map_err(werr)?;
     dest.put_blob_bytes(&built.config).await.map_err(werr)?;

@@ -43,7 +43,7 @@ pub enum FetchError {
     Source {
         location: String,
         #[source]
-        source: oci::OciError,
+        source: Box<oci::OciError>,
     },
     #[error("{location}: {source}")]
     Manifest {
@@ -141,7 +141,7 @@ pub struct Refusal {
     pub number: usize,
     pub requirement: String,
     #[source]
-    pub reason: RefusalReason,
+    pub reason: Box<RefusalReason>,
 }
 
 /// What the policy accepted, for logs and `--json`.
@@ -172,7 +172,7 @@ pub async fn evaluate(
             scope: scope_name.clone(),
             number: i + 1,
             requirement: req.to_string(),
-            reason,
+            reason: Box::new(reason),
         };
         match req {
             Requirement::InsecureAcceptAnything => accepted.push("insecureAcceptAnything".to_string()),
@@ -402,7 +402,7 @@ mod tests {
         let d = Digest::sha256_of(b"m");
         let p = policy(COSIGN);
         let e = eval(&p, "h.io/app:v1", &d, vec![]).unwrap_err();
-        assert!(matches!(e.reason, RefusalReason::Unsigned { .. }), "{e}");
+        assert!(matches!(*e.reason, RefusalReason::Unsigned { .. }), "{e}");
 
         let e = eval(&p, "h.io/app:v1", &d, vec![sig("p384.key", "h.io/app", &d)]).unwrap_err().to_string();
         assert!(e.contains("not made by any of the keys tried"), "{e}");
@@ -454,7 +454,7 @@ mod tests {
             vec![],
         )
         .unwrap_err();
-        assert!(matches!(e.reason, RefusalReason::Reject));
+        assert!(matches!(*e.reason, RefusalReason::Reject));
     }
 
     #[test]
@@ -510,6 +510,6 @@ mod tests {
         let d = Digest::sha256_of(b"m");
         let p = policy(r#"[{"type":"signedBy","keyType":"GPGKeys","keyPath":"cosign.pub"}]"#);
         let e = eval(&p, "h.io/app:v1", &d, vec![]).unwrap_err();
-        assert!(matches!(e.reason, RefusalReason::Unsigned { .. }), "{e}");
+        assert!(matches!(*e.reason, RefusalReason::Unsigned { .. }), "{e}");
     }
 }
