@@ -4,6 +4,7 @@
 #   ci/bench.sh pull          -> ci/bench-pull.sh
 #   ci/bench.sh kbs           -> ci/bench-kbs.sh
 #   ci/bench.sh keyprovider   -> ci/bench-keyprovider.sh
+#   ci/bench.sh signatures    -> ci/bench-signatures.sh (what a signature policy adds to a pull)
 #   ci/bench.sh all           all of the above that exist
 # Extra arguments after the target are passed to the sub-script.
 #
@@ -21,7 +22,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-usage() { echo "usage: $0 encrypt|pull|kbs|keyprovider|all [ARGS...]" >&2; exit 2; }
+usage() { echo "usage: $0 encrypt|pull|kbs|keyprovider|signatures|all [ARGS...]" >&2; exit 2; }
 
 run_sub() {  # NAME ARGS... : ci/bench-NAME.sh, owned by the engineer of that part
   local name=$1; shift
@@ -188,11 +189,11 @@ bench_encrypt() {
 target=$1; shift
 case "$target" in
   encrypt) bench_encrypt ;;
-  pull|kbs|keyprovider) run_sub "$target" "$@" ;;
+  pull|kbs|keyprovider|signatures) run_sub "$target" "$@" ;;
   all)
     rc=0
     bench_encrypt || rc=1
-    for t in pull kbs keyprovider; do
+    for t in pull kbs keyprovider signatures; do
       if [ -f "$REPO/ci/bench-$t.sh" ]; then run_sub "$t" || rc=1
       else echo "bench: skipping $t (ci/bench-$t.sh not written yet)" >&2; fi
     done

@@ -7,7 +7,10 @@
 #     $CLOAK_PEERS_DIR/trixie-root and run through trixie's own ld.so, because the binary needs
 #     GLIBC_2.38 and bookworm has 2.36. The system's apt sources are never touched: apt runs with a
 #     private config under $CLOAK_PEERS_DIR/apt-alt.
-# Wrapper: $CLOAK_PEERS_DIR/bin/skopeo-1.18 (default CLOAK_PEERS_DIR=<repo>/.work/peers).
+#   * cosign 2.5 (Debian trixie's package; its Go binary needs only glibc >= 2.34, so it runs
+#     directly) unpacked into $CLOAK_PEERS_DIR/cosign-root, for the signature interop tests.
+# Wrappers: $CLOAK_PEERS_DIR/bin/skopeo-1.18, $CLOAK_PEERS_DIR/bin/cosign
+# (default CLOAK_PEERS_DIR=<repo>/.work/peers).
 # Env: CLOAK_PEERS_FORCE=1 re-downloads the trixie packages even if the wrapper works.
 set -euo pipefail
 
@@ -16,7 +19,8 @@ PEERS=${CLOAK_PEERS_DIR:-$REPO/.work/peers}
 WRAPPER=$PEERS/bin/skopeo-1.18
 SYS_PKGS=(docker-registry skopeo jq openssl curl time ca-certificates python3 python3-cryptography
           python3-requests apache2-utils pigz zstd
-          libssl-dev pkg-config python3-venv)  # libssl-dev + pkg-config: the openssl crate links the system OpenSSL
+          libssl-dev pkg-config python3-venv
+          gnupg)  # gnupg: GPG simple-signing (skopeo --sign-by, cloak's signedBy verification)  # libssl-dev + pkg-config: the openssl crate links the system OpenSSL
 # skopeo/trixie plus the libraries it links that bookworm has too old (or under another name).
 TRIXIE_PKGS=(skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsqlite3-0)
 
@@ -51,6 +55,16 @@ wrapper_ok() {
   "$WRAPPER" --version 2>/dev/null | grep -q 'version 1\.18\.'
 }
 
+COSIGN_WRAPPER=$PEERS/bin/cosign
+cosign_ok() {
+  [ -x "$PEERS/cosign-root/usr/bin/cosign" ] || return 1
+  mkdir -p "$PEERS/bin"
+  ln -sfn ../cosign-root/usr/bin/cosign "$COSIGN_WRAPPER"
+  # Debian's build reports GitVersion "devel"; the package version is recorded at unpack time.
+  grep -q '^2\.' "$PEERS/cosign-version.txt" 2>/dev/null || return 1
+  "$COSIGN_WRAPPER" version 2>/dev/null | grep -q '^GoVersion:'
+}
+
 ensure_policy() {
   # skopeo refuses to copy without a signature policy; tests only use local, unsigned images.
   if [ ! -s /etc/containers/policy.json ]; then
@@ -64,6 +78,7 @@ print_versions() {
   echo "skopeo (system):   $(skopeo --version)"
   echo "skopeo (trixie):   $("$WRAPPER" --version)   [$WRAPPER]"
   echo "docker-registry:   $(dpkg-query -W -f='${Version}' docker-registry)"
+  echo "cosign:            $(cat "$PEERS/cosign-version.txt" 2>/dev/null)   [$COSIGN_WRAPPER]"
   if [ -f "$PEERS/trixie-versions.txt" ]; then
     echo "trixie packages:   $(tr '\n' ' ' < "$PEERS/trixie-versions.txt")"
   fi
@@ -72,9 +87,10 @@ print_versions() {
 verify() {
   skopeo --version | grep -q 'version 1\.9\.' || die "system skopeo is not 1.9.x: $(skopeo --version)"
   "$WRAPPER" --version | grep -q 'version 1\.18\.' || die "$WRAPPER is not 1.18.x: $("$WRAPPER" --version 2>&1)"
+  cosign_ok || die "$COSIGN_WRAPPER is not a working cosign 2.x (package version: $(cat "$PEERS/cosign-version.txt" 2>/dev/null))"
 }
 
-if [ "${CLOAK_PEERS_FORCE:-0}" != 1 ] && system_ok && wrapper_ok; then
+if [ "${CLOAK_PEERS_FORCE:-0}" != 1 ] && system_ok && wrapper_ok && cosign_ok; then
   ensure_policy; verify; print_versions
   exit 0
 fi
@@ -90,8 +106,10 @@ if ! system_ok; then
 fi
 ensure_policy
 
-# ---------- skopeo 1.18 from trixie, private apt config ----------
-if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! wrapper_ok; then
+# ---------- private apt config for Debian trixie (the system's sources are never touched) ----------
+APT_ALT_READY=0
+apt_alt_setup() {
+  [ "$APT_ALT_READY" = 1 ] && return 0
   ALT=$PEERS/apt-alt
   mkdir -p "$ALT/lists/partial" "$ALT/cache/archives/partial" "$PEERS/debs" "$PEERS/bin"
   # Same mirror the system already uses (first ".../debian" URI, not -security), so a machine
@@ -106,6 +124,12 @@ if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! wrapper_ok; then
           -o Dir::Etc::PreferencesParts=/dev/null -o APT::Sandbox::User=root)
   log "fetching trixie package lists from $MIRROR"
   apt-get "${APTALT[@]}" update -qq
+  APT_ALT_READY=1
+}
+
+# ---------- skopeo 1.18 from trixie, private apt config ----------
+if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! wrapper_ok; then
+  apt_alt_setup
   rm -f "$PEERS"/debs/*.deb
   specs=(); for p in "${TRIXIE_PKGS[@]}"; do specs+=("$p/trixie"); done
   (cd "$PEERS/debs" && apt-get "${APTALT[@]}" download -qq "${specs[@]}")
@@ -121,6 +145,20 @@ if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! wrapper_ok; then
   mv "$PEERS/trixie-versions.txt.new" "$PEERS/trixie-versions.txt"
   [ -x "$PEERS/trixie-root/usr/bin/skopeo" ] || die "trixie skopeo missing after unpack"
   write_wrapper
+fi
+
+# ---------- cosign 2.5 from trixie (a plain Go binary: no loader wrapper needed) ----------
+if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! cosign_ok; then
+  apt_alt_setup
+  mkdir -p "$PEERS/debs-cosign"; rm -f "$PEERS"/debs-cosign/*.deb
+  (cd "$PEERS/debs-cosign" && apt-get "${APTALT[@]}" download -qq cosign/trixie)
+  rm -rf "$PEERS/cosign-root.new"; mkdir -p "$PEERS/cosign-root.new"
+  for d in "$PEERS"/debs-cosign/*.deb; do
+    dpkg-deb -x "$d" "$PEERS/cosign-root.new"
+    dpkg-deb -f "$d" Version > "$PEERS/cosign-version.txt"
+  done
+  rm -rf "$PEERS/cosign-root"; mv "$PEERS/cosign-root.new" "$PEERS/cosign-root"
+  [ -x "$PEERS/cosign-root/usr/bin/cosign" ] || die "trixie cosign missing after unpack"
 fi
 
 verify

@@ -21,6 +21,7 @@ mod manifest;
 mod progress;
 mod recipients;
 pub mod rotate;
+pub mod sign;
 
 pub use config::{
     CommonOptions, DecryptConfig, EncryptConfig, InspectConfig, KbsAdminOptions, KeygenConfig,

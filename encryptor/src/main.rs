@@ -68,6 +68,68 @@ enum Command {
     ///                    kbs:///default/image-kek/app docker://reg/app:v1 docker://reg/app:v2
     #[command(verbatim_doc_comment)]
     RotateKek(RotateKekArgs),
+    /// Sign an image in cosign's format (key-based; `sha256-<hex>.sig` next to the image).
+    ///
+    /// The signature names the manifest digest the reference resolves to now.
+    ///   COSIGN_PASSWORD=… cloak sign --key cosign.key --dest-tls-verify=false docker://127.0.0.1:5000/app@sha256:…
+    ///   cloak sign --key key.pem --identity registry.example/app oci:app-enc:v1
+    #[command(verbatim_doc_comment)]
+    Sign(SignArgs),
+    /// Check an image against a containers-policy.json, as cloak-pull does before pulling.
+    ///
+    /// Exit code 0 only if the policy accepts the image.
+    ///   cloak verify --signature-policy policy.json --src-tls-verify=false docker://127.0.0.1:5000/app:v1
+    #[command(verbatim_doc_comment)]
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct SignArgs {
+    /// Private key: cosign's encrypted key (password from COSIGN_PASSWORD or a prompt) or PKCS#8 PEM.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Identity written into the signature (default: the image's repository, as cosign does;
+    /// required for oci: layouts).
+    #[arg(long, value_name = "HOST/REPO[:TAG]")]
+    identity: Option<String>,
+    /// Require HTTPS and verify certificates (false = plain HTTP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    dest_tls_verify: bool,
+    /// Credentials, USER:PASS.
+    #[arg(long, value_name = "USER:PASS")]
+    creds: Option<String>,
+    /// Auth file (docker config.json format).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Image to sign: docker://HOST/REPO@sha256:… (or :TAG) or oci:DIR:TAG
+    image: String,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// containers-policy.json to evaluate.
+    #[arg(long, value_name = "FILE")]
+    signature_policy: PathBuf,
+    /// registries.d directory (lookaside stores for GPG signatures).
+    #[arg(long, value_name = "DIR")]
+    registries_d: Option<PathBuf>,
+    /// Require HTTPS and verify certificates (false = plain HTTP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    src_tls_verify: bool,
+    /// Credentials, USER:PASS.
+    #[arg(long, value_name = "USER:PASS")]
+    creds: Option<String>,
+    /// Auth file (docker config.json format).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Print the decision as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Image to check
+    image: String,
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +203,10 @@ struct EncryptArgs {
     kbs: KbsAdminArgs,
     #[command(flatten)]
     common: CommonArgs,
+    /// Sign the encrypted image (its manifest digest at DST) in cosign's format with this
+    /// key (cosign's encrypted key with COSIGN_PASSWORD, or PKCS#8 PEM); skopeo's flag name.
+    #[arg(long, value_name = "FILE")]
+    sign_by_sigstore_private_key: Option<PathBuf>,
     /// Source image, e.g. oci:app:v1 or docker://registry/app:v1
     src: String,
     /// Destination image, e.g. oci:app-enc:v1 or docker://registry/app:enc
@@ -266,6 +332,12 @@ fn parse_image(s: &str, what: &str) -> Result<oci::ImageRef, encryptor::Error> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Encrypt(a) => {
+            // Loaded first: a wrong password must not cost an encryption.
+            let signing_key = a
+                .sign_by_sigstore_private_key
+                .as_deref()
+                .map(encryptor::sign::load_signing_key)
+                .transpose()?;
             let cfg = EncryptConfig {
                 src: parse_image(&a.src, "source")?,
                 dst: parse_image(&a.dst, "destination")?,
@@ -282,6 +354,57 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let result = encryptor::encrypt(&cfg).await?;
             result.report(&cfg.common)?;
+            if let Some(key) = &signing_key {
+                let opts = oci::SourceOptions {
+                    creds: cfg.common.dest_creds.clone(),
+                    auth_file: cfg.common.authfile.clone(),
+                    insecure_plain_http: cfg.common.insecure_dest_plain_http,
+                };
+                let signed =
+                    encryptor::sign::sign_digest(&cfg.dst, &result.manifest_digest, key, &opts).await?;
+                if !cfg.common.quiet && !cfg.common.json {
+                    eprintln!("signed {} as {} at {}", signed.digest, signed.identity, signed.signature_ref);
+                }
+            }
+        }
+        Command::Sign(a) => {
+            let key = encryptor::sign::load_signing_key(&a.key)?;
+            let opts = oci::SourceOptions {
+                creds: a.creds,
+                auth_file: a.authfile,
+                insecure_plain_http: !a.dest_tls_verify,
+            };
+            let signed = encryptor::sign::sign(&a.image, &key, a.identity.as_deref(), &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&signed)?);
+            } else {
+                eprintln!("signed {} as {} at {}", signed.digest, signed.identity, signed.signature_ref);
+            }
+        }
+        Command::Verify(a) => {
+            let opts = oci::SourceOptions {
+                creds: a.creds,
+                auth_file: a.authfile,
+                insecure_plain_http: !a.src_tls_verify,
+            };
+            let (digest, decision) =
+                encryptor::sign::verify(&a.image, &a.signature_policy, a.registries_d.as_deref(), &opts)
+                    .await?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"digest": digest.to_string(), "decision": decision})
+                    )?
+                );
+            } else {
+                eprintln!(
+                    "accepted {} ({digest}) under {}: {}",
+                    a.image,
+                    decision.scope,
+                    decision.accepted.join("; ")
+                );
+            }
         }
         Command::Decrypt(a) => {
             let cfg = DecryptConfig {

@@ -15,4 +15,5 @@ pub mod overlay;
 pub mod policy;
 pub mod progress;
 pub mod pull;
+pub mod signatures;
 pub mod store;

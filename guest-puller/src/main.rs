@@ -46,6 +46,13 @@ struct Cli {
     /// Pull policy (YAML).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Signature policy (containers-policy.json), a file or a kbs:///… resource (fetched
+    /// after attestation); enforced before any layer is fetched or reused.
+    #[arg(long, value_name = "FILE|kbs:///…")]
+    signature_policy: Option<String>,
+    /// registries.d directory (lookaside stores of GPG signatures, as skopeo reads them).
+    #[arg(long, value_name = "DIR")]
+    registries_d: Option<PathBuf>,
     /// Platform to pick from an index, OS/ARCH[/VARIANT].
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<String>,
@@ -188,6 +195,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             attester: cli.attester.map(Into::into),
             kbs_timeout: Some(cli.kbs_timeout),
         })?;
+        let signature_check = match &cli.signature_policy {
+            Some(p) => {
+                let kbs = keys.kbs.clone().map(|c| {
+                    Arc::new(guest_puller::signatures::KbsResources(c)) as Arc<dyn imgsig::ResourceFetcher>
+                });
+                let check =
+                    guest_puller::signatures::SignatureCheck::load(p, cli.registries_d.as_deref(), kbs)
+                        .await?;
+                Some(Arc::new(check))
+            }
+            None => None,
+        };
         let opts = PullOptions {
             image,
             bundle: cli.bundle_dir.clone(),
@@ -204,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_concurrent_layers: cli.max_concurrent_layers,
             extract: ExtractOptions { devices, ..Default::default() },
             progress,
+            signature_check,
         };
         let summary = pull(&opts).await.map_err(|e| match (&e, &cli.kbs) {
             // Say which broker and deadline a key failure ran into.

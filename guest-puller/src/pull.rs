@@ -58,6 +58,9 @@ pub struct PullOptions {
     pub extract: ExtractOptions,
     /// Progress events.
     pub progress: Arc<dyn ProgressSink>,
+    /// Signature policy (containers-policy.json), checked on the resolved manifest
+    /// digest before any layer is fetched or reused; `None` = no signature check.
+    pub signature_check: Option<Arc<crate::signatures::SignatureCheck>>,
 }
 
 /// Why a pull failed.
@@ -66,6 +69,8 @@ pub struct PullOptions {
 pub enum PullError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Signature(#[from] crate::signatures::SignatureError),
     #[error(transparent)]
     Source(#[from] oci::OciError),
     #[error("manifest digest mismatch: {what} should be {expected} but the bytes hash to {actual}")]
@@ -276,6 +281,11 @@ pub async fn resolve(opts: &PullOptions) -> Result<ResolvedImage, PullError> {
         check_manifest_bytes(&top, pinned, "the pinned manifest")?;
     }
     check_manifest_bytes(&top, &top.digest, "the manifest")?;
+    // Signatures: on the digest just verified, before the config, any layer or
+    // the store is touched, on every pull (cached or not).
+    if let Some(check) = &opts.signature_check {
+        check.check(image_ref, &top.digest, &opts.source).await?;
+    }
     let (platform_digest, manifest) = match top.parse()? {
         Manifest::Image(m) => (top.digest.clone(), m),
         Manifest::Index(idx) => {

@@ -36,6 +36,7 @@ fn opts(image: String, bundle: &Path, keys: &[PathBuf], store: Option<PathBuf>) 
         max_concurrent_layers: 3,
         extract: ExtractOptions::default(),
         progress: Arc::new(Quiet),
+        signature_check: None,
     }
 }
 
