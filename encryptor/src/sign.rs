@@ -96,17 +96,16 @@ pub async fn sign(
 
 /// Signs manifest `digest` at `image` (the destination of `cloak encrypt`).
 pub async fn sign_digest(
-    image: &str,
+    image: &ImageRef,
     digest: &str,
     key: &SigningKey,
     options: &SourceOptions,
 ) -> Result<Signed, SignCmdError> {
-    let r = parse_ref(image)?;
     let digest = Digest::from_str(digest).map_err(|e| SignCmdError::Reference {
         image: image.to_string(),
         source: oci::RefError::BadDigest { reference: image.to_string(), source: e },
     })?;
-    Ok(imgsig::sign_image(&r, &digest, None, key, options).await?)
+    Ok(imgsig::sign_image(image, &digest, None, key, options).await?)
 }
 
 /// `cloak verify`: evaluates the policy for `image` as `cloak-pull` would.
