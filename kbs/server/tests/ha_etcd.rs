@@ -20,6 +20,10 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloak-kbs");
 
+/// One cluster at a time within this binary (`cargo test` runs tests on threads;
+/// nextest runs them one at a time through the `etcd-cluster` group in .config/nextest.toml).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -390,6 +394,7 @@ fn spawn_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_state_and_survive_node_loss() {
+    let _one = SERIAL.lock().await;
     let mut s = Setup::start([0, 0, 0]).await;
     let mut kek = [0u8; 32];
     openssl::rand::rand_bytes(&mut kek).unwrap();
@@ -526,6 +531,7 @@ async fn replicas_share_state_and_survive_node_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quorum_loss_fails_closed_or_serves_bounded_stale_reads() {
+    let _one = SERIAL.lock().await;
     // Replicas 1 and 2 fail closed (stale 0); replica 3 may serve 60 s of stale reads.
     let mut s = Setup::start([0, 0, 60]).await;
     assert_eq!(s.put(0, "default/key/q", b"quorum-kek", false).await, 200);
@@ -598,6 +604,7 @@ async fn quorum_loss_fails_closed_or_serves_bounded_stale_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_local_to_etcd_and_back_and_reseal() {
+    let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path(), 1);
     let src = dir.path().join("src");
