@@ -471,7 +471,9 @@ mod tests {
         assert!(parse_watch_line(br#"{"result":{"canceled":true,"compact_revision":"9"}}"#).is_err());
         assert!(parse_watch_line(br#"{"error":{"grpc_code":14,"message":"no leader"}}"#).is_err());
         assert!(parse_watch_line(b"{not json").is_err());
-        let kvs = parse_range(br#"{"kvs":[{"key":"YQ==","value":"Yg==","mod_revision":"7","lease":"12"},{"key":"!!"}]}"#);
+        let kvs = parse_range(
+            br#"{"kvs":[{"key":"YQ==","value":"Yg==","mod_revision":"7","lease":"12"},{"key":"!!"}]}"#,
+        );
         assert_eq!(kvs.len(), 1);
         assert_eq!((kvs[0].mod_revision, kvs[0].lease), (7, 12));
     }

@@ -396,7 +396,8 @@ async fn loadgen(
     let opts = kbs_client::AttesterOptions { allow_sample: true, ..Default::default() };
     let att = kbs_client::make_attester(kbs_client::AttesterKind::Sample, &opts)?;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let urls: Vec<String> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+    let urls: Vec<String> =
+        url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
     anyhow::ensure!(!urls.is_empty(), "--url is empty");
     let pools =
         (0..concurrency.max(1)).map(|_| kbs_client::client::http_client()).collect::<Result<Vec<_>, _>>()?;

@@ -513,7 +513,7 @@ async fn replicas_share_state_and_survive_node_loss() {
     let snap = s.dir.path().join("snap.db");
     let st = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &s.etcd.endpoints(), "snapshot", "save"])
+        .args(["--endpoints", &format!("127.0.0.1:{}", s.etcd.members[0].client), "snapshot", "save"])
         .arg(&snap)
         .stdout(Stdio::null())
         .status()
