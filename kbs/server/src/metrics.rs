@@ -63,7 +63,7 @@ pub struct Metrics {
     pub denials: Family<DenialLabels, Counter>,
     /// Storage backend operation latency, seconds.
     pub store_latency: StoreLatency,
-    /// Storage backend operations that failed.
+    /// Storage backend operations that failed (not counting "not found", "exists").
     pub store_errors: Family<StoreOpLabels, Counter>,
 }
 

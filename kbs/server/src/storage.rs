@@ -176,7 +176,7 @@ impl Store {
         if let Some(l) = &self.latency {
             l.get_or_create(&labels()).observe(t.elapsed().as_secs_f64());
         }
-        if r.is_err() {
+        if r.as_ref().is_err_and(StoreError::is_failure) {
             if let Some(e) = &self.errors {
                 e.get_or_create(&labels()).inc();
             }

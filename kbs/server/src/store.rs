@@ -42,6 +42,14 @@ pub enum StoreError {
     Corrupt { what: &'static str, key: String },
 }
 
+impl StoreError {
+    /// Whether the backend failed (as opposed to answering "not found", "exists" or
+    /// "invalid path"): what the error metric counts.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, StoreError::InvalidPath(_) | StoreError::NotFound(_) | StoreError::Exists(_))
+    }
+}
+
 impl From<crate::etcd::EtcdError> for StoreError {
     fn from(e: crate::etcd::EtcdError) -> Self {
         StoreError::Unavailable(e)

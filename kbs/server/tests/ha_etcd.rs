@@ -508,6 +508,18 @@ async fn replicas_share_state_and_survive_node_loss() {
         kbs_client::KbsClient::new(&lb_url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
     assert_eq!(&c.get_resource(&"default/image-kek/ha".parse().unwrap()).await.unwrap()[..], &kek[..]);
 
+    // Backend operations are measured per operation.
+    let m = reqwest::get(format!("{}/metrics", s.replicas[0].url())).await.unwrap().text().await.unwrap();
+    for op in ["session_create", "session_get", "session_update", "resource_get", "resource_create"] {
+        let line = m
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(r#"cloak_kbs_store_op_seconds_count{{backend="etcd",op="{op}"}}"#))
+            })
+            .unwrap_or_else(|| panic!("no {op} latency in /metrics:\n{m}"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
+
     // An etcd snapshot holds no resource plaintext (nor the policy text).
     s.etcd.wait_healthy();
     let snap = s.dir.path().join("snap.db");
@@ -585,6 +597,11 @@ async fn quorum_loss_fails_closed_or_serves_bounded_stale_reads() {
             assert_eq!(st, 503, "fail-closed replica {i}: {v}");
         }
     }
+
+    // The failures are counted per backend operation.
+    let m = reqwest::get(format!("{}/metrics", s.replicas[0].url())).await.unwrap().text().await.unwrap();
+    assert!(m.contains(r#"cloak_kbs_store_op_errors_total{backend="etcd",op="resource_put"}"#), "{m}");
+    assert!(m.contains(r#"cloak_kbs_store_op_errors_total{backend="etcd",op="resource_get"}"#), "{m}");
 
     // Quorum back: every replica recovers, writes and handshakes work again.
     s.etcd.restart(1);
