@@ -5,7 +5,10 @@
 # kbs client library) with 1 and 32 concurrent clients. Prints a markdown table of
 # attest+fetch latency p50/p99, attestations per second and the broker's CPU time
 # (user+sys) per attestation.
-# Env: BENCH_KBS_REQUESTS (default 2000), BENCH_DIR (default <repo>/.work/bench).
+# Env: BENCH_KBS_REQUESTS (default 2000), BENCH_DIR (default <repo>/.work/bench),
+# BENCH_KBS_STORE=etcd: 3 replicas sharing a 3-member etcd cluster (Debian etcd-server,
+# ci/install-peers.sh) instead of one broker on a local directory; the load generator
+# spreads the guests round-robin over the replicas (results in kbs-etcd-results.md).
 # Targets (issue 3): p50 <= 5 ms with 1 client, >= 1000 attestations/s with 32 clients on
 # 2 cores.
 set -euo pipefail
@@ -18,36 +21,76 @@ BIN=$REPO/target/release/cloak-kbs
 LOADGEN=$REPO/target/release/examples/loadgen
 W=$(mktemp -d)
 PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+STORE=${BENCH_KBS_STORE:-local}
+EXTRA_PIDS=()
+cleanup() {
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null
+  for p in "${EXTRA_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null; rm -rf "$W"
+}
 trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
 URL=http://127.0.0.1:$PORT
 printf 'default_policy: {required_attestation: {sample: {allow: true}}, released_resources: ["default/*"]}\n' > "$W/policy.yaml"
 "$BIN" gen-admin-key --out "$W/admin.pem" --public-out "$W/admin.pub.pem"
 head -c 32 /dev/urandom > "$W/kek.bin"
-RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --policy "$W/policy.yaml" \
-  --resources "$W/res" --admin-public-key "$W/admin.pub.pem" 2> "$W/broker.log" &
-PID=$!
-for _ in $(seq 100); do curl -sf "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+if [ "$STORE" = etcd ]; then
+  CL=() ; EPS=()
+  for i in 0 1 2; do CP[$i]=$(free_port); PP[$i]=$(free_port); CL+=("m$i=http://127.0.0.1:${PP[$i]}"); EPS+=("127.0.0.1:${CP[$i]}"); done
+  CLUSTER=$(IFS=,; echo "${CL[*]}")
+  for i in 0 1 2; do
+    etcd --name "m$i" --data-dir "$W/etcd-m$i" --listen-client-urls "http://127.0.0.1:${CP[$i]}" \
+      --advertise-client-urls "http://127.0.0.1:${CP[$i]}" --listen-peer-urls "http://127.0.0.1:${PP[$i]}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${PP[$i]}" --initial-cluster "$CLUSTER" \
+      --initial-cluster-state new 2> "$W/etcd-m$i.log" &
+    EXTRA_PIDS+=($!)
+  done
+  for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints "${EPS[0]}" get x >/dev/null 2>&1 && break; sleep 0.2; done
+  head -c 32 /dev/urandom > "$W/master.key"
+  STORE_SPEC="etcd://$(IFS=,; echo "${EPS[*]}")/bench"
+  URLS=()
+  for i in 0 1 2; do
+    [ "$i" = 0 ] && P=$PORT || P=$(free_port)
+    RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$P" --policy "$W/policy.yaml" --store "$STORE_SPEC" \
+      --master-key "$W/master.key" --admin-public-key "$W/admin.pub.pem" 2> "$W/broker$i.log" &
+    if [ "$i" = 0 ]; then PID=$!; else EXTRA_PIDS+=($!); fi
+    URLS+=("http://127.0.0.1:$P")
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$P/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  LOAD_URL=$(IFS=,; echo "${URLS[*]}")
+  BROKER_PIDS="$PID ${EXTRA_PIDS[*]:3}"
+else
+  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --policy "$W/policy.yaml" \
+    --resources "$W/res" --admin-public-key "$W/admin.pub.pem" 2> "$W/broker.log" &
+  PID=$!
+  for _ in $(seq 100); do curl -sf "$URL/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+  LOAD_URL=$URL
+  BROKER_PIDS=$PID
+fi
 "$BIN" put-resource --url "$URL" --admin-key "$W/admin.pem" default/image-kek/bench "$W/kek.bin"
-"$LOADGEN" --url "$URL" --concurrency 4 --requests 200 default/image-kek/bench >/dev/null  # warm-up
+"$LOADGEN" --url "$LOAD_URL" --concurrency 4 --requests 200 default/image-kek/bench >/dev/null  # warm-up
 # Broker CPU (user+sys) per attestation, from /proc: unlike wall-clock rates it stays
 # comparable when other work shares the machine.
 TCK=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+# With etcd: the brokers' CPU (all replicas), etcd's not included.
+cpu() { local t=0 p; for p in $BROKER_PIDS; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 run() {
   local c0 r c1
   c0=$(cpu)
-  r=$("$LOADGEN" --url "$URL" --concurrency "$1" --requests "$N" default/image-kek/bench)
+  r=$("$LOADGEN" --url "$LOAD_URL" --concurrency "$1" --requests "$N" default/image-kek/bench)
   c1=$(cpu)
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["broker_cpu_us"]=(float(sys.argv[2])-float(sys.argv[3]))/float(sys.argv[4])*1e6/max(r["requests"],1); print(json.dumps(r))' "$r" "$c1" "$c0" "$TCK"
 }
 R1=$(run 1)
 R32=$(run 32)
 mkdir -p "$BENCH_DIR"
-python3 - "$R1" "$R32" <<'PY' | tee "$BENCH_DIR/kbs-results.md"
+OUT_MD=$BENCH_DIR/kbs-results.md
+[ "$STORE" = etcd ] && OUT_MD=$BENCH_DIR/kbs-etcd-results.md
+STORE_DESC=$STORE python3 - "$R1" "$R32" <<'PY' | tee "$OUT_MD"
 import json, sys, datetime, os
-print(f"KBS attest+fetch (sample evidence, loopback, {os.cpu_count()} CPUs, {datetime.date.today()})\n")
+store = "3 replicas on a 3-member etcd cluster" if os.environ["STORE_DESC"] == "etcd" else "1 broker, local directory"
+print(f"KBS attest+fetch (sample evidence, loopback, {store}, {os.cpu_count()} CPUs, {datetime.date.today()})\n")
 print("| clients | requests | p50 ms | p99 ms | attestations/s | broker CPU/attestation | targets |")
 print("|---:|---:|---:|---:|---:|---:|---|")
 for raw in sys.argv[1:]:

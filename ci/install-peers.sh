@@ -19,8 +19,9 @@ PEERS=${CLOAK_PEERS_DIR:-$REPO/.work/peers}
 WRAPPER=$PEERS/bin/skopeo-1.18
 SYS_PKGS=(docker-registry skopeo jq openssl curl time ca-certificates python3 python3-cryptography
           python3-requests apache2-utils pigz zstd
-          libssl-dev pkg-config python3-venv
-          gnupg)  # gnupg: GPG simple-signing (skopeo --sign-by, cloak's signedBy verification)  # libssl-dev + pkg-config: the openssl crate links the system OpenSSL
+          libssl-dev pkg-config python3-venv  # libssl-dev + pkg-config: the openssl crate links the system OpenSSL
+          gnupg  # GPG simple-signing (skopeo --sign-by, cloak's signedBy verification)
+          etcd-server etcd-client)  # etcd 3.4 (server + etcdctl): cloak-kbs's shared store (kbs/server/tests/ha_etcd.rs)
 # skopeo/trixie plus the libraries it links that bookworm has too old (or under another name).
 TRIXIE_PKGS=(skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsqlite3-0)
 
@@ -79,6 +80,7 @@ print_versions() {
   echo "skopeo (trixie):   $("$WRAPPER" --version)   [$WRAPPER]"
   echo "docker-registry:   $(dpkg-query -W -f='${Version}' docker-registry)"
   echo "cosign:            $(cat "$PEERS/cosign-version.txt" 2>/dev/null)   [$COSIGN_WRAPPER]"
+  echo "etcd-server:       $(dpkg-query -W -f='${Version}' etcd-server)"
   if [ -f "$PEERS/trixie-versions.txt" ]; then
     echo "trixie packages:   $(tr '\n' ' ' < "$PEERS/trixie-versions.txt")"
   fi

@@ -8,6 +8,7 @@ use clap::Parser;
 
 #[derive(Parser)]
 struct Args {
+    /// Broker URL, or several separated by commas (guests go round-robin).
     #[arg(long)]
     url: String,
     uri: String,
@@ -38,18 +39,25 @@ async fn loadgen(
     let opts = kbs_client::AttesterOptions { allow_sample: true, ..Default::default() };
     let att = kbs_client::make_attester(kbs_client::AttesterKind::Sample, &opts)?;
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let urls: Vec<String> =
+        url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+    anyhow::ensure!(!urls.is_empty(), "--url is empty");
     let pools =
         (0..concurrency.max(1)).map(|_| kbs_client::client::http_client()).collect::<Result<Vec<_>, _>>()?;
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
     for http in pools {
-        let (url, uri, att, next) = (url.clone(), uri.clone(), att.clone(), next.clone());
+        let (urls, uri, att, next) = (urls.clone(), uri.clone(), att.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= requests {
+                    break;
+                }
                 let t = std::time::Instant::now();
                 let c = kbs_client::KbsClient::with_http_client(
-                    &url,
+                    &urls[n % urls.len()],
                     att.clone(),
                     kbs_client::ClientConfig::default(),
                     http.clone(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read {
@@ -40,7 +41,21 @@ pub struct SnpConfig {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub policy: Option<PathBuf>,
+    /// The local backend's directory (`--resources DIR` is `--store local:DIR`).
     pub resources: PathBuf,
+    /// Where the broker's state lives; None means `local:<resources>`.
+    pub store: Option<crate::storage::StoreSpec>,
+    /// 32-byte file sealing values in a shared store (required for etcd).
+    pub master_key: Option<PathBuf>,
+    /// Earlier master keys still accepted for opening values (rotation).
+    pub old_master_keys: Vec<PathBuf>,
+    /// How long resource reads may be served from the last synchronised state while
+    /// the shared store is unreachable; 0 fails closed.
+    pub store_stale_secs: u64,
+    /// Per-request timeout towards the shared store.
+    pub store_timeout_ms: u64,
+    /// CA certificate (PEM) of the etcd members; with it they are reached over TLS.
+    pub etcd_ca: Option<PathBuf>,
     pub admin_public_key: Option<PathBuf>,
     pub admin_issuer: Option<String>,
     pub admin_audience: Option<String>,
@@ -71,6 +86,12 @@ impl Default for ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             policy: None,
             resources: PathBuf::from("kbs-resources"),
+            store: None,
+            master_key: None,
+            old_master_keys: Vec::new(),
+            store_stale_secs: 0,
+            store_timeout_ms: 1000,
+            etcd_ca: None,
             admin_public_key: None,
             admin_issuer: None,
             admin_audience: None,
@@ -86,6 +107,11 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
+    /// The store to open: `store`, or the local directory `resources`.
+    pub fn store_spec(&self) -> crate::storage::StoreSpec {
+        self.store.clone().unwrap_or_else(|| crate::storage::StoreSpec::Local(self.resources.clone()))
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;

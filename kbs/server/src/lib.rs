@@ -6,16 +6,20 @@
 //! resources and the policy with an Ed25519-signed JWT.
 //!
 //! The wire layer (`server`) is thin; the decisions live in `policy`, `verifier`,
-//! `token`, `jwe`, `admin` and `store`, which are plain functions over bytes.
+//! `token`, `jwe`, `admin` and `store`, which are plain functions over bytes. Where state
+//! lives (local files, or etcd shared by replicas) is behind `storage`.
 
 pub mod admin;
 pub mod claims;
 pub mod config;
+pub mod etcd;
 pub mod jwe;
 pub mod metrics;
 pub mod policy;
+pub mod seal;
 pub mod server;
 pub mod session;
+pub mod storage;
 pub mod store;
 pub mod token;
 pub mod verifier;

@@ -54,6 +54,37 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Copy resources (and, with --policy, the policy) from one store to another, e.g.
+    /// `--from local:DIR --to etcd://HOST:2379/PREFIX` or back. Create-only: a resource
+    /// already in the target with other bytes is reported and left alone unless
+    /// --overwrite is given.
+    Migrate {
+        #[arg(long, value_name = "SPEC")]
+        from: kbs_server::storage::StoreSpec,
+        #[arg(long, value_name = "SPEC")]
+        to: kbs_server::storage::StoreSpec,
+        /// 32-byte master key sealing values in an etcd store (both sides when both are etcd).
+        #[arg(long)]
+        master_key: Option<PathBuf>,
+        /// An earlier master key the source's values may still be sealed under.
+        #[arg(long)]
+        old_master_key: Vec<PathBuf>,
+        /// A policy file to write into the target (etcd) store.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Re-seal every value of an etcd store under --master-key (after a rotation: run
+    /// the replicas with the new --master-key and the old one as --old-master-key first).
+    Reseal {
+        #[arg(long, value_name = "SPEC")]
+        store: kbs_server::storage::StoreSpec,
+        #[arg(long)]
+        master_key: PathBuf,
+        #[arg(long)]
+        old_master_key: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -65,8 +96,27 @@ struct ServeArgs {
     listen: Option<std::net::SocketAddr>,
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// Same as --store local:DIR.
     #[arg(long)]
     resources: Option<PathBuf>,
+    /// Where state lives: local:DIR (default: the --resources directory) or
+    /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX (replicas sharing state).
+    #[arg(long, value_name = "SPEC")]
+    store: Option<kbs_server::storage::StoreSpec>,
+    /// 32-byte file (head -c 32 /dev/urandom) sealing values in a shared store; required
+    /// for etcd, identical on every replica, never stored in etcd.
+    #[arg(long, env = "CLOAK_KBS_MASTER_KEY_FILE")]
+    master_key: Option<PathBuf>,
+    /// An earlier master key still accepted when opening values (rotation; repeatable).
+    #[arg(long)]
+    old_master_key: Vec<PathBuf>,
+    /// Seconds resource reads may be served from the last synchronised state while
+    /// etcd is unreachable or without quorum (0: fail closed at once).
+    #[arg(long)]
+    store_stale_secs: Option<u64>,
+    /// CA certificate (PEM) of the etcd members (TLS).
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
     #[arg(long)]
     admin_public_key: Option<PathBuf>,
     /// AMD ARK certificate (trust anchor for SNP).
@@ -99,6 +149,21 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<kbs_server::ServeConfig> {
     }
     if let Some(v) = a.resources {
         cfg.resources = v;
+    }
+    if a.store.is_some() {
+        cfg.store = a.store;
+    }
+    if a.master_key.is_some() {
+        cfg.master_key = a.master_key;
+    }
+    if !a.old_master_key.is_empty() {
+        cfg.old_master_keys = a.old_master_key;
+    }
+    if let Some(v) = a.store_stale_secs {
+        cfg.store_stale_secs = v;
+    }
+    if a.etcd_ca.is_some() {
+        cfg.etcd_ca = a.etcd_ca;
     }
     if a.admin_public_key.is_some() {
         cfg.admin_public_key = a.admin_public_key;
@@ -207,6 +272,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Migrate { from, to, master_key, old_master_key, policy, overwrite } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(migrate(from, to, master_key, old_master_key, policy, overwrite))
+        }
+        Cmd::Reseal { store, master_key, old_master_key } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let cfg = kbs_server::ServeConfig {
+                    master_key: Some(master_key),
+                    old_master_keys: old_master_key,
+                    ..Default::default()
+                };
+                let s =
+                    kbs_server::storage::Store::open(&store, kbs_server::server::store_options(&cfg, None)?)
+                        .await?;
+                let n = s.reseal().await?;
+                eprintln!("re-sealed {n} value(s) of {store} under the current master key");
+                anyhow::Ok(())
+            })
+        }
         Cmd::GenAdminKey { out, public_out } => {
             let (private, public) = kbs_server::admin::generate_admin_key()?;
             write_new(&out, &private, 0o600)?;
@@ -214,4 +299,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn migrate(
+    from: kbs_server::storage::StoreSpec,
+    to: kbs_server::storage::StoreSpec,
+    master_key: Option<PathBuf>,
+    old_master_key: Vec<PathBuf>,
+    policy: Option<PathBuf>,
+    overwrite: bool,
+) -> anyhow::Result<()> {
+    use kbs_server::storage::Store;
+    let cfg = kbs_server::ServeConfig { master_key, old_master_keys: old_master_key, ..Default::default() };
+    let src = Store::open(&from, kbs_server::server::store_options(&cfg, None)?)
+        .await
+        .with_context(|| format!("opening the source {from}"))?;
+    let seed = match &policy {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            kbs_server::policy::Policy::parse(&t).with_context(|| format!("policy {}", p.display()))?;
+            Some(t)
+        }
+        None => None,
+    };
+    let dst = Store::open(&to, kbs_server::server::store_options(&cfg, None)?)
+        .await
+        .with_context(|| format!("opening the target {to}"))?;
+    let (mut copied, mut same, mut conflicts) = (0usize, 0usize, Vec::new());
+    for p in src.resource_list().await? {
+        let data = src.resource_get_fresh(&p).await.with_context(|| format!("reading {p} from {from}"))?;
+        match dst.resource_put(&p, &data, true).await {
+            Ok(()) => copied += 1,
+            Err(kbs_server::store::StoreError::Exists(_)) => {
+                let there = dst.resource_get_fresh(&p).await?;
+                if there[..] == data[..] {
+                    same += 1;
+                } else if overwrite {
+                    dst.resource_put(&p, &data, false).await?;
+                    copied += 1;
+                } else {
+                    conflicts.push(p.to_string());
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("writing {p} to {to}"))),
+        }
+    }
+    if let Some(t) = seed {
+        if !dst.policy_put(&t).await? {
+            eprintln!(
+                "note: {to} keeps no policy (a local store's policy is its --policy file); not written"
+            );
+        }
+    }
+    eprintln!(
+        "migrated {from} -> {to}: {copied} copied, {same} already identical, {} conflicting",
+        conflicts.len()
+    );
+    if !conflicts.is_empty() {
+        anyhow::bail!(
+            "{} resource(s) differ in the target and were left unchanged (pass --overwrite to replace): {}",
+            conflicts.len(),
+            conflicts.join(", ")
+        );
+    }
+    Ok(())
 }

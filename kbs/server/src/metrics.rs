@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +39,21 @@ pub struct DenialLabels {
     pub reason: String,
 }
 
+/// One storage backend operation (`storage`): backend "local" or "etcd", op e.g.
+/// "resource_get", "session_put".
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOpLabels {
+    pub backend: String,
+    pub op: String,
+}
+
+pub type StoreLatency = Family<StoreOpLabels, Histogram, fn() -> Histogram>;
+
+fn store_histogram() -> Histogram {
+    // 50 us .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
 pub struct Metrics {
     registry: Registry,
     pub attempts: Family<PodLabels, Counter>,
@@ -45,6 +61,10 @@ pub struct Metrics {
     pub failure: Family<FailureLabels, Counter>,
     pub releases: Family<ResourceLabels, Counter>,
     pub denials: Family<DenialLabels, Counter>,
+    /// Storage backend operation latency, seconds.
+    pub store_latency: StoreLatency,
+    /// Storage backend operations that failed (not counting "not found", "exists").
+    pub store_errors: Family<StoreOpLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,7 +101,19 @@ impl Metrics {
         registry.register("coco_attestation_failure", "Failed attestations by reason", failure.clone());
         registry.register("coco_kbs_resource_releases", "Resources released", releases.clone());
         registry.register("coco_kbs_resource_denials", "Resource requests denied by reason", denials.clone());
-        Self { registry, attempts, success, failure, releases, denials }
+        let store_latency: StoreLatency = Family::new_with_constructor(store_histogram);
+        let store_errors = Family::<StoreOpLabels, Counter>::default();
+        registry.register(
+            "cloak_kbs_store_op_seconds",
+            "Storage backend operation latency",
+            store_latency.clone(),
+        );
+        registry.register(
+            "cloak_kbs_store_op_errors",
+            "Storage backend operations that failed",
+            store_errors.clone(),
+        );
+        Self { registry, attempts, success, failure, releases, denials, store_latency, store_errors }
     }
 
     pub fn encode(&self) -> String {

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -22,66 +22,158 @@ use zeroize::Zeroizing;
 use crate::admin::{AdminError, AdminVerifier};
 use crate::claims::Claims;
 use crate::config::{load_cert, ConfigError, ServeConfig};
+use crate::jwe::JweError;
 use crate::metrics::{label, DenialLabels, FailureLabels, Metrics, PodLabels, ResourceLabels, SuccessLabels};
 use crate::policy::{Denial, Policy, PolicyError, Reason};
-use crate::session::{new_id, AttestationCache, Session, SessionState, Sessions, COOKIE};
-use crate::store::{ResourcePath, ResourceStore, StoreError};
-use crate::token::TokenSigner;
+use crate::seal::{MasterKey, MasterKeys, SealError};
+use crate::session::{new_id, AttestationCache, Session, SessionState, COOKIE};
+use crate::storage::{Store, StoreOptions};
+use crate::store::{ResourcePath, StoreError};
+use crate::token::{TokenError, TokenSigner};
 use crate::verifier::{self, SnpTrust};
 
 /// The protocol version Trustee's KBS accepts (exact match).
-pub const PROTOCOL_VERSION: &str = "0.4.0";
+pub const PROTOCOL_VERSION: &str = kbs_client::protocol::KBS_PROTOCOL_VERSION;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("initial policy: {0}")]
+    #[error("initial policy")]
     Policy(#[from] PolicyError),
-    #[error("resource store: {0}")]
+    #[error("resource store")]
     Store(#[from] StoreError),
-    #[error("admin key: {0}")]
+    #[error("master key")]
+    Seal(#[from] SealError),
+    #[error("admin key")]
     Admin(#[from] AdminError),
-    #[error("token signer: {0}")]
-    Token(#[from] crate::token::TokenError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("token signer")]
+    Token(#[from] TokenError),
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("server failed: {0}")]
+    #[error("server failed")]
     Io(#[from] std::io::Error),
 }
 
-/// Everything a handler can fail with, mapped to HTTP in `into_response`.
-#[derive(Debug)]
-enum ApiError {
-    BadRequest(String),
-    /// 401 with a Trustee error kind.
-    Unauthorized(&'static str, String),
-    Forbidden(String),
-    NotFound(String),
-    /// 412: a create-only write (`If-None-Match: *`) met an existing resource.
-    Exists(String),
-    Unavailable(String),
-    Internal(String),
+/// Everything a handler can fail with. [`ApiError::status`] is the one mapping of the
+/// service's errors to HTTP statuses and Trustee error kinds; the body's `detail` is
+/// the error with its causes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("malformed {what}")]
+    Malformed {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("KBS Client Protocol Version Mismatch: expect {v}, got {0}", v = PROTOCOL_VERSION)]
+    ProtocolVersion(String),
+    #[error("no kbs-session-id cookie; call /kbs/v0/auth first")]
+    MissingCookie,
+    #[error("unknown or expired session")]
+    InvalidCookie,
+    /// The detail starts with the denial reason (clients and tests read it).
+    #[error("{0}")]
+    AttestationFailed(Denial),
+    #[error("no attestation token: send Authorization: Bearer or an attested session cookie")]
+    TokenNotFound,
+    #[error("attestation token refused")]
+    TokenInvalid(#[source] TokenError),
+    #[error("cannot issue a token")]
+    TokenIssue(#[source] TokenError),
+    #[error("resource {resource} denied: {denial}")]
+    PolicyDeny { resource: String, denial: Denial },
+    #[error("resource {0} denied: not_released: not listed in released_resources")]
+    NotReleased(String),
+    #[error(
+        "resource {resource} is not admin-readable: the broker's admin_readable patterns are {patterns:?} \
+         (add one with --admin-readable, or register the key yourself and pass it as a file)"
+    )]
+    NotAdminReadable { resource: String, patterns: Vec<String> },
+    #[error("admin request refused")]
+    Admin(#[from] AdminError),
+    #[error("policy refused")]
+    PolicyInvalid(#[source] PolicyError),
+    #[error("cannot write the policy file")]
+    PolicyFile(#[source] std::io::Error),
+    #[error("cannot canonicalise runtime data")]
+    RuntimeData(#[source] serde_json::Error),
+    #[error("cannot encrypt to the token's TEE key")]
+    Jwe(#[source] JweError),
+    #[error("resource store")]
+    Store(#[from] StoreError),
+    #[error("internal task failed")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("no such endpoint")]
+    NoEndpoint,
+}
+
+impl ApiError {
+    /// The HTTP status and Trustee error kind of each error (the one mapping).
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Malformed { .. }
+            | ApiError::BadRequest(_)
+            | ApiError::PolicyInvalid(_)
+            | ApiError::RuntimeData(_)
+            | ApiError::Jwe(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::ProtocolVersion(_) => (StatusCode::UNAUTHORIZED, "ProtocolVersion"),
+            ApiError::MissingCookie => (StatusCode::UNAUTHORIZED, "MissingCookie"),
+            ApiError::InvalidCookie => (StatusCode::UNAUTHORIZED, "InvalidCookie"),
+            ApiError::AttestationFailed(_) => (StatusCode::UNAUTHORIZED, "AttestationFailed"),
+            ApiError::TokenNotFound => (StatusCode::UNAUTHORIZED, "TokenNotFound"),
+            ApiError::TokenInvalid(_) => (StatusCode::UNAUTHORIZED, "TokenInvalid"),
+            ApiError::PolicyDeny { .. } => (StatusCode::UNAUTHORIZED, "PolicyDeny"),
+            ApiError::Admin(_) => (StatusCode::UNAUTHORIZED, "AdminAuth"),
+            ApiError::NotReleased(_) | ApiError::NotAdminReadable { .. } => {
+                (StatusCode::FORBIDDEN, "PolicyDeny")
+            }
+            ApiError::NoEndpoint => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::Store(e) => match e {
+                StoreError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+                StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
+                StoreError::Exists(_) => (StatusCode::PRECONDITION_FAILED, "ResourceExists"),
+                StoreError::Unavailable(_) | StoreError::Stale(_) | StoreError::SessionsFull => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "Unavailable")
+                }
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            },
+            ApiError::TokenIssue(_) | ApiError::PolicyFile(_) | ApiError::Task(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+            }
+        }
+    }
+
+    /// The message with its causes, `a: b: c`.
+    fn detail(&self) -> String {
+        let mut d = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            d.push_str(": ");
+            d.push_str(&s.to_string());
+            src = s.source();
+        }
+        d
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind, detail) = match self {
-            ApiError::BadRequest(d) => (StatusCode::BAD_REQUEST, "BadRequest", d),
-            ApiError::Unauthorized(k, d) => (StatusCode::UNAUTHORIZED, k, d),
-            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "PolicyDeny", d),
-            ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "ResourceNotFound", d),
-            ApiError::Exists(d) => (StatusCode::PRECONDITION_FAILED, "ResourceExists", d),
-            ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable", d),
-            ApiError::Internal(d) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", d),
-        };
+        let (status, kind) = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self.detail(), "request failed");
+        }
         let body = ErrorInformation {
             error_type: format!("https://github.com/confidential-containers/kbs/errors/{kind}"),
-            detail,
+            detail: self.detail(),
         };
         (status, axum::Json(body)).into_response()
     }
@@ -96,8 +188,7 @@ struct PolicySlot {
 pub struct Broker {
     policy: RwLock<PolicySlot>,
     policy_path: Option<PathBuf>,
-    store: ResourceStore,
-    sessions: Sessions,
+    store: Store,
     tokens: TokenSigner,
     admin: Option<AdminVerifier>,
     snp_trust: SnpTrust,
@@ -114,21 +205,62 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("store", &self.store.root()).finish()
+        f.debug_struct("Broker").field("store", &self.store.describe()).finish()
     }
 }
 
+/// The master keys named in the config, if any.
+pub fn master_keys(cfg: &ServeConfig) -> Result<Option<MasterKeys>, SealError> {
+    let Some(p) = &cfg.master_key else { return Ok(None) };
+    let old = cfg.old_master_keys.iter().map(|p| MasterKey::load(p)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(MasterKeys::new(MasterKey::load(p)?, old)))
+}
+
+/// Store options from the config; `seed_policy` is the policy file's text.
+pub fn store_options(cfg: &ServeConfig, seed_policy: Option<String>) -> Result<StoreOptions, ServeError> {
+    let ca_pem = match &cfg.etcd_ca {
+        Some(p) => Some(std::fs::read(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?),
+        None => None,
+    };
+    Ok(StoreOptions {
+        master_keys: master_keys(cfg)?,
+        session_ttl: Duration::from_secs(cfg.session_ttl_secs.max(1)),
+        stale: Duration::from_secs(cfg.store_stale_secs),
+        timeout: Duration::from_millis(cfg.store_timeout_ms.max(50)),
+        tls: crate::etcd::EtcdTls { ca_pem },
+        seed_policy,
+    })
+}
+
 impl Broker {
-    pub fn new(cfg: &ServeConfig) -> Result<Arc<Self>, ServeError> {
-        let (policy, text) = match &cfg.policy {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| PolicyError::Read { path: p.clone(), source })?;
-                (Policy::parse(&text)?, Some(text))
+    /// Opens the store and builds the broker. With a shared store the policy file only
+    /// seeds the shared policy; the policy in force is the store's.
+    pub async fn open(cfg: &ServeConfig) -> Result<Arc<Self>, ServeError> {
+        let file_text = match &cfg.policy {
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|source| PolicyError::Read { path: p.clone(), source })?,
+            ),
+            None => None,
+        };
+        if let Some(t) = &file_text {
+            Policy::parse(t)?;
+        }
+        let metrics = Metrics::new();
+        let store = Store::open(&cfg.store_spec(), store_options(cfg, file_text.clone())?)
+            .await?
+            .with_metrics(&metrics);
+        let text = match store.policy_updates() {
+            Some(rx) => {
+                let shared = rx.borrow().clone();
+                shared.or(file_text)
             }
+            None => file_text,
+        };
+        let policy = match &text {
+            Some(t) => Policy::parse(t)?,
             None => {
-                tracing::warn!("no policy file configured: every attestation is refused until one is set");
-                (Policy::default(), None)
+                tracing::warn!("no policy configured: every attestation is refused until one is set");
+                Policy::default()
             }
         };
         let admin = match &cfg.admin_public_key {
@@ -146,15 +278,15 @@ impl Broker {
             ask: cfg.snp.ask.as_deref().map(load_cert).transpose()?,
             vcek: cfg.snp.vcek.as_deref().map(load_cert).transpose()?,
         };
+        let tokens = TokenSigner::from_key(&*store.token_key().await?, cfg.token_ttl_secs)?;
         Ok(Arc::new(Self {
             policy: RwLock::new(PolicySlot { policy: Arc::new(policy), text }),
             policy_path: cfg.policy.clone(),
-            store: ResourceStore::open(&cfg.resources)?,
-            sessions: Sessions::default(),
-            tokens: TokenSigner::generate(cfg.token_ttl_secs)?,
+            store,
+            tokens,
             admin,
             snp_trust,
-            metrics: Metrics::new(),
+            metrics,
             cache: AttestationCache::new(Duration::from_secs(cfg.attestation_cache_secs)),
             session_ttl: Duration::from_secs(cfg.session_ttl_secs.max(1)),
             body_limit: cfg.body_limit_bytes,
@@ -173,6 +305,11 @@ impl Broker {
         }
     }
 
+    /// The store this broker runs on.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()
     }
@@ -183,15 +320,9 @@ impl Broker {
         }
     }
 
-    /// Re-reads the policy file. Ok(true) when a new policy was installed; on error the
-    /// old policy stays in force.
-    pub async fn reload_policy(&self) -> Result<bool, PolicyError> {
-        let Some(path) = &self.policy_path else {
-            return Ok(false);
-        };
-        let _guard = self.policy_write.lock().await;
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Read { path: path.clone(), source })?;
+    /// Installs a policy text unless it is the one in force; an invalid text leaves
+    /// the old policy in force. Ok(true) when a new policy was installed.
+    fn install_text(&self, text: String) -> Result<bool, PolicyError> {
         let unchanged = self.policy.read().map(|s| s.text.as_deref() == Some(text.as_str())).unwrap_or(false);
         if unchanged {
             return Ok(false);
@@ -199,6 +330,22 @@ impl Broker {
         let policy = Policy::parse(&text)?;
         self.install(policy, text);
         Ok(true)
+    }
+
+    /// Re-reads the policy file. Ok(true) when a new policy was installed; on error the
+    /// old policy stays in force. With a shared store the file is not the policy's
+    /// source (it only seeds the store), so this does nothing.
+    pub async fn reload_policy(&self) -> Result<bool, PolicyError> {
+        let Some(path) = &self.policy_path else {
+            return Ok(false);
+        };
+        if self.store.is_shared() {
+            return Ok(false);
+        }
+        let _guard = self.policy_write.lock().await;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Read { path: path.clone(), source })?;
+        self.install_text(text)
     }
 
     async fn reload_and_log(&self, why: &str) {
@@ -213,8 +360,25 @@ impl Broker {
         }
     }
 
-    /// Watches the policy file (mtime/size/inode poll) and SIGHUP; runs until dropped.
+    /// Follows the policy: the shared store's watch (etcd), or the policy file
+    /// (mtime/size/inode poll) and SIGHUP (local); runs until dropped.
     pub fn spawn_policy_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        if let Some(mut rx) = self.store.policy_updates() {
+            let me = Arc::downgrade(self);
+            return tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let Some(text) = rx.borrow_and_update().clone() else { continue };
+                    let Some(b) = me.upgrade() else { return };
+                    match b.install_text(text) {
+                        Ok(true) => tracing::info!("shared policy changed"),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "shared policy refused; the previous policy stays in force")
+                        }
+                    }
+                }
+            });
+        }
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let Some(path) = me.policy_path.clone() else { return };
@@ -262,7 +426,7 @@ impl Broker {
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+            .fallback(|| async { ApiError::NoEndpoint })
             .layer(DefaultBodyLimit::max(self.body_limit))
             .with_state(Arc::clone(self))
     }
@@ -270,8 +434,8 @@ impl Broker {
 
 type St = State<Arc<Broker>>;
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed {what}: {e}")))
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|source| ApiError::Malformed { what, source })
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -305,13 +469,7 @@ fn initdata_param(body: &str, keys: &[&str]) -> Option<String> {
 async fn auth(State(b): St, body: Bytes) -> Result<Response, ApiError> {
     let req: Request = parse_json(&body, "auth request")?;
     if req.version != PROTOCOL_VERSION {
-        return Err(ApiError::Unauthorized(
-            "ProtocolVersion",
-            format!(
-                "KBS Client Protocol Version Mismatch: expect {PROTOCOL_VERSION}, got {}",
-                req.version.chars().take(32).collect::<String>()
-            ),
-        ));
+        return Err(ApiError::ProtocolVersion(req.version.chars().take(32).collect()));
     }
     let mut nonce = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
@@ -322,11 +480,9 @@ async fn auth(State(b): St, body: Bytes) -> Result<Response, ApiError> {
         pod: str_param(&req.extra_params, "pod"),
         namespace: str_param(&req.extra_params, "namespace"),
         state: SessionState::Authed { nonce: nonce.clone() },
-        expires: Instant::now() + b.session_ttl,
+        expires_at: crate::now_secs() + b.session_ttl.as_secs(),
     };
-    if !b.sessions.insert(id.clone(), session) {
-        return Err(ApiError::Unavailable("too many open sessions".into()));
-    }
+    b.store.session_create(&id, &session).await?;
     let challenge = Challenge { nonce, extra_params: Value::String(String::new()) };
     let mut resp = axum::Json(challenge).into_response();
     if let Some(c) = set_cookie(&id, b.session_ttl) {
@@ -345,44 +501,31 @@ fn attest_denied(b: &Broker, pod: &str, ns: &str, d: &Denial) -> ApiError {
         })
         .inc();
     tracing::info!(pod, namespace = ns, reason = d.reason.as_str(), detail = %d.detail, "attestation rejected");
-    ApiError::Unauthorized("AttestationFailed", d.to_string())
+    ApiError::AttestationFailed(d.clone())
 }
 
 /// SHA-384 of the RFC 8785 canonical runtime data, as Trustee's AS computes it.
-pub fn runtime_data_hash(att: &Attestation) -> Result<[u8; 48], String> {
-    let key = serde_json::to_value(&att.runtime_data.tee_pubkey).map_err(|e| e.to_string())?;
+pub fn runtime_data_hash(att: &Attestation) -> Result<[u8; 48], serde_json::Error> {
+    let key = serde_json::to_value(&att.runtime_data.tee_pubkey)?;
     let rd = json!({
         "tee-pubkey": key,
         "nonce": att.runtime_data.nonce,
         "additional-evidence": att.tee_evidence.additional_evidence,
     });
-    let canon = serde_json_canonicalizer::to_vec(&rd).map_err(|e| e.to_string())?;
+    let canon = serde_json_canonicalizer::to_vec(&rd)?;
     Ok(Sha384::digest(canon).into())
 }
 
 async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let id = session_cookie(&headers).ok_or_else(|| {
-        ApiError::Unauthorized("MissingCookie", "no kbs-session-id cookie; call /kbs/v0/auth first".into())
-    })?;
+    let id = session_cookie(&headers).ok_or(ApiError::MissingCookie)?;
     let att: Attestation = parse_json(&body, "attestation")?;
-    enum Next {
-        Verify { tee: kbs_types::Tee, nonce: String, pod: String, ns: String },
-        Done(Zeroizing<String>),
-    }
-    let next = b
-        .sessions
-        .with(&id, |s| match &s.state {
-            SessionState::Authed { nonce } => {
-                Next::Verify { tee: s.tee, nonce: nonce.clone(), pod: s.pod.clone(), ns: s.namespace.clone() }
-            }
-            // Trustee answers a repeated /attest with the token it already issued.
-            SessionState::Attested { token } => Next::Done(token.clone()),
-        })
-        .ok_or_else(|| ApiError::Unauthorized("InvalidCookie", "unknown or expired session".into()))?;
-    let (tee, nonce, mut pod, mut ns) = match next {
-        Next::Done(token) => return Ok(token_response(&id, &token, b.session_ttl)),
-        Next::Verify { tee, nonce, pod, ns } => (tee, nonce, pod, ns),
+    let (session, version) = b.store.session_get(&id).await?.ok_or(ApiError::InvalidCookie)?;
+    let nonce = match &session.state {
+        SessionState::Authed { nonce } => nonce.clone(),
+        // Trustee answers a repeated /attest with the token it already issued.
+        SessionState::Attested { token } => return Ok(token_response(&id, token, b.session_ttl)),
     };
+    let (tee, mut pod, mut ns) = (session.tee, session.pod.clone(), session.namespace.clone());
     if let Some(init) = &att.init_data {
         if pod == "unknown" {
             if let Some(p) = initdata_param(&init.body, &["pod", "pod_name"]) {
@@ -404,10 +547,9 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
             &Denial::new(Reason::NonceMismatch, "runtime-data nonce is not the session's challenge"),
         ));
     }
-    let hash = runtime_data_hash(&att)
-        .map_err(|e| ApiError::BadRequest(format!("cannot canonicalise runtime data: {e}")))?;
+    let hash = runtime_data_hash(&att).map_err(ApiError::RuntimeData)?;
     let evidence = &att.tee_evidence.primary_evidence;
-    let ev_bytes = serde_json::to_vec(evidence).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ev_bytes = serde_json::to_vec(evidence).map_err(ApiError::RuntimeData)?;
     let cache_key = AttestationCache::key(tee, &ev_bytes, &hash);
     let claims: Claims = match b.cache.get(&cache_key) {
         Some(c) => c,
@@ -422,11 +564,17 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
     let (token, _exp) = b
         .tokens
         .issue(att.runtime_data.tee_pubkey.clone(), claims, &pod, &ns)
-        .map_err(|e| ApiError::Internal(format!("token: {e}")))?;
+        .map_err(ApiError::TokenIssue)?;
     let token = Zeroizing::new(token);
-    b.sessions.with(&id, |s| {
-        s.state = SessionState::Attested { token: token.clone() };
-    });
+    let attested = Session { state: SessionState::Attested { token: token.clone() }, ..session };
+    if !b.store.session_update(&id, version, &attested).await? {
+        // A concurrent /attest on the same session won: answer with its token, as a
+        // repeated /attest is answered.
+        return match b.store.session_get(&id).await?.map(|(s, _)| s.state) {
+            Some(SessionState::Attested { token }) => Ok(token_response(&id, &token, b.session_ttl)),
+            _ => Err(ApiError::InvalidCookie),
+        };
+    }
     b.metrics
         .success
         .get_or_create(&SuccessLabels { pod, namespace: ns, measurement_match: mm.as_str().into() })
@@ -454,7 +602,7 @@ async fn get_resource(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let rp = ResourcePath::parse(&path).map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let rp = ResourcePath::parse(&path)?;
     let resource = rp.as_string();
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -463,59 +611,46 @@ async fn get_resource(
         .map(|t| Zeroizing::new(t.trim().to_string()));
     let token = match bearer {
         Some(t) => Some(t),
-        None => session_cookie(&headers).and_then(|id| {
-            b.sessions.with(&id, |s| match &s.state {
-                SessionState::Attested { token } => Some(token.clone()),
-                SessionState::Authed { .. } => None,
-            })?
-        }),
+        None => match session_cookie(&headers) {
+            Some(id) => match b.store.session_get(&id).await?.map(|(s, _)| s.state) {
+                Some(SessionState::Attested { token }) => Some(token),
+                _ => None,
+            },
+            None => None,
+        },
     };
     let Some(token) = token else {
         deny_resource(&b, &resource, Reason::TokenInvalid);
-        return Err(ApiError::Unauthorized(
-            "TokenNotFound",
-            "no attestation token: send Authorization: Bearer or an attested session cookie".into(),
-        ));
+        return Err(ApiError::TokenNotFound);
     };
     let payload = b.tokens.verify(&token).map_err(|e| {
         deny_resource(&b, &resource, Reason::TokenInvalid);
-        ApiError::Unauthorized("TokenInvalid", e.to_string())
+        ApiError::TokenInvalid(e)
     })?;
     let policy = b.policy();
-    if let Err(d) = policy.check_claims(&payload.cloak_claims) {
-        deny_resource(&b, &resource, d.reason);
-        return Err(ApiError::Unauthorized("PolicyDeny", format!("resource {resource} denied: {d}")));
+    if let Err(denial) = policy.check_claims(&payload.cloak_claims) {
+        deny_resource(&b, &resource, denial.reason);
+        return Err(ApiError::PolicyDeny { resource, denial });
     }
     if !policy.is_released(&resource) {
         deny_resource(&b, &resource, Reason::NotReleased);
-        return Err(ApiError::Forbidden(format!(
-            "resource {resource} denied: not_released: not listed in released_resources"
-        )));
+        return Err(ApiError::NotReleased(resource));
     }
-    let data = match b.store.get(&rp) {
-        Ok(d) => d,
-        Err(StoreError::NotFound(_)) => {
+    let data = b.store.resource_get(&rp).await.inspect_err(|e| {
+        if matches!(e, StoreError::NotFound(_)) {
             deny_resource(&b, &resource, Reason::NotFound);
-            return Err(ApiError::NotFound(format!("resource {resource} not found")));
         }
-        Err(e) => return Err(ApiError::Internal(e.to_string())),
-    };
-    let jwe = crate::jwe::encrypt(&payload.tee_pubkey, &data)
-        .map_err(|e| ApiError::BadRequest(format!("cannot encrypt to the token's TEE key: {e}")))?;
+    })?;
+    let jwe = crate::jwe::encrypt(&payload.tee_pubkey, &data).map_err(ApiError::Jwe)?;
     b.metrics.releases.get_or_create(&ResourceLabels { resource }).inc();
     Ok(axum::Json(jwe).into_response())
 }
 
 fn check_admin(b: &Broker, headers: &HeaderMap) -> Result<(), ApiError> {
-    let verifier = b
-        .admin
-        .as_ref()
-        .ok_or_else(|| ApiError::Unauthorized("AdminAuth", AdminError::Disabled.to_string()))?;
+    let verifier = b.admin.as_ref().ok_or(AdminError::Disabled)?;
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    verifier.check(auth).map_err(|e| {
-        tracing::warn!(error = %e, "admin request refused");
-        ApiError::Unauthorized("AdminAuth", e.to_string())
-    })
+    verifier.check(auth).inspect_err(|e| tracing::warn!(error = %e, "admin request refused"))?;
+    Ok(())
 }
 
 /// Whether the request asks for a create-only write (`If-None-Match: *`).
@@ -532,30 +667,11 @@ async fn put_resource(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_admin(&b, &headers)?;
-    let rp = ResourcePath::parse(&path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let store = b.store.clone();
-    let rp2 = rp.clone();
+    let rp = ResourcePath::parse(&path)?;
     let create = create_only(&headers);
-    let written =
-        tokio::task::spawn_blocking(
-            move || {
-                if create {
-                    store.create(&rp2, &body)
-                } else {
-                    store.put(&rp2, &body)
-                }
-            },
-        )
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    match written {
-        Ok(()) => {
-            tracing::info!(resource = %rp, create_only = create, "resource stored");
-            Ok(StatusCode::OK.into_response())
-        }
-        Err(e @ StoreError::Exists(_)) => Err(ApiError::Exists(e.to_string())),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
+    b.store.resource_put(&rp, &body, create).await?;
+    tracing::info!(resource = %rp, create_only = create, "resource stored");
+    Ok(StatusCode::OK.into_response())
 }
 
 /// The admin read-back route: build tools fetch a KEK they registered earlier so that
@@ -577,27 +693,17 @@ async fn admin_read_resource(State(b): St, Path(path): Path<String>, headers: He
 
 async fn admin_read(b: &Broker, path: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     check_admin(b, headers)?;
-    let rp = ResourcePath::parse(path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let rp = ResourcePath::parse(path)?;
     let resource = rp.as_string();
     if !b.admin_readable.iter().any(|p| crate::policy::pattern_matches(p, &resource)) {
         tracing::warn!(resource = %rp, "admin read refused: not admin-readable");
-        return Err(ApiError::Forbidden(format!(
-            "resource {resource} is not admin-readable: the broker's admin_readable patterns are {:?} \
-             (add one with --admin-readable, or register the key yourself and pass it as a file)",
-            b.admin_readable
-        )));
+        return Err(ApiError::NotAdminReadable { resource, patterns: b.admin_readable.clone() });
     }
-    match b.store.get(&rp) {
-        Ok(data) => {
-            tracing::info!(resource = %rp, "resource read back by the admin");
-            let mut resp = Response::new(axum::body::Body::from(data.to_vec()));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            Ok(resp)
-        }
-        Err(e @ StoreError::NotFound(_)) => Err(ApiError::NotFound(e.to_string())),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
+    let data = b.store.resource_get_fresh(&rp).await?;
+    tracing::info!(resource = %rp, "resource read back by the admin");
+    let mut resp = Response::new(axum::body::Body::from(data.to_vec()));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(resp)
 }
 
 async fn delete_resource(
@@ -606,15 +712,10 @@ async fn delete_resource(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_admin(&b, &headers)?;
-    let rp = ResourcePath::parse(&path).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    match b.store.delete(&rp) {
-        Ok(()) => {
-            tracing::info!(resource = %rp, "resource deleted");
-            Ok(StatusCode::OK.into_response())
-        }
-        Err(StoreError::NotFound(r)) => Err(ApiError::NotFound(format!("resource {r} not found"))),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
+    let rp = ResourcePath::parse(&path)?;
+    b.store.resource_delete(&rp).await?;
+    tracing::info!(resource = %rp, "resource deleted");
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn set_policy(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -623,15 +724,21 @@ async fn set_policy(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Res
     let enc = v
         .get("policy")
         .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest("missing string field \"policy\"".into()))?;
+        .ok_or(ApiError::BadRequest("missing string field \"policy\""))?;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     let raw = URL_SAFE_NO_PAD
         .decode(enc)
         .or_else(|_| STANDARD.decode(enc))
-        .map_err(|_| ApiError::BadRequest("policy is not base64url".into()))?;
-    let text = String::from_utf8(raw).map_err(|_| ApiError::BadRequest("policy is not UTF-8".into()))?;
-    let policy = Policy::parse(&text).map_err(|e| ApiError::BadRequest(format!("policy refused: {e}")))?;
+        .map_err(|_| ApiError::BadRequest("policy is not base64url"))?;
+    let text = String::from_utf8(raw).map_err(|_| ApiError::BadRequest("policy is not UTF-8"))?;
+    let policy = Policy::parse(&text).map_err(ApiError::PolicyInvalid)?;
     let _guard = b.policy_write.lock().await;
+    if b.store.policy_put(&text).await? {
+        // Shared store: every replica's watch installs it; this one installs it now.
+        b.install(policy, text);
+        tracing::info!("shared policy replaced through the admin API");
+        return Ok(StatusCode::OK.into_response());
+    }
     if let Some(path) = &b.policy_path {
         // Persist first, so the file watcher sees the same text and the policy survives a restart.
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -643,7 +750,7 @@ async fn set_policy(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Res
             tmp.persist(path).map_err(|e| e.error)?;
             Ok(())
         };
-        write().map_err(|e| ApiError::Internal(format!("cannot write policy file: {e}")))?;
+        write().map_err(ApiError::PolicyFile)?;
     }
     b.install(policy, text);
     tracing::info!("policy replaced through the admin API");
@@ -656,10 +763,9 @@ async fn metrics(State(b): St) -> Response {
 }
 
 async fn readyz(State(b): St) -> Response {
-    if b.store.root().is_dir() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "resource directory missing").into_response()
+    match b.store.ready() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
 }
 
@@ -678,7 +784,7 @@ pub async fn spawn(
     cfg: ServeConfig,
 ) -> Result<(SocketAddr, Arc<Broker>, tokio::task::JoinHandle<()>), ServeError> {
     startup_notes(&cfg);
-    let broker = Broker::new(&cfg)?;
+    let broker = Broker::open(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
@@ -691,7 +797,7 @@ pub async fn spawn(
         }
         watcher.abort();
     });
-    tracing::info!(%addr, "cloak-kbs listening");
+    tracing::info!(%addr, store = %broker.store.describe(), "cloak-kbs listening");
     Ok((addr, broker, task))
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     #[error("invalid resource path {0:?}: need REPO/TYPE/TAG with segments [A-Za-z0-9_-][A-Za-z0-9_.-]*")]
     InvalidPath(String),
@@ -23,6 +24,36 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The shared store (etcd) cannot be reached or has no quorum, and the broker's
+    /// last synchronised state is older than it may serve.
+    #[error("shared store unavailable")]
+    Unavailable(#[source] crate::etcd::EtcdError),
+    /// The synchronised state is too old to serve (etcd unreachable for longer than the
+    /// configured stale-read window).
+    #[error("shared store unreachable for {0:?}, longer than this broker may serve stale reads")]
+    Stale(std::time::Duration),
+    #[error("stored value cannot be opened")]
+    Seal(#[from] crate::seal::SealError),
+    #[error("the etcd store needs --master-key (its values are sealed under it)")]
+    NeedsMasterKey,
+    #[error("too many open sessions")]
+    SessionsFull,
+    #[error("stored {what} under {key} is malformed")]
+    Corrupt { what: &'static str, key: String },
+}
+
+impl StoreError {
+    /// Whether the backend failed (as opposed to answering "not found", "exists" or
+    /// "invalid path"): what the error metric counts.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, StoreError::InvalidPath(_) | StoreError::NotFound(_) | StoreError::Exists(_))
+    }
+}
+
+impl From<crate::etcd::EtcdError> for StoreError {
+    fn from(e: crate::etcd::EtcdError) -> Self {
+        StoreError::Unavailable(e)
+    }
 }
 
 /// A validated "repo/type/tag".
@@ -129,6 +160,38 @@ impl ResourceStore {
         Ok(())
     }
 
+    /// Every resource under the root (for `migrate`), skipping temporary files.
+    pub fn list(&self) -> Result<Vec<ResourcePath>, StoreError> {
+        let mut out = Vec::new();
+        let rd = |d: &Path| -> Result<Vec<(String, PathBuf)>, StoreError> {
+            let mut v = Vec::new();
+            for e in std::fs::read_dir(d).map_err(io(d))? {
+                let e = e.map_err(io(d))?;
+                if let Some(n) = e.file_name().to_str() {
+                    v.push((n.to_string(), e.path()));
+                }
+            }
+            Ok(v)
+        };
+        for (r, rp) in rd(&self.root)? {
+            if !rp.is_dir() || !valid_segment(&r) {
+                continue;
+            }
+            for (t, tp) in rd(&rp)? {
+                if !tp.is_dir() || !valid_segment(&t) {
+                    continue;
+                }
+                for (g, gp) in rd(&tp)? {
+                    if gp.is_file() && valid_segment(&g) {
+                        out.push(ResourcePath { segments: [r.clone(), t.clone(), g] });
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|p| p.as_string());
+        Ok(out)
+    }
+
     pub fn delete(&self, p: &ResourcePath) -> Result<(), StoreError> {
         let f = self.file(p);
         match std::fs::remove_file(&f) {
@@ -169,5 +232,8 @@ mod tests {
         s.create(&p, b"first").unwrap();
         assert!(matches!(s.create(&p, b"second"), Err(StoreError::Exists(_))));
         assert_eq!(&s.get(&p).unwrap()[..], b"first");
+        s.put(&ResourcePath::parse("a/b/c").unwrap(), b"x").unwrap();
+        let names: Vec<String> = s.list().unwrap().iter().map(|p| p.as_string()).collect();
+        assert_eq!(names, ["a/b/c", "default/key/1"]);
     }
 }

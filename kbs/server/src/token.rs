@@ -1,10 +1,11 @@
-//! The attestation token: a compact JWS (HS256) under a 256-bit key generated when the
-//! process starts, so tokens never outlive the broker. Its payload carries the TEE
+//! The attestation token: a compact JWS (HS256) under a 256-bit key from the storage
+//! backend: made when the process starts for the local backend (tokens never outlive
+//! the broker), shared by every replica (sealed in etcd) for the etcd backend. Its payload carries the TEE
 //! public key (at `/tee-pubkey` and at the EAR path Trustee uses) and the verified
 //! claims, which the resource endpoint re-checks against the current policy.
 //!
 //! Why a MAC and not a signature: the only party that ever verifies a token is the
-//! process that issued it (the key is never published, and guests treat the token as
+//! broker that issued it (one process, or replicas sharing the key through etcd) (the key is never published, and guests treat the token as
 //! opaque), so a public-key signature buys nothing over HMAC-SHA256, while ES256 cost
 //! a P-256 signature per attestation and a verification per resource request, about a
 //! third of the broker's CPU per attestation. Forging a token still needs the key.
@@ -20,6 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::claims::Claims;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenError {
     #[error("token is not a compact JWS")]
     Format,
@@ -29,9 +31,11 @@ pub enum TokenError {
     Signature,
     #[error("token has expired")]
     Expired,
-    #[error("token payload is malformed: {0}")]
-    Payload(String),
-    #[error("token signing failed: {0}")]
+    #[error("token payload is malformed")]
+    Payload(#[source] serde_json::Error),
+    #[error("token key is unusable")]
+    Key,
+    #[error("token signing failed")]
     Crypto(#[from] openssl::error::ErrorStack),
 }
 
@@ -73,8 +77,12 @@ impl TokenSigner {
     pub fn generate(ttl_secs: u64) -> Result<Self, TokenError> {
         let mut raw = zeroize::Zeroizing::new([0u8; 32]);
         openssl::rand::rand_priv_bytes(&mut raw[..])?;
-        let keyed = Hmac::<Sha256>::new_from_slice(&raw[..])
-            .map_err(|_| TokenError::Payload("HMAC key length".into()))?;
+        Self::from_key(&raw, ttl_secs)
+    }
+
+    /// A signer over a given key (the shared one of the etcd backend).
+    pub fn from_key(key: &[u8; 32], ttl_secs: u64) -> Result<Self, TokenError> {
+        let keyed = Hmac::<Sha256>::new_from_slice(&key[..]).map_err(|_| TokenError::Key)?;
         Ok(Self { keyed, ttl_secs })
     }
 
@@ -114,7 +122,7 @@ impl TokenSigner {
             namespace: namespace.into(),
             submods,
         };
-        let body = serde_json::to_vec(&payload).map_err(|e| TokenError::Payload(e.to_string()))?;
+        let body = serde_json::to_vec(&payload).map_err(TokenError::Payload)?;
         let mut token = String::with_capacity(HEADER_B64.len() + body.len() * 4 / 3 + 48);
         token.push_str(HEADER_B64);
         token.push('.');
@@ -144,8 +152,7 @@ impl TokenSigner {
             return Err(TokenError::Signature);
         }
         let body = URL_SAFE_NO_PAD.decode(p).map_err(|_| TokenError::Format)?;
-        let payload: TokenPayload =
-            serde_json::from_slice(&body).map_err(|e| TokenError::Payload(e.to_string()))?;
+        let payload: TokenPayload = serde_json::from_slice(&body).map_err(TokenError::Payload)?;
         if payload.exp <= crate::now_secs() {
             return Err(TokenError::Expired);
         }
@@ -202,6 +209,16 @@ mod tests {
         assert_ne!(forged, parts[1]);
         let t2 = format!("{}.{forged}.{}", parts[0], parts[2]);
         assert!(matches!(s.verify(&t2), Err(TokenError::Signature)));
+    }
+
+    #[test]
+    fn replicas_with_the_same_key_accept_each_others_tokens() {
+        let a = TokenSigner::from_key(&[7u8; 32], 60).unwrap();
+        let b = TokenSigner::from_key(&[7u8; 32], 60).unwrap();
+        let (t, _) = a.issue(key(), Claims::Sample(SampleClaims { svn: "1".into() }), "p", "n").unwrap();
+        assert_eq!(b.verify(&t).unwrap().pod, "p");
+        let c = TokenSigner::from_key(&[8u8; 32], 60).unwrap();
+        assert!(matches!(c.verify(&t), Err(TokenError::Signature)));
     }
 
     #[test]

@@ -53,12 +53,14 @@ fn sample_attester() -> Arc<dyn kbs_client::Attester> {
 #[tokio::test]
 async fn kbs_client_lib_one_attestation_for_many_resources() {
     let b = start(SAMPLE_POLICY, |_, _| {}).await;
-    let admin = kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let admin =
+        kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
     for i in 0..3 {
         let uri: kbs_client::ResourceUri = format!("default/image-kek/{i}").parse().unwrap();
         admin.put_resource(&uri, format!("kek-{i}").as_bytes()).await.unwrap();
     }
-    let c = kbs_client::KbsClient::new(&b.url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
+    let c =
+        kbs_client::KbsClient::new(&b.url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
     for i in 0..3 {
         let uri: kbs_client::ResourceUri = format!("kbs:///default/image-kek/{i}").parse().unwrap();
         assert_eq!(&c.get_resource(&uri).await.unwrap()[..], format!("kek-{i}").as_bytes());
@@ -69,7 +71,8 @@ async fn kbs_client_lib_one_attestation_for_many_resources() {
 #[tokio::test]
 async fn kbs_client_lib_sees_rejection_reason() {
     let b = start(&SAMPLE_POLICY.replace("allow: true", "allow: false"), |_, _| {}).await;
-    let c = kbs_client::KbsClient::new(&b.url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
+    let c =
+        kbs_client::KbsClient::new(&b.url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
     let uri: kbs_client::ResourceUri = "default/image-kek/1".parse().unwrap();
     let e = c.get_resource(&uri).await.unwrap_err().to_string();
     assert!(e.contains("sample_not_allowed"), "{e}");
@@ -80,7 +83,8 @@ async fn kbs_client_lib_sees_rejection_reason() {
 #[tokio::test]
 async fn kbs_admin_client_set_policy_and_delete() {
     let b = start(SAMPLE_POLICY, |_, _| {}).await;
-    let admin = kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let admin =
+        kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
     let uri: kbs_client::ResourceUri = "default/key/x".parse().unwrap();
     admin.put_resource(&uri, b"v").await.unwrap();
     admin.delete_resource(&uri).await.unwrap();
@@ -92,7 +96,8 @@ async fn kbs_admin_client_set_policy_and_delete() {
 #[tokio::test]
 async fn create_only_writes_never_replace_and_admin_read_back_is_limited_to_kek_ids() {
     let b = start(SAMPLE_POLICY, |_, _| {}).await;
-    let admin = kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let admin =
+        kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
     let kek: kbs_client::ResourceUri = "default/image-kek/app".parse().unwrap();
     assert!(admin.read_back(&kek).await.unwrap().is_none());
     assert_eq!(admin.create_resource(&kek, b"first").await.unwrap(), kbs_client::Created::New);
