@@ -618,14 +618,12 @@ fn rest_endpoint_refuses_non_loopback_peers() -> Result<()> {
     }
     let tmp = tempfile::tempdir()?;
     // In a private network namespace: the daemon listens on 0.0.0.0, a client
-    // connects through a dummy interface address (a non-loopback peer) and
+    // connects from a non-loopback address (10.254.0.1, added in the namespace) and
     // through 127.0.0.1. No traffic leaves the namespace.
     let script = format!(
         r#"set -e
 ip link set lo up
-ip link add cloak0 type dummy
-ip addr add 10.254.0.1/32 dev cloak0
-ip link set cloak0 up
+ip addr add 10.254.0.1/32 dev lo
 {cdh} --socket unix://{dir}/cdh.sock --kbs http://127.0.0.1:9 --attester sample --kbs-timeout 1 \
   --store {dir}/store --bundle-root {dir}/b --rest 0.0.0.0:8006 2>{dir}/log &
 pid=$!
