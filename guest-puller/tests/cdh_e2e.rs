@@ -349,7 +349,7 @@ impl Env {
 #[test]
 fn pull_image_mounts_the_verified_rootfs_isolates_writes_and_reuses_the_store() -> Result<()> {
     let Some(mut env) = setup()? else { return Ok(()) };
-    let image = env.push_encrypted("kbs:///default/kek/cdh-pull", "cdh/enc:v1")?;
+    let image = env.push_encrypted("kbs:///default/image-kek/cdh-pull", "cdh/enc:v1")?;
     let reference = snapshot(&reference_tree(&env.dir)?)?;
     ensure!(reference.len() > 3, "reference tree too small: {reference:?}");
     let cdh = env.cdh(&[])?;
@@ -487,10 +487,10 @@ fn http_get(port: u16, path: &str) -> Result<(u16, Vec<u8>)> {
 #[test]
 fn kbs_down_fails_clearly_without_mount_then_kbs_back_works_and_wrong_key_is_refused() -> Result<()> {
     let Some(mut env) = setup()? else { return Ok(()) };
-    let image = env.push_encrypted("kbs:///default/kek/cdh-down", "cdh/down:v1")?;
-    let wrong = env.push_encrypted("kbs:///default/kek/cdh-wrong", "cdh/wrong:v1")?;
+    let image = env.push_encrypted("kbs:///default/image-kek/cdh-down", "cdh/down:v1")?;
+    let wrong = env.push_encrypted("kbs:///default/image-kek/cdh-wrong", "cdh/wrong:v1")?;
     // Replace the KEK of the second image: its layers cannot be opened.
-    env.broker.put_resource("kbs:///default/kek/cdh-wrong", &[7u8; 32])?;
+    env.broker.put_resource("kbs:///default/image-kek/cdh-wrong", &[7u8; 32])?;
     let cdh = env.cdh(&[])?;
     let addr = cdh.addr();
     let rt = rt();
@@ -520,7 +520,7 @@ fn kbs_down_fails_clearly_without_mount_then_kbs_back_works_and_wrong_key_is_ref
     let b = cdh.bundle("wrong");
     let (_, msg) = status_of(rt.block_on(pull_image(&cdh.addr(), &wrong, &b)));
     ensure!(
-        msg.contains("layer") && msg.contains("kbs:///default/kek/cdh-wrong"),
+        msg.contains("layer") && msg.contains("kbs:///default/image-kek/cdh-wrong"),
         "the error names neither layer nor key: {msg}"
     );
     ensure!(!b.join("rootfs").exists(), "a wrong key left a rootfs");
@@ -535,7 +535,9 @@ fn four_concurrent_pulls_of_different_images_all_succeed() -> Result<()> {
     let reference = snapshot(&reference_tree(&env.dir)?)?;
     let mut images = Vec::new();
     for i in 0..4 {
-        images.push(env.push_encrypted(&format!("kbs:///default/kek/conc{i}"), &format!("cdh/conc{i}:v1"))?);
+        images.push(
+            env.push_encrypted(&format!("kbs:///default/image-kek/conc{i}"), &format!("cdh/conc{i}:v1"))?,
+        );
     }
     let cdh = env.cdh(&[])?;
     let addr = cdh.addr();
