@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use guest_puller::cdh::config::{socket_path, CdhToml, DEFAULT_SOCKET};
 use guest_puller::cdh::hub::{Hub, HubOptions};
-use guest_puller::policy::Policy;
+use guest_puller::policy::PullPolicy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -145,8 +145,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         insecure.extend(insecure_from_registries_conf(p)?);
     }
     let policy = match &cli.pull_policy {
-        Some(p) => Policy::load(p)?,
-        None => Policy::default(),
+        Some(p) => PullPolicy::load(p)?,
+        None => PullPolicy::default(),
     };
     let store = cli
         .store

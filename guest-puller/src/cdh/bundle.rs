@@ -18,6 +18,8 @@ pub enum RequestError {
     OutsideRoot { path: String, root: String },
     #[error("bundle_path {path:?}: {reason}")]
     Bundle { path: String, reason: String },
+    #[error("image_url {image:?} is not a valid reference: {reason}")]
+    Reference { image: String, reason: String },
     #[error("image_url {0:?} is empty or has whitespace or control characters")]
     BadImage(String),
     #[error("image_url {image:?}: transport {transport:?} is not allowed here (give a registry reference such as registry.example/app@sha256:...)")]

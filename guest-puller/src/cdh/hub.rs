@@ -20,7 +20,7 @@ use super::sealed::{self, SealedError, SecretKind, Signing};
 use super::spec::{self, SpecError};
 use crate::assemble::LinkMode;
 use crate::extract::ExtractOptions;
-use crate::policy::Policy;
+use crate::policy::PullPolicy;
 use crate::progress::Quiet;
 use crate::pull::{pull, PullError, PullOptions};
 
@@ -46,7 +46,7 @@ pub struct HubOptions {
     /// Registries (`host[:port]`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
     /// Pull policy applied to every image.
-    pub policy: Policy,
+    pub policy: PullPolicy,
     /// Extra ocicrypt keyproviders for layer keys (never read from the environment:
     /// kata's `OCICRYPT_KEYPROVIDER_CONFIG` points back at this daemon).
     pub keyprovider_config: Option<PathBuf>,
@@ -70,7 +70,7 @@ impl Default for HubOptions {
             store: PathBuf::from("/run/kata-containers/image/cloak-store"),
             bundle_root: PathBuf::from(bundle::DEFAULT_BUNDLE_ROOT),
             insecure_registries: Vec::new(),
-            policy: Policy::default(),
+            policy: PullPolicy::default(),
             keyprovider_config: None,
             auth_file: None,
             max_concurrent_layers: 3,
@@ -294,9 +294,13 @@ impl Hub {
         clear_empty_rootfs(&bundle, &rootfs)?;
         let insecure =
             bundle::registry_of(&image).is_some_and(|r| self.opts.insecure_registries.contains(&r));
+        let image_ref: oci::ImageRef = image.parse().map_err(|e: oci::RefError| RequestError::Reference {
+            image: image_url.chars().take(200).collect(),
+            reason: e.to_string(),
+        })?;
         let had_image_json = bundle.join("image.json").exists();
         let opts = PullOptions {
-            image: image.clone(),
+            image: image_ref,
             bundle: bundle.clone(),
             unwrappers: self.unwrappers.clone(),
             policy: self.opts.policy.clone(),
@@ -346,7 +350,7 @@ impl Hub {
             ms = started.elapsed().as_millis() as u64,
             "PullImage done"
         );
-        Ok(summary.manifest_digest)
+        Ok(summary.manifest_digest.to_string())
     }
 
     fn kbs(&self) -> Result<&KbsClient, HubError> {
