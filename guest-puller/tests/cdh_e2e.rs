@@ -614,8 +614,9 @@ fn rest_endpoint_refuses_non_loopback_peers() -> Result<()> {
     if !is_root()
         || Command::new("ip").arg("-V").output().is_err()
         || Command::new("unshare").arg("--help").output().is_err()
+        || Command::new("curl").arg("--version").output().is_err()
     {
-        eprintln!("SKIP: needs root, ip and unshare");
+        eprintln!("SKIP: needs root, ip, unshare and curl");
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
