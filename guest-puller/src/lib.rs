@@ -7,6 +7,7 @@
 //! mounted there as overlayfs layers by [`overlay`].
 
 pub mod assemble;
+pub mod cdh;
 pub mod decode;
 pub mod extract;
 mod fsutil;

@@ -1,0 +1,230 @@
+//! `cloak-cdh`: a drop-in Confidential Data Hub for Kata guests.
+//!
+//! ```text
+//! cloak-cdh -c cdh.toml
+//! cloak-cdh --socket unix:///PATH/cdh.sock --kbs URL --attester auto|snp|tdx|sample \
+//!           [--store DIR] [--bundle-root DIR] [--rest ADDR:PORT] [--insecure-registry HOST:PORT]... \
+//!           [--pull-policy FILE] [--keyprovider-config FILE]
+//! ```
+//! Flags override `cdh.toml`. Logs are JSON lines on stderr (`CLOAK_LOG` sets the filter).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use guest_puller::cdh::config::{socket_path, CdhToml, DEFAULT_SOCKET};
+use guest_puller::cdh::hub::{Hub, HubOptions};
+use guest_puller::policy::PullPolicy;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloak-cdh",
+    version,
+    about = "cloak as the guest's Confidential Data Hub (ttRPC on cdh.sock)"
+)]
+struct Cli {
+    /// CDH configuration file (cdh.toml: socket, [kbc] name/url/kbs_cert, [image]).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Socket address, unix:///PATH (default unix:///run/confidential-containers/cdh.sock).
+    #[arg(long, value_name = "unix:///PATH")]
+    socket: Option<String>,
+    /// KBS URL (overrides [kbc] url).
+    #[arg(long, value_name = "URL")]
+    kbs: Option<String>,
+    /// Attester for the KBS: auto | snp | tdx | sample (sample only when named).
+    #[arg(long, value_name = "KIND", default_value = "auto")]
+    attester: String,
+    /// Deadline of one KBS exchange (attestation or one resource), retries included.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    kbs_timeout: Duration,
+    /// Layer store (default: [image] work_dir/cloak-store, else /run/kata-containers/image/cloak-store).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Every bundle_path must be inside this directory.
+    #[arg(long, value_name = "DIR", default_value = "/run/kata-containers")]
+    bundle_root: PathBuf,
+    /// Serve GET /cdh/resource/<repo>/<type>/<tag> to loopback peers on ADDR:PORT.
+    #[arg(long, value_name = "ADDR:PORT")]
+    rest: Option<SocketAddr>,
+    /// Registry (HOST:PORT) reached over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// containers-registries.conf whose `[[registry]]` entries with `insecure = true` are added.
+    #[arg(long, value_name = "FILE")]
+    registries_conf: Option<PathBuf>,
+    /// Pull policy (YAML, as cloak-pull --policy).
+    #[arg(long, value_name = "FILE")]
+    pull_policy: Option<PathBuf>,
+    /// ocicrypt keyprovider config for extra layer-key providers (not read from
+    /// $OCICRYPT_KEYPROVIDER_CONFIG, which in a Kata guest points at this daemon).
+    #[arg(long, value_name = "FILE")]
+    keyprovider_config: Option<PathBuf>,
+    /// Registry auth file (auth.json).
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+    /// Refuse unsigned (fakejwsheader) sealed secrets.
+    #[arg(long)]
+    require_signed_secrets: bool,
+    /// Seconds a fetched KBS resource is served from memory (0: no cache).
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    resource_cache_secs: u64,
+    /// On SIGTERM, how long in-flight calls may run before the daemon exits.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    shutdown_grace: Duration,
+    /// Log format: json (default) or text.
+    #[arg(long, value_name = "FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("{s} s is out of range (more than 0, at most 3600)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.log_format == "text" {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cloak-cdh stopped");
+            eprintln!("cloak-cdh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `[[registry]] location = "…" insecure = true` entries of a registries.conf.
+fn insecure_from_registries_conf(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let mut out = Vec::new();
+    if let Some(regs) = table.get("registry").and_then(|r| r.as_array()) {
+        for r in regs {
+            if r.get("insecure").and_then(|v| v.as_bool()) == Some(true) {
+                let loc =
+                    r.get("location").or_else(|| r.get("prefix")).and_then(|v| v.as_str()).with_context(
+                        || format!("{}: an insecure [[registry]] has no location", path.display()),
+                    )?;
+                out.push(loc.split('/').next().unwrap_or(loc).to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let toml = match &cli.config {
+        Some(p) => CdhToml::load(p)?,
+        None => CdhToml::default(),
+    };
+    for w in &toml.warnings {
+        tracing::warn!("{w}");
+    }
+    let socket_addr = cli.socket.clone().or(toml.socket.clone()).unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
+    let socket = socket_path(&socket_addr).map_err(anyhow::Error::msg).context("--socket")?;
+    if !cli.bundle_root.is_absolute() {
+        bail!("--bundle-root must be an absolute path");
+    }
+    let mut insecure = cli.insecure_registries.clone();
+    if let Some(p) = &cli.registries_conf {
+        insecure.extend(insecure_from_registries_conf(p)?);
+    }
+    let policy = match &cli.pull_policy {
+        Some(p) => PullPolicy::load(p)?,
+        None => PullPolicy::default(),
+    };
+    let store = cli
+        .store
+        .clone()
+        .or_else(|| toml.work_dir.as_ref().map(|w| w.join("cloak-store")))
+        .unwrap_or_else(|| PathBuf::from("/run/kata-containers/image/cloak-store"));
+    let opts = HubOptions {
+        kbs_url: cli.kbs.clone().or(toml.kbs_url.clone()),
+        kbs_cert: toml.kbs_cert.clone(),
+        attester: cli.attester.clone(),
+        kbs_timeout: cli.kbs_timeout,
+        store,
+        bundle_root: cli.bundle_root.clone(),
+        insecure_registries: insecure,
+        policy,
+        keyprovider_config: cli.keyprovider_config.clone(),
+        auth_file: cli.auth_file.clone(),
+        max_concurrent_layers: toml.max_concurrent_layers.unwrap_or(3),
+        require_signed_secrets: cli.require_signed_secrets,
+        resource_cache_ttl: Duration::from_secs(cli.resource_cache_secs),
+    };
+    if opts.kbs_url.is_none() {
+        tracing::warn!("no KBS configured: encrypted images, resources and secrets will be refused");
+    }
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let hub = Arc::new(Hub::new(opts)?);
+        let mut server = guest_puller::cdh::server::start(hub.clone(), &socket).await?;
+        tracing::info!(socket = %socket.display(), kbs = ?hub.options().kbs_url, store = %hub.options().store.display(), "cloak-cdh serving");
+        let rest = match cli.rest {
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--rest {addr}: bind"))?;
+                tracing::info!(%addr, "REST resource endpoint serving (loopback peers only)");
+                let h = hub.clone();
+                Some(tokio::spawn(async move {
+                    if let Err(e) = guest_puller::cdh::rest::serve(h, listener).await {
+                        tracing::error!(error = %e, "REST endpoint stopped");
+                    }
+                }))
+            }
+            None => None,
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight calls"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing in-flight calls"),
+        }
+        let left = hub.drain(cli.shutdown_grace).await;
+        if left > 0 {
+            tracing::warn!(in_flight = left, "shutdown grace elapsed; exiting with calls still running");
+        }
+        if let Some(r) = rest {
+            r.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
+        let _ = std::fs::remove_file(&socket);
+        tracing::info!(attestations = hub.attestations(), "cloak-cdh stopped");
+        anyhow::Ok(())
+    })?;
+    // In-flight pulls run on blocking threads; do not wait for them past the grace.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Deep layer trees hold one directory fd per level; raise the soft limit.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum },
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! CDH's configuration file (`-c cdh.toml`, usually from init-data): the keys
+//! cloak-cdh honours, the ones it ignores with a warning, and the ones it
+//! refuses because ignoring them would weaken what the operator asked for.
+//!
+//! ```toml
+//! socket = "unix:///run/confidential-containers/cdh.sock"
+//! [kbc]
+//! name = "cc_kbc"
+//! url = "http://kbs.example:8080"
+//! kbs_cert = "-----BEGIN CERTIFICATE----- ..."   # optional extra root CA
+//! [image]
+//! max_concurrent_layer_downloads_per_image = 3
+//! work_dir = "/run/kata-containers/image"          # the layer store lives under it
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The socket CDH listens on by default (kata-agent's constant).
+pub const DEFAULT_SOCKET: &str = "unix:///run/confidential-containers/cdh.sock";
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid TOML: {reason}")]
+    Syntax { path: String, reason: String },
+    #[error("{path}: `{key}` {reason}")]
+    Invalid { path: String, key: String, reason: String },
+}
+
+/// What a `cdh.toml` says, in cloak's terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CdhToml {
+    /// `socket`, as written (`unix:///…`).
+    pub socket: Option<String>,
+    /// `[kbc] name`.
+    pub kbc_name: Option<String>,
+    /// `[kbc] url`.
+    pub kbs_url: Option<String>,
+    /// `[kbc] kbs_cert` (PEM), an extra root certificate for an https KBS.
+    pub kbs_cert: Option<String>,
+    /// `[image] max_concurrent_layer_downloads_per_image`.
+    pub max_concurrent_layers: Option<usize>,
+    /// `[image] work_dir`: the layer store goes to `<work_dir>/cloak-store`.
+    pub work_dir: Option<PathBuf>,
+    /// Keys that were ignored, one line each (logged as warnings at start).
+    pub warnings: Vec<String>,
+}
+
+/// `[image]` keys image-rs knows that would weaken the pull if ignored: refused.
+const REFUSED_IMAGE_KEYS: &[&str] =
+    &["image_security_policy_uri", "image_security_policy", "sigstore_config_uri", "sigstore_config"];
+
+/// Keys of CDH that cloak-cdh does not implement; harmless to ignore, so warned.
+const IGNORED_KEYS: &[&str] = &["credentials"];
+const IGNORED_IMAGE_KEYS: &[&str] = &[
+    "authenticated_registry_credentials_uri",
+    "registry_configuration_uri",
+    "registry_config",
+    "image_pull_proxy",
+    "extra_root_certificates",
+    "skip_proxy_ips",
+];
+
+/// The KBS protocol clients CDH names; cloak speaks `cc_kbc` (Trustee's protocol).
+const KBC_NAMES: &[&str] = &["cc_kbc"];
+
+impl CdhToml {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: origin.into(),
+            reason: e.to_string(),
+        })?;
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            path: origin.into(),
+            key: key.into(),
+            reason: reason.into(),
+        };
+        let mut out = CdhToml::default();
+        for (key, value) in &table {
+            match key.as_str() {
+                "socket" => {
+                    let s = value.as_str().ok_or_else(|| invalid("socket", "must be a string"))?;
+                    socket_path(s).map_err(|r| invalid("socket", &r))?;
+                    out.socket = Some(s.to_owned());
+                }
+                "kbc" => {
+                    let kbc = value.as_table().ok_or_else(|| invalid("kbc", "must be a table"))?;
+                    for (k, v) in kbc {
+                        let full = format!("kbc.{k}");
+                        match k.as_str() {
+                            "name" => {
+                                let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
+                                if !KBC_NAMES.contains(&s) {
+                                    return Err(invalid(
+                                        &full,
+                                        &format!("is {s:?}; cloak-cdh speaks only cc_kbc (the Trustee KBS protocol)"),
+                                    ));
+                                }
+                                out.kbc_name = Some(s.to_owned());
+                            }
+                            "url" => {
+                                let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
+                                if !(s.starts_with("http://") || s.starts_with("https://")) {
+                                    return Err(invalid(&full, "must be an http:// or https:// URL"));
+                                }
+                                out.kbs_url = Some(s.to_owned());
+                            }
+                            "kbs_cert" => {
+                                let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
+                                if !s.is_empty() {
+                                    if !s.contains("-----BEGIN CERTIFICATE-----") {
+                                        return Err(invalid(&full, "must be a PEM certificate"));
+                                    }
+                                    out.kbs_cert = Some(s.to_owned());
+                                }
+                            }
+                            _ => out.warnings.push(format!("{origin}: unknown key `{full}` ignored")),
+                        }
+                    }
+                }
+                "image" => {
+                    let image = value.as_table().ok_or_else(|| invalid("image", "must be a table"))?;
+                    for (k, v) in image {
+                        let full = format!("image.{k}");
+                        let empty = v.as_str().is_some_and(str::is_empty);
+                        match k.as_str() {
+                            "max_concurrent_layer_downloads_per_image" => {
+                                let n = v
+                                    .as_integer()
+                                    .filter(|n| (1..=64).contains(n))
+                                    .ok_or_else(|| invalid(&full, "must be an integer from 1 to 64"))?;
+                                out.max_concurrent_layers = usize::try_from(n).ok();
+                            }
+                            "work_dir" => {
+                                let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
+                                if !s.starts_with('/') {
+                                    return Err(invalid(&full, "must be an absolute path"));
+                                }
+                                out.work_dir = Some(PathBuf::from(s));
+                            }
+                            k if REFUSED_IMAGE_KEYS.contains(&k) && !empty => {
+                                return Err(invalid(
+                                    &full,
+                                    "asks for image-rs signature policy, which cloak-cdh does not read from cdh.toml; \
+                                     refusing to start rather than pull unchecked (use --pull-policy)",
+                                ));
+                            }
+                            k if IGNORED_IMAGE_KEYS.contains(&k) || REFUSED_IMAGE_KEYS.contains(&k) => {
+                                out.warnings.push(format!(
+                                    "{origin}: `{full}` is not supported by cloak-cdh and is ignored"
+                                ))
+                            }
+                            _ => out.warnings.push(format!("{origin}: unknown key `{full}` ignored")),
+                        }
+                    }
+                }
+                k if IGNORED_KEYS.contains(&k) => {
+                    out.warnings.push(format!("{origin}: `{k}` is not supported by cloak-cdh and is ignored"))
+                }
+                other => out.warnings.push(format!("{origin}: unknown key `{other}` ignored")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The filesystem path of a `unix:///PATH` (or `unix:PATH`) socket address.
+pub fn socket_path(addr: &str) -> Result<PathBuf, String> {
+    let p = addr
+        .strip_prefix("unix://")
+        .or_else(|| addr.strip_prefix("unix:"))
+        .ok_or_else(|| format!("{addr:?} is not a unix:///PATH socket address"))?;
+    if !p.starts_with('/') {
+        return Err(format!("{addr:?}: the socket path must be absolute (unix:///PATH)"));
+    }
+    Ok(PathBuf::from(p))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn coco_shape_is_read() {
+        let c = CdhToml::parse(
+            "socket = \"unix:///run/confidential-containers/cdh.sock\"\n\
+             [kbc]\nname = \"cc_kbc\"\nurl = \"http://10.0.0.1:8080\"\n\
+             [image]\nmax_concurrent_layer_downloads_per_image = 5\n\
+             authenticated_registry_credentials_uri = \"kbs:///default/credential/test\"\nfoo = 1\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.kbs_url.as_deref(), Some("http://10.0.0.1:8080"));
+        assert_eq!(c.max_concurrent_layers, Some(5));
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings.iter().any(|w| w.contains("image.foo")));
+    }
+
+    #[test]
+    fn invalid_values_refuse() {
+        for (text, key) in [
+            ("socket = 3", "socket"),
+            ("socket = \"/tmp/x.sock\"", "socket"),
+            ("[kbc]\nname = \"offline_fs_kbc\"", "kbc.name"),
+            ("[kbc]\nurl = \"ftp://x\"", "kbc.url"),
+            ("[image]\nmax_concurrent_layer_downloads_per_image = 0", "image.max_concurrent"),
+            (
+                "[image]\nimage_security_policy_uri = \"kbs:///default/security-policy/test\"",
+                "image_security",
+            ),
+            ("kbc = 1", "kbc"),
+        ] {
+            let e = CdhToml::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        assert!(matches!(CdhToml::parse("socket = ", "t"), Err(ConfigError::Syntax { .. })));
+    }
+
+    #[test]
+    fn empty_policy_uri_is_ignored_not_refused() {
+        let c = CdhToml::parse("[image]\nimage_security_policy_uri = \"\"", "t").unwrap();
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn socket_addresses() {
+        assert_eq!(socket_path("unix:///run/x.sock").unwrap(), PathBuf::from("/run/x.sock"));
+        assert!(socket_path("unix://run/x.sock").is_err());
+        assert!(socket_path("tcp://1.2.3.4:1").is_err());
+    }
+}

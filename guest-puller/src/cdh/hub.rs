@@ -1,0 +1,471 @@
+//! The daemon's state and the logic behind every ttRPC call, free of ttRPC so
+//! it can be tested directly: one KBS client (one attestation) for the
+//! daemon's life, shared by pulls, resources, secrets and key unwraps.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kbs_client::{KbsClient, KbsError, ResourceUri};
+use keyprovider::protocol::Op;
+use keyprovider::server::{KeyProviderCore, ServiceError};
+use keyprovider::{KbsJweKeyUnwrapper, KbsKekUnwrapper};
+use ocicrypt::KeyUnwrapper;
+use zeroize::Zeroizing;
+
+use super::bundle::{self, RequestError};
+use super::sealed::{self, SealedError, SecretKind, Signing};
+use super::spec::{self, SpecError};
+use crate::assemble::LinkMode;
+use crate::extract::ExtractOptions;
+use crate::policy::PullPolicy;
+use crate::progress::Quiet;
+use crate::pull::{pull, PullError, PullOptions};
+
+/// At most this many resources are cached at once.
+const MAX_CACHED: usize = 256;
+
+/// How the hub is set up (flags and `cdh.toml`, merged by the binary).
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// KBS URL; without one, pulls of plain images still work and everything
+    /// that needs the KBS answers a clear error.
+    pub kbs_url: Option<String>,
+    /// Extra root certificate (PEM) for an https KBS.
+    pub kbs_cert: Option<String>,
+    /// `auto` | `snp` | `tdx` | `sample`.
+    pub attester: String,
+    /// Deadline of one KBS exchange, retries included.
+    pub kbs_timeout: Duration,
+    /// The layer store (verified layers by diff_id).
+    pub store: PathBuf,
+    /// Bundles must be inside this directory.
+    pub bundle_root: PathBuf,
+    /// Registries (`host[:port]`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Pull policy applied to every image.
+    pub policy: PullPolicy,
+    /// Extra ocicrypt keyproviders for layer keys (never read from the environment:
+    /// kata's `OCICRYPT_KEYPROVIDER_CONFIG` points back at this daemon).
+    pub keyprovider_config: Option<PathBuf>,
+    /// Registry auth file.
+    pub auth_file: Option<PathBuf>,
+    /// Layers of one image fetched at once.
+    pub max_concurrent_layers: usize,
+    /// Refuse unsigned (`fakejwsheader`) sealed secrets.
+    pub require_signed_secrets: bool,
+    /// How long a fetched resource is served from memory (zero: never cached).
+    pub resource_cache_ttl: Duration,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            kbs_url: None,
+            kbs_cert: None,
+            attester: "auto".into(),
+            kbs_timeout: Duration::from_secs(30),
+            store: PathBuf::from("/run/kata-containers/image/cloak-store"),
+            bundle_root: PathBuf::from(bundle::DEFAULT_BUNDLE_ROOT),
+            insecure_registries: Vec::new(),
+            policy: PullPolicy::default(),
+            keyprovider_config: None,
+            auth_file: None,
+            max_concurrent_layers: 3,
+            require_signed_secrets: false,
+            resource_cache_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a call failed. The message is what the caller (kata-agent) logs.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("no KBS is configured (--kbs URL or [kbc] url in cdh.toml)")]
+    NoKbs,
+    #[error("ResourcePath {path:?}: {source}")]
+    ResourcePath {
+        path: String,
+        #[source]
+        source: KbsError,
+    },
+    #[error("KBS: {0}")]
+    Kbs(#[from] KbsError),
+    #[error("pull failed: {0}")]
+    Pull(#[from] PullError),
+    #[error(transparent)]
+    Sealed(#[from] SealedError),
+    #[error("keyprovider: {0}")]
+    KeyProvider(#[from] ServiceError),
+    #[error("bundle config.json: {0}")]
+    Spec(#[from] SpecError),
+    #[error("bundle {path}: {reason}")]
+    Bundle { path: String, reason: String },
+    #[error("SecureMount: unsupported volume type {0:?} (cloak-cdh does not implement secure mounts yet)")]
+    UnsupportedMount(String),
+    #[error("cloak-cdh is shutting down; not starting new work")]
+    ShuttingDown,
+    #[error("setting up: {0}")]
+    Setup(String),
+}
+
+impl HubError {
+    /// The ttRPC status code for this error.
+    pub fn code(&self) -> ttrpc::Code {
+        use ttrpc::Code;
+        match self {
+            HubError::Request(_) | HubError::ResourcePath { .. } => Code::INVALID_ARGUMENT,
+            HubError::NoKbs | HubError::Setup(_) => Code::FAILED_PRECONDITION,
+            HubError::Kbs(k) => kbs_code(k),
+            HubError::Pull(_) | HubError::Spec(_) | HubError::Bundle { .. } => Code::INTERNAL,
+            HubError::Sealed(SealedError::BadSignature { .. } | SealedError::UnsignedRefused) => {
+                Code::PERMISSION_DENIED
+            }
+            HubError::Sealed(SealedError::UnsupportedType(_) | SealedError::UnsupportedProvider(_)) => {
+                Code::UNIMPLEMENTED
+            }
+            HubError::Sealed(_) => Code::INVALID_ARGUMENT,
+            HubError::KeyProvider(e) => match keyprovider::server::status_code(e) {
+                tonic::Code::InvalidArgument => Code::INVALID_ARGUMENT,
+                tonic::Code::NotFound => Code::NOT_FOUND,
+                tonic::Code::PermissionDenied => Code::PERMISSION_DENIED,
+                tonic::Code::Unavailable => Code::UNAVAILABLE,
+                tonic::Code::FailedPrecondition => Code::FAILED_PRECONDITION,
+                _ => Code::INTERNAL,
+            },
+            HubError::UnsupportedMount(_) => Code::UNIMPLEMENTED,
+            HubError::ShuttingDown => Code::UNAVAILABLE,
+        }
+    }
+}
+
+fn kbs_code(k: &KbsError) -> ttrpc::Code {
+    use ttrpc::Code;
+    match k {
+        KbsError::Unavailable { .. } => Code::UNAVAILABLE,
+        KbsError::Rejected { status: 404, .. } => Code::NOT_FOUND,
+        KbsError::Rejected { .. } => Code::PERMISSION_DENIED,
+        KbsError::InvalidUri(_) => Code::INVALID_ARGUMENT,
+        _ => Code::INTERNAL,
+    }
+}
+
+struct Cached {
+    at: Instant,
+    bytes: Zeroizing<Vec<u8>>,
+}
+
+/// Counts calls in flight so SIGTERM can let them finish.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    closing: AtomicBool,
+}
+
+/// Decrements the in-flight count when dropped.
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The daemon's state.
+pub struct Hub {
+    opts: HubOptions,
+    kbs: Option<KbsClient>,
+    unwrappers: Vec<Arc<dyn KeyUnwrapper>>,
+    keyprovider: KeyProviderCore,
+    cache: Mutex<HashMap<String, Cached>>,
+    inflight: InFlight,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("kbs", &self.opts.kbs_url).finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Builds the hub: the KBS client (no network yet), the key unwrappers, the store.
+    pub fn new(opts: HubOptions) -> Result<Self, HubError> {
+        let setup = |s: String| HubError::Setup(s);
+        let mut unwrappers: Vec<Arc<dyn KeyUnwrapper>> = Vec::new();
+        let mut kbs = None;
+        let mut kek_unwrapper = None;
+        if let Some(url) = &opts.kbs_url {
+            let kind: kbs_client::AttesterKind = opts
+                .attester
+                .parse()
+                .map_err(|e: kbs_client::AttesterError| setup(format!("--attester: {e}")))?;
+            let aopts = kbs_client::AttesterOptions {
+                allow_sample: kind == kbs_client::AttesterKind::Sample,
+                ..Default::default()
+            };
+            let attester =
+                kbs_client::make_attester(kind, &aopts).map_err(|e| setup(format!("attester: {e}")))?;
+            let cfg = kbs_client::ClientConfig { deadline: opts.kbs_timeout, ..Default::default() };
+            let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+            if let Some(pem) = &opts.kbs_cert {
+                let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                    .map_err(|e| setup(format!("kbs_cert: {e}")))?;
+                http = http.add_root_certificate(cert);
+            }
+            let http = http.build().map_err(|e| setup(format!("HTTP client: {e}")))?;
+            let client = KbsClient::with_http_client(url, attester, cfg, http)
+                .map_err(|e| setup(format!("KBS client: {e}")))?;
+            let kek = Arc::new(KbsKekUnwrapper::new(client.clone()));
+            unwrappers.push(kek.clone());
+            unwrappers.push(Arc::new(KbsJweKeyUnwrapper::new(client.clone())));
+            kek_unwrapper = Some(kek);
+            kbs = Some(client);
+        }
+        if let Some(path) = &opts.keyprovider_config {
+            let cfg = keyprovider::KeyProviderConfig::from_path(path)
+                .map_err(|e| setup(format!("keyprovider config: {e}")))?;
+            for name in cfg.key_providers.keys() {
+                let client = cfg.client(name).map_err(|e| setup(format!("keyprovider {name}: {e}")))?;
+                unwrappers.push(Arc::new(keyprovider::ProviderUnwrapper::new(client, Vec::new())));
+            }
+        }
+        let keyprovider = KeyProviderCore::new(None, kek_unwrapper)
+            .with_unwrap_disabled_reason("no KBS is configured (--kbs URL or [kbc] url in cdh.toml)");
+        let store = crate::store::Store::open(&opts.store).map_err(|e| setup(e.to_string()))?;
+        store.clean_staging();
+        Ok(Self {
+            opts,
+            kbs,
+            unwrappers,
+            keyprovider,
+            cache: Mutex::new(HashMap::new()),
+            inflight: InFlight::default(),
+        })
+    }
+
+    /// The options the hub runs with.
+    pub fn options(&self) -> &HubOptions {
+        &self.opts
+    }
+
+    /// Successful attestations so far (one for the daemon's life unless a token
+    /// expires or the KBS refuses it).
+    pub fn attestations(&self) -> u64 {
+        self.kbs.as_ref().map_or(0, KbsClient::attestation_count)
+    }
+
+    fn enter(&self) -> Result<InFlightGuard<'_>, HubError> {
+        self.inflight.count.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlightGuard(&self.inflight);
+        if self.inflight.closing.load(Ordering::SeqCst) {
+            return Err(HubError::ShuttingDown);
+        }
+        Ok(guard)
+    }
+
+    /// Refuses new calls and waits (at most `grace`) for the ones in flight.
+    /// Returns how many were still running when it gave up.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.inflight.closing.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + grace;
+        loop {
+            let n = self.inflight.count.load(Ordering::SeqCst);
+            if n == 0 || Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `ImagePullService.PullImage`: the full cloak pull into `bundle_path/rootfs`
+    /// (an overlay mount of the verified store layers with a private upper), then
+    /// `bundle_path/config.json`. Returns the manifest digest.
+    pub async fn pull_image(&self, image_url: &str, bundle_path: &str) -> Result<String, HubError> {
+        let _guard = self.enter()?;
+        let started = Instant::now();
+        let bundle = bundle::check_bundle_path(&self.opts.bundle_root, bundle_path)?;
+        let image = bundle::docker_reference(image_url)?;
+        let bundle = bundle::prepare_bundle(&self.opts.bundle_root, &bundle)?;
+        let rootfs = bundle.join("rootfs");
+        clear_empty_rootfs(&bundle, &rootfs)?;
+        let insecure =
+            bundle::registry_of(&image).is_some_and(|r| self.opts.insecure_registries.contains(&r));
+        let image_ref: oci::ImageRef = image.parse().map_err(|e: oci::RefError| RequestError::Reference {
+            image: image_url.chars().take(200).collect(),
+            reason: e.to_string(),
+        })?;
+        let had_image_json = bundle.join("image.json").exists();
+        let opts = PullOptions {
+            image: image_ref,
+            bundle: bundle.clone(),
+            unwrappers: self.unwrappers.clone(),
+            policy: self.opts.policy.clone(),
+            platform: None,
+            store: Some(self.opts.store.clone()),
+            store_link: LinkMode::Overlay,
+            source: oci::SourceOptions {
+                creds: None,
+                auth_file: self.opts.auth_file.clone(),
+                insecure_plain_http: insecure,
+            },
+            max_concurrent_layers: self.opts.max_concurrent_layers,
+            extract: ExtractOptions::default(),
+            progress: Arc::new(Quiet),
+        };
+        // The pull runs on its own blocking thread to completion, whatever the
+        // caller does: a rootfs is mounted whole or not at all.
+        let handle = tokio::runtime::Handle::current();
+        let result = tokio::task::spawn_blocking(move || handle.block_on(async move { pull(&opts).await }))
+            .await
+            .map_err(|e| HubError::Bundle {
+                path: bundle.display().to_string(),
+                reason: format!("pull task: {e}"),
+            })?;
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => {
+                if !had_image_json {
+                    let _ = std::fs::remove_file(bundle.join("image.json"));
+                }
+                tracing::warn!(image = %image_url, bundle = %bundle_path, error = %e, "PullImage failed");
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = write_runtime_spec(&bundle) {
+            undo_mount(&bundle);
+            tracing::warn!(image = %image_url, bundle = %bundle_path, error = %e, "PullImage failed");
+            return Err(e);
+        }
+        let cached = summary.layers.iter().filter(|l| l.cached).count();
+        tracing::info!(
+            image = %image_url,
+            bundle = %bundle_path,
+            manifest_digest = %summary.manifest_digest,
+            layers = summary.layers.len(),
+            cached_layers = cached,
+            ms = started.elapsed().as_millis() as u64,
+            "PullImage done"
+        );
+        Ok(summary.manifest_digest.to_string())
+    }
+
+    fn kbs(&self) -> Result<&KbsClient, HubError> {
+        self.kbs.as_ref().ok_or(HubError::NoKbs)
+    }
+
+    /// A KBS resource through the short in-memory cache (denials are never cached).
+    pub async fn resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, HubError> {
+        let key = uri.to_string();
+        let ttl = self.opts.resource_cache_ttl;
+        if !ttl.is_zero() {
+            let map = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = map.get(&key) {
+                if c.at.elapsed() < ttl {
+                    return Ok(c.bytes.clone());
+                }
+            }
+        }
+        let bytes = self.kbs()?.get_resource(uri).await?;
+        if !ttl.is_zero() {
+            let mut map = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, c| c.at.elapsed() < ttl);
+            if map.len() < MAX_CACHED {
+                map.insert(key, Cached { at: Instant::now(), bytes: bytes.clone() });
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// `GetResourceService.GetResource` (`kbs:///repo/type/tag`).
+    pub async fn get_resource(&self, path: &str) -> Result<Zeroizing<Vec<u8>>, HubError> {
+        let _guard = self.enter()?;
+        if !path.starts_with("kbs://") {
+            return Err(HubError::ResourcePath {
+                path: path.chars().take(200).collect(),
+                source: KbsError::InvalidUri("must be kbs:///repository/type/tag".into()),
+            });
+        }
+        let uri: ResourceUri = path
+            .parse()
+            .map_err(|source| HubError::ResourcePath { path: path.chars().take(200).collect(), source })?;
+        self.resource(&uri).await
+    }
+
+    /// `SealedSecretService.UnsealSecret`.
+    pub async fn unseal_secret(&self, secret: &[u8]) -> Result<Zeroizing<Vec<u8>>, HubError> {
+        let _guard = self.enter()?;
+        let sealed = sealed::parse(secret)?;
+        match &sealed.signing {
+            Signing::Unsigned if self.opts.require_signed_secrets => {
+                return Err(SealedError::UnsignedRefused.into())
+            }
+            Signing::Unsigned => {}
+            Signing::Jws { alg, kid } => {
+                let uri: ResourceUri = kid
+                    .parse()
+                    .map_err(|e| SealedError::Header(format!("kid {kid:?} is not a KBS resource: {e}")))?;
+                let key = self.resource(&uri).await?;
+                sealed::verify(&sealed, alg, kid, &key)?;
+            }
+        }
+        match sealed::interpret(&sealed.payload)? {
+            SecretKind::Vault { name } => self.resource(&name).await,
+        }
+    }
+
+    /// `KeyProviderService.UnWrapKey` / `WrapKey`: the keyprovider JSON document.
+    pub async fn keyprovider(&self, input: &[u8], op: Op) -> Result<Vec<u8>, HubError> {
+        let _guard = self.enter()?;
+        Ok(self.keyprovider.handle(input, Some(op)).await?)
+    }
+
+    /// `SecureMountService.SecureMount`: not implemented, said so.
+    pub fn secure_mount(&self, volume_type: &str) -> Result<(), HubError> {
+        Err(HubError::UnsupportedMount(volume_type.chars().take(64).collect()))
+    }
+}
+
+/// kata (or a retry) may leave an empty `rootfs` directory: it is removed so
+/// the pull can mount there. Anything else there is an error.
+fn clear_empty_rootfs(bundle: &Path, rootfs: &Path) -> Result<(), HubError> {
+    let Ok(meta) = rootfs.symlink_metadata() else { return Ok(()) };
+    let busy = |reason: &str| HubError::Bundle { path: rootfs.display().to_string(), reason: reason.into() };
+    if !meta.is_dir() {
+        return Err(busy("exists and is not a directory"));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let parent_dev = bundle.metadata().map(|m| m.dev()).unwrap_or(0);
+    if meta.dev() != parent_dev {
+        return Err(busy("is already a mount point (pulled before?); unmount it or use a new bundle"));
+    }
+    std::fs::remove_dir(rootfs).map_err(|_| busy("exists and is not empty; use a fresh bundle directory"))
+}
+
+fn write_runtime_spec(bundle: &Path) -> Result<(), HubError> {
+    let config = std::fs::read(bundle.join("image.json")).map_err(|e| HubError::Bundle {
+        path: bundle.display().to_string(),
+        reason: format!("image.json: {e}"),
+    })?;
+    let spec = spec::runtime_spec(&config, &bundle.join("rootfs"))?;
+    let path = bundle.join("config.json");
+    let tmp = bundle.join(".config.json.tmp");
+    let body = serde_json::to_vec_pretty(&spec)
+        .map_err(|e| HubError::Bundle { path: path.display().to_string(), reason: e.to_string() })?;
+    std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| HubError::Bundle { path: path.display().to_string(), reason: e.to_string() })
+}
+
+/// Takes a just-made rootfs down again (a later step failed).
+fn undo_mount(bundle: &Path) {
+    let rootfs = bundle.join("rootfs");
+    let _ = rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH);
+    let _ = std::fs::remove_dir(&rootfs);
+    let _ = crate::store::remove_tree(&bundle.join(crate::overlay::BUNDLE_DIR));
+    let _ = std::fs::remove_file(bundle.join("image.json"));
+    let _ = std::fs::remove_file(bundle.join(".config.json.tmp"));
+}

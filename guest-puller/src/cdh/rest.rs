@@ -1,0 +1,56 @@
+//! The pod-facing resource endpoint (`--rest 127.0.0.1:8006`), api-server-rest's
+//! path: `GET /cdh/resource/<repo>/<type>/<tag>` answers the KBS resource's
+//! bytes. Only loopback peers are served (403 otherwise), so a workload reads its
+//! secrets without ever holding a token; answers come through the hub's short
+//! in-memory cache.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::hub::{Hub, HubError};
+
+/// Starts serving on `listener`; runs until the task is dropped.
+pub async fn serve(hub: Arc<Hub>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/cdh/resource/{repo}/{ty}/{tag}", get(resource))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: GET /cdh/resource/<repo>/<type>/<tag>\n") })
+        .with_state(hub);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+async fn resource(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    UrlPath((repo, ty, tag)): UrlPath<(String, String, String)>,
+) -> Response {
+    if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+        tracing::warn!(%peer, "REST: refused a non-loopback peer");
+        return (StatusCode::FORBIDDEN, "forbidden: loopback peers only\n").into_response();
+    }
+    let uri = format!("kbs:///{repo}/{ty}/{tag}");
+    match hub.get_resource(&uri).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes.to_vec()).into_response(),
+        Err(e) => {
+            let status = match &e {
+                HubError::ResourcePath { .. } | HubError::Request(_) => StatusCode::BAD_REQUEST,
+                HubError::NoKbs => StatusCode::SERVICE_UNAVAILABLE,
+                HubError::Kbs(k) => match k {
+                    kbs_client::KbsError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+                    kbs_client::KbsError::Rejected { status: 404, .. } => StatusCode::NOT_FOUND,
+                    kbs_client::KbsError::Rejected { .. } => StatusCode::FORBIDDEN,
+                    _ => StatusCode::BAD_GATEWAY,
+                },
+                HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!(resource = %uri, error = %e, "REST: resource request failed");
+            (status, format!("{e}\n")).into_response()
+        }
+    }
+}

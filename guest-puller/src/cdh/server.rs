@@ -1,0 +1,141 @@
+//! The ttRPC services on the CDH socket, each a thin adapter onto [`Hub`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use keyprovider::protocol::Op;
+use ttrpc::r#async::{Server, TtrpcContext};
+
+use super::hub::{Hub, HubError};
+use super::pb::{api, api_ttrpc, keyprovider as kp, keyprovider_ttrpc};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("socket {path}: {reason}")]
+    Socket { path: String, reason: String },
+    #[error("ttRPC server: {0}")]
+    Ttrpc(String),
+}
+
+fn status(e: HubError) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+}
+
+/// Every CDH service over one hub.
+#[derive(Clone)]
+pub struct Services(pub Arc<Hub>);
+
+#[async_trait::async_trait]
+impl api_ttrpc::ImagePullService for Services {
+    async fn pull_image(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ImagePullRequest,
+    ) -> ttrpc::Result<api::ImagePullResponse> {
+        let digest = self.0.pull_image(&req.image_url, &req.bundle_path).await.map_err(status)?;
+        let mut resp = api::ImagePullResponse::new();
+        resp.manifest_digest = digest;
+        Ok(resp)
+    }
+}
+
+#[async_trait::async_trait]
+impl api_ttrpc::GetResourceService for Services {
+    async fn get_resource(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::GetResourceRequest,
+    ) -> ttrpc::Result<api::GetResourceResponse> {
+        let bytes = self.0.get_resource(&req.ResourcePath).await.map_err(status)?;
+        let mut resp = api::GetResourceResponse::new();
+        resp.Resource = bytes.to_vec();
+        Ok(resp)
+    }
+}
+
+#[async_trait::async_trait]
+impl api_ttrpc::SealedSecretService for Services {
+    async fn unseal_secret(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UnsealSecretInput,
+    ) -> ttrpc::Result<api::UnsealSecretOutput> {
+        let plain = self.0.unseal_secret(&req.secret).await.map_err(status)?;
+        let mut resp = api::UnsealSecretOutput::new();
+        resp.plaintext = plain.to_vec();
+        Ok(resp)
+    }
+}
+
+#[async_trait::async_trait]
+impl api_ttrpc::SecureMountService for Services {
+    async fn secure_mount(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::SecureMountRequest,
+    ) -> ttrpc::Result<api::SecureMountResponse> {
+        self.0.secure_mount(&req.volume_type).map_err(status)?;
+        Ok(api::SecureMountResponse::new())
+    }
+}
+
+#[async_trait::async_trait]
+impl keyprovider_ttrpc::KeyProviderService for Services {
+    async fn wrap_key(
+        &self,
+        _ctx: &TtrpcContext,
+        req: kp::KeyProviderKeyWrapProtocolInput,
+    ) -> ttrpc::Result<kp::KeyProviderKeyWrapProtocolOutput> {
+        let out =
+            self.0.keyprovider(&req.KeyProviderKeyWrapProtocolInput, Op::KeyWrap).await.map_err(status)?;
+        let mut resp = kp::KeyProviderKeyWrapProtocolOutput::new();
+        resp.KeyProviderKeyWrapProtocolOutput = out;
+        Ok(resp)
+    }
+
+    async fn un_wrap_key(
+        &self,
+        _ctx: &TtrpcContext,
+        req: kp::KeyProviderKeyWrapProtocolInput,
+    ) -> ttrpc::Result<kp::KeyProviderKeyWrapProtocolOutput> {
+        let out =
+            self.0.keyprovider(&req.KeyProviderKeyWrapProtocolInput, Op::KeyUnwrap).await.map_err(status)?;
+        let mut resp = kp::KeyProviderKeyWrapProtocolOutput::new();
+        resp.KeyProviderKeyWrapProtocolOutput = out;
+        Ok(resp)
+    }
+}
+
+/// Binds `socket` (a filesystem path; a stale socket file is replaced, its
+/// directory created 0700-private if missing) and starts serving. The returned
+/// server stops with [`Server::shutdown`].
+pub async fn start(hub: Arc<Hub>, socket: &Path) -> Result<Server, ServeError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let sock_err = |reason: String| ServeError::Socket { path: socket.display().to_string(), reason };
+    if let Some(dir) = socket.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| sock_err(format!("creating its directory: {e}")))?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    match socket.symlink_metadata() {
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(socket).map_err(|e| sock_err(format!("removing the stale socket: {e}")))?
+        }
+        Ok(_) => return Err(sock_err("exists and is not a socket; refusing to replace it".into())),
+        Err(_) => {}
+    }
+    let services = Arc::new(Services(hub));
+    let mut all = api_ttrpc::create_image_pull_service(services.clone());
+    all.extend(api_ttrpc::create_get_resource_service(services.clone()));
+    all.extend(api_ttrpc::create_sealed_secret_service(services.clone()));
+    all.extend(api_ttrpc::create_secure_mount_service(services.clone()));
+    all.extend(keyprovider_ttrpc::create_key_provider_service(services));
+    let addr = format!("unix://{}", socket.display());
+    let mut server =
+        Server::new().bind(&addr).map_err(|e| sock_err(format!("bind: {e}")))?.register_service(all);
+    server.start().await.map_err(|e| ServeError::Ttrpc(e.to_string()))?;
+    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
+    Ok(server)
+}
