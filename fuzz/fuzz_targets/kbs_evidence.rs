@@ -6,15 +6,16 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = kbs_server::verifier::snp::Report::parse(data);
-    let _ = kbs_server::verifier::tdx::Quote::parse(data);
-    let trust = kbs_server::verifier::SnpTrust::default();
+    let _ = kbs_server::verifier::tdx::quote_info(data);
+    let trust = kbs_server::verifier::Trust::default();
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         for tee in [kbs_types_tee("sample"), kbs_types_tee("snp"), kbs_types_tee("tdx")] {
-            let _ = kbs_server::verifier::verify(tee, &v, &[0u8; 48], &trust);
+            let _ = rt.block_on(kbs_server::verifier::verify(tee, &v, &[0u8; 48], &trust));
         }
     }
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = kbs_server::policy::Policy::parse(s);
+        let _ = kbs_server::policy::BrokerPolicy::parse(s);
     }
 });
 

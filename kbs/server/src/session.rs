@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::claims::Claims;
 
-pub const COOKIE: &str = "kbs-session-id";
+pub const COOKIE: &str = kbs_client::protocol::SESSION_COOKIE;
 /// Above this many live entries, inserting sweeps out expired ones first.
 const SWEEP_AT: usize = 4096;
 /// Hard cap so a flood of `/auth` calls cannot exhaust memory.
