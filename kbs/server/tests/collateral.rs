@@ -244,7 +244,10 @@ async fn snp_vcek_from_kds_with_rate_limit_backoff_and_cache() {
     assert_eq!(got, vcek);
     assert_eq!(hits.load(Ordering::SeqCst), 2, "one 429, then the answer");
     let first = paths.lock().unwrap()[0].clone();
-    assert!(first.starts_with("/vcek/v1/Milan/") && first.contains("blSPL=") && first.contains("ucodeSPL="), "{first}");
+    assert!(
+        first.starts_with("/vcek/v1/Milan/") && first.contains("blSPL=") && first.contains("ucodeSPL="),
+        "{first}"
+    );
     // Memory cache, then the disk cache of a new client with KDS gone.
     kds.vcek_for(&report).await.unwrap().unwrap();
     assert_eq!(hits.load(Ordering::SeqCst), 2);

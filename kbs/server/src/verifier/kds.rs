@@ -88,7 +88,9 @@ impl KdsClient {
             return Ok(None);
         }
         if report.chip_id.iter().all(|&b| b == 0) {
-            return Err(unavailable("the report's chip_id is masked (MASK_CHIP_ID): KDS cannot name its VCEK"));
+            return Err(unavailable(
+                "the report's chip_id is masked (MASK_CHIP_ID): KDS cannot name its VCEK",
+            ));
         }
         let gens = match report.generation() {
             Some(g) => vec![g],
@@ -152,7 +154,10 @@ impl KdsClient {
             tokio::time::sleep(pause).await;
             wait = wait.saturating_mul(2);
         }
-        Err(unavailable(format!("AMD KDS kept refusing {url} (HTTP 429/5xx) after {} retries", self.cfg.retries)))
+        Err(unavailable(format!(
+            "AMD KDS kept refusing {url} (HTTP 429/5xx) after {} retries",
+            self.cfg.retries
+        )))
     }
 
     fn remember(&self, path: &str, der: &[u8]) {

@@ -65,7 +65,8 @@ pub async fn verify(
         Tee::Sample => sample::verify(evidence, expected_report_data).map(Claims::Sample),
         Tee::Snp => {
             let mut ev = snp::parse_evidence(evidence)?;
-            let has_key = ev.certs.iter().any(|c| c.kind == "vcek" || c.kind == "vlek") || trust.snp.vcek.is_some();
+            let has_key =
+                ev.certs.iter().any(|c| c.kind == "vcek" || c.kind == "vlek") || trust.snp.vcek.is_some();
             if let (false, Some(kds)) = (has_key, &trust.snp_kds) {
                 if let Some(der) = kds.vcek_for(&ev.report).await? {
                     ev.certs.push(snp::CertIn { kind: "vcek".into(), data: der });

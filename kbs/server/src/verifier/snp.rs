@@ -516,7 +516,10 @@ pub fn vcek_extensions(der: &[u8]) -> Result<VcekExtensions, String> {
             "3.8" => out.microcode = Some(spl(v).ok_or_else(|| bad("ucodeSPL"))?),
             "3.9" => out.fmc = Some(spl(v).ok_or_else(|| bad("fmcSPL"))?),
             // 64 raw bytes (8 on Turin), or the same wrapped in an OCTET STRING.
-            "4" => out.hwid = Some(if matches!(v.len(), 64 | 8) { v.to_vec() } else { unwrap_der(v, 0x04).to_vec() }),
+            "4" => {
+                out.hwid =
+                    Some(if matches!(v.len(), 64 | 8) { v.to_vec() } else { unwrap_der(v, 0x04).to_vec() })
+            }
             _ => {}
         }
     }
@@ -613,14 +616,13 @@ fn endorsement(
         return check_vcek_file(&c.data)
             .map_err(|e| Denial::new(Reason::CertChainInvalid, format!("the evidence's {want}: {e}")));
     }
-    if key == SigningKey::Vcek {
-        if let Some(v) = &trust.vcek {
-            let der = v
-                .to_der()
-                .map_err(|_| Denial::new(Reason::CertChainInvalid, "configured VCEK unreadable"))?;
-            return check_vcek_file(&der)
-                .map_err(|e| Denial::new(Reason::CertChainInvalid, format!("the configured VCEK: {e}")));
-        }
+    // The configured certificate (`snp.vcek`, `--vcek`): a VCEK or, for VLEK-signed
+    // reports, the VLEK; the chain and extension checks decide whether it fits.
+    if let Some(v) = &trust.vcek {
+        let der =
+            v.to_der().map_err(|_| Denial::new(Reason::CertChainInvalid, "configured VCEK unreadable"))?;
+        return check_vcek_file(&der)
+            .map_err(|e| Denial::new(Reason::CertChainInvalid, format!("the configured {want}: {e}")));
     }
     if let Some(dir) = &trust.vcek_dir {
         let entries = std::fs::read_dir(dir).map_err(|e| {
