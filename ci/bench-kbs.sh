@@ -104,3 +104,10 @@ for raw in sys.argv[1:]:
         t = ">= 1000/s: " + ("met" if r["per_sec"] >= 1000 else "NOT met")
     print(f'| {r["concurrency"]} | {r["requests"]} | {r["p50_ms"]:.2f} | {r["p99_ms"]:.2f} | {r["per_sec"]:.0f} | {r["broker_cpu_us"]:.0f} us | {t} |')
 PY
+
+# Verifier CPU per evidence (issue 12: <= 2 ms each): a full TDX DCAP verification with
+# cached collateral and an SNP report with its VCEK, genuine samples, criterion (short).
+echo
+echo "Verifier CPU (criterion, kbs/server/benches/verify.rs):"
+cargo bench -q -p cloak-kbs-server --bench verify -- --noplot 2>/dev/null \
+  | awk '/^(tdx|snp)_/ {name=$1} /time:/ && name {print "| " name " | " $0 " |"; name=""}'

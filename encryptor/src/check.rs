@@ -3,9 +3,10 @@
 //!
 //! The probe only reads kernel interfaces (device nodes, sysfs, procfs, configfs-tsm,
 //! kernel log files), every path relative to a `root` so tests run against fake trees.
-//! The one write is the configfs-tsm probe: a report entry is created, its `provider`
-//! read and the entry removed again, exactly what an attester does before asking for
-//! evidence, so the answer matches what `cloak-pull --attester auto` will find.
+//! configfs-tsm is probed by the attesters' own probe (`kbs_client::attester::probe`):
+//! a report entry is created, its `provider` read and the entry removed again, so the
+//! answer is the one `cloak-pull --attester auto` finds. This module keeps the other
+//! findings, the report and its rendering.
 //!
 //! "Usable" means a TEE guest interface that cloak's attesters (SNP, TDX) can turn into
 //! evidence right now. A host that can *launch* confidential guests is reported, but is
@@ -498,98 +499,58 @@ impl Probe<'_> {
         KernelLog { text, sources, detail }
     }
 
-    /// Learn the configfs-tsm provider: from an existing report entry if there is one,
-    /// else by creating a probe entry, reading `provider` and removing the entry.
+    /// The configfs-tsm facts from the attesters' probe (`kbs_client::attester::probe`),
+    /// rendered for the report.
     fn tsm(&self) -> TsmStatus {
-        let configfs_mounted =
-            fs::read_dir(self.path(CONFIGFS_DIR)).map(|mut d| d.next().is_some()).unwrap_or(false);
-        let report_dir = self.path(TSM_REPORT_DIR);
-        if !report_dir.is_dir() {
-            let detail = if configfs_mounted {
+        use kbs_client::attester::probe::{probe_tsm, ProviderSource};
+        let facts = probe_tsm(&self.path(CONFIGFS_DIR), &self.path(TSM_REPORT_DIR), "cloak-check");
+        // Paths as they are on a real machine, whatever the root.
+        let shown_entry = |entry: &Path| {
+            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            format!("/{TSM_REPORT_DIR}/{name}")
+        };
+        let detail = match &facts.source {
+            ProviderSource::NoReportInterface if facts.configfs_mounted => {
                 "configfs is mounted but /sys/kernel/config/tsm/report is absent: the kernel \
                  lacks CONFIG_TSM_REPORTS (Linux 6.7+) or no TEE guest driver registered"
                     .to_owned()
-            } else {
-                "configfs is not mounted at /sys/kernel/config".to_owned()
-            };
-            return TsmStatus { configfs_mounted, report_interface: false, provider: None, detail };
-        }
-
-        match self.tsm_existing_provider(&report_dir) {
-            Ok(Some((entry, provider))) => {
-                return TsmStatus {
-                    configfs_mounted: true,
-                    report_interface: true,
-                    provider: Some(provider),
-                    detail: format!("read from existing report entry {entry}"),
-                }
             }
-            Ok(None) => {}
-            Err(e) => {
-                return TsmStatus {
-                    configfs_mounted: true,
-                    report_interface: true,
-                    provider: None,
-                    detail: e.describe(),
-                }
+            ProviderSource::NoReportInterface => "configfs is not mounted at /sys/kernel/config".to_owned(),
+            ProviderSource::ExistingEntry(entry) => {
+                format!("read from existing report entry {}", shown_entry(entry))
             }
-        }
-
-        let name = format!("cloak-check-{}", std::process::id());
-        let entry = report_dir.join(&name);
-        let entry_shown = format!("/{TSM_REPORT_DIR}/{name}");
-        if let Err(e) = fs::create_dir(&entry) {
-            return TsmStatus {
-                configfs_mounted: true,
-                report_interface: true,
-                provider: None,
-                detail: format!(
-                    "cannot create a report entry: {}",
-                    ProbeError::from_io(&entry_shown, e).describe()
-                ),
-            };
-        }
-        let provider = fs::read_to_string(entry.join("provider"));
-        // Leaving the entry behind would hold a kernel object and confuse attesters
-        // that expect `generation` to start at 1; a failure to remove is reported.
-        let removed = fs::remove_dir(&entry);
-        let mut detail = match &provider {
-            Ok(_) => "read from a probe report entry (created and removed)".to_owned(),
-            Err(e) => format!(
-                "probe report entry has no readable provider: {}",
-                ProbeError::from_io(&format!("{entry_shown}/provider"), clone_io(e)).describe()
+            ProviderSource::ListFailed(e) => {
+                ProbeError::from_io(&format!("/{TSM_REPORT_DIR}"), e.to_io_error()).describe()
+            }
+            ProviderSource::CreateFailed { entry, error } => format!(
+                "cannot create a report entry: {}",
+                ProbeError::from_io(&shown_entry(entry), error.to_io_error()).describe()
             ),
+            ProviderSource::ProbeEntry { entry, provider_error, remove_error } => {
+                let mut detail = match provider_error {
+                    None => "read from a probe report entry (created and removed)".to_owned(),
+                    Some(e) => format!(
+                        "probe report entry has no readable provider: {}",
+                        ProbeError::from_io(&format!("{}/provider", shown_entry(entry)), e.to_io_error())
+                            .describe()
+                    ),
+                };
+                if let Some(e) = remove_error {
+                    let _ = write!(
+                        detail,
+                        "; could not remove the probe entry: {}",
+                        ProbeError::from_io(&shown_entry(entry), e.to_io_error()).describe()
+                    );
+                }
+                detail
+            }
         };
-        if let Err(e) = removed {
-            let _ = write!(
-                detail,
-                "; could not remove the probe entry: {}",
-                ProbeError::from_io(&entry_shown, e).describe()
-            );
-        }
         TsmStatus {
-            configfs_mounted: true,
-            report_interface: true,
-            provider: provider.ok().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()),
+            configfs_mounted: facts.configfs_mounted,
+            report_interface: facts.report_interface,
+            provider: facts.provider,
             detail,
         }
-    }
-
-    fn tsm_existing_provider(&self, dir: &Path) -> Result<Option<(String, String)>, ProbeError> {
-        let shown_dir = format!("/{TSM_REPORT_DIR}");
-        let entries = fs::read_dir(dir).map_err(|e| ProbeError::from_io(&shown_dir, e))?;
-        let mut names: Vec<String> =
-            entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        names.sort();
-        for name in names {
-            if let Ok(p) = fs::read_to_string(dir.join(&name).join("provider")) {
-                let p = p.trim();
-                if !p.is_empty() {
-                    return Ok(Some((format!("{shown_dir}/{name}"), p.to_owned())));
-                }
-            }
-        }
-        Ok(None)
     }
 
     fn tsm_finding(&self, t: &mut TeeStatus, tsm: &TsmStatus) -> bool {
@@ -829,11 +790,6 @@ fn truncate(s: &str, max: usize) -> String {
         t.push('…');
         t
     }
-}
-
-/// `io::Error` is not `Clone`; keep its kind and text for the report.
-fn clone_io(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
 }
 
 #[cfg(test)]

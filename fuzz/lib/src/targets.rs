@@ -351,16 +351,19 @@ pub fn kbs_challenge(data: &[u8]) {
 /// quotes, evidence JSON through each verifier, and the policy YAML.
 pub fn kbs_evidence(data: &[u8]) {
     use kbs_server::verifier::Tee;
+    // Verification is async (collateral may be fetched); one runtime for all inputs.
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let rt = RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().expect("runtime"));
     let _ = kbs_server::verifier::snp::Report::parse(data);
-    let _ = kbs_server::verifier::tdx::Quote::parse(data);
-    let trust = kbs_server::verifier::SnpTrust::default();
+    let _ = kbs_server::verifier::tdx::quote_info(data);
+    let trust = kbs_server::verifier::Trust::default();
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         for tee in [Tee::Sample, Tee::Snp, Tee::Tdx] {
-            let _ = kbs_server::verifier::verify(tee, &v, &[0u8; 48], &trust);
+            let _ = rt.block_on(kbs_server::verifier::verify(tee, &v, &[0u8; 48], &trust));
         }
     }
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = kbs_server::policy::Policy::parse(s);
+        let _ = kbs_server::policy::BrokerPolicy::parse(s);
     }
 }
 

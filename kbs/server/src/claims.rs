@@ -3,13 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
-/// TCB components of an SEV-SNP `reported_tcb` (Milan/Genoa layout).
+/// TCB components of an SEV-SNP `reported_tcb`. Milan and Genoa lay them out as
+/// bootloader, tee, 4 reserved, snp, microcode; Turin as fmc, bootloader, tee, snp,
+/// 3 reserved, microcode (`fmc` is `Some` only on Turin).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnpTcb {
     pub bootloader: u8,
     pub tee: u8,
     pub snp: u8,
     pub microcode: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fmc: Option<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,20 +31,44 @@ pub struct SnpClaims {
     pub policy_migrate_ma: bool,
     pub policy_smt_allowed: bool,
     pub guest_svn: u32,
+    /// report_data, lowercase hex (64 bytes).
+    #[serde(default)]
+    pub report_data: String,
+    /// Product line: `milan`, `genoa` or `turin`.
+    #[serde(default)]
+    pub generation: String,
+    /// Which key signed the report: `vcek` (per chip) or `vlek` (per cloud provider).
+    #[serde(default)]
+    pub signing_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TdxClaims {
     pub quote_version: u16,
+    /// DCAP TCB status after the whole chain verified (`UpToDate`, `OutOfDate`, ...).
+    pub tcb_status: String,
+    /// Intel security advisories attached to the matched TCB level.
+    #[serde(default)]
+    pub advisory_ids: Vec<String>,
+    /// The platform's FMSPC from the PCK certificate, lowercase hex.
+    #[serde(default)]
+    pub fmspc: String,
+    /// All hex fields are lowercase.
     pub mr_td: String,
     pub rtmr: [String; 4],
     pub mr_config_id: String,
     pub mr_owner: String,
+    #[serde(default)]
+    pub mr_owner_config: String,
+    #[serde(default)]
+    pub mr_seam: String,
     pub tee_tcb_svn: String,
     pub td_attributes: String,
+    #[serde(default)]
+    pub xfam: String,
+    #[serde(default)]
+    pub report_data: String,
     pub debug: bool,
-    /// Always false for now: the PCK/QE signature of the quote is not verified yet.
-    pub quote_signature_verified: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,8 @@ pub enum ConfigError {
     },
     #[error("certificate {path} is not a PEM or DER X.509 certificate")]
     Cert { path: PathBuf },
+    #[error("cannot build the TDX collateral / AMD KDS HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -34,6 +36,39 @@ pub struct SnpConfig {
     pub ask: Option<PathBuf>,
     /// A fixed VCEK for guests that do not send one.
     pub vcek: Option<PathBuf>,
+    /// AMD ASVK certificate (the VLEK issuer); the bundled one is used without it.
+    #[serde(default)]
+    pub asvk: Option<PathBuf>,
+    /// A directory of VCEK/VLEK certificates (DER or PEM), for guests whose host sends
+    /// no certificate table; the one matching the report's chip and TCB is used.
+    #[serde(default)]
+    pub vcek_dir: Option<PathBuf>,
+    /// AMD KDS base URL (`https://kdsintf.amd.com`): asked for the VCEK when the guest
+    /// sends none; answers are cached in memory and in `vcek_dir`.
+    #[serde(default)]
+    pub kds_url: Option<String>,
+}
+
+/// TDX collateral sources (see `verifier::collateral`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TdxConfig {
+    /// Intel SGX Root CA (DER or PEM); the bundled one without it.
+    pub root_ca: Option<PathBuf>,
+    /// Base URL of a PCCS or Intel's PCS, e.g. `https://api.trustedservices.intel.com`.
+    pub pccs_url: Option<String>,
+    /// Root CA CRL URL, when the collateral service does not serve `/sgx/certification/v4/rootcacrl`.
+    pub root_ca_crl_url: Option<String>,
+    /// Offline collateral: `{fmspc}.json` files in `QuoteCollateralV3` JSON.
+    pub collateral_dir: Option<PathBuf>,
+    /// Where fetched collateral is cached across restarts.
+    pub collateral_cache_dir: Option<PathBuf>,
+    /// Refetch collateral this long before its earliest nextUpdate (default 1 day).
+    pub collateral_refresh_secs: Option<u64>,
+    /// Verify SNP and TDX evidence as of this instant (unix seconds) instead of now: for
+    /// tests replaying recorded evidence. Library only, never read from a file.
+    #[serde(skip)]
+    pub verify_at: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -69,6 +104,7 @@ pub struct ServeConfig {
     /// How often the policy file's mtime is polled.
     pub policy_poll_ms: u64,
     pub snp: SnpConfig,
+    pub tdx: TdxConfig,
     /// Resources the admin key may read back (`GET /kbs/v0/admin/resource/...`), so
     /// build tools reuse a KEK already registered under an id instead of replacing
     /// it. Globs or segment prefixes, as in `released_resources`.
@@ -101,6 +137,7 @@ impl Default for ServeConfig {
             body_limit_bytes: 1 << 20,
             policy_poll_ms: 500,
             snp: SnpConfig::default(),
+            tdx: TdxConfig::default(),
             admin_readable: DEFAULT_ADMIN_READABLE.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -124,4 +161,47 @@ pub(crate) fn load_cert(path: &Path) -> Result<openssl::x509::X509, ConfigError>
     openssl::x509::X509::from_pem(&bytes)
         .or_else(|_| openssl::x509::X509::from_der(&bytes))
         .map_err(|_| ConfigError::Cert { path: path.to_owned() })
+}
+
+impl ServeConfig {
+    /// The verifiers' trust material from the `snp` and `tdx` sections.
+    pub fn trust(&self) -> Result<crate::verifier::Trust, ConfigError> {
+        use crate::verifier::{CollateralConfig, CollateralSource, SnpTrust, TdxTrust, Trust};
+        let snp = SnpTrust {
+            ark: self.snp.ark.as_deref().map(load_cert).transpose()?,
+            ask: self.snp.ask.as_deref().map(load_cert).transpose()?,
+            asvk: self.snp.asvk.as_deref().map(load_cert).transpose()?,
+            vcek: self.snp.vcek.as_deref().map(load_cert).transpose()?,
+            vcek_dir: self.snp.vcek_dir.clone(),
+        };
+        let t = &self.tdx;
+        let mut tdx = TdxTrust::default();
+        if let Some(p) = &t.root_ca {
+            tdx.root_ca_der = load_cert(p)?.to_der().map_err(|_| ConfigError::Cert { path: p.clone() })?;
+        }
+        if t.pccs_url.is_some() || t.collateral_dir.is_some() || t.collateral_cache_dir.is_some() {
+            let cfg = CollateralConfig {
+                pccs_url: t.pccs_url.clone(),
+                root_ca_crl_url: t.root_ca_crl_url.clone(),
+                offline_dir: t.collateral_dir.clone(),
+                cache_dir: t.collateral_cache_dir.clone(),
+                refresh_margin: std::time::Duration::from_secs(t.collateral_refresh_secs.unwrap_or(86_400)),
+            };
+            tdx.collateral =
+                Some(std::sync::Arc::new(CollateralSource::new(cfg).map_err(ConfigError::Http)?));
+        }
+        let snp_kds = match &self.snp.kds_url {
+            Some(url) => Some(std::sync::Arc::new(
+                crate::verifier::kds::KdsClient::new(crate::verifier::kds::KdsConfig {
+                    url: url.clone(),
+                    cache_dir: self.snp.vcek_dir.clone(),
+                    retries: 3,
+                    backoff: std::time::Duration::from_secs(2),
+                })
+                .map_err(ConfigError::Http)?,
+            )),
+            None => None,
+        };
+        Ok(Trust { snp, snp_kds, tdx, verify_at: t.verify_at })
+    }
 }

@@ -54,6 +54,9 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Verify one piece of SNP or TDX evidence offline against the trust anchors and,
+    /// optionally, a policy; print the claims. Exit 0 only when it verifies.
+    VerifyEvidence(VerifyArgs),
     /// Copy resources (and, with --policy, the policy) from one store to another, e.g.
     /// `--from local:DIR --to etcd://HOST:2379/PREFIX` or back. Create-only: a resource
     /// already in the target with other bytes is reported and left alone unless
@@ -85,6 +88,103 @@ enum Cmd {
         #[arg(long)]
         old_master_key: Vec<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TeeArg {
+    Tdx,
+    Snp,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[arg(long, value_enum)]
+    tee: TeeArg,
+    /// TDX: a raw quote or the evidence JSON; SNP: a raw report (binary or hex) or the
+    /// evidence JSON (cloak's or CoCo attestation-agent's).
+    #[arg(long)]
+    evidence: PathBuf,
+    /// TDX collateral, QuoteCollateralV3 JSON.
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// SNP: the VCEK (or VLEK) certificate, DER or PEM.
+    #[arg(long)]
+    vcek: Option<PathBuf>,
+    /// SNP: a directory of VCEK/VLEK certificates; the one matching the report is used.
+    #[arg(long)]
+    vcek_dir: Option<PathBuf>,
+    /// SNP: an ARK to trust instead of the bundled AMD ARKs.
+    #[arg(long)]
+    ark: Option<PathBuf>,
+    /// SNP: the ASK (or ASVK) issued by that ARK.
+    #[arg(long)]
+    ask: Option<PathBuf>,
+    /// TDX: an Intel SGX Root CA instead of the bundled one.
+    #[arg(long)]
+    root_ca: Option<PathBuf>,
+    /// Verification time: unix seconds or RFC 3339 (default: now).
+    #[arg(long)]
+    at: Option<String>,
+    /// A broker policy file; without it: any measurement, no debug, TDX UpToDate only.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Print the claims as JSON (hex fields lowercase).
+    #[arg(long)]
+    json: bool,
+}
+
+fn verify_evidence(a: VerifyArgs) -> anyhow::Result<bool> {
+    use kbs_server::verifier::offline;
+    let e = |s: String| anyhow::anyhow!(s);
+    let mut inp =
+        offline::OfflineInputs { evidence: offline::read(&a.evidence).map_err(e)?, ..Default::default() };
+    inp.collateral = a.collateral.as_deref().map(offline::read).transpose().map_err(e)?;
+    inp.tdx_root_ca_der = a
+        .root_ca
+        .as_deref()
+        .map(|p| offline::read_cert(p).and_then(|c| c.to_der().map_err(|x| x.to_string())))
+        .transpose()
+        .map_err(e)?;
+    inp.snp.vcek = a.vcek.as_deref().map(offline::read_vcek).transpose().map_err(e)?;
+    inp.snp.vcek_dir = a.vcek_dir.as_deref().map(offline::check_dir).transpose().map_err(e)?;
+    inp.snp.ark = a.ark.as_deref().map(offline::read_cert).transpose().map_err(e)?;
+    if let Some(p) = &a.ask {
+        let c = offline::read_cert(p).map_err(e)?;
+        inp.snp.asvk = Some(c.clone());
+        inp.snp.ask = Some(c);
+    }
+    inp.at = match &a.at {
+        Some(s) => offline::parse_instant(s).map_err(e)?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let policy = a.policy.as_deref().map(kbs_server::policy::BrokerPolicy::load).transpose()?;
+    let tee = match a.tee {
+        TeeArg::Tdx => offline::OfflineTee::Tdx,
+        TeeArg::Snp => offline::OfflineTee::Snp,
+    };
+    match offline::verify_with_policy(tee, &inp, policy.as_ref()) {
+        Ok((claims, _)) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&claims)?);
+            } else {
+                println!("verified: {}", serde_json::to_string(&claims)?);
+            }
+            Ok(true)
+        }
+        Err(d) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"verified": false, "reason": d.reason.as_str(), "detail": d.detail})
+                );
+            }
+            eprintln!("cloak-kbs: verify-evidence: refused: {d}");
+            Ok(false)
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -272,6 +372,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::VerifyEvidence(a) => {
+            if verify_evidence(a)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Cmd::Migrate { from, to, master_key, old_master_key, policy, overwrite } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(migrate(from, to, master_key, old_master_key, policy, overwrite))
@@ -317,7 +424,7 @@ async fn migrate(
     let seed = match &policy {
         Some(p) => {
             let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            kbs_server::policy::Policy::parse(&t).with_context(|| format!("policy {}", p.display()))?;
+            kbs_server::policy::BrokerPolicy::parse(&t).with_context(|| format!("policy {}", p.display()))?;
             Some(t)
         }
         None => None,

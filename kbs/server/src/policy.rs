@@ -32,7 +32,8 @@ pub enum PolicyError {
 pub enum Reason {
     MeasurementMismatch,
     TcbTooLow,
-    SignatureInvalid,
+    /// A signature of the evidence or of its certification chain does not verify.
+    InvalidSignature,
     CertChainInvalid,
     ReportDataMismatch,
     UnsupportedTee,
@@ -48,6 +49,22 @@ pub enum Reason {
     NotReleased,
     NotFound,
     TokenInvalid,
+    /// No collateral (TDX TCB info, QE identity, CRLs) or VCEK could be obtained.
+    CollateralUnavailable,
+    /// A collateral item or certificate is past its `nextUpdate` / `notAfter`.
+    CollateralExpired,
+    /// A collateral item was issued after the verification time.
+    CollateralNotYetValid,
+    /// The TCB status (UpToDate, OutOfDate, ...) is not in the policy's allowed list.
+    TcbStatusNotAllowed,
+    /// Intel says the platform's TCB is revoked: always refused.
+    TcbRevoked,
+    /// No TCB level of the TCB info matches the platform.
+    TcbLevelUnmatched,
+    /// The TCB carries an advisory the policy denies.
+    AdvisoryDenied,
+    /// The VCEK/VLEK is for another chip, another TCB or another product line.
+    VcekMismatch,
 }
 
 impl Reason {
@@ -55,7 +72,7 @@ impl Reason {
         match self {
             Reason::MeasurementMismatch => "measurement_mismatch",
             Reason::TcbTooLow => "tcb_too_low",
-            Reason::SignatureInvalid => "signature_invalid",
+            Reason::InvalidSignature => "invalid_signature",
             Reason::CertChainInvalid => "cert_chain_invalid",
             Reason::ReportDataMismatch => "report_data_mismatch",
             Reason::UnsupportedTee => "unsupported_tee",
@@ -71,6 +88,14 @@ impl Reason {
             Reason::NotReleased => "not_released",
             Reason::NotFound => "not_found",
             Reason::TokenInvalid => "token_invalid",
+            Reason::CollateralUnavailable => "collateral_unavailable",
+            Reason::CollateralExpired => "collateral_expired",
+            Reason::CollateralNotYetValid => "collateral_not_yet_valid",
+            Reason::TcbStatusNotAllowed => "tcb_status_not_allowed",
+            Reason::TcbRevoked => "tcb_revoked",
+            Reason::TcbLevelUnmatched => "tcb_level_unmatched",
+            Reason::AdvisoryDenied => "advisory_denied",
+            Reason::VcekMismatch => "vcek_mismatch",
         }
     }
 }
@@ -184,6 +209,11 @@ struct TdxSpec {
     tcb_svn_min: Option<String>,
     #[serde(default)]
     allow_debug: bool,
+    /// Accepted DCAP TCB statuses; default `[UpToDate]`. `Revoked` is never accepted.
+    tcb_status: Option<OneOrMany>,
+    /// Intel advisory IDs (`INTEL-SA-00837`) that refuse a quote whose TCB carries them.
+    #[serde(default)]
+    deny_advisories: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -194,7 +224,8 @@ struct SampleSpec {
 
 // ---- validated policy -------------------------------------------------------------
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Default`: any measurement, TCB floor zero, VMPL 0, no debug.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnpRequirement {
     /// Allowed measurements, lowercase hex; empty = not checked.
     pub measurements: Vec<String>,
@@ -210,18 +241,71 @@ pub struct TdxRequirement {
     pub mr_td: Vec<String>,
     pub tcb_svn_min: Option<Vec<u8>>,
     pub allow_debug: bool,
+    /// Accepted TCB statuses, spelled as Intel does (`UpToDate`, `SWHardeningNeeded`, ...).
+    pub tcb_status: Vec<String>,
+    /// Advisory IDs that refuse a quote, upper case.
+    pub deny_advisories: Vec<String>,
 }
 
-/// A parsed, validated policy. Only `Policy::parse` builds one.
+/// The DCAP TCB statuses a policy may accept (Intel's spelling). `Revoked` is absent on
+/// purpose: a revoked platform is refused by the verifier whatever the policy says.
+pub const TDX_TCB_STATUSES: &[&str] = &[
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+];
+
+impl Default for TdxRequirement {
+    /// Any MRTD, no SVN floor, no debug, UpToDate only: what `verify-evidence` applies
+    /// without a policy file.
+    fn default() -> Self {
+        Self {
+            mr_td: Vec::new(),
+            tcb_svn_min: None,
+            allow_debug: false,
+            tcb_status: vec!["UpToDate".into()],
+            deny_advisories: Vec::new(),
+        }
+    }
+}
+
+fn tdx_statuses(v: Option<OneOrMany>) -> Result<Vec<String>, PolicyError> {
+    let list = match v {
+        None => return Ok(vec!["UpToDate".into()]),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    list.into_iter()
+        .map(|s| {
+            TDX_TCB_STATUSES
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(s.trim()))
+                .map(|k| k.to_string())
+                .ok_or_else(|| PolicyError::Invalid {
+                    field: "tdx.tcb_status".into(),
+                    reason: format!("{s:?} is not one of {}", TDX_TCB_STATUSES.join(", ")),
+                })
+        })
+        .collect()
+}
+
+/// The broker's attestation-and-release policy (not the guest's image policy). A
+/// parsed, validated policy: only `BrokerPolicy::parse` builds one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Policy {
+pub struct BrokerPolicy {
     pub snp: Option<SnpRequirement>,
     pub tdx: Option<TdxRequirement>,
     pub sample_allowed: bool,
     pub released: Vec<String>,
 }
 
-impl Default for Policy {
+/// The former name, kept so callers move over one at a time.
+pub type Policy = BrokerPolicy;
+
+impl Default for BrokerPolicy {
     /// Deny everything: used when no policy file is configured.
     fn default() -> Self {
         Self { snp: None, tdx: None, sample_allowed: false, released: Vec::new() }
@@ -258,7 +342,7 @@ fn validate_glob(pattern: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-impl Policy {
+impl BrokerPolicy {
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile = serde_yaml::from_str(text)?;
         let spec = file.default_policy;
@@ -282,6 +366,7 @@ impl Policy {
                         tee: t.tee,
                         snp: t.snp,
                         microcode: t.microcode,
+                        fmc: None,
                     },
                     family_id: s.family_id.map(|v| hex_field("sev_snp.family_id", &v, 16)).transpose()?,
                     image_id: s.image_id.map(|v| hex_field("sev_snp.image_id", &v, 16)).transpose()?,
@@ -304,12 +389,14 @@ impl Policy {
                     .transpose()?
                     .map(|h| hex::decode(h).unwrap_or_default()),
                 allow_debug: t.allow_debug,
+                tcb_status: tdx_statuses(t.tcb_status)?,
+                deny_advisories: t.deny_advisories.iter().map(|a| a.trim().to_ascii_uppercase()).collect(),
             }),
         };
         for p in &spec.released_resources {
             validate_glob(p)?;
         }
-        Ok(Policy {
+        Ok(BrokerPolicy {
             snp,
             tdx,
             sample_allowed: spec.required_attestation.sample.map(|s| s.allow).unwrap_or(false),
@@ -428,6 +515,20 @@ fn check_tdx(req: &TdxRequirement, c: &TdxClaims) -> Result<MeasurementMatch, De
         return Err(Denial::new(
             Reason::DebugNotAllowed,
             "TD attributes have DEBUG set and the policy does not allow it",
+        ));
+    }
+    if !req.tcb_status.iter().any(|s| s == &c.tcb_status) {
+        return Err(Denial::new(
+            Reason::TcbStatusNotAllowed,
+            format!("TCB status {} is not in tdx.tcb_status [{}]", c.tcb_status, req.tcb_status.join(", ")),
+        ));
+    }
+    if let Some(a) =
+        c.advisory_ids.iter().find(|a| req.deny_advisories.iter().any(|d| d.eq_ignore_ascii_case(a)))
+    {
+        return Err(Denial::new(
+            Reason::AdvisoryDenied,
+            format!("the TCB carries advisory {a}, denied by tdx.deny_advisories"),
         ));
     }
     if let Some(min) = &req.tcb_svn_min {

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::admin::{AdminError, AdminVerifier};
 use crate::claims::Claims;
-use crate::config::{load_cert, ConfigError, ServeConfig};
+use crate::config::{ConfigError, ServeConfig};
 use crate::jwe::JweError;
 use crate::metrics::{label, DenialLabels, FailureLabels, Metrics, PodLabels, ResourceLabels, SuccessLabels};
 use crate::policy::{Denial, Policy, PolicyError, Reason};
@@ -30,7 +30,7 @@ use crate::session::{new_id, AttestationCache, Session, SessionState, COOKIE};
 use crate::storage::{Store, StoreOptions};
 use crate::store::{ResourcePath, StoreError};
 use crate::token::{TokenError, TokenSigner};
-use crate::verifier::{self, SnpTrust};
+use crate::verifier::{self, Trust};
 
 /// The protocol version Trustee's KBS accepts (exact match).
 pub const PROTOCOL_VERSION: &str = kbs_client::protocol::KBS_PROTOCOL_VERSION;
@@ -191,7 +191,7 @@ pub struct Broker {
     store: Store,
     tokens: TokenSigner,
     admin: Option<AdminVerifier>,
-    snp_trust: SnpTrust,
+    trust: Trust,
     metrics: Metrics,
     cache: AttestationCache,
     session_ttl: Duration,
@@ -273,11 +273,7 @@ impl Broker {
                 None
             }
         };
-        let snp_trust = SnpTrust {
-            ark: cfg.snp.ark.as_deref().map(load_cert).transpose()?,
-            ask: cfg.snp.ask.as_deref().map(load_cert).transpose()?,
-            vcek: cfg.snp.vcek.as_deref().map(load_cert).transpose()?,
-        };
+        let trust = cfg.trust()?;
         let tokens = TokenSigner::from_key(&*store.token_key().await?, cfg.token_ttl_secs)?;
         Ok(Arc::new(Self {
             policy: RwLock::new(PolicySlot { policy: Arc::new(policy), text }),
@@ -285,7 +281,7 @@ impl Broker {
             store,
             tokens,
             admin,
-            snp_trust,
+            trust,
             metrics,
             cache: AttestationCache::new(Duration::from_secs(cfg.attestation_cache_secs)),
             session_ttl: Duration::from_secs(cfg.session_ttl_secs.max(1)),
@@ -554,7 +550,8 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
     let claims: Claims = match b.cache.get(&cache_key) {
         Some(c) => c,
         None => {
-            let c = verifier::verify(tee, evidence, &hash, &b.snp_trust)
+            let c = verifier::verify(tee, evidence, &hash, &b.trust)
+                .await
                 .map_err(|d| attest_denied(&b, &pod, &ns, &d))?;
             b.cache.put(cache_key, c.clone());
             c
@@ -770,12 +767,16 @@ async fn readyz(State(b): St) -> Response {
 }
 
 fn startup_notes(cfg: &ServeConfig) {
-    tracing::warn!(
-        "TDX: quote structure, report_data and policy fields are checked, but the quote signature \
-         (PCK certificate chain / QE report) is NOT verified yet"
-    );
+    if cfg.tdx.pccs_url.is_none()
+        && cfg.tdx.collateral_dir.is_none()
+        && cfg.tdx.collateral_cache_dir.is_none()
+    {
+        tracing::warn!(
+            "TDX: no collateral source (tdx.pccs_url / tdx.collateral_dir); TDX evidence will be refused"
+        );
+    }
     if cfg.snp.ark.is_none() {
-        tracing::warn!("SNP: no ARK configured (snp.ark); SNP evidence will be refused");
+        tracing::info!("SNP: using the bundled AMD ARKs (Milan, Genoa, Turin)");
     }
 }
 

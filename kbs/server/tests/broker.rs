@@ -6,6 +6,8 @@
 
 mod common;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use common::*;
 use serde_json::json;
 
@@ -278,7 +280,13 @@ async fn snp_evidence_verified_and_each_failure_has_its_reason() {
         let mut f = SnpFields::default();
         tweak(&mut f);
         let rep = snp_report(&f, &r.report_data(), &chain.vcek_key);
-        let (s, v) = r.attest(snp_evidence(&rep, &chain.vcek_pem)).await;
+        // A real VCEK is issued for the TCB it signs with.
+        let vcek = if f.tcb == SnpFields::default().tcb {
+            chain.vcek_pem.clone()
+        } else {
+            issue_vcek(&chain.dir, &f.tcb, "vcek-tcb.pem")
+        };
+        let (s, v) = r.attest(snp_evidence(&rep, &vcek)).await;
         assert_eq!(s, 401, "{reason}: {v}");
         assert!(v["detail"].as_str().unwrap().starts_with(reason), "{reason}: {v}");
     }
@@ -297,6 +305,13 @@ async fn snp_evidence_verified_and_each_failure_has_its_reason() {
     assert_eq!(r.attest(snp_evidence(&rep, &other.vcek_pem)).await.0, 401);
     let r = auth(&b.url, "snp", json!({})).await;
     assert_eq!(r.attest(json!({"attestation_report": "AAAA"})).await.0, 401);
+    // The VCEK of the right chain but for another TCB than the report's.
+    let r = auth(&b.url, "snp", json!({})).await;
+    let rep = snp_report(&SnpFields::default(), &r.report_data(), &chain.vcek_key);
+    let other_tcb = issue_vcek(&chain.dir, &[0x06, 0x02, 0, 0, 0, 0, 0x15, 0x73], "vcek-other.pem");
+    let (s, v) = r.attest(snp_evidence(&rep, &other_tcb)).await;
+    assert_eq!(s, 401);
+    assert!(v["detail"].as_str().unwrap().starts_with("vcek_mismatch"), "{v}");
 
     let m = b.metrics().await;
     for reason in [
@@ -305,9 +320,10 @@ async fn snp_evidence_verified_and_each_failure_has_its_reason() {
         "family_id_mismatch",
         "image_id_mismatch",
         "vmpl_not_allowed",
-        "signature_invalid",
+        "invalid_signature",
         "report_data_mismatch",
         "cert_chain_invalid",
+        "vcek_mismatch",
     ] {
         assert_eq!(
             metric(&m, "coco_attestation_failure_total", &[&format!("reason=\"{reason}\"")]),
@@ -320,53 +336,87 @@ async fn snp_evidence_verified_and_each_failure_has_its_reason() {
     assert_eq!(metric(&m, "coco_attestation_success_total", &["measurement_match=\"true\"", "pod=\"p\""]), 1);
 }
 
-#[tokio::test]
-async fn tdx_quote_checked_against_policy() {
-    let m = "cd".repeat(48);
-    let policy = format!(
-        "default_policy:\n  required_attestation:\n    tdx: {{mr_td: [\"{m}\"], tcb_svn_min: \"{}\"}}\n  released_resources: [\"default/*\"]\n",
-        "03".repeat(16)
-    );
-    let b = start(&policy, |_, _| {}).await;
-    assert_eq!(b.put("default/image-kek/tdx", b"tdx-secret").await.status(), 200);
-    let r = auth(&b.url, "tdx", json!({})).await;
-    let (s, v) = r.attest(tdx_evidence(&tdx_quote(&TdxFields::default(), &r.report_data()))).await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = r.get(v["token"].as_str(), "default/image-kek/tdx").await;
-    assert_eq!(s, 200);
-    assert_eq!(r.tee_key.decrypt(&v), b"tdx-secret");
+fn genuine(rel: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/attestation").join(rel),
+    )
+    .unwrap()
+}
 
-    let mut low = TdxFields::default();
-    low.tcb_svn[5] = 2;
-    let cases = [
-        ("measurement_mismatch", TdxFields { mr_td: [0; 48], ..Default::default() }),
-        ("tcb_too_low", low),
-        ("debug_not_allowed", TdxFields { debug: true, ..Default::default() }),
-    ];
-    for (reason, f) in &cases {
-        let r = auth(&b.url, "tdx", json!({})).await;
-        let (s, v) = r.attest(tdx_evidence(&tdx_quote(f, &r.report_data()))).await;
-        assert_eq!(s, 401);
-        assert!(v["detail"].as_str().unwrap().starts_with(reason), "{v}");
-    }
+/// TDX through the broker, with the genuine sample quote and its collateral from an
+/// offline directory, verified at the collateral's instant: the chain verifies (and the
+/// hardware's report_data is not this session's); a flipped byte is `invalid_signature`.
+#[tokio::test]
+async fn tdx_evidence_is_dcap_verified_and_a_broken_chain_is_invalid_signature() {
+    let policy =
+        "default_policy:\n  required_attestation:\n    tdx: {}\n  released_resources: [\"default/*\"]\n";
+    let coll = tempfile::tempdir().unwrap();
+    std::fs::write(coll.path().join("b0c06f000000.json"), genuine("tdx/tdx_quote_collateral.json")).unwrap();
+    let dir = coll.path().to_owned();
+    let b = start(policy, move |c, _| {
+        c.tdx.collateral_dir = Some(dir);
+        c.tdx.verify_at = Some(1_751_000_000);
+    })
+    .await;
+    let q = genuine("tdx/tdx_quote");
+    // The genuine quote passes DCAP; only the session binding fails. CoCo's form too.
     let r = auth(&b.url, "tdx", json!({})).await;
-    let mut q = tdx_quote(&TdxFields::default(), &r.report_data());
-    q.truncate(300);
-    assert_eq!(r.attest(tdx_evidence(&q)).await.0, 401);
+    let (s, v) = r.attest(tdx_evidence(&q)).await;
+    assert_eq!(s, 401);
+    assert!(v["detail"].as_str().unwrap().starts_with("report_data_mismatch"), "{v}");
+    let r = auth(&b.url, "tdx", json!({})).await;
+    let coco = json!({"quote": STANDARD.encode(&q), "cc_eventlog": null, "aa_eventlog": "INIT sha384/00"});
+    let (s, v) = r.attest(coco).await;
+    assert_eq!(s, 401);
+    assert!(v["detail"].as_str().unwrap().starts_with("report_data_mismatch"), "{v}");
+    // One flipped byte in the signed TD report: the chain fails.
+    let mut bad = q.clone();
+    bad[48 + 136] ^= 1;
+    let r = auth(&b.url, "tdx", json!({})).await;
+    let (s, v) = r.attest(tdx_evidence(&bad)).await;
+    assert_eq!(s, 401);
+    assert!(v["detail"].as_str().unwrap().starts_with("invalid_signature"), "{v}");
+    // A quote that merely claims the right report_data, unsigned, is refused.
+    let r = auth(&b.url, "tdx", json!({})).await;
+    assert_eq!(r.attest(tdx_evidence(&tdx_quote(&TdxFields::default(), &r.report_data()))).await.0, 401);
+    let r = auth(&b.url, "tdx", json!({})).await;
+    assert_eq!(r.attest(tdx_evidence(&q[..300])).await.0, 401);
     // A TEE the policy has no section for, and one without a verifier.
     let r = auth(&b.url, "snp", json!({})).await;
     assert_eq!(r.attest(json!({})).await.0, 401);
     let r = auth(&b.url, "sgx", json!({})).await;
     assert_eq!(r.attest(json!({})).await.0, 401);
     let text = b.metrics().await;
-    for reason in
-        ["measurement_mismatch", "tcb_too_low", "debug_not_allowed", "malformed_evidence", "unsupported_tee"]
-    {
+    assert_eq!(
+        metric(&text, "coco_attestation_failure_total", &["reason=\"invalid_signature\""]),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "coco_attestation_failure_total", &["reason=\"report_data_mismatch\""]),
+        2,
+        "{text}"
+    );
+    for reason in ["malformed_evidence", "unsupported_tee"] {
         assert!(
             metric(&text, "coco_attestation_failure_total", &[&format!("reason=\"{reason}\"")]) >= 1,
             "{reason}\n{text}"
         );
     }
+
+    // Without any collateral source: collateral_unavailable; with the sample's
+    // collateral at today's date: collateral_expired. Both fail closed.
+    let b2 = start(policy, |_, _| {}).await;
+    let r = auth(&b2.url, "tdx", json!({})).await;
+    let (_, v) = r.attest(tdx_evidence(&q)).await;
+    assert!(v["detail"].as_str().unwrap().starts_with("collateral_unavailable"), "{v}");
+    let dir = coll.path().to_owned();
+    let b3 = start(policy, move |c, _| c.tdx.collateral_dir = Some(dir)).await;
+    let r = auth(&b3.url, "tdx", json!({})).await;
+    let (_, v) = r.attest(tdx_evidence(&q)).await;
+    assert!(v["detail"].as_str().unwrap().starts_with("collateral_expired"), "{v}");
+    let text = b3.metrics().await;
+    assert_eq!(metric(&text, "coco_attestation_failure_total", &["reason=\"collateral_expired\""]), 1);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@
 //!   "source":"configfs-tsm|sev-guest-ioctl"}`.
 //! - `tdx`: `{"quote":"<b64 STANDARD quote>","cc_eventlog":"<b64 STANDARD CCEL>" | null}` (Trustee's shape).
 
+pub mod probe;
 mod sample;
 mod sev_guest_ioctl;
 mod snp;
@@ -109,18 +110,18 @@ enum Detected {
 /// Looks for a TEE we can get evidence from: a configfs-tsm provider, or the
 /// SEV-SNP guest device. Returns a description of what was looked at when none.
 fn detect(opts: &AttesterOptions) -> Result<Detected, String> {
-    let provider = tsm::probe_provider(&opts.tsm_root);
-    match provider.as_deref() {
-        Ok("sev_guest") => return Ok(Detected::Snp),
-        Ok("tdx_guest") => return Ok(Detected::Tdx),
+    let facts = probe::probe_report_dir(&opts.tsm_root);
+    match facts.provider.as_deref() {
+        Some("sev_guest") => return Ok(Detected::Snp),
+        Some("tdx_guest") => return Ok(Detected::Tdx),
         _ => {}
     }
     if opts.sev_guest_device.exists() {
         return Ok(Detected::Snp);
     }
-    let tsm_state = match provider {
-        Ok(p) => format!("provider {p:?} is neither sev_guest nor tdx_guest"),
-        Err(e) => e,
+    let tsm_state = match &facts.provider {
+        Some(p) => format!("provider {p:?} is neither sev_guest nor tdx_guest"),
+        None => facts.why_no_provider(),
     };
     Err(format!(
         "configfs-tsm at {}: {tsm_state}; {} does not exist",
@@ -149,7 +150,7 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
             Err(why) => Err(AttesterError::NoTee(why)),
         },
         AttesterKind::Snp => {
-            let tsm_is_snp = tsm::probe_provider(&opts.tsm_root).as_deref() == Ok("sev_guest");
+            let tsm_is_snp = probe::probe_report_dir(&opts.tsm_root).provider.as_deref() == Some("sev_guest");
             if tsm_is_snp || opts.sev_guest_device.exists() {
                 Ok(Arc::new(snp_attester(opts)))
             } else {
@@ -161,7 +162,7 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
             }
         }
         AttesterKind::Tdx => {
-            if tsm::probe_provider(&opts.tsm_root).as_deref() == Ok("tdx_guest") {
+            if probe::probe_report_dir(&opts.tsm_root).provider.as_deref() == Some("tdx_guest") {
                 Ok(Arc::new(TdxAttester::new(opts.tsm_root.clone())))
             } else {
                 Err(AttesterError::NoTee(format!(

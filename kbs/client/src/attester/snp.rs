@@ -81,7 +81,7 @@ impl Attester for SnpAttester {
 pub struct CertEntry {
     /// The table GUID in canonical text form.
     pub guid: String,
-    /// `vcek`, `vlek`, `ask`, `ark` or `other`.
+    /// `vcek`, `vlek`, `ask`, `ark`, `crl` or `other`.
     pub cert_type: &'static str,
     /// DER bytes.
     pub data: Vec<u8>,
@@ -101,6 +101,7 @@ fn cert_type(guid: &str) -> &'static str {
         "a8074bc2-a25a-483e-aae6-39c045a0b8a1" => "vlek",
         "4ab7b379-bbac-4fe4-a02f-05aef327c782" => "ask",
         "c0b406a4-a803-4952-9743-3fb6014cd0ae" => "ark",
+        "92f81bc3-5811-4d3d-97ff-d19f88dc67ea" => "crl",
         _ => "other",
     }
 }

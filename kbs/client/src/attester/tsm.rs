@@ -47,15 +47,6 @@ impl Drop for Slot {
     }
 }
 
-/// The provider name of the configfs-tsm interface at `root` (`sev_guest`,
-/// `tdx_guest`, ...), or why there is none.
-pub(crate) fn probe_provider(root: &Path) -> Result<String, String> {
-    if !root.is_dir() {
-        return Err("not present".to_owned());
-    }
-    Slot::create(root)?.read_provider()
-}
-
 fn tsm_err(root: &Path, reason: impl Into<String>) -> AttesterError {
     AttesterError::Tsm { path: root.display().to_string(), reason: reason.into() }
 }

@@ -3,9 +3,14 @@
 //! `Denial` whose reason becomes a metric label. Policy is applied afterwards, by the
 //! caller, so that the same claims can be re-checked later against a newer policy.
 
+pub mod collateral;
+pub mod kds;
+pub mod offline;
 pub mod sample;
 pub mod snp;
 pub mod tdx;
+
+use std::sync::Arc;
 
 pub use kbs_types::Tee;
 use serde_json::Value;
@@ -13,19 +18,78 @@ use serde_json::Value;
 use crate::claims::Claims;
 use crate::policy::{Denial, Reason};
 
+pub use collateral::{CollateralConfig, CollateralSource};
 pub use snp::SnpTrust;
 
-/// Runs the verifier for `tee`.
-pub fn verify(
+/// TDX trust material: Intel's root CA and where collateral comes from.
+#[derive(Debug, Clone)]
+pub struct TdxTrust {
+    pub root_ca_der: Vec<u8>,
+    pub collateral: Option<Arc<CollateralSource>>,
+}
+
+impl Default for TdxTrust {
+    fn default() -> Self {
+        Self { root_ca_der: tdx::INTEL_SGX_ROOT_CA_DER.to_vec(), collateral: None }
+    }
+}
+
+/// Everything the verifiers need besides the evidence.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    pub snp: SnpTrust,
+    /// AMD KDS, asked for the VCEK when neither the guest nor the configuration has it.
+    pub snp_kds: Option<Arc<kds::KdsClient>>,
+    pub tdx: TdxTrust,
+    /// A fixed verification time (unix seconds) instead of the clock: for replaying
+    /// recorded evidence in tests. Not settable from the config file.
+    pub verify_at: Option<u64>,
+}
+
+impl Trust {
+    fn now(&self) -> u64 {
+        self.verify_at.unwrap_or_else(crate::now_secs)
+    }
+}
+
+/// Runs the verifier for `tee`: the evidence's signatures and chain, then the binding
+/// of `expected_report_data`.
+pub async fn verify(
     tee: Tee,
     evidence: &Value,
     expected_report_data: &[u8],
-    snp_trust: &SnpTrust,
+    trust: &Trust,
 ) -> Result<Claims, Denial> {
+    let now = trust.now();
     match tee {
         Tee::Sample => sample::verify(evidence, expected_report_data).map(Claims::Sample),
-        Tee::Snp => snp::verify(evidence, expected_report_data, snp_trust).map(Claims::Snp),
-        Tee::Tdx => tdx::verify(evidence, expected_report_data).map(Claims::Tdx),
+        Tee::Snp => {
+            let mut ev = snp::parse_evidence(evidence)?;
+            let has_key =
+                ev.certs.iter().any(|c| c.kind == "vcek" || c.kind == "vlek") || trust.snp.vcek.is_some();
+            if let (false, Some(kds)) = (has_key, &trust.snp_kds) {
+                if let Some(der) = kds.vcek_for(&ev.report).await? {
+                    ev.certs.push(snp::CertIn { kind: "vcek".into(), data: der });
+                }
+            }
+            let claims = snp::verify_report(&ev.report, &ev.certs, &trust.snp, now)?;
+            snp::check_report_data(&claims, expected_report_data)?;
+            Ok(Claims::Snp(claims))
+        }
+        Tee::Tdx => {
+            let ev = tdx::parse_evidence(evidence)?;
+            let info = tdx::quote_info(&ev.quote)?;
+            let source = trust.tdx.collateral.as_ref().ok_or_else(|| {
+                Denial::new(
+                    Reason::CollateralUnavailable,
+                    "no TDX collateral source is configured (tdx.pccs_url or tdx.collateral_dir)",
+                )
+            })?;
+            let collateral = source.get(&info, now).await?;
+            let claims = tdx::verify_quote(&ev.quote, &collateral, &trust.tdx.root_ca_der, now)?;
+            tdx::check_report_data(&claims, expected_report_data)?;
+            Ok(Claims::Tdx(claims))
+        }
         other => Err(Denial::new(Reason::UnsupportedTee, format!("no verifier for TEE {other}"))),
     }
 }

@@ -1,107 +1,257 @@
-//! Intel TDX: quote version 4 (48-byte header, 584-byte TD report body, then the
-//! signature data). The structure, report_data binding and policy fields (MRTD, RTMRs,
-//! TEE_TCB_SVN, DEBUG) are checked for real. The quote's ECDSA signature and its
-//! PCK/QE certification chain are NOT verified yet: a TDX verdict from this broker
-//! proves only what the quote claims, and the broker says so at startup.
+//! Intel TDX: full DCAP verification of v4 and v5 quotes through `dcap-qvl` (pure Rust,
+//! RustCrypto backend): the PCK chain to Intel's SGX Root CA with the root CA CRL and
+//! the PCK CRL, the QE report signature by the PCK and its binding to the attestation
+//! key, the quote signature over header and TD report, the QE identity and the TCB info
+//! (both signed by Intel's TCB signing chain), giving the TCB status and advisory IDs.
+//! Before that, every collateral item is checked against the verification time here,
+//! so that stale collateral is refused with its own reason (`collateral_expired`,
+//! `collateral_not_yet_valid`) rather than a generic chain failure.
 //!
-//! Evidence JSON (Trustee's TDX attester): `{"quote": "<base64>", "cc_eventlog": ...}`.
+//! Debug (and profiling) TDs pass the cryptographic verification and are refused by the
+//! policy unless it sets `allow_debug`; the TCB status is a policy input too.
+//!
+//! Evidence JSON (cloak's attester and CoCo's attestation-agent alike):
+//! `{"quote": "<base64>", "cc_eventlog": "<base64 CCEL>" | null, "aa_eventlog": "<text>" | null}`.
 
+use dcap_qvl::quote::{Quote, Report};
+use dcap_qvl::QuoteCollateralV3;
+use openssl::asn1::Asn1Time;
+use openssl::x509::X509Crl;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::claims::TdxClaims;
 use crate::policy::{Denial, Reason};
 
-pub const HEADER_LEN: usize = 48;
-pub const BODY_LEN: usize = 584;
-const TEE_TYPE_TDX: u32 = 0x81;
+/// Intel SGX Root CA, the trust anchor of DCAP (also the default of `tdx.root_ca`).
+pub const INTEL_SGX_ROOT_CA_DER: &[u8] = include_bytes!("anchors/intel-sgx-root-ca.der");
 
-/// Parsed fields of a v4 quote.
+/// TDX evidence as a guest sends it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Quote {
+pub struct TdxEvidence {
+    pub quote: Vec<u8>,
+    /// The CC event log (ACPI CCEL table data), when the guest sent it.
+    pub cc_eventlog: Option<Vec<u8>>,
+    /// The attestation-agent's own event log (text), when the guest sent it.
+    pub aa_eventlog: Option<String>,
+}
+
+fn malformed(d: impl Into<String>) -> Denial {
+    Denial::new(Reason::MalformedEvidence, d)
+}
+
+/// Reads the evidence JSON. `quote` may be base64 or a byte array; the event logs are
+/// optional and may be null.
+pub fn parse_evidence(evidence: &Value) -> Result<TdxEvidence, Denial> {
+    let obj = evidence.as_object().ok_or_else(|| malformed("TDX evidence is not a JSON object"))?;
+    let quote = obj.get("quote").ok_or_else(|| malformed("TDX evidence has no quote")).and_then(|q| {
+        super::json_bytes(q).ok_or_else(|| malformed("TDX quote is not base64 or a byte array"))
+    })?;
+    let cc_eventlog = match obj.get("cc_eventlog") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            super::json_bytes(v).ok_or_else(|| malformed("TDX cc_eventlog is not base64 or a byte array"))?,
+        ),
+    };
+    let aa_eventlog = match obj.get("aa_eventlog") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(malformed("TDX aa_eventlog is not a string")),
+    };
+    Ok(TdxEvidence { quote, cc_eventlog, aa_eventlog })
+}
+
+/// What the broker needs from a quote before verifying it: where to get collateral.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuoteInfo {
     pub version: u16,
-    pub tee_type: u32,
-    pub tee_tcb_svn: [u8; 16],
-    pub td_attributes: [u8; 8],
-    pub mr_td: [u8; 48],
-    pub mr_config_id: [u8; 48],
-    pub mr_owner: [u8; 48],
-    pub rtmr: [[u8; 48]; 4],
-    pub report_data: [u8; 64],
-    pub signature_len: u32,
+    /// FMSPC of the PCK certificate (6 bytes), lowercase hex.
+    pub fmspc: String,
+    /// The PCK CA that issued the PCK certificate: `platform` or `processor`.
+    pub ca: &'static str,
 }
 
-fn arr<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&b[off..off + N]);
-    out
-}
-
-impl Quote {
-    pub fn parse(q: &[u8]) -> Result<Self, Denial> {
-        let bad = |d: String| Denial::new(Reason::MalformedEvidence, d);
-        if q.len() < HEADER_LEN + BODY_LEN + 4 {
-            return Err(bad(format!("TDX quote is {} bytes, too short for v4", q.len())));
-        }
-        let version = u16::from_le_bytes(arr(q, 0));
-        if version != 4 {
-            return Err(bad(format!("TDX quote version {version} is not supported (4)")));
-        }
-        let tee_type = u32::from_le_bytes(arr(q, 4));
-        if tee_type != TEE_TYPE_TDX {
-            return Err(bad(format!("quote tee_type {tee_type:#x} is not TDX (0x81)")));
-        }
-        let b = HEADER_LEN;
-        let signature_len = u32::from_le_bytes(arr(q, b + BODY_LEN));
-        let declared = HEADER_LEN + BODY_LEN + 4 + signature_len as usize;
-        if q.len() < declared {
-            return Err(bad(format!(
-                "TDX quote declares {signature_len} bytes of signature data but is truncated"
-            )));
-        }
-        Ok(Quote {
-            version,
-            tee_type,
-            tee_tcb_svn: arr(q, b),
-            td_attributes: arr(q, b + 120),
-            mr_td: arr(q, b + 136),
-            mr_config_id: arr(q, b + 184),
-            mr_owner: arr(q, b + 232),
-            rtmr: [arr(q, b + 328), arr(q, b + 376), arr(q, b + 424), arr(q, b + 472)],
-            report_data: arr(q, b + 520),
-            signature_len,
-        })
+/// Parses a quote far enough to know its FMSPC and PCK CA (no signature checked).
+pub fn quote_info(raw: &[u8]) -> Result<QuoteInfo, Denial> {
+    let quote = Quote::parse(raw).map_err(|e| malformed(format!("TDX quote does not parse: {e:#}")))?;
+    if !matches!(quote.header.version, 4 | 5) || quote.header.tee_type != 0x81 {
+        return Err(malformed(format!(
+            "not a TDX quote v4/v5 (version {}, tee_type {:#x})",
+            quote.header.version, quote.header.tee_type
+        )));
     }
+    let fmspc = dcap_qvl::intel::quote_fmspc(&quote)
+        .map_err(|e| malformed(format!("TDX quote has no readable PCK certificate: {e:#}")))?;
+    let ca = match dcap_qvl::intel::quote_ca(&quote) {
+        Ok(dcap_qvl::config::PckCa::Platform) => "platform",
+        _ => "processor",
+    };
+    Ok(QuoteInfo { version: quote.header.version, fmspc: hex::encode(fmspc), ca })
+}
 
-    /// TD attribute bit 0 is DEBUG (TUD.DEBUG).
-    pub fn debug(&self) -> bool {
-        self.td_attributes[0] & 1 != 0
+fn rfc3339(field: &str, v: &Value) -> Result<i64, Denial> {
+    let s = v
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Denial::new(Reason::InvalidSignature, format!("collateral has no {field}")))?;
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp())
+        .map_err(|e| Denial::new(Reason::InvalidSignature, format!("collateral {field} {s:?}: {e}")))
+}
+
+/// The validity window of one collateral item.
+struct Window {
+    what: &'static str,
+    issued: i64,
+    next_update: i64,
+}
+
+fn crl_window(what: &'static str, der: &[u8]) -> Result<Window, Denial> {
+    let crl = X509Crl::from_der(der)
+        .map_err(|_| Denial::new(Reason::InvalidSignature, format!("{what} is not a DER CRL")))?;
+    let epoch = Asn1Time::from_unix(0).map_err(|_| Denial::new(Reason::InvalidSignature, "time"))?;
+    let secs = |t: &openssl::asn1::Asn1TimeRef| -> Result<i64, Denial> {
+        let d = epoch.diff(t).map_err(|_| Denial::new(Reason::InvalidSignature, format!("{what} date")))?;
+        Ok(i64::from(d.days) * 86_400 + i64::from(d.secs))
+    };
+    let issued = secs(crl.last_update())?;
+    let next_update = match crl.next_update() {
+        Some(t) => secs(t)?,
+        None => return Err(Denial::new(Reason::InvalidSignature, format!("{what} has no nextUpdate"))),
+    };
+    Ok(Window { what, issued, next_update })
+}
+
+fn windows(c: &QuoteCollateralV3) -> Result<Vec<Window>, Denial> {
+    let json = |what: &str, s: &str| -> Result<Value, Denial> {
+        serde_json::from_str(s)
+            .map_err(|e| Denial::new(Reason::InvalidSignature, format!("{what} is not JSON: {e}")))
+    };
+    let tcb = json("TCB info", &c.tcb_info)?;
+    let qe = json("QE identity", &c.qe_identity)?;
+    Ok(vec![
+        Window {
+            what: "TCB info",
+            issued: rfc3339("issueDate", &tcb)?,
+            next_update: rfc3339("nextUpdate", &tcb)?,
+        },
+        Window {
+            what: "QE identity",
+            issued: rfc3339("issueDate", &qe)?,
+            next_update: rfc3339("nextUpdate", &qe)?,
+        },
+        crl_window("root CA CRL", &c.root_ca_crl)?,
+        crl_window("PCK CRL", &c.pck_crl)?,
+    ])
+}
+
+/// The earliest `nextUpdate` of the collateral items (unix seconds): when a cached copy
+/// stops being usable.
+pub fn collateral_next_update(c: &QuoteCollateralV3) -> Result<i64, Denial> {
+    windows(c)?
+        .iter()
+        .map(|w| w.next_update)
+        .min()
+        .ok_or_else(|| Denial::new(Reason::CollateralUnavailable, "empty collateral"))
+}
+
+/// Every collateral item must be valid at `now`: issued no later, next update no earlier.
+pub fn check_collateral_window(c: &QuoteCollateralV3, now: u64) -> Result<(), Denial> {
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    for w in windows(c)? {
+        if now < w.issued {
+            return Err(Denial::new(
+                Reason::CollateralNotYetValid,
+                format!("{} was issued at {} (unix), after the verification time {now}", w.what, w.issued),
+            ));
+        }
+        if now > w.next_update {
+            return Err(Denial::new(
+                Reason::CollateralExpired,
+                format!(
+                    "{} expired at {} (unix, its nextUpdate); verification time {now}",
+                    w.what, w.next_update
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Maps a `dcap-qvl` failure to a metric reason. The library reports errors as text, so
+/// this looks at its messages; anything not recognised is a signature/chain failure,
+/// which is the fail-closed answer.
+fn classify(e: &anyhow::Error) -> Reason {
+    let msg = format!("{e:#}");
+    let has = |s: &str| msg.contains(s);
+    if has("Revoked") {
+        Reason::TcbRevoked
+    } else if has("No matching TCB level") {
+        Reason::TcbLevelUnmatched
+    } else if has("Expired") || has("expired") {
+        Reason::CollateralExpired
+    } else if has("in the future") || has("NotValidYet") {
+        Reason::CollateralNotYetValid
+    } else if has("Debug mode") || has("profiling") {
+        Reason::DebugNotAllowed
+    } else if has("Failed to decode quote") || has("Unsupported DCAP") || has("quote must have version") {
+        Reason::MalformedEvidence
+    } else {
+        Reason::InvalidSignature
     }
 }
 
-pub fn verify(evidence: &Value, expected: &[u8]) -> Result<TdxClaims, Denial> {
-    let raw = evidence
-        .get("quote")
-        .and_then(super::json_bytes)
-        .ok_or_else(|| Denial::new(Reason::MalformedEvidence, "TDX evidence has no base64 quote"))?;
-    let quote = Quote::parse(&raw)?;
+/// Verifies `raw` (a TDX quote) with `collateral` against `root_ca_der` at `now` (unix
+/// seconds) and returns its claims. Report data is not compared here (see [`verify`]).
+pub fn verify_quote(
+    raw: &[u8],
+    collateral: &QuoteCollateralV3,
+    root_ca_der: &[u8],
+    now: u64,
+) -> Result<TdxClaims, Denial> {
+    let info = quote_info(raw)?;
+    check_collateral_window(collateral, now)?;
+    let verified = dcap_qvl::verify::QuoteVerifier::new(root_ca_der.to_vec())
+        .allow_debug(true)
+        .verify(raw, collateral, now)
+        .map_err(|e| Denial::new(classify(&e), format!("TDX quote refused by DCAP verification: {e:#}")))?;
+    let td = match &verified.report {
+        Report::TD10(_) | Report::TD15(_) | Report::TD15Ex(_) => verified.report.as_td10(),
+        Report::SgxEnclave(_) => None,
+    }
+    .ok_or_else(|| malformed("the quote carries an SGX enclave report, not a TD report"))?;
+    let attrs = td.td_attributes;
+    Ok(TdxClaims {
+        quote_version: info.version,
+        tcb_status: verified.status.clone(),
+        advisory_ids: verified.advisory_ids.clone(),
+        fmspc: info.fmspc,
+        mr_td: hex::encode(td.mr_td),
+        rtmr: [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3].map(hex::encode),
+        mr_config_id: hex::encode(td.mr_config_id),
+        mr_owner: hex::encode(td.mr_owner),
+        mr_owner_config: hex::encode(td.mr_owner_config),
+        mr_seam: hex::encode(td.mr_seam),
+        tee_tcb_svn: hex::encode(td.tee_tcb_svn),
+        td_attributes: hex::encode(attrs),
+        xfam: hex::encode(td.xfam),
+        report_data: hex::encode(td.report_data),
+        // TUD bit 0 is DEBUG; bits 4..6 are the profiling/debug-tracing facilities
+        // that also expose the TD's state.
+        debug: attrs[0] & 0x71 != 0,
+    })
+}
+
+/// Checks that the quote's report_data is the expected runtime-data hash (zero-padded).
+pub fn check_report_data(claims: &TdxClaims, expected: &[u8]) -> Result<(), Denial> {
     let want = super::padded64(expected)
         .ok_or_else(|| Denial::new(Reason::ReportDataMismatch, "expected report_data too long"))?;
-    if !bool::from(quote.report_data.ct_eq(&want)) {
+    let have = hex::decode(&claims.report_data).unwrap_or_default();
+    if !bool::from(have.ct_eq(&want[..])) {
         return Err(Denial::new(
             Reason::ReportDataMismatch,
             "TDX report_data does not match the hash of the runtime data",
         ));
     }
-    Ok(TdxClaims {
-        quote_version: quote.version,
-        mr_td: hex::encode(quote.mr_td),
-        rtmr: quote.rtmr.map(hex::encode),
-        mr_config_id: hex::encode(quote.mr_config_id),
-        mr_owner: hex::encode(quote.mr_owner),
-        tee_tcb_svn: hex::encode(quote.tee_tcb_svn),
-        td_attributes: hex::encode(quote.td_attributes),
-        debug: quote.debug(),
-        quote_signature_verified: false,
-    })
+    Ok(())
 }

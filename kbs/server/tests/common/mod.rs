@@ -276,23 +276,7 @@ pub fn snp_chain(dir: &Path) -> SnpChain {
     a.extend(pss);
     sh(dir, &a);
     sh(dir, &["req", "-new", "-key", "vcek.key", "-subj", "/CN=SEV-VCEK", "-out", "vcek.csr"]);
-    let mut a = vec![
-        "x509",
-        "-req",
-        "-in",
-        "vcek.csr",
-        "-CA",
-        "ask.pem",
-        "-CAkey",
-        "ask.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-out",
-        "vcek.pem",
-    ];
-    a.extend(pss);
-    sh(dir, &a);
+    issue_vcek(dir, &SnpFields::default().tcb, "vcek.pem");
     let vcek_key = EcKey::private_key_from_pem(&std::fs::read(dir.join("vcek.key")).unwrap()).unwrap();
     SnpChain {
         dir: dir.into(),
@@ -301,6 +285,50 @@ pub fn snp_chain(dir: &Path) -> SnpChain {
         vcek_pem: std::fs::read(dir.join("vcek.pem")).unwrap(),
         vcek_key,
     }
+}
+
+/// Issues a VCEK for `vcek.key` from the test ASK, with AMD's extensions: the TCB SPLs
+/// of `tcb` (Milan layout) and a hwID of 64 zero bytes (the test reports' chip_id).
+pub fn issue_vcek(dir: &Path, tcb: &[u8; 8], out: &str) -> Vec<u8> {
+    let int = |v: u8| if v < 0x80 { format!("DER:02:01:{v:02x}") } else { format!("DER:02:02:00:{v:02x}") };
+    let hwid = format!("DER:04:40:{}", vec!["00"; 64].join(":"));
+    let ext = format!(
+        "[v3]\n1.3.6.1.4.1.3704.1.2 = DER:16:05:4d:69:6c:61:6e\n1.3.6.1.4.1.3704.1.3.1 = {}\n1.3.6.1.4.1.3704.1.3.2 = {}\n1.3.6.1.4.1.3704.1.3.3 = {}\n1.3.6.1.4.1.3704.1.3.8 = {}\n1.3.6.1.4.1.3704.1.4 = {hwid}\n",
+        int(tcb[0]),
+        int(tcb[1]),
+        int(tcb[6]),
+        int(tcb[7])
+    );
+    let extfile = format!("{out}.ext");
+    std::fs::write(dir.join(&extfile), ext).unwrap();
+    sh(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "vcek.csr",
+            "-CA",
+            "ask.pem",
+            "-CAkey",
+            "ask.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            out,
+            "-extfile",
+            &extfile,
+            "-extensions",
+            "v3",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:48",
+            "-sha384",
+        ],
+    );
+    std::fs::read(dir.join(out)).unwrap()
 }
 
 #[derive(Clone)]

@@ -1,0 +1,39 @@
+//! Broker CPU per verification: a full TDX DCAP verification with collateral already
+//! cached (parsed, in memory), and an SNP report with its VCEK (chain, extensions,
+//! signature), both with the genuine samples in `testdata/attestation/`.
+//! `ci/bench.sh kbs` runs this; the goal is at most 2 ms each.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use kbs_server::verifier::snp::{self, CertIn, SnpTrust};
+use kbs_server::verifier::tdx;
+
+fn data(rel: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/attestation").join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn bench(c: &mut Criterion) {
+    let quote = data("tdx/tdx_quote");
+    let coll: dcap_qvl::QuoteCollateralV3 =
+        serde_json::from_slice(&data("tdx/tdx_quote_collateral.json")).expect("collateral");
+    tdx::verify_quote(&quote, &coll, tdx::INTEL_SGX_ROOT_CA_DER, 1_751_000_000).expect("sample verifies");
+    c.bench_function("tdx_verify_quote_cached_collateral", |b| {
+        b.iter(|| tdx::verify_quote(&quote, &coll, tdx::INTEL_SGX_ROOT_CA_DER, 1_751_000_000))
+    });
+
+    let report = data("snp/trustee-test-report.bin");
+    let certs = [CertIn { kind: "vcek".into(), data: data("snp/trustee-test-vcek.der") }];
+    let trust = SnpTrust::default();
+    let now = 1_751_000_000;
+    snp::verify_report(&report, &certs, &trust, now).expect("sample verifies");
+    c.bench_function("snp_verify_report_vcek_in_evidence", |b| {
+        b.iter(|| snp::verify_report(&report, &certs, &trust, now))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

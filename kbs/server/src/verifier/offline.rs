@@ -1,0 +1,154 @@
+//! Offline verification of one piece of evidence, for operators and tests
+//! (`cloak-kbs verify-evidence`): the same verifiers the broker runs, without the
+//! report-data binding (there is no session), at a chosen instant, then the policy.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{snp, tdx, SnpTrust};
+use crate::claims::Claims;
+use crate::policy::{BrokerPolicy, Denial, MeasurementMatch, Reason, SnpRequirement, TdxRequirement};
+
+/// Which verifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfflineTee {
+    Tdx,
+    Snp,
+}
+
+/// Inputs of one offline verification.
+#[derive(Clone, Debug, Default)]
+pub struct OfflineInputs {
+    /// The evidence file: a raw TDX quote, a raw SNP report (binary or hex), or the
+    /// evidence JSON a guest sends.
+    pub evidence: Vec<u8>,
+    /// TDX: `QuoteCollateralV3` JSON.
+    pub collateral: Option<Vec<u8>>,
+    /// TDX: Intel root CA override (DER).
+    pub tdx_root_ca_der: Option<Vec<u8>>,
+    pub snp: SnpTrust,
+    /// Verification time, unix seconds.
+    pub at: u64,
+}
+
+/// Parses `--at`: unix seconds or RFC 3339.
+pub fn parse_instant(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.trim().parse::<u64>() {
+        return Ok(n);
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map_err(|e| format!("{s:?} is neither unix seconds nor RFC 3339: {e}"))?;
+    u64::try_from(t.timestamp()).map_err(|_| format!("{s:?} is before 1970"))
+}
+
+fn as_json(bytes: &[u8]) -> Option<Value> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    v.is_object().then_some(v)
+}
+
+fn hex_text(bytes: &[u8]) -> Option<Vec<u8>> {
+    let s = std::str::from_utf8(bytes).ok()?;
+    let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    hex::decode(clean).ok()
+}
+
+/// Verifies the evidence; returns its claims.
+pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
+    match tee {
+        OfflineTee::Tdx => {
+            let quote = match as_json(&inp.evidence) {
+                Some(v) => tdx::parse_evidence(&v)?.quote,
+                None => inp.evidence.clone(),
+            };
+            let coll = inp.collateral.as_deref().ok_or_else(|| {
+                Denial::new(
+                    Reason::CollateralUnavailable,
+                    "TDX verification needs --collateral COLLATERAL.json",
+                )
+            })?;
+            let coll = super::collateral::parse_collateral_json(coll)?;
+            let root = inp.tdx_root_ca_der.as_deref().unwrap_or(tdx::INTEL_SGX_ROOT_CA_DER);
+            tdx::verify_quote(&quote, &coll, root, inp.at).map(Claims::Tdx)
+        }
+        OfflineTee::Snp => {
+            let ev = match as_json(&inp.evidence) {
+                Some(v) => snp::parse_evidence(&v)?,
+                None if inp.evidence.len() == snp::REPORT_LEN => {
+                    snp::SnpEvidence { report: inp.evidence.clone(), certs: Vec::new() }
+                }
+                None => snp::SnpEvidence {
+                    report: hex_text(&inp.evidence).ok_or_else(|| {
+                        Denial::new(
+                            Reason::MalformedEvidence,
+                            format!(
+                                "SNP evidence is neither JSON, a {}-byte report nor its hex",
+                                snp::REPORT_LEN
+                            ),
+                        )
+                    })?,
+                    certs: Vec::new(),
+                },
+            };
+            snp::verify_report(&ev.report, &ev.certs, &inp.snp, inp.at).map(Claims::Snp)
+        }
+    }
+}
+
+/// The policy `verify-evidence` applies without `--policy`: any measurement and VMPL,
+/// no debug, TCB status UpToDate for TDX.
+pub fn default_policy() -> BrokerPolicy {
+    BrokerPolicy {
+        snp: Some(SnpRequirement { max_vmpl: u32::MAX, ..Default::default() }),
+        tdx: Some(TdxRequirement::default()),
+        sample_allowed: false,
+        released: Vec::new(),
+    }
+}
+
+/// Verifies, then checks the claims against `policy` (or [`default_policy`]).
+pub fn verify_with_policy(
+    tee: OfflineTee,
+    inp: &OfflineInputs,
+    policy: Option<&BrokerPolicy>,
+) -> Result<(Claims, MeasurementMatch), Denial> {
+    let claims = verify(tee, inp)?;
+    let default;
+    let policy = match policy {
+        Some(p) => p,
+        None => {
+            default = default_policy();
+            &default
+        }
+    };
+    let m = policy.check_claims(&claims)?;
+    Ok((claims, m))
+}
+
+/// Reads a file for the CLI, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Loads a certificate file (PEM or DER) for the CLI.
+pub fn read_cert(path: &Path) -> Result<openssl::x509::X509, String> {
+    let b = read(path)?;
+    openssl::x509::X509::from_der(&b)
+        .or_else(|_| openssl::x509::X509::from_pem(&b))
+        .map_err(|_| format!("{} is not a PEM or DER X.509 certificate", path.display()))
+}
+
+/// `--vcek FILE` checked up front, so a bad file gets its own clear error.
+pub fn read_vcek(path: &Path) -> Result<openssl::x509::X509, String> {
+    let b = read(path)?;
+    snp::check_vcek_file(&b).map(|(c, _)| c).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `--vcek-dir DIR` must be a readable directory.
+pub fn check_dir(path: &Path) -> Result<PathBuf, String> {
+    if path.is_dir() {
+        Ok(path.to_owned())
+    } else {
+        Err(format!("{} is not a directory", path.display()))
+    }
+}
