@@ -239,6 +239,15 @@ impl DiffIdTap {
             Source::Plain(_) => None,
         }
     }
+
+    /// Whether an encrypted source reached its end and passed every check
+    /// (always true for a plain one, whose reader checks its own digest).
+    fn verified(&mut self) -> bool {
+        match self.inner.source() {
+            Source::Encrypted(d) => d.is_verified(),
+            Source::Plain(_) => true,
+        }
+    }
 }
 
 /// Decodes one layer stream into `dest` (an existing, private, empty directory).
@@ -343,5 +352,12 @@ fn decode_blocking(
         Err(ExtractError::Read(io)) if tap.inner.failed => return Err(DecodeError::Decompress(io)),
         Err(e) => return Err(DecodeError::Extract(e)),
     };
+    if !tap.verified() {
+        // Fail closed: nothing is committed unless the HMAC verdict was read.
+        return Err(DecodeError::Source(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the layer ended before its blob digest and HMAC were verified",
+        )));
+    }
     Ok((tap.finish(), stats))
 }
