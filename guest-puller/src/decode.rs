@@ -126,6 +126,9 @@ impl BufReadMut for ChannelReader {
 /// The compressed tar: as received, or decrypted in place by ocicrypt's
 /// adapter, which also carries the diff_id lane (the tar bytes decompressed
 /// since the previous chunk are hashed in that chunk's HMAC pass).
+// One value per layer, built once and never moved on the hot path: boxing
+// the larger variant would only add an indirection to every read.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Plain(ChannelReader),
     Encrypted(DecryptBufReader<ChannelReader>),
@@ -163,6 +166,7 @@ struct Decompressor {
     failed: bool,
 }
 
+#[allow(clippy::large_enum_variant)] // as for `Source`
 enum Decompress {
     None(Source),
     Gzip(flate2::bufread::MultiGzDecoder<Source>),
