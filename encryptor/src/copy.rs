@@ -388,7 +388,8 @@ impl Run<'_> {
         desc: Descriptor,
         job: Option<Box<dyn LayerJob>>,
     ) -> Result<(Descriptor, LayerResult), Error> {
-        let stream_err = |e: StreamError| Error::Stream { index, digest: desc.digest.clone(), source: e };
+        let stream_err =
+            |e: StreamError| Error::Stream { index, digest: desc.digest.clone(), source: Box::new(e) };
         let bar = self.progress.layer(&format!("layer {index} {}", short(&desc.digest)), desc.size);
         let new_desc = if let Some(job) = job {
             let hint = job.digest_hint();

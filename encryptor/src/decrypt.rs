@@ -60,7 +60,7 @@ impl LayerTransform for Decrypt {
                     ocicrypt::decrypted_media_type(&desc.media_type).ok_or_else(|| Error::Stream {
                         index,
                         digest: desc.digest.clone(),
-                        source: StreamError::NotEncrypted(desc.media_type.clone()),
+                        source: Box::new(StreamError::NotEncrypted(desc.media_type.clone())),
                     })?;
                 jobs.push(Some(Box::new(DecryptLayer { index, source: desc, media_type, opts, pubopts })));
             }
@@ -101,7 +101,7 @@ impl LayerJob for DecryptLayer {
         let d = d.map_err(|e| Error::Stream {
             index: self.index,
             digest: self.source.digest.clone(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         Ok(Box::new(d))
     }

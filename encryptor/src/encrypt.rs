@@ -50,8 +50,9 @@ impl LayerTransform for Encrypt {
                         media_type: desc.media_type.clone(),
                     });
                 }
-                let media_type = ocicrypt::encrypted_media_type(&desc.media_type)
-                    .map_err(|e| Error::Stream { index, digest: desc.digest.clone(), source: e.into() })?;
+                let media_type = ocicrypt::encrypted_media_type(&desc.media_type).map_err(|e| {
+                    Error::Stream { index, digest: desc.digest.clone(), source: Box::new(e.into()) }
+                })?;
                 jobs.push(Some(Box::new(EncryptLayer {
                     index,
                     source: desc.clone(),
@@ -112,7 +113,7 @@ impl LayerJob for EncryptLayer {
             let pubopts = stream.public_options().ok_or_else(|| Error::Stream {
                 index: self.index,
                 digest: self.source.digest.clone(),
-                source: StreamError::Unsealed,
+                source: Box::new(StreamError::Unsealed),
             })?;
             let enc = ocicrypt::wrap_keys(&self.wrappers, &self.opts, &pubopts).await.map_err(layer_err)?;
             let existing = self.source.annotations.clone().unwrap_or_default();

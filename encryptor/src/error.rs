@@ -34,7 +34,7 @@ pub enum Error {
         index: usize,
         digest: oci::Digest,
         #[source]
-        source: StreamError,
+        source: Box<StreamError>,
     },
     /// A layer is already encrypted.
     #[error("layer {index} ({digest}) is already encrypted ({media_type}); decrypt it first or leave it out with --layer")]

@@ -126,6 +126,9 @@ impl BufReadMut for ChannelReader {
 /// The compressed tar: as received, or decrypted in place by ocicrypt's
 /// adapter, which also carries the diff_id lane (the tar bytes decompressed
 /// since the previous chunk are hashed in that chunk's HMAC pass).
+// One value per layer, built once and never moved on the hot path: boxing
+// the larger variant would only add an indirection to every read.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Plain(ChannelReader),
     Encrypted(DecryptBufReader<ChannelReader>),
@@ -163,6 +166,7 @@ struct Decompressor {
     failed: bool,
 }
 
+#[allow(clippy::large_enum_variant)] // as for `Source`
 enum Decompress {
     None(Source),
     Gzip(flate2::bufread::MultiGzDecoder<Source>),
@@ -237,6 +241,15 @@ impl DiffIdTap {
         match self.inner.source() {
             Source::Encrypted(d) => d.failure().cloned(),
             Source::Plain(_) => None,
+        }
+    }
+
+    /// Whether an encrypted source reached its end and passed every check
+    /// (always true for a plain one, whose reader checks its own digest).
+    fn verified(&mut self) -> bool {
+        match self.inner.source() {
+            Source::Encrypted(d) => d.is_verified(),
+            Source::Plain(_) => true,
         }
     }
 }
@@ -343,5 +356,12 @@ fn decode_blocking(
         Err(ExtractError::Read(io)) if tap.inner.failed => return Err(DecodeError::Decompress(io)),
         Err(e) => return Err(DecodeError::Extract(e)),
     };
+    if !tap.verified() {
+        // Fail closed: nothing is committed unless the HMAC verdict was read.
+        return Err(DecodeError::Source(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the layer ended before its blob digest and HMAC were verified",
+        )));
+    }
     Ok((tap.finish(), stats))
 }
