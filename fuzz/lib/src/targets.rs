@@ -241,7 +241,8 @@ pub fn jwe(data: &[u8]) {
 
 /// Every plaintext josekit finds with the fixed keys and the algorithms ocicrypt
 /// accepts: in the JWE as given, and in each recipient taken alone as a
-/// flattened JWE with its binary fields re-encoded as canonical base64url.
+/// flattened JWE with its binary members (and the `epk` coordinates, `apu`,
+/// `apv`) re-encoded as canonical base64url.
 /// ocicrypt (like go-jose) is lenient where josekit is strict — it skips a
 /// recipient it cannot read and takes padded or standard-alphabet base64 — so
 /// the property both must share is "some recipient opens, to this plaintext";
@@ -274,7 +275,20 @@ fn josekit_open(data: &[u8]) -> Vec<Vec<u8>> {
     for r in recipients {
         let mut one = base.clone();
         if let Some(h) = r.get("header") {
-            one.insert("header".into(), h.clone());
+            let mut h = h.clone();
+            for field in ["apu", "apv"] {
+                if let Some(v) = h.get_mut(field) {
+                    canonical_b64u(v);
+                }
+            }
+            if let Some(epk) = h.get_mut("epk") {
+                for field in ["x", "y"] {
+                    if let Some(v) = epk.get_mut(field) {
+                        canonical_b64u(v);
+                    }
+                }
+            }
+            one.insert("header".into(), h);
         }
         if let Some(k) = r.get("encrypted_key") {
             let mut k = k.clone();
