@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloak-kbs");
@@ -17,7 +17,7 @@ fn run(args: &[&str]) -> Output {
     Command::new(BIN).arg("verify-evidence").args(args).output().unwrap()
 }
 
-fn s(p: &PathBuf) -> &str {
+fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
