@@ -75,6 +75,7 @@ async fn full_disk_is_enospc_at_the_top() {
         max_concurrent_layers: 1,
         extract: Default::default(),
         progress: Arc::new(Quiet),
+        signature_check: None,
     };
     let err = pull(&opts).await.expect_err("a 4 KiB disk cannot hold the rootfs");
     assert!(is_enospc(&err), "ENOSPC lost on the way up: {err} / {:?}", err.source());

@@ -315,6 +315,9 @@ impl Hub {
             max_concurrent_layers: self.opts.max_concurrent_layers,
             extract: ExtractOptions::default(),
             progress: Arc::new(Quiet),
+            // cdh.toml's image_security_policy_uri is refused at start-up (config.rs),
+            // so no configured signature policy can be skipped here.
+            signature_check: None,
         };
         // The pull runs on its own blocking thread to completion, whatever the
         // caller does: a rootfs is mounted whole or not at all.
