@@ -73,7 +73,7 @@ pub async fn verify(
                 }
             }
             let claims = snp::verify_report(&ev.report, &ev.certs, &trust.snp, now)?;
-            snp::check_report_data(&claims, expected_report_data)?;
+            check_report_data("SNP", &claims.report_data, expected_report_data)?;
             Ok(Claims::Snp(claims))
         }
         Tee::Tdx => {
@@ -87,7 +87,7 @@ pub async fn verify(
             })?;
             let collateral = source.get(&info, now).await?;
             let claims = tdx::verify_quote(&ev.quote, &collateral, &trust.tdx.root_ca_der, now)?;
-            tdx::check_report_data(&claims, expected_report_data)?;
+            check_report_data("TDX", &claims.report_data, expected_report_data)?;
             Ok(Claims::Tdx(claims))
         }
         other => Err(Denial::new(Reason::UnsupportedTee, format!("no verifier for TEE {other}"))),
@@ -95,6 +95,22 @@ pub async fn verify(
 }
 
 /// The expected report_data zero-padded to the 64-byte field SNP and TDX use.
+/// Checks that a report's report_data (hex, as in the claims) is the expected
+/// runtime-data hash, zero-padded to 64 bytes; compared in constant time.
+pub fn check_report_data(tee: &str, report_data_hex: &str, expected: &[u8]) -> Result<(), Denial> {
+    use subtle::ConstantTimeEq;
+    let want = padded64(expected)
+        .ok_or_else(|| Denial::new(Reason::ReportDataMismatch, "expected report_data too long"))?;
+    let have = hex::decode(report_data_hex).unwrap_or_default();
+    if !bool::from(have.ct_eq(&want[..])) {
+        return Err(Denial::new(
+            Reason::ReportDataMismatch,
+            format!("{tee} report_data does not match the hash of the runtime data"),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn padded64(expected: &[u8]) -> Option<[u8; 64]> {
     if expected.len() > 64 {
         return None;

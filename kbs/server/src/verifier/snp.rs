@@ -777,24 +777,10 @@ pub fn verify_report(raw: &[u8], certs: &[CertIn], trust: &SnpTrust, now: u64) -
     })
 }
 
-/// Checks that the report's report_data is the expected runtime-data hash.
-pub fn check_report_data(claims: &SnpClaims, expected: &[u8]) -> Result<(), Denial> {
-    let want = super::padded64(expected)
-        .ok_or_else(|| Denial::new(Reason::ReportDataMismatch, "expected report_data too long"))?;
-    let have = hex::decode(&claims.report_data).unwrap_or_default();
-    if !bool::from(have.ct_eq(&want[..])) {
-        return Err(Denial::new(
-            Reason::ReportDataMismatch,
-            "SNP report_data does not match the hash of the runtime data",
-        ));
-    }
-    Ok(())
-}
-
 pub fn verify(evidence: &Value, expected: &[u8], trust: &SnpTrust, now: u64) -> Result<SnpClaims, Denial> {
     let ev = parse_evidence(evidence)?;
     let claims = verify_report(&ev.report, &ev.certs, trust, now)?;
-    check_report_data(&claims, expected)?;
+    super::check_report_data("SNP", &claims.report_data, expected)?;
     Ok(claims)
 }
 

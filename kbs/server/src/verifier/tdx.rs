@@ -18,7 +18,6 @@ use dcap_qvl::QuoteCollateralV3;
 use openssl::asn1::Asn1Time;
 use openssl::x509::X509Crl;
 use serde_json::Value;
-use subtle::ConstantTimeEq;
 
 use crate::claims::TdxClaims;
 use crate::policy::{Denial, Reason};
@@ -240,18 +239,4 @@ pub fn verify_quote(
         // that also expose the TD's state.
         debug: attrs[0] & 0x71 != 0,
     })
-}
-
-/// Checks that the quote's report_data is the expected runtime-data hash (zero-padded).
-pub fn check_report_data(claims: &TdxClaims, expected: &[u8]) -> Result<(), Denial> {
-    let want = super::padded64(expected)
-        .ok_or_else(|| Denial::new(Reason::ReportDataMismatch, "expected report_data too long"))?;
-    let have = hex::decode(&claims.report_data).unwrap_or_default();
-    if !bool::from(have.ct_eq(&want[..])) {
-        return Err(Denial::new(
-            Reason::ReportDataMismatch,
-            "TDX report_data does not match the hash of the runtime data",
-        ));
-    }
-    Ok(())
 }
