@@ -207,6 +207,26 @@ fn layer_selection_encrypts_only_the_chosen_layer() -> Result<()> {
 }
 
 #[test]
+fn out_of_range_layer_is_a_usage_error_naming_the_flag_and_count() -> Result<()> {
+    let keys = golden().join("three-layers/keys");
+    let src = golden().join("three-layers/plain-oci");
+    let work = tempfile::tempdir()?;
+    let out = run(cloak()
+        .args(["encrypt", "--quiet", "--layer", "3", "--recipient"])
+        .arg(format!("jwe:{}", keys.join("rsa.pub.pem").display()))
+        .arg(oci_ref(&src, "v1"))
+        .arg(oci_ref(&work.path().join("enc"), "enc")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--layer: layer index 3 is out of range") && stderr.contains("3 layer(s)"),
+        "{stderr}"
+    );
+    assert!(!work.path().join("enc").exists(), "a refused encryption left a layout behind");
+    Ok(())
+}
+
+#[test]
 fn two_platform_index_encrypts_platform_by_platform() -> Result<()> {
     let vdir = golden().join("index-two-platforms");
     let src = vdir.join("plain-oci");

@@ -48,10 +48,7 @@ impl LayerSelection {
                     let n = i64::try_from(count).unwrap_or(i64::MAX);
                     let idx = if i < 0 { n + i } else { i };
                     if idx < 0 || idx >= n {
-                        return Err(crate::Error::Usage(format!(
-                            "--layer {i} is out of range: the image has {count} layer(s), valid are 0..{} and -{count}..-1",
-                            count.saturating_sub(1)
-                        )));
+                        return Err(crate::Error::LayerOutOfRange { index: i, count });
                     }
                     if let Some(s) = usize::try_from(idx).ok().and_then(|u| selected.get_mut(u)) {
                         *s = true;
@@ -140,9 +137,10 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_layer_is_a_usage_error_naming_the_count() {
+    fn out_of_range_layer_is_an_error_naming_the_index_and_count() {
+        // The library names the index, not the flag (main.rs adds `--layer`).
         let err = LayerSelection::Indices(vec![3]).resolve(3).err().map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains("--layer 3") && e.contains("3 layer(s)")));
+        assert!(err.is_some_and(|e| e.contains("layer index 3") && e.contains("3 layer(s)")));
         assert!(LayerSelection::Indices(vec![-4]).resolve(3).is_err());
     }
 

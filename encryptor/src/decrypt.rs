@@ -25,7 +25,7 @@ pub async fn decrypt(cfg: &DecryptConfig) -> Result<CopyResult, Error> {
             tokio::fs::read(path).await.map_err(Error::io(format!("reading {}", path.display())))?,
         );
         let key = ocicrypt::load_private_key(&bytes)
-            .map_err(|e| Error::Key { path: path.display().to_string(), reason: e.to_string() })?;
+            .map_err(|e| Error::Key { path: path.display().to_string(), source: e })?;
         keys.push(key);
     }
     let unwrappers: Vec<Arc<dyn KeyUnwrapper>> = vec![Arc::new(ocicrypt::JweUnwrapper::new(keys))];

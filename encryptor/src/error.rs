@@ -7,9 +7,16 @@ pub enum Error {
     /// A flag or argument is invalid (exit code 2 territory, but found after parsing).
     #[error("{0}")]
     Usage(String),
-    /// A recipient string could not be used.
+    /// A recipient string is malformed.
     #[error("recipient {recipient:?}: {reason}")]
     Recipient { recipient: String, reason: String },
+    /// A well-formed recipient could not be used (its key, provider or KEK file).
+    #[error("recipient {recipient:?}: {source}")]
+    RecipientUnusable {
+        recipient: String,
+        #[source]
+        source: Cause,
+    },
     /// Reading or writing an image failed.
     #[error("{context}: {source}")]
     Oci {
@@ -37,14 +44,29 @@ pub enum Error {
         source: Box<StreamError>,
     },
     /// A layer is already encrypted.
-    #[error("layer {index} ({digest}) is already encrypted ({media_type}); decrypt it first or leave it out with --layer")]
+    #[error(
+        "layer {index} ({digest}) is already encrypted ({media_type}); decrypt it first or leave it out of the layer selection"
+    )]
     AlreadyEncrypted { index: usize, digest: String, media_type: String },
+    /// A layer index of the selection is outside the image.
+    #[error(
+        "layer index {index} is out of range: the image has {count} layer(s), valid are 0..{} and -{count}..-1",
+        count.saturating_sub(1)
+    )]
+    LayerOutOfRange { index: i64, count: usize },
     /// A key file could not be loaded.
-    #[error("key {path}: {reason}")]
-    Key { path: String, reason: String },
-    /// Talking to the KBS failed.
-    #[error("KBS: {0}")]
-    Kbs(String),
+    #[error("key {path}: {source}")]
+    Key {
+        path: String,
+        #[source]
+        source: ocicrypt::KeyError,
+    },
+    /// Talking to the KBS failed (the admin client, KEK registration, key generation).
+    #[error("KBS: {source}")]
+    Kbs {
+        #[source]
+        source: Cause,
+    },
     /// Local I/O (key files, output files).
     #[error("{context}: {source}")]
     Io {
@@ -79,7 +101,15 @@ pub enum StreamError {
     Unsealed,
 }
 
+/// The typed cause of an error whose source comes from one of several crates.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 impl Error {
+    /// A KBS failure, keeping its cause.
+    pub(crate) fn kbs(source: impl Into<Cause>) -> Error {
+        Error::Kbs { source: source.into() }
+    }
+
     pub(crate) fn oci(context: impl Into<String>) -> impl FnOnce(oci::OciError) -> Error {
         let context = context.into();
         move |source| Error::Oci { context, source }

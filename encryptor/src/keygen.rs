@@ -15,8 +15,7 @@ pub async fn keygen(cfg: &KeygenConfig) -> Result<String, Error> {
     let uri: kbs_client::ResourceUri =
         cfg.uri.parse().map_err(|e: kbs_client::KbsError| Error::Usage(format!("{:?}: {e}", cfg.uri)))?;
     let admin = admin_client(&cfg.kbs, "keygen").await?;
-    let key =
-        keyprovider::keygen::keygen(&admin, &uri, cfg.rsa).await.map_err(|e| Error::Kbs(e.to_string()))?;
+    let key = keyprovider::keygen::keygen(&admin, &uri, cfg.rsa).await.map_err(Error::kbs)?;
     std::fs::write(&cfg.out, key.public_jwk.as_bytes())
         .map_err(Error::io(format!("writing {}", cfg.out.display())))?;
     if let Some(path) = &cfg.save_private {

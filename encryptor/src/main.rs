@@ -500,11 +500,21 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
             // Bad references and flags found after parsing are usage errors too.
             match e.downcast_ref::<encryptor::Error>() {
-                Some(encryptor::Error::Usage(_)) => ExitCode::from(2),
-                _ => ExitCode::from(1),
+                Some(encryptor::Error::Usage(_)) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+                // The library names the index; the flag that gave it is `--layer`.
+                Some(encryptor::Error::LayerOutOfRange { .. }) => {
+                    eprintln!("error: --layer: {e:#}");
+                    ExitCode::from(2)
+                }
+                _ => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
             }
         }
     }

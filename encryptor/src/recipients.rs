@@ -75,7 +75,7 @@ pub(crate) async fn admin_client(
 ) -> Result<kbs_client::AdminClient, Error> {
     let (url, key_path) = kbs_admin(kbs, what)?;
     let pem = zeroize::Zeroizing::new(read_file(&key_path).await?);
-    kbs_client::AdminClient::new(&url, &pem).map_err(|e| Error::Kbs(e.to_string()))
+    kbs_client::AdminClient::new(&url, &pem).map_err(Error::kbs)
 }
 
 /// Builds the wrappers for every recipient: one JWE wrapper for all jwe: keys,
@@ -88,9 +88,9 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
     for r in parsed {
         if let Recipient::Jwe(path) = r {
             let bytes = read_file(path).await?;
-            let key = ocicrypt::load_public_key(&bytes).map_err(|e| Error::Recipient {
+            let key = ocicrypt::load_public_key(&bytes).map_err(|e| Error::RecipientUnusable {
                 recipient: format!("jwe:{}", path.display()),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
             jwe_keys.push(key);
         }
@@ -107,19 +107,25 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
         }
     }
     if let Some(first) = providers.keys().next().cloned() {
-        let bad = |reason: String| Error::Recipient { recipient: format!("provider:{first}"), reason };
+        let recipient = format!("provider:{first}");
+        let unusable = |e: keyprovider::client::ClientError| Error::RecipientUnusable {
+            recipient: recipient.clone(),
+            source: e.into(),
+        };
         let config = match &cfg.keyprovider_config {
-            Some(path) => keyprovider::client::KeyProviderConfig::from_path(path).map_err(|e| bad(e.to_string()))?,
-            None => keyprovider::client::KeyProviderConfig::from_env()
-                .map_err(|e| bad(e.to_string()))?
-                .ok_or_else(|| {
-                    bad("no keyprovider config: pass --keyprovider-config FILE or set OCICRYPT_KEYPROVIDER_CONFIG".into())
-                })?,
+            Some(path) => keyprovider::client::KeyProviderConfig::from_path(path).map_err(unusable)?,
+            None => keyprovider::client::KeyProviderConfig::from_env().map_err(unusable)?.ok_or_else(|| {
+                Error::Recipient {
+                    recipient: recipient.clone(),
+                    reason: "no keyprovider config: pass --keyprovider-config FILE or set OCICRYPT_KEYPROVIDER_CONFIG"
+                        .into(),
+                }
+            })?,
         };
         for (name, params) in providers {
-            let client = config.client(&name).map_err(|e| Error::Recipient {
+            let client = config.client(&name).map_err(|e| Error::RecipientUnusable {
                 recipient: format!("provider:{name}"),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
             wrappers.push(Arc::new(keyprovider::client::ProviderWrapper::new(client, params)));
         }
@@ -132,7 +138,7 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
             })?;
             let wrapper = match &cfg.kbs.kek_file {
                 Some(path) => keyprovider::kek::KbsKekWrapper::with_kek_file(kid, path)
-                    .map_err(|e| Error::Recipient { recipient: uri.clone(), reason: e.to_string() })?,
+                    .map_err(|e| Error::RecipientUnusable { recipient: uri.clone(), source: e.into() })?,
                 None => {
                     let admin = admin_client(&cfg.kbs, &format!("recipient {uri}")).await?;
                     keyprovider::kek::KbsKekWrapper::registering(kid, Arc::new(admin))

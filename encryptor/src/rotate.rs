@@ -28,12 +28,12 @@ pub async fn rotate_kek(
     old: &kbs_client::ResourceUri,
 ) -> Result<kbs_client::ResourceUri, Error> {
     let admin = crate::recipients::admin_client(kbs, &format!("rotating {old}")).await?;
-    let kek_err = |e: KekError| Error::Kbs(e.to_string());
+    let kek_err = |e: KekError| Error::kbs(e);
     let (base, mut version) = next_version(old.tag());
     for _ in 0..MAX_VERSION_STEPS {
         let candidate =
             kbs_client::ResourceUri::new(old.repository(), old.r#type(), &format!("{base}.v{version}"))
-                .map_err(|e| Error::Kbs(e.to_string()))?;
+                .map_err(Error::kbs)?;
         if read_back(&admin, &candidate).await.map_err(kek_err)?.is_none()
             && create_kek(&admin, &candidate).await.map_err(kek_err)?.is_some()
         {
@@ -41,7 +41,7 @@ pub async fn rotate_kek(
         }
         version = version.saturating_add(1);
     }
-    Err(Error::Kbs(format!("no free version of {old} after {MAX_VERSION_STEPS} tries")))
+    Err(Error::kbs(format!("no free version of {old} after {MAX_VERSION_STEPS} tries")))
 }
 
 #[cfg(test)]
