@@ -117,6 +117,47 @@ fn tdx_flipped_bytes_are_refused() {
     assert_eq!(tdx_refusal(b"not a quote", &coll, TDX_AT), Reason::MalformedEvidence);
 }
 
+/// The broker's dcap-qvl configuration (ECDSA P-256 through aws-lc) and dcap-qvl's own
+/// pure-Rust RustCrypto configuration give the same verdict, error text included, on the
+/// genuine quote and on each tampering: a byte of the body, of the signature, of the
+/// attestation key, of the QE report, and of the collateral's signatures.
+#[test]
+fn aws_lc_and_rustcrypto_agree() {
+    let q = data("tdx/tdx_quote");
+    let coll = collateral("tdx/tdx_quote_collateral.json");
+    let mut cases = vec![(q.clone(), coll.clone())];
+    for i in [48 + 136, 48 + 584 + 4 + 5, 48 + 584 + 4 + 70, 48 + 584 + 4 + 140, 48 + 584 + 4 + 200] {
+        let mut b = q.clone();
+        b[i] ^= 1;
+        cases.push((b, coll.clone()));
+    }
+    let mut c = coll.clone();
+    c.tcb_info_signature[3] ^= 1;
+    cases.push((q.clone(), c));
+    let mut c = coll.clone();
+    c.qe_identity_signature[0] ^= 1;
+    cases.push((q.clone(), c));
+    let verdict = |r: Result<dcap_qvl::verify::VerifiedReport, anyhow::Error>| {
+        r.map(|v| (v.status, v.advisory_ids)).map_err(|e| format!("{e:#}"))
+    };
+    let mut refused = 0;
+    for (quote, c) in &cases {
+        let root = tdx::INTEL_SGX_ROOT_CA_DER.to_vec();
+        let ours = dcap_qvl::verify::QuoteVerifier::<tdx::BrokerDcap>::new_with_config(root.clone())
+            .allow_debug(true)
+            .verify(quote, c, TDX_AT);
+        let pure =
+            dcap_qvl::verify::QuoteVerifier::<dcap_qvl::configs::RustCryptoConfig>::new_with_config(root)
+                .allow_debug(true)
+                .verify(quote, c, TDX_AT);
+        let (ours, pure) = (verdict(ours), verdict(pure));
+        refused += usize::from(ours.is_err());
+        assert_eq!(ours, pure);
+    }
+    // The genuine quote verifies; every tampered case is refused.
+    assert_eq!(refused, cases.len() - 1);
+}
+
 #[test]
 fn tdx_evidence_json_forms() {
     let q = data("tdx/tdx_quote");
