@@ -372,6 +372,24 @@ impl EtcdClient {
         Ok(ok || current.is_some_and(|c| c.value == value))
     }
 
+    /// Create-only put that also answers what it found, in the same transaction (no
+    /// second read): Ok(None) when this call created the key (or a retry of our own
+    /// write finds the same bytes there), Ok(Some(kv)) with the value already there.
+    pub async fn create_or_get(&self, key: &str, value: &[u8], lease: i64) -> Result<Option<Kv>, EtcdError> {
+        let (ok, _, current) = self.txn_put_if(key, "CREATE", 0, value, lease).await?;
+        match current {
+            _ if ok => Ok(None),
+            Some(c) if c.value == value => Ok(None),
+            Some(c) => Ok(Some(c)),
+            // The compare saw the key and the read in the same transaction did not:
+            // not an answer etcd gives; refuse rather than count it as created.
+            None => Err(EtcdError::Malformed {
+                endpoint: String::new(),
+                what: "create-only transaction failed without the key it found",
+            }),
+        }
+    }
+
     /// Compare-and-swap on the key's mod revision.
     pub async fn cas(
         &self,

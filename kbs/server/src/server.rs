@@ -26,7 +26,7 @@ use crate::jwe::JweError;
 use crate::metrics::{label, DenialLabels, FailureLabels, Metrics, PodLabels, ResourceLabels, SuccessLabels};
 use crate::policy::{Denial, Policy, PolicyError, Reason};
 use crate::seal::{MasterKey, MasterKeys, SealError};
-use crate::session::{new_id, AttestationCache, Session, SessionState, COOKIE};
+use crate::session::{AttestationCache, CookieError, CookieKey, Created, Session, Ticket, COOKIE};
 use crate::storage::{Store, StoreOptions};
 use crate::store::{ResourcePath, StoreError};
 use crate::token::{TokenError, TokenSigner};
@@ -78,8 +78,8 @@ pub enum ApiError {
     ProtocolVersion(String),
     #[error("no kbs-session-id cookie; call /kbs/v0/auth first")]
     MissingCookie,
-    #[error("unknown or expired session")]
-    InvalidCookie,
+    #[error("kbs-session-id cookie refused")]
+    InvalidCookie(#[source] CookieError),
     /// The detail starts with the denial reason (clients and tests read it).
     #[error("{0}")]
     AttestationFailed(Denial),
@@ -127,7 +127,7 @@ impl ApiError {
             | ApiError::Jwe(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::ProtocolVersion(_) => (StatusCode::UNAUTHORIZED, "ProtocolVersion"),
             ApiError::MissingCookie => (StatusCode::UNAUTHORIZED, "MissingCookie"),
-            ApiError::InvalidCookie => (StatusCode::UNAUTHORIZED, "InvalidCookie"),
+            ApiError::InvalidCookie(_) => (StatusCode::UNAUTHORIZED, "InvalidCookie"),
             ApiError::AttestationFailed(_) => (StatusCode::UNAUTHORIZED, "AttestationFailed"),
             ApiError::TokenNotFound => (StatusCode::UNAUTHORIZED, "TokenNotFound"),
             ApiError::TokenInvalid(_) => (StatusCode::UNAUTHORIZED, "TokenInvalid"),
@@ -141,9 +141,10 @@ impl ApiError {
                 StoreError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
                 StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
                 StoreError::Exists(_) => (StatusCode::PRECONDITION_FAILED, "ResourceExists"),
-                StoreError::Unavailable(_) | StoreError::Stale(_) | StoreError::SessionsFull => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "Unavailable")
-                }
+                StoreError::Unavailable(_)
+                | StoreError::Stale(_)
+                | StoreError::SessionsFull
+                | StoreError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
             },
             ApiError::TokenIssue(_) | ApiError::PolicyFile(_) | ApiError::Task(_) => {
@@ -190,6 +191,8 @@ pub struct Broker {
     policy_path: Option<PathBuf>,
     store: Store,
     tokens: TokenSigner,
+    /// Seals the session into the `/auth` cookie; derived from the token key.
+    cookies: CookieKey,
     admin: Option<AdminVerifier>,
     trust: Trust,
     metrics: Metrics,
@@ -274,12 +277,16 @@ impl Broker {
             }
         };
         let trust = cfg.trust()?;
-        let tokens = TokenSigner::from_key(&*store.token_key().await?, cfg.token_ttl_secs)?;
+        let token_key = store.token_key().await?;
+        let tokens = TokenSigner::from_key(&token_key, cfg.token_ttl_secs)?;
+        let cookies = CookieKey::derive(&token_key);
+        drop(token_key);
         Ok(Arc::new(Self {
             policy: RwLock::new(PolicySlot { policy: Arc::new(policy), text }),
             policy_path: cfg.policy.clone(),
             store,
             tokens,
+            cookies,
             admin,
             trust,
             metrics,
@@ -445,8 +452,8 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-fn set_cookie(id: &str, ttl: Duration) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("{COOKIE}={id}; Path=/; Max-Age={}; HttpOnly", ttl.as_secs())).ok()
+fn set_cookie(value: &str, ttl: Duration) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{COOKIE}={value}; Path=/; Max-Age={}; HttpOnly", ttl.as_secs())).ok()
 }
 
 fn str_param(v: &Value, key: &str) -> String {
@@ -462,26 +469,29 @@ fn initdata_param(body: &str, keys: &[&str]) -> Option<String> {
     })
 }
 
+/// `/auth`: a challenge, and the session sealed into the cookie (no store request; see
+/// `session`).
 async fn auth(State(b): St, body: Bytes) -> Result<Response, ApiError> {
     let req: Request = parse_json(&body, "auth request")?;
     if req.version != PROTOCOL_VERSION {
         return Err(ApiError::ProtocolVersion(req.version.chars().take(32).collect()));
     }
+    // A handshake whose token could not be recorded is refused up front.
+    b.store.session_admission()?;
     let mut nonce = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut nonce);
     let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
-    let id = new_id();
-    let session = Session {
+    let ticket = Ticket {
         tee: req.tee,
         pod: str_param(&req.extra_params, "pod"),
         namespace: str_param(&req.extra_params, "namespace"),
-        state: SessionState::Authed { nonce: nonce.clone() },
-        expires_at: crate::now_secs() + b.session_ttl.as_secs(),
+        nonce: nonce.clone(),
+        exp: crate::now_secs() + b.session_ttl.as_secs(),
     };
-    b.store.session_create(&id, &session).await?;
+    let (_id, cookie) = b.cookies.seal(&ticket);
     let challenge = Challenge { nonce, extra_params: Value::String(String::new()) };
     let mut resp = axum::Json(challenge).into_response();
-    if let Some(c) = set_cookie(&id, b.session_ttl) {
+    if let Some(c) = set_cookie(&cookie, b.session_ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, c);
     }
     Ok(resp)
@@ -512,15 +522,16 @@ pub fn runtime_data_hash(att: &Attestation) -> Result<[u8; 48], serde_json::Erro
     Ok(Sha384::digest(canon).into())
 }
 
+/// `/attest`: opens the session from the cookie, verifies, and records the token with
+/// one create-only store write; a session that already has a token (a repeated or
+/// concurrent `/attest`, which Trustee answers with the token it issued) answers that
+/// token instead. The evidence is verified first either way: the cookie alone buys no
+/// token.
 async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let id = session_cookie(&headers).ok_or(ApiError::MissingCookie)?;
+    let cookie = session_cookie(&headers).ok_or(ApiError::MissingCookie)?;
+    let (id, session) = b.cookies.open(&cookie).map_err(ApiError::InvalidCookie)?;
     let att: Attestation = parse_json(&body, "attestation")?;
-    let (session, version) = b.store.session_get(&id).await?.ok_or(ApiError::InvalidCookie)?;
-    let nonce = match &session.state {
-        SessionState::Authed { nonce } => nonce.clone(),
-        // Trustee answers a repeated /attest with the token it already issued.
-        SessionState::Attested { token } => return Ok(token_response(&id, token, b.session_ttl)),
-    };
+    let nonce = session.nonce.clone();
     let (tee, mut pod, mut ns) = (session.tee, session.pod.clone(), session.namespace.clone());
     if let Some(init) = &att.init_data {
         if pod == "unknown" {
@@ -563,25 +574,27 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
         .issue(att.runtime_data.tee_pubkey.clone(), claims, &pod, &ns)
         .map_err(ApiError::TokenIssue)?;
     let token = Zeroizing::new(token);
-    let attested = Session { state: SessionState::Attested { token: token.clone() }, ..session };
-    if !b.store.session_update(&id, version, &attested).await? {
-        // A concurrent /attest on the same session won: answer with its token, as a
-        // repeated /attest is answered.
-        return match b.store.session_get(&id).await?.map(|(s, _)| s.state) {
-            Some(SessionState::Attested { token }) => Ok(token_response(&id, &token, b.session_ttl)),
-            _ => Err(ApiError::InvalidCookie),
-        };
+    let record = Session {
+        tee,
+        pod: session.pod,
+        namespace: session.namespace,
+        token: token.clone(),
+        expires_at: session.exp,
+    };
+    if let Created::Existing(first) = b.store.session_create(&id, &record).await? {
+        // The session's first /attest won: its token is the session's.
+        return Ok(token_response(&cookie, &first.token, b.session_ttl));
     }
     b.metrics
         .success
         .get_or_create(&SuccessLabels { pod, namespace: ns, measurement_match: mm.as_str().into() })
         .inc();
-    Ok(token_response(&id, &token, b.session_ttl))
+    Ok(token_response(&cookie, &token, b.session_ttl))
 }
 
-fn token_response(id: &str, token: &str, ttl: Duration) -> Response {
+fn token_response(cookie: &str, token: &str, ttl: Duration) -> Response {
     let mut resp = axum::Json(json!({ "token": token })).into_response();
-    if let Some(c) = set_cookie(id, ttl) {
+    if let Some(c) = set_cookie(cookie, ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, c);
     }
     resp
@@ -609,10 +622,13 @@ async fn get_resource(
     let token = match bearer {
         Some(t) => Some(t),
         None => match session_cookie(&headers) {
-            Some(id) => match b.store.session_get(&id).await?.map(|(s, _)| s.state) {
-                Some(SessionState::Attested { token }) => Some(token),
-                _ => None,
-            },
+            Some(cookie) => {
+                let (id, _) = b.cookies.open(&cookie).map_err(|e| {
+                    deny_resource(&b, &resource, Reason::TokenInvalid);
+                    ApiError::InvalidCookie(e)
+                })?;
+                b.store.session_get(&id).await?.map(|s| s.token)
+            }
             None => None,
         },
     };

@@ -10,15 +10,20 @@
 //!     one etcd watch (an admin write on one replica reaches every other in
 //!     milliseconds); admin writes go to etcd first (create-only ones as a
 //!     transaction on the key's create revision) and reach the cache after.
-//!   - `PREFIX/sessions/ID`: written at `/auth`, compare-and-swapped at `/attest`,
-//!     attached to a lease of the session lifetime (plus at most one lease period), so
-//!     etcd drops them itself; the expiry inside the record is checked on every read.
+//!   - `PREFIX/sessions/ID`: the token a session's `/attest` issued, written once by a
+//!     create-only transaction (the session itself travels sealed in the cookie, so
+//!     `/auth` touches no store: see `session`), attached to a lease of the session
+//!     lifetime (plus at most one lease period), so etcd drops it itself; the expiry
+//!     inside the record is checked on every read. Read back only for a repeated
+//!     `/attest` (from the transaction's own answer) and a resource request that
+//!     carries the cookie instead of the token.
 //!   - `PREFIX/token-key`: the token HMAC key, created once (transaction) by the first
 //!     replica and read by the others, so a token from one replica is good on all.
 //!
 //! Faults (etcd): a probe reads from the watched member every 250 ms (a linearizable
 //! read, which a member without quorum cannot answer). While it fails, `/readyz`
-//! answers 503, admin writes and new sessions fail (503), and resource reads are
+//! answers 503, admin writes and new sessions (`/auth`, from the probe's state: no
+//! etcd request) fail (503), and resource reads are
 //! served from the last synchronised cache for at most `store_stale_secs` (0, the
 //! default, fails closed at once). The attestation cache stays per replica: sharing
 //! it would cost an etcd write per attestation to save a verifier run.
@@ -36,7 +41,7 @@ use zeroize::Zeroizing;
 use crate::etcd::{prefix_end, EtcdClient, EtcdSpec, EtcdTls, Event};
 use crate::metrics::{StoreLatency, StoreOpLabels};
 use crate::seal::MasterKeys;
-use crate::session::{Session, Sessions};
+use crate::session::{Created, Session, Sessions};
 use crate::store::{ResourcePath, ResourceStore, StoreError};
 
 /// Where the broker's state lives: `local:DIR` or `etcd://HOST:PORT[,...]/PREFIX`.
@@ -250,16 +255,23 @@ impl Store {
         .await
     }
 
-    /// Stores a new session (`/auth`).
-    pub async fn session_create(&self, id: &str, s: &Session) -> Result<(), StoreError> {
+    /// Whether a new session may start (`/auth`): refused while the shared store is
+    /// out of sync with a quorum, since its `/attest` could not record the token. No
+    /// store request: the etcd backend answers from its health probe.
+    pub fn session_admission(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Local { .. } => Ok(()),
+            Backend::Etcd(e) => e.ready().map_err(StoreError::NotReady),
+        }
+    }
+
+    /// Records session `id`'s token (`/attest`), create-only: [`Created::Existing`]
+    /// with the recorded one when the session already has a token.
+    pub async fn session_create(&self, id: &str, s: &Session) -> Result<Created, StoreError> {
         self.timed("session_create", async {
             match &self.backend {
                 Backend::Local { sessions, .. } => {
-                    if sessions.insert(id.into(), s.clone()) {
-                        Ok(())
-                    } else {
-                        Err(StoreError::SessionsFull)
-                    }
+                    sessions.create(id, s.clone()).ok_or(StoreError::SessionsFull)
                 }
                 Backend::Etcd(e) => e.session_create(id, s).await,
             }
@@ -267,23 +279,12 @@ impl Store {
         .await
     }
 
-    /// The live session `id` and its version (for [`Store::session_update`]).
-    pub async fn session_get(&self, id: &str) -> Result<Option<(Session, Version)>, StoreError> {
+    /// The live session `id` (a resource request that carries the cookie).
+    pub async fn session_get(&self, id: &str) -> Result<Option<Session>, StoreError> {
         self.timed("session_get", async {
             match &self.backend {
-                Backend::Local { sessions, .. } => Ok(sessions.get(id).map(|s| (s, Version::default()))),
+                Backend::Local { sessions, .. } => Ok(sessions.get(id)),
                 Backend::Etcd(e) => e.session_get(id).await,
-            }
-        })
-        .await
-    }
-
-    /// Replaces session `id` if it is still at `version`; false when it changed or expired.
-    pub async fn session_update(&self, id: &str, version: Version, s: &Session) -> Result<bool, StoreError> {
-        self.timed("session_update", async {
-            match &self.backend {
-                Backend::Local { sessions, .. } => Ok(sessions.replace(id, s.clone())),
-                Backend::Etcd(e) => e.session_update(id, version, s).await,
             }
         })
         .await
@@ -342,13 +343,6 @@ impl Store {
             Backend::Etcd(e) => e.reseal().await,
         }
     }
-}
-
-/// Which write of a session a reader saw (etcd: mod revision and lease).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Version {
-    rev: i64,
-    lease: i64,
 }
 
 fn random_key() -> Zeroizing<[u8; 32]> {
@@ -666,38 +660,30 @@ impl Etcd {
         Ok(id)
     }
 
-    async fn session_create(&self, id: &str, s: &Session) -> Result<(), StoreError> {
+    /// One create-only transaction: the record, or the one already there.
+    async fn session_create(&self, id: &str, s: &Session) -> Result<Created, StoreError> {
         let k = self.k_session(id);
         let sealed = self.keys.seal(&k, &s.to_wire())?;
         let lease = self.session_lease(false).await?;
-        match self.client.create(&k, &sealed, lease).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(StoreError::Exists(id.into())),
+        let found = match self.client.create_or_get(&k, &sealed, lease).await {
             Err(crate::etcd::EtcdError::Status { message, .. }) if message.contains("lease not found") => {
                 let lease = self.session_lease(true).await?;
-                if self.client.create(&k, &sealed, lease).await? {
-                    Ok(())
-                } else {
-                    Err(StoreError::Exists(id.into()))
-                }
+                self.client.create_or_get(&k, &sealed, lease).await?
             }
-            Err(e) => Err(e.into()),
-        }
+            r => r?,
+        };
+        let Some(kv) = found else { return Ok(Created::New) };
+        let (plain, _) = self.keys.open(&k, &kv.value)?;
+        let old = Session::from_wire(&plain).ok_or(StoreError::Corrupt { what: "session", key: k })?;
+        Ok(Created::Existing(old))
     }
 
-    async fn session_get(&self, id: &str) -> Result<Option<(Session, Version)>, StoreError> {
+    async fn session_get(&self, id: &str) -> Result<Option<Session>, StoreError> {
         let k = self.k_session(id);
         let Some(kv) = self.client.get(&k).await? else { return Ok(None) };
         let (plain, _) = self.keys.open(&k, &kv.value)?;
         let s = Session::from_wire(&plain).ok_or(StoreError::Corrupt { what: "session", key: k })?;
-        Ok(s.live().then_some((s, Version { rev: kv.mod_revision, lease: kv.lease })))
-    }
-
-    async fn session_update(&self, id: &str, version: Version, s: &Session) -> Result<bool, StoreError> {
-        let k = self.k_session(id);
-        let sealed = self.keys.seal(&k, &s.to_wire())?;
-        // Stays on the lease it was created with.
-        Ok(self.client.cas(&k, version.rev, &sealed, version.lease).await?)
+        Ok(s.live().then_some(s))
     }
 
     async fn reseal(&self) -> Result<usize, StoreError> {
@@ -805,16 +791,20 @@ mod tests {
             tee: kbs_types::Tee::Sample,
             pod: "p".into(),
             namespace: "n".into(),
-            state: crate::session::SessionState::Authed { nonce: "n1".into() },
+            token: Zeroizing::new("t1".into()),
             expires_at: crate::now_secs() + 60,
         };
-        s.session_create("id1", &sess).await.unwrap();
-        let (got, v) = s.session_get("id1").await.unwrap().unwrap();
-        assert_eq!(got.pod, "p");
-        assert!(s.session_update("id1", v, &sess).await.unwrap());
+        s.session_admission().unwrap();
+        assert!(matches!(s.session_create("id1", &sess).await.unwrap(), Created::New));
+        let again = Session { token: Zeroizing::new("t2".into()), ..sess.clone() };
+        match s.session_create("id1", &again).await.unwrap() {
+            Created::Existing(old) => assert_eq!(&old.token[..], "t1"),
+            Created::New => panic!("a session's token is recorded once"),
+        }
+        assert_eq!(&s.session_get("id1").await.unwrap().unwrap().token[..], "t1");
         assert!(s.session_get("nope").await.unwrap().is_none());
         let expired = Session { expires_at: 1, ..sess };
-        s.session_create("old", &expired).await.unwrap();
+        assert!(matches!(s.session_create("old", &expired).await.unwrap(), Created::New));
         assert!(s.session_get("old").await.unwrap().is_none());
     }
 }

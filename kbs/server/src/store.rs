@@ -38,6 +38,10 @@ pub enum StoreError {
     NeedsMasterKey,
     #[error("too many open sessions")]
     SessionsFull,
+    /// New sessions are refused while the shared store is not in sync with a quorum
+    /// (their `/attest` could not record the token): the reason.
+    #[error("no new sessions: {0}")]
+    NotReady(String),
     #[error("stored {what} under {key} is malformed")]
     Corrupt { what: &'static str, key: String },
 }

@@ -430,3 +430,81 @@ async fn repeated_attest_returns_same_token_and_expired_session_is_refused() {
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     assert_eq!(r.attest(sample_evidence(&r.report_data())).await.0, 401);
 }
+
+/// The session travels sealed in the cookie (no state at `/auth`): an altered cookie,
+/// an expired one and one sealed by a broker with another token key are each refused
+/// with a 401 `InvalidCookie` whose detail says which, before any evidence is looked at.
+#[tokio::test]
+async fn sealed_session_cookie_tampered_expired_or_foreign_is_refused() {
+    let b = start(SAMPLE_POLICY, |_, _| {}).await;
+    // Another broker (another token key), whose sessions last 1 s.
+    let other = start(SAMPLE_POLICY, |c, _| c.session_ttl_secs = 1).await;
+    let refused = |v: &serde_json::Value, why: &str| {
+        assert!(v["type"].as_str().unwrap().ends_with("/InvalidCookie"), "{v}");
+        let d = v["detail"].as_str().unwrap();
+        assert!(d.contains(why), "{v}");
+    };
+
+    // A flipped character of the sealed value.
+    let mut r = auth(&b.url, "sample", json!({})).await;
+    let good = r.cookie.clone();
+    let (name, value) = good.split_once('=').unwrap();
+    assert!(value.starts_with("c1.") && value.len() > 40, "{value}");
+    let mut bytes = value.as_bytes().to_vec();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    r.cookie = format!("{name}={}", String::from_utf8(bytes).unwrap());
+    let (st, v) = r.attest(sample_evidence(&r.report_data())).await;
+    assert_eq!(st, 401, "{v}");
+    refused(&v, "does not open");
+    // Not a sealed value at all (e.g. an old plain session id).
+    r.cookie = format!("{name}=0123456789abcdef0123456789abcdef");
+    let (st, v) = r.attest(sample_evidence(&r.report_data())).await;
+    assert_eq!(st, 401, "{v}");
+    refused(&v, "not one this broker issues");
+    // The untouched cookie still works.
+    r.cookie = good;
+    assert_eq!(r.attest(sample_evidence(&r.report_data())).await.0, 200);
+
+    // A cookie from a broker with another token key.
+    let mut f = auth(&other.url, "sample", json!({})).await;
+    f.url = b.url.clone();
+    let (st, v) = f.attest(sample_evidence(&f.report_data())).await;
+    assert_eq!(st, 401, "{v}");
+    refused(&v, "another token key");
+    // ... and on the resource path (cookie instead of a token).
+    let (st, v) = f.get(None, "default/key/x").await;
+    assert_eq!(st, 401, "{v}");
+    refused(&v, "another token key");
+
+    // Expired (session_ttl_secs = 1): the sealed expiry is enforced.
+    let r = auth(&other.url, "sample", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (st, v) = r.attest(sample_evidence(&r.report_data())).await;
+    assert_eq!(st, 401, "{v}");
+    refused(&v, "session expired");
+}
+
+/// Once a session has its token, replaying `/attest` answers that same token (Trustee's
+/// behaviour) and makes no second one; the replay is verified like the first (a
+/// replay whose evidence does not match the session's nonce is refused).
+#[tokio::test]
+async fn replayed_attest_after_success_answers_the_same_token() {
+    let b = start(SAMPLE_POLICY, |_, _| {}).await;
+    b.put("default/key/r", b"replay-kek").await;
+    let r = auth(&b.url, "sample", json!({})).await;
+    let (st, v1) = r.attest(sample_evidence(&r.report_data())).await;
+    assert_eq!(st, 200, "{v1}");
+    let (st, v2) = r.attest(sample_evidence(&r.report_data())).await;
+    assert_eq!(st, 200, "{v2}");
+    assert_eq!(v1["token"], v2["token"]);
+    // The cookie alone reads the resource with the recorded token.
+    let (st, v) = r.get(None, "default/key/r").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(r.tee_key.decrypt(&v), b"replay-kek");
+    // Evidence bound to another nonce is refused even on an attested session.
+    let (st, v) = r.attest(sample_evidence(&[0u8; 48])).await;
+    assert_eq!(st, 401, "{v}");
+    let m = b.metrics().await;
+    assert!(m.contains(r#"cloak_kbs_store_op_seconds_count{backend="local",op="session_create"} 2"#), "{m}");
+}

@@ -420,6 +420,22 @@ async fn replicas_share_state_and_survive_node_loss() {
     // session is in etcd.
     let (st, v) = rc3.get(None, "default/image-kek/ha").await;
     assert_eq!(st, 200, "{v}");
+    // A replayed /attest, on yet another replica, answers the token the session got.
+    rc3.url = s.replicas[0].url();
+    let (st, v) = rc3.attest(sample_evidence(&rc3.report_data())).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["token"].as_str(), Some(token.as_str()), "a replay must not mint a second token");
+    let (st, v) = rc3.get(None, "default/image-kek/ha").await;
+    assert_eq!(st, 200, "{v}");
+    // A session cookie sealed by a broker with another token key opens on no replica.
+    let other = start(SAMPLE_POLICY, |_, _| {}).await;
+    let mut foreign = auth(&other.url, "sample", json!({})).await;
+    for r in &s.replicas {
+        foreign.url = r.url();
+        let (st, v) = foreign.attest(sample_evidence(&foreign.report_data())).await;
+        assert_eq!(st, 401, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains("another token key"), "{v}");
+    }
 
     // Guests through a round-robin balancer: cloak's client and the independent
     // Python client (a new connection per request, so /auth, /attest and the resource
@@ -483,7 +499,12 @@ async fn replicas_share_state_and_survive_node_loss() {
     // Steady load; kill -9 a replica and bring it back, then an etcd member and back.
     let (stop, load) = spawn_load(lb_url.clone(), "default/image-kek/ha", kek.to_vec(), 4);
     tokio::time::sleep(Duration::from_millis(700)).await;
+    // A handshake half done on the replica that dies completes on another.
+    let mut pending = auth(&s.replicas[1].url(), "sample", json!({})).await;
     s.replicas[1].kill();
+    pending.url = s.replicas[2].url();
+    let (st, v) = pending.attest(sample_evidence(&pending.report_data())).await;
+    assert_eq!(st, 200, "/attest after the /auth replica died: {v}");
     tokio::time::sleep(Duration::from_millis(700)).await;
     s.replicas[1].spawn();
     s.replicas[1].wait_ready().await;
@@ -510,7 +531,9 @@ async fn replicas_share_state_and_survive_node_loss() {
 
     // Backend operations are measured per operation.
     let m = reqwest::get(format!("{}/metrics", s.replicas[0].url())).await.unwrap().text().await.unwrap();
-    for op in ["session_create", "session_get", "session_update", "resource_get", "resource_create"] {
+    // (session_get: the cookie-only resource request and nothing else; /auth and
+    // /attest make one session_create between them.)
+    for op in ["session_create", "session_get", "resource_get", "resource_create"] {
         let line = m
             .lines()
             .find(|l| {
