@@ -3,9 +3,4 @@
 //! request's first checks. Any input must give a value or an error, never a panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    let _ = rt.block_on(guest_puller::cdh::frame::decode(data));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cloak_fuzz_lib::targets::cdh_frame(data));

@@ -16,15 +16,25 @@ pub type Entry = fn(&[u8]);
 /// Every target that has a library body, by its `cargo fuzz` name.
 pub const ENTRIES: &[(&str, Entry)] = &[
     ("annotations", targets::annotations),
+    ("cdh_frame", targets::cdh_frame),
+    ("cdh_sealed", targets::cdh_sealed),
     ("decrypt_stream", targets::decrypt_stream),
     ("extract_tar", targets::extract_tar),
     ("jwe", targets::jwe),
     ("kbs_challenge", targets::kbs_challenge),
     ("kbs_evidence", targets::kbs_evidence),
     ("kbs_resource_response", targets::kbs_resource_response),
+    ("kbs_store_values", targets::kbs_store_values),
     ("keyprovider_packet", targets::keyprovider_packet),
     ("keyprovider_protocol", targets::keyprovider_protocol),
     ("oci_manifest", targets::oci_manifest),
+    ("signature_manifest", targets::signature_manifest),
+    ("signature_payload", targets::signature_payload),
+    ("signature_policy", targets::signature_policy),
+    ("snp_cert_table", targets::snp_cert_table),
+    ("snp_report_object", targets::snp_report_object),
+    ("tdx_collateral", targets::tdx_collateral),
+    ("tdx_quote", targets::tdx_quote),
 ];
 
 /// The body of the target called `name`, if it has one here.

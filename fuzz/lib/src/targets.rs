@@ -447,3 +447,140 @@ pub fn oci_manifest(data: &[u8]) {
         }
     }
 }
+
+/// A ttRPC request frame as cloak-cdh receives it: the ttrpc crate's frame reader,
+/// the request envelope, the CDH message of each service and the request's first
+/// checks. Any input gives a value or an error, never a panic.
+pub fn cdh_frame(data: &[u8]) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let _ = rt.block_on(guest_puller::cdh::frame::decode(data));
+}
+
+/// The sealed-secret parser (`sealed.<header>.<payload>.<signature>`) and its payload
+/// reader. A parsed secret's signing input must be what was sent.
+pub fn cdh_sealed(data: &[u8]) {
+    use guest_puller::cdh::sealed;
+    if let Ok(s) = sealed::parse(data) {
+        let text = std::str::from_utf8(data).expect("parsed input is UTF-8");
+        assert!(text.contains(&s.signing_input));
+        let _ = sealed::interpret(&s.payload);
+    }
+    let _ = sealed::interpret(data);
+}
+
+/// What the broker reads back from a shared store (etcd): the JSON gateway's watch
+/// lines and range answers, sealed values, and session records. A member or a
+/// snapshot restore can hand any bytes; none may panic.
+pub fn kbs_store_values(data: &[u8]) {
+    let _ = kbs_server::etcd::parse_watch_line(data);
+    let _ = kbs_server::etcd::parse_range(data);
+    let keys =
+        kbs_server::seal::MasterKeys::new(kbs_server::seal::MasterKey::from_bytes(&[7u8; 32]), Vec::new());
+    let _ = keys.open("/cloak/resources/a/b/c", data);
+    let _ = keys.is_current(data);
+    let _ = kbs_server::session::Session::from_wire(data);
+}
+
+/// Cosign signature manifests (served by the registry under the `sha256-<hex>.sig`
+/// tag): never a panic, never more signatures than the cap, and appending a signature
+/// to a parsed manifest keeps it parseable.
+pub fn signature_manifest(data: &[u8]) {
+    use imgsig::cosign::{append_signature, parse_signature_manifest, MAX_SIGNATURES};
+    let Ok(sigs) = parse_signature_manifest(data) else { return };
+    assert!(sigs.len() <= MAX_SIGNATURES);
+    if let Ok(built) = append_signature(Some(data), b"payload", b"signature") {
+        let again = parse_signature_manifest(&built.manifest).expect("appended manifest parses");
+        assert!(again.len() <= sigs.len() + 1);
+    }
+}
+
+/// The simple-signing payload parser and the docker reference parser (both read bytes
+/// a registry serves): never a panic; a parsed reference prints to a string that
+/// parses back to the same reference.
+pub fn signature_payload(data: &[u8]) {
+    use imgsig::payload::{ATOMIC_TYPE, COSIGN_TYPE};
+    use imgsig::{DockerRef, Payload};
+    for kind in [COSIGN_TYPE, ATOMIC_TYPE] {
+        if let Ok(p) = Payload::parse(data, kind) {
+            let again = DockerRef::parse(&p.docker_reference.to_string()).expect("printed reference parses");
+            assert_eq!(again, p.docker_reference);
+        }
+    }
+    if let Ok(r) = DockerRef::parse(&String::from_utf8_lossy(data)) {
+        assert_eq!(DockerRef::parse(&r.to_string()).expect("round trip"), r);
+    }
+}
+
+/// containers-policy.json parsing (the policy may come from the KBS or a config map)
+/// and scope lookup: never a panic; every scope found for a parsed image reference has
+/// requirements. Input: POLICY, optionally followed by NUL and an image reference.
+pub fn signature_policy(data: &[u8]) {
+    use imgsig::policy::ImageIdentity;
+    use imgsig::{DockerRef, Policy};
+    let (policy, reference) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b"127.0.0.1:5000/app/hello:v1"[..]),
+    };
+    let Ok(p) = Policy::parse(policy, std::path::Path::new("/etc/containers")) else { return };
+    if let Ok(r) = DockerRef::parse(&String::from_utf8_lossy(reference)) {
+        let scope = p.scope_for(&ImageIdentity::Docker(r));
+        assert!(!scope.requirements.is_empty(), "a scope never has an empty requirement list");
+    }
+}
+
+/// The SNP extended-report certificate table (configfs-tsm auxblob) parser and the
+/// VCEK certificate checks of each entry. None may panic.
+pub fn snp_cert_table(data: &[u8]) {
+    if let Ok(entries) = kbs_client::attester::parse_cert_table(data) {
+        for e in entries {
+            let _ = kbs_server::verifier::snp::check_vcek_file(&e.data);
+            let _ = kbs_server::verifier::snp::vcek_extensions(&e.data);
+        }
+    }
+    let _ = kbs_server::verifier::snp::check_vcek_file(data);
+}
+
+/// SNP evidence JSON: the report object form CoCo's attestation-agent sends and the
+/// cert_chain entries, then verification with the bundled anchors. None may panic.
+pub fn snp_report_object(data: &[u8]) {
+    use kbs_server::verifier::snp;
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    if let Some(o) = v.as_object() {
+        let _ = snp::report_from_object(o);
+    }
+    if let Ok(ev) = snp::parse_evidence(&v) {
+        let _ = snp::verify_report(&ev.report, &ev.certs, &snp::SnpTrust::default(), 1_751_000_000);
+    }
+}
+
+/// The genuine TDX v4 sample quote (`testdata/attestation/tdx/`).
+const TDX_QUOTE: &[u8] = include_bytes!("../../../testdata/attestation/tdx/tdx_quote");
+
+/// The TDX collateral JSON (QuoteCollateralV3, as read from --collateral, the offline
+/// directory or the cache) through validity checks and verification of the genuine
+/// sample quote. None may panic.
+pub fn tdx_collateral(data: &[u8]) {
+    use kbs_server::verifier::{collateral, tdx};
+    if let Ok(c) = collateral::parse_collateral_json(data) {
+        let _ = tdx::collateral_next_update(&c);
+        let _ = tdx::check_collateral_window(&c, 1_751_000_000);
+        let _ = tdx::verify_quote(TDX_QUOTE, &c, tdx::INTEL_SGX_ROOT_CA_DER, 1_751_000_000);
+    }
+}
+
+/// The genuine sample's collateral, parsed once.
+fn tdx_sample_collateral() -> &'static dcap_qvl::QuoteCollateralV3 {
+    static C: OnceLock<dcap_qvl::QuoteCollateralV3> = OnceLock::new();
+    C.get_or_init(|| {
+        serde_json::from_slice(include_bytes!("../../../testdata/attestation/tdx/tdx_quote_collateral.json"))
+            .expect("sample collateral")
+    })
+}
+
+/// TDX quote parsing and the whole DCAP verification of arbitrary quote bytes against
+/// the genuine sample collateral at its valid instant. None may panic.
+pub fn tdx_quote(data: &[u8]) {
+    use kbs_server::verifier::tdx;
+    let _ = tdx::quote_info(data);
+    let _ = tdx::verify_quote(data, tdx_sample_collateral(), tdx::INTEL_SGX_ROOT_CA_DER, 1_751_000_000);
+}
