@@ -130,7 +130,7 @@ for i in $(seq "$RUNS"); do
   sync
   t0=$(date +%s%N)
   "$REL/cloak-pull" --quiet --src-tls-verify=false --kbs "$KBS" --attester sample \
-    --store "$W/pull-store-$i" "$BIG_IMG" "$W/pull-bundle-$i" 2> "$W/pull-$i.log" \
+    --store "$W/pull-store-$i" "docker://$BIG_IMG" "$W/pull-bundle-$i" 2> "$W/pull-$i.log" \
     || { cat "$W/pull-$i.log" >&2; exit 1; }
   t1=$(date +%s%N)
   printf 'cloak-pull\t%s\n' "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f", (b - a) / 1e9}')" >> "$OUTD/pulls.tsv"
