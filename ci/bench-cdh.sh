@@ -12,8 +12,8 @@
 #   2. warm PullImage: the same image into a new bundle, every layer in the store.
 #      Target: under 100 ms.
 #   3. four different ~256 MiB images (seeds 11..14): one after another on a fresh daemon
-#      and store, then all four at once on another fresh daemon and store; the daemon's
-#      peak RSS (VmHWM) in each case.  Target: concurrent no slower than serial, RSS <= 128 MiB.
+#      and store, then all four at once on another fresh daemon and store ($BENCH_RUNS
+#      alternating rounds, medians); the daemon's peak RSS (VmHWM), the highest of the rounds.  Target: concurrent no slower than serial, RSS <= 128 MiB.
 #   4. GetResource with the daemon's KBS token cached: with its resource cache off
 #      (--resource-cache-secs 0, every call fetches from the broker: a JWE to the
 #      guest's key) with 1, 4 and 8 callers, and with the default 10 s cache, 8 callers.
@@ -157,16 +157,24 @@ done
 
 # Four different images, serial then concurrent, each on a fresh daemon and store.
 pairs() { local d=$1 k=0 img; for img in "${SMALL_IMGS[@]}"; do k=$((k + 1)); printf '%s=%s ' "$img" "$W/$d/bundles/b$k"; done; }
-start_cdh serial
-# shellcheck disable=SC2046
-SERIAL=$("$CLIENT" pull --socket "unix://$W/serial/cdh.sock" $(pairs serial) | sed -n 's/^total seconds=//p')
-RSS_SERIAL=$(hwm_mib "$CDH_PID")
-stop_cdh
-start_cdh concurrent
-# shellcheck disable=SC2046
-CONC=$("$CLIENT" pull --concurrent --socket "unix://$W/concurrent/cdh.sock" $(pairs concurrent) | sed -n 's/^total seconds=//p')
-RSS_CONC=$(hwm_mib "$CDH_PID")
-stop_cdh
+# Alternating rounds (serial, then concurrent), medians: the order cancels drift.
+: > "$OUTD/four.tsv"
+for i in $(seq "$RUNS"); do
+  start_cdh "serial-$i"
+  # shellcheck disable=SC2046
+  t=$("$CLIENT" pull --socket "unix://$W/serial-$i/cdh.sock" $(pairs "serial-$i") | sed -n 's/^total seconds=//p')
+  printf 'serial\t%s\t%s\n' "$t" "$(hwm_mib "$CDH_PID")" >> "$OUTD/four.tsv"
+  stop_cdh
+  start_cdh "concurrent-$i"
+  # shellcheck disable=SC2046
+  t=$("$CLIENT" pull --concurrent --socket "unix://$W/concurrent-$i/cdh.sock" $(pairs "concurrent-$i") | sed -n 's/^total seconds=//p')
+  printf 'concurrent\t%s\t%s\n' "$t" "$(hwm_mib "$CDH_PID")" >> "$OUTD/four.tsv"
+  stop_cdh
+done
+SERIAL=$(awk -F'\t' '$1 == "serial" {print $2}' "$OUTD/four.tsv" | median)
+CONC=$(awk -F'\t' '$1 == "concurrent" {print $2}' "$OUTD/four.tsv" | median)
+RSS_SERIAL=$(awk -F'\t' '$1 == "serial" && $3 > m {m = $3} END {print m}' "$OUTD/four.tsv")
+RSS_CONC=$(awk -F'\t' '$1 == "concurrent" && $3 > m {m = $3} END {print m}' "$OUTD/four.tsv")
 echo "bench-cdh: 4 x ${SMALL} MiB: serial $SERIAL s (RSS $RSS_SERIAL MiB), concurrent $CONC s (RSS $RSS_CONC MiB)" >&2
 
 # GetResource: token cached in the daemon, resource cache off.
