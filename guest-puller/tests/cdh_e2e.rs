@@ -655,3 +655,191 @@ echo "far=$far near=$near"
     }
     Ok(())
 }
+
+/// imgsig's test keys: a cosign 2.5 key pair (password `cloak-test`).
+fn cosign_key(name: &str) -> PathBuf {
+    workspace_root().join("imgsig/testdata").join(name)
+}
+
+/// `cloak sign` of `docker://HOST/REPO:TAG` in the test registry.
+fn cloak_sign(env: &Env, repo_tag: &str) -> Result<()> {
+    run_ok(
+        Command::new(bin("cloak"))
+            .env("COSIGN_PASSWORD", "cloak-test")
+            .args(["sign", "--dest-tls-verify=false", "--key"])
+            .arg(cosign_key("cosign.key"))
+            .arg(env.registry.docker_ref(repo_tag)),
+    )?;
+    Ok(())
+}
+
+/// Refused with `code`, `needles` in the message, no rootfs and the store unchanged.
+fn assert_pull_refused(
+    cdh: &Cdh,
+    rt: &tokio::runtime::Runtime,
+    image: &str,
+    bundle: &str,
+    code: ttrpc::Code,
+    needles: &[&str],
+) -> Result<()> {
+    let before = cdh.store_entries();
+    let b = cdh.bundle(bundle);
+    let (got, msg) = status_of(rt.block_on(pull_image(&cdh.addr(), image, &b)));
+    assert_eq!(got, code, "{msg}\n{}", cdh.log());
+    for n in needles {
+        ensure!(msg.contains(n), "expected {n:?} in the refusal: {msg}");
+    }
+    ensure!(!b.join("rootfs").exists(), "a refused pull left a rootfs: {msg}");
+    ensure!(!b.join("config.json").exists(), "a refused pull left a config.json");
+    assert_eq!(cdh.store_entries(), before, "a refused pull changed the store");
+    Ok(())
+}
+
+#[test]
+fn signature_policy_is_enforced_on_every_pull_cached_or_not_from_a_file_or_the_kbs() -> Result<()> {
+    let Some(env) = setup()? else { return Ok(()) };
+    let repo = "cdh/signed";
+    let image = env.push_encrypted("kbs:///default/image-kek/cdh-signed", &format!("{repo}:v1"))?;
+    let reference = snapshot(&reference_tree(&env.dir)?)?;
+    let scope = format!("{}/{repo}", env.registry.host());
+    let signed_by = |key_path: &str| {
+        format!(
+            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{scope}":[{{"type":"sigstoreSigned","keyPath":"{key_path}","signedIdentity":{{"type":"matchRepository"}}}}]}}}}}}"#
+        )
+    };
+    let policy = env.dir.join("policy.json");
+    std::fs::write(&policy, signed_by(&cosign_key("cosign.pub").display().to_string()))?;
+    let rt = rt();
+
+    // Unsigned: refused on the manifest digest, before any key or layer is fetched.
+    let cdh = env.cdh(&["--signature-policy", &policy.display().to_string()])?;
+    assert_pull_refused(
+        &cdh,
+        &rt,
+        &image,
+        "unsigned",
+        ttrpc::Code::PERMISSION_DENIED,
+        &["signature policy refused", &scope, "not signed"],
+    )?;
+    ensure!(cdh.store_entries().is_empty(), "an unsigned image reached the store");
+
+    // Signed by the policy's key: pulled, the rootfs is the image.
+    cloak_sign(&env, &format!("{repo}:v1"))?;
+    let b = cdh.bundle("signed");
+    let digest = rt
+        .block_on(pull_image(&cdh.addr(), &image, &b))
+        .map_err(|e| anyhow::anyhow!("{e:?}\n{}", cdh.log()))?;
+    ensure!(is_mount_point(&b.join("rootfs")), "rootfs is not a mount");
+    assert_eq!(snapshot(&b.join("rootfs"))?, reference, "the mounted rootfs differs from the reference tree");
+    rustix::mount::unmount(b.join("rootfs"), rustix::mount::UnmountFlags::empty())?;
+    assert_eq!(cdh.store_entries().len(), 3);
+    let log = cdh.terminate()?;
+    ensure!(log.contains("signature policy accepted the image"), "{log}");
+
+    // The layers are now in the store; a daemon on the same store whose policy
+    // rejects the repository still refuses: the cached path is checked too.
+    let reject = env.dir.join("reject.json");
+    std::fs::write(
+        &reject,
+        format!(
+            r#"{{"default":[{{"type":"insecureAcceptAnything"}}],"transports":{{"docker":{{"{scope}":[{{"type":"reject"}}]}}}}}}"#
+        ),
+    )?;
+    let cdh = env.cdh(&["--signature-policy", &reject.display().to_string()])?;
+    assert_pull_refused(
+        &cdh,
+        &rt,
+        &image,
+        "cached-rejected",
+        ttrpc::Code::PERMISSION_DENIED,
+        &["signature policy refused", &digest, &scope, "reject"],
+    )?;
+    assert_eq!(cdh.store_entries().len(), 3);
+    cdh.terminate()?;
+
+    // The policy and its key as KBS resources, named by cdh.toml's
+    // image_security_policy_uri: fetched after the daemon's one attestation.
+    env.broker
+        .put_resource("kbs:///default/cosign-public-key/cdh", &std::fs::read(cosign_key("cosign.pub"))?)?;
+    env.broker.put_resource(
+        "kbs:///default/security-policy/cdh",
+        signed_by("kbs:///default/cosign-public-key/cdh").as_bytes(),
+    )?;
+    let toml = env.dir.join("cdh.toml");
+    std::fs::write(&toml, "[image]\nimage_security_policy_uri = \"kbs:///default/security-policy/cdh\"\n")?;
+    let cdh = env.cdh(&["-c", &toml.display().to_string()])?;
+    let b = cdh.bundle("kbs-policy");
+    let d = rt
+        .block_on(pull_image(&cdh.addr(), &image, &b))
+        .map_err(|e| anyhow::anyhow!("{e:?}\n{}", cdh.log()))?;
+    assert_eq!(d, digest);
+    assert_eq!(snapshot(&b.join("rootfs"))?, reference);
+    rustix::mount::unmount(b.join("rootfs"), rustix::mount::UnmountFlags::empty())?;
+    // An unsigned image under the same KBS policy is refused.
+    let unsigned =
+        env.push_encrypted("kbs:///default/image-kek/cdh-signed-2", &format!("{repo}:unsigned"))?;
+    assert_pull_refused(
+        &cdh,
+        &rt,
+        &unsigned,
+        "kbs-policy-unsigned",
+        ttrpc::Code::PERMISSION_DENIED,
+        &["signature policy refused", "not signed"],
+    )?;
+    let log = cdh.terminate()?;
+    ensure!(
+        log.contains("\"attestations\":1"),
+        "expected one attestation for policy, key and layers:\n{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn signature_policy_that_cannot_be_loaded_refuses_start_or_the_pull() -> Result<()> {
+    if !is_root() {
+        eprintln!("SKIP: needs root");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    // A missing policy file or a bad cdh.toml value: the daemon does not start.
+    for (args, needle) in [
+        (
+            vec!["--signature-policy".to_owned(), dir.join("missing.json").display().to_string()],
+            "missing.json",
+        ),
+        (vec!["--signature-policy".to_owned(), "https://x/policy.json".to_owned()], "--signature-policy"),
+    ] {
+        let out = Command::new(bin("cloak-cdh"))
+            .arg("--socket")
+            .arg(format!("unix://{}", dir.join("never.sock").display()))
+            .arg("--store")
+            .arg(dir.join("store"))
+            .args(&args)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "started with {args:?}");
+        ensure!(err.contains(needle), "{args:?}: {err}");
+    }
+    let toml = dir.join("cdh.toml");
+    std::fs::write(&toml, "[image]\nimage_security_policy_uri = \"kbs://kbs.example/default/p/t\"\n")?;
+    let out = Command::new(bin("cloak-cdh")).arg("-c").arg(&toml).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("image.image_security_policy_uri"), "{err}");
+    ensure!(!dir.join("never.sock").exists());
+
+    // A kbs:/// policy the KBS cannot serve (down): the pull fails closed, UNAVAILABLE.
+    std::fs::write(&toml, "[image]\nimage_security_policy_uri = \"kbs:///default/security-policy/x\"\n")?;
+    let cdh = Cdh::start(dir, "http://127.0.0.1:9", "127.0.0.1:9", &["-c", &toml.display().to_string()])?;
+    let rt = rt();
+    assert_pull_refused(
+        &cdh,
+        &rt,
+        "127.0.0.1:9/app:v1",
+        "kbs-down",
+        ttrpc::Code::UNAVAILABLE,
+        &["signature policy", "kbs:///default/security-policy/x"],
+    )?;
+    cdh.terminate()?;
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! cloak-cdh -c cdh.toml
 //! cloak-cdh --socket unix:///PATH/cdh.sock --kbs URL --attester auto|snp|tdx|sample \
 //!           [--store DIR] [--bundle-root DIR] [--rest ADDR:PORT] [--insecure-registry HOST:PORT]... \
-//!           [--pull-policy FILE] [--keyprovider-config FILE]
+//!           [--pull-policy FILE] [--keyprovider-config FILE] \
+//!           [--signature-policy FILE|kbs:///REPO/TYPE/TAG] [--registries-d DIR]
 //! ```
 //! Flags override `cdh.toml`. Logs are JSON lines on stderr (`CLOAK_LOG` sets the filter).
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use guest_puller::cdh::config::{socket_path, CdhToml, DEFAULT_SOCKET};
+use guest_puller::cdh::config::{signature_policy_location, socket_path, CdhToml, DEFAULT_SOCKET};
 use guest_puller::cdh::hub::{Hub, HubOptions};
 use guest_puller::policy::PullPolicy;
 
@@ -60,6 +61,14 @@ struct Cli {
     /// Pull policy (YAML, as cloak-pull --policy).
     #[arg(long, value_name = "FILE")]
     pull_policy: Option<PathBuf>,
+    /// Signature policy (containers-policy.json), a file or a kbs:///… resource (fetched
+    /// after attestation); loaded for every pull and enforced before any layer is fetched
+    /// or reused from the store (overrides [image] image_security_policy_uri).
+    #[arg(long, value_name = "FILE|kbs:///…")]
+    signature_policy: Option<String>,
+    /// registries.d directory (lookaside stores of GPG signatures, as skopeo reads them).
+    #[arg(long, value_name = "DIR")]
+    registries_d: Option<PathBuf>,
     /// ocicrypt keyprovider config for extra layer-key providers (not read from
     /// $OCICRYPT_KEYPROVIDER_CONFIG, which in a Kata guest points at this daemon).
     #[arg(long, value_name = "FILE")]
@@ -148,6 +157,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(p) => PullPolicy::load(p)?,
         None => PullPolicy::default(),
     };
+    let signature_policy = match &cli.signature_policy {
+        Some(p) => {
+            let loc =
+                signature_policy_location(p).map_err(anyhow::Error::msg).context("--signature-policy")?;
+            Some(if loc.starts_with("kbs:///") {
+                loc
+            } else {
+                // The daemon may change directory later; the policy is read on every pull.
+                std::path::absolute(&loc)
+                    .with_context(|| format!("--signature-policy {loc}"))?
+                    .display()
+                    .to_string()
+            })
+        }
+        None => toml.signature_policy.clone(),
+    };
     let store = cli
         .store
         .clone()
@@ -167,9 +192,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_concurrent_layers: toml.max_concurrent_layers.unwrap_or(3),
         require_signed_secrets: cli.require_signed_secrets,
         resource_cache_ttl: Duration::from_secs(cli.resource_cache_secs),
+        signature_policy,
+        registries_d: cli.registries_d.clone(),
     };
     if opts.kbs_url.is_none() {
         tracing::warn!("no KBS configured: encrypted images, resources and secrets will be refused");
+    }
+    match &opts.signature_policy {
+        Some(p) => tracing::info!(policy = %p, "signature policy enforced on every pull"),
+        None => tracing::warn!(
+            "no signature policy (--signature-policy or [image] image_security_policy_uri): \
+             image signatures are not checked"
+        ),
     }
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -178,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let hub = Arc::new(Hub::new(opts)?);
+        hub.preflight().await.context("checking the signature policy at start")?;
         let mut server = guest_puller::cdh::server::start(hub.clone(), &socket).await?;
         tracing::info!(socket = %socket.display(), kbs = ?hub.options().kbs_url, store = %hub.options().store.display(), "cloak-cdh serving");
         let rest = match cli.rest {

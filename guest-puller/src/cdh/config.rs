@@ -11,6 +11,8 @@
 //! [image]
 //! max_concurrent_layer_downloads_per_image = 3
 //! work_dir = "/run/kata-containers/image"          # the layer store lives under it
+//! # containers-policy.json checked on every pull: /path, file:///path or kbs:///repo/type/tag
+//! image_security_policy_uri = "kbs:///default/security-policy/test"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -48,13 +50,40 @@ pub struct CdhToml {
     pub max_concurrent_layers: Option<usize>,
     /// `[image] work_dir`: the layer store goes to `<work_dir>/cloak-store`.
     pub work_dir: Option<PathBuf>,
+    /// `[image] image_security_policy_uri`, checked by [`signature_policy_location`]:
+    /// an absolute path or a `kbs:///repo/type/tag` URI.
+    pub signature_policy: Option<String>,
     /// Keys that were ignored, one line each (logged as warnings at start).
     pub warnings: Vec<String>,
 }
 
-/// `[image]` keys image-rs knows that would weaken the pull if ignored: refused.
-const REFUSED_IMAGE_KEYS: &[&str] =
-    &["image_security_policy_uri", "image_security_policy", "sigstore_config_uri", "sigstore_config"];
+/// `[image]` keys of image-rs's signature settings that cloak-cdh reads another
+/// way. Ignoring them would pull unchecked images the operator meant to be
+/// checked, so a non-empty value refuses start-up, saying what to use instead.
+const REFUSED_IMAGE_KEYS: &[(&str, &str)] = &[
+    (
+        "image_security_policy",
+        "is an inline signature policy, which cloak-cdh does not read; put the containers-policy.json \
+         in a file or a KBS resource and name it with `image_security_policy_uri` (or --signature-policy)",
+    ),
+    (
+        "sigstore_config_uri",
+        "(image-rs's lookaside configuration) is not read by cloak-cdh; cosign signatures are found in \
+         the registry without it, and GPG lookaside stores come from a registries.d directory \
+         (--registries-d DIR)",
+    ),
+    (
+        "sigstore_config",
+        "(image-rs's lookaside configuration) is not read by cloak-cdh; cosign signatures are found in \
+         the registry without it, and GPG lookaside stores come from a registries.d directory \
+         (--registries-d DIR)",
+    ),
+];
+
+/// Why `key` is refused when set (`None`: not one of [`REFUSED_IMAGE_KEYS`]).
+fn refused_image_key(key: &str) -> Option<&'static str> {
+    REFUSED_IMAGE_KEYS.iter().find(|(k, _)| *k == key).map(|(_, why)| *why)
+}
 
 /// Keys of CDH that cloak-cdh does not implement; harmless to ignore, so warned.
 const IGNORED_KEYS: &[&str] = &["credentials"];
@@ -152,14 +181,31 @@ impl CdhToml {
                                 }
                                 out.work_dir = Some(PathBuf::from(s));
                             }
-                            k if REFUSED_IMAGE_KEYS.contains(&k) && !empty => {
+                            "image_security_policy_uri" => {
+                                let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
+                                if s.is_empty() {
+                                    out.warnings.push(format!(
+                                        "{origin}: `{full}` is empty: image signatures are not checked"
+                                    ));
+                                } else {
+                                    let loc = signature_policy_location(s).map_err(|r| invalid(&full, &r))?;
+                                    if !loc.starts_with('/') && !loc.starts_with("kbs:///") {
+                                        return Err(invalid(
+                                            &full,
+                                            "must be an absolute path, file:///PATH or kbs:///REPO/TYPE/TAG",
+                                        ));
+                                    }
+                                    out.signature_policy = Some(loc);
+                                }
+                            }
+                            k if refused_image_key(k).is_some() && !empty => {
+                                let why = refused_image_key(k).unwrap_or_default();
                                 return Err(invalid(
                                     &full,
-                                    "asks for image-rs signature policy, which cloak-cdh does not read from cdh.toml; \
-                                     refusing to start rather than pull unchecked (use --pull-policy)",
+                                    &format!("{why}; refusing to start rather than pull unchecked"),
                                 ));
                             }
-                            k if IGNORED_IMAGE_KEYS.contains(&k) || REFUSED_IMAGE_KEYS.contains(&k) => {
+                            k if IGNORED_IMAGE_KEYS.contains(&k) || refused_image_key(k).is_some() => {
                                 out.warnings.push(format!(
                                     "{origin}: `{full}` is not supported by cloak-cdh and is ignored"
                                 ))
@@ -176,6 +222,33 @@ impl CdhToml {
         }
         Ok(out)
     }
+}
+
+/// Checks where a signature policy comes from (`image_security_policy_uri`,
+/// `--signature-policy`) and returns it in the form `SignatureCheck::load` reads:
+/// a `kbs:///repo/type/tag` URI as is, a `file:///PATH` as the bare `/PATH`, any
+/// other path unchanged (the caller decides whether a relative one is allowed).
+pub fn signature_policy_location(s: &str) -> Result<String, String> {
+    if s.starts_with("kbs://") {
+        if !s.starts_with("kbs:///") {
+            return Err(format!("{s:?}: a KBS resource is written kbs:///REPO/TYPE/TAG (no host)"));
+        }
+        let uri: kbs_client::ResourceUri = s.parse().map_err(|e: kbs_client::KbsError| e.to_string())?;
+        return Ok(uri.to_string());
+    }
+    if let Some(rest) = s.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(format!("{s:?}: a file URI is written file:///ABSOLUTE/PATH (no host)"));
+        }
+        return Ok(rest.to_owned());
+    }
+    if s.contains("://") {
+        return Err(format!("{s:?}: expected a path, file:///PATH or kbs:///REPO/TYPE/TAG"));
+    }
+    if s.is_empty() {
+        return Err("is empty; expected a path, file:///PATH or kbs:///REPO/TYPE/TAG".into());
+    }
+    Ok(s.to_owned())
 }
 
 /// The filesystem path of a `unix:///PATH` (or `unix:PATH`) socket address.
@@ -220,9 +293,17 @@ mod tests {
             ("[kbc]\nurl = \"ftp://x\"", "kbc.url"),
             ("[image]\nmax_concurrent_layer_downloads_per_image = 0", "image.max_concurrent"),
             (
-                "[image]\nimage_security_policy_uri = \"kbs:///default/security-policy/test\"",
-                "image_security",
+                "[image]\nimage_security_policy_uri = \"https://x/policy.json\"",
+                "image.image_security_policy_uri",
             ),
+            (
+                "[image]\nimage_security_policy_uri = \"kbs:///default/two\"",
+                "image.image_security_policy_uri",
+            ),
+            ("[image]\nimage_security_policy_uri = \"policy.json\"", "image.image_security_policy_uri"),
+            ("[image]\nimage_security_policy_uri = 3", "image.image_security_policy_uri"),
+            ("[image]\nimage_security_policy = \"{}\"", "image_security_policy_uri"),
+            ("[image]\nsigstore_config_uri = \"kbs:///default/sigstore-config/test\"", "--registries-d"),
             ("kbc = 1", "kbc"),
         ] {
             let e = CdhToml::parse(text, "t").unwrap_err().to_string();
@@ -232,9 +313,43 @@ mod tests {
     }
 
     #[test]
-    fn empty_policy_uri_is_ignored_not_refused() {
+    fn empty_policy_uri_means_no_policy_and_warns() {
         let c = CdhToml::parse("[image]\nimage_security_policy_uri = \"\"", "t").unwrap();
+        assert_eq!(c.signature_policy, None);
         assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("not checked"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn image_security_policy_uri_is_accepted_and_parsed() {
+        for (value, want) in [
+            ("kbs:///default/security-policy/test", "kbs:///default/security-policy/test"),
+            ("file:///etc/containers/policy.json", "/etc/containers/policy.json"),
+            ("/etc/containers/policy.json", "/etc/containers/policy.json"),
+        ] {
+            let c = CdhToml::parse(&format!("[image]\nimage_security_policy_uri = {value:?}"), "t").unwrap();
+            assert_eq!(c.signature_policy.as_deref(), Some(want), "{value}");
+            assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        }
+    }
+
+    #[test]
+    fn bad_policy_uri_refuses_start_naming_the_key() {
+        for value in ["kbs://kbs.example/default/p/t", "file://host/p.json", "http://x/p.json", "kbs:///a/b"]
+        {
+            let e = CdhToml::parse(&format!("[image]\nimage_security_policy_uri = {value:?}"), "cdh.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cdh.toml: `image.image_security_policy_uri`"), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn signature_policy_locations() {
+        assert_eq!(signature_policy_location("policy.json").unwrap(), "policy.json");
+        assert_eq!(signature_policy_location("file:///p.json").unwrap(), "/p.json");
+        assert!(signature_policy_location("").is_err());
+        assert!(signature_policy_location("kbs:///a/b/c/d").is_err());
     }
 
     #[test]

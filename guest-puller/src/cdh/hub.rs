@@ -23,6 +23,9 @@ use crate::extract::ExtractOptions;
 use crate::policy::PullPolicy;
 use crate::progress::Quiet;
 use crate::pull::{pull, PullError, PullOptions};
+use crate::signatures::{KbsResources, SignatureCheck, SignatureError};
+use imgsig::verify::RefusalReason;
+use imgsig::{Refusal, ResourceFetcher};
 
 /// At most this many resources are cached at once.
 const MAX_CACHED: usize = 256;
@@ -58,6 +61,12 @@ pub struct HubOptions {
     pub require_signed_secrets: bool,
     /// How long a fetched resource is served from memory (zero: never cached).
     pub resource_cache_ttl: Duration,
+    /// Signature policy (containers-policy.json) enforced on every pull: a file
+    /// path or a `kbs:///repo/type/tag` resource (as `config::signature_policy_location`
+    /// returns it). `None`: image signatures are not checked.
+    pub signature_policy: Option<String>,
+    /// registries.d directory: lookaside stores of GPG signatures for `signedBy`.
+    pub registries_d: Option<PathBuf>,
 }
 
 impl Default for HubOptions {
@@ -76,6 +85,8 @@ impl Default for HubOptions {
             max_concurrent_layers: 3,
             require_signed_secrets: false,
             resource_cache_ttl: Duration::from_secs(10),
+            signature_policy: None,
+            registries_d: None,
         }
     }
 }
@@ -97,6 +108,13 @@ pub enum HubError {
     Kbs(#[from] KbsError),
     #[error("pull failed: {0}")]
     Pull(#[from] PullError),
+    /// The configured signature policy could not be loaded: the pull is refused
+    /// rather than run unchecked.
+    #[error("the signature policy could not be loaded, so no image is pulled: {source}")]
+    SignaturePolicy {
+        #[source]
+        source: SignatureError,
+    },
     #[error(transparent)]
     Sealed(#[from] SealedError),
     #[error("keyprovider: {0}")]
@@ -121,6 +139,11 @@ impl HubError {
             HubError::Request(_) | HubError::ResourcePath { .. } => Code::INVALID_ARGUMENT,
             HubError::NoKbs | HubError::Setup(_) => Code::FAILED_PRECONDITION,
             HubError::Kbs(k) => kbs_code(k),
+            HubError::SignaturePolicy { source } => match source {
+                SignatureError::Kbs { .. } => Code::UNAVAILABLE,
+                _ => Code::FAILED_PRECONDITION,
+            },
+            HubError::Pull(PullError::Signature(SignatureError::Refused(r))) => refusal_code(r),
             HubError::Pull(_) | HubError::Spec(_) | HubError::Bundle { .. } => Code::INTERNAL,
             HubError::Sealed(SealedError::BadSignature { .. } | SealedError::UnsignedRefused) => {
                 Code::PERMISSION_DENIED
@@ -140,6 +163,18 @@ impl HubError {
             HubError::UnsupportedMount(_) => Code::UNIMPLEMENTED,
             HubError::ShuttingDown => Code::UNAVAILABLE,
         }
+    }
+}
+
+/// A policy's verdict is PERMISSION_DENIED; a refusal only because a key or the
+/// signatures could not be fetched (KBS or registry down) may pass on a retry.
+fn refusal_code(r: &Refusal) -> ttrpc::Code {
+    use ttrpc::Code;
+    match &*r.reason {
+        RefusalReason::Key(k) if k.key.contains("kbs:///") => Code::UNAVAILABLE,
+        RefusalReason::Key(_) | RefusalReason::BadKey(_) => Code::FAILED_PRECONDITION,
+        RefusalReason::Fetch(_) => Code::UNAVAILABLE,
+        _ => Code::PERMISSION_DENIED,
     }
 }
 
@@ -233,6 +268,14 @@ impl Hub {
                 unwrappers.push(Arc::new(keyprovider::ProviderUnwrapper::new(client, Vec::new())));
             }
         }
+        if let Some(p) = &opts.signature_policy {
+            if p.starts_with("kbs:///") && kbs.is_none() {
+                return Err(setup(format!(
+                    "the signature policy {p} is a KBS resource, but no KBS is configured \
+                     (--kbs URL or [kbc] url in cdh.toml)"
+                )));
+            }
+        }
         let keyprovider = KeyProviderCore::new(None, kek_unwrapper)
             .with_unwrap_disabled_reason("no KBS is configured (--kbs URL or [kbc] url in cdh.toml)");
         let store = crate::store::Store::open(&opts.store).map_err(|e| setup(e.to_string()))?;
@@ -245,6 +288,24 @@ impl Hub {
             cache: Mutex::new(HashMap::new()),
             inflight: InFlight::default(),
         })
+    }
+
+    /// What can be checked at start without the KBS, so a typo stops the daemon
+    /// rather than every pull: a file policy reads and parses, registries.d
+    /// loads. (Pulls load both again; a `kbs:///` policy is first read then.)
+    pub async fn preflight(&self) -> Result<(), HubError> {
+        let bad = |source| HubError::SignaturePolicy { source };
+        match &self.opts.signature_policy {
+            Some(p) if !p.starts_with("kbs:///") => {
+                SignatureCheck::load(p, self.opts.registries_d.as_deref(), None).await.map_err(bad)?;
+            }
+            _ => {
+                if let Some(d) = &self.opts.registries_d {
+                    imgsig::registries_d::RegistriesD::load(d).map_err(|e| bad(e.into()))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The options the hub runs with.
@@ -289,15 +350,25 @@ impl Hub {
         let started = Instant::now();
         let bundle = bundle::check_bundle_path(&self.opts.bundle_root, bundle_path)?;
         let image = bundle::docker_reference(image_url)?;
+        let image_ref: oci::ImageRef = image.parse().map_err(|e: oci::RefError| RequestError::Reference {
+            image: image_url.chars().take(200).collect(),
+            reason: e.to_string(),
+        })?;
+        // Loaded for every pull, before the bundle is touched: an edited file or
+        // KBS resource takes effect at once, and a policy that cannot be read
+        // refuses the pull rather than letting it run unchecked.
+        let signature_check = match self.signature_check().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(image = %image_url, bundle = %bundle_path, error = %e, "PullImage refused");
+                return Err(e);
+            }
+        };
         let bundle = bundle::prepare_bundle(&self.opts.bundle_root, &bundle)?;
         let rootfs = bundle.join("rootfs");
         clear_empty_rootfs(&bundle, &rootfs)?;
         let insecure =
             bundle::registry_of(&image).is_some_and(|r| self.opts.insecure_registries.contains(&r));
-        let image_ref: oci::ImageRef = image.parse().map_err(|e: oci::RefError| RequestError::Reference {
-            image: image_url.chars().take(200).collect(),
-            reason: e.to_string(),
-        })?;
         let had_image_json = bundle.join("image.json").exists();
         let opts = PullOptions {
             image: image_ref,
@@ -315,9 +386,9 @@ impl Hub {
             max_concurrent_layers: self.opts.max_concurrent_layers,
             extract: ExtractOptions::default(),
             progress: Arc::new(Quiet),
-            // cdh.toml's image_security_policy_uri is refused at start-up (config.rs),
-            // so no configured signature policy can be skipped here.
-            signature_check: None,
+            // Checked by pull() on the manifest digest it resolves, before any layer
+            // is fetched or reused from the store: cached images are checked too.
+            signature_check,
         };
         // The pull runs on its own blocking thread to completion, whatever the
         // caller does: a rootfs is mounted whole or not at all.
@@ -354,6 +425,18 @@ impl Hub {
             "PullImage done"
         );
         Ok(summary.manifest_digest.to_string())
+    }
+
+    /// The configured signature policy, loaded now (a `kbs:///` policy and
+    /// `kbs:///` keys through the daemon's one KBS session); `None` when no
+    /// policy is configured.
+    async fn signature_check(&self) -> Result<Option<Arc<SignatureCheck>>, HubError> {
+        let Some(policy) = &self.opts.signature_policy else { return Ok(None) };
+        let kbs = self.kbs.clone().map(|c| Arc::new(KbsResources(c)) as Arc<dyn ResourceFetcher>);
+        let check = SignatureCheck::load(policy, self.opts.registries_d.as_deref(), kbs)
+            .await
+            .map_err(|source| HubError::SignaturePolicy { source })?;
+        Ok(Some(Arc::new(check)))
     }
 
     fn kbs(&self) -> Result<&KbsClient, HubError> {
