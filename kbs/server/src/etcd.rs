@@ -38,7 +38,7 @@ pub enum EtcdError {
 
 impl EtcdError {
     /// Whether another member might answer (connection trouble, timeouts, 5xx).
-    fn retriable(&self) -> bool {
+    pub(crate) fn retriable(&self) -> bool {
         match self {
             EtcdError::Unreachable { .. } => true,
             EtcdError::Status { status, .. } => *status >= 500,
@@ -146,6 +146,8 @@ pub fn parse_range(body: &[u8]) -> Vec<Kv> {
 
 pub struct EtcdClient {
     http: reqwest::Client,
+    /// Native gRPC channels per member for transactions (plain-http members only).
+    grpc: Option<Vec<crate::etcd_grpc::Channel>>,
     scheme: &'static str,
     endpoints: Vec<String>,
     current: AtomicUsize,
@@ -197,7 +199,16 @@ impl EtcdClient {
             None => "http",
         };
         let http = b.build().map_err(|e| EtcdError::Setup(e.to_string()))?;
-        Ok(Self { http, scheme, endpoints: spec.endpoints.clone(), current: AtomicUsize::new(0), timeout })
+        let grpc = (scheme == "http")
+            .then(|| spec.endpoints.iter().map(|e| crate::etcd_grpc::Channel::new(e)).collect());
+        Ok(Self {
+            http,
+            grpc,
+            scheme,
+            endpoints: spec.endpoints.clone(),
+            current: AtomicUsize::new(0),
+            timeout,
+        })
     }
 
     fn url(&self, i: usize, path: &str) -> (String, String) {
@@ -344,6 +355,34 @@ impl EtcdClient {
         value: &[u8],
         lease: i64,
     ) -> Result<(bool, i64, Option<Kv>), EtcdError> {
+        if let Some(ch) = &self.grpc {
+            let t = if target == "CREATE" {
+                crate::etcd_grpc::Target::Create
+            } else {
+                crate::etcd_grpc::Target::Mod
+            };
+            let msg = crate::etcd_grpc::encode_txn(key.as_bytes(), t, rev, value, lease);
+            let start = self.current.load(Ordering::Relaxed);
+            let mut last = None;
+            for k in 0..ch.len() {
+                let i = (start + k) % ch.len();
+                match ch[i].unary("/etcdserverpb.KV/Txn", &msg, self.timeout).await {
+                    Ok(b) => {
+                        if k > 0 {
+                            self.current.store(i, Ordering::Relaxed);
+                        }
+                        return crate::etcd_grpc::decode_txn(&b).ok_or_else(|| EtcdError::Malformed {
+                            endpoint: self.endpoints[i].clone(),
+                            what: "TxnResponse",
+                        });
+                    }
+                    Err(e) if e.retriable() => last = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            self.current.store(start.wrapping_add(1) % ch.len().max(1), Ordering::Relaxed);
+            return Err(last.unwrap_or(EtcdError::Spec { spec: String::new(), why: "no members" }));
+        }
         let field = if target == "CREATE" { "create_revision" } else { "mod_revision" };
         let mut put = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
         if lease != 0 {
