@@ -23,6 +23,8 @@ pub enum ConfigError {
     },
     #[error("certificate {path} is not a PEM or DER X.509 certificate")]
     Cert { path: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot build the TDX collateral / AMD KDS HTTP client: {0}")]
     Http(#[source] reqwest::Error),
 }
@@ -91,6 +93,12 @@ pub struct ServeConfig {
     pub store_timeout_ms: u64,
     /// CA certificate (PEM) of the etcd members; with it they are reached over TLS.
     pub etcd_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for etcd members that require client certificates.
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user (etcd authentication enabled); its password is read from `etcd_password_file`.
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
     pub admin_public_key: Option<PathBuf>,
     pub admin_issuer: Option<String>,
     pub admin_audience: Option<String>,
@@ -128,6 +136,10 @@ impl Default for ServeConfig {
             store_stale_secs: 0,
             store_timeout_ms: 1000,
             etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
             admin_public_key: None,
             admin_issuer: None,
             admin_audience: None,

@@ -38,6 +38,11 @@ pub enum EtcdError {
 
 impl EtcdError {
     /// Whether another member might answer (connection trouble, timeouts, 5xx).
+    /// Whether etcd refused the token (expired or revoked): authenticate again.
+    pub(crate) fn is_auth_expired(&self) -> bool {
+        matches!(self, EtcdError::Status { message, .. } if message.contains("invalid auth token"))
+    }
+
     pub(crate) fn retriable(&self) -> bool {
         match self {
             EtcdError::Unreachable { .. } => true,
@@ -83,10 +88,26 @@ impl std::fmt::Display for EtcdSpec {
 }
 
 /// TLS and authentication for the etcd connection.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct EtcdTls {
     /// CA certificate (PEM) of the etcd members; with it the members are reached over https.
     pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and its key (PEM, concatenated), for members started with
+    /// `--client-cert-auth`; needs `ca_pem`.
+    pub client_pem: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// etcd user and password (etcd authentication): the client takes a token from
+    /// `/v3/auth/authenticate` and sends it with every request.
+    pub auth: Option<(String, zeroize::Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_pem.is_some())
+            .field("user", &self.auth.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 /// One key-value as etcd returns it.
@@ -152,6 +173,9 @@ pub struct EtcdClient {
     endpoints: Vec<String>,
     current: AtomicUsize,
     timeout: Duration,
+    /// etcd user and password, and the token last obtained with them.
+    auth: Option<(String, zeroize::Zeroizing<String>)>,
+    token: std::sync::RwLock<Option<zeroize::Zeroizing<String>>>,
 }
 
 impl std::fmt::Debug for EtcdClient {
@@ -194,7 +218,15 @@ impl EtcdClient {
             Some(pem) => {
                 let ca = reqwest::Certificate::from_pem(pem).map_err(|e| EtcdError::Setup(e.to_string()))?;
                 b = b.tls_certs_only([ca]);
+                if let Some(id) = &tls.client_pem {
+                    let id = reqwest::Identity::from_pem(id)
+                        .map_err(|e| EtcdError::Setup(format!("etcd client certificate/key: {e}")))?;
+                    b = b.identity(id);
+                }
                 "https"
+            }
+            None if tls.client_pem.is_some() => {
+                return Err(EtcdError::Setup("an etcd client certificate needs --etcd-ca (TLS)".into()))
             }
             None => "http",
         };
@@ -208,6 +240,8 @@ impl EtcdClient {
             endpoints: spec.endpoints.clone(),
             current: AtomicUsize::new(0),
             timeout,
+            auth: tls.auth.clone(),
+            token: std::sync::RwLock::new(None),
         })
     }
 
@@ -239,13 +273,65 @@ impl EtcdClient {
         Ok(num(v.pointer("/header/revision")))
     }
 
+    fn current_token(&self) -> Option<zeroize::Zeroizing<String>> {
+        self.token.read().ok().and_then(|t| t.clone())
+    }
+
+    /// A fresh token from member `i` (etcd authentication); Ok(None) without a user.
+    async fn authenticate(&self, i: usize) -> Result<Option<zeroize::Zeroizing<String>>, EtcdError> {
+        let Some((user, password)) = &self.auth else { return Ok(None) };
+        let body = json!({ "name": user, "password": password.as_str() });
+        let v = self.send(i, "/v3/auth/authenticate", &body, None).await.map_err(|e| match e {
+            EtcdError::Status { endpoint, status, message } => EtcdError::Status {
+                endpoint,
+                status,
+                message: format!("authenticating as etcd user {user:?}: {message}"),
+            },
+            e => e,
+        })?;
+        let token = v.get("token").and_then(Value::as_str).filter(|t| !t.is_empty()).ok_or_else(|| {
+            EtcdError::Malformed { endpoint: self.url(i, "").0, what: "authenticate without a token" }
+        })?;
+        let token = zeroize::Zeroizing::new(token.to_string());
+        if let Ok(mut t) = self.token.write() {
+            *t = Some(token.clone());
+        }
+        Ok(Some(token))
+    }
+
+    /// The token to send, authenticating first when there is none yet.
+    pub(crate) async fn token_for(&self, i: usize) -> Result<Option<zeroize::Zeroizing<String>>, EtcdError> {
+        match self.current_token() {
+            Some(t) => Ok(Some(t)),
+            None => self.authenticate(i).await,
+        }
+    }
+
+    /// One request with the current token; an expired or revoked token is renewed once.
     async fn once(&self, i: usize, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let token = self.token_for(i).await?;
+        match self.send(i, path, body, token.as_deref().map(String::as_str)).await {
+            Err(e) if self.auth.is_some() && e.is_auth_expired() => {
+                let token = self.authenticate(i).await?;
+                self.send(i, path, body, token.as_deref().map(String::as_str)).await
+            }
+            r => r,
+        }
+    }
+
+    async fn send(
+        &self,
+        i: usize,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<Value, EtcdError> {
         let (endpoint, url) = self.url(i, path);
-        let resp = self
-            .http
-            .post(url)
-            .timeout(self.timeout)
-            .json(body)
+        let mut req = self.http.post(url).timeout(self.timeout).json(body);
+        if let Some(t) = token {
+            req = req.header(reqwest::header::AUTHORIZATION, t);
+        }
+        let resp = req
             .send()
             .await
             .map_err(|source| EtcdError::Unreachable { endpoint: endpoint.clone(), source })?;
@@ -254,8 +340,16 @@ impl EtcdClient {
             .bytes()
             .await
             .map_err(|source| EtcdError::Unreachable { endpoint: endpoint.clone(), source })?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| EtcdError::Malformed { endpoint: endpoint.clone(), what: "body is not JSON" })?;
+        let v: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            // etcd answers some refusals in plain text (e.g. its gateway on a client
+            // certificate with a CommonName): show them.
+            Err(_) if status != 200 => {
+                let message = String::from_utf8_lossy(&bytes).trim().chars().take(300).collect();
+                return Err(EtcdError::Status { endpoint, status, message });
+            }
+            Err(_) => return Err(EtcdError::Malformed { endpoint, what: "body is not JSON" }),
+        };
         if status != 200 || v.get("error").is_some() {
             let message = v
                 .get("error")
@@ -366,7 +460,22 @@ impl EtcdClient {
             let mut last = None;
             for k in 0..ch.len() {
                 let i = (start + k) % ch.len();
-                match ch[i].unary("/etcdserverpb.KV/Txn", &msg, self.timeout).await {
+                let token = self.token_for(i).await?;
+                let mut r = ch[i]
+                    .unary("/etcdserverpb.KV/Txn", &msg, token.as_deref().map(String::as_str), self.timeout)
+                    .await;
+                if self.auth.is_some() && r.as_ref().is_err_and(EtcdError::is_auth_expired) {
+                    let token = self.authenticate(i).await?;
+                    r = ch[i]
+                        .unary(
+                            "/etcdserverpb.KV/Txn",
+                            &msg,
+                            token.as_deref().map(String::as_str),
+                            self.timeout,
+                        )
+                        .await;
+                }
+                match r {
                     Ok(b) => {
                         if k > 0 {
                             self.current.store(i, Ordering::Relaxed);
@@ -464,7 +573,12 @@ impl EtcdClient {
         let body = json!({ "create_request": {
             "key": b64(key.as_bytes()), "range_end": b64(end), "start_revision": start_revision.to_string(),
         }});
-        let mut resp = match self.http.post(url).json(&body).send().await {
+        let token = self.token_for(i).await?;
+        let mut req = self.http.post(url).json(&body);
+        if let Some(t) = &token {
+            req = req.header(reqwest::header::AUTHORIZATION, t.as_str());
+        }
+        let mut resp = match req.send().await {
             Ok(r) => r,
             Err(source) => {
                 self.skip_member(i);

@@ -218,8 +218,15 @@ impl Channel {
     }
 
     /// One unary call: `method` is e.g. "/etcdserverpb.KV/Txn"; the answer's message bytes.
-    pub async fn unary(&self, method: &str, msg: &[u8], timeout: Duration) -> Result<Bytes, EtcdError> {
-        let r = tokio::time::timeout(timeout, self.unary_inner(method, msg, timeout)).await;
+    /// `token`: the etcd auth token (sent as gRPC metadata `token`, as etcd's clients do).
+    pub async fn unary(
+        &self,
+        method: &str,
+        msg: &[u8],
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Bytes, EtcdError> {
+        let r = tokio::time::timeout(timeout, self.unary_inner(method, msg, token, timeout)).await;
         let r = r.unwrap_or_else(|_| Err(grpc_err(&self.endpoint, true, "timed out".into())));
         if r.as_ref().is_err_and(|e| matches!(e, EtcdError::Status { status: 503, .. })) {
             // The connection may be what failed: the next call makes a new one.
@@ -228,16 +235,24 @@ impl Channel {
         r
     }
 
-    async fn unary_inner(&self, method: &str, msg: &[u8], timeout: Duration) -> Result<Bytes, EtcdError> {
+    async fn unary_inner(
+        &self,
+        method: &str,
+        msg: &[u8],
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Bytes, EtcdError> {
         let ep = &self.endpoint;
         let h2e = |what: &str, e: h2::Error| grpc_err(ep, true, format!("{what}: {e}"));
         let send = self.sender(timeout.min(Duration::from_millis(500))).await?;
         let mut send = send.ready().await.map_err(|e| h2e("connection", e))?;
-        let req = http::Request::post(format!("http://{ep}{method}"))
+        let mut req = http::Request::post(format!("http://{ep}{method}"))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .map_err(|e| grpc_err(ep, false, format!("request: {e}")))?;
+            .header("te", "trailers");
+        if let Some(t) = token {
+            req = req.header("token", t);
+        }
+        let req = req.body(()).map_err(|e| grpc_err(ep, false, format!("request: {e}")))?;
         let (resp, mut body_tx) = send.send_request(req, false).map_err(|e| h2e("send", e))?;
         let mut framed = BytesMut::with_capacity(5 + msg.len());
         framed.put_u8(0);

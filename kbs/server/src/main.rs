@@ -77,6 +77,8 @@ enum Cmd {
         policy: Option<PathBuf>,
         #[arg(long)]
         overwrite: bool,
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
     /// Re-seal every value of an etcd store under --master-key (after a rotation: run
     /// the replicas with the new --master-key and the old one as --old-master-key first).
@@ -87,7 +89,47 @@ enum Cmd {
         master_key: PathBuf,
         #[arg(long)]
         old_master_key: Vec<PathBuf>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
+}
+
+/// How to reach etcd members that use TLS and authentication.
+#[derive(clap::Args, Default)]
+struct EtcdArgs {
+    /// CA certificate (PEM) of the etcd members (TLS).
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for members that require one (`--client-cert-auth`);
+    /// with --etcd-key and --etcd-ca. Issue it without a CommonName: etcd 3.4 refuses
+    /// gateway requests whose certificate has one; name the user with --etcd-user.
+    #[arg(long, requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user (etcd authentication enabled); with --etcd-password-file.
+    #[arg(long, requires = "etcd_password_file")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password (one line), so it is not on the command line.
+    #[arg(long, requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    fn apply(self, cfg: &mut kbs_server::ServeConfig) {
+        if self.etcd_ca.is_some() {
+            cfg.etcd_ca = self.etcd_ca;
+        }
+        if self.etcd_cert.is_some() {
+            cfg.etcd_cert = self.etcd_cert;
+            cfg.etcd_key = self.etcd_key;
+        }
+        if self.etcd_user.is_some() {
+            cfg.etcd_user = self.etcd_user;
+            cfg.etcd_password_file = self.etcd_password_file;
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -214,9 +256,8 @@ struct ServeArgs {
     /// etcd is unreachable or without quorum (0: fail closed at once).
     #[arg(long)]
     store_stale_secs: Option<u64>,
-    /// CA certificate (PEM) of the etcd members (TLS).
-    #[arg(long)]
-    etcd_ca: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     #[arg(long)]
     admin_public_key: Option<PathBuf>,
     /// AMD ARK certificate (trust anchor for SNP).
@@ -262,9 +303,7 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<kbs_server::ServeConfig> {
     if let Some(v) = a.store_stale_secs {
         cfg.store_stale_secs = v;
     }
-    if a.etcd_ca.is_some() {
-        cfg.etcd_ca = a.etcd_ca;
-    }
+    a.etcd.apply(&mut cfg);
     if a.admin_public_key.is_some() {
         cfg.admin_public_key = a.admin_public_key;
     }
@@ -379,18 +418,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
-        Cmd::Migrate { from, to, master_key, old_master_key, policy, overwrite } => {
+        Cmd::Migrate { from, to, master_key, old_master_key, policy, overwrite, etcd } => {
+            let mut cfg =
+                kbs_server::ServeConfig { master_key, old_master_keys: old_master_key, ..Default::default() };
+            etcd.apply(&mut cfg);
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(migrate(from, to, master_key, old_master_key, policy, overwrite))
+            rt.block_on(migrate(from, to, cfg, policy, overwrite))
         }
-        Cmd::Reseal { store, master_key, old_master_key } => {
+        Cmd::Reseal { store, master_key, old_master_key, etcd } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                let cfg = kbs_server::ServeConfig {
+                let mut cfg = kbs_server::ServeConfig {
                     master_key: Some(master_key),
                     old_master_keys: old_master_key,
                     ..Default::default()
                 };
+                etcd.apply(&mut cfg);
                 let s =
                     kbs_server::storage::Store::open(&store, kbs_server::server::store_options(&cfg, None)?)
                         .await?;
@@ -411,13 +454,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn migrate(
     from: kbs_server::storage::StoreSpec,
     to: kbs_server::storage::StoreSpec,
-    master_key: Option<PathBuf>,
-    old_master_key: Vec<PathBuf>,
+    cfg: kbs_server::ServeConfig,
     policy: Option<PathBuf>,
     overwrite: bool,
 ) -> anyhow::Result<()> {
     use kbs_server::storage::Store;
-    let cfg = kbs_server::ServeConfig { master_key, old_master_keys: old_master_key, ..Default::default() };
     let src = Store::open(&from, kbs_server::server::store_options(&cfg, None)?)
         .await
         .with_context(|| format!("opening the source {from}"))?;

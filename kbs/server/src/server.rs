@@ -221,16 +221,46 @@ pub fn master_keys(cfg: &ServeConfig) -> Result<Option<MasterKeys>, SealError> {
 
 /// Store options from the config; `seed_policy` is the policy file's text.
 pub fn store_options(cfg: &ServeConfig, seed_policy: Option<String>) -> Result<StoreOptions, ServeError> {
-    let ca_pem = match &cfg.etcd_ca {
-        Some(p) => Some(std::fs::read(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?),
+    let read = |p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
+        match p {
+            Some(p) => {
+                Ok(Some(std::fs::read(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?))
+            }
+            None => Ok(None),
+        }
+    };
+    let ca_pem = read(&cfg.etcd_ca)?;
+    let client_pem = match (read(&cfg.etcd_cert)?, read(&cfg.etcd_key)?) {
+        (Some(mut cert), Some(key)) => {
+            cert.push(b'\n');
+            cert.extend_from_slice(&key);
+            Some(Zeroizing::new(cert))
+        }
+        (None, None) => None,
+        _ => return Err(ConfigError::Invalid("--etcd-cert and --etcd-key go together".into()).into()),
+    };
+    let password = match &cfg.etcd_password_file {
+        Some(p) => {
+            let raw = Zeroizing::new(
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?,
+            );
+            Some(Zeroizing::new(raw.trim_end_matches(['\n', '\r']).to_string()))
+        }
         None => None,
+    };
+    let auth = match (&cfg.etcd_user, password) {
+        (Some(u), Some(pw)) => Some((u.clone(), pw)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid("--etcd-user and --etcd-password-file go together".into()).into())
+        }
     };
     Ok(StoreOptions {
         master_keys: master_keys(cfg)?,
         session_ttl: Duration::from_secs(cfg.session_ttl_secs.max(1)),
         stale: Duration::from_secs(cfg.store_stale_secs),
         timeout: Duration::from_millis(cfg.store_timeout_ms.max(50)),
-        tls: crate::etcd::EtcdTls { ca_pem },
+        tls: crate::etcd::EtcdTls { ca_pem, client_pem, auth },
         seed_policy,
     })
 }
