@@ -3,7 +3,9 @@
 //! etcd 3.4+ member serves on its client URL. It speaks the same v3 API as the gRPC
 //! clients (same keys, revisions, leases, transactions, watches) without generated
 //! protobuf code, so the broker builds with no `protoc` and no new dependencies (the
-//! HTTP client is the one the broker already links).
+//! HTTP client is the one the broker already links). Transactions, the one request
+//! on the attestation path, go over native gRPC instead when the members speak plain
+//! HTTP (`etcd_grpc`: the gateway costs each member more CPU than the write itself).
 //!
 //! Requests go to one endpoint at a time; a connection failure, a timeout or a 5xx moves
 //! to the next endpoint, so losing one member costs a retry, not an error.
