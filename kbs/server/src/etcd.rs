@@ -301,6 +301,12 @@ impl EtcdClient {
         Ok(Some(token))
     }
 
+    /// After etcd refused the token (expired, or voided by an auth disable/enable).
+    async fn reauthenticate(&self, i: usize) -> Result<Option<zeroize::Zeroizing<String>>, EtcdError> {
+        tracing::info!(endpoint = %self.url(i, "").0, "etcd refused the auth token; authenticating again");
+        self.authenticate(i).await
+    }
+
     /// The token to send, authenticating first when there is none yet.
     pub(crate) async fn token_for(&self, i: usize) -> Result<Option<zeroize::Zeroizing<String>>, EtcdError> {
         match self.current_token() {
@@ -314,7 +320,7 @@ impl EtcdClient {
         let token = self.token_for(i).await?;
         match self.send(i, path, body, token.as_deref().map(String::as_str)).await {
             Err(e) if self.auth.is_some() && e.is_auth_expired() => {
-                let token = self.authenticate(i).await?;
+                let token = self.reauthenticate(i).await?;
                 self.send(i, path, body, token.as_deref().map(String::as_str)).await
             }
             r => r,
@@ -467,7 +473,7 @@ impl EtcdClient {
                     .unary("/etcdserverpb.KV/Txn", &msg, token.as_deref().map(String::as_str), self.timeout)
                     .await;
                 if self.auth.is_some() && r.as_ref().is_err_and(EtcdError::is_auth_expired) {
-                    let token = self.authenticate(i).await?;
+                    let token = self.reauthenticate(i).await?;
                     r = ch[i]
                         .unary(
                             "/etcdserverpb.KV/Txn",

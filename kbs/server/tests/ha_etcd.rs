@@ -856,7 +856,17 @@ async fn broker_on_authenticated_etcd(tls: bool) {
     // A replay goes through the session's create-only transaction again.
     let (st, _) = rc.attest(sample_evidence(&rc.report_data())).await;
     assert_eq!(st, 200);
+    // Tokens voided by etcd (auth disabled and enabled again drops them all): the
+    // replica authenticates again and the next guest does not notice.
+    let url = format!("{}://{ep}", if tls { "https" } else { "http" });
+    etcdctl(d, &url, tls, &["--user", "root:rootpw", "auth", "disable"]);
+    etcdctl(d, &url, tls, &["auth", "enable"]);
+    let rc = auth(&r.url(), "sample", json!({})).await;
+    let (st, v) = rc.attest(sample_evidence(&rc.report_data())).await;
+    assert_eq!(st, 200, "after the token was voided: {v}");
     r.kill();
+    let log = std::fs::read_to_string(d.join("replica.log")).unwrap();
+    assert!(log.contains("authenticating again"), "the voided token was not renewed:\n{log}");
     etcd.kill().unwrap();
     etcd.wait().unwrap();
 }
