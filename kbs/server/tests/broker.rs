@@ -421,13 +421,15 @@ async fn tdx_evidence_is_dcap_verified_and_a_broken_chain_is_invalid_signature()
 
 #[tokio::test]
 async fn repeated_attest_returns_same_token_and_expired_session_is_refused() {
-    let b = start(SAMPLE_POLICY, |c, _| c.session_ttl_secs = 1).await;
+    // Expiry has whole-second resolution: a 2 s session lives at least 1 s, which the
+    // handshake below never needs, and is surely over 2.2 s later.
+    let b = start(SAMPLE_POLICY, |c, _| c.session_ttl_secs = 2).await;
     let r = auth(&b.url, "sample", json!({})).await;
     let (_, v1) = r.attest(sample_evidence(&r.report_data())).await;
     let (_, v2) = r.attest(sample_evidence(&r.report_data())).await;
     assert_eq!(v1["token"], v2["token"]);
     let r = auth(&b.url, "sample", json!({})).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
     assert_eq!(r.attest(sample_evidence(&r.report_data())).await.0, 401);
 }
 
