@@ -13,7 +13,7 @@ pub mod admin;
 pub mod claims;
 pub mod config;
 pub mod etcd;
-mod etcd_grpc;
+pub mod etcd_grpc;
 pub mod jwe;
 pub mod metrics;
 pub mod policy;
