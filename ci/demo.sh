@@ -142,7 +142,10 @@ grep -q "attestation rejected" "$WORK/refused.txt" || fail "the refusal does not
 echo "refused as expected (exit $rc), and $WORK/bundle2/rootfs does not exist"
 
 say "broker metrics"
-curl -fs "$KBS/metrics" | grep -E '^coco_' | sed 's/^/    /'
-curl -fs "$KBS/metrics" | grep -q '^coco_attestation_failure_total' || fail "no failure metric recorded"
+# Into a file first: `curl | grep -q` fails under pipefail once the page outgrows the
+# pipe buffer (grep exits at the first match, curl gets SIGPIPE).
+curl -fs "$KBS/metrics" > "$WORK/metrics.txt" || fail "the broker's /metrics did not answer"
+grep -E '^coco_' "$WORK/metrics.txt" | sed 's/^/    /'
+grep -q '^coco_attestation_failure_total' "$WORK/metrics.txt" || fail "no failure metric recorded"
 
 say "demo passed: encrypted with a KBS-held KEK, released only to accepted evidence, refused otherwise"
