@@ -24,6 +24,7 @@ pub const ENTRIES: &[(&str, Entry)] = &[
     ("kbs_challenge", targets::kbs_challenge),
     ("kbs_evidence", targets::kbs_evidence),
     ("kbs_resource_response", targets::kbs_resource_response),
+    ("kbs_session_cookie", targets::kbs_session_cookie),
     ("kbs_store_values", targets::kbs_store_values),
     ("keyprovider_packet", targets::keyprovider_packet),
     ("keyprovider_protocol", targets::keyprovider_protocol),

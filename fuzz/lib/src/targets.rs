@@ -586,3 +586,28 @@ pub fn tdx_quote(data: &[u8]) {
     let _ = tdx::quote_info(data);
     let _ = tdx::verify_quote(data, tdx_sample_collateral(), tdx::INTEL_SGX_ROOT_CA_DER, 1_751_000_000);
 }
+
+/// The sealed `kbs-session-id` cookie a guest (or anyone on the network) sends to
+/// `/attest` and `/resource`: any value gives a clear refusal or, for a cookie this key
+/// sealed, its ticket back unchanged; never a panic.
+pub fn kbs_session_cookie(data: &[u8]) {
+    use kbs_server::session::{CookieKey, Ticket};
+    static KEY: OnceLock<CookieKey> = OnceLock::new();
+    let key = KEY.get_or_init(|| CookieKey::derive(&[9u8; 32]));
+    let _ = key.open(&String::from_utf8_lossy(data));
+    // A genuine cookie whose ticket carries the fuzzer's text, bounded as `/auth` bounds
+    // it (pod and namespace through the metrics label filter, a 32-byte base64 nonce),
+    // opens to the same ticket.
+    use base64::Engine as _;
+    let text = String::from_utf8_lossy(data);
+    let t = Ticket {
+        tee: kbs_types::Tee::Sample,
+        pod: kbs_server::metrics::label(&text),
+        namespace: kbs_server::metrics::label(&text.chars().rev().collect::<String>()),
+        nonce: base64::engine::general_purpose::STANDARD.encode(&data[..data.len().min(32)]),
+        exp: u64::MAX,
+    };
+    let (id, cookie) = key.seal(&t);
+    let (id2, back) = key.open(&cookie).expect("a cookie this key sealed opens");
+    assert_eq!((id2, back.pod, back.nonce), (id, t.pod, t.nonce));
+}
