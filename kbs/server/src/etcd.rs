@@ -1,11 +1,11 @@
 //! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/range`, `/v3/kv/put`,
-//! `/v3/kv/txn`, `/v3/kv/deleterange`, `/v3/lease/grant`, `/v3/watch`), which every
+//! `/v3/kv/deleterange`, `/v3/lease/grant`, `/v3/watch`), which every
 //! etcd 3.4+ member serves on its client URL. It speaks the same v3 API as the gRPC
 //! clients (same keys, revisions, leases, transactions, watches) without generated
 //! protobuf code, so the broker builds with no `protoc` and no new dependencies (the
-//! HTTP client is the one the broker already links). Transactions, the one request
-//! on the attestation path, go over native gRPC instead when the members speak plain
-//! HTTP (`etcd_grpc`: the gateway costs each member more CPU than the write itself).
+//! HTTP client is the one the broker already links). Transactions (`KV/Txn`), the one
+//! request on the attestation path, go over native gRPC instead, in clear or over TLS
+//! like the rest (`etcd_grpc`: the gateway costs each member more CPU than the write itself).
 //!
 //! Requests go to one endpoint at a time; a connection failure, a timeout or a 5xx moves
 //! to the next endpoint, so losing one member costs a retry, not an error.
@@ -28,8 +28,9 @@ pub enum EtcdError {
         #[source]
         source: reqwest::Error,
     },
+    /// A refusal; `code` is etcd's gRPC status code (0 when the answer had none).
     #[error("etcd member {endpoint} answered HTTP {status}: {message}")]
-    Status { endpoint: String, status: u16, message: String },
+    Status { endpoint: String, status: u16, code: u32, message: String },
     #[error("etcd answer from {endpoint} is malformed: {what}")]
     Malformed { endpoint: String, what: &'static str },
     #[error("etcd watch stream ended: {0}")]
@@ -39,12 +40,23 @@ pub enum EtcdError {
 }
 
 impl EtcdError {
-    /// Whether another member might answer (connection trouble, timeouts, 5xx).
-    /// Whether etcd refused the token (expired or revoked): authenticate again.
+    /// Whether etcd refused the token, so that a new one is worth asking for. These are
+    /// the two refusals etcd's own client renews its token on:
+    /// - `ErrInvalidAuthToken`, gRPC UNAUTHENTICATED (16): the token expired
+    ///   (`--auth-token-ttl`) or was voided (authentication disabled and enabled);
+    /// - `ErrAuthOldRevision`, INVALID_ARGUMENT (3) "revision of auth store is old": any
+    ///   user, role or permission change since the token was issued voids it for
+    ///   writes and reads. Code 3 has other meanings, so that one is told by its text,
+    ///   as etcd's client does.
     pub(crate) fn is_auth_expired(&self) -> bool {
-        matches!(self, EtcdError::Status { message, .. } if message.contains("invalid auth token"))
+        match self {
+            EtcdError::Status { code: 16, .. } => true,
+            EtcdError::Status { code: 3, message, .. } => message.contains("auth store is old"),
+            _ => false,
+        }
     }
 
+    /// Whether another member might answer (connection trouble, timeouts, 5xx).
     pub(crate) fn retriable(&self) -> bool {
         match self {
             EtcdError::Unreachable { .. } => true,
@@ -170,7 +182,7 @@ pub fn parse_range(body: &[u8]) -> Vec<Kv> {
 pub struct EtcdClient {
     http: reqwest::Client,
     /// Native gRPC channels per member for transactions (plain-http members only).
-    grpc: Option<Vec<crate::etcd_grpc::Channel>>,
+    grpc: Vec<crate::etcd_grpc::Channel>,
     scheme: &'static str,
     endpoints: Vec<String>,
     current: AtomicUsize,
@@ -233,8 +245,15 @@ impl EtcdClient {
             None => "http",
         };
         let http = b.build().map_err(|e| EtcdError::Setup(e.to_string()))?;
-        let grpc = (scheme == "http")
-            .then(|| spec.endpoints.iter().map(|e| crate::etcd_grpc::Channel::new(e)).collect());
+        let grpc_tls = match &tls.ca_pem {
+            Some(ca) => Some(crate::etcd_grpc::tls_config(ca, tls.client_pem.as_deref().map(|p| &p[..]))?),
+            None => None,
+        };
+        let grpc = spec
+            .endpoints
+            .iter()
+            .map(|e| crate::etcd_grpc::Channel::new(e, grpc_tls.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             http,
             grpc,
@@ -284,9 +303,10 @@ impl EtcdClient {
         let Some((user, password)) = &self.auth else { return Ok(None) };
         let body = json!({ "name": user, "password": password.as_str() });
         let v = self.send(i, "/v3/auth/authenticate", &body, None).await.map_err(|e| match e {
-            EtcdError::Status { endpoint, status, message } => EtcdError::Status {
+            EtcdError::Status { endpoint, status, code, message } => EtcdError::Status {
                 endpoint,
                 status,
+                code,
                 message: format!("authenticating as etcd user {user:?}: {message}"),
             },
             e => e,
@@ -354,7 +374,7 @@ impl EtcdClient {
             // certificate with a CommonName): show them.
             Err(_) if status != 200 => {
                 let message = String::from_utf8_lossy(&bytes).trim().chars().take(300).collect();
-                return Err(EtcdError::Status { endpoint, status, message });
+                return Err(EtcdError::Status { endpoint, status, code: 0, message });
             }
             Err(_) => return Err(EtcdError::Malformed { endpoint, what: "body is not JSON" }),
         };
@@ -368,8 +388,9 @@ impl EtcdClient {
                 .take(300)
                 .collect();
             // A gRPC "unavailable" (no leader, no quorum) is worth trying elsewhere.
-            let status = if num(v.get("code")) == 14 { 503 } else { status };
-            return Err(EtcdError::Status { endpoint, status, message });
+            let code = u32::try_from(num(v.get("code"))).unwrap_or(0);
+            let status = if code == 14 { 503 } else { status };
+            return Err(EtcdError::Status { endpoint, status, code, message });
         }
         Ok(v)
     }
@@ -457,67 +478,40 @@ impl EtcdClient {
         value: &[u8],
         lease: i64,
     ) -> Result<(bool, i64, Option<Kv>), EtcdError> {
-        if let Some(ch) = &self.grpc {
-            let t = if target == "CREATE" {
-                crate::etcd_grpc::Target::Create
-            } else {
-                crate::etcd_grpc::Target::Mod
-            };
-            let msg = crate::etcd_grpc::encode_txn(key.as_bytes(), t, rev, value, lease);
-            let start = self.current.load(Ordering::Relaxed);
-            let mut last = None;
-            for k in 0..ch.len() {
-                let i = (start + k) % ch.len();
-                let token = self.token_for(i).await?;
-                let mut r = ch[i]
+        let t =
+            if target == "CREATE" { crate::etcd_grpc::Target::Create } else { crate::etcd_grpc::Target::Mod };
+        let msg = crate::etcd_grpc::encode_txn(key.as_bytes(), t, rev, value, lease);
+        let ch = &self.grpc;
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..ch.len() {
+            let i = (start + k) % ch.len();
+            let token = self.token_for(i).await?;
+            let mut r = ch[i]
+                .unary("/etcdserverpb.KV/Txn", &msg, token.as_deref().map(String::as_str), self.timeout)
+                .await;
+            if self.auth.is_some() && r.as_ref().is_err_and(EtcdError::is_auth_expired) {
+                let token = self.reauthenticate(i).await?;
+                r = ch[i]
                     .unary("/etcdserverpb.KV/Txn", &msg, token.as_deref().map(String::as_str), self.timeout)
                     .await;
-                if self.auth.is_some() && r.as_ref().is_err_and(EtcdError::is_auth_expired) {
-                    let token = self.reauthenticate(i).await?;
-                    r = ch[i]
-                        .unary(
-                            "/etcdserverpb.KV/Txn",
-                            &msg,
-                            token.as_deref().map(String::as_str),
-                            self.timeout,
-                        )
-                        .await;
-                }
-                match r {
-                    Ok(b) => {
-                        if k > 0 {
-                            self.current.store(i, Ordering::Relaxed);
-                        }
-                        return crate::etcd_grpc::decode_txn(&b).ok_or_else(|| EtcdError::Malformed {
-                            endpoint: self.endpoints[i].clone(),
-                            what: "TxnResponse",
-                        });
-                    }
-                    Err(e) if e.retriable() => last = Some(e),
-                    Err(e) => return Err(e),
-                }
             }
-            self.current.store(start.wrapping_add(1) % ch.len().max(1), Ordering::Relaxed);
-            return Err(last.unwrap_or(EtcdError::Spec { spec: String::new(), why: "no members" }));
+            match r {
+                Ok(b) => {
+                    if k > 0 {
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    return crate::etcd_grpc::decode_txn(&b).ok_or_else(|| EtcdError::Malformed {
+                        endpoint: self.endpoints[i].clone(),
+                        what: "TxnResponse",
+                    });
+                }
+                Err(e) if e.retriable() => last = Some(e),
+                Err(e) => return Err(e),
+            }
         }
-        let field = if target == "CREATE" { "create_revision" } else { "mod_revision" };
-        let mut put = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
-        if lease != 0 {
-            put["lease"] = json!(lease.to_string());
-        }
-        let body = json!({
-            "compare": [{ "target": target, "key": b64(key.as_bytes()), "result": "EQUAL", field: rev.to_string() }],
-            "success": [{ "request_put": put }],
-            "failure": [{ "request_range": { "key": b64(key.as_bytes()) } }],
-        });
-        let v = self.call("/v3/kv/txn", body).await?;
-        let rev = num(v.pointer("/header/revision"));
-        if v.get("succeeded").and_then(Value::as_bool).unwrap_or(false) {
-            return Ok((true, rev, None));
-        }
-        let current =
-            v.pointer("/responses/0/response_range").map(Self::kvs).and_then(|k| k.into_iter().next());
-        Ok((false, rev, current))
+        self.current.store(start.wrapping_add(1) % ch.len().max(1), Ordering::Relaxed);
+        Err(last.unwrap_or(EtcdError::Spec { spec: String::new(), why: "no members" }))
     }
 
     /// Create-only put, one etcd transaction: Ok(true) when this call created the key.
@@ -655,6 +649,22 @@ mod tests {
         );
         assert_eq!(kvs.len(), 1);
         assert_eq!((kvs[0].mod_revision, kvs[0].lease), (7, 12));
+    }
+
+    #[test]
+    fn token_renewal_follows_the_grpc_code() {
+        let st = |code: u32, message: &str| EtcdError::Status {
+            endpoint: "e".into(),
+            status: 400,
+            code,
+            message: message.into(),
+        };
+        assert!(st(16, "etcdserver: invalid auth token").is_auth_expired());
+        assert!(st(16, "anything the member words differently").is_auth_expired());
+        assert!(st(3, "gRPC status 3: etcdserver: revision of auth store is old").is_auth_expired());
+        assert!(!st(3, "etcdserver: key is not provided").is_auth_expired());
+        assert!(!st(7, "etcdserver: permission denied").is_auth_expired());
+        assert!(!st(14, "etcdserver: no leader").is_auth_expired());
     }
 
     #[test]
