@@ -11,6 +11,9 @@
 # BENCH_KBS_STORE=etcd: 3 replicas sharing a 3-member etcd cluster (Debian etcd-server,
 # ci/install-peers.sh) instead of one broker on a local directory; the load generator
 # spreads the guests round-robin over the replicas (results in kbs-etcd-results.md).
+# BENCH_KBS_ETCD_TLS=1 (with etcd): the members serve their clients over TLS and require
+# a client certificate (--client-cert-auth), as a production cluster does; the brokers
+# get --etcd-ca/--etcd-cert/--etcd-key (results in kbs-etcd-tls-results.md).
 # Targets (issue 3): p50 <= 5 ms with 1 client, >= 1000 attestations/s with 32 clients on
 # 2 cores.
 set -euo pipefail
@@ -42,21 +45,37 @@ if [ "$STORE" = etcd ]; then
   CL=() ; EPS=()
   for i in 0 1 2; do CP[$i]=$(free_port); PP[$i]=$(free_port); CL+=("m$i=http://127.0.0.1:${PP[$i]}"); EPS+=("127.0.0.1:${CP[$i]}"); done
   CLUSTER=$(IFS=,; echo "${CL[*]}")
+  CSCHEME=http ETCD_TLS=() CTL_TLS=() BROKER_TLS=()
+  if [ "${BENCH_KBS_ETCD_TLS:-0}" = 1 ]; then
+    CSCHEME=https
+    ossl() { openssl "$@" >/dev/null 2>&1; }
+    ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$W/ca.key" -out "$W/ca.pem" -days 2 -subj /CN=bench-etcd-ca
+    # The client certificate has no CommonName (etcd 3.4's gateway refuses one that has).
+    for n in server:/CN=127.0.0.1:subjectAltName=IP:127.0.0.1 client:/O=cloak-kbs:extendedKeyUsage=clientAuth; do
+      IFS=: read -r name subj ext <<< "$n"
+      ossl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$W/$name.key" -out "$W/$name.csr" -subj "$subj"
+      echo "$ext" > "$W/$name.ext"
+      ossl x509 -req -in "$W/$name.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -out "$W/$name.pem" -days 2 -extfile "$W/$name.ext"
+    done
+    ETCD_TLS=(--cert-file "$W/server.pem" --key-file "$W/server.key" --trusted-ca-file "$W/ca.pem" --client-cert-auth)
+    CTL_TLS=(--cacert "$W/ca.pem" --cert "$W/client.pem" --key "$W/client.key")
+    BROKER_TLS=(--etcd-ca "$W/ca.pem" --etcd-cert "$W/client.pem" --etcd-key "$W/client.key")
+  fi
   for i in 0 1 2; do
-    etcd --name "m$i" --data-dir "$W/etcd-m$i" --listen-client-urls "http://127.0.0.1:${CP[$i]}" \
-      --advertise-client-urls "http://127.0.0.1:${CP[$i]}" --listen-peer-urls "http://127.0.0.1:${PP[$i]}" \
+    etcd --name "m$i" --data-dir "$W/etcd-m$i" --listen-client-urls "$CSCHEME://127.0.0.1:${CP[$i]}" \
+      --advertise-client-urls "$CSCHEME://127.0.0.1:${CP[$i]}" --listen-peer-urls "http://127.0.0.1:${PP[$i]}" \
       --initial-advertise-peer-urls "http://127.0.0.1:${PP[$i]}" --initial-cluster "$CLUSTER" \
-      --initial-cluster-state new 2> "$W/etcd-m$i.log" &
+      --initial-cluster-state new "${ETCD_TLS[@]}" 2> "$W/etcd-m$i.log" &
     EXTRA_PIDS+=($!)
   done
-  for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints "${EPS[0]}" get x >/dev/null 2>&1 && break; sleep 0.2; done
+  for _ in $(seq 100); do ETCDCTL_API=3 etcdctl --endpoints "$CSCHEME://${EPS[0]}" "${CTL_TLS[@]}" get x >/dev/null 2>&1 && break; sleep 0.2; done
   head -c 32 /dev/urandom > "$W/master.key"
   STORE_SPEC="etcd://$(IFS=,; echo "${EPS[*]}")/bench"
   URLS=()
   for i in 0 1 2; do
     [ "$i" = 0 ] && P=$PORT || P=$(free_port)
     RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$P" --policy "$W/policy.yaml" --store "$STORE_SPEC" \
-      --master-key "$W/master.key" --admin-public-key "$W/admin.pub.pem" 2> "$W/broker$i.log" &
+      --master-key "$W/master.key" --admin-public-key "$W/admin.pub.pem" "${BROKER_TLS[@]}" 2> "$W/broker$i.log" &
     if [ "$i" = 0 ]; then PID=$!; else EXTRA_PIDS+=($!); fi
     URLS+=("http://127.0.0.1:$P")
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$P/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -92,9 +111,12 @@ R32=$(run 32 "$N32")
 mkdir -p "$BENCH_DIR"
 OUT_MD=$BENCH_DIR/kbs-results.md
 [ "$STORE" = etcd ] && OUT_MD=$BENCH_DIR/kbs-etcd-results.md
-STORE_DESC=$STORE python3 - "$R1" "$R32" <<'PY' | tee "$OUT_MD"
+[ "$STORE" = etcd ] && [ "${BENCH_KBS_ETCD_TLS:-0}" = 1 ] && OUT_MD=$BENCH_DIR/kbs-etcd-tls-results.md
+STORE_DESC=$STORE ETCD_TLS=${BENCH_KBS_ETCD_TLS:-0} python3 - "$R1" "$R32" <<'PY' | tee "$OUT_MD"
 import json, sys, datetime, os
 store = "3 replicas on a 3-member etcd cluster" if os.environ["STORE_DESC"] == "etcd" else "1 broker, local directory"
+if os.environ["STORE_DESC"] == "etcd" and os.environ["ETCD_TLS"] == "1":
+    store += " (clients over TLS with client certificates)"
 print(f"KBS attest+fetch (sample evidence, loopback, {store}, {os.cpu_count()} CPUs, {datetime.date.today()})\n")
 etcd = os.environ["STORE_DESC"] == "etcd"
 print("| clients | requests | p50 ms | p99 ms | attestations/s | broker CPU/attestation |" + (" etcd CPU/attestation |" if etcd else "") + " targets |")
