@@ -62,7 +62,7 @@ if [ ! -f "$BIG/index.json" ]; then
 fi
 for s in 11 12 13 14; do gen "$BENCH_DIR/src-gzip-$SMALL-seed$s" "$SMALL" "$s"; done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$REPO/ci/lib.sh"
 RPORT=$(free_port) KPORT=$(free_port)
 KBS=http://127.0.0.1:$KPORT
 W=$(mktemp -d "$OUTD/run.XXXXXX")
@@ -126,7 +126,6 @@ stop_cdh() {
 }
 hwm_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 field() { tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
-median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 : > "$OUTD/pulls.tsv"

@@ -35,7 +35,7 @@ cleanup() {
   wait 2>/dev/null; rm -rf "$W"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$REPO/ci/lib.sh"
 PORT=$(free_port)
 URL=http://127.0.0.1:$PORT
 printf 'default_policy: {required_attestation: {sample: {allow: true}}, released_resources: ["default/*"]}\n' > "$W/policy.yaml"

@@ -15,7 +15,7 @@ cargo build -q "${flag[@]}" -p cloak-keyprovider -p cloak-kbs-server --bins
 cargo build -q "${flag[@]}" -p cloak-keyprovider --example bench-unwrap
 BIN="$REPO/target/$PROFILE"
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$REPO/ci/lib.sh"
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 # KEK provisioned straight into the broker's file store; the provider wraps with keypath.

@@ -33,8 +33,8 @@ for i in $(seq "$RUNS"); do
   signed+=("$(ms "$PULL" --quiet --src-tls-verify=false --signature-policy "$WORK/policy.json" "docker://127.0.0.1:$PORT/app:v1" "$WORK/s$i")")
   [ -d "$WORK/s$i/rootfs" ] || { echo "bench: the signed pull failed" >&2; exit 1; }
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-P=$(median "${plain[@]}") S=$(median "${signed[@]}")
+. "$REPO/ci/lib.sh"
+P=$(printf '%s\n' "${plain[@]}" | median) S=$(printf '%s\n' "${signed[@]}" | median)
 echo "| pull (3 layers, local registry, $PROFILE build, $(date -u +%F)) | median of $RUNS |"
 echo "|---|---|"
 echo "| no signature policy | $(( P / 1000 )).$(( P % 1000 / 100 )) ms |"
