@@ -186,27 +186,16 @@ pub async fn evaluate(
                 if found.signatures.is_empty() {
                     return Err(refuse(RefusalReason::Unsigned { location: found.location.clone() }));
                 }
-                let mut rejected = Vec::new();
-                let mut ok = None;
-                for s in &found.signatures {
-                    match check_cosign(s, &pubkeys, digest, image, identity) {
-                        Ok(line) => {
-                            ok = Some(line);
-                            break;
-                        }
-                        Err(why) => rejected.push(why),
-                    }
-                }
-                match ok {
-                    Some(line) => accepted.push(line),
-                    None => {
-                        return Err(refuse(RefusalReason::NoneAccepted {
-                            location: found.location.clone(),
-                            rejected,
-                            keys: pubkeys.iter().map(describe_key).collect(),
-                        }))
-                    }
-                }
+                let checked =
+                    found.signatures.iter().map(|s| check_cosign(s, &pubkeys, digest, image, identity));
+                let line = first_accepted(checked).map_err(|rejected| {
+                    refuse(RefusalReason::NoneAccepted {
+                        location: found.location.clone(),
+                        rejected,
+                        keys: pubkeys.iter().map(describe_key).collect(),
+                    })
+                })?;
+                accepted.push(line);
             }
             Requirement::SignedBy { keys: sources, identity } => {
                 let mut rings = Vec::new();
@@ -220,47 +209,44 @@ pub async fn evaluate(
                 if found.signatures.is_empty() {
                     return Err(refuse(RefusalReason::Unsigned { location: found.location.clone() }));
                 }
-                let mut rejected = Vec::new();
-                let mut ok = None;
-                for (n, s) in found.signatures.iter().enumerate() {
-                    let rings = rings.clone();
-                    let s2 = s.clone();
-                    let verified = tokio::task::spawn_blocking(move || gpg::verify(&s2, &rings))
-                        .await
-                        .map_err(|e| gpg::GpgError::Run(e.to_string()))
-                        .and_then(|r| r);
-                    match verified.map_err(|e| format!("signature-{}: {e}", n + 1)).and_then(|v| {
-                        check_claims(
-                            &v.payload,
-                            ATOMIC_TYPE,
-                            digest,
-                            image,
-                            identity,
-                            &format!("signature-{}", n + 1),
-                            &format!("GPG key {}", v.fingerprint),
-                        )
-                    }) {
-                        Ok(line) => {
-                            ok = Some(line);
-                            break;
-                        }
-                        Err(why) => rejected.push(why),
-                    }
-                }
-                match ok {
-                    Some(line) => accepted.push(line),
-                    None => {
-                        return Err(refuse(RefusalReason::NoneAccepted {
-                            location: found.location.clone(),
-                            rejected,
-                            keys: sources.iter().map(KeySource::describe).collect(),
-                        }))
-                    }
-                }
+                // gpg runs as a process: the signatures are checked off the async threads.
+                let (sigs_, digest_, image_, identity_) =
+                    (found.signatures.clone(), digest.clone(), image.clone(), identity.clone());
+                let checked = tokio::task::spawn_blocking(move || {
+                    first_accepted(sigs_.iter().enumerate().map(|(n, s)| {
+                        let name = format!("signature-{}", n + 1);
+                        let v = gpg::verify(s, &rings).map_err(|e| format!("{name}: {e}"))?;
+                        let key = format!("GPG key {}", v.fingerprint);
+                        check_claims(&v.payload, ATOMIC_TYPE, &digest_, &image_, &identity_, &name, &key)
+                    }))
+                })
+                .await
+                .unwrap_or_else(|e| Err(vec![format!("signature check: {e}")]));
+                let line = checked.map_err(|rejected| {
+                    refuse(RefusalReason::NoneAccepted {
+                        location: found.location.clone(),
+                        rejected,
+                        keys: sources.iter().map(KeySource::describe).collect(),
+                    })
+                })?;
+                accepted.push(line);
             }
         }
     }
     Ok(Decision { scope: scope_name, accepted })
+}
+
+/// The first signature a requirement accepts (checks stop there), else why each one was
+/// refused, in order.
+fn first_accepted(checks: impl IntoIterator<Item = Result<String, String>>) -> Result<String, Vec<String>> {
+    let mut rejected = Vec::new();
+    for c in checks {
+        match c {
+            Ok(line) => return Ok(line),
+            Err(why) => rejected.push(why),
+        }
+    }
+    Err(rejected)
 }
 
 fn describe_key(k: &PublicKey) -> String {
