@@ -23,8 +23,10 @@ pub enum SignatureError {
         #[source]
         source: std::io::Error,
     },
-    #[error("signature policy {uri}: fetching it from the KBS failed: {reason}")]
-    Kbs { uri: String, reason: String },
+    /// `cause`: the KBS client's error (absent, denied or unreachable), not `source()`
+    /// since the message already includes it.
+    #[error("signature policy {uri}: fetching it from the KBS failed: {cause}")]
+    Kbs { uri: String, cause: imgsig::ResourceError },
     #[error("signature policy {uri} is a kbs:/// resource, which needs --kbs")]
     NoKbs { uri: String },
     #[error("signature policy {origin}: {source}")]
@@ -43,10 +45,10 @@ pub enum SignatureError {
 pub struct KbsResources(pub kbs_client::KbsClient);
 
 impl ResourceFetcher for KbsResources {
-    fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, String>> {
+    fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, imgsig::ResourceError>> {
         Box::pin(async move {
-            let u: kbs_client::ResourceUri = uri.parse().map_err(|e: kbs_client::KbsError| e.to_string())?;
-            let data = self.0.get_resource(&u).await.map_err(|e| e.to_string())?;
+            let u: kbs_client::ResourceUri = uri.parse()?;
+            let data = self.0.get_resource(&u).await?;
             Ok(data.to_vec())
         })
     }
@@ -71,7 +73,7 @@ impl SignatureCheck {
             let b = f
                 .fetch(policy)
                 .await
-                .map_err(|reason| SignatureError::Kbs { uri: policy.to_string(), reason })?;
+                .map_err(|cause| SignatureError::Kbs { uri: policy.to_string(), cause })?;
             // Relative key paths in a KBS policy have no meaningful base: use /.
             (b, PathBuf::from("/"))
         } else {

@@ -791,6 +791,33 @@ fn signature_policy_is_enforced_on_every_pull_cached_or_not_from_a_file_or_the_k
         log.contains("\"attestations\":1"),
         "expected one attestation for policy, key and layers:\n{log}"
     );
+
+    // A policy, or a policy's key, that the KBS does not have: NOT_FOUND, as the KBS
+    // answered (UNAVAILABLE is for a KBS that cannot be reached, which is worth a retry).
+    env.broker.put_resource(
+        "kbs:///default/security-policy/cdh-absent-key",
+        signed_by("kbs:///default/cosign-public-key/absent").as_bytes(),
+    )?;
+    for (n, (uri, needle)) in [
+        ("kbs:///default/security-policy/absent", "kbs:///default/security-policy/absent"),
+        ("kbs:///default/security-policy/cdh-absent-key", "kbs:///default/cosign-public-key/absent"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&toml, format!("[image]\nimage_security_policy_uri = \"{uri}\"\n"))?;
+        let cdh = env.cdh(&["-c", &toml.display().to_string()])?;
+        let bundle = format!("kbs-absent-{n}");
+        assert_pull_refused(
+            &cdh,
+            &rt,
+            &image,
+            &bundle,
+            ttrpc::Code::NOT_FOUND,
+            &["signature policy", needle],
+        )?;
+        cdh.terminate()?;
+    }
     Ok(())
 }
 

@@ -31,4 +31,6 @@ pub use keys::{PublicKey, SigningKey};
 pub use payload::Payload;
 pub use policy::{ImageIdentity, Policy, PolicyError};
 pub use sign::{sign_image, SignError, Signed};
-pub use verify::{evaluate, Decision, Refusal, ResourceFetcher, SignatureSource, StandardKeys};
+pub use verify::{
+    evaluate, Decision, Refusal, ResourceError, ResourceFetcher, SignatureSource, StandardKeys,
+};

@@ -70,7 +70,15 @@ pub trait SignatureSource: Send + Sync {
 pub struct KeyLoadError {
     pub key: String,
     pub reason: String,
+    /// For a `kbs:///` key, the fetcher's own error, so that a caller can tell a key the
+    /// broker does not have (or will not release) from a broker it cannot reach. Not the
+    /// error's `source()`: `reason` already says it.
+    pub cause: Option<ResourceError>,
 }
+
+/// Why a `kbs:///` resource could not be fetched: the fetcher's own error (the guest's
+/// KBS client error, in cloak-pull and cloak-cdh), for callers to downcast.
+pub type ResourceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Loads the bytes of trusted keys.
 pub trait KeyLoader: Send + Sync {
@@ -79,7 +87,7 @@ pub trait KeyLoader: Send + Sync {
 
 /// Fetches `kbs:///…` resources (after attestation).
 pub trait ResourceFetcher: Send + Sync {
-    fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, String>>;
+    fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ResourceError>>;
 }
 
 /// Keys from files, inline data, and (when given) the KBS.
@@ -94,7 +102,7 @@ const MAX_KEY_SIZE: u64 = 1 << 20;
 impl KeyLoader for StandardKeys {
     fn load<'a>(&'a self, src: &'a KeySource) -> BoxFuture<'a, Result<Vec<u8>, KeyLoadError>> {
         Box::pin(async move {
-            let err = |reason: String| KeyLoadError { key: src.describe(), reason };
+            let err = |reason: String| KeyLoadError { key: src.describe(), reason, cause: None };
             match src {
                 KeySource::Data(d) => Ok(d.clone()),
                 KeySource::Path(p) => {
@@ -105,7 +113,11 @@ impl KeyLoader for StandardKeys {
                     std::fs::read(p).map_err(|e| err(e.to_string()))
                 }
                 KeySource::Kbs(uri) => match &self.kbs {
-                    Some(f) => f.fetch(uri).await.map_err(err),
+                    Some(f) => f.fetch(uri).await.map_err(|e| KeyLoadError {
+                        key: src.describe(),
+                        reason: e.to_string(),
+                        cause: Some(e),
+                    }),
                     None => Err(err("a kbs:/// key needs a KBS (--kbs URL)".into())),
                 },
             }
@@ -333,13 +345,11 @@ mod tests {
     struct FakeKbs;
 
     impl ResourceFetcher for FakeKbs {
-        fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, String>> {
+        fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ResourceError>> {
             Box::pin(async move {
                 match uri {
-                    "kbs:///default/cosign-public-key/test" => {
-                        std::fs::read(format!("{TD}/cosign.pub")).map_err(|e| e.to_string())
-                    }
-                    _ => Err(format!("{uri}: not found")),
+                    "kbs:///default/cosign-public-key/test" => Ok(std::fs::read(format!("{TD}/cosign.pub"))?),
+                    _ => Err(format!("{uri}: not found").into()),
                 }
             })
         }

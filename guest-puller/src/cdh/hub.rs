@@ -140,7 +140,7 @@ impl HubError {
             HubError::NoKbs | HubError::Setup(_) => Code::FAILED_PRECONDITION,
             HubError::Kbs(k) => kbs_code(k),
             HubError::SignaturePolicy { source } => match source {
-                SignatureError::Kbs { .. } => Code::UNAVAILABLE,
+                SignatureError::Kbs { cause, .. } => resource_code(cause),
                 _ => Code::FAILED_PRECONDITION,
             },
             HubError::Pull(PullError::Signature(SignatureError::Refused(r))) => refusal_code(r),
@@ -171,11 +171,18 @@ impl HubError {
 fn refusal_code(r: &Refusal) -> ttrpc::Code {
     use ttrpc::Code;
     match &*r.reason {
-        RefusalReason::Key(k) if k.key.contains("kbs:///") => Code::UNAVAILABLE,
-        RefusalReason::Key(_) | RefusalReason::BadKey(_) => Code::FAILED_PRECONDITION,
+        RefusalReason::Key(k) => k.cause.as_ref().map_or(Code::FAILED_PRECONDITION, resource_code),
+        RefusalReason::BadKey(_) => Code::FAILED_PRECONDITION,
         RefusalReason::Fetch(_) => Code::UNAVAILABLE,
         _ => Code::PERMISSION_DENIED,
     }
+}
+
+/// A `kbs:///` policy or key that could not be fetched: as the KBS answered (absent
+/// NOT_FOUND, refused PERMISSION_DENIED, unreachable UNAVAILABLE); UNAVAILABLE when the
+/// cause is not the KBS client's.
+fn resource_code(cause: &imgsig::ResourceError) -> ttrpc::Code {
+    cause.downcast_ref::<KbsError>().map_or(ttrpc::Code::UNAVAILABLE, kbs_code)
 }
 
 fn kbs_code(k: &KbsError) -> ttrpc::Code {
