@@ -230,76 +230,15 @@ impl LocalRegistry {
 
 /// A `cloak-kbs serve` with its policy file, resource directory and admin key in a
 /// private "host" directory (never one a guest-side check looks into).
-struct Broker {
-    port: u16,
-    host_dir: PathBuf,
-    daemon: Daemon,
+/// The broker of these tests, with what they ask of it besides what every test's has.
+type Broker = LocalBroker;
+
+trait BrokerOps {
+    fn metrics(&self) -> Result<String>;
+    fn replace_policy(&self, policy: &str) -> Result<()>;
 }
 
-impl Broker {
-    fn policy_path(host_dir: &Path) -> PathBuf {
-        host_dir.join("policy.yaml")
-    }
-
-    /// Starts a broker on `port`; the admin key is made on first use of `host_dir`
-    /// and the resources kept there survive a restart.
-    fn start(host_dir: &Path, port: u16, policy: &str) -> Result<Broker> {
-        let admin = host_dir.join("admin.pem");
-        if !admin.exists() {
-            run_bounded_ok(
-                Command::new(bin("cloak-kbs"))
-                    .arg("gen-admin-key")
-                    .arg("--out")
-                    .arg(&admin)
-                    .arg("--public-out")
-                    .arg(host_dir.join("admin.pub.pem")),
-            )?;
-        }
-        std::fs::create_dir_all(host_dir.join("resources"))?;
-        std::fs::write(Self::policy_path(host_dir), policy)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(host_dir.join("kbs.log"))?;
-        let daemon = Daemon::spawn(
-            "cloak-kbs",
-            Command::new(bin("cloak-kbs"))
-                .arg("serve")
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--policy")
-                .arg(Self::policy_path(host_dir))
-                .arg("--resources")
-                .arg(host_dir.join("resources"))
-                .arg("--admin-public-key")
-                .arg(host_dir.join("admin.pub.pem"))
-                .env("NO_COLOR", "1")
-                .stdout(log.try_clone()?)
-                .stderr(log),
-        )?;
-        let b = Broker { port, host_dir: host_dir.to_path_buf(), daemon };
-        wait_for_port(port, Duration::from_secs(60))?;
-        let start = Instant::now();
-        while http_get(port, "/healthz", None).map(|a| a.status).ok() != Some(200) {
-            ensure!(
-                start.elapsed() < Duration::from_secs(60),
-                "cloak-kbs on {port} never became healthy:\n{}",
-                b.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(b)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn admin_key(&self) -> PathBuf {
-        self.host_dir.join("admin.pem")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.host_dir.join("kbs.log")).unwrap_or_default()
-    }
-
+impl BrokerOps for LocalBroker {
     fn metrics(&self) -> Result<String> {
         let a = http_get(self.port, "/metrics", None)?;
         ensure!(a.status == 200, "/metrics answered {}", a.status);
@@ -311,11 +250,11 @@ impl Broker {
     fn replace_policy(&self, policy: &str) -> Result<()> {
         let reloads = |s: &str| s.matches("policy reloaded").count();
         let before = reloads(&self.log());
-        let path = Self::policy_path(&self.host_dir);
+        let path = LocalBroker::policy_path(&self.dir);
         let tmp = path.with_extension("yaml.new");
         std::fs::write(&tmp, policy)?;
         std::fs::rename(&tmp, &path)?;
-        run_bounded_ok(Command::new("kill").arg("-HUP").arg(self.daemon.pid().to_string()))?;
+        run_bounded_ok(Command::new("kill").arg("-HUP").arg(self.pid().to_string()))?;
         let start = Instant::now();
         while reloads(&self.log()) <= before {
             ensure!(
@@ -327,24 +266,6 @@ impl Broker {
         }
         Ok(())
     }
-
-    /// Registers `bytes` as `uri` through the admin API (`cloak-kbs put-resource`).
-    fn put_resource(&self, uri: &str, bytes: &[u8]) -> Result<()> {
-        let file = tempfile::NamedTempFile::new_in(&self.host_dir)?;
-        std::fs::write(file.path(), bytes)?;
-        run_bounded_ok(
-            Command::new(bin("cloak-kbs"))
-                .arg("put-resource")
-                .arg("--replace")
-                .arg("--url")
-                .arg(self.url())
-                .arg("--admin-key")
-                .arg(self.admin_key())
-                .arg(uri)
-                .arg(file.path()),
-        )?;
-        Ok(())
-    }
 }
 
 // ---- the flow's steps -----------------------------------------------------------------
@@ -352,17 +273,7 @@ impl Broker {
 /// `cloak encrypt` of the plain three-layer image for a KEK that cloak generates and
 /// registers in the broker as `kek_uri`.
 fn encrypt_for_kbs(broker: &Broker, kek_uri: &str, dest: &str) -> Result<()> {
-    run_bounded_ok(
-        Command::new(bin("cloak"))
-            .args(["encrypt", "--quiet", "--recipient", kek_uri, "--kbs-url"])
-            .arg(broker.url())
-            .arg("--kbs-admin-key")
-            .arg(broker.admin_key())
-            .arg("--dest-tls-verify=false")
-            .arg(plain_image())
-            .arg(dest),
-    )?;
-    Ok(())
+    broker.encrypt(kek_uri, &plain_image(), dest)
 }
 
 /// The guest side: `cloak-pull --kbs URL --attester KIND IMAGE BUNDLE`, with its
@@ -476,7 +387,7 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
         // Encryption registers the KEK through a broker that then goes away.
         let mut setup = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
         encrypt_for_kbs(&setup, "kbs:///default/image-kek/outage", &image)?;
-        setup.daemon.stop();
+        setup.stop();
     }
 
     // The guest's broker address: nothing listens there yet.

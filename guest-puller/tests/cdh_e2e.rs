@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
-use cloak_e2e::{bin, free_port, list_tree, run_ok, wait_for_port, workspace_root, Daemon, Registry};
+use cloak_e2e::{bin, free_port, list_tree, run_ok, workspace_root, LocalBroker, Registry};
 use guest_puller::cdh::pb::{api, api_ttrpc, keyprovider as kp, keyprovider_ttrpc};
 
 const ALLOW_SAMPLE: &str = "\
@@ -36,89 +36,6 @@ fn plain_layout() -> String {
 }
 
 /// `cloak-kbs serve` with its state in a private directory.
-struct Broker {
-    port: u16,
-    dir: PathBuf,
-    daemon: Option<Daemon>,
-}
-
-impl Broker {
-    fn start(dir: &Path, port: u16) -> Result<Broker> {
-        let admin = dir.join("admin.pem");
-        if !admin.exists() {
-            run_ok(
-                Command::new(bin("cloak-kbs"))
-                    .args(["gen-admin-key", "--out"])
-                    .arg(&admin)
-                    .arg("--public-out")
-                    .arg(dir.join("admin.pub.pem")),
-            )?;
-        }
-        std::fs::create_dir_all(dir.join("resources"))?;
-        std::fs::write(dir.join("policy.yaml"), ALLOW_SAMPLE)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("kbs.log"))?;
-        let daemon = Daemon::spawn(
-            "cloak-kbs",
-            Command::new(bin("cloak-kbs"))
-                .arg("serve")
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--policy")
-                .arg(dir.join("policy.yaml"))
-                .arg("--resources")
-                .arg(dir.join("resources"))
-                .arg("--admin-public-key")
-                .arg(dir.join("admin.pub.pem"))
-                .env("NO_COLOR", "1")
-                .stdout(log.try_clone()?)
-                .stderr(log),
-        )?;
-        wait_for_port(port, Duration::from_secs(60))?;
-        Ok(Broker { port, dir: dir.to_path_buf(), daemon: Some(daemon) })
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            d.stop();
-        }
-    }
-
-    fn put_resource(&self, uri: &str, bytes: &[u8]) -> Result<()> {
-        let file = tempfile::NamedTempFile::new_in(&self.dir)?;
-        std::fs::write(file.path(), bytes)?;
-        run_ok(
-            Command::new(bin("cloak-kbs"))
-                .args(["put-resource", "--replace", "--url"])
-                .arg(self.url())
-                .arg("--admin-key")
-                .arg(self.dir.join("admin.pem"))
-                .arg(uri)
-                .arg(file.path()),
-        )?;
-        Ok(())
-    }
-
-    /// Encrypts the plain three-layer image for a KEK that `cloak` generates and
-    /// registers as `kek_uri`, and pushes it to `dest` (docker://…).
-    fn encrypt(&self, kek_uri: &str, dest: &str) -> Result<()> {
-        run_ok(
-            Command::new(bin("cloak"))
-                .args(["encrypt", "--quiet", "--recipient", kek_uri, "--kbs-url"])
-                .arg(self.url())
-                .arg("--kbs-admin-key")
-                .arg(self.dir.join("admin.pem"))
-                .arg("--dest-tls-verify=false")
-                .arg(plain_layout())
-                .arg(dest),
-        )?;
-        Ok(())
-    }
-}
-
 /// A running `cloak-cdh`.
 struct Cdh {
     socket: PathBuf,
@@ -316,7 +233,7 @@ struct Env {
     _dir: tempfile::TempDir,
     dir: PathBuf,
     registry: Registry,
-    broker: Broker,
+    broker: LocalBroker,
 }
 
 fn setup() -> Result<Option<Env>> {
@@ -328,7 +245,7 @@ fn setup() -> Result<Option<Env>> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().to_path_buf();
     std::fs::create_dir_all(dir.join("kbs"))?;
-    let broker = Broker::start(&dir.join("kbs"), free_port())?;
+    let broker = LocalBroker::start(&dir.join("kbs"), free_port(), ALLOW_SAMPLE)?;
     Ok(Some(Env { _dir: tmp, dir, registry, broker }))
 }
 
@@ -338,7 +255,7 @@ impl Env {
         format!("{}/{repo_tag}", self.registry.host())
     }
     fn push_encrypted(&self, kek: &str, repo_tag: &str) -> Result<String> {
-        self.broker.encrypt(kek, &self.registry.docker_ref(repo_tag))?;
+        self.broker.encrypt(kek, &plain_layout(), &self.registry.docker_ref(repo_tag))?;
         Ok(self.image(repo_tag))
     }
     fn cdh(&self, extra: &[&str]) -> Result<Cdh> {
@@ -505,7 +422,7 @@ fn kbs_down_fails_clearly_without_mount_then_kbs_back_works_and_wrong_key_is_ref
     ensure!(!b.join("rootfs").exists(), "a failed pull left a rootfs");
     ensure!(cdh.store_entries().is_empty(), "a failed pull left store entries");
 
-    env.broker = Broker::start(&env.dir.join("kbs"), port)?;
+    env.broker = LocalBroker::start(&env.dir.join("kbs"), port, ALLOW_SAMPLE)?;
     let b = cdh.bundle("back");
     rt.block_on(pull_image(&addr, &image, &b)).map_err(|e| anyhow::anyhow!("{e:?}\n{}", cdh.log()))?;
     ensure!(is_mount_point(&b.join("rootfs")));
