@@ -169,7 +169,7 @@ impl LocalBroker {
         let b = LocalBroker { port, dir: dir.to_path_buf(), daemon };
         wait_for_port(port, Duration::from_secs(60))?;
         let start = Instant::now();
-        while http_status(port, "/healthz") != Some(200) {
+        while http_get(port, "/healthz", None).ok().map(|a| a.status) != Some(200) {
             if start.elapsed() > Duration::from_secs(60) {
                 bail!("cloak-kbs on {port} never became healthy:\n{}", b.log());
             }
@@ -233,15 +233,44 @@ impl LocalBroker {
     }
 }
 
-/// The status of a plain `GET path` on 127.0.0.1:`port`; None when nothing answered.
-fn http_status(port: u16, path: &str) -> Option<u16> {
+/// The broker policy of the demo and the tests: sample evidence accepted, every
+/// `default/*` resource released.
+pub const ALLOW_SAMPLE: &str = "\
+# TEST ONLY: sample evidence comes from no hardware.
+default_policy:
+  required_attestation:
+    sample: {allow: true}
+  released_resources: [\"default/*\"]
+";
+
+/// An answer to [`http_get`].
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// A plain HTTP/1.0 `GET path` on 127.0.0.1:`port` (metrics, health, registry
+/// manifests, cloak-cdh's REST endpoint), with an `Accept` header when given.
+pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Result<HttpAnswer> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{accept}Connection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("HTTP answer without a header/body separator")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    Ok(HttpAnswer { status, body: raw[split + 4..].to_vec() })
 }
 
 /// A private distribution registry (Debian's docker-registry 2.8) on a free port.

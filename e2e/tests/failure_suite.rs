@@ -10,8 +10,7 @@
 //! A missing docker-registry skips a test with a printed reason, unless
 //! `CLOAK_REQUIRE_PEERS=1` (set by `ci/test.sh`), where it fails.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -22,15 +21,6 @@ use cloak_e2e::*;
 
 /// Upper bound for one command; generous because the machine is small and shared.
 const CMD_LIMIT: Duration = Duration::from_secs(180);
-
-/// The demo policy: sample evidence accepted, every `default/*` resource released.
-const ALLOW_SAMPLE: &str = "\
-# TEST ONLY: sample evidence comes from no hardware.
-default_policy:
-  required_attestation:
-    sample: {allow: true}
-  released_resources: [\"default/*\"]
-";
 
 fn plain_image() -> String {
     format!("oci:{}:v1", workspace_root().join("testdata/golden/three-layers/plain-oci").display())
@@ -103,34 +93,6 @@ fn run_bounded_ok(cmd: &mut Command) -> Result<Ran> {
     let r = run_bounded(cmd, CMD_LIMIT)?;
     ensure!(r.ok(), "{cmd:?} failed: {}", r.describe());
     Ok(r)
-}
-
-// ---- plain HTTP/1.0 GET (metrics, health, registry manifests) -----------------------
-
-struct HttpAnswer {
-    status: u16,
-    body: Vec<u8>,
-}
-
-fn http_get(port: u16, path: &str, accept: Option<&str>) -> Result<HttpAnswer> {
-    let mut s =
-        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{accept}Connection: close\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("HTTP answer without a header/body separator")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line in {head:?}"))?;
-    Ok(HttpAnswer { status, body: raw[split + 4..].to_vec() })
 }
 
 /// Sum of every sample of a Prometheus counter (all label sets); 0 when absent.

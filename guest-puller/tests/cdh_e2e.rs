@@ -7,7 +7,7 @@
 //! Needs root (overlay mounts); skipped with a reason otherwise, and when
 //! docker-registry is missing outside CI (`CLOAK_REQUIRE_PEERS=1` makes that fail).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,16 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
-use cloak_e2e::{bin, free_port, list_tree, run_ok, workspace_root, LocalBroker, Registry};
+use cloak_e2e::{
+    bin, free_port, http_get, list_tree, run_ok, workspace_root, HttpAnswer, LocalBroker, Registry,
+    ALLOW_SAMPLE,
+};
 use guest_puller::cdh::pb::{api, api_ttrpc, keyprovider as kp, keyprovider_ttrpc};
-
-const ALLOW_SAMPLE: &str = "\
-# TEST ONLY: sample evidence comes from no hardware.
-default_policy:
-  required_attestation:
-    sample: {allow: true}
-  released_resources: [\"default/*\"]
-";
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -374,31 +369,16 @@ fn resources_secrets_and_unwrap_share_one_attestation() -> Result<()> {
     ensure!(msg.contains("unsupported volume type"), "{msg}");
 
     // The pod-facing endpoint, from loopback.
-    let (status, body) = http_get(rest_port, "/cdh/resource/default/secret/db")?;
+    let HttpAnswer { status, body } = http_get(rest_port, "/cdh/resource/default/secret/db", None)?;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"s3cret-db-password");
-    let (status, _) = http_get(rest_port, "/cdh/resource/default/secret/missing")?;
+    let status = http_get(rest_port, "/cdh/resource/default/secret/missing", None)?.status;
     assert_eq!(status, 404);
 
     let log = cdh.terminate()?;
     ensure!(log.contains("\"attestations\":1"), "expected one attestation for all calls:\n{log}");
     ensure!(!log.contains("s3cret-db-password"), "a secret reached the log");
     Ok(())
-}
-
-fn http_get(port: u16, path: &str) -> Result<(u16, Vec<u8>)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let status: u16 = text.split_whitespace().nth(1).context("no status")?.parse()?;
-    let body = match buf.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => buf[i + 4..].to_vec(),
-        None => Vec::new(),
-    };
-    Ok((status, body))
 }
 
 #[test]

@@ -223,6 +223,30 @@ pub fn tls_config(ca_pem: &[u8], client_pem: Option<&[u8]>) -> Result<Arc<rustls
     Ok(Arc::new(cfg))
 }
 
+/// The HTTP/2 handshake over `io` (TCP, or TLS over it); a task of its own drives the
+/// connection until it closes.
+async fn h2_over<T>(
+    io: T,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<h2::client::SendRequest<Bytes>, EtcdError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |m: String| grpc_err(endpoint, true, 0, m);
+    let (send, conn) = tokio::time::timeout(timeout, h2::client::handshake(io))
+        .await
+        .map_err(|_| failed("HTTP/2 handshake timed out".into()))?
+        .map_err(|e| failed(format!("HTTP/2 handshake: {e}")))?;
+    let endpoint = endpoint.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%endpoint, error = %e, "etcd gRPC connection closed");
+        }
+    });
+    Ok(send)
+}
+
 /// The host part of `host:port` (`[v6]:port` too) as a TLS server name.
 fn server_name(endpoint: &str) -> Result<ServerName<'static>, EtcdError> {
     let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h);
@@ -259,26 +283,11 @@ impl Channel {
             .map_err(|_| unreachable("connect timed out".into()))?
             .map_err(|e| unreachable(format!("connect: {e}")))?;
         tcp.set_nodelay(true).map_err(|e| unreachable(format!("connect: {e}")))?;
-        let endpoint = self.endpoint.clone();
-        let closed = move |r: Result<(), h2::Error>| {
-            if let Err(e) = r {
-                tracing::debug!(%endpoint, error = %e, "etcd gRPC connection closed");
-            }
-        };
-        let h2_timeout = |_| unreachable("HTTP/2 handshake timed out".into());
-        let h2_failed = |e: h2::Error| unreachable(format!("HTTP/2 handshake: {e}"));
         let send = match &self.tls {
-            None => {
-                let (send, conn) = tokio::time::timeout(connect_timeout, h2::client::handshake(tcp))
-                    .await
-                    .map_err(h2_timeout)?
-                    .map_err(h2_failed)?;
-                tokio::spawn(async move { closed(conn.await) });
-                send
-            }
+            None => h2_over(tcp, &self.endpoint, connect_timeout).await?,
             Some((connector, name)) => {
-                // A refused certificate is not worth another member (they share the CA),
-                // but a member that is down is; both say what happened.
+                // Either failure moves on to the next member, as an unreachable one does:
+                // a member whose certificate is wrong may be the only one.
                 let tls = tokio::time::timeout(connect_timeout, connector.connect(name.clone(), tcp))
                     .await
                     .map_err(|_| unreachable("TLS handshake timed out".into()))?
@@ -291,12 +300,7 @@ impl Channel {
                         "TLS: the member did not agree to HTTP/2 (ALPN h2)".into(),
                     ));
                 }
-                let (send, conn) = tokio::time::timeout(connect_timeout, h2::client::handshake(tls))
-                    .await
-                    .map_err(h2_timeout)?
-                    .map_err(h2_failed)?;
-                tokio::spawn(async move { closed(conn.await) });
-                send
+                h2_over(tls, &self.endpoint, connect_timeout).await?
             }
         };
         *slot = Some(send.clone());
