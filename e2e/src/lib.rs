@@ -5,12 +5,13 @@
 //! A missing peer skips a test with a printed reason, unless `CLOAK_REQUIRE_PEERS=1`
 //! (set by `ci/test.sh`), where it fails: CI must never pass by skipping.
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
@@ -120,6 +121,77 @@ impl Drop for Daemon {
     }
 }
 
+/// Upper bound for one command; generous because the machine is small and shared.
+pub const CMD_LIMIT: Duration = Duration::from_secs(180);
+
+/// What a finished command produced.
+pub struct Ran {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Ran {
+    pub fn ok(&self) -> bool {
+        self.status.success()
+    }
+    pub fn describe(&self) -> String {
+        format!(
+            "exit {} after {:?}\nstdout: {}\nstderr: {}",
+            self.status,
+            self.elapsed,
+            String::from_utf8_lossy(&self.stdout),
+            self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `limit` (a hung pull must fail the
+/// test, not the CI job). Output is drained on threads so a full pipe cannot stall it.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Ran> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let mut so = child.stdout.take().context("no stdout pipe")?;
+    let mut se = child.stderr.take().context("no stderr pipe")?;
+    let t_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} still running after {limit:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = t_out.join().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+    Ok(Ran { status, stdout, stderr, elapsed: start.elapsed() })
+}
+
+/// [`run_bounded`] with [`CMD_LIMIT`], failing unless the command succeeded.
+pub fn run_bounded_ok(cmd: &mut Command) -> Result<Ran> {
+    let r = run_bounded(cmd, CMD_LIMIT)?;
+    ensure!(r.ok(), "{cmd:?} failed: {}", r.describe());
+    Ok(r)
+}
+
 /// `cloak-kbs serve` on a resource directory, for tests. Everything lives under `dir`:
 /// the admin key pair (made on first use), `policy.yaml`, `resources/` (kept across a
 /// restart on the same `dir`) and the log, `kbs.log`.
@@ -139,7 +211,7 @@ impl LocalBroker {
     pub fn start(dir: &Path, port: u16, policy: &str) -> Result<LocalBroker> {
         let admin = dir.join("admin.pem");
         if !admin.exists() {
-            run_ok(
+            run_bounded_ok(
                 Command::new(bin("cloak-kbs"))
                     .args(["gen-admin-key", "--out"])
                     .arg(&admin)
@@ -202,7 +274,7 @@ impl LocalBroker {
     /// `cloak encrypt` of the layout `src` (`oci:DIR:TAG`) for a KEK that cloak generates
     /// and registers in this broker as `kek_uri`, pushed to `dest`.
     pub fn encrypt(&self, kek_uri: &str, src: &str, dest: &str) -> Result<()> {
-        run_ok(
+        run_bounded_ok(
             Command::new(bin("cloak"))
                 .args(["encrypt", "--quiet", "--recipient", kek_uri, "--kbs-url"])
                 .arg(self.url())
@@ -220,7 +292,7 @@ impl LocalBroker {
     pub fn put_resource(&self, uri: &str, bytes: &[u8]) -> Result<()> {
         let file = tempfile::NamedTempFile::new_in(&self.dir)?;
         std::fs::write(file.path(), bytes)?;
-        run_ok(
+        run_bounded_ok(
             Command::new(bin("cloak-kbs"))
                 .args(["put-resource", "--replace", "--url"])
                 .arg(self.url())
@@ -252,7 +324,7 @@ pub struct HttpAnswer {
 /// A plain HTTP/1.0 `GET path` on 127.0.0.1:`port` (metrics, health, registry
 /// manifests, cloak-cdh's REST endpoint), with an `Accept` header when given.
 pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Result<HttpAnswer> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
         .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;

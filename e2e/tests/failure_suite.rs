@@ -10,89 +10,16 @@
 //! A missing docker-registry skips a test with a printed reason, unless
 //! `CLOAK_REQUIRE_PEERS=1` (set by `ci/test.sh`), where it fails.
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use cloak_e2e::*;
-
-/// Upper bound for one command; generous because the machine is small and shared.
-const CMD_LIMIT: Duration = Duration::from_secs(180);
 
 fn plain_image() -> String {
     format!("oci:{}:v1", workspace_root().join("testdata/golden/three-layers/plain-oci").display())
-}
-
-// ---- running commands ---------------------------------------------------------------
-
-/// What a finished command produced.
-struct Ran {
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Ran {
-    fn ok(&self) -> bool {
-        self.status.success()
-    }
-    fn describe(&self) -> String {
-        format!(
-            "exit {} after {:?}\nstdout: {}\nstderr: {}",
-            self.status,
-            self.elapsed,
-            String::from_utf8_lossy(&self.stdout),
-            self.stderr
-        )
-    }
-}
-
-/// Runs `cmd` to completion, killing it after `limit` (a hung pull must fail the
-/// test, not the CI job). Output is drained on threads so a full pipe cannot stall it.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Ran> {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let mut so = child.stdout.take().context("no stdout pipe")?;
-    let mut se = child.stderr.take().context("no stderr pipe")?;
-    let t_out = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = so.read_to_end(&mut b);
-        b
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = se.read_to_end(&mut b);
-        b
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{cmd:?} still running after {limit:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = t_out.join().unwrap_or_default();
-    let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-    Ok(Ran { status, stdout, stderr, elapsed: start.elapsed() })
-}
-
-fn run_bounded_ok(cmd: &mut Command) -> Result<Ran> {
-    let r = run_bounded(cmd, CMD_LIMIT)?;
-    ensure!(r.ok(), "{cmd:?} failed: {}", r.describe());
-    Ok(r)
 }
 
 /// Sum of every sample of a Prometheus counter (all label sets); 0 when absent.
