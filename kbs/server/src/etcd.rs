@@ -181,7 +181,7 @@ pub fn parse_range(body: &[u8]) -> Vec<Kv> {
 
 pub struct EtcdClient {
     http: reqwest::Client,
-    /// Native gRPC channels per member for transactions (plain-http members only).
+    /// Native gRPC channels per member for transactions (over TLS when the members are).
     grpc: Vec<crate::etcd_grpc::Channel>,
     scheme: &'static str,
     endpoints: Vec<String>,

@@ -190,33 +190,32 @@ pub struct Channel {
 /// are trusted, `client_pem` (certificate chain and key, PEM) is presented when given,
 /// and ALPN offers `h2` (etcd serves gRPC over TLS only on HTTP/2).
 pub fn tls_config(ca_pem: &[u8], client_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, EtcdError> {
-    let setup = |m: String| EtcdError::Setup(m);
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem) {
-        let c = c.map_err(|e| setup(format!("etcd CA certificate: {e}")))?;
-        roots.add(c).map_err(|e| setup(format!("etcd CA certificate: {e}")))?;
+        let c = c.map_err(|e| EtcdError::Setup(format!("etcd CA certificate: {e}")))?;
+        roots.add(c).map_err(|e| EtcdError::Setup(format!("etcd CA certificate: {e}")))?;
     }
     if roots.is_empty() {
-        return Err(setup("etcd CA file holds no certificate".into()));
+        return Err(EtcdError::Setup("etcd CA file holds no certificate".into()));
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let b = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| setup(format!("TLS: {e}")))?
+        .map_err(|e| EtcdError::Setup(format!("TLS: {e}")))?
         .with_root_certificates(roots);
     let mut cfg = match client_pem {
         None => b.with_no_client_auth(),
         Some(pem) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
                 .collect::<Result<_, _>>()
-                .map_err(|e| setup(format!("etcd client certificate: {e}")))?;
+                .map_err(|e| EtcdError::Setup(format!("etcd client certificate: {e}")))?;
             if chain.is_empty() {
-                return Err(setup("etcd client certificate file holds no certificate".into()));
+                return Err(EtcdError::Setup("etcd client certificate file holds no certificate".into()));
             }
-            let key =
-                PrivateKeyDer::from_pem_slice(pem).map_err(|e| setup(format!("etcd client key: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(pem)
+                .map_err(|e| EtcdError::Setup(format!("etcd client key: {e}")))?;
             b.with_client_auth_cert(chain, key)
-                .map_err(|e| setup(format!("etcd client certificate/key: {e}")))?
+                .map_err(|e| EtcdError::Setup(format!("etcd client certificate/key: {e}")))?
         }
     };
     cfg.alpn_protocols = vec![b"h2".to_vec()];

@@ -19,6 +19,7 @@
 //! as the session id (a changed salt derives another key, so it does not open).
 //! Clients treat the value as opaque, as Trustee's and cloak's clients do.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -237,11 +238,17 @@ impl<K: Hash + Eq + Clone, V, E: Ord + Copy> ExpiryMap<K, V, E> {
         }
     }
 
-    fn get(&self, k: &K, now: E) -> Option<&V> {
+    fn get<Q: Hash + Eq + ?Sized>(&self, k: &Q, now: E) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
         self.map.get(k).filter(|(e, _)| *e > now).map(|(_, v)| v)
     }
 
-    fn remove(&mut self, k: &K) {
+    fn remove<Q: Hash + Eq + ?Sized>(&mut self, k: &Q)
+    where
+        K: Borrow<Q>,
+    {
         self.map.remove(k);
     }
 
@@ -280,7 +287,7 @@ impl Sessions {
     pub fn create(&self, id: &str, s: Session) -> Option<Created> {
         let mut m = self.map.lock().ok()?;
         let now = crate::now_secs();
-        if let Some(old) = m.get(&id.to_string(), now) {
+        if let Some(old) = m.get(id, now) {
             return Some(Created::Existing(old.clone()));
         }
         m.sweep(now);
@@ -294,11 +301,10 @@ impl Sessions {
     /// A copy of the live session `id`; None when unknown or expired.
     pub fn get(&self, id: &str) -> Option<Session> {
         let mut m = self.map.lock().ok()?;
-        let (id, now) = (id.to_string(), crate::now_secs());
-        match m.get(&id, now) {
+        match m.get(id, crate::now_secs()) {
             Some(s) => Some(s.clone()),
             None => {
-                m.remove(&id);
+                m.remove(id);
                 None
             }
         }
