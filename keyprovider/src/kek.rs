@@ -42,6 +42,19 @@ pub enum KekError {
         /// What was wrong.
         reason: String,
     },
+    /// A client's `keypath=` names nothing this provider will use. The text is the
+    /// same whatever the reason, so a client cannot learn whether other files exist
+    /// or how large they are.
+    #[error(
+        "keypath {shown:?} does not name a usable KEK: it must be a readable regular file of exactly \
+         32 bytes{where_}"
+    )]
+    KeyPath {
+        /// The path as the client sent it (shortened).
+        shown: String,
+        /// Where such files must be, if the provider restricts it.
+        where_: String,
+    },
     /// No keypath and no admin client: nowhere to put a generated KEK.
     #[error("no keypath given and no KBS admin key configured: cannot register a generated KEK for {0}")]
     NoAdmin(String),
@@ -87,6 +100,7 @@ impl From<KekError> for WrapError {
             KekError::Packet(PacketError::Auth(_)) => WrapError::NoKey(Box::new(e)),
             KekError::Kbs(KbsError::Unavailable { .. }) => WrapError::Unavailable(Box::new(e)),
             KekError::Kbs(KbsError::Rejected { .. })
+            | KekError::KeyPath { .. }
             | KekError::NoReadBack { .. }
             | KekError::NotAKek { .. } => WrapError::Refused(Box::new(e)),
             _ => WrapError::Other(Box::new(e)),
@@ -211,10 +225,86 @@ impl std::fmt::Debug for KbsKekWrapper {
     }
 }
 
+/// Which files a keyprovider client may name with `keypath=`. The provider reads
+/// them with its own rights, so a client that is not the provider's operator must
+/// not be able to point it anywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeyPathRule {
+    /// Any regular file the provider can read (coco_keyprovider's behaviour; the
+    /// default of `cloak-keyprovider`, which serves the operator's own build tools).
+    #[default]
+    Any,
+    /// Only regular files whose real path (links resolved) is inside this directory.
+    Under(PathBuf),
+    /// No file at all (`cloak-cdh`: the guest wraps nothing, and a caller of its
+    /// socket must not make it read guest files).
+    Refused,
+}
+
+/// A KEK file is 32 bytes; one byte more is enough to tell that it is too long,
+/// so no file is ever read further than this.
+const KEK_FILE_READ_CAP: u64 = 33;
+
+/// Reads a 32-byte KEK from `path`: a regular file (a FIFO or device is refused
+/// before anything is read from it), at most [`KEK_FILE_READ_CAP`] bytes.
+/// Returns the real path of the file that was opened, for [`KeyPathRule::Under`].
+fn read_kek_capped(path: &Path) -> Result<(Kek, PathBuf), String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() != 32 {
+        return Err(format!("{} bytes, a KEK is 32", meta.len()));
+    }
+    let real = {
+        use std::os::fd::AsRawFd;
+        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| e.to_string())?
+    };
+    let mut bytes = Zeroizing::new(Vec::with_capacity(KEK_FILE_READ_CAP as usize));
+    file.take(KEK_FILE_READ_CAP).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let kek = Kek::from_slice(&bytes).map_err(|e| e.to_string())?;
+    Ok((kek, real))
+}
+
+/// A KEK file the local user named (`cloak encrypt --kek-file`): errors say what
+/// was wrong with it.
 fn read_kek_file(path: &Path) -> Result<Kek, KekError> {
-    let bad = |reason: String| KekError::KekFile { path: path.to_owned(), reason };
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| bad(e.to_string()))?);
-    Kek::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+    read_kek_capped(path).map(|(k, _)| k).map_err(|reason| KekError::KekFile { path: path.to_owned(), reason })
+}
+
+/// A KEK file a keyprovider client named: allowed by `rule`, and one error text
+/// for every refusal (the reason goes to the provider's own log only).
+fn read_client_kek_file(path: &Path, rule: &KeyPathRule) -> Result<Kek, KekError> {
+    let shown: String = path.display().to_string().chars().take(200).collect();
+    let where_ = match rule {
+        KeyPathRule::Any => String::new(),
+        KeyPathRule::Under(dir) => format!(" inside {}", dir.display()),
+        KeyPathRule::Refused => {
+            return Err(KekError::Params(
+                "keypath is not accepted by this provider: it does not read files named by its callers".into(),
+            ))
+        }
+    };
+    let refuse = |why: String| {
+        tracing::info!(keypath = %shown, reason = %why, "keypath refused");
+        KekError::KeyPath { shown: shown.clone(), where_: where_.clone() }
+    };
+    let (kek, real) = read_kek_capped(path).map_err(refuse)?;
+    if let KeyPathRule::Under(dir) = rule {
+        let dir = std::fs::canonicalize(dir).map_err(|e| refuse(format!("allowed directory: {e}")))?;
+        if !real.starts_with(&dir) {
+            return Err(refuse(format!("{} is outside the allowed directory", real.display())));
+        }
+    }
+    Ok(kek)
 }
 
 impl KbsKekWrapper {
@@ -236,18 +326,29 @@ impl KbsKekWrapper {
         Self { kid, source: KekSource::Register { admin, kek: OnceCell::new() } }
     }
 
-    /// From coco_keyprovider parameters: `keypath` → file; otherwise generate and
-    /// register (needs `admin`). A missing `keyid` gets a random one.
-    pub fn from_params(params: &WrapParams, admin: Option<Arc<AdminClient>>) -> Result<Self, KekError> {
+    /// From coco_keyprovider parameters sent by a client: `keypath` → a file that
+    /// `rule` allows; otherwise generate and register (needs `admin`). A missing
+    /// `keyid` gets a random one.
+    pub fn from_params(
+        params: &WrapParams,
+        admin: Option<Arc<AdminClient>>,
+        rule: &KeyPathRule,
+    ) -> Result<Self, KekError> {
         let kid = match &params.keyid {
             Some(k) => k.clone(),
             None => random_kid()?,
         };
         match (&params.keypath, admin) {
-            (Some(p), _) => Self::with_kek_file(kid, p),
+            (Some(p), _) => Ok(Self { kid, source: KekSource::Fixed(read_client_kek_file(p, rule)?) }),
             (None, Some(a)) => Ok(Self::registering(kid, a)),
             (None, None) => Err(KekError::NoAdmin(kid.to_string())),
         }
+    }
+
+    /// Obtains the KEK now (for a registering wrapper: reads it back or registers
+    /// it), so that a caller can refuse before it writes anything; later wraps reuse it.
+    pub async fn ready(&self) -> Result<(), KekError> {
+        self.kek().await.map(|_| ())
     }
 
     /// The KBS resource the packet names.
@@ -434,15 +535,15 @@ mod tests {
         std::fs::write(&path, [9u8; 32]).unwrap();
         let params: WrapParams =
             format!("keyid=kbs:///default/key/1::keypath={}", path.display()).parse().unwrap();
-        let w = KbsKekWrapper::from_params(&params, None).unwrap();
+        let w = KbsKekWrapper::from_params(&params, None, &KeyPathRule::Any).unwrap();
         assert_eq!(w.scheme(), "provider.attestation-agent");
         let packet = w.wrap(b"privopts").await.unwrap();
         let p = AnnotationPacket::parse(&packet).unwrap();
         assert_eq!(p.kid, "kbs:///default/key/1");
         assert_eq!(p.open(&Kek::from_slice(&[9u8; 32]).unwrap()).unwrap().as_slice(), b"privopts");
         std::fs::write(&path, [9u8; 31]).unwrap();
-        assert!(matches!(KbsKekWrapper::from_params(&params, None), Err(KekError::KekFile { .. })));
+        assert!(matches!(KbsKekWrapper::from_params(&params, None, &KeyPathRule::Any), Err(KekError::KeyPath { .. })));
         let no_path: WrapParams = "keyid=kbs:///default/key/1".parse().unwrap();
-        assert!(matches!(KbsKekWrapper::from_params(&no_path, None), Err(KekError::NoAdmin(_))));
+        assert!(matches!(KbsKekWrapper::from_params(&no_path, None, &KeyPathRule::Any), Err(KekError::NoAdmin(_))));
     }
 }

@@ -19,7 +19,7 @@ pub mod server;
 
 pub use client::{KeyProviderConfig, ProviderClient, ProviderUnwrapper, ProviderWrapper};
 pub use jwe_kbs::KbsJweKeyUnwrapper;
-pub use kek::{KbsKekUnwrapper, KbsKekWrapper, KekFetcher, WrapParams};
+pub use kek::{KbsKekUnwrapper, KbsKekWrapper, KekFetcher, KeyPathRule, WrapParams};
 pub use keygen::{keygen, GeneratedKey};
 pub use packet::{AnnotationPacket, Kek};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyprovider::kek::{KbsKekUnwrapper, DEFAULT_KEK_TTL, PROVIDER_NAME};
+use keyprovider::kek::{KbsKekUnwrapper, KeyPathRule, DEFAULT_KEK_TTL, PROVIDER_NAME};
 use keyprovider::server::{self, KeyProviderCore, Limits, ListenAddr, Listener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -69,6 +69,16 @@ struct Common {
     /// Total seconds of KBS retries before giving up.
     #[arg(long, default_value_t = 30)]
     kbs_deadline: u64,
+    /// Accept `keypath=FILE` in wrap requests only for regular files inside DIR
+    /// (links resolved). Without it any regular file this process can read may be
+    /// named, as with coco_keyprovider: set it whenever clients other than your
+    /// own build tools can reach the provider. Reads are capped at 33 bytes either way.
+    #[arg(long, value_name = "DIR")]
+    keypath_dir: Option<PathBuf>,
+    /// Refuse `keypath=` in wrap requests altogether (KEKs then come only from the
+    /// KBS through --kbs-admin-key).
+    #[arg(long, conflicts_with = "keypath_dir")]
+    no_keypath: bool,
 }
 
 /// `--attester`.
@@ -93,6 +103,19 @@ impl Attester {
     fn name(self) -> String {
         self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
     }
+}
+
+fn keypath_rule(c: &Common) -> anyhow::Result<KeyPathRule> {
+    Ok(match (&c.keypath_dir, c.no_keypath) {
+        (_, true) => KeyPathRule::Refused,
+        (Some(dir), false) => {
+            let real = std::fs::canonicalize(dir)
+                .with_context(|| format!("--keypath-dir {}: cannot resolve it", dir.display()))?;
+            anyhow::ensure!(real.is_dir(), "--keypath-dir {} is not a directory", dir.display());
+            KeyPathRule::Under(real)
+        }
+        (None, false) => KeyPathRule::Any,
+    })
 }
 
 fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
@@ -135,7 +158,8 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
         Ok(u) => KeyProviderCore::new(admin, Some(u)),
         Err(why) => KeyProviderCore::new(admin, None).with_unwrap_disabled_reason(&why),
     }
-    .with_name(&c.name);
+    .with_name(&c.name)
+    .with_keypath_rule(keypath_rule(c)?);
     if !c.keys.is_empty() {
         let mut keys = Vec::new();
         for p in &c.keys {

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tonic::{Code, Request as GrpcRequest, Response, Status};
 use zeroize::Zeroizing;
 
-use crate::kek::{KbsKekUnwrapper, KbsKekWrapper, KekError, WrapParams, PROVIDER_NAME};
+use crate::kek::{KbsKekUnwrapper, KbsKekWrapper, KekError, KeyPathRule, WrapParams, PROVIDER_NAME};
 use crate::packet::{AnnotationPacket, PacketError};
 use crate::pb::key_provider_service_server::{KeyProviderService, KeyProviderServiceServer};
 use crate::pb::{KeyProviderKeyWrapProtocolInput, KeyProviderKeyWrapProtocolOutput};
@@ -81,7 +81,7 @@ pub fn status_code(e: &ServiceError) -> Code {
         ServiceError::TooLarge { .. } => Code::ResourceExhausted,
         ServiceError::NotConfigured(_) => Code::FailedPrecondition,
         ServiceError::Kek(k) => match k {
-            KekError::Params(_) => Code::InvalidArgument,
+            KekError::Params(_) | KekError::KeyPath { .. } => Code::InvalidArgument,
             KekError::Packet(PacketError::Auth(_)) => Code::InvalidArgument,
             KekError::Packet(PacketError::KekLength(_)) => Code::FailedPrecondition,
             KekError::Packet(_) => Code::InvalidArgument,
@@ -140,6 +140,8 @@ pub struct KeyProviderCore {
     kek_unwrapper: Option<Arc<KbsKekUnwrapper>>,
     local: Vec<Arc<dyn KeyUnwrapper>>,
     no_unwrap_reason: String,
+    /// Which files a client's `keypath=` may name.
+    keypath_rule: KeyPathRule,
     /// One wrapper per parameter string, so a generated KEK is registered once and
     /// every layer wrapped with the same `keyid` uses the same KEK.
     wrappers: Mutex<HashMap<String, Arc<KbsKekWrapper>>>,
@@ -160,6 +162,7 @@ impl KeyProviderCore {
             kek_unwrapper,
             local: Vec::new(),
             no_unwrap_reason: "no --kbs-url: cannot fetch KEKs".into(),
+            keypath_rule: KeyPathRule::default(),
             wrappers: Mutex::new(HashMap::new()),
         }
     }
@@ -167,6 +170,12 @@ impl KeyProviderCore {
     /// Reads wrap parameters under `ec.Parameters[name]` instead of `attestation-agent`.
     pub fn with_name(mut self, name: &str) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Which files a client's `keypath=` may name (default: any regular file).
+    pub fn with_keypath_rule(mut self, rule: KeyPathRule) -> Self {
+        self.keypath_rule = rule;
         self
     }
 
@@ -223,7 +232,7 @@ impl KeyProviderCore {
             return Ok(w.clone());
         }
         let parsed: WrapParams = params.parse()?;
-        let w = Arc::new(KbsKekWrapper::from_params(&parsed, self.admin.clone())?);
+        let w = Arc::new(KbsKekWrapper::from_params(&parsed, self.admin.clone(), &self.keypath_rule)?);
         // Bounded: a client sending endless distinct parameters must not grow memory.
         if map.len() >= 1024 {
             map.clear();
@@ -505,6 +514,80 @@ mod tests {
         let e = core.handle(req, None).await.unwrap_err();
         assert_eq!(status_code(&e), Code::FailedPrecondition);
         assert!(e.to_string().contains("admin"));
+    }
+
+    fn wrap_request(params: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        let p = base64::engine::general_purpose::STANDARD.encode(params);
+        format!(
+            r#"{{"op":"keywrap","keywrapparams":{{"ec":{{"Parameters":{{"attestation-agent":["{p}"]}}}},"optsdata":"e30="}}}}"#
+        )
+        .into_bytes()
+    }
+
+    /// Issue 21, finding 3: `keypath=/etc/shadow` answered "KEK must be 32 bytes, got
+    /// 698", so a client could probe any file's existence and size; `/dev/zero` was
+    /// read until memory ran out.
+    #[tokio::test]
+    async fn keypath_probe_learns_nothing_about_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("shadow");
+        std::fs::write(&big, [b'x'; 698]).unwrap();
+        let sparse = dir.path().join("sparse");
+        std::fs::File::create(&sparse).unwrap().set_len(1 << 40).unwrap();
+        let core = KeyProviderCore::new(None, None);
+        let mut texts = Vec::new();
+        for path in [big.clone(), sparse, dir.path().join("missing"), "/dev/null".into(), dir.path().to_owned()] {
+            let e = core.handle(&wrap_request(&format!("keypath={}", path.display())), None).await.unwrap_err();
+            assert_eq!(status_code(&e), Code::InvalidArgument, "{e}");
+            let text = e.to_string().replace(&path.display().to_string(), "PATH");
+            assert!(!text.contains("698") && !text.contains("1099511627776"), "{text}");
+            texts.push(text);
+        }
+        assert!(texts.iter().all(|t| t == &texts[0]), "answers differ by file: {texts:#?}");
+    }
+
+    /// A FIFO must be refused without waiting for a writer or reading from it.
+    #[tokio::test]
+    async fn keypath_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        // mkfifo(1) keeps unsafe code out of the tests.
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let core = KeyProviderCore::new(None, None);
+        let req = wrap_request(&format!("keypath={}", fifo.display()));
+        let e = tokio::time::timeout(std::time::Duration::from_secs(20), core.handle(&req, None))
+            .await
+            .expect("a FIFO keypath blocked the provider")
+            .unwrap_err();
+        assert_eq!(status_code(&e), Code::InvalidArgument, "{e}");
+    }
+
+    #[tokio::test]
+    async fn keypath_dir_allows_only_files_inside_it() {
+        let allowed = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let inside = allowed.path().join("kek");
+        std::fs::write(&inside, [3u8; 32]).unwrap();
+        let outside = other.path().join("kek");
+        std::fs::write(&outside, [4u8; 32]).unwrap();
+        let link = allowed.path().join("link-out");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let real = std::fs::canonicalize(allowed.path()).unwrap();
+        let core = KeyProviderCore::new(None, None).with_keypath_rule(KeyPathRule::Under(real));
+        let ok = core
+            .handle(&wrap_request(&format!("keyid=kbs:///default/k/1::keypath={}", inside.display())), None)
+            .await
+            .unwrap();
+        assert!(String::from_utf8(ok).unwrap().contains("keywrapresults"));
+        for bad in [&outside, &link] {
+            let e = core.handle(&wrap_request(&format!("keypath={}", bad.display())), None).await.unwrap_err();
+            assert_eq!(status_code(&e), Code::InvalidArgument, "{e}");
+            assert!(e.to_string().contains("inside"), "{e}");
+        }
+        let refused = KeyProviderCore::new(None, None).with_keypath_rule(KeyPathRule::Refused);
+        let e = refused.handle(&wrap_request(&format!("keypath={}", inside.display())), None).await.unwrap_err();
+        assert_eq!(status_code(&e), Code::InvalidArgument, "{e}");
     }
 
     #[tokio::test]
