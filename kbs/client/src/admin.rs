@@ -2,8 +2,11 @@
 //! authenticated with a short-lived EdDSA (Ed25519) JWT carrying the claims
 //! Trustee's `AuthenticatedAuthorization` mode expects (`iss`, `aud`, `role`,
 //! `iat`, `exp`). A fresh JWT is signed per request, so none is kept around.
+//!
+//! `iat` and `exp` are whole seconds: Trustee's JWT validation reads a NumericDate
+//! with a fraction as a missing claim and refuses the token.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
 use josekit::jws::alg::eddsa::EddsaJwsSigner;
@@ -85,14 +88,23 @@ impl AdminClient {
         let mut header = JwsHeader::new();
         header.set_token_type("JWT");
         let mut payload = JwtPayload::new();
-        let now = SystemTime::now();
+        // josekit's set_issued_at/set_expires_at write fractional seconds.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| KbsError::Config("the system clock is before 1970".into()))?
+            .as_secs();
         payload.set_issuer(ADMIN_ISSUER);
         payload.set_audience(vec![ADMIN_AUDIENCE]);
-        payload.set_issued_at(&now);
-        payload.set_expires_at(&(now + ADMIN_TOKEN_TTL));
-        payload
-            .set_claim("role", Some(json!(ADMIN_ROLE)))
-            .map_err(|e| KbsError::Config(format!("cannot build the admin token: {e}")))?;
+        let claims = [
+            ("iat", json!(now)),
+            ("exp", json!(now + ADMIN_TOKEN_TTL.as_secs())),
+            ("role", json!(ADMIN_ROLE)),
+        ];
+        for (name, value) in claims {
+            payload
+                .set_claim(name, Some(value))
+                .map_err(|e| KbsError::Config(format!("cannot build the admin token: {e}")))?;
+        }
         jwt::encode_with_signer(&payload, &header, &self.signer)
             .map(Zeroizing::new)
             .map_err(|e| KbsError::Config(format!("cannot sign the admin token: {e}")))
@@ -205,5 +217,27 @@ impl AdminClient {
         let body = serde_json::to_vec(&json!({"policy": BASE64_URL_SAFE_NO_PAD.encode(policy)}))
             .map_err(|e| KbsError::Config(format!("cannot encode the policy: {e}")))?;
         self.call(Method::POST, "kbs/v0/resource-policy", "application/json", body).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Issue 21, finding 10: `exp` was written as `1796611887.2587447`, which Trustee
+    /// reads as no `exp` at all ("Cannot verify token with any of the issuers").
+    #[test]
+    fn admin_token_iat_and_exp_are_integer_numeric_dates() {
+        let key = josekit::jws::EdDSA.generate_key_pair(josekit::jwk::alg::ed::EdCurve::Ed25519).unwrap();
+        let admin = AdminClient::new("http://127.0.0.1:1", &key.to_pem_private_key()).unwrap();
+        let token = admin.admin_token().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&BASE64_URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let (iat, exp) = (&claims["iat"], &claims["exp"]);
+        assert!(iat.is_u64() && exp.is_u64(), "{claims}");
+        assert_eq!(exp.as_u64().unwrap() - iat.as_u64().unwrap(), ADMIN_TOKEN_TTL.as_secs());
+        assert_eq!(claims["role"], ADMIN_ROLE);
     }
 }

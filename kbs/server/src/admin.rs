@@ -1,7 +1,9 @@
 //! Admin authentication, as Trustee's `AuthenticatedAuthorization` mode: a Bearer JWT
 //! signed with EdDSA (Ed25519) by the key whose SPKI PEM the operator configured, not
 //! expired, not before `nbf`, with a `role` claim equal to "admin", and `iss`/`aud`
-//! matching when they are configured.
+//! matching when they are configured. A token is also refused when it is valid for
+//! longer than the configured maximum (`exp - iat` or `exp - now`), so a token that
+//! leaks cannot be used for years.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use openssl::pkey::{Id, PKey, Public};
@@ -26,6 +28,11 @@ pub enum AdminError {
     NotYetValid,
     #[error("admin token has no exp claim")]
     NoExpiry,
+    #[error(
+        "admin token is valid for {lifetime_secs} s, longer than this broker's maximum of {max_secs} s \
+         (admin_token_max_lifetime_secs); sign tokens that expire sooner"
+    )]
+    LifetimeTooLong { lifetime_secs: u64, max_secs: u64 },
     #[error("admin token role {0:?} is not allowed (need \"admin\")")]
     Role(String),
     #[error("admin token issuer or audience does not match")]
@@ -39,6 +46,7 @@ struct AdminClaims {
     // Numbers as JSON values: some JWT libraries write NumericDate as a float.
     exp: Option<serde_json::Value>,
     nbf: Option<serde_json::Value>,
+    iat: Option<serde_json::Value>,
     role: Option<String>,
     iss: Option<String>,
     aud: Option<serde_json::Value>,
@@ -48,6 +56,7 @@ pub struct AdminVerifier {
     key: PKey<Public>,
     issuer: Option<String>,
     audience: Option<String>,
+    max_lifetime_secs: u64,
 }
 
 impl std::fmt::Debug for AdminVerifier {
@@ -55,21 +64,24 @@ impl std::fmt::Debug for AdminVerifier {
         f.debug_struct("AdminVerifier")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("max_lifetime_secs", &self.max_lifetime_secs)
             .finish()
     }
 }
 
 impl AdminVerifier {
+    /// `max_lifetime_secs`: the longest validity a token may claim (see the module doc).
     pub fn from_pem(
         pem: &[u8],
         issuer: Option<String>,
         audience: Option<String>,
+        max_lifetime_secs: u64,
     ) -> Result<Self, AdminError> {
         let key = PKey::public_key_from_pem(pem).map_err(|e| AdminError::Key(e.to_string()))?;
         if key.id() != Id::ED25519 {
             return Err(AdminError::Key("key type is not Ed25519".into()));
         }
-        Ok(Self { key, issuer, audience })
+        Ok(Self { key, issuer, audience, max_lifetime_secs })
     }
 
     /// Checks an `Authorization` header value.
@@ -105,10 +117,15 @@ impl AdminVerifier {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(AdminError::Format("claims are not base64url JSON of the expected types"))?;
         let now = crate::now_secs();
+        // `as u64` saturates: 1e300 becomes u64::MAX, negative dates 0.
         let date = |v: &Option<serde_json::Value>| v.as_ref().and_then(|x| x.as_f64()).map(|f| f as u64);
         let exp = date(&claims.exp).ok_or(AdminError::NoExpiry)?;
         if exp <= now {
             return Err(AdminError::Expired);
+        }
+        let lifetime_secs = (exp - now).max(date(&claims.iat).map_or(0, |iat| exp.saturating_sub(iat)));
+        if lifetime_secs > self.max_lifetime_secs {
+            return Err(AdminError::LifetimeTooLong { lifetime_secs, max_secs: self.max_lifetime_secs });
         }
         if date(&claims.nbf).is_some_and(|nbf| nbf > now) {
             return Err(AdminError::NotYetValid);
@@ -141,4 +158,47 @@ impl AdminVerifier {
 pub fn generate_admin_key() -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<u8>), openssl::error::ErrorStack> {
     let key = PKey::generate_ed25519()?;
     Ok((zeroize::Zeroizing::new(key.private_key_to_pem_pkcs8()?), key.public_key_to_pem()?))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use openssl::pkey::Private;
+    use serde_json::json;
+
+    fn token(key: &PKey<Private>, claims: &serde_json::Value) -> String {
+        let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"JWT"}"#);
+        let p = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut signer = openssl::sign::Signer::new_without_digest(key).unwrap();
+        let sig = signer.sign_oneshot_to_vec(format!("{h}.{p}").as_bytes()).unwrap();
+        format!("Bearer {h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    /// Issue 21, finding 9: tokens valid for 100 years, or with `exp = 1e300`, were
+    /// accepted.
+    #[test]
+    fn admin_tokens_valid_for_a_century_or_until_1e300_are_refused() {
+        let key = PKey::generate_ed25519().unwrap();
+        let v = AdminVerifier::from_pem(&key.public_key_to_pem().unwrap(), None, None, 3600).unwrap();
+        let now = crate::now_secs();
+        let check = |c: serde_json::Value| v.check(Some(&token(&key, &c)));
+        check(json!({"role": "admin", "iat": now, "exp": now + 600})).unwrap();
+        check(json!({"role": "admin", "iat": now, "exp": now + 3600})).unwrap();
+        // Fractional dates (other JWT libraries) are still read.
+        check(json!({"role": "admin", "iat": now as f64 + 0.25, "exp": now as f64 + 600.5})).unwrap();
+        let century = now + 100 * 365 * 86_400;
+        for claims in [
+            json!({"role": "admin", "iat": now, "exp": century}),
+            json!({"role": "admin", "exp": century}),
+            json!({"role": "admin", "iat": now, "exp": 1e300}),
+            json!({"role": "admin", "exp": 1e300}),
+            // Issued two hours ago, still valid a minute: a 2 h token.
+            json!({"role": "admin", "iat": now - 7200, "exp": now + 60}),
+        ] {
+            let e = check(claims.clone()).unwrap_err();
+            assert!(matches!(e, AdminError::LifetimeTooLong { max_secs: 3600, .. }), "{claims}: {e}");
+            assert!(e.to_string().contains("maximum of 3600 s"), "{e}");
+        }
+    }
 }

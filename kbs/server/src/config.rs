@@ -102,6 +102,22 @@ pub struct ServeConfig {
     pub admin_public_key: Option<PathBuf>,
     pub admin_issuer: Option<String>,
     pub admin_audience: Option<String>,
+    /// The longest an admin token may be valid: both `exp - iat` and `exp - now` must
+    /// be at most this many seconds, so a leaked token cannot serve for years.
+    pub admin_token_max_lifetime_secs: u64,
+    /// A connection must deliver a request's complete headers within this many seconds
+    /// of opening or of its previous answer; otherwise it is closed. This is also how
+    /// long an idle keep-alive connection stays open.
+    pub request_header_timeout_secs: u64,
+    /// A request's body must have arrived completely within this many seconds of its
+    /// headers; otherwise the request is answered 408 and the connection closed.
+    pub request_body_timeout_secs: u64,
+    /// At most this many distinct pod/namespace pairs get attestation series of their
+    /// own; later pairs are counted under pod="other", namespace="other".
+    pub metrics_max_pods: usize,
+    /// At most this many distinct resource names get resource series of their own;
+    /// later names are counted under resource="other".
+    pub metrics_max_resources: usize,
     /// RCAR session lifetime (Trustee default: 5 minutes).
     pub session_ttl_secs: u64,
     /// Attestation token lifetime (Trustee default: 5 minutes).
@@ -124,6 +140,14 @@ pub struct ServeConfig {
 /// (`*/key/generated*`); other resources (secrets, private JWKs) are never read back.
 pub const DEFAULT_ADMIN_READABLE: &[&str] = &["*/image-kek/*", "*/key/generated*"];
 
+/// Default `admin_token_max_lifetime_secs`: one day. cloak's own admin tokens live five
+/// minutes and coco_keyprovider's two hours; a day leaves room for hand-made ones.
+pub const DEFAULT_ADMIN_TOKEN_MAX_LIFETIME_SECS: u64 = 86_400;
+/// Default `request_header_timeout_secs` (also the keep-alive idle limit).
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default `request_body_timeout_secs`: headers and body together within 20 s.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT_SECS: u64 = 10;
+
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
@@ -143,6 +167,11 @@ impl Default for ServeConfig {
             admin_public_key: None,
             admin_issuer: None,
             admin_audience: None,
+            admin_token_max_lifetime_secs: DEFAULT_ADMIN_TOKEN_MAX_LIFETIME_SECS,
+            request_header_timeout_secs: DEFAULT_REQUEST_HEADER_TIMEOUT_SECS,
+            request_body_timeout_secs: DEFAULT_REQUEST_BODY_TIMEOUT_SECS,
+            metrics_max_pods: crate::metrics::DEFAULT_MAX_PODS,
+            metrics_max_resources: crate::metrics::DEFAULT_MAX_RESOURCES,
             session_ttl_secs: 300,
             token_ttl_secs: 300,
             attestation_cache_secs: 30,
@@ -159,6 +188,28 @@ impl ServeConfig {
     /// The store to open: `store`, or the local directory `resources`.
     pub fn store_spec(&self) -> crate::storage::StoreSpec {
         self.store.clone().unwrap_or_else(|| crate::storage::StoreSpec::Local(self.resources.clone()))
+    }
+
+    /// Refuses limits that would switch a protection off (a zero timeout or lifetime).
+    pub fn check_limits(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("admin_token_max_lifetime_secs", self.admin_token_max_lifetime_secs),
+            ("request_header_timeout_secs", self.request_header_timeout_secs),
+            ("request_body_timeout_secs", self.request_body_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1 second")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The metric label caps.
+    pub fn metric_limits(&self) -> crate::metrics::MetricLimits {
+        crate::metrics::MetricLimits {
+            max_pods: self.metrics_max_pods,
+            max_resources: self.metrics_max_resources,
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {

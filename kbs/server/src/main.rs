@@ -260,6 +260,31 @@ struct ServeArgs {
     etcd: EtcdArgs,
     #[arg(long)]
     admin_public_key: Option<PathBuf>,
+    /// Refuse admin tokens valid for longer than this many seconds, counted from their
+    /// `iat` and from now (default 86400, one day; cloak's own tokens live 300 s).
+    /// A leaked token is then useless within a day, not for the years its `exp` claims.
+    #[arg(long, value_name = "SECS")]
+    admin_token_max_lifetime_secs: Option<u64>,
+    /// Close a connection that has not sent a request's complete headers within this
+    /// many seconds of opening or of its previous answer; idle keep-alive connections
+    /// close after the same time (default 10). Half-open connections then cannot hold
+    /// the broker's file descriptors and lock guests out.
+    #[arg(long, value_name = "SECS")]
+    request_header_timeout_secs: Option<u64>,
+    /// Answer 408 and close the connection when a request's body has not arrived
+    /// completely within this many seconds of its headers (default 10; progress does
+    /// not extend it).
+    #[arg(long, value_name = "SECS")]
+    request_body_timeout_secs: Option<u64>,
+    /// At most this many distinct pod/namespace pairs get attestation metrics of their
+    /// own; later pairs are counted under pod="other" (default 1000). Guests choose
+    /// these names, so the cap is what keeps /metrics and memory bounded.
+    #[arg(long, value_name = "N")]
+    metrics_max_pods: Option<usize>,
+    /// At most this many distinct resource names get resource metrics of their own;
+    /// later names are counted under resource="other" (default 1000).
+    #[arg(long, value_name = "N")]
+    metrics_max_resources: Option<usize>,
     /// AMD ARK certificate (trust anchor for SNP).
     #[arg(long)]
     snp_ark: Option<PathBuf>,
@@ -306,6 +331,21 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<kbs_server::ServeConfig> {
     a.etcd.apply(&mut cfg);
     if a.admin_public_key.is_some() {
         cfg.admin_public_key = a.admin_public_key;
+    }
+    if let Some(v) = a.admin_token_max_lifetime_secs {
+        cfg.admin_token_max_lifetime_secs = v;
+    }
+    if let Some(v) = a.request_header_timeout_secs {
+        cfg.request_header_timeout_secs = v;
+    }
+    if let Some(v) = a.request_body_timeout_secs {
+        cfg.request_body_timeout_secs = v;
+    }
+    if let Some(v) = a.metrics_max_pods {
+        cfg.metrics_max_pods = v;
+    }
+    if let Some(v) = a.metrics_max_resources {
+        cfg.metrics_max_resources = v;
     }
     if a.snp_ark.is_some() {
         cfg.snp.ark = a.snp_ark;

@@ -1,6 +1,13 @@
 //! HTTP face of the broker (axum). Handlers only translate between the wire and the
 //! decision modules; every error becomes a status and a Trustee-style JSON body
 //! (`{"type": ".../errors/<Kind>", "detail": ...}`) in one place, `ApiError`.
+//!
+//! Connections are served by hyper's HTTP/1 builder directly (not `axum::serve`) so a
+//! peer is bounded in time as well as in size: its request headers must arrive within
+//! `request_header_timeout_secs` of the connection opening or of the previous answer
+//! (which also closes idle keep-alive connections), and its body within
+//! `request_body_timeout_secs` of the headers. Half-open connections therefore cannot
+//! hold the broker's file descriptors and lock guests out.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +30,9 @@ use crate::admin::{AdminError, AdminVerifier};
 use crate::claims::Claims;
 use crate::config::{ConfigError, ServeConfig};
 use crate::jwe::JweError;
-use crate::metrics::{label, DenialLabels, FailureLabels, Metrics, PodLabels, ResourceLabels, SuccessLabels};
+use crate::metrics::{
+    label, DenialLabels, FailureLabels, Metrics, PodLabels, ResourceLabels, SuccessLabels, OTHER,
+};
 use crate::policy::{Denial, Policy, PolicyError, Reason};
 use crate::seal::{MasterKey, MasterKeys, SealError};
 use crate::session::{AttestationCache, CookieError, CookieKey, Created, Session, Ticket, COOKIE};
@@ -114,6 +123,8 @@ pub enum ApiError {
     Task(#[from] tokio::task::JoinError),
     #[error("no such endpoint")]
     NoEndpoint,
+    #[error("the request body did not arrive within {0:?} of its headers (request_body_timeout_secs)")]
+    BodyTimeout(Duration),
 }
 
 impl ApiError {
@@ -137,8 +148,11 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "PolicyDeny")
             }
             ApiError::NoEndpoint => (StatusCode::NOT_FOUND, "NotFound"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             ApiError::Store(e) => match e {
-                StoreError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+                StoreError::InvalidPath(_) | StoreError::NameTooLong { .. } => {
+                    (StatusCode::BAD_REQUEST, "BadRequest")
+                }
                 StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
                 StoreError::Exists(_) => (StatusCode::PRECONDITION_FAILED, "ResourceExists"),
                 StoreError::Unavailable(_)
@@ -169,12 +183,20 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status();
-        if status.is_server_error() {
+        // An internal failure's causes name the broker's files (the resource directory,
+        // the policy file): they go to the log, the peer learns only what failed.
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!(error = %self.detail(), "request failed");
-        }
+            format!("{self} (internal error; the broker's log has the details)")
+        } else {
+            if status.is_server_error() {
+                tracing::warn!(error = %self.detail(), "request failed");
+            }
+            self.detail()
+        };
         let body = ErrorInformation {
             error_type: format!("https://github.com/confidential-containers/kbs/errors/{kind}"),
-            detail: self.detail(),
+            detail,
         };
         (status, axum::Json(body)).into_response()
     }
@@ -199,6 +221,8 @@ pub struct Broker {
     cache: AttestationCache,
     session_ttl: Duration,
     body_limit: usize,
+    /// How long a request body may take to arrive after its headers.
+    body_timeout: Duration,
     policy_poll: Duration,
     /// Serialises admin policy writes with reloads so neither sees half of the other.
     policy_write: tokio::sync::Mutex<()>,
@@ -278,7 +302,8 @@ impl Broker {
         if let Some(t) = &file_text {
             Policy::parse(t)?;
         }
-        let metrics = Metrics::new();
+        cfg.check_limits()?;
+        let metrics = Metrics::with_limits(cfg.metric_limits());
         let store = Store::open(&cfg.store_spec(), store_options(cfg, file_text.clone())?)
             .await?
             .with_metrics(&metrics);
@@ -299,7 +324,12 @@ impl Broker {
         let admin = match &cfg.admin_public_key {
             Some(p) => {
                 let pem = std::fs::read(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-                Some(AdminVerifier::from_pem(&pem, cfg.admin_issuer.clone(), cfg.admin_audience.clone())?)
+                Some(AdminVerifier::from_pem(
+                    &pem,
+                    cfg.admin_issuer.clone(),
+                    cfg.admin_audience.clone(),
+                    cfg.admin_token_max_lifetime_secs,
+                )?)
             }
             None => {
                 tracing::warn!("no admin public key configured: the admin API refuses every request");
@@ -323,6 +353,7 @@ impl Broker {
             cache: AttestationCache::new(Duration::from_secs(cfg.attestation_cache_secs)),
             session_ttl: Duration::from_secs(cfg.session_ttl_secs.max(1)),
             body_limit: cfg.body_limit_bytes,
+            body_timeout: Duration::from_secs(cfg.request_body_timeout_secs),
             policy_poll: Duration::from_millis(cfg.policy_poll_ms.max(50)),
             policy_write: tokio::sync::Mutex::new(()),
             admin_readable: cfg.admin_readable.clone(),
@@ -461,6 +492,7 @@ impl Broker {
             .route("/readyz", get(readyz))
             .fallback(|| async { ApiError::NoEndpoint })
             .layer(DefaultBodyLimit::max(self.body_limit))
+            .layer(axum::middleware::from_fn_with_state(self.body_timeout, body_deadline))
             .with_state(Arc::clone(self))
     }
 }
@@ -527,12 +559,14 @@ async fn auth(State(b): St, body: Bytes) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
-fn attest_denied(b: &Broker, pod: &str, ns: &str, d: &Denial) -> ApiError {
+/// Counts a refused attestation under `labels` (the pod's series, or `other`) and logs
+/// it with the pod and namespace the guest gave.
+fn attest_denied(b: &Broker, labels: &PodLabels, pod: &str, ns: &str, d: &Denial) -> ApiError {
     b.metrics
         .failure
         .get_or_create(&FailureLabels {
-            pod: pod.into(),
-            namespace: ns.into(),
+            pod: labels.pod.clone(),
+            namespace: labels.namespace.clone(),
             reason: d.reason.as_str().into(),
         })
         .inc();
@@ -575,15 +609,19 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
             }
         }
     }
-    b.metrics.attempts.get_or_create(&PodLabels { pod: pod.clone(), namespace: ns.clone() }).inc();
+    // Until the guest has answered its own challenge it has shown nothing: its failure
+    // is counted under `other`, and only then does its pod get a series (within the cap).
     if !bool::from(subtle::ConstantTimeEq::ct_eq(att.runtime_data.nonce.as_bytes(), nonce.as_bytes())) {
         return Err(attest_denied(
             &b,
+            &Metrics::other_pod(),
             &pod,
             &ns,
             &Denial::new(Reason::NonceMismatch, "runtime-data nonce is not the session's challenge"),
         ));
     }
+    let labels = b.metrics.pod_labels(&pod, &ns);
+    b.metrics.attempts.get_or_create(&labels).inc();
     let hash = runtime_data_hash(&att).map_err(ApiError::RuntimeData)?;
     let evidence = &att.tee_evidence.primary_evidence;
     let ev_bytes = serde_json::to_vec(evidence).map_err(ApiError::RuntimeData)?;
@@ -593,12 +631,12 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
         None => {
             let c = verifier::verify(tee, evidence, &hash, &b.trust)
                 .await
-                .map_err(|d| attest_denied(&b, &pod, &ns, &d))?;
+                .map_err(|d| attest_denied(&b, &labels, &pod, &ns, &d))?;
             b.cache.put(cache_key, c.clone());
             c
         }
     };
-    let mm = b.policy().check_claims(&claims).map_err(|d| attest_denied(&b, &pod, &ns, &d))?;
+    let mm = b.policy().check_claims(&claims).map_err(|d| attest_denied(&b, &labels, &pod, &ns, &d))?;
     let (token, _exp) = b
         .tokens
         .issue(att.runtime_data.tee_pubkey.clone(), claims, &pod, &ns)
@@ -617,7 +655,11 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
     }
     b.metrics
         .success
-        .get_or_create(&SuccessLabels { pod, namespace: ns, measurement_match: mm.as_str().into() })
+        .get_or_create(&SuccessLabels {
+            pod: labels.pod,
+            namespace: labels.namespace,
+            measurement_match: mm.as_str().into(),
+        })
         .inc();
     Ok(token_response(&cookie, &token, b.session_ttl))
 }
@@ -630,6 +672,8 @@ fn token_response(cookie: &str, token: &str, ttl: Duration) -> Response {
     resp
 }
 
+/// Counts a refused resource request; `resource` is the label: the name only once the
+/// path is valid and the token verified (see `get_resource`), `other` before.
 fn deny_resource(b: &Broker, resource: &str, reason: Reason) {
     b.metrics
         .denials
@@ -644,6 +688,7 @@ async fn get_resource(
 ) -> Result<Response, ApiError> {
     let rp = ResourcePath::parse(&path)?;
     let resource = rp.as_string();
+    // Until the token verifies, the name is the requester's choice, not a label.
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -654,7 +699,7 @@ async fn get_resource(
         None => match session_cookie(&headers) {
             Some(cookie) => {
                 let (id, _) = b.cookies.open(&cookie).map_err(|e| {
-                    deny_resource(&b, &resource, Reason::TokenInvalid);
+                    deny_resource(&b, OTHER, Reason::TokenInvalid);
                     ApiError::InvalidCookie(e)
                 })?;
                 b.store.session_get(&id).await?.map(|s| s.token)
@@ -663,29 +708,30 @@ async fn get_resource(
         },
     };
     let Some(token) = token else {
-        deny_resource(&b, &resource, Reason::TokenInvalid);
+        deny_resource(&b, OTHER, Reason::TokenInvalid);
         return Err(ApiError::TokenNotFound);
     };
     let payload = b.tokens.verify(&token).map_err(|e| {
-        deny_resource(&b, &resource, Reason::TokenInvalid);
+        deny_resource(&b, OTHER, Reason::TokenInvalid);
         ApiError::TokenInvalid(e)
     })?;
+    let label = b.metrics.resource_label(&resource);
     let policy = b.policy();
     if let Err(denial) = policy.check_claims(&payload.cloak_claims) {
-        deny_resource(&b, &resource, denial.reason);
+        deny_resource(&b, &label, denial.reason);
         return Err(ApiError::PolicyDeny { resource, denial });
     }
     if !policy.is_released(&resource) {
-        deny_resource(&b, &resource, Reason::NotReleased);
+        deny_resource(&b, &label, Reason::NotReleased);
         return Err(ApiError::NotReleased(resource));
     }
     let data = b.store.resource_get(&rp).await.inspect_err(|e| {
         if matches!(e, StoreError::NotFound(_)) {
-            deny_resource(&b, &resource, Reason::NotFound);
+            deny_resource(&b, &label, Reason::NotFound);
         }
     })?;
     let jwe = crate::jwe::encrypt(&payload.tee_pubkey, &data).map_err(ApiError::Jwe)?;
-    b.metrics.releases.get_or_create(&ResourceLabels { resource }).inc();
+    b.metrics.releases.get_or_create(&ResourceLabels { resource: label }).inc();
     Ok(axum::Json(jwe).into_response())
 }
 
@@ -826,6 +872,106 @@ fn startup_notes(cfg: &ServeConfig) {
     }
 }
 
+/// A request body with a deadline: the whole body must arrive before `sleep` ends
+/// (counted from the headers, not reset by progress, so trickling a byte at a time
+/// does not keep a request open). `fired` tells [`body_deadline`] to answer 408.
+struct DeadlineBody {
+    inner: axum::body::Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {0:?}")]
+struct BodyDeadlineExceeded(Duration);
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let me = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut me.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if me.sleep.as_mut().poll(cx).is_ready() {
+            me.fired.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Poll::Ready(Some(Err(Box::new(BodyDeadlineExceeded(me.limit)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Gives every request body a deadline (`request_body_timeout_secs`); a request whose
+/// body missed it is answered 408 and its connection closed.
+async fn body_deadline(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sleep = Box::pin(tokio::time::sleep(limit));
+    let flag = Arc::clone(&fired);
+    let req = req.map(|inner| axum::body::Body::new(DeadlineBody { inner, sleep, fired: flag, limit }));
+    let resp = next.run(req).await;
+    if !fired.load(std::sync::atomic::Ordering::Relaxed) {
+        return resp;
+    }
+    tracing::info!(limit = ?limit, "request body too slow; closing the connection");
+    let mut resp = ApiError::BodyTimeout(limit).into_response();
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Errors of `accept` that concern one connection only (the listener is fine).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
+/// Accepts connections and serves each on its own task with HTTP/1 and the header
+/// deadline (see the module doc); runs until the task is dropped.
+async fn serve_connections(listener: tokio::net::TcpListener, app: Router, header_timeout: Duration) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be freed
+                // (the deadlines free them) instead of spinning.
+                tracing::error!(error = %e, "cannot accept connections; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+    }
+}
+
 /// Binds and starts the broker; returns the bound address and the task serving it.
 pub async fn spawn(
     cfg: ServeConfig,
@@ -838,10 +984,9 @@ pub async fn spawn(
     let addr = listener.local_addr()?;
     let watcher = broker.spawn_policy_watcher();
     let app = broker.router();
+    let header_timeout = Duration::from_secs(cfg.request_header_timeout_secs);
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "server stopped");
-        }
+        serve_connections(listener, app, header_timeout).await;
         watcher.abort();
     });
     tracing::info!(%addr, store = %broker.store.describe(), "cloak-kbs listening");

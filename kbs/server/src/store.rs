@@ -1,7 +1,10 @@
 //! Resources as files: `<dir>/<repo>/<type>/<tag>`. Writes are atomic (temp file in the
 //! same directory, fsync, rename, fsync of the directory), so a reader sees the old
 //! value or the new one, never half of it. Segments are validated with Trustee's rule
-//! `[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-\.]*`, which excludes "", ".", ".." and separators.
+//! `[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-\.]*`, which excludes "", ".", ".." and separators,
+//! and bounded in length: each segment is a file or directory name here (NAME_MAX is
+//! 255 bytes), and Trustee's own local store keeps all three joined in one file name,
+//! so every name Trustee can hold is shorter than both limits.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,9 @@ use zeroize::Zeroizing;
 pub enum StoreError {
     #[error("invalid resource path {0:?}: need REPO/TYPE/TAG with segments [A-Za-z0-9_-][A-Za-z0-9_.-]*")]
     InvalidPath(String),
+    /// A resource name (or one of its segments) longer than the broker accepts.
+    #[error("resource {what} is {len} bytes, longer than the {max} bytes allowed (it starts {start:?})")]
+    NameTooLong { what: &'static str, len: usize, max: usize, start: String },
     #[error("resource {0} not found")]
     NotFound(String),
     /// A create-only write found the resource already there (its bytes are untouched).
@@ -50,7 +56,13 @@ impl StoreError {
     /// Whether the backend failed (as opposed to answering "not found", "exists" or
     /// "invalid path"): what the error metric counts.
     pub fn is_failure(&self) -> bool {
-        !matches!(self, StoreError::InvalidPath(_) | StoreError::NotFound(_) | StoreError::Exists(_))
+        !matches!(
+            self,
+            StoreError::InvalidPath(_)
+                | StoreError::NameTooLong { .. }
+                | StoreError::NotFound(_)
+                | StoreError::Exists(_)
+        )
     }
 }
 
@@ -59,6 +71,11 @@ impl From<crate::etcd::EtcdError> for StoreError {
         StoreError::Unavailable(e)
     }
 }
+
+/// The longest segment (repo, type or tag) of a resource name, in bytes: NAME_MAX.
+pub const MAX_SEGMENT_LEN: usize = 255;
+/// The longest resource name "repo/type/tag", in bytes.
+pub const MAX_PATH_LEN: usize = 512;
 
 /// A validated "repo/type/tag".
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +91,19 @@ fn valid_segment(s: &str) -> bool {
 
 impl ResourcePath {
     pub fn parse(path: &str) -> Result<Self, StoreError> {
+        // Checked before anything else so a long name costs nothing and is never echoed whole.
+        let too_long = |what, len, max, s: &str| StoreError::NameTooLong {
+            what,
+            len,
+            max,
+            start: s.chars().take(32).collect(),
+        };
+        if path.len() > MAX_PATH_LEN {
+            return Err(too_long("name", path.len(), MAX_PATH_LEN, path));
+        }
+        if let Some(seg) = path.split('/').find(|s| s.len() > MAX_SEGMENT_LEN) {
+            return Err(too_long("name segment", seg.len(), MAX_SEGMENT_LEN, seg));
+        }
         let parts: Vec<&str> = path.split('/').collect();
         if parts.len() != 3 || !parts.iter().all(|s| valid_segment(s)) {
             return Err(StoreError::InvalidPath(path.chars().take(200).collect()));
@@ -220,6 +250,28 @@ mod tests {
         {
             assert!(ResourcePath::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Issue 21, finding 8: a 300-byte tag reached the filesystem (ENAMETOOLONG, a 500
+    /// naming the resource directory, counted as a store failure).
+    #[test]
+    fn resource_tag_of_300_bytes_is_refused_before_the_store() {
+        let long = "t".repeat(300);
+        let e = ResourcePath::parse(&format!("default/key/{long}")).unwrap_err();
+        assert!(matches!(e, StoreError::NameTooLong { len: 300, max: MAX_SEGMENT_LEN, .. }), "{e}");
+        assert!(!e.is_failure());
+        assert!(e.to_string().len() < 200, "{e}");
+        let seg = "s".repeat(MAX_SEGMENT_LEN);
+        let e = ResourcePath::parse(&format!("{seg}/{seg}/x")).unwrap_err();
+        assert!(matches!(e, StoreError::NameTooLong { what: "name", .. }), "{e}");
+        // The longest names allowed work on the local store.
+        let d = tempfile::tempdir().unwrap();
+        let s = ResourceStore::open(d.path()).unwrap();
+        let p =
+            ResourcePath::parse(&format!("default/{seg}/{}", "t".repeat(MAX_PATH_LEN - 9 - MAX_SEGMENT_LEN)))
+                .unwrap();
+        s.create(&p, b"v").unwrap();
+        assert_eq!(&s.get(&p).unwrap()[..], b"v");
     }
 
     #[test]
