@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate an Ed25519 admin key pair (PKCS#8 private PEM, SPKI public PEM).
     GenAdminKey {
         #[arg(long)]
@@ -399,7 +399,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(a) => {
-            let cfg = serve_config(a)?;
+            let cfg = serve_config(*a)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(kbs_server::serve(cfg))?;
             Ok(())
