@@ -190,11 +190,13 @@ pub(crate) async fn copy_image(
         creds: common.src_creds.clone(),
         auth_file: common.authfile.clone(),
         insecure_plain_http: common.insecure_src_plain_http,
+        ..Default::default()
     };
     let dst_opts = oci::DestOptions {
         creds: common.dest_creds.clone(),
         auth_file: common.authfile.clone(),
         insecure_plain_http: common.insecure_dest_plain_http,
+        ..Default::default()
     };
     let src = ImageSource::open(src_ref, &src_opts).await.map_err(Error::oci(format!("opening {src_s}")))?;
     let top = src.manifest().await.map_err(Error::oci(format!("reading the manifest of {src_s}")))?;

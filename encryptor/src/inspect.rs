@@ -184,6 +184,7 @@ pub async fn inspect(cfg: &InspectConfig) -> Result<InspectReport, Error> {
         creds: cfg.creds.clone(),
         auth_file: cfg.authfile.clone(),
         insecure_plain_http: cfg.insecure_plain_http,
+        ..Default::default()
     };
     let src = ImageSource::open(r, &opts).await.map_err(Error::oci(format!("opening {}", cfg.image)))?;
     let top = src.manifest().await.map_err(Error::oci(format!("reading the manifest of {}", cfg.image)))?;

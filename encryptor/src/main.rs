@@ -359,6 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     creds: cfg.common.dest_creds.clone(),
                     auth_file: cfg.common.authfile.clone(),
                     insecure_plain_http: cfg.common.insecure_dest_plain_http,
+                    ..Default::default()
                 };
                 let signed =
                     encryptor::sign::sign_digest(&cfg.dst, &result.manifest_digest, key, &opts).await?;
@@ -373,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 creds: a.creds,
                 auth_file: a.authfile,
                 insecure_plain_http: !a.dest_tls_verify,
+                ..Default::default()
             };
             let signed = encryptor::sign::sign(&a.image, &key, a.identity.as_deref(), &opts).await?;
             if a.json {
@@ -386,6 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 creds: a.creds,
                 auth_file: a.authfile,
                 insecure_plain_http: !a.src_tls_verify,
+                ..Default::default()
             };
             let (digest, decision) =
                 encryptor::sign::verify(&a.image, &a.signature_policy, a.registries_d.as_deref(), &opts)

@@ -44,6 +44,19 @@ pub enum DecodeError {
     Source(#[source] io::Error),
     #[error("decompressing the layer: {0}")]
     Decompress(#[source] io::Error),
+    /// A decompression bomb, by ratio.
+    #[error(
+        "decompression bomb refused: {unpacked} bytes unpacked from {compressed} compressed bytes, more than \
+         {limit}:1; if the image is trusted, raise the limit (cloak-pull --max-decompression-ratio, \
+         cloak-cdh [image] max_decompression_ratio)"
+    )]
+    Ratio { unpacked: u64, compressed: u64, limit: u64 },
+    /// A layer that unpacks to more than the size limit.
+    #[error(
+        "the layer unpacks to more than {max} bytes; if the image is trusted, raise the limit \
+         (cloak-pull --max-layer-size, cloak-cdh [image] max_layer_size)"
+    )]
+    UnpackedTooLarge { max: u64 },
     #[error("extracting the layer: {0}")]
     Extract(#[source] ExtractError),
     #[error("diff_id mismatch: the config says {expected}, the layer content hashes to {actual}")]
@@ -159,49 +172,129 @@ impl BufRead for Source {
     }
 }
 
+/// Counts the compressed bytes the decompressor consumes (for the ratio bound).
+struct Counted {
+    inner: Source,
+    consumed: u64,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed += n as u64;
+        Ok(n)
+    }
+}
+
+impl BufRead for Counted {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.consumed += amt as u64;
+        self.inner.consume(amt);
+    }
+}
+
+/// A decompression bound that tripped.
+#[derive(Debug, Clone, Copy)]
+enum Bomb {
+    Ratio { unpacked: u64, compressed: u64, limit: u64 },
+    Size { max: u64 },
+}
+
+impl From<Bomb> for DecodeError {
+    fn from(b: Bomb) -> Self {
+        match b {
+            Bomb::Ratio { unpacked, compressed, limit } => DecodeError::Ratio { unpacked, compressed, limit },
+            Bomb::Size { max } => DecodeError::UnpackedTooLarge { max },
+        }
+    }
+}
+
 /// The decompressor over the source; it remembers whether it failed, so its
-/// errors are told apart from the extractor's own.
+/// errors are told apart from the extractor's own, and bounds what it
+/// unpacks: at most `max_ratio` times the compressed bytes read so far (once
+/// past `ratio_floor`), and at most `max_unpacked` in all.
 struct Decompressor {
     kind: Decompress,
     failed: bool,
+    unpacked: u64,
+    max_ratio: u64,
+    ratio_floor: u64,
+    max_unpacked: u64,
+    bomb: Option<Bomb>,
 }
 
 #[allow(clippy::large_enum_variant)] // as for `Source`
 enum Decompress {
     None(Source),
-    Gzip(flate2::bufread::MultiGzDecoder<Source>),
-    Zstd(zstd::stream::read::Decoder<'static, Source>),
+    Gzip(flate2::bufread::MultiGzDecoder<Counted>),
+    Zstd(zstd::stream::read::Decoder<'static, Counted>),
 }
 
 impl Decompressor {
-    fn new(source: Source, compression: Compression) -> io::Result<Self> {
+    fn new(source: Source, compression: Compression, limits: &extract::Limits) -> io::Result<Self> {
+        let counted = |inner| Counted { inner, consumed: 0 };
         let kind = match compression {
             Compression::None => Decompress::None(source),
-            Compression::Gzip => Decompress::Gzip(flate2::bufread::MultiGzDecoder::new(source)),
+            Compression::Gzip => Decompress::Gzip(flate2::bufread::MultiGzDecoder::new(counted(source))),
             // The zstd reader continues across frames: multi-frame layers decode whole.
-            Compression::Zstd => Decompress::Zstd(zstd::stream::read::Decoder::with_buffer(source)?),
+            Compression::Zstd => Decompress::Zstd(zstd::stream::read::Decoder::with_buffer(counted(source))?),
         };
-        Ok(Decompressor { kind, failed: false })
+        Ok(Decompressor {
+            kind,
+            failed: false,
+            unpacked: 0,
+            max_ratio: limits.max_ratio,
+            ratio_floor: limits.ratio_floor,
+            max_unpacked: limits.max_total_size,
+            bomb: None,
+        })
     }
 
     fn source(&mut self) -> &mut Source {
         match &mut self.kind {
             Decompress::None(s) => s,
-            Decompress::Gzip(d) => d.get_mut(),
-            Decompress::Zstd(d) => d.get_mut(),
+            Decompress::Gzip(d) => &mut d.get_mut().inner,
+            Decompress::Zstd(d) => &mut d.get_mut().inner,
         }
+    }
+
+    /// The bound the bytes unpacked so far break, if any.
+    fn check(&self, compressed: u64) -> Option<Bomb> {
+        if self.unpacked > self.max_unpacked {
+            return Some(Bomb::Size { max: self.max_unpacked });
+        }
+        if self.unpacked > self.ratio_floor
+            && self.unpacked > self.max_ratio.saturating_mul(compressed.max(1))
+        {
+            return Some(Bomb::Ratio { unpacked: self.unpacked, compressed, limit: self.max_ratio });
+        }
+        None
     }
 }
 
 impl Read for Decompressor {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let r = match &mut self.kind {
+        if let Some(b) = self.bomb {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, DecodeError::from(b).to_string()));
+        }
+        let (r, compressed) = match &mut self.kind {
             Decompress::None(s) => return s.read(buf),
-            Decompress::Gzip(d) => d.read(buf),
-            Decompress::Zstd(d) => d.read(buf),
+            Decompress::Gzip(d) => (d.read(buf), d.get_ref().consumed),
+            Decompress::Zstd(d) => (d.read(buf), d.get_ref().consumed),
         };
         self.failed |= r.is_err();
-        r
+        let n = r?;
+        self.unpacked += n as u64;
+        if let Some(b) = self.check(compressed) {
+            self.failed = true;
+            self.bomb = Some(b);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, DecodeError::from(b).to_string()));
+        }
+        Ok(n)
     }
 }
 
@@ -341,7 +434,7 @@ fn decode_blocking(
         Some(dec) => (Source::Encrypted(DecryptBufReader::with_side_hash(input, dec)), None),
         None => (Source::Plain(input), Some(openssl::sha::Sha256::new())),
     };
-    let inner = Decompressor::new(source, compression).map_err(DecodeError::Decompress)?;
+    let inner = Decompressor::new(source, compression, &opts.limits).map_err(DecodeError::Decompress)?;
     let mut tap = DiffIdTap { inner, single };
     // tar reads 512-byte headers one at a time; the buffer turns those into
     // large decompress and hash calls.
@@ -350,6 +443,9 @@ fn decode_blocking(
         // The decryptor refused the stream: that, not the decompressor's or
         // the extractor's view of it, is the error.
         return Err(DecodeError::Source(io::Error::new(io::ErrorKind::InvalidData, e)));
+    }
+    if let Some(b) = tap.inner.bomb {
+        return Err(b.into());
     }
     let stats = match extracted {
         Ok(stats) => stats,

@@ -58,11 +58,27 @@ pub struct Limits {
     pub max_path_len: usize,
     /// Maximum length of one path component in bytes.
     pub max_name_len: usize,
-    /// Maximum total of regular-file bytes (plus trailing stream bytes).
+    /// Maximum total of regular-file bytes (plus trailing stream bytes); the
+    /// decode stage also caps the decompressed stream of a layer at this size.
     pub max_total_size: u64,
     /// Maximum size of one xattr value.
     pub max_xattr_size: usize,
+    /// Largest ratio of decompressed bytes to compressed bytes read so far that
+    /// the decode stage accepts (checked once `ratio_floor` bytes are out).
+    pub max_ratio: u64,
+    /// Decompressed bytes of a layer allowed before the ratio is checked: tiny
+    /// layers (a few files and the tar padding) compress far beyond any ratio
+    /// and are harmless.
+    pub ratio_floor: u64,
 }
+
+/// Default [`Limits::max_ratio`]: real layers compress about 2:1 to 20:1; a
+/// gzip of zeros is about 1000:1, a zstd of zeros far more.
+pub const DEFAULT_MAX_RATIO: u64 = 100;
+/// Default [`Limits::ratio_floor`].
+pub const DEFAULT_RATIO_FLOOR: u64 = 1 << 20;
+/// Default [`Limits::max_total_size`].
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 64 << 30;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -70,8 +86,10 @@ impl Default for Limits {
             max_entries: 1_000_000,
             max_path_len: 4096,
             max_name_len: 255,
-            max_total_size: 64 << 30,
+            max_total_size: DEFAULT_MAX_LAYER_SIZE,
             max_xattr_size: 64 << 10,
+            max_ratio: DEFAULT_MAX_RATIO,
+            ratio_floor: DEFAULT_RATIO_FLOOR,
         }
     }
 }
@@ -140,7 +158,10 @@ pub enum ExtractError {
     NameTooLong { path: String, len: usize, max: usize },
     #[error("tar bomb: more than {max} entries")]
     TooManyEntries { max: u64 },
-    #[error("tar bomb: unpacked size exceeds {max} bytes")]
+    #[error(
+        "tar bomb: unpacked size exceeds {max} bytes; if the image is trusted, raise the limit \
+         (cloak-pull --max-layer-size, cloak-cdh [image] max_layer_size)"
+    )]
     TooLarge { max: u64 },
     #[error("tar entry {path:?}: {kind} refused by the device policy")]
     DeviceRefused { path: String, kind: &'static str },

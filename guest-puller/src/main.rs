@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use guest_puller::assemble::LinkMode;
-use guest_puller::extract::{DevicePolicy, ExtractOptions};
+use guest_puller::extract::{DevicePolicy, ExtractOptions, Limits, DEFAULT_MAX_RATIO};
 use guest_puller::keys::{KeySources, Keys};
 use guest_puller::policy::PullPolicy;
 use guest_puller::progress::{Bars, JsonLines, ProgressSink, Quiet};
@@ -74,6 +74,25 @@ struct Cli {
     /// Registry auth file (auth.json / config.json).
     #[arg(long, value_name = "FILE")]
     authfile: Option<PathBuf>,
+    /// Registry connect timeout (TCP and TLS).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
+    registry_connect_timeout: Duration,
+    /// Registry no-progress timeout: a registry (or token realm) that sends nothing
+    /// for this long, before its answer or in the middle of a layer, fails the pull.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_timeout)]
+    registry_idle_timeout: Duration,
+    /// Total deadline of each small registry request (manifest, token, config, error
+    /// body); layer streams have none, only the no-progress timeout.
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_timeout)]
+    registry_request_timeout: Duration,
+    /// Refuse a compressed layer that unpacks to more than N times the compressed
+    /// bytes read so far (checked after its first MiB): decompression bombs.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_RATIO,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_decompression_ratio: u64,
+    /// Refuse a layer that unpacks to more than SIZE (bytes, or with a K, M, G or T suffix).
+    #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
+    max_layer_size: u64,
     /// Layers fetched and decoded at the same time.
     #[arg(long, default_value_t = 3)]
     max_concurrent_layers: usize,
@@ -219,9 +238,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 creds: cli.creds.clone(),
                 auth_file: cli.authfile.clone(),
                 insecure_plain_http: !cli.src_tls_verify,
+                timeouts: oci::RegistryTimeouts {
+                    connect: cli.registry_connect_timeout,
+                    idle: cli.registry_idle_timeout,
+                    request: cli.registry_request_timeout,
+                },
             },
             max_concurrent_layers: cli.max_concurrent_layers,
-            extract: ExtractOptions { devices, ..Default::default() },
+            extract: ExtractOptions {
+                devices,
+                limits: Limits {
+                    max_ratio: cli.max_decompression_ratio,
+                    max_total_size: cli.max_layer_size,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
             progress,
             signature_check,
         };
@@ -251,6 +283,30 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         return Err(format!("{s} s is out of range (more than 0, at most 3600)"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--max-layer-size`: bytes, or a number with a K, M, G or T suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?}: the suffix must be K, M, G or T")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 =
+        num.trim().parse().map_err(|_| format!("{s:?} is not a size (bytes, or N with K, M, G or T)"))?;
+    match n.checked_mul(1u64 << shift) {
+        Some(0) | None => Err(format!("{s:?} is out of range")),
+        Some(v) => Ok(v),
+    }
 }
 
 /// Deep layer trees hold one directory fd per level while being removed or

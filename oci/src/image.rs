@@ -51,6 +51,8 @@ pub struct SourceOptions {
     pub auth_file: Option<PathBuf>,
     /// Talk plain HTTP to the registry (`--src-tls-verify=false`).
     pub insecure_plain_http: bool,
+    /// Connect, no-progress and total deadlines of registry requests.
+    pub timeouts: crate::RegistryTimeouts,
 }
 
 /// Options for opening a destination.
@@ -79,7 +81,12 @@ fn registry_client(r: &RegistryRef, opts: &SourceOptions, push: bool) -> Result<
     )?;
     Ok(RegistryClient::new(
         r,
-        RegistryConfig { insecure_plain_http: opts.insecure_plain_http, credentials, push },
+        RegistryConfig {
+            insecure_plain_http: opts.insecure_plain_http,
+            credentials,
+            push,
+            timeouts: opts.timeouts,
+        },
     )?)
 }
 
@@ -176,17 +183,13 @@ impl ImageSource {
         match self {
             ImageSource::Layout(s) => Ok(s.layout.read_blob(d, max).await?),
             ImageSource::Registry(img) => {
-                let stream = img.client.get_blob_stream(d, 0).await?;
-                let reader = tokio_util::io::StreamReader::new(stream);
-                // Capped at max+1 so an oversized blob is detected, not truncated.
-                let mut limited = tokio::io::AsyncReadExt::take(reader, max.saturating_add(1));
-                let mut bytes = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut limited, &mut bytes)
-                    .await
-                    .map_err(|source| OciError::Io { context: format!("reading blob {d}"), source })?;
-                if bytes.len() as u64 > max {
-                    return Err(OciError::TooLarge { digest: d.clone(), max });
-                }
+                let bytes = match img.client.get_blob_bytes(d, max).await {
+                    Ok(b) => b,
+                    Err(crate::RegistryError::BlobTooLarge { digest, max }) => {
+                        return Err(OciError::TooLarge { digest, max })
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let actual = Digest::of(d.algorithm(), &bytes);
                 if &actual != d {
                     return Err(OciError::BlobDigestMismatch { expected: d.clone(), actual });

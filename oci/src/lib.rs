@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! let r: ImageRef = "oci:img:v1".parse()?;            // or docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
-//! let opts = SourceOptions { creds, auth_file, insecure_plain_http };
+//! let opts = SourceOptions { creds, auth_file, insecure_plain_http, timeouts };
 //! let src = ImageSource::open(&r, &opts).await?;
 //! src.manifest().await?                -> RawManifest { bytes, media_type, digest }  // pinned refs verified
 //! src.manifest_by_digest(&d).await?    -> RawManifest                              // verified against d
@@ -37,6 +37,7 @@
 
 pub mod auth;
 pub mod blob;
+pub mod bounded;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -48,6 +49,7 @@ pub mod reference;
 pub mod registry;
 
 pub use blob::BlobReader;
+pub use bounded::{Deadline, RegistryTimeouts};
 pub use config::{ConfigError, ImageConfig};
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::OciError;
@@ -61,4 +63,4 @@ pub use manifest::{
     Platform, PlatformSpec,
 };
 pub use reference::{ImageRef, LayoutRef, RefError, RegistryRef};
-pub use registry::{RegistryClient, RegistryConfig, RegistryError};
+pub use registry::{RegistryClient, RegistryConfig, RegistryError, MAX_TOKEN_ANSWER};

@@ -13,11 +13,13 @@
 //! Plain HTTP is used only when the caller sets `insecure_plain_http`.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::Stream;
 use reqwest::header::{
     HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE,
 };
@@ -26,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Credentials, Secret};
+use crate::bounded::{self, Capped, Deadline, ReadFailure, RegistryTimeouts};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::media_type;
 use crate::reference::RegistryRef;
@@ -34,6 +37,11 @@ use crate::reference::RegistryRef;
 const UPLOAD_QUEUE: usize = 2;
 /// Longest error body quoted in an error message.
 const MAX_ERROR_BODY: usize = 512;
+/// Bytes of an error body read at most (the rest is never read): enough for a
+/// distribution error document, nothing a hostile registry can grow.
+const ERROR_BODY_CAP: usize = 4 << 10;
+/// Largest token answer accepted from a bearer realm (real ones are a few KiB).
+pub const MAX_TOKEN_ANSWER: usize = 64 << 10;
 
 /// What went wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,10 @@ pub enum RegistryError {
     BadChallenge(String),
     #[error("token request to {realm} failed: {why}")]
     Token { realm: String, why: String },
+    #[error("token request to {realm}: the answer is larger than the {max}-byte limit (real tokens are a few KiB); refusing it")]
+    TokenTooLarge { realm: String, max: usize },
+    #[error("{op} at {peer}: {deadline} after {limit:?}; check that the registry is reachable and answering, or raise the registry timeouts")]
+    Timeout { op: String, peer: String, deadline: Deadline, limit: Duration },
     #[error("manifest {reference} is larger than {max} bytes")]
     ManifestTooLarge { reference: String, max: u64 },
     #[error("{op}: the registry gave no usable Location header")]
@@ -70,6 +82,8 @@ pub enum RegistryError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("registry stored the manifest as {server}, but its bytes hash to {local}")]
     ServerDigestMismatch { server: String, local: Digest },
+    #[error("blob {digest} is larger than the {max}-byte limit for this read")]
+    BlobTooLarge { digest: Digest, max: u64 },
     #[error("registry ignored the Range request for {digest} at offset {offset}")]
     RangeIgnored { digest: Digest, offset: u64 },
     #[error("blob writer only computes sha256; cannot check against {0}")]
@@ -85,6 +99,8 @@ pub struct RegistryConfig {
     pub credentials: Option<Credentials>,
     /// Ask for push rights when a token is needed (destinations).
     pub push: bool,
+    /// Connect, no-progress and total deadlines.
+    pub timeouts: RegistryTimeouts,
 }
 
 struct Inner {
@@ -94,6 +110,7 @@ struct Inner {
     repository: String,
     credentials: Option<Credentials>,
     push: bool,
+    timeouts: RegistryTimeouts,
     /// The Authorization header currently in use.
     auth: Mutex<Option<Secret>>,
 }
@@ -132,6 +149,10 @@ impl RegistryClient {
             .user_agent(concat!("cloak/", env!("CARGO_PKG_VERSION")))
             // Without the insecure flag, never follow a redirect to plain HTTP.
             .https_only(!cfg.insecure_plain_http)
+            // No client-wide read or total timeout: a streaming upload's answer comes
+            // only after its whole body, and a layer stream has no total. Those
+            // deadlines are applied per request below.
+            .connect_timeout(cfg.timeouts.connect)
             .build()
             .map_err(RegistryError::Client)?;
         Ok(RegistryClient {
@@ -142,6 +163,7 @@ impl RegistryClient {
                 repository: r.repository.clone(),
                 credentials: cfg.credentials,
                 push: cfg.push,
+                timeouts: cfg.timeouts,
                 auth: Mutex::new(None),
             }),
         })
@@ -170,6 +192,43 @@ impl RegistryClient {
         Some(v)
     }
 
+    /// A transport error, or the connect deadline if that is what it was.
+    fn http_error(&self, op: &str, source: reqwest::Error) -> RegistryError {
+        if source.is_connect() && source.is_timeout() {
+            let peer = source.url().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+            return self.timeout(op, &peer, Deadline::Connect, self.inner.timeouts.connect);
+        }
+        RegistryError::Http {
+            op: op.to_string(),
+            url: source.url().map(|u| u.to_string()).unwrap_or_default(),
+            source,
+        }
+    }
+
+    fn timeout(&self, op: &str, peer: &str, deadline: Deadline, limit: Duration) -> RegistryError {
+        RegistryError::Timeout { op: op.to_string(), peer: peer.to_string(), deadline, limit }
+    }
+
+    fn read_failure(&self, op: &str, peer: &str, f: ReadFailure) -> RegistryError {
+        match f {
+            ReadFailure::Http(source) => self.http_error(op, source),
+            ReadFailure::Timeout(deadline, limit) => self.timeout(op, peer, deadline, limit),
+        }
+    }
+
+    /// Runs a small request (`fut`) under the total deadline.
+    async fn bounded<T>(
+        &self,
+        op: &str,
+        fut: impl Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        let limit = self.inner.timeouts.request;
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timeout(op, &self.inner.registry, Deadline::Total, limit)),
+        }
+    }
+
     /// Send the request `build` makes; on a 401, authenticate and send it once more.
     async fn send(
         &self,
@@ -182,11 +241,11 @@ impl RegistryClient {
             if let Some(h) = self.auth_header() {
                 rb = rb.header(AUTHORIZATION, h);
             }
-            let resp = rb.send().await.map_err(|source| RegistryError::Http {
-                op: op.to_string(),
-                url: source.url().map(|u| u.to_string()).unwrap_or_default(),
-                source,
-            })?;
+            let idle = self.inner.timeouts.idle;
+            let resp = match tokio::time::timeout(idle, rb.send()).await {
+                Ok(r) => r.map_err(|source| self.http_error(op, source))?,
+                Err(_) => return Err(self.timeout(op, &self.inner.registry, Deadline::NoProgress, idle)),
+            };
             match resp.status() {
                 StatusCode::UNAUTHORIZED if !retried => {
                     let challenge = resp
@@ -270,16 +329,38 @@ impl RegistryClient {
             rb = rb.header(AUTHORIZATION, basic_header_value(c));
         }
         let token_err = |why: String| RegistryError::Token { realm: realm.to_string(), why };
-        let resp = rb.send().await.map_err(|e| token_err(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(token_err(format!("status {}", resp.status())));
-        }
+        let t = self.inner.timeouts;
+        let op = "GET token";
+        let fetch = async {
+            let resp = match tokio::time::timeout(t.idle, rb.send()).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) if e.is_connect() && e.is_timeout() => {
+                    return Err(self.timeout(op, realm, Deadline::Connect, t.connect))
+                }
+                Ok(Err(e)) => return Err(token_err(e.to_string())),
+                Err(_) => return Err(self.timeout(op, realm, Deadline::NoProgress, t.idle)),
+            };
+            if !resp.status().is_success() {
+                return Err(token_err(format!("status {}", resp.status())));
+            }
+            match bounded::read_capped(resp, MAX_TOKEN_ANSWER, &t).await {
+                Ok(Capped::Whole(b)) => Ok(zeroize::Zeroizing::new(b)),
+                Ok(Capped::Over(_)) => {
+                    Err(RegistryError::TokenTooLarge { realm: realm.to_string(), max: MAX_TOKEN_ANSWER })
+                }
+                Err(ReadFailure::Http(e)) => Err(token_err(e.to_string())),
+                Err(ReadFailure::Timeout(d, limit)) => Err(self.timeout(op, realm, d, limit)),
+            }
+        };
+        let body = match tokio::time::timeout(t.request, fetch).await {
+            Ok(r) => r?,
+            Err(_) => return Err(self.timeout(op, realm, Deadline::Total, t.request)),
+        };
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body = resp.bytes().await.map_err(|e| token_err(e.to_string()))?;
         let t: TokenResponse =
             serde_json::from_slice(&body).map_err(|e| token_err(format!("bad JSON: {e}")))?;
         t.token
@@ -292,12 +373,22 @@ impl RegistryClient {
     async fn error_from(&self, op: &str, resp: reqwest::Response) -> RegistryError {
         let status = resp.status().as_u16();
         let url = resp.url().to_string();
-        let body = resp.text().await.unwrap_or_default();
-        let mut body: String = body.chars().take(MAX_ERROR_BODY).collect();
-        if body.is_empty() {
+        // At most ERROR_BODY_CAP bytes are read, under the deadlines; the rest of
+        // the body is never read (the connection is dropped).
+        let (bytes, mut cut) = match bounded::read_capped(resp, ERROR_BODY_CAP, &self.inner.timeouts).await {
+            Ok(Capped::Whole(b)) => (b, false),
+            Ok(Capped::Over(b)) => (b, true),
+            Err(_) => (Vec::new(), true),
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        cut |= text.chars().nth(MAX_ERROR_BODY).is_some();
+        let mut body: String = text.chars().take(MAX_ERROR_BODY).collect::<String>().trim().to_string();
+        if body.is_empty() && !cut {
             body = "(empty body)".into();
+        } else if cut {
+            body.push_str(" …(truncated)");
         }
-        RegistryError::Status { op: op.to_string(), url, status, body: body.trim().to_string() }
+        RegistryError::Status { op: op.to_string(), url, status, body }
     }
 
     fn not_found(&self, what: String) -> RegistryError {
@@ -313,31 +404,37 @@ impl RegistryClient {
         let url = self.url(&format!("manifests/{reference}"))?;
         let accept = media_type::MANIFEST_TYPES.join(", ");
         let op = format!("GET manifest {reference}");
-        let resp = self.send(&op, |c| c.get(url.clone()).header(ACCEPT, accept.as_str())).await?;
+        self.bounded(&op, self.get_manifest_inner(&op, &url, reference, &accept, max)).await
+    }
+
+    async fn get_manifest_inner(
+        &self,
+        op: &str,
+        url: &Url,
+        reference: &str,
+        accept: &str,
+        max: u64,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let resp = self.send(op, |c| c.get(url.clone()).header(ACCEPT, accept)).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(self.not_found(format!("manifest {reference}")));
         }
         if !resp.status().is_success() {
-            return Err(self.error_from(&op, resp).await);
+            return Err(self.error_from(op, resp).await);
         }
         let declared = resp
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
-        let mut bytes = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|source| RegistryError::Http {
-                op: op.clone(),
-                url: url.to_string(),
-                source,
-            })?;
-            if (bytes.len() + chunk.len()) as u64 > max {
-                return Err(RegistryError::ManifestTooLarge { reference: reference.to_string(), max });
+        let cap = usize::try_from(max).unwrap_or(usize::MAX);
+        let bytes = match bounded::read_capped(resp, cap, &self.inner.timeouts).await {
+            Ok(Capped::Whole(b)) => b,
+            Ok(Capped::Over(_)) => {
+                return Err(RegistryError::ManifestTooLarge { reference: reference.to_string(), max })
             }
-            bytes.extend_from_slice(&chunk);
-        }
+            Err(f) => return Err(self.read_failure(op, &self.inner.registry, f)),
+        };
         // Registries may answer a generic JSON type; trust the document's own field then.
         let media_type = match declared {
             Some(m) if media_type::is_manifest(&m) => m,
@@ -358,11 +455,16 @@ impl RegistryClient {
         let op = format!("PUT manifest {reference}");
         let body = Bytes::copy_from_slice(bytes);
         let resp = self
-            .send(&op, |c| c.put(url.clone()).header(CONTENT_TYPE, media_type).body(body.clone()))
+            .bounded(&op, async {
+                let resp = self
+                    .send(&op, |c| c.put(url.clone()).header(CONTENT_TYPE, media_type).body(body.clone()))
+                    .await?;
+                if !resp.status().is_success() {
+                    return Err(self.error_from(&op, resp).await);
+                }
+                Ok(resp)
+            })
             .await?;
-        if !resp.status().is_success() {
-            return Err(self.error_from(&op, resp).await);
-        }
         let local = Digest::sha256_of(bytes);
         if let Some(server) = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
             if server != local.to_string() {
@@ -376,26 +478,27 @@ impl RegistryClient {
     pub async fn has_blob(&self, d: &Digest) -> Result<bool, RegistryError> {
         let url = self.url(&format!("blobs/{d}"))?;
         let op = format!("HEAD blob {d}");
-        let resp = self.send(&op, |c| c.head(url.clone())).await?;
-        match resp.status() {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.error_from(&op, resp).await),
-        }
+        self.bounded(&op, async {
+            let resp = self.send(&op, |c| c.head(url.clone())).await?;
+            match resp.status() {
+                s if s.is_success() => Ok(true),
+                StatusCode::NOT_FOUND => Ok(false),
+                _ => Err(self.error_from(&op, resp).await),
+            }
+        })
+        .await
     }
 
-    /// GET a blob from byte `offset` on (HTTP Range, for resuming). The stream is NOT
-    /// verified: wrap a full read (offset 0) in [`crate::BlobReader`], as
-    /// [`crate::ImageSource::blob`] does.
-    pub async fn get_blob_stream(
+    /// GET a blob and check the answer's status; the body is not read yet.
+    async fn get_blob_response(
         &self,
         d: &Digest,
         offset: u64,
-    ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static, RegistryError> {
+        op: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
         let url = self.url(&format!("blobs/{d}"))?;
-        let op = format!("GET blob {d}");
         let resp = self
-            .send(&op, |c| {
+            .send(op, |c| {
                 let rb = c.get(url.clone());
                 if offset > 0 {
                     rb.header(RANGE, format!("bytes={offset}-"))
@@ -405,14 +508,53 @@ impl RegistryClient {
             })
             .await?;
         match resp.status() {
-            StatusCode::NOT_FOUND => return Err(self.not_found(format!("blob {d}"))),
-            StatusCode::OK if offset > 0 => {
-                return Err(RegistryError::RangeIgnored { digest: d.clone(), offset })
-            }
-            s if s.is_success() => {}
-            _ => return Err(self.error_from(&op, resp).await),
+            StatusCode::NOT_FOUND => Err(self.not_found(format!("blob {d}"))),
+            StatusCode::OK if offset > 0 => Err(RegistryError::RangeIgnored { digest: d.clone(), offset }),
+            s if s.is_success() => Ok(resp),
+            _ => Err(self.error_from(op, resp).await),
         }
-        Ok(resp.bytes_stream().map_err(std::io::Error::other))
+    }
+
+    /// GET a blob from byte `offset` on (HTTP Range, for resuming). The stream is NOT
+    /// verified: wrap a full read (offset 0) in [`crate::BlobReader`], as
+    /// [`crate::ImageSource::blob`] does. There is no total deadline (a big layer
+    /// over a slow link passes), but the stream fails with a
+    /// [`std::io::ErrorKind::TimedOut`] error when the registry sends nothing for
+    /// the no-progress timeout.
+    pub async fn get_blob_stream(
+        &self,
+        d: &Digest,
+        offset: u64,
+    ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static, RegistryError> {
+        let op = format!("GET blob {d}");
+        let resp = self.get_blob_response(d, offset, &op).await?;
+        let idle = self.inner.timeouts.idle;
+        let registry = self.inner.registry.clone();
+        Ok(bounded::idle_bounded(resp.bytes_stream(), idle, move || {
+            RegistryError::Timeout {
+                op: op.clone(),
+                peer: registry.clone(),
+                deadline: Deadline::NoProgress,
+                limit: idle,
+            }
+            .to_string()
+        }))
+    }
+
+    /// GET a small blob (a config) whole, at most `max` bytes, under the total
+    /// deadline. NOT verified: the caller checks the digest.
+    pub async fn get_blob_bytes(&self, d: &Digest, max: u64) -> Result<Vec<u8>, RegistryError> {
+        let op = format!("GET blob {d}");
+        self.bounded(&op, async {
+            let resp = self.get_blob_response(d, 0, &op).await?;
+            let cap = usize::try_from(max).unwrap_or(usize::MAX);
+            match bounded::read_capped(resp, cap, &self.inner.timeouts).await {
+                Ok(Capped::Whole(b)) => Ok(b),
+                Ok(Capped::Over(_)) => Err(RegistryError::BlobTooLarge { digest: d.clone(), max }),
+                Err(f) => Err(self.read_failure(&op, &self.inner.registry, f)),
+            }
+        })
+        .await
     }
 
     /// Open an upload session; returns its URL.
@@ -422,13 +564,16 @@ impl RegistryClient {
             url.query_pairs_mut().append_pair("mount", &d.to_string()).append_pair("from", from);
         }
         let op = "POST blob upload";
-        let resp = self.send(op, |c| c.post(url.clone()).header(CONTENT_LENGTH, "0")).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(self.error_from(op, resp).await);
-        }
-        let loc = location(&resp, op)?;
-        Ok((status, loc))
+        self.bounded(op, async {
+            let resp = self.send(op, |c| c.post(url.clone()).header(CONTENT_LENGTH, "0")).await?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(self.error_from(op, resp).await);
+            }
+            let loc = location(&resp, op)?;
+            Ok((status, loc))
+        })
+        .await
     }
 
     /// Try a cross-repository mount of `d` from `from_repo` on the same registry.
@@ -444,7 +589,8 @@ impl RegistryClient {
     }
 
     async fn cancel_upload(&self, loc: Url) {
-        let r = self.send("DELETE blob upload", |c| c.delete(loc.clone())).await;
+        let op = "DELETE blob upload";
+        let r = self.bounded(op, self.send(op, |c| c.delete(loc.clone()))).await;
         if let Err(e) = r {
             tracing::debug!("cancelling upload session failed: {e}");
         }
@@ -460,15 +606,18 @@ impl RegistryClient {
         loc.query_pairs_mut().append_pair("digest", &d.to_string());
         let op = format!("PUT blob {d}");
         let body = Bytes::copy_from_slice(bytes);
-        let resp = self
-            .send(&op, |c| {
-                c.put(loc.clone()).header(CONTENT_TYPE, "application/octet-stream").body(body.clone())
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.error_from(&op, resp).await);
-        }
-        Ok(d)
+        self.bounded(&op, async {
+            let resp = self
+                .send(&op, |c| {
+                    c.put(loc.clone()).header(CONTENT_TYPE, "application/octet-stream").body(body.clone())
+                })
+                .await?;
+            if !resp.status().is_success() {
+                return Err(self.error_from(&op, resp).await);
+            }
+            Ok(d)
+        })
+        .await
     }
 
     /// Start a streaming upload whose digest is given at the end.
@@ -688,10 +837,19 @@ impl RegistryBlobWriter {
     /// End the stream, check `expected` (if given), then commit with `PUT ?digest=`.
     pub async fn finish(mut self, expected: Option<&Digest>) -> Result<(Digest, u64), RegistryError> {
         self.tx = None; // ends the PATCH body
-        let patch = self.patch.take().ok_or_else(|| RegistryError::Upload("upload already failed".into()))?;
-        let mut loc = match patch.await {
-            Ok(r) => r?,
-            Err(e) => return Err(RegistryError::Upload(format!("upload task failed: {e}"))),
+        let mut patch =
+            self.patch.take().ok_or_else(|| RegistryError::Upload("upload already failed".into()))?;
+        // The body has been handed over (a queue of UPLOAD_QUEUE chunks at most):
+        // the registry's answer is now a small request's.
+        let limit = self.client.inner.timeouts.request;
+        let mut loc = match tokio::time::timeout(limit, &mut patch).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => return Err(RegistryError::Upload(format!("upload task failed: {e}"))),
+            Err(_) => {
+                patch.abort();
+                let op = "PATCH blob upload";
+                return Err(self.client.timeout(op, &self.client.inner.registry, Deadline::Total, limit));
+            }
         };
         let actual = match (self.hasher.take(), expected) {
             (Some(h), _) => h.finish(),
@@ -714,10 +872,16 @@ impl RegistryBlobWriter {
         self.session = Some(loc.clone());
         loc.query_pairs_mut().append_pair("digest", &actual.to_string());
         let op = format!("PUT blob {actual}");
-        let resp = self.client.send(&op, |c| c.put(loc.clone()).header(CONTENT_LENGTH, "0")).await?;
-        if !resp.status().is_success() {
-            return Err(self.client.error_from(&op, resp).await);
-        }
+        let client = self.client.clone();
+        client
+            .bounded(&op, async {
+                let resp = client.send(&op, |c| c.put(loc.clone()).header(CONTENT_LENGTH, "0")).await?;
+                if !resp.status().is_success() {
+                    return Err(client.error_from(&op, resp).await);
+                }
+                Ok(())
+            })
+            .await?;
         self.session = None;
         Ok((actual, self.size))
     }

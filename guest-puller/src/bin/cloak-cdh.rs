@@ -190,6 +190,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         keyprovider_config: cli.keyprovider_config.clone(),
         auth_file: cli.auth_file.clone(),
         max_concurrent_layers: toml.max_concurrent_layers.unwrap_or(3),
+        registry_timeouts: {
+            let d = oci::RegistryTimeouts::default();
+            oci::RegistryTimeouts {
+                connect: toml.registry_connect_timeout.unwrap_or(d.connect),
+                idle: toml.registry_idle_timeout.unwrap_or(d.idle),
+                request: toml.registry_request_timeout.unwrap_or(d.request),
+            }
+        },
+        layer_limits: {
+            let d = guest_puller::extract::Limits::default();
+            guest_puller::extract::Limits {
+                max_ratio: toml.max_decompression_ratio.unwrap_or(d.max_ratio),
+                max_total_size: toml.max_layer_size.unwrap_or(d.max_total_size),
+                ..d
+            }
+        },
         require_signed_secrets: cli.require_signed_secrets,
         resource_cache_ttl: Duration::from_secs(cli.resource_cache_secs),
         signature_policy,

@@ -15,9 +15,16 @@
 //! image_security_policy_uri = "kbs:///default/security-policy/test"
 //! ```
 
+//! # cloak's own bounds on a hostile registry and on decompression bombs (defaults shown)
+//! registry_connect_timeout_secs = 30
+//! registry_idle_timeout_secs = 60      # nothing received for this long fails the pull
+//! registry_request_timeout_secs = 120  # total, for manifests, tokens, configs (not layers)
+//! max_decompression_ratio = 100        # unpacked : compressed, checked after the first MiB
+//! max_layer_size = 68719476736         # unpacked bytes per layer (64 GiB)
 use std::path::{Path, PathBuf};
 
 /// The socket CDH listens on by default (kata-agent's constant).
+use std::time::Duration;
 pub const DEFAULT_SOCKET: &str = "unix:///run/confidential-containers/cdh.sock";
 
 /// Why a configuration file was refused.
@@ -55,6 +62,16 @@ pub struct CdhToml {
     pub signature_policy: Option<String>,
     /// Keys that were ignored, one line each (logged as warnings at start).
     pub warnings: Vec<String>,
+    /// `[image] registry_connect_timeout_secs`.
+    pub registry_connect_timeout: Option<Duration>,
+    /// `[image] registry_idle_timeout_secs` (no-progress timeout).
+    pub registry_idle_timeout: Option<Duration>,
+    /// `[image] registry_request_timeout_secs` (total, small requests).
+    pub registry_request_timeout: Option<Duration>,
+    /// `[image] max_decompression_ratio`.
+    pub max_decompression_ratio: Option<u64>,
+    /// `[image] max_layer_size` (unpacked bytes per layer).
+    pub max_layer_size: Option<u64>,
 }
 
 /// `[image]` keys of image-rs's signature settings that cloak-cdh reads another
@@ -176,6 +193,38 @@ impl CdhToml {
                             }
                             "work_dir" => {
                                 let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
+                            "registry_connect_timeout_secs"
+                            | "registry_idle_timeout_secs"
+                            | "registry_request_timeout_secs" => {
+                                let secs = v
+                                    .as_float()
+                                    .or_else(|| v.as_integer().map(|n| n as f64))
+                                    .filter(|s| *s > 0.0 && *s <= 3600.0)
+                                    .ok_or_else(|| {
+                                        invalid(
+                                            &full,
+                                            "must be a number of seconds, more than 0, at most 3600",
+                                        )
+                                    })?;
+                                let d = Some(Duration::from_secs_f64(secs));
+                                match k.as_str() {
+                                    "registry_connect_timeout_secs" => out.registry_connect_timeout = d,
+                                    "registry_idle_timeout_secs" => out.registry_idle_timeout = d,
+                                    _ => out.registry_request_timeout = d,
+                                }
+                            }
+                            "max_decompression_ratio" | "max_layer_size" => {
+                                let n = v
+                                    .as_integer()
+                                    .and_then(|n| u64::try_from(n).ok())
+                                    .filter(|n| *n >= 1)
+                                    .ok_or_else(|| invalid(&full, "must be a positive integer"))?;
+                                if k == "max_layer_size" {
+                                    out.max_layer_size = Some(n);
+                                } else {
+                                    out.max_decompression_ratio = Some(n);
+                                }
+                            }
                                 if !s.starts_with('/') {
                                     return Err(invalid(&full, "must be an absolute path"));
                                 }
@@ -313,6 +362,31 @@ mod tests {
     }
 
     #[test]
+
+    #[test]
+    fn registry_timeouts_and_layer_bounds_are_read_and_checked() {
+        let c = CdhToml::parse(
+            "[image]\nregistry_connect_timeout_secs = 5\nregistry_idle_timeout_secs = 1.5\n\
+             registry_request_timeout_secs = 90\nmax_decompression_ratio = 2000\nmax_layer_size = 1048576\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.registry_connect_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(c.registry_idle_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(c.registry_request_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(c.max_decompression_ratio, Some(2000));
+        assert_eq!(c.max_layer_size, Some(1 << 20));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        for text in [
+            "[image]\nregistry_idle_timeout_secs = 0",
+            "[image]\nregistry_request_timeout_secs = \"60\"",
+            "[image]\nmax_decompression_ratio = 0",
+            "[image]\nmax_layer_size = -1",
+        ] {
+            let e = CdhToml::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(text.split('\n').nth(1).unwrap().split(' ').next().unwrap()), "{text}: {e}");
+        }
+    }
     fn empty_policy_uri_means_no_policy_and_warns() {
         let c = CdhToml::parse("[image]\nimage_security_policy_uri = \"\"", "t").unwrap();
         assert_eq!(c.signature_policy, None);

@@ -57,6 +57,10 @@ pub struct HubOptions {
     pub auth_file: Option<PathBuf>,
     /// Layers of one image fetched at once.
     pub max_concurrent_layers: usize,
+    /// Connect, no-progress and total deadlines of registry requests.
+    pub registry_timeouts: oci::RegistryTimeouts,
+    /// Per-layer bounds (decompression ratio, unpacked size, ...).
+    pub layer_limits: crate::extract::Limits,
     /// Refuse unsigned (`fakejwsheader`) sealed secrets.
     pub require_signed_secrets: bool,
     /// How long a fetched resource is served from memory (zero: never cached).
@@ -124,6 +128,8 @@ pub enum HubError {
     #[error("bundle {path}: {reason}")]
     Bundle { path: String, reason: String },
     #[error("SecureMount: unsupported volume type {0:?} (cloak-cdh does not implement secure mounts yet)")]
+            registry_timeouts: oci::RegistryTimeouts::default(),
+            layer_limits: crate::extract::Limits::default(),
     UnsupportedMount(String),
     #[error("cloak-cdh is shutting down; not starting new work")]
     ShuttingDown,
@@ -391,7 +397,7 @@ impl Hub {
                 insecure_plain_http: insecure,
             },
             max_concurrent_layers: self.opts.max_concurrent_layers,
-            extract: ExtractOptions::default(),
+            extract: ExtractOptions { limits: self.opts.layer_limits, ..Default::default() },
             progress: Arc::new(Quiet),
             // Checked by pull() on the manifest digest it resolves, before any layer
             // is fetched or reused from the store: cached images are checked too.
@@ -432,6 +438,7 @@ impl Hub {
             "PullImage done"
         );
         Ok(summary.manifest_digest.to_string())
+                timeouts: self.opts.registry_timeouts,
     }
 
     /// The configured signature policy, loaded now (a `kbs:///` policy and
