@@ -34,6 +34,24 @@ pub enum AuthError {
     BadAuthField { path: PathBuf, key: String },
 }
 
+/// Largest auth file read: real ones are a few KiB; the cap keeps a path such as
+/// `/dev/zero` (in `$REGISTRY_AUTH_FILE`, say) from exhausting memory.
+pub const MAX_AUTH_FILE: u64 = 4 << 20;
+
+/// Reads an auth file, at most [`MAX_AUTH_FILE`] bytes.
+fn read_auth_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?.take(MAX_AUTH_FILE + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_AUTH_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_AUTH_FILE} bytes; not an auth file"),
+        ));
+    }
+    Ok(out)
+}
+
 /// A secret string (password, token): zeroized on drop, redacted in Debug.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Zeroizing<String>);
@@ -189,14 +207,14 @@ pub fn resolve_credentials(
         return Credentials::parse_creds(c).map(Some);
     }
     let read = |path: &Path| -> Result<Option<Vec<u8>>, AuthError> {
-        match std::fs::read(path) {
+        match read_auth_file(path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(AuthError::Read { path: path.to_path_buf(), source }),
         }
     };
     if let Some(p) = auth_file {
-        let bytes = std::fs::read(p).map_err(|source| AuthError::Read { path: p.to_path_buf(), source })?;
+        let bytes = read_auth_file(p).map_err(|source| AuthError::Read { path: p.to_path_buf(), source })?;
         return parse_auth_file(&bytes, registry, repository, p);
     }
     for p in default_auth_files() {
@@ -274,6 +292,18 @@ mod tests {
         let nocolon = format!(r#"{{"auths":{{"h":{{"auth":"{}"}}}}}}"#, b64("justuser"));
         assert!(parse_auth_file(nocolon.as_bytes(), "h", "r", p).is_err());
         assert_eq!(parse_auth_file(b"{}", "h", "r", p).unwrap(), None);
+    }
+
+    #[test]
+    fn oversized_auth_file_is_refused_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("auth.json");
+        let mut big = br#"{"auths":{},"pad":""#.to_vec();
+        big.resize((MAX_AUTH_FILE + 10) as usize, b' ');
+        std::fs::write(&f, big).unwrap();
+        let e = resolve_credentials("h:1", "r", None, Some(&f)).unwrap_err();
+        assert!(matches!(e, AuthError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("larger than"), "{e}");
     }
 
     #[test]
