@@ -13,18 +13,18 @@
 //! work_dir = "/run/kata-containers/image"          # the layer store lives under it
 //! # containers-policy.json checked on every pull: /path, file:///path or kbs:///repo/type/tag
 //! image_security_policy_uri = "kbs:///default/security-policy/test"
-//! ```
-
 //! # cloak's own bounds on a hostile registry and on decompression bombs (defaults shown)
 //! registry_connect_timeout_secs = 30
 //! registry_idle_timeout_secs = 60      # nothing received for this long fails the pull
 //! registry_request_timeout_secs = 120  # total, for manifests, tokens, configs (not layers)
 //! max_decompression_ratio = 100        # unpacked : compressed, checked after the first MiB
 //! max_layer_size = 68719476736         # unpacked bytes per layer (64 GiB)
+//! ```
+
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The socket CDH listens on by default (kata-agent's constant).
-use std::time::Duration;
 pub const DEFAULT_SOCKET: &str = "unix:///run/confidential-containers/cdh.sock";
 
 /// Why a configuration file was refused.
@@ -60,8 +60,6 @@ pub struct CdhToml {
     /// `[image] image_security_policy_uri`, checked by [`signature_policy_location`]:
     /// an absolute path or a `kbs:///repo/type/tag` URI.
     pub signature_policy: Option<String>,
-    /// Keys that were ignored, one line each (logged as warnings at start).
-    pub warnings: Vec<String>,
     /// `[image] registry_connect_timeout_secs`.
     pub registry_connect_timeout: Option<Duration>,
     /// `[image] registry_idle_timeout_secs` (no-progress timeout).
@@ -72,6 +70,8 @@ pub struct CdhToml {
     pub max_decompression_ratio: Option<u64>,
     /// `[image] max_layer_size` (unpacked bytes per layer).
     pub max_layer_size: Option<u64>,
+    /// Keys that were ignored, one line each (logged as warnings at start).
+    pub warnings: Vec<String>,
 }
 
 /// `[image]` keys of image-rs's signature settings that cloak-cdh reads another
@@ -191,8 +191,6 @@ impl CdhToml {
                                     .ok_or_else(|| invalid(&full, "must be an integer from 1 to 64"))?;
                                 out.max_concurrent_layers = usize::try_from(n).ok();
                             }
-                            "work_dir" => {
-                                let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
                             "registry_connect_timeout_secs"
                             | "registry_idle_timeout_secs"
                             | "registry_request_timeout_secs" => {
@@ -225,6 +223,8 @@ impl CdhToml {
                                     out.max_decompression_ratio = Some(n);
                                 }
                             }
+                            "work_dir" => {
+                                let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
                                 if !s.starts_with('/') {
                                     return Err(invalid(&full, "must be an absolute path"));
                                 }
@@ -362,8 +362,6 @@ mod tests {
     }
 
     #[test]
-
-    #[test]
     fn registry_timeouts_and_layer_bounds_are_read_and_checked() {
         let c = CdhToml::parse(
             "[image]\nregistry_connect_timeout_secs = 5\nregistry_idle_timeout_secs = 1.5\n\
@@ -387,6 +385,8 @@ mod tests {
             assert!(e.contains(text.split('\n').nth(1).unwrap().split(' ').next().unwrap()), "{text}: {e}");
         }
     }
+
+    #[test]
     fn empty_policy_uri_means_no_policy_and_warns() {
         let c = CdhToml::parse("[image]\nimage_security_policy_uri = \"\"", "t").unwrap();
         assert_eq!(c.signature_policy, None);

@@ -87,6 +87,8 @@ impl Default for HubOptions {
             keyprovider_config: None,
             auth_file: None,
             max_concurrent_layers: 3,
+            registry_timeouts: oci::RegistryTimeouts::default(),
+            layer_limits: crate::extract::Limits::default(),
             require_signed_secrets: false,
             resource_cache_ttl: Duration::from_secs(10),
             signature_policy: None,
@@ -128,8 +130,6 @@ pub enum HubError {
     #[error("bundle {path}: {reason}")]
     Bundle { path: String, reason: String },
     #[error("SecureMount: unsupported volume type {0:?} (cloak-cdh does not implement secure mounts yet)")]
-            registry_timeouts: oci::RegistryTimeouts::default(),
-            layer_limits: crate::extract::Limits::default(),
     UnsupportedMount(String),
     #[error("cloak-cdh is shutting down; not starting new work")]
     ShuttingDown,
@@ -395,6 +395,7 @@ impl Hub {
                 creds: None,
                 auth_file: self.opts.auth_file.clone(),
                 insecure_plain_http: insecure,
+                timeouts: self.opts.registry_timeouts,
             },
             max_concurrent_layers: self.opts.max_concurrent_layers,
             extract: ExtractOptions { limits: self.opts.layer_limits, ..Default::default() },
@@ -438,7 +439,6 @@ impl Hub {
             "PullImage done"
         );
         Ok(summary.manifest_digest.to_string())
-                timeouts: self.opts.registry_timeouts,
     }
 
     /// The configured signature policy, loaded now (a `kbs:///` policy and
