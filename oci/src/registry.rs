@@ -800,7 +800,23 @@ impl RegistryBlobWriter {
         }
         self.size += buf.len() as u64;
         let sent = match &self.tx {
-            Some(tx) => tx.send(Ok(buf)).await.is_ok(),
+            // The queue moves only as fast as the registry reads the PATCH body: a
+            // registry that stops reading fails the upload after the no-progress timeout.
+            Some(tx) => {
+                let idle = self.client.inner.timeouts.idle;
+                match tokio::time::timeout(idle, tx.send(Ok(buf))).await {
+                    Ok(r) => r.is_ok(),
+                    Err(_) => {
+                        let registry = &self.client.inner.registry;
+                        return Err(self.client.timeout(
+                            "PATCH blob upload",
+                            registry,
+                            Deadline::NoProgress,
+                            idle,
+                        ));
+                    }
+                }
+            }
             None => false,
         };
         if sent {

@@ -77,6 +77,8 @@ enum Behaviour {
     TrickleManifest,
     /// A blob answer that sends 64 KiB of 1 MiB and stops.
     StallingBlob,
+    /// Opens upload sessions, then never reads a PATCH body.
+    StalledUpload,
     /// A blob of 8 × 1 KiB chunks, one every 400 ms: slow (3 s, more than the
     /// total deadline) but never idle for the no-progress timeout.
     SlowBlob,
@@ -137,6 +139,14 @@ async fn hostile(b: Behaviour) -> (u16, Arc<AtomicU64>) {
                             let head = "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
                             sock.write_all(head.as_bytes()).await.unwrap();
                             stream_zeros(&mut sock, 64 << 10, &count).await;
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                        Behaviour::StalledUpload if first.starts_with("POST ") => {
+                            let head = format!("HTTP/1.1 202 Accepted\r\nLocation: http://127.0.0.1:{port}/v2/app/blobs/uploads/u1\r\nContent-Length: 0\r\n\r\n");
+                            sock.write_all(head.as_bytes()).await.unwrap();
+                        }
+                        Behaviour::StalledUpload => {
                             tokio::time::sleep(Duration::from_secs(3600)).await;
                             return;
                         }
@@ -299,4 +309,23 @@ async fn slow_layer_stream_that_keeps_sending_outlives_the_total_deadline() {
     .await;
     assert_eq!(r.expect("a slow but live layer passes"), body);
     assert!(took > timeouts().request, "the test must outlast the total deadline: {took:?}");
+}
+
+#[tokio::test]
+async fn upload_to_a_registry_that_stops_reading_fails_after_the_no_progress_timeout() {
+    let (port, _) = hostile(Behaviour::StalledUpload).await;
+    let r: ImageRef = format!("docker://127.0.0.1:{port}/app:v1").parse().unwrap();
+    let dst = oci::ImageDest::open(&r, &opts()).await.unwrap();
+    let (res, took) = bounded(Duration::from_secs(30), async {
+        let mut w = dst.begin_blob().await?;
+        let chunk = vec![0u8; 1 << 20];
+        // Far more than the socket buffers hold.
+        for _ in 0..256 {
+            w.write_all(&chunk).await?;
+        }
+        w.finish(None).await.map(|_| ())
+    })
+    .await;
+    assert_timeout(&res.unwrap_err(), port, "PATCH blob upload", Deadline::NoProgress, "127.0.0.1");
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }
