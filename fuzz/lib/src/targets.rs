@@ -472,10 +472,10 @@ pub fn cdh_sealed(data: &[u8]) {
 /// lines and range answers, gRPC transaction answers, sealed values, and session records. A member or a
 /// snapshot restore can hand any bytes; none may panic.
 pub fn kbs_store_values(data: &[u8]) {
-    let _ = kbs_server::etcd::parse_watch_line(data);
-    let _ = kbs_server::etcd::parse_range(data);
+    let _ = kbs_server::storage::etcd::gateway::parse_watch_line(data);
+    let _ = kbs_server::storage::etcd::gateway::parse_range(data);
     // A TxnResponse as etcd's gRPC answer carries it (decoded by hand, no protoc).
-    let _ = kbs_server::etcd_grpc::decode_txn(data);
+    let _ = kbs_server::storage::etcd::grpc::decode_txn(data);
     let keys =
         kbs_server::seal::MasterKeys::new(kbs_server::seal::MasterKey::from_bytes(&[7u8; 32]), Vec::new());
     let _ = keys.open("/cloak/resources/a/b/c", data);

@@ -6,14 +6,12 @@
 //! resources and the policy with an Ed25519-signed JWT.
 //!
 //! The wire layer (`server`) is thin; the decisions live in `policy`, `verifier`,
-//! `token`, `jwe`, `admin` and `store`, which are plain functions over bytes. Where state
-//! lives (local files, or etcd shared by replicas) is behind `storage`.
+//! `token`, `jwe` and `admin`, which are plain functions over bytes. Where state lives
+//! (local files, or etcd shared by replicas) is behind the `storage` trait.
 
 pub mod admin;
 pub mod claims;
 pub mod config;
-pub mod etcd;
-pub mod etcd_grpc;
 pub mod jwe;
 pub mod metrics;
 pub mod policy;
@@ -21,7 +19,6 @@ pub mod seal;
 pub mod server;
 pub mod session;
 pub mod storage;
-pub mod store;
 pub mod token;
 pub mod verifier;
 

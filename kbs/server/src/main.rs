@@ -518,7 +518,7 @@ async fn migrate(
         let data = src.resource_get_fresh(&p).await.with_context(|| format!("reading {p} from {from}"))?;
         match dst.resource_put(&p, &data, true).await {
             Ok(()) => copied += 1,
-            Err(kbs_server::store::StoreError::Exists(_)) => {
+            Err(kbs_server::storage::StoreError::Exists(_)) => {
                 let there = dst.resource_get_fresh(&p).await?;
                 if there[..] == data[..] {
                     same += 1;

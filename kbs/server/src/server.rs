@@ -36,8 +36,7 @@ use crate::metrics::{
 use crate::policy::{Denial, Policy, PolicyError, Reason};
 use crate::seal::{MasterKey, MasterKeys, SealError};
 use crate::session::{AttestationCache, CookieError, CookieKey, Created, Session, Ticket, COOKIE};
-use crate::storage::{Store, StoreOptions};
-use crate::store::{ResourcePath, StoreError};
+use crate::storage::{EtcdStoreError, LocalError, ResourcePath, Store, StoreError, StoreOptions};
 use crate::token::{TokenError, TokenSigner};
 use crate::verifier::{self, Trust};
 
@@ -155,10 +154,12 @@ impl ApiError {
                 }
                 StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
                 StoreError::Exists(_) => (StatusCode::PRECONDITION_FAILED, "ResourceExists"),
-                StoreError::Unavailable(_)
-                | StoreError::Stale(_)
-                | StoreError::SessionsFull
-                | StoreError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+                StoreError::Etcd(
+                    EtcdStoreError::Unavailable(_) | EtcdStoreError::Stale(_) | EtcdStoreError::NotReady(_),
+                )
+                | StoreError::Local(LocalError::SessionsFull) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "Unavailable")
+                }
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
             },
             ApiError::TokenIssue(_) | ApiError::PolicyFile(_) | ApiError::Task(_) => {
@@ -284,7 +285,7 @@ pub fn store_options(cfg: &ServeConfig, seed_policy: Option<String>) -> Result<S
         session_ttl: Duration::from_secs(cfg.session_ttl_secs.max(1)),
         stale: Duration::from_secs(cfg.store_stale_secs),
         timeout: Duration::from_millis(cfg.store_timeout_ms.max(50)),
-        tls: crate::etcd::EtcdTls { ca_pem, client_pem, auth },
+        tls: crate::storage::etcd::EtcdTls { ca_pem, client_pem, auth },
         seed_policy,
     })
 }

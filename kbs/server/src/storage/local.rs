@@ -1,134 +1,43 @@
-//! Resources as files: `<dir>/<repo>/<type>/<tag>`. Writes are atomic (temp file in the
-//! same directory, fsync, rename, fsync of the directory), so a reader sees the old
-//! value or the new one, never half of it. Segments are validated with Trustee's rule
-//! `[a-zA-Z0-9_\-]+[a-zA-Z0-9_\-\.]*`, which excludes "", ".", ".." and separators,
-//! and bounded in length: each segment is a file or directory name here (NAME_MAX is
-//! 255 bytes), and Trustee's own local store keeps all three joined in one file name,
-//! so every name Trustee can hold is shorter than both limits.
+//! The local-files backend (`local:DIR`, the default, `--resources DIR`): resources as
+//! files `<dir>/<repo>/<type>/<tag>` ([`ResourceFiles`]), the policy in its YAML file
+//! (watched by the broker, not by this backend), sessions in memory, a token key made at
+//! start. One process; a restart voids sessions and tokens.
+//!
+//! Writes are atomic (temp file in the same directory, fsync, rename, fsync of the
+//! directory), so a reader sees the old value or the new one, never half of it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
+use super::resource_path::valid_segment;
+use super::{random_key, ResourcePath, Storage, StoreError};
+use crate::session::{Created, Session, Sessions};
+
+/// What the local-files backend fails with (besides "not found" and "exists", which
+/// every backend answers with [`StoreError`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StoreError {
-    #[error("invalid resource path {0:?}: need REPO/TYPE/TAG with segments [A-Za-z0-9_-][A-Za-z0-9_.-]*")]
-    InvalidPath(String),
-    /// A resource name (or one of its segments) longer than the broker accepts.
-    #[error("resource {what} is {len} bytes, longer than the {max} bytes allowed (it starts {start:?})")]
-    NameTooLong { what: &'static str, len: usize, max: usize, start: String },
-    #[error("resource {0} not found")]
-    NotFound(String),
-    /// A create-only write found the resource already there (its bytes are untouched).
-    #[error("resource {0} already exists")]
-    Exists(String),
+pub enum LocalError {
     #[error("resource store I/O on {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// The shared store (etcd) cannot be reached or has no quorum, and the broker's
-    /// last synchronised state is older than it may serve.
-    #[error("shared store unavailable")]
-    Unavailable(#[source] crate::etcd::EtcdError),
-    /// The synchronised state is too old to serve (etcd unreachable for longer than the
-    /// configured stale-read window).
-    #[error("shared store unreachable for {0:?}, longer than this broker may serve stale reads")]
-    Stale(std::time::Duration),
-    #[error("stored value cannot be opened")]
-    Seal(#[from] crate::seal::SealError),
-    #[error("the etcd store needs --master-key (its values are sealed under it)")]
-    NeedsMasterKey,
     #[error("too many open sessions")]
     SessionsFull,
-    /// New sessions are refused while the shared store is not in sync with a quorum
-    /// (their `/attest` could not record the token): the reason.
-    #[error("no new sessions: {0}")]
-    NotReady(String),
-    #[error("stored {what} under {key} is malformed")]
-    Corrupt { what: &'static str, key: String },
 }
 
-impl StoreError {
-    /// Whether the backend failed (as opposed to answering "not found", "exists" or
-    /// "invalid path"): what the error metric counts.
-    pub fn is_failure(&self) -> bool {
-        !matches!(
-            self,
-            StoreError::InvalidPath(_)
-                | StoreError::NameTooLong { .. }
-                | StoreError::NotFound(_)
-                | StoreError::Exists(_)
-        )
-    }
-}
-
-impl From<crate::etcd::EtcdError> for StoreError {
-    fn from(e: crate::etcd::EtcdError) -> Self {
-        StoreError::Unavailable(e)
-    }
-}
-
-/// The longest segment (repo, type or tag) of a resource name, in bytes: NAME_MAX.
-pub const MAX_SEGMENT_LEN: usize = 255;
-/// The longest resource name "repo/type/tag", in bytes.
-pub const MAX_PATH_LEN: usize = 512;
-
-/// A validated "repo/type/tag".
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResourcePath {
-    segments: [String; 3],
-}
-
-fn valid_segment(s: &str) -> bool {
-    let b = s.as_bytes();
-    let first_ok = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
-    !b.is_empty() && first_ok(b[0]) && b.iter().all(|&c| first_ok(c) || c == b'.')
-}
-
-impl ResourcePath {
-    pub fn parse(path: &str) -> Result<Self, StoreError> {
-        // Checked before anything else so a long name costs nothing and is never echoed whole.
-        let too_long = |what, len, max, s: &str| StoreError::NameTooLong {
-            what,
-            len,
-            max,
-            start: s.chars().take(32).collect(),
-        };
-        if path.len() > MAX_PATH_LEN {
-            return Err(too_long("name", path.len(), MAX_PATH_LEN, path));
-        }
-        if let Some(seg) = path.split('/').find(|s| s.len() > MAX_SEGMENT_LEN) {
-            return Err(too_long("name segment", seg.len(), MAX_SEGMENT_LEN, seg));
-        }
-        let parts: Vec<&str> = path.split('/').collect();
-        if parts.len() != 3 || !parts.iter().all(|s| valid_segment(s)) {
-            return Err(StoreError::InvalidPath(path.chars().take(200).collect()));
-        }
-        Ok(Self { segments: [parts[0].into(), parts[1].into(), parts[2].into()] })
-    }
-
-    pub fn as_string(&self) -> String {
-        self.segments.join("/")
-    }
-}
-
-impl std::fmt::Display for ResourcePath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.as_string())
-    }
-}
-
+/// Resources as files under one directory.
 #[derive(Clone, Debug)]
-pub struct ResourceStore {
+pub struct ResourceFiles {
     root: PathBuf,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_owned(), source }
+    move |source| LocalError::Io { path: path.to_owned(), source }.into()
 }
 
 /// `data` in a new, synced temporary file of `dir` (created if missing).
@@ -140,7 +49,7 @@ fn synced_temp(dir: &Path, data: &[u8]) -> Result<tempfile::NamedTempFile, Store
     Ok(tmp)
 }
 
-impl ResourceStore {
+impl ResourceFiles {
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root).map_err(io(root))?;
         Ok(Self { root: root.to_owned() })
@@ -151,7 +60,7 @@ impl ResourceStore {
     }
 
     fn file(&self, p: &ResourcePath) -> PathBuf {
-        let [r, t, g] = &p.segments;
+        let [r, t, g] = p.segments();
         self.root.join(r).join(t).join(g)
     }
 
@@ -160,7 +69,7 @@ impl ResourceStore {
         match std::fs::read(&f) {
             Ok(v) => Ok(Zeroizing::new(v)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(p.as_string())),
-            Err(e) => Err(StoreError::Io { path: f, source: e }),
+            Err(e) => Err(LocalError::Io { path: f, source: e }.into()),
         }
     }
 
@@ -168,7 +77,7 @@ impl ResourceStore {
         let f = self.file(p);
         let dir = f.parent().unwrap_or(&self.root).to_owned();
         let tmp = synced_temp(&dir, data)?;
-        tmp.persist(&f).map_err(|e| StoreError::Io { path: f.clone(), source: e.error })?;
+        tmp.persist(&f).map_err(|e| LocalError::Io { path: f.clone(), source: e.error })?;
         // The rename is durable only once the directory entry is on disk.
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
         Ok(())
@@ -187,7 +96,7 @@ impl ResourceStore {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(StoreError::Exists(p.as_string()));
             }
-            Err(e) => return Err(StoreError::Io { path: f, source: e }),
+            Err(e) => return Err(LocalError::Io { path: f, source: e }.into()),
         }
         drop(tmp);
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))?;
@@ -217,7 +126,7 @@ impl ResourceStore {
                 }
                 for (g, gp) in rd(&tp)? {
                     if gp.is_file() && valid_segment(&g) {
-                        out.push(ResourcePath { segments: [r.clone(), t.clone(), g] });
+                        out.push(ResourcePath::from_listed([r.clone(), t.clone(), g]));
                     }
                 }
             }
@@ -231,8 +140,97 @@ impl ResourceStore {
         match std::fs::remove_file(&f) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::NotFound(p.as_string())),
-            Err(e) => Err(StoreError::Io { path: f, source: e }),
+            Err(e) => Err(LocalError::Io { path: f, source: e }.into()),
         }
+    }
+}
+
+/// The local-files backend: the resource files and the in-memory sessions.
+pub struct Local {
+    files: ResourceFiles,
+    sessions: Sessions,
+}
+
+impl Local {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self { files: ResourceFiles::open(dir)?, sessions: Sessions::default() })
+    }
+}
+
+impl Storage for Local {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        format!("local:{}", self.files.root().display())
+    }
+
+    async fn resource_get(&self, p: &ResourcePath) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        self.files.get(p)
+    }
+
+    async fn resource_get_fresh(&self, p: &ResourcePath) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        self.files.get(p)
+    }
+
+    async fn resource_put(&self, p: &ResourcePath, data: &[u8], create_only: bool) -> Result<(), StoreError> {
+        let (s, p, d) = (self.files.clone(), p.clone(), Zeroizing::new(data.to_vec()));
+        tokio::task::spawn_blocking(move || if create_only { s.create(&p, &d) } else { s.put(&p, &d) })
+            .await
+            .map_err(|e| LocalError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?
+    }
+
+    async fn resource_delete(&self, p: &ResourcePath) -> Result<(), StoreError> {
+        self.files.delete(p)
+    }
+
+    async fn resource_list(&self) -> Result<Vec<ResourcePath>, StoreError> {
+        self.files.list()
+    }
+
+    fn session_admission(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn session_create(&self, id: &str, s: &Session) -> Result<Created, StoreError> {
+        self.sessions.create(id, s.clone()).ok_or(LocalError::SessionsFull.into())
+    }
+
+    async fn session_get(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        Ok(self.sessions.get(id))
+    }
+
+    /// Fresh per process.
+    async fn token_key(&self) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+        Ok(random_key())
+    }
+
+    /// None: the local backend's policy is its file.
+    fn policy_updates(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
+        None
+    }
+
+    /// False: the caller writes the policy file.
+    async fn policy_put(&self, _text: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.files.root().is_dir() {
+            Ok(())
+        } else {
+            Err("resource directory missing".into())
+        }
+    }
+
+    /// Nothing is sealed.
+    async fn reseal(&self) -> Result<usize, StoreError> {
+        Ok(0)
     }
 }
 
@@ -240,17 +238,7 @@ impl ResourceStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segments_are_validated() {
-        assert!(ResourcePath::parse("default/key/1").is_ok());
-        assert!(ResourcePath::parse("default/key/v1.2").is_ok());
-        for bad in
-            ["../key/1", "default/../1", "/default/key/1", "default/key", "a//b", "a/b/c/d", "a/b/.x", ""]
-        {
-            assert!(ResourcePath::parse(bad).is_err(), "{bad}");
-        }
-    }
+    use crate::storage::{MAX_PATH_LEN, MAX_SEGMENT_LEN};
 
     /// Issue 21, finding 8: a 300-byte tag reached the filesystem (ENAMETOOLONG, a 500
     /// naming the resource directory, counted as a store failure).
@@ -266,7 +254,7 @@ mod tests {
         assert!(matches!(e, StoreError::NameTooLong { what: "name", .. }), "{e}");
         // The longest names allowed work on the local store.
         let d = tempfile::tempdir().unwrap();
-        let s = ResourceStore::open(d.path()).unwrap();
+        let s = ResourceFiles::open(d.path()).unwrap();
         let p =
             ResourcePath::parse(&format!("default/{seg}/{}", "t".repeat(MAX_PATH_LEN - 9 - MAX_SEGMENT_LEN)))
                 .unwrap();
@@ -277,7 +265,7 @@ mod tests {
     #[test]
     fn put_get_delete() {
         let d = tempfile::tempdir().unwrap();
-        let s = ResourceStore::open(d.path()).unwrap();
+        let s = ResourceFiles::open(d.path()).unwrap();
         let p = ResourcePath::parse("default/key/1").unwrap();
         assert!(matches!(s.get(&p), Err(StoreError::NotFound(_))));
         s.put(&p, b"one").unwrap();

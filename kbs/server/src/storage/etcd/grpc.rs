@@ -20,7 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::etcd::{EtcdError, Kv};
+use super::types::{EtcdError, Kv};
 
 /// What a transaction compares: `CompareTarget` CREATE (1) or MOD (2), always EQUAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
