@@ -11,6 +11,12 @@
 //! PATCH carries the bytes as the caller produces them, and the closing
 //! `PUT ?digest=` commits, after the caller's expected digest (if any) was checked.
 //! Plain HTTP is used only when the caller sets `insecure_plain_http`.
+//!
+//! Whatever the registry or its token realm sends is bounded ([`crate::bounded`]):
+//! bodies are read through one capped, deadlined helper (error bodies 4 KiB,
+//! tokens [`MAX_TOKEN_ANSWER`], manifests and configs their callers' caps), every
+//! request has the connect and no-progress deadlines of [`RegistryTimeouts`], and
+//! every request but a layer stream or upload body also the total one.
 
 use std::fmt;
 use std::future::Future;
