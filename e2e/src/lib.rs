@@ -382,6 +382,25 @@ impl Registry {
         Ok(Registry { port, _dir: dir, _daemon: daemon })
     }
 
+    /// How many blobs the registry stores (in any repository).
+    pub fn blob_count(&self) -> usize {
+        fn count(dir: &Path) -> usize {
+            let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        count(&p)
+                    } else {
+                        usize::from(e.file_name() == "data")
+                    }
+                })
+                .sum()
+        }
+        count(&self._dir.path().join("data/docker/registry/v2/blobs"))
+    }
+
     /// `127.0.0.1:PORT`
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)

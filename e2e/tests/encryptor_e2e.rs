@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use cloak_e2e::*;
 use serde_json::Value;
 
@@ -488,5 +488,90 @@ fn missing_recipient_is_a_usage_error() -> Result<()> {
     let out = run(cloak().args(["encrypt", "oci:a:b", "oci:c:d"]))?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--recipient"));
+    Ok(())
+}
+
+/// A broker that answers every request with a bare 404, as Trustee answers cloak's
+/// admin read-back route. Returns its port and the request lines it saw.
+fn broker_without_read_back() -> Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let Ok(read) = conn.try_clone() else { return };
+            let mut reader = BufReader::new(read);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            if let Ok(mut s) = seen2.lock() {
+                s.push(line.trim().to_string());
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let _ =
+                conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    Ok((port, seen))
+}
+
+/// Issue 21, finding 11: `cloak encrypt --recipient kbs:///…` against a broker
+/// without read-back (Trustee) failed only after pushing the config and two layers,
+/// which stayed in the registry unreferenced, and printed its sentence four times.
+#[test]
+fn kbs_recipient_without_read_back_pushes_nothing_and_says_it_once() -> Result<()> {
+    let Some(reg) = Registry::start() else { return Ok(()) };
+    let (port, seen) = broker_without_read_back()?;
+    let work = tempfile::tempdir()?;
+    let admin = work.path().join("admin.pem");
+    run_ok(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&admin))?;
+    let src = golden().join("three-layers/plain-oci");
+    let out = run(cloak()
+        .args([
+            "encrypt",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--recipient",
+            "kbs:///default/image-kek/app",
+        ])
+        .arg(format!("--kbs-url=http://127.0.0.1:{port}"))
+        .arg("--kbs-admin-key")
+        .arg(&admin)
+        .arg(oci_ref(&src, "v1"))
+        .arg(reg.docker_ref("app:enc")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "encrypt succeeded: {stderr}");
+    ensure!(stderr.contains("--kek-file"), "the error does not name the way out: {stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    let sentence = "cannot register a generated KEK";
+    ensure!(line.matches(sentence).count() == 1, "said {} times: {line}", line.matches(sentence).count());
+    ensure!(reg.blob_count() == 0, "{} blobs were pushed before the refusal", reg.blob_count());
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    ensure!(seen.iter().all(|l| l.starts_with("GET ")), "something was written to the broker: {seen:?}");
+
+    // Without an admin key, the error names both ways to give a KEK.
+    let out = run(cloak()
+        .args([
+            "encrypt",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--recipient",
+            "kbs:///default/image-kek/app",
+        ])
+        .arg(oci_ref(&src, "v1"))
+        .arg(reg.docker_ref("app:enc2")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(2), "not a usage error: {stderr}");
+    ensure!(stderr.contains("--kek-file") && stderr.contains("--kbs-admin-key"), "{stderr}");
+    ensure!(reg.blob_count() == 0, "blobs were pushed");
     Ok(())
 }

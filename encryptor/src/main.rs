@@ -506,19 +506,36 @@ fn main() -> ExitCode {
             // Bad references and flags found after parsing are usage errors too.
             match e.downcast_ref::<encryptor::Error>() {
                 Some(encryptor::Error::Usage(_)) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", chain_once(&e));
                     ExitCode::from(2)
                 }
                 // The library names the index; the flag that gave it is `--layer`.
                 Some(encryptor::Error::LayerOutOfRange { .. }) => {
-                    eprintln!("error: --layer: {e:#}");
+                    eprintln!("error: --layer: {}", chain_once(&e));
                     ExitCode::from(2)
                 }
                 _ => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", chain_once(&e));
                     ExitCode::from(1)
                 }
             }
         }
     }
+}
+
+/// The error and its causes on one line, each sentence once: many of the library's
+/// messages already end with their cause, which `{:#}` would print again.
+fn chain_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

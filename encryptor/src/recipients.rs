@@ -140,8 +140,23 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
                 Some(path) => keyprovider::kek::KbsKekWrapper::with_kek_file(kid, path)
                     .map_err(|e| Error::RecipientUnusable { recipient: uri.clone(), source: e.into() })?,
                 None => {
+                    if cfg.kbs.url.is_none() || cfg.kbs.admin_key.is_none() {
+                        return Err(Error::Usage(format!(
+                            "recipient {uri} needs a KEK: either --kek-file FILE (32 bytes you registered at \
+                             that id yourself, e.g. with `cloak-kbs put-resource` or Trustee's kbs-client; \
+                             works with any KBS), or --kbs-url URL and --kbs-admin-key admin.pem to have \
+                             cloak generate and register one (needs a broker that can read the KEK back, \
+                             such as cloak-kbs)"
+                        )));
+                    }
                     let admin = admin_client(&cfg.kbs, &format!("recipient {uri}")).await?;
-                    keyprovider::kek::KbsKekWrapper::registering(kid, Arc::new(admin))
+                    let w = keyprovider::kek::KbsKekWrapper::registering(kid, Arc::new(admin));
+                    // The KEK is obtained now, before anything is pushed: a broker that
+                    // refuses (Trustee has no read-back) must not leave blobs behind.
+                    w.ready()
+                        .await
+                        .map_err(|e| Error::RecipientUnusable { recipient: uri.clone(), source: e.into() })?;
+                    w
                 }
             };
             wrappers.push(Arc::new(wrapper));

@@ -173,6 +173,55 @@ pub(crate) fn ensure_subdir(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::
     )?)
 }
 
+/// Writes `bytes` as `dir/name`, replacing what is there, so that nothing
+/// planted in `dir` can redirect the write: `dir` is opened without following a
+/// final symlink, the data goes to a fresh temp file with an unpredictable name
+/// created `O_EXCL | O_NOFOLLOW` relative to that fd, and a rename puts it in
+/// place (a rename replaces a symlink at `name`, it never follows one). A crash
+/// leaves the old file or the new one, never half of either; on error the temp
+/// file is removed.
+pub(crate) fn write_file_replacing(
+    dir: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{name:?} is not a file name")));
+    }
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let tmp = format!(".{name}.{}.tmp", unpredictable_suffix()?);
+    let file = rustix::fs::openat(
+        &dir_fd,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )?;
+    let written = (|| -> io::Result<()> {
+        let mut f = std::fs::File::from(file);
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        rustix::fs::renameat(&dir_fd, tmp.as_str(), &dir_fd, name)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(&dir_fd, tmp.as_str(), AtFlags::empty());
+    }
+    written
+}
+
+/// 128 random bits as hex, for names another process must not be able to guess;
+/// an error rather than a weaker name when the kernel's generator cannot be read.
+pub(crate) fn unpredictable_suffix() -> io::Result<String> {
+    let mut b = [0u8; 16];
+    openssl::rand::rand_bytes(&mut b).map_err(io::Error::other)?;
+    Ok(hex::encode(b))
+}
+
 /// Opens a directory path on the host (not inside any root) for use as a root fd.
 pub(crate) fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
@@ -189,4 +238,37 @@ pub(crate) fn process_umask() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
     u32::from_str_radix(line.trim(), 8).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn write_file_replacing_never_follows_links_and_leaves_no_temp() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("image.json")).unwrap();
+        write_file_replacing(dir.path(), "image.json", b"{}", 0o644).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(dir.path().join("image.json")).unwrap(), b"{}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("image.json")], "a temp file was left behind");
+    }
+
+    #[test]
+    fn write_file_replacing_refuses_a_linked_directory_and_path_names() {
+        let real = tempfile::tempdir().unwrap();
+        let links = tempfile::tempdir().unwrap();
+        let link = links.path().join("bundle");
+        std::os::unix::fs::symlink(real.path(), &link).unwrap();
+        assert!(write_file_replacing(&link, "config.json", b"{}", 0o644).is_err());
+        assert!(!real.path().join("config.json").exists());
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(write_file_replacing(real.path(), bad, b"{}", 0o644).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -664,8 +664,12 @@ impl Drop for RemoveOnDrop {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
-    let tmp = path.with_extension(format!("tmp-{}", store::random_suffix()));
     let e = |source| PullError::Bundle { path: path.to_path_buf(), source };
-    std::fs::write(&tmp, bytes).map_err(e)?;
-    std::fs::rename(&tmp, path).map_err(e)
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(e(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file in a directory")));
+    };
+    // The caller named the bundle (it may be a link it made); inside it, nothing
+    // planted can redirect the write.
+    let dir = std::fs::canonicalize(dir).map_err(e)?;
+    crate::fsutil::write_file_replacing(&dir, name, bytes, 0o644).map_err(e)
 }

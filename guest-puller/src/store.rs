@@ -233,10 +233,12 @@ pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
 
 /// A short random suffix for private names.
 pub(crate) fn random_suffix() -> String {
-    let mut b = [0u8; 8];
-    // getrandom through rustix would need another feature; /dev/urandom is always there.
-    if let Ok(mut f) = File::open("/dev/urandom") {
-        let _ = io::Read::read_exact(&mut f, &mut b);
-    }
-    format!("{}-{}", std::process::id(), hex::encode(b))
+    // 128 random bits, so nobody can plant a link at the name ahead of us; the
+    // clock only if the generator cannot be read (then creation is still exclusive
+    // for the staging directories, which is what most callers make).
+    let rnd = crate::fsutil::unpredictable_suffix().unwrap_or_else(|_| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("{:x}", t.as_nanos())
+    });
+    format!("{}-{rnd}", std::process::id())
 }

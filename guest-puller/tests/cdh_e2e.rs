@@ -506,6 +506,44 @@ fn bad_bundle_paths_and_bad_frames_are_refused_and_the_daemon_keeps_serving() ->
     Ok(())
 }
 
+/// Issue 21, finding 3: a caller of the daemon's socket named any guest file with
+/// `keypath=` in WrapKey; the daemon read it whole (`/dev/zero` until memory ran
+/// out) and answered with the file's size.
+#[test]
+fn cdh_wrapkey_keypath_reads_no_guest_file() -> Result<()> {
+    if !is_root() {
+        eprintln!("SKIP: needs root");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let cdh = Cdh::start(tmp.path(), "http://127.0.0.1:9", "127.0.0.1:9", &[])?;
+    let addr = cdh.addr();
+    let rt = rt();
+    let probe = tmp.path().join("probe-698-bytes");
+    std::fs::write(&probe, [7u8; 698])?;
+    let mut answers = Vec::new();
+    for path in [probe.display().to_string(), "/dev/zero".into(), "/nonexistent/kek".into()] {
+        let params = base64::engine::general_purpose::STANDARD.encode(format!("keypath={path}"));
+        let input = format!(
+            r#"{{"op":"keywrap","keywrapparams":{{"ec":{{"Parameters":{{"attestation-agent":["{params}"]}}}},"optsdata":"e30="}}}}"#
+        );
+        let r = rt.block_on(async {
+            let c = keyprovider_ttrpc::KeyProviderServiceClient::new(client(&addr).await?);
+            let mut req = kp::KeyProviderKeyWrapProtocolInput::new();
+            req.KeyProviderKeyWrapProtocolInput = input.into_bytes();
+            anyhow::Ok(c.wrap_key(ctx(), &req).await)
+        })?;
+        let (code, msg) = status_of(r);
+        assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{path}: {msg}");
+        ensure!(msg.contains("keypath"), "{msg}");
+        ensure!(!msg.contains("698"), "the answer reveals the file's size: {msg}");
+        answers.push(msg);
+    }
+    ensure!(answers.iter().all(|a| a == &answers[0]), "answers differ by file: {answers:?}");
+    cdh.terminate()?;
+    Ok(())
+}
+
 #[test]
 fn rest_endpoint_refuses_non_loopback_peers() -> Result<()> {
     if !is_root()

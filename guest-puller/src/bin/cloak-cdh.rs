@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use guest_puller::cdh::config::{signature_policy_location, socket_path, CdhToml, DEFAULT_SOCKET};
-use guest_puller::cdh::hub::{Hub, HubOptions};
+use guest_puller::cdh::hub::{store_location, Hub, HubOptions};
 use guest_puller::policy::PullPolicy;
 
 #[derive(Debug, Parser)]
@@ -43,7 +43,8 @@ struct Cli {
     /// Deadline of one KBS exchange (attestation or one resource), retries included.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     kbs_timeout: Duration,
-    /// Layer store (default: [image] work_dir/cloak-store, else /run/kata-containers/image/cloak-store).
+    /// Layer store (default: [image] work_dir/cloak-store, else /run/cloak-cdh/store; never
+    /// inside --bundle-root by default, which kata-agent's CreateSandbox removes).
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
     /// Every bundle_path must be inside this directory.
@@ -173,11 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => toml.signature_policy.clone(),
     };
-    let store = cli
-        .store
-        .clone()
-        .or_else(|| toml.work_dir.as_ref().map(|w| w.join("cloak-store")))
-        .unwrap_or_else(|| PathBuf::from("/run/kata-containers/image/cloak-store"));
+    let (store, note) = store_location(cli.store.as_deref(), toml.work_dir.as_deref(), &cli.bundle_root);
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+    }
     let opts = HubOptions {
         kbs_url: cli.kbs.clone().or(toml.kbs_url.clone()),
         kbs_cert: toml.kbs_cert.clone(),

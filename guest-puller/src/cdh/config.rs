@@ -10,7 +10,9 @@
 //! kbs_cert = "-----BEGIN CERTIFICATE----- ..."   # optional extra root CA
 //! [image]
 //! max_concurrent_layer_downloads_per_image = 3
-//! work_dir = "/run/kata-containers/image"          # the layer store lives under it
+//! work_dir = "/var/lib/images"                     # the layer store lives under it (not
+//!                                                  # under /run/kata-containers, which
+//!                                                  # kata-agent empties: see hub::store_location)
 //! # containers-policy.json checked on every pull: /path, file:///path or kbs:///repo/type/tag
 //! image_security_policy_uri = "kbs:///default/security-policy/test"
 //! # cloak's own bounds on a hostile registry and on decompression bombs (defaults shown)

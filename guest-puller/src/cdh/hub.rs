@@ -73,6 +73,47 @@ pub struct HubOptions {
     pub registries_d: Option<PathBuf>,
 }
 
+/// Where the layer store lives by default: outside kata-agent's bundle root, which
+/// the agent's CreateSandbox removes recursively (and re-creates empty) after this
+/// daemon has started.
+pub const DEFAULT_STORE: &str = "/run/cloak-cdh/store";
+
+/// The layer store directory: `--store` as given (a warning when it is inside the
+/// bundle root); else `<[image] work_dir>/cloak-store` unless that is inside the
+/// bundle root; else [`DEFAULT_STORE`]. Returns a note to log when a choice was
+/// overridden or is risky.
+pub fn store_location(
+    flag: Option<&Path>,
+    work_dir: Option<&Path>,
+    bundle_root: &Path,
+) -> (PathBuf, Option<String>) {
+    let agent_clears = |p: &Path| p.starts_with(bundle_root);
+    if let Some(dir) = flag {
+        let note = agent_clears(dir).then(|| {
+            format!(
+                "--store {} is inside the bundle root {}, which kata-agent's CreateSandbox removes: \
+                 the store will be emptied then and re-created by the next pull",
+                dir.display(),
+                bundle_root.display()
+            )
+        });
+        return (dir.to_path_buf(), note);
+    }
+    if let Some(w) = work_dir {
+        if agent_clears(w) {
+            let note = format!(
+                "[image] work_dir {} is inside the bundle root {}, which kata-agent's CreateSandbox \
+                 removes: the layer store goes to {DEFAULT_STORE} instead (--store DIR chooses another)",
+                w.display(),
+                bundle_root.display()
+            );
+            return (PathBuf::from(DEFAULT_STORE), Some(note));
+        }
+        return (w.join("cloak-store"), None);
+    }
+    (PathBuf::from(DEFAULT_STORE), None)
+}
+
 impl Default for HubOptions {
     fn default() -> Self {
         Self {
@@ -80,7 +121,7 @@ impl Default for HubOptions {
             kbs_cert: None,
             attester: "auto".into(),
             kbs_timeout: Duration::from_secs(30),
-            store: PathBuf::from("/run/kata-containers/image/cloak-store"),
+            store: PathBuf::from(DEFAULT_STORE),
             bundle_root: PathBuf::from(bundle::DEFAULT_BUNDLE_ROOT),
             insecure_registries: Vec::new(),
             policy: PullPolicy::default(),
@@ -289,8 +330,10 @@ impl Hub {
                 )));
             }
         }
+        // Callers of the daemon's socket never make it read guest files (keypath=).
         let keyprovider = KeyProviderCore::new(None, kek_unwrapper)
-            .with_unwrap_disabled_reason("no KBS is configured (--kbs URL or [kbc] url in cdh.toml)");
+            .with_unwrap_disabled_reason("no KBS is configured (--kbs URL or [kbc] url in cdh.toml)")
+            .with_keypath_rule(keyprovider::KeyPathRule::Refused);
         let store = crate::store::Store::open(&opts.store).map_err(|e| setup(e.to_string()))?;
         store.clean_staging();
         Ok(Self {
@@ -552,11 +595,10 @@ fn write_runtime_spec(bundle: &Path) -> Result<(), HubError> {
     })?;
     let spec = spec::runtime_spec(&config, &bundle.join("rootfs"))?;
     let path = bundle.join("config.json");
-    let tmp = bundle.join(".config.json.tmp");
     let body = serde_json::to_vec_pretty(&spec)
         .map_err(|e| HubError::Bundle { path: path.display().to_string(), reason: e.to_string() })?;
-    std::fs::write(&tmp, body)
-        .and_then(|()| std::fs::rename(&tmp, &path))
+    // Never through a name someone could have planted in the bundle beforehand.
+    crate::fsutil::write_file_replacing(bundle, "config.json", &body, 0o644)
         .map_err(|e| HubError::Bundle { path: path.display().to_string(), reason: e.to_string() })
 }
 
@@ -567,5 +609,71 @@ fn undo_mount(bundle: &Path) {
     let _ = std::fs::remove_dir(&rootfs);
     let _ = crate::store::remove_tree(&bundle.join(crate::overlay::BUNDLE_DIR));
     let _ = std::fs::remove_file(bundle.join("image.json"));
-    let _ = std::fs::remove_file(bundle.join(".config.json.tmp"));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Issue 21, finding 2: `.config.json.tmp` planted in the bundle as a link to a
+    /// file outside `--bundle-root` was written through by PullImage, and
+    /// `config.json` became that link.
+    #[test]
+    fn planted_config_tmp_symlink_is_not_written_through() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
+        std::fs::write(bundle.path().join("image.json"), br#"{"config":{"Cmd":["/bin/true"]}}"#).unwrap();
+        std::os::unix::fs::symlink(&victim, bundle.path().join(".config.json.tmp")).unwrap();
+
+        write_runtime_spec(bundle.path()).unwrap();
+
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the link's target was overwritten");
+        let meta = std::fs::symlink_metadata(bundle.path().join("config.json")).unwrap();
+        assert!(meta.file_type().is_file(), "config.json must be a regular file, not a link");
+        let spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(bundle.path().join("config.json")).unwrap()).unwrap();
+        assert_eq!(spec["process"]["args"][0], "/bin/true");
+    }
+
+    /// Issue 21, finding 12: the store defaulted to `/run/kata-containers/image/cloak-store`
+    /// (and followed `[image] work_dir = "/run/kata-containers/image"`), inside the
+    /// directory kata-agent's CreateSandbox removes after the daemon started.
+    #[test]
+    fn layer_store_is_never_placed_where_kata_agent_deletes_it() {
+        let root = Path::new(bundle::DEFAULT_BUNDLE_ROOT);
+        assert!(!HubOptions::default().store.starts_with(root));
+        let (store, note) = store_location(None, None, root);
+        assert!(!store.starts_with(root) && note.is_none());
+        let (store, note) = store_location(None, Some(Path::new("/run/kata-containers/image")), root);
+        assert!(!store.starts_with(root), "{}", store.display());
+        assert!(note.is_some_and(|n| n.contains("CreateSandbox")));
+        let (store, note) = store_location(None, Some(Path::new("/var/lib/images")), root);
+        assert_eq!(store, Path::new("/var/lib/images/cloak-store"));
+        assert!(note.is_none());
+        // An explicit --store is honoured, with a warning.
+        let (store, note) = store_location(Some(Path::new("/run/kata-containers/s")), None, root);
+        assert_eq!(store, Path::new("/run/kata-containers/s"));
+        assert!(note.is_some());
+    }
+
+    /// A link planted at `config.json` itself is replaced, not followed.
+    #[test]
+    fn planted_config_json_symlink_is_replaced_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
+        std::fs::write(bundle.path().join("image.json"), br#"{"config":{"Cmd":["/bin/true"]}}"#).unwrap();
+        std::os::unix::fs::symlink(&victim, bundle.path().join("config.json")).unwrap();
+
+        write_runtime_spec(bundle.path()).unwrap();
+
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(bundle.path().join("config.json")).unwrap().file_type().is_file());
+    }
 }
