@@ -1,8 +1,8 @@
 //! What a registry (or its token realm) can make us read and wait for: this crate's
 //! one capped, deadlined body reader and the no-progress watchdog for blob streams
 //! (STYLE rule 11). Every response body the registry client reads goes through
-//! [`read_capped`] (manifests, tokens, error bodies, small blobs) or
-//! [`idle_bounded`] (layer streams, which are capped at their descriptor size by
+//! `read_capped` (manifests, tokens, error bodies, small blobs) or
+//! `idle_bounded` (layer streams, which are capped at their descriptor size by
 //! [`crate::BlobReader`]).
 //!
 //! Three deadlines, all in [`RegistryTimeouts`]: connect; no-progress (nothing
