@@ -277,7 +277,9 @@ fn read_kek_capped(path: &Path) -> Result<(Kek, PathBuf), String> {
 /// A KEK file the local user named (`cloak encrypt --kek-file`): errors say what
 /// was wrong with it.
 fn read_kek_file(path: &Path) -> Result<Kek, KekError> {
-    read_kek_capped(path).map(|(k, _)| k).map_err(|reason| KekError::KekFile { path: path.to_owned(), reason })
+    read_kek_capped(path)
+        .map(|(k, _)| k)
+        .map_err(|reason| KekError::KekFile { path: path.to_owned(), reason })
 }
 
 /// A KEK file a keyprovider client named: allowed by `rule`, and one error text
@@ -289,7 +291,8 @@ fn read_client_kek_file(path: &Path, rule: &KeyPathRule) -> Result<Kek, KekError
         KeyPathRule::Under(dir) => format!(" inside {}", dir.display()),
         KeyPathRule::Refused => {
             return Err(KekError::Params(
-                "keypath is not accepted by this provider: it does not read files named by its callers".into(),
+                "keypath is not accepted by this provider: it does not read files named by its callers"
+                    .into(),
             ))
         }
     };
@@ -542,8 +545,14 @@ mod tests {
         assert_eq!(p.kid, "kbs:///default/key/1");
         assert_eq!(p.open(&Kek::from_slice(&[9u8; 32]).unwrap()).unwrap().as_slice(), b"privopts");
         std::fs::write(&path, [9u8; 31]).unwrap();
-        assert!(matches!(KbsKekWrapper::from_params(&params, None, &KeyPathRule::Any), Err(KekError::KeyPath { .. })));
+        assert!(matches!(
+            KbsKekWrapper::from_params(&params, None, &KeyPathRule::Any),
+            Err(KekError::KeyPath { .. })
+        ));
         let no_path: WrapParams = "keyid=kbs:///default/key/1".parse().unwrap();
-        assert!(matches!(KbsKekWrapper::from_params(&no_path, None, &KeyPathRule::Any), Err(KekError::NoAdmin(_))));
+        assert!(matches!(
+            KbsKekWrapper::from_params(&no_path, None, &KeyPathRule::Any),
+            Err(KekError::NoAdmin(_))
+        ));
     }
 }

@@ -537,8 +537,11 @@ mod tests {
         std::fs::File::create(&sparse).unwrap().set_len(1 << 40).unwrap();
         let core = KeyProviderCore::new(None, None);
         let mut texts = Vec::new();
-        for path in [big.clone(), sparse, dir.path().join("missing"), "/dev/null".into(), dir.path().to_owned()] {
-            let e = core.handle(&wrap_request(&format!("keypath={}", path.display())), None).await.unwrap_err();
+        for path in
+            [big.clone(), sparse, dir.path().join("missing"), "/dev/null".into(), dir.path().to_owned()]
+        {
+            let e =
+                core.handle(&wrap_request(&format!("keypath={}", path.display())), None).await.unwrap_err();
             assert_eq!(status_code(&e), Code::InvalidArgument, "{e}");
             let text = e.to_string().replace(&path.display().to_string(), "PATH");
             assert!(!text.contains("698") && !text.contains("1099511627776"), "{text}");
@@ -581,12 +584,14 @@ mod tests {
             .unwrap();
         assert!(String::from_utf8(ok).unwrap().contains("keywrapresults"));
         for bad in [&outside, &link] {
-            let e = core.handle(&wrap_request(&format!("keypath={}", bad.display())), None).await.unwrap_err();
+            let e =
+                core.handle(&wrap_request(&format!("keypath={}", bad.display())), None).await.unwrap_err();
             assert_eq!(status_code(&e), Code::InvalidArgument, "{e}");
             assert!(e.to_string().contains("inside"), "{e}");
         }
         let refused = KeyProviderCore::new(None, None).with_keypath_rule(KeyPathRule::Refused);
-        let e = refused.handle(&wrap_request(&format!("keypath={}", inside.display())), None).await.unwrap_err();
+        let e =
+            refused.handle(&wrap_request(&format!("keypath={}", inside.display())), None).await.unwrap_err();
         assert_eq!(status_code(&e), Code::InvalidArgument, "{e}");
     }
 

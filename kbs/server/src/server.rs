@@ -973,11 +973,36 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: Router, heade
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as servers that hold many
+/// connections do: with a soft limit of a few hundred, that many half-open
+/// connections (each dropped only after the header deadline) would lock guests out
+/// until they time out. Returns the limit now in force, if it could be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    let below_hard = match (lim.current, lim.maximum) {
+        (Some(cur), Some(max)) => cur < max,
+        // An unlimited hard limit: the kernel caps NOFILE at fs.nr_open anyway.
+        (Some(_), None) => false,
+        (None, _) => false,
+    };
+    if below_hard {
+        let before = lim.current;
+        lim.current = lim.maximum;
+        match setrlimit(Resource::Nofile, lim) {
+            Ok(()) => tracing::info!(from = ?before, to = ?lim.current, "raised the open-files limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 /// Binds and starts the broker; returns the bound address and the task serving it.
 pub async fn spawn(
     cfg: ServeConfig,
 ) -> Result<(SocketAddr, Arc<Broker>, tokio::task::JoinHandle<()>), ServeError> {
     startup_notes(&cfg);
+    raise_fd_limit();
     let broker = Broker::open(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

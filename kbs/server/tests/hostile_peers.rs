@@ -295,3 +295,21 @@ fn trustee_accepts_the_admin_token_cloak_signs() {
     assert!(trustee_verify(&admin_jwt(&key, expired), &public).is_err());
     assert!(trustee_verify(&admin_jwt(&key, claims), &public).is_ok());
 }
+
+/// Finding 5, the other half: with a soft open-files limit of 256, 300 half-open
+/// connections locked every guest out. The broker raises the soft limit to the hard
+/// one at start, so the descriptors run out only far later (and every half-open
+/// connection is dropped after the header deadline).
+#[test]
+fn low_soft_open_files_limit_is_raised_to_the_hard_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    let Some(hard) = lim.maximum.filter(|&h| h > 256) else {
+        eprintln!("SKIP: the hard open-files limit is not above 256");
+        return;
+    };
+    lim.current = Some(256);
+    setrlimit(Resource::Nofile, lim).unwrap();
+    assert_eq!(getrlimit(Resource::Nofile).current, Some(256));
+    assert_eq!(kbs_server::server::raise_fd_limit(), Some(hard));
+}
