@@ -9,7 +9,6 @@
 //! once per recipient scheme and the descriptors rewritten; the manifest (and the
 //! index) are written last, so a failure leaves no new tag at the destination.
 
-pub mod check;
 mod config;
 mod copy;
 mod decrypt;

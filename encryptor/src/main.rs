@@ -472,7 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("encrypt new releases with --recipient {new}");
         }
         Command::Check(a) => {
-            let report = encryptor::check::run_check(std::path::Path::new("/"));
+            let report = kbs_client::attester::check::run_check(std::path::Path::new("/"));
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             } else {

@@ -12,6 +12,7 @@
 //!   "source":"configfs-tsm|sev-guest-ioctl"}`.
 //! - `tdx`: `{"quote":"<b64 STANDARD quote>","cc_eventlog":"<b64 STANDARD CCEL>" | null}` (Trustee's shape).
 
+pub mod check;
 pub mod probe;
 mod sample;
 mod sev_guest_ioctl;

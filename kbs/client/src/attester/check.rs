@@ -3,10 +3,12 @@
 //!
 //! The probe only reads kernel interfaces (device nodes, sysfs, procfs, configfs-tsm,
 //! kernel log files), every path relative to a `root` so tests run against fake trees.
-//! configfs-tsm is probed by the attesters' own probe (`kbs_client::attester::probe`):
+//! configfs-tsm is probed by the attesters' own probe ([`super::probe`]):
 //! a report entry is created, its `provider` read and the entry removed again, so the
 //! answer is the one `cloak-pull --attester auto` finds. This module keeps the other
-//! findings, the report and its rendering.
+//! findings, the report and its rendering; it lives beside that probe so the report and
+//! the attesters read the machine in one place. The `cloak` binary's `check` subcommand
+//! only prints the report and turns its verdict into the exit code.
 //!
 //! "Usable" means a TEE guest interface that cloak's attesters (SNP, TDX) can turn into
 //! evidence right now. A host that can *launch* confidential guests is reported, but is
@@ -499,10 +501,10 @@ impl Probe<'_> {
         KernelLog { text, sources, detail }
     }
 
-    /// The configfs-tsm facts from the attesters' probe (`kbs_client::attester::probe`),
+    /// The configfs-tsm facts from the attesters' probe ([`super::probe`]),
     /// rendered for the report.
     fn tsm(&self) -> TsmStatus {
-        use kbs_client::attester::probe::{probe_tsm, ProviderSource};
+        use super::probe::{probe_tsm, ProviderSource};
         let facts = probe_tsm(&self.path(CONFIGFS_DIR), &self.path(TSM_REPORT_DIR), "cloak-check");
         // Paths as they are on a real machine, whatever the root.
         let shown_entry = |entry: &Path| {
