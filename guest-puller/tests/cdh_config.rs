@@ -5,7 +5,7 @@ use guest_puller::cdh::config::CdhToml;
 
 #[test]
 fn deploy_initdata_cdh_toml_is_accepted() {
-    let root = cloak_e2e::workspace_root();
+    let root = test_support::workspace_root();
     let text = std::fs::read_to_string(root.join("deploy/initdata.toml")).expect("deploy/initdata.toml");
     let initdata: toml::Table = text.parse().expect("initdata is TOML");
     let cdh = initdata

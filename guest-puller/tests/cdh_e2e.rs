@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
-use cloak_e2e::{
+use guest_puller::cdh::pb::{api, api_ttrpc, keyprovider as kp, keyprovider_ttrpc};
+use test_support::{
     bin, free_port, http_get, list_tree, run_ok, workspace_root, HttpAnswer, LocalBroker, Registry,
     ALLOW_SAMPLE,
 };
-use guest_puller::cdh::pb::{api, api_ttrpc, keyprovider as kp, keyprovider_ttrpc};
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()

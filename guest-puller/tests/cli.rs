@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cloak_e2e::{run_ok, skopeo_193, Registry};
 use common::model;
+use test_support::{run_ok, skopeo_193, Registry};
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden").join(name)

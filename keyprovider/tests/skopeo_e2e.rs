@@ -12,21 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use cloak_e2e::{free_port, layout_manifest, wait_for_port, Daemon, Registry};
+use test_support::{free_port, layout_manifest, peers_required, wait_for_port, Daemon, Registry};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloak-keyprovider");
 const PLAIN_LAYER: &str = "sha256:3c4b0491ad42ed94682815ca7a46e4a5595792d857cec1410833a9d226bb948e";
-
-fn required() -> bool {
-    std::env::var("CLOAK_REQUIRE_PEERS").as_deref() == Ok("1")
-}
 
 fn broker() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/cloak-kbs");
     if p.exists() {
         return Some(p);
     }
-    assert!(!required(), "{} missing (cargo build -p cloak-kbs-server)", p.display());
+    assert!(!peers_required(), "{} missing (cargo build -p cloak-kbs-server)", p.display());
     eprintln!("SKIP: {} missing (cargo build -p cloak-kbs-server)", p.display());
     None
 }
@@ -47,7 +43,7 @@ const DENY: &str =
     "default_policy: {required_attestation: {sample: {allow: true}}, released_resources: [\"other/*\"]}\n";
 
 fn setup() -> Option<Env> {
-    let skopeo = cloak_e2e::skopeo_118()?;
+    let skopeo = test_support::skopeo_118()?;
     let kbs_bin = broker()?;
     let registry = Registry::start()?;
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +102,7 @@ fn ok(cmd: &mut Command) -> Output {
 
 fn plain_layout(dir: &Path) -> PathBuf {
     let dst = dir.join("plain");
-    cloak_e2e::copy_tree(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/plain-oci"), &dst)
+    test_support::copy_tree(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/plain-oci"), &dst)
         .unwrap();
     dst
 }
@@ -278,8 +274,8 @@ fn random_layout(dir: &Path, name: &str, n: usize) -> (PathBuf, Vec<String>) {
     let blobs = dst.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| -> String {
-        let d = cloak_e2e::sha256_digest(bytes);
-        std::fs::write(cloak_e2e::blob_path(&dst, &d), bytes).unwrap();
+        let d = test_support::sha256_digest(bytes);
+        std::fs::write(test_support::blob_path(&dst, &d), bytes).unwrap();
         d
     };
     let (mut layers, mut diff_ids, mut digests) = (Vec::new(), Vec::new(), Vec::new());
@@ -305,7 +301,7 @@ fn random_layout(dir: &Path, name: &str, n: usize) -> (PathBuf, Vec<String>) {
         let tar_path = dir.join(format!("{name}-{i}.tar"));
         std::fs::write(&tar_path, &tar).unwrap();
         let gz = ok(Command::new("gzip").args(["-n", "-c"]).arg(&tar_path)).stdout;
-        diff_ids.push(cloak_e2e::sha256_digest(&tar));
+        diff_ids.push(test_support::sha256_digest(&tar));
         let d = put(&gz);
         layers.push(serde_json::json!({"digest": d, "size": gz.len(), "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}));
         digests.push(d);
@@ -364,7 +360,7 @@ fn decrypted_layers(dir: &Path) -> Vec<String> {
         assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
         assert!(l["annotations"].get("org.opencontainers.image.enc.pubopts").is_none());
     }
-    cloak_e2e::layer_digests(&m)
+    test_support::layer_digests(&m)
 }
 
 fn start_grpc_kp(env: &Env, name: &str) -> (Daemon, PathBuf) {
@@ -426,8 +422,8 @@ async fn skopeo_cmd_generated_kek_on_a_five_layer_image_decrypts() {
     assert_eq!(decrypted_layers(&out), originals, "all 5 layers decrypt to the originals");
     for d in &originals {
         assert_eq!(
-            std::fs::read(cloak_e2e::blob_path(&out, d)).unwrap(),
-            std::fs::read(cloak_e2e::blob_path(&plain, d)).unwrap()
+            std::fs::read(test_support::blob_path(&out, d)).unwrap(),
+            std::fs::read(test_support::blob_path(&plain, d)).unwrap()
         );
     }
     assert_eq!(read_back_kek(&env, kid).await.unwrap(), kek, "the registered KEK was never replaced");

@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::registry::Registry;
 use oci::{
     Digest, ImageDest, ImageRef, ImageSource, ManifestRole, OciError, OciLayout, RegistryError, SourceOptions,
 };
+use test_support::Registry;
 use tokio::io::AsyncReadExt;
 
 const LAYER: &str = "sha256:3c4b0491ad42ed94682815ca7a46e4a5595792d857cec1410833a9d226bb948e";
@@ -130,7 +130,7 @@ async fn pinned_manifest_digest_mismatch_is_reported() {
     push_fixture(&reg, "tamper/m:v1", &insecure()).await.unwrap();
     // Change the stored manifest behind the registry's back, keeping it valid JSON
     // (the registry parses manifests before serving them): layer size 201 -> 202.
-    let path = reg.blob_data_path(&MANIFEST[7..]);
+    let path = reg.blob_data(MANIFEST);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"size\":201"), "{text}");
     std::fs::write(&path, text.replace("\"size\":201", "\"size\":202")).unwrap();
@@ -149,7 +149,7 @@ async fn pinned_manifest_digest_mismatch_is_reported() {
 async fn blob_digest_mismatch_is_invalid_data() {
     let Some(reg) = Registry::start() else { return };
     push_fixture(&reg, "tamper/b:v1", &insecure()).await.unwrap();
-    let path = reg.blob_data_path(&LAYER[7..]);
+    let path = reg.blob_data(LAYER);
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;

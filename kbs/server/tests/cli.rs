@@ -5,6 +5,8 @@
 
 use std::process::{Child, Command, Stdio};
 
+use test_support::free_port;
+
 const BIN: &str = env!("CARGO_BIN_EXE_cloak-kbs");
 
 struct Kill(Child);
@@ -13,10 +15,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]

@@ -17,16 +17,13 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::*;
 use serde_json::json;
+use test_support::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloak-kbs");
 
 /// One cluster at a time within this binary (`cargo test` runs tests on threads;
 /// nextest runs them one at a time through the `etcd-cluster` group in .config/nextest.toml).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn etcd_bin() -> PathBuf {
     let p = std::env::var_os("CLOAK_ETCD").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/etcd".into());

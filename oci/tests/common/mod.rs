@@ -1,7 +1,6 @@
-//! Shared helpers for the oci integration tests.
+//! Shared helpers for the oci integration tests (the registry launcher and the other
+//! helpers every crate's tests share are in `test_support`, tests/support).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod registry;
 
 use std::path::{Path, PathBuf};
 
@@ -12,14 +11,5 @@ pub fn plain_fixture() -> PathBuf {
 
 /// Copy a directory tree (the fixture) somewhere writable.
 pub fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    for e in std::fs::read_dir(src).expect("read_dir") {
-        let e = e.expect("entry");
-        let to = dst.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).expect("copy");
-        }
-    }
+    test_support::copy_tree(src, dst).expect("copy the fixture");
 }

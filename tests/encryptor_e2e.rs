@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use cloak_e2e::*;
 use serde_json::Value;
+use test_support::*;
 
 fn golden() -> PathBuf {
     workspace_root().join("testdata/golden")

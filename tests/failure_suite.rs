@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use cloak_e2e::*;
+use test_support::*;
 
 fn plain_image() -> String {
     format!("oci:{}:v1", workspace_root().join("testdata/golden/three-layers/plain-oci").display())
@@ -34,87 +34,6 @@ fn metric_total(text: &str, name: &str) -> f64 {
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
         .sum()
-}
-
-// ---- peers --------------------------------------------------------------------------
-
-fn peers_required() -> bool {
-    std::env::var("CLOAK_REQUIRE_PEERS").map(|v| v == "1").unwrap_or(false)
-}
-
-/// docker-registry on PATH, or `None` to skip (a failure under CLOAK_REQUIRE_PEERS=1).
-fn docker_registry() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join("docker-registry")).find(|p| p.exists())
-    });
-    if found.is_none() {
-        let msg = "docker-registry not found on PATH (run ci/install-peers.sh)";
-        assert!(!peers_required(), "{msg}; CLOAK_REQUIRE_PEERS=1 forbids skipping");
-        eprintln!("SKIP: {msg}");
-    }
-    found
-}
-
-/// A private docker-registry whose storage directory and access log the test can
-/// reach (the shared `Registry` helper keeps both private): the substitution test
-/// tampers with the storage and reads the log to prove which blobs were fetched.
-struct LocalRegistry {
-    port: u16,
-    dir: tempfile::TempDir,
-    _daemon: Daemon,
-}
-
-impl LocalRegistry {
-    fn start(exe: &Path) -> Result<LocalRegistry> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let cfg = dir.path().join("config.yml");
-        // `info` makes the registry log one line per request (the access log).
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.path().join("registry.log"))?;
-        let daemon = Daemon::spawn(
-            "docker-registry",
-            Command::new(exe).arg("serve").arg(&cfg).stdout(log.try_clone()?).stderr(log),
-        )?;
-        wait_for_port(port, Duration::from_secs(30))?;
-        Ok(LocalRegistry { port, dir, _daemon: daemon })
-    }
-
-    fn docker_ref(&self, repo_ref: &str) -> String {
-        format!("docker://127.0.0.1:{}/{repo_ref}", self.port)
-    }
-
-    /// Where the filesystem driver keeps the bytes of `sha256:<hex>`.
-    fn blob_data(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.dir
-            .path()
-            .join("data/docker/registry/v2/blobs/sha256")
-            .join(hex.get(..2).unwrap_or("00"))
-            .join(hex)
-            .join("data")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    /// The raw manifest `repo:reference` and the digest of its bytes.
-    fn manifest(&self, repo: &str, reference: &str) -> Result<(String, Vec<u8>)> {
-        let a = http_get(
-            self.port,
-            &format!("/v2/{repo}/manifests/{reference}"),
-            Some("application/vnd.oci.image.manifest.v1+json"),
-        )?;
-        ensure!(a.status == 200, "registry answered {} for {repo}:{reference}", a.status);
-        Ok((sha256_digest(&a.body), a.body))
-    }
 }
 
 /// A `cloak-kbs serve` with its policy file, resource directory and admin key in a
@@ -221,10 +140,9 @@ fn no_tee_with_attester_auto_fails_clearly_and_requests_no_key() -> Result<()> {
             return Ok(());
         }
     }
-    let Some(reg_exe) = docker_registry() else {
+    let Some(reg) = Registry::start_with_access_log() else {
         return Ok(());
     };
-    let reg = LocalRegistry::start(&reg_exe)?;
     let host = tempfile::tempdir()?;
     let broker = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
     let image = reg.docker_ref("app:enc");
@@ -266,10 +184,9 @@ fn no_tee_with_attester_auto_fails_clearly_and_requests_no_key() -> Result<()> {
 /// same pull succeeds.
 #[test]
 fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Result<()> {
-    let Some(reg_exe) = docker_registry() else {
+    let Some(reg) = Registry::start_with_access_log() else {
         return Ok(());
     };
-    let reg = LocalRegistry::start(&reg_exe)?;
     let host = tempfile::tempdir()?;
     let image = reg.docker_ref("app:enc");
     {
@@ -340,10 +257,9 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
 /// (`sample.allow: false`); the updated policy accepts it (`sample.allow: true`).
 #[test]
 fn policy_too_strict_after_firmware_upgrade_denies_then_updated_policy_allows() -> Result<()> {
-    let Some(reg_exe) = docker_registry() else {
+    let Some(reg) = Registry::start_with_access_log() else {
         return Ok(());
     };
-    let reg = LocalRegistry::start(&reg_exe)?;
     let host = tempfile::tempdir()?;
     let old_firmware = "a1".repeat(48);
     let strict = format!(
@@ -389,10 +305,9 @@ fn policy_too_strict_after_firmware_upgrade_denies_then_updated_policy_allows() 
 /// (index and digest) and the key id, and nothing is unpacked.
 #[test]
 fn wrong_kek_registered_error_names_the_layer_and_the_key_id() -> Result<()> {
-    let Some(reg_exe) = docker_registry() else {
+    let Some(reg) = Registry::start_with_access_log() else {
         return Ok(());
     };
-    let reg = LocalRegistry::start(&reg_exe)?;
     let host = tempfile::tempdir()?;
     let broker = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
     let image = reg.docker_ref("app:enc");
@@ -428,10 +343,9 @@ fn wrong_kek_registered_error_names_the_layer_and_the_key_id() -> Result<()> {
 /// that digest → refused before any layer (or key) is fetched.
 #[test]
 fn substituted_manifest_under_pinned_digest_is_refused_before_any_layer_fetch() -> Result<()> {
-    let Some(reg_exe) = docker_registry() else {
+    let Some(reg) = Registry::start_with_access_log() else {
         return Ok(());
     };
-    let reg = LocalRegistry::start(&reg_exe)?;
     let host = tempfile::tempdir()?;
     let broker = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
     encrypt_for_kbs(&broker, "kbs:///default/image-kek/approved", &reg.docker_ref("app:approved"))?;
@@ -578,10 +492,9 @@ fn get_resource_secret_goes_to_stdout_only_unless_out_names_a_file() -> Result<(
 /// second `cloak encrypt` replaced the KEK and the v1 pull failed with "wrong KEK".
 #[test]
 fn reencrypting_with_the_same_kbs_id_keeps_earlier_images_pullable() -> Result<()> {
-    let Some(reg_exe) = docker_registry() else {
+    let Some(reg) = Registry::start_with_access_log() else {
         return Ok(());
     };
-    let reg = LocalRegistry::start(&reg_exe)?;
     let host = tempfile::tempdir()?;
     let broker = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
     let kid = "kbs:///default/image-kek/app";
@@ -619,10 +532,9 @@ fn reencrypting_with_the_same_kbs_id_keeps_earlier_images_pullable() -> Result<(
 /// the KBS that both images were wrapped with (create-only write, re-read on conflict).
 #[test]
 fn concurrent_first_encryptions_with_a_fresh_id_share_one_kek() -> Result<()> {
-    let Some(reg_exe) = docker_registry() else {
+    let Some(reg) = Registry::start_with_access_log() else {
         return Ok(());
     };
-    let reg = LocalRegistry::start(&reg_exe)?;
     let host = tempfile::tempdir()?;
     let broker = Broker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
     let kid = "kbs:///default/image-kek/fresh";

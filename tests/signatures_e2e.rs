@@ -9,28 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
-use cloak_e2e::*;
+use test_support::*;
 
 const PASSWORD: &str = "cloak-test";
 
-fn peers_dir() -> PathBuf {
-    std::env::var_os("CLOAK_PEERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".work/peers"))
-}
-
-fn required() -> bool {
-    std::env::var("CLOAK_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
-
 fn cosign() -> Option<PathBuf> {
-    let p = peers_dir().join("bin/cosign");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(!required(), "cosign not found at {} (run ci/install-peers.sh)", p.display());
-    eprintln!("SKIP: cosign not found at {} (run ci/install-peers.sh)", p.display());
-    None
+    peers::peer(peers::peers_dir().join("bin/cosign"), "cosign")
 }
 
 fn testdata() -> PathBuf {
