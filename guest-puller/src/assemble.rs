@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 
 use crate::extract::{OPAQUE_MARKER, WHITEOUT_PREFIX};
-use crate::fsutil;
+use crate::fsutil::{self, Node, NodeMeta};
 
 /// How file content gets from the store into the rootfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,10 @@ fn err<'a>(path: &'a [u8], op: &'static str) -> impl FnOnce(io::Error) -> Assemb
 
 fn errno<'a>(path: &'a [u8], op: &'static str) -> impl FnOnce(rustix::io::Errno) -> AssembleError + 'a {
     move |e| AssembleError { path: String::from_utf8_lossy(path).into_owned(), op, source: e.into() }
+}
+
+fn node_err(path: &[u8]) -> impl FnOnce(fsutil::NodeError) -> AssembleError + '_ {
+    move |e| errno(path, e.op)(e.errno)
 }
 
 /// Applies `layers` (tree directories, lowest first) into the existing empty
@@ -161,86 +165,68 @@ impl Ctx<'_> {
             let p = child(&path, &name);
             if self.mode == Placement::Move {
                 self.move_entry(src, dst, &name, ftype, p)?;
-                continue;
-            }
-            let st = rustix::fs::statat(src, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(errno(&p, "stat layer entry"))?;
-            match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    let sub_src = rustix::fs::openat(
-                        src,
-                        OsStr::from_bytes(&name),
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(errno(&p, "open layer directory"))?;
-                    let sub_dst =
-                        fsutil::ensure_subdir(dst, &name, 0o700).map_err(err(&p, "create directory"))?;
-                    // Writable while children are added; final mode below.
-                    rustix::fs::fchmod(&sub_dst, Mode::from_raw_mode(0o700))
-                        .map_err(errno(&p, "chmod directory"))?;
-                    self.apply_dir(sub_src.as_fd(), sub_dst.as_fd(), p.clone())?;
-                    copy_xattrs(sub_src.as_fd(), sub_dst.as_fd());
-                    set_meta_fd(sub_dst.as_fd(), &st, self.is_root)
-                        .map_err(errno(&p, "set directory metadata"))?;
-                }
-                FileType::RegularFile => self.file(src, dst, &name, &p, &st)?,
-                FileType::Symlink => {
-                    let target = rustix::fs::readlinkat(src, OsStr::from_bytes(&name), Vec::new())
-                        .map_err(errno(&p, "read symlink"))?;
-                    fsutil::clear_for_create(dst, &name).map_err(err(&p, "replace entry"))?;
-                    rustix::fs::symlinkat(target.as_bytes(), dst, OsStr::from_bytes(&name))
-                        .map_err(errno(&p, "create symlink"))?;
-                    if self.is_root {
-                        rustix::fs::chownat(
-                            dst,
-                            OsStr::from_bytes(&name),
-                            Some(rustix::fs::Uid::from_raw(st.st_uid)),
-                            Some(rustix::fs::Gid::from_raw(st.st_gid)),
-                            AtFlags::SYMLINK_NOFOLLOW,
-                        )
-                        .map_err(errno(&p, "chown symlink"))?;
-                    }
-                    rustix::fs::utimensat(
-                        dst,
-                        OsStr::from_bytes(&name),
-                        &stamp(&st),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(errno(&p, "set symlink mtime"))?;
-                }
-                other => {
-                    // Devices and FIFOs were admitted by the extraction policy.
-                    fsutil::clear_for_create(dst, &name).map_err(err(&p, "replace entry"))?;
-                    rustix::fs::mknodat(
-                        dst,
-                        OsStr::from_bytes(&name),
-                        other,
-                        Mode::from_raw_mode(0o600),
-                        st.st_rdev,
-                    )
-                    .map_err(errno(&p, "mknod"))?;
-                    if self.is_root {
-                        rustix::fs::chownat(
-                            dst,
-                            OsStr::from_bytes(&name),
-                            Some(rustix::fs::Uid::from_raw(st.st_uid)),
-                            Some(rustix::fs::Gid::from_raw(st.st_gid)),
-                            AtFlags::SYMLINK_NOFOLLOW,
-                        )
-                        .map_err(errno(&p, "chown node"))?;
-                    }
-                    rustix::fs::chmodat(
-                        dst,
-                        OsStr::from_bytes(&name),
-                        Mode::from_raw_mode(st.st_mode & 0o7777),
-                        AtFlags::empty(),
-                    )
-                    .map_err(errno(&p, "chmod node"))?;
-                }
+            } else {
+                self.link_entry(src, dst, &name, p)?;
             }
         }
         Ok(())
+    }
+
+    /// Link or copy mode: one entry of a layer directory into the rootfs directory.
+    fn link_entry(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &[u8],
+        p: Vec<u8>,
+    ) -> Result<(), AssembleError> {
+        let st = rustix::fs::statat(src, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(errno(&p, "stat layer entry"))?;
+        let owner = self
+            .is_root
+            .then(|| (rustix::fs::Uid::from_raw(st.st_uid), rustix::fs::Gid::from_raw(st.st_gid)));
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => self.subdir(src, dst, name, p, &st),
+            FileType::RegularFile => self.file(src, dst, name, &p, &st),
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(src, OsStr::from_bytes(name), Vec::new())
+                    .map_err(errno(&p, "read symlink"))?;
+                fsutil::clear_for_create(dst, name).map_err(err(&p, "replace entry"))?;
+                let meta = NodeMeta { owner, mode: None, times: Some(stamp(&st)) };
+                fsutil::make_node(dst, name, Node::Symlink(target.as_bytes()), &meta).map_err(node_err(&p))
+            }
+            other => {
+                // Devices and FIFOs were admitted by the extraction policy.
+                fsutil::clear_for_create(dst, name).map_err(err(&p, "replace entry"))?;
+                let meta = NodeMeta { owner, mode: Some(st.st_mode & 0o7777), times: None };
+                fsutil::make_node(dst, name, Node::Special(other, st.st_rdev), &meta).map_err(node_err(&p))
+            }
+        }
+    }
+
+    /// Link or copy mode: a directory, merged into the rootfs's one (or a new
+    /// one), then given the layer's metadata.
+    fn subdir(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &[u8],
+        p: Vec<u8>,
+        st: &Stat,
+    ) -> Result<(), AssembleError> {
+        let sub_src = rustix::fs::openat(
+            src,
+            OsStr::from_bytes(name),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(&p, "open layer directory"))?;
+        let sub_dst = fsutil::ensure_subdir(dst, name, 0o700).map_err(err(&p, "create directory"))?;
+        // Writable while children are added; final mode below.
+        rustix::fs::fchmod(&sub_dst, Mode::from_raw_mode(0o700)).map_err(errno(&p, "chmod directory"))?;
+        self.apply_dir(sub_src.as_fd(), sub_dst.as_fd(), p.clone())?;
+        copy_xattrs(sub_src.as_fd(), sub_dst.as_fd());
+        set_meta_fd(sub_dst.as_fd(), st, self.is_root).map_err(errno(&p, "set directory metadata"))
     }
 
     fn file(

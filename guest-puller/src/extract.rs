@@ -263,6 +263,24 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
+/// One entry's name and header fields, parsed once for the function of its kind.
+struct Head<'e> {
+    /// The name as the tar gives it (for messages).
+    raw: &'e [u8],
+    /// Its normalized components; never empty (the root entry is handled apart).
+    comps: &'e [&'e [u8]],
+    /// The last component.
+    name: &'e [u8],
+    /// The components joined: the key in `created` and the deferred directories.
+    full: Vec<u8>,
+    header: &'e tar::Header,
+    /// Permission bits after the setid policy.
+    mode_bits: u32,
+    mtime: u64,
+    uid: u64,
+    gid: u64,
+}
+
 struct Extractor<'r, 'o> {
     root: BorrowedFd<'r>,
     opts: &'o ExtractOptions,
@@ -339,6 +357,10 @@ impl Extractor<'_, '_> {
         move |e| ExtractError::Io { path: lossy(path), op, source: e.into() }
     }
 
+    fn node_err(path: &[u8]) -> impl FnOnce(fsutil::NodeError) -> ExtractError + '_ {
+        move |e| ExtractError::Io { path: lossy(path), op: e.op, source: e.errno.into() }
+    }
+
     /// Resolves (creating if needed) the parent directory of an entry.
     fn parent(&mut self, comps: &[&[u8]], raw: &[u8]) -> Result<BorrowedFd<'_>, ExtractError> {
         let parent_comps = &comps[..comps.len() - 1];
@@ -373,6 +395,8 @@ impl Extractor<'_, '_> {
         }
     }
 
+    /// One entry: its name and header are checked and parsed here, then the
+    /// function for its kind creates it.
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ExtractError> {
         let raw: Vec<u8> = entry.path_bytes().into_owned();
         let comps_owned: Vec<Vec<u8>> =
@@ -382,19 +406,14 @@ impl Extractor<'_, '_> {
         let kind = header.entry_type();
         let mode = header.mode().map_err(Self::io_err(&raw, "parse mode"))?;
         let mtime = header.mtime().unwrap_or(0);
-        let uid = header.uid().unwrap_or(0);
-        let gid = header.gid().unwrap_or(0);
 
         // The layer root itself ("./"): only its metadata matters.
-        if comps.is_empty() {
+        let Some(&name) = comps.last() else {
             if kind.is_dir() {
                 self.defer_dir(b"".to_vec(), mode, mtime, &raw)?;
             }
             return Ok(());
-        }
-        let name = comps[comps.len() - 1];
-        let full = fsutil::join(&comps);
-
+        };
         if name.starts_with(WHITEOUT_PREFIX) && self.opts.whiteouts == WhiteoutMode::Apply {
             return self.whiteout(&comps, &raw);
         }
@@ -405,260 +424,248 @@ impl Extractor<'_, '_> {
         }
 
         let xattrs = self.collect_xattrs(&mut entry, &raw)?;
-        let is_root = self.is_root;
-        let same_owner = self.opts.same_owner;
-        let mode_bits = self.mode_bits(mode);
-
+        let head = Head {
+            raw: &raw,
+            comps: &comps,
+            name,
+            full: fsutil::join(&comps),
+            header: &header,
+            mode_bits: self.mode_bits(mode),
+            mtime,
+            uid: header.uid().unwrap_or(0),
+            gid: header.gid().unwrap_or(0),
+        };
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let size = entry.size();
-                if self.stats.bytes.saturating_add(size) > self.opts.limits.max_total_size {
-                    return Err(ExtractError::TooLarge { max: self.opts.limits.max_total_size });
-                }
-                // Created with its final permission bits when the umask leaves
-                // them as they are (never setid/sticky bits: a write may clear
-                // those), else 0600 and an fchmod after the content.
-                let plain_mode = mode_bits & 0o7000 == 0 && self.umask.is_some_and(|u| u & mode_bits == 0);
-                let create_mode = if plain_mode { mode_bits } else { 0o600 };
-                let (own_uid, own_gid) = self.ids;
-                let parent = self.parent(&comps, &raw)?;
-                let create = || {
-                    rustix::fs::openat(
-                        parent,
-                        OsStr::from_bytes(name),
-                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(create_mode),
-                    )
-                };
-                // Most names are new: create first, clear only what is in the way.
-                let fd = match create() {
-                    Err(rustix::io::Errno::EXIST) => {
-                        fsutil::clear_for_create(parent, name)
-                            .map_err(Self::io_err(&raw, "replace existing entry"))?;
-                        create()
-                    }
-                    other => other,
-                }
-                .map_err(Self::errno(&raw, "create file"))?;
-                let parent_gid = match &self.parent_cache {
-                    Some((_, _, g)) => *g,
-                    None => u32::MAX,
-                };
-                let mut file = File::from(fd);
-                let max = self.opts.limits.max_total_size;
-                let limit = max - self.stats.bytes;
-                let written =
-                    copy_limited(&mut entry, &mut file, limit, &mut self.copy_buf).map_err(|e| match e {
-                        CopyError::Read(e) => ExtractError::Read(e),
-                        CopyError::Write(source) => {
-                            ExtractError::Io { path: lossy(&raw), op: "write file", source }
-                        }
-                        CopyError::Limit => ExtractError::TooLarge { max },
-                    })?;
-                self.stats.bytes += written;
-                // A new file is owned by our euid and by our egid when the parent's
-                // group is ours too (setgid directories and `grpid` mounts give the
-                // parent's group); then the header's ids need no fchown.
-                let owned_already = uid_of(uid).as_raw() == own_uid
-                    && gid_of(gid).as_raw() == own_gid
-                    && parent_gid == own_gid;
-                if is_root && same_owner && !owned_already {
-                    rustix::fs::fchown(&file, Some(uid_of(uid)), Some(gid_of(gid)))
-                        .map_err(Self::errno(&raw, "fchown"))?;
-                }
-                if !plain_mode {
-                    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode_bits))
-                        .map_err(Self::errno(&raw, "fchmod"))?;
-                }
-                self.set_xattrs(file.as_fd(), &xattrs, &raw);
-                rustix::fs::futimens(&file, &times(mtime)).map_err(Self::errno(&raw, "futimens"))?;
-                self.created.insert(full);
+                self.regular(&mut entry, head, &xattrs)
             }
-            tar::EntryType::Directory => {
-                let parent = self.parent(&comps, &raw)?;
-                let dir = fsutil::ensure_subdir(parent, name, 0o700)
-                    .map_err(Self::io_err(&raw, "create directory"))?;
-                if is_root && same_owner {
-                    rustix::fs::fchown(&dir, Some(uid_of(uid)), Some(gid_of(gid)))
-                        .map_err(Self::errno(&raw, "fchown"))?;
-                }
-                self.set_xattrs(dir.as_fd(), &xattrs, &raw);
-                // Mode and mtime wait until the children exist (a 0555 dir must stay writable).
-                let st = rustix::fs::fstat(&dir).map_err(Self::errno(&raw, "fstat"))?;
-                self.created.insert(full.clone());
-                self.record_deferred(full, st.st_dev, st.st_ino, mode_bits, mtime);
-            }
-            tar::EntryType::Symlink => {
-                let target =
-                    entry.link_name_bytes().map(|t| t.into_owned()).ok_or_else(|| ExtractError::BadLink {
-                        path: lossy(&raw),
-                        target: String::new(),
-                        reason: "missing target".into(),
-                    })?;
-                let parent = self.parent(&comps, &raw)?;
-                fsutil::clear_for_create(parent, name)
-                    .map_err(Self::io_err(&raw, "replace existing entry"))?;
-                // The target is stored verbatim: it only ever resolves inside a root.
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), parent, OsStr::from_bytes(name))
-                    .map_err(Self::errno(&raw, "create symlink"))?;
-                if is_root && same_owner {
-                    rustix::fs::chownat(
-                        parent,
-                        OsStr::from_bytes(name),
-                        Some(uid_of(uid)),
-                        Some(gid_of(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(Self::errno(&raw, "chown symlink"))?;
-                }
-                rustix::fs::utimensat(
-                    parent,
-                    OsStr::from_bytes(name),
-                    &times(mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(Self::errno(&raw, "set symlink mtime"))?;
-                self.created.insert(full);
-                self.parent_cache = None;
-            }
-            tar::EntryType::Link => {
-                let target_raw =
-                    entry.link_name_bytes().map(|t| t.into_owned()).ok_or_else(|| ExtractError::BadLink {
-                        path: lossy(&raw),
-                        target: String::new(),
-                        reason: "missing target".into(),
-                    })?;
-                let tcomps_owned: Vec<Vec<u8>> = match normalize(&target_raw, &self.opts.limits) {
-                    Ok(c) => c.into_iter().map(<[u8]>::to_vec).collect(),
-                    Err(_) => {
-                        return Err(ExtractError::BadLink {
-                            path: lossy(&raw),
-                            target: lossy(&target_raw),
-                            reason: "'..' or over-long name".into(),
-                        })
-                    }
-                };
-                let tcomps: Vec<&[u8]> = tcomps_owned.iter().map(Vec::as_slice).collect();
-                if tcomps.is_empty() {
-                    return Err(ExtractError::BadLink {
-                        path: lossy(&raw),
-                        target: lossy(&target_raw),
-                        reason: "points at the root".into(),
-                    });
-                }
-                if tcomps == comps {
-                    return Ok(());
-                }
-                let tparent = fsutil::open_dir_in_root(self.root, &fsutil::join(&tcomps[..tcomps.len() - 1]))
-                    .map_err(|e| ExtractError::BadLink {
-                        path: lossy(&raw),
-                        target: lossy(&target_raw),
-                        reason: e.to_string(),
-                    })?;
-                let tname = tcomps[tcomps.len() - 1];
-                match fsutil::kind_at(tparent.as_fd(), tname) {
-                    Ok(Some(FileType::Directory)) | Ok(None) => {
-                        return Err(ExtractError::BadLink {
-                            path: lossy(&raw),
-                            target: lossy(&target_raw),
-                            reason: "target is missing or a directory".into(),
-                        })
-                    }
-                    Ok(Some(_)) => {}
-                    Err(e) => {
-                        return Err(ExtractError::BadLink {
-                            path: lossy(&raw),
-                            target: lossy(&target_raw),
-                            reason: e.to_string(),
-                        })
-                    }
-                }
-                let parent = self.parent(&comps, &raw)?;
-                fsutil::clear_for_create(parent, name)
-                    .map_err(Self::io_err(&raw, "replace existing entry"))?;
-                // flags = 0: a symlink target is linked itself, never followed.
-                rustix::fs::linkat(
-                    tparent.as_fd(),
-                    OsStr::from_bytes(tname),
-                    parent,
-                    OsStr::from_bytes(name),
-                    AtFlags::empty(),
-                )
-                .map_err(Self::errno(&raw, "create hardlink"))?;
-                self.created.insert(full);
-                self.parent_cache = None;
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let (ftype, label) = match kind {
-                    tar::EntryType::Char => (FileType::CharacterDevice, "character device"),
-                    tar::EntryType::Block => (FileType::BlockDevice, "block device"),
-                    _ => (FileType::Fifo, "fifo"),
-                };
-                match self.opts.devices {
-                    DevicePolicy::Reject => {
-                        return Err(ExtractError::DeviceRefused { path: lossy(&raw), kind: label })
-                    }
-                    DevicePolicy::Skip => {
-                        self.stats.warnings.push(format!("{}: {label} skipped by policy", lossy(&raw)));
-                        return Ok(());
-                    }
-                    DevicePolicy::Create if !is_root && ftype != FileType::Fifo => {
-                        self.stats
-                            .warnings
-                            .push(format!("{}: {label} skipped (not running as root)", lossy(&raw)));
-                        return Ok(());
-                    }
-                    DevicePolicy::Create => {}
-                }
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                let parent = self.parent(&comps, &raw)?;
-                fsutil::clear_for_create(parent, name)
-                    .map_err(Self::io_err(&raw, "replace existing entry"))?;
-                rustix::fs::mknodat(
-                    parent,
-                    OsStr::from_bytes(name),
-                    ftype,
-                    Mode::from_raw_mode(0o600),
-                    rustix::fs::makedev(major, minor),
-                )
-                .map_err(Self::errno(&raw, "mknod"))?;
-                // A device or FIFO must not be opened (side effects, blocking), so its
-                // metadata is set by name relative to the parent fd; the name was just
-                // created by us and is not a symlink.
-                if is_root && same_owner {
-                    rustix::fs::chownat(
-                        parent,
-                        OsStr::from_bytes(name),
-                        Some(uid_of(uid)),
-                        Some(gid_of(gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(Self::errno(&raw, "chown node"))?;
-                }
-                rustix::fs::chmodat(
-                    parent,
-                    OsStr::from_bytes(name),
-                    Mode::from_raw_mode(mode_bits),
-                    AtFlags::empty(),
-                )
-                .map_err(Self::errno(&raw, "chmod node"))?;
-                rustix::fs::utimensat(
-                    parent,
-                    OsStr::from_bytes(name),
-                    &times(mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(Self::errno(&raw, "set node mtime"))?;
-                self.created.insert(full);
-            }
+            tar::EntryType::Directory => self.directory(head, &xattrs),
+            tar::EntryType::Symlink => self.symlink(&entry, head),
+            tar::EntryType::Link => self.hardlink(&entry, head),
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => self.special(kind, head),
             other => {
                 self.stats
                     .warnings
                     .push(format!("{}: unsupported entry type {other:?} skipped", lossy(&raw)));
+                Ok(())
             }
         }
+    }
+
+    /// A regular file: created under its parent fd, its content copied within
+    /// the size limit, then its metadata set through the fd.
+    fn regular<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        head: Head<'_>,
+        xattrs: &[Xattr],
+    ) -> Result<(), ExtractError> {
+        let size = entry.size();
+        if self.stats.bytes.saturating_add(size) > self.opts.limits.max_total_size {
+            return Err(ExtractError::TooLarge { max: self.opts.limits.max_total_size });
+        }
+        let (raw, name, mode_bits) = (head.raw, head.name, head.mode_bits);
+        // Created with its final permission bits when the umask leaves
+        // them as they are (never setid/sticky bits: a write may clear
+        // those), else 0600 and an fchmod after the content.
+        let plain_mode = mode_bits & 0o7000 == 0 && self.umask.is_some_and(|u| u & mode_bits == 0);
+        let create_mode = if plain_mode { mode_bits } else { 0o600 };
+        let parent = self.parent(head.comps, raw)?;
+        let create = || {
+            rustix::fs::openat(
+                parent,
+                OsStr::from_bytes(name),
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(create_mode),
+            )
+        };
+        // Most names are new: create first, clear only what is in the way.
+        let fd = match create() {
+            Err(rustix::io::Errno::EXIST) => {
+                fsutil::clear_for_create(parent, name)
+                    .map_err(Self::io_err(raw, "replace existing entry"))?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(Self::errno(raw, "create file"))?;
+        let parent_gid = match &self.parent_cache {
+            Some((_, _, g)) => *g,
+            None => u32::MAX,
+        };
+        let mut file = File::from(fd);
+        let max = self.opts.limits.max_total_size;
+        let limit = max - self.stats.bytes;
+        let written = copy_limited(entry, &mut file, limit, &mut self.copy_buf).map_err(|e| match e {
+            CopyError::Read(e) => ExtractError::Read(e),
+            CopyError::Write(source) => ExtractError::Io { path: lossy(raw), op: "write file", source },
+            CopyError::Limit => ExtractError::TooLarge { max },
+        })?;
+        self.stats.bytes += written;
+        self.finish_file(&file, &head, plain_mode, parent_gid, xattrs)?;
+        self.created.insert(head.full);
         Ok(())
+    }
+
+    /// Owner, mode, xattrs and mtime of a file just written, through its fd;
+    /// the owner and mode only where the file does not have them already.
+    fn finish_file(
+        &mut self,
+        file: &File,
+        head: &Head<'_>,
+        plain_mode: bool,
+        parent_gid: u32,
+        xattrs: &[Xattr],
+    ) -> Result<(), ExtractError> {
+        let (own_uid, own_gid) = self.ids;
+        let (uid, gid) = (uid_of(head.uid), gid_of(head.gid));
+        // A new file is owned by our euid and by our egid when the parent's
+        // group is ours too (setgid directories and `grpid` mounts give the
+        // parent's group); then the header's ids need no fchown.
+        let owned_already = uid.as_raw() == own_uid && gid.as_raw() == own_gid && parent_gid == own_gid;
+        if self.is_root && self.opts.same_owner && !owned_already {
+            rustix::fs::fchown(file, Some(uid), Some(gid)).map_err(Self::errno(head.raw, "fchown"))?;
+        }
+        if !plain_mode {
+            rustix::fs::fchmod(file, Mode::from_raw_mode(head.mode_bits))
+                .map_err(Self::errno(head.raw, "fchmod"))?;
+        }
+        self.set_xattrs(file.as_fd(), xattrs, head.raw);
+        rustix::fs::futimens(file, &times(head.mtime)).map_err(Self::errno(head.raw, "futimens"))
+    }
+
+    fn directory(&mut self, head: Head<'_>, xattrs: &[Xattr]) -> Result<(), ExtractError> {
+        let raw = head.raw;
+        let parent = self.parent(head.comps, raw)?;
+        let dir =
+            fsutil::ensure_subdir(parent, head.name, 0o700).map_err(Self::io_err(raw, "create directory"))?;
+        if self.is_root && self.opts.same_owner {
+            rustix::fs::fchown(&dir, Some(uid_of(head.uid)), Some(gid_of(head.gid)))
+                .map_err(Self::errno(raw, "fchown"))?;
+        }
+        self.set_xattrs(dir.as_fd(), xattrs, raw);
+        // Mode and mtime wait until the children exist (a 0555 dir must stay writable).
+        let st = rustix::fs::fstat(&dir).map_err(Self::errno(raw, "fstat"))?;
+        self.created.insert(head.full.clone());
+        self.record_deferred(head.full, st.st_dev, st.st_ino, head.mode_bits, head.mtime);
+        Ok(())
+    }
+
+    fn symlink<R: Read>(&mut self, entry: &tar::Entry<'_, R>, head: Head<'_>) -> Result<(), ExtractError> {
+        let raw = head.raw;
+        let target = link_name(entry, raw)?;
+        let meta = self.node_meta(&head, None);
+        let parent = self.make_room(&head)?;
+        // The target is stored verbatim: it only ever resolves inside a root.
+        fsutil::make_node(parent, head.name, fsutil::Node::Symlink(&target), &meta)
+            .map_err(Self::node_err(raw))?;
+        self.created.insert(head.full);
+        self.parent_cache = None;
+        Ok(())
+    }
+
+    /// A hardlink, to a non-directory that an earlier entry put in the root.
+    fn hardlink<R: Read>(&mut self, entry: &tar::Entry<'_, R>, head: Head<'_>) -> Result<(), ExtractError> {
+        let raw = head.raw;
+        let target_raw = link_name(entry, raw)?;
+        let Some((tparent, tname)) = self.link_target(&target_raw, &head)? else {
+            return Ok(());
+        };
+        let parent = self.make_room(&head)?;
+        // flags = 0: a symlink target is linked itself, never followed.
+        rustix::fs::linkat(
+            tparent.as_fd(),
+            OsStr::from_bytes(&tname),
+            parent,
+            OsStr::from_bytes(head.name),
+            AtFlags::empty(),
+        )
+        .map_err(Self::errno(raw, "create hardlink"))?;
+        self.created.insert(head.full);
+        self.parent_cache = None;
+        Ok(())
+    }
+
+    /// The hardlink target's parent directory (resolved in the root) and its
+    /// name, once the target is known to be an existing non-directory; `None`
+    /// for an entry that links to itself (nothing to do).
+    fn link_target(
+        &self,
+        target_raw: &[u8],
+        head: &Head<'_>,
+    ) -> Result<Option<(OwnedFd, Vec<u8>)>, ExtractError> {
+        let bad = |reason: String| ExtractError::BadLink {
+            path: lossy(head.raw),
+            target: lossy(target_raw),
+            reason,
+        };
+        let tcomps: Vec<&[u8]> = match normalize(target_raw, &self.opts.limits) {
+            Ok(c) => c,
+            Err(_) => return Err(bad("'..' or over-long name".into())),
+        };
+        let Some((&tname, tparent_comps)) = tcomps.split_last() else {
+            return Err(bad("points at the root".into()));
+        };
+        if tcomps.as_slice() == head.comps {
+            return Ok(None);
+        }
+        let tparent = fsutil::open_dir_in_root(self.root, &fsutil::join(tparent_comps))
+            .map_err(|e| bad(e.to_string()))?;
+        match fsutil::kind_at(tparent.as_fd(), tname) {
+            Ok(Some(FileType::Directory)) | Ok(None) => Err(bad("target is missing or a directory".into())),
+            Ok(Some(_)) => Ok(Some((tparent, tname.to_vec()))),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+
+    /// A character or block device or a FIFO, as the device policy allows.
+    fn special(&mut self, kind: tar::EntryType, head: Head<'_>) -> Result<(), ExtractError> {
+        let raw = head.raw;
+        let (ftype, label) = match kind {
+            tar::EntryType::Char => (FileType::CharacterDevice, "character device"),
+            tar::EntryType::Block => (FileType::BlockDevice, "block device"),
+            _ => (FileType::Fifo, "fifo"),
+        };
+        match self.opts.devices {
+            DevicePolicy::Reject => {
+                return Err(ExtractError::DeviceRefused { path: lossy(raw), kind: label })
+            }
+            DevicePolicy::Skip => {
+                self.stats.warnings.push(format!("{}: {label} skipped by policy", lossy(raw)));
+                return Ok(());
+            }
+            DevicePolicy::Create if !self.is_root && ftype != FileType::Fifo => {
+                self.stats.warnings.push(format!("{}: {label} skipped (not running as root)", lossy(raw)));
+                return Ok(());
+            }
+            DevicePolicy::Create => {}
+        }
+        let major = head.header.device_major().ok().flatten().unwrap_or(0);
+        let minor = head.header.device_minor().ok().flatten().unwrap_or(0);
+        let meta = self.node_meta(&head, Some(head.mode_bits));
+        let parent = self.make_room(&head)?;
+        let node = fsutil::Node::Special(ftype, rustix::fs::makedev(major, minor));
+        fsutil::make_node(parent, head.name, node, &meta).map_err(Self::node_err(raw))?;
+        self.created.insert(head.full);
+        Ok(())
+    }
+
+    /// The entry's parent directory, with nothing left at the entry's name.
+    fn make_room(&mut self, head: &Head<'_>) -> Result<BorrowedFd<'_>, ExtractError> {
+        let parent = self.parent(head.comps, head.raw)?;
+        fsutil::clear_for_create(parent, head.name)
+            .map_err(Self::io_err(head.raw, "replace existing entry"))?;
+        Ok(parent)
+    }
+
+    /// Owner (as root, when the policy keeps owners), mode and mtime from the
+    /// header, for a node made by name.
+    fn node_meta(&self, head: &Head<'_>, mode: Option<u32>) -> fsutil::NodeMeta {
+        fsutil::NodeMeta {
+            owner: (self.is_root && self.opts.same_owner).then(|| (uid_of(head.uid), gid_of(head.gid))),
+            mode,
+            times: Some(times(head.mtime)),
+        }
     }
 
     /// `Apply` mode: `.wh.NAME` removes NAME from lower layers; `.wh..wh..opq`
@@ -793,6 +800,15 @@ impl Extractor<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// The target a symlink or hardlink entry names.
+fn link_name<R: Read>(entry: &tar::Entry<'_, R>, raw: &[u8]) -> Result<Vec<u8>, ExtractError> {
+    entry.link_name_bytes().map(|t| t.into_owned()).ok_or_else(|| ExtractError::BadLink {
+        path: lossy(raw),
+        target: String::new(),
+        reason: "missing target".into(),
+    })
 }
 
 fn uid_of(uid: u64) -> rustix::fs::Uid {

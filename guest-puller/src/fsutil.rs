@@ -154,6 +154,68 @@ pub(crate) fn clear_for_create(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<(
     remove_at(dir, name)
 }
 
+/// A node that is made by name and never opened: opening a symlink follows it,
+/// opening a device or FIFO has side effects or blocks.
+#[derive(Clone, Copy)]
+pub(crate) enum Node<'a> {
+    /// A symlink with this target, stored verbatim (it only ever resolves inside a root).
+    Symlink(&'a [u8]),
+    /// A character or block device or a FIFO, with its device number.
+    Special(FileType, rustix::fs::Dev),
+}
+
+/// What [`make_node`] gives a node after creating it; `None` leaves it as created.
+pub(crate) struct NodeMeta {
+    pub(crate) owner: Option<(rustix::fs::Uid, rustix::fs::Gid)>,
+    /// Permission bits; never applied to a symlink, where `chmod` would follow it.
+    pub(crate) mode: Option<u32>,
+    pub(crate) times: Option<rustix::fs::Timestamps>,
+}
+
+/// The step of [`make_node`] that failed, named as the errors of both callers
+/// (extraction and rootfs assembly) name it.
+pub(crate) struct NodeError {
+    pub(crate) op: &'static str,
+    pub(crate) errno: rustix::io::Errno,
+}
+
+/// Creates `node` at `name` in `parent` (where the caller has made room), then
+/// sets its owner, mode and times, in that order (a chown clears setid bits the
+/// mode may carry). The node cannot be opened, so each step works by name
+/// relative to the parent fd, without following the name: it is the node we
+/// just created.
+pub(crate) fn make_node(
+    parent: BorrowedFd<'_>,
+    name: &[u8],
+    node: Node<'_>,
+    meta: &NodeMeta,
+) -> Result<(), NodeError> {
+    let at = OsStr::from_bytes(name);
+    let step = |op| move |errno| NodeError { op, errno };
+    let (chown_op, mtime_op) = match node {
+        Node::Symlink(target) => {
+            rustix::fs::symlinkat(OsStr::from_bytes(target), parent, at).map_err(step("create symlink"))?;
+            ("chown symlink", "set symlink mtime")
+        }
+        Node::Special(ftype, dev) => {
+            rustix::fs::mknodat(parent, at, ftype, Mode::from_raw_mode(0o600), dev).map_err(step("mknod"))?;
+            ("chown node", "set node mtime")
+        }
+    };
+    if let Some((uid, gid)) = meta.owner {
+        rustix::fs::chownat(parent, at, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(step(chown_op))?;
+    }
+    if let (Some(mode), Node::Special(..)) = (meta.mode, &node) {
+        rustix::fs::chmodat(parent, at, Mode::from_raw_mode(mode), AtFlags::empty())
+            .map_err(step("chmod node"))?;
+    }
+    if let Some(times) = &meta.times {
+        rustix::fs::utimensat(parent, at, times, AtFlags::SYMLINK_NOFOLLOW).map_err(step(mtime_op))?;
+    }
+    Ok(())
+}
+
 /// Opens (creating if needed) subdirectory `name` of `dir`, replacing a
 /// non-directory at that name. Returns a readable fd (never through a symlink).
 pub(crate) fn ensure_subdir(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<OwnedFd> {

@@ -249,9 +249,9 @@ pub async fn pull(opts: &PullOptions) -> Result<PullSummary, PullError> {
     opts.policy.check_image(&opts.image)?;
     // The bundle is checked before anything is fetched.
     prepare_bundle(opts)?;
-    let resolved = resolve(opts).await?;
+    let resolved = resolve_checked(opts).await?;
     let plan = plan(opts, &resolved)?;
-    execute(opts, &resolved, &plan).await
+    execute_prepared(opts, &resolved, &plan).await
 }
 
 /// Refuses a bundle that already has a rootfs (or an overlay store link that
@@ -271,9 +271,15 @@ fn prepare_bundle(opts: &PullOptions) -> Result<(), PullError> {
 /// Stage 1: checks the reference against the policy, then fetches and verifies
 /// the manifest (the platform's, from an index) and the config.
 pub async fn resolve(opts: &PullOptions) -> Result<ResolvedImage, PullError> {
+    opts.policy.check_image(&opts.image)?;
+    resolve_checked(opts).await
+}
+
+/// [`resolve`] once the reference has passed the policy ([`pull`] checks it
+/// before the bundle, so it is checked once per pull).
+async fn resolve_checked(opts: &PullOptions) -> Result<ResolvedImage, PullError> {
     let t0 = Instant::now();
     let image_ref = &opts.image;
-    opts.policy.check_image(image_ref)?;
     opts.progress.event(&Event { layer: None, digest: None, phase: "resolve", bytes: 0, total: 0 });
     let source = ImageSource::open(image_ref, &opts.source).await?;
     let top = source.manifest().await?;
@@ -356,8 +362,18 @@ pub async fn execute(
     resolved: &ResolvedImage,
     plan: &PullPlan,
 ) -> Result<PullSummary, PullError> {
-    let t0 = Instant::now();
     prepare_bundle(opts)?;
+    execute_prepared(opts, resolved, plan).await
+}
+
+/// [`execute`] once the bundle has been prepared ([`pull`] prepares it before
+/// anything is fetched, so it is checked once per pull).
+async fn execute_prepared(
+    opts: &PullOptions,
+    resolved: &ResolvedImage,
+    plan: &PullPlan,
+) -> Result<PullSummary, PullError> {
+    let t0 = Instant::now();
     let mut timings = Timings { resolve_ms: resolved.resolve_ms, ..Default::default() };
     // The store: persistent, or private to this pull.
     let (store, ephemeral) = match &opts.store {
@@ -366,18 +382,24 @@ pub async fn execute(
             (Store::open(&opts.bundle.join(format!(".cloak-pull-store-{}", store::random_suffix())))?, true)
         }
     };
-    // `None`: the store is private and thrown away, so its trees are moved into the rootfs.
-    let link = if ephemeral { None } else { Some(opts.store_link) };
-    let result = pull_layers_and_assemble(
+    let ctx = PullCtx {
         opts,
-        &resolved.source,
-        &store,
-        &plan.layers,
-        link,
-        resolved.config.bytes(),
-        &mut timings,
-    )
-    .await;
+        source: &resolved.source,
+        store: &store,
+        // `None`: the store is private and thrown away, so its trees are moved into the rootfs.
+        link: if ephemeral { None } else { Some(opts.store_link) },
+        config_bytes: resolved.config.bytes(),
+        unwrappers: opts
+            .unwrappers
+            .iter()
+            .map(|u| {
+                Arc::new(PolicyFiltered { inner: u.clone(), policy: opts.policy.clone() })
+                    as Arc<dyn KeyUnwrapper>
+            })
+            .collect(),
+        cancel: AtomicBool::new(false),
+    };
+    let result = pull_layers_and_assemble(&ctx, &plan.layers, &mut timings).await;
     if ephemeral {
         let _ = store::remove_tree(store.root());
     }
@@ -395,46 +417,76 @@ pub async fn execute(
     })
 }
 
-async fn pull_layers_and_assemble(
-    opts: &PullOptions,
-    source: &ImageSource,
-    store: &Store,
-    plans: &[LayerPlan],
+/// What the layer tasks and the assembly of one execution share.
+struct PullCtx<'a> {
+    opts: &'a PullOptions,
+    /// Where the blobs come from.
+    source: &'a ImageSource,
+    store: &'a Store,
+    /// How the rootfs is made from the store; `None`: by moving the trees of
+    /// a private store.
     link: Option<LinkMode>,
-    config_bytes: &[u8],
+    /// Written to `BUNDLE/image.json` with the rootfs.
+    config_bytes: &'a [u8],
+    /// `opts.unwrappers`, restricted to the schemes the policy allows; one
+    /// set (one KBS session) serves all layers.
+    unwrappers: Vec<Arc<dyn KeyUnwrapper>>,
+    /// Set when a layer fails: the others stop at their next chunk.
+    cancel: AtomicBool,
+}
+
+/// A layer's unwrapped private and public options.
+type LayerKey = (PrivateOptions, PublicOptions);
+
+async fn pull_layers_and_assemble(
+    ctx: &PullCtx<'_>,
+    plans: &[LayerPlan],
     timings: &mut Timings,
 ) -> Result<Vec<LayerSummary>, PullError> {
-    // Keys first, for every encrypted layer the store lacks: a KBS refusal then
-    // costs no download. One unwrapper set (one KBS session) serves all layers.
     let t = Instant::now();
-    let unwrappers: Vec<Arc<dyn KeyUnwrapper>> = opts
-        .unwrappers
-        .iter()
-        .map(|u| {
-            Arc::new(PolicyFiltered { inner: u.clone(), policy: opts.policy.clone() })
-                as Arc<dyn KeyUnwrapper>
-        })
-        .collect();
-    let mut keys: HashMap<usize, (PrivateOptions, PublicOptions)> = HashMap::new();
-    for p in plans.iter().filter(|p| p.encrypted()) {
-        if store.lookup(&p.diff_id.to_string())?.is_some() {
-            continue;
-        }
-        opts.progress.event(&Event {
-            layer: Some(p.index),
-            digest: Some(&p.digest.to_string()),
-            phase: "keys",
-            bytes: 0,
-            total: p.size,
-        });
-        let k = unwrap_layer_key(&unwrappers, p).await?;
-        keys.insert(p.index, k);
-    }
+    let keys = unwrap_missing_keys(ctx, plans).await?;
     timings.keys_ms = t.elapsed().as_millis();
 
     let t = Instant::now();
-    let cancel = AtomicBool::new(false);
-    let max = opts.max_concurrent_layers.max(1);
+    let fetched = fetch_layers(ctx, plans, keys).await;
+    timings.layers_ms = t.elapsed().as_millis();
+    let (trees, summaries) = fetched?;
+
+    let t = Instant::now();
+    if ctx.link == Some(LinkMode::Overlay) {
+        mount_overlay(ctx, plans, trees).await?;
+    } else {
+        assemble_rootfs(ctx, trees).await?;
+    }
+    timings.assemble_ms = t.elapsed().as_millis();
+    Ok(summaries)
+}
+
+/// Keys first, for every encrypted layer the store lacks: a KBS refusal then
+/// costs no download.
+async fn unwrap_missing_keys(
+    ctx: &PullCtx<'_>,
+    plans: &[LayerPlan],
+) -> Result<HashMap<usize, LayerKey>, PullError> {
+    let mut keys = HashMap::new();
+    for p in plans.iter().filter(|p| p.encrypted()) {
+        if ctx.store.lookup(&p.diff_id.to_string())?.is_some() {
+            continue;
+        }
+        layer_event(ctx, p, "keys", 0);
+        let k = unwrap_layer_key(&ctx.unwrappers, p).await?;
+        keys.insert(p.index, k);
+    }
+    Ok(keys)
+}
+
+/// Every layer's tree in the store (fetched or cached) and its summary, in
+/// layer order; the first real error, not the cancellations it caused.
+async fn fetch_layers(
+    ctx: &PullCtx<'_>,
+    plans: &[LayerPlan],
+    mut keys: HashMap<usize, LayerKey>,
+) -> Result<(Vec<PathBuf>, Vec<LayerSummary>), PullError> {
     // Biggest layers start first, so a small one (not a big one) is what runs
     // alone at the end when there are more layers than slots; results are put
     // back in layer order for the assembly.
@@ -443,26 +495,22 @@ async fn pull_layers_and_assemble(
     let mut results: Vec<(usize, LayerResult)> = stream::iter(order)
         .map(|p| {
             let key = keys.remove(&p.index);
-            let cancel = &cancel;
-            let unwrappers = &unwrappers;
             async move {
-                let r = fetch_layer(opts, source, store, p, key, unwrappers, cancel).await;
+                let r = fetch_layer(ctx, p, key).await;
                 if r.is_err() {
-                    cancel.store(true, Ordering::SeqCst);
+                    ctx.cancel.store(true, Ordering::SeqCst);
                 }
                 (p.index, r)
             }
         })
-        .buffer_unordered(max)
+        .buffer_unordered(ctx.opts.max_concurrent_layers.max(1))
         .collect()
         .await;
     results.sort_by_key(|(i, _)| *i);
-    let results = results.into_iter().map(|(_, r)| r);
-    timings.layers_ms = t.elapsed().as_millis();
     let mut trees = Vec::new();
     let mut summaries = Vec::new();
     let mut first_err = None;
-    for r in results {
+    for (_, r) in results {
         match r {
             Ok((tree, s)) => {
                 trees.push(tree);
@@ -476,49 +524,40 @@ async fn pull_layers_and_assemble(
             }
         }
     }
-    if let Some(e) = first_err {
-        return Err(e);
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok((trees, summaries)),
     }
+}
 
-    if link == Some(LinkMode::Overlay) {
-        return mount_overlay(opts, store, plans, trees, config_bytes, timings, summaries).await;
-    }
-
-    // Assemble into a private staging dir, then one rename publishes the rootfs.
-    let t = Instant::now();
+/// Assembles into a private staging dir, then one rename publishes the rootfs.
+async fn assemble_rootfs(ctx: &PullCtx<'_>, trees: Vec<PathBuf>) -> Result<(), PullError> {
+    let opts = ctx.opts;
     opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
     let staging = opts.bundle.join(format!(".rootfs-{}", store::random_suffix()));
     let mut guard = RemoveOnDrop(Some(staging.clone()));
     std::fs::create_dir(&staging).map_err(|source| PullError::Bundle { path: staging.clone(), source })?;
     let st2 = staging.clone();
+    let link = ctx.link;
     tokio::task::spawn_blocking(move || match link {
         Some(mode) => assemble::assemble(&trees, &st2, mode),
         None => assemble::assemble_by_moving(&trees, &st2),
     })
     .await??;
-    write_atomic(&opts.bundle.join("image.json"), config_bytes)?;
+    write_atomic(&opts.bundle.join("image.json"), ctx.config_bytes)?;
     let rootfs = opts.bundle.join("rootfs");
     std::fs::rename(&staging, &rootfs).map_err(|source| PullError::Bundle { path: rootfs, source })?;
     guard.0 = None;
-    timings.assemble_ms = t.elapsed().as_millis();
-    Ok(summaries)
+    Ok(())
 }
 
 /// `--store-link overlay`: an overlay view per store entry (built once, under
 /// the entry's lock), then one mount at `BUNDLE/rootfs`.
-async fn mount_overlay(
-    opts: &PullOptions,
-    store: &Store,
-    plans: &[LayerPlan],
-    trees: Vec<PathBuf>,
-    config_bytes: &[u8],
-    timings: &mut Timings,
-    summaries: Vec<LayerSummary>,
-) -> Result<Vec<LayerSummary>, PullError> {
-    let t = Instant::now();
+async fn mount_overlay(ctx: &PullCtx<'_>, plans: &[LayerPlan], trees: Vec<PathBuf>) -> Result<(), PullError> {
+    let opts = ctx.opts;
     opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
     let diff_ids: Vec<String> = plans.iter().map(|p| p.diff_id.to_string()).collect();
-    let st = store.clone();
+    let st = ctx.store.clone();
     let views = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, PullError> {
         let mut views = Vec::new();
         for (tree, diff_id) in trees.iter().zip(&diff_ids) {
@@ -528,11 +567,22 @@ async fn mount_overlay(
         Ok(views)
     })
     .await??;
-    write_atomic(&opts.bundle.join("image.json"), config_bytes)?;
+    write_atomic(&opts.bundle.join("image.json"), ctx.config_bytes)?;
     let bundle = opts.bundle.clone();
     tokio::task::spawn_blocking(move || overlay::mount(&views, &bundle)).await??;
-    timings.assemble_ms = t.elapsed().as_millis();
-    Ok(summaries)
+    Ok(())
+}
+
+/// A progress event of layer `p` with `bytes` done of its blob size.
+fn layer_event(ctx: &PullCtx<'_>, p: &LayerPlan, phase: &'static str, bytes: u64) {
+    let digest = p.digest.to_string();
+    ctx.opts.progress.event(&Event {
+        layer: Some(p.index),
+        digest: Some(&digest),
+        phase,
+        bytes,
+        total: p.size,
+    });
 }
 
 async fn unwrap_layer_key(
@@ -546,16 +596,9 @@ async fn unwrap_layer_key(
     })
 }
 
-async fn fetch_layer(
-    opts: &PullOptions,
-    source: &ImageSource,
-    store: &Store,
-    p: &LayerPlan,
-    key: Option<(PrivateOptions, PublicOptions)>,
-    unwrappers: &[Arc<dyn KeyUnwrapper>],
-    cancel: &AtomicBool,
-) -> Result<(PathBuf, LayerSummary), PullError> {
-    let digest_s = p.digest.to_string();
+/// One layer: from the store if it is there (waiting for a concurrent pull of
+/// it), else fetched, verified, unpacked and committed to the store.
+async fn fetch_layer(ctx: &PullCtx<'_>, p: &LayerPlan, key: Option<LayerKey>) -> LayerResult {
     let diff_id_s = p.diff_id.to_string();
     let summary = |cached| LayerSummary {
         digest: p.digest.clone(),
@@ -565,30 +608,40 @@ async fn fetch_layer(
         encrypted: p.encrypted(),
         cached,
     };
-    if cancel.load(Ordering::SeqCst) {
+    if ctx.cancel.load(Ordering::SeqCst) {
         return Err(PullError::Cancelled);
     }
     // The lock makes a concurrent pull of the same layer wait, then hit the store.
-    let st = store.clone();
+    let st = ctx.store.clone();
     let diff_id = diff_id_s.clone();
     let _lock = tokio::task::spawn_blocking(move || st.lock(&diff_id)).await??;
-    if let Some(tree) = store.lookup(&diff_id_s)? {
-        opts.progress.event(&Event {
-            layer: Some(p.index),
-            digest: Some(&digest_s),
-            phase: "cached",
-            bytes: p.size,
-            total: p.size,
-        });
+    if let Some(tree) = ctx.store.lookup(&diff_id_s)? {
+        layer_event(ctx, p, "cached", p.size);
         return Ok((tree, summary(true)));
     }
     let key = match (p.encrypted(), key) {
         (false, _) => None,
         (true, Some(k)) => Some(k),
-        (true, None) => Some(unwrap_layer_key(unwrappers, p).await?),
+        (true, None) => Some(unwrap_layer_key(&ctx.unwrappers, p).await?),
     };
-    let layer_err = |source| PullError::Layer { index: p.index, digest: p.digest.clone(), source };
-    let mut blob = source.blob(&p.digest, p.size).await?;
+    let (reader, decrypt) = open_layer(ctx, p, key).await?;
+    let tree = decode_into_store(ctx, p, reader, decrypt).await?;
+    layer_event(ctx, p, "verified", p.size);
+    Ok((tree, summary(false)))
+}
+
+fn layer_err(p: &LayerPlan) -> impl FnOnce(DecodeError) -> PullError + '_ {
+    |source| PullError::Layer { index: p.index, digest: p.digest.clone(), source }
+}
+
+/// The layer's blob stream and, for an encrypted layer, its decryptor. The key
+/// is dropped (zeroized) once the decryptor holds what it needs.
+async fn open_layer(
+    ctx: &PullCtx<'_>,
+    p: &LayerPlan,
+    key: Option<LayerKey>,
+) -> Result<(Box<dyn AsyncRead + Unpin + Send>, Option<ocicrypt::LayerDecryptor>), PullError> {
+    let mut blob = ctx.source.blob(&p.digest, p.size).await?;
     // An encrypted layer is decrypted on the decode thread, where its blob
     // digest and HMAC are hashed in one pass with the diff_id; the blob reader
     // then only caps the size. A plain layer's reader checks the digest itself.
@@ -602,19 +655,29 @@ async fn fetch_layer(
                 None => ocicrypt::LayerDecryptor::new(priv_opts, pub_opts),
             };
             Some(dec.map_err(|e| {
-                layer_err(DecodeError::Source(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+                layer_err(p)(DecodeError::Source(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
             })?)
         }
     };
     drop(key);
-    let reader: Box<dyn AsyncRead + Unpin + Send> = Box::new(blob);
-    let staging = store.begin(&diff_id_s)?;
-    let mut xopts = opts.extract.clone();
+    Ok((Box::new(blob), decrypt))
+}
+
+/// Decodes the layer into a staging entry of the store and commits it, which
+/// happens only when every digest, the HMAC and the diff_id have matched.
+async fn decode_into_store(
+    ctx: &PullCtx<'_>,
+    p: &LayerPlan,
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+    decrypt: Option<ocicrypt::LayerDecryptor>,
+) -> Result<PathBuf, PullError> {
+    let diff_id_s = p.diff_id.to_string();
+    let digest_s = p.digest.to_string();
+    let staging = ctx.store.begin(&diff_id_s)?;
+    let mut xopts = ctx.opts.extract.clone();
     xopts.whiteouts = WhiteoutMode::Keep;
-    let progress = opts.progress.clone();
-    let total = p.size;
-    let idx = p.index;
-    let d2 = digest_s.clone();
+    let progress = ctx.opts.progress.clone();
+    let (idx, total, d2) = (p.index, p.size, digest_s.clone());
     let on_bytes = move |n: u64| {
         progress.event(&Event { layer: Some(idx), digest: Some(&d2), phase: "fetch", bytes: n, total })
     };
@@ -626,31 +689,23 @@ async fn fetch_layer(
         &staging.tree(),
         &xopts,
         &on_bytes,
-        cancel,
+        &ctx.cancel,
     )
     .await
     .map_err(|e| match e {
         DecodeError::Cancelled => PullError::Cancelled,
-        other => layer_err(other),
+        other => layer_err(p)(other),
     })?;
     for w in &decoded.stats.warnings {
         tracing::warn!(layer = p.index, "{w}");
     }
     let completion = Completion {
-        diff_id: diff_id_s.clone(),
-        blob_digest: digest_s.clone(),
+        diff_id: diff_id_s,
+        blob_digest: digest_s,
         entries: decoded.stats.entries,
         bytes: decoded.stats.bytes,
     };
-    let tree = store.commit(staging, &completion)?;
-    opts.progress.event(&Event {
-        layer: Some(p.index),
-        digest: Some(&digest_s),
-        phase: "verified",
-        bytes: p.size,
-        total: p.size,
-    });
-    Ok((tree, summary(false)))
+    Ok(ctx.store.commit(staging, &completion)?)
 }
 
 struct RemoveOnDrop(Option<PathBuf>);
