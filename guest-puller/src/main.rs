@@ -38,7 +38,7 @@ struct Cli {
     kbs: Option<String>,
     /// Attester for the KBS: auto | snp | tdx | sample (sample only when named).
     #[arg(long, value_name = "KIND")]
-    attester: Option<Attester>,
+    attester: Option<kbs_client::AttesterKind>,
     /// Deadline of each KBS exchange (attestation, each key), retries with
     /// backoff included; an unreachable KBS fails the pull after this long.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
@@ -108,26 +108,6 @@ struct Cli {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     json: bool,
-}
-
-/// `--attester`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Attester {
-    Auto,
-    Snp,
-    Tdx,
-    Sample,
-}
-
-impl From<Attester> for kbs_client::AttesterKind {
-    fn from(a: Attester) -> Self {
-        match a {
-            Attester::Auto => Self::Auto,
-            Attester::Snp => Self::Snp,
-            Attester::Tdx => Self::Tdx,
-            Attester::Sample => Self::Sample,
-        }
-    }
 }
 
 /// `--store-link`.
@@ -211,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key_files: cli.keys.clone(),
             keyprovider_config: cli.keyprovider_config.clone(),
             kbs_url: cli.kbs.clone(),
-            attester: cli.attester.map(Into::into),
+            attester: cli.attester,
             kbs_timeout: Some(cli.kbs_timeout),
         })?;
         let signature_check = match &cli.signature_policy {

@@ -7,9 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyprovider::kek::{KbsKekUnwrapper, KeyPathRule, DEFAULT_KEK_TTL, PROVIDER_NAME};
+use clap::{Args, Parser, Subcommand};
+use kbs_client::AttesterKind;
+use keyprovider::kek::{KeyPathRule, DEFAULT_KEK_TTL, PROVIDER_NAME};
 use keyprovider::server::{self, KeyProviderCore, Limits, ListenAddr, Listener};
+use keyprovider::session::{
+    AttesterFailure, GuestSession, KbsConfig, SessionConfig, SessionError, UnwrapperOrder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser)]
@@ -52,8 +56,8 @@ struct Common {
     #[arg(long, env = "CLOAK_KBS_URL")]
     kbs_url: Option<String>,
     /// auto | snp | tdx | sample (sample: development only).
-    #[arg(long, value_enum, default_value_t = Attester::Auto)]
-    attester: Attester,
+    #[arg(long, value_enum, default_value_t = AttesterKind::Auto)]
+    attester: AttesterKind,
     /// Ed25519 PKCS#8 PEM admin key, to register generated KEKs in the KBS.
     #[arg(long)]
     kbs_admin_key: Option<PathBuf>,
@@ -81,30 +85,6 @@ struct Common {
     no_keypath: bool,
 }
 
-/// `--attester`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Attester {
-    Auto,
-    Snp,
-    Tdx,
-    Sample,
-}
-
-impl Attester {
-    fn kind(self) -> kbs_client::AttesterKind {
-        match self {
-            Attester::Auto => kbs_client::AttesterKind::Auto,
-            Attester::Snp => kbs_client::AttesterKind::Snp,
-            Attester::Tdx => kbs_client::AttesterKind::Tdx,
-            Attester::Sample => kbs_client::AttesterKind::Sample,
-        }
-    }
-
-    fn name(self) -> String {
-        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
-    }
-}
-
 fn keypath_rule(c: &Common) -> anyhow::Result<KeyPathRule> {
     Ok(match (&c.keypath_dir, c.no_keypath) {
         (_, true) => KeyPathRule::Refused,
@@ -129,51 +109,50 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
         (Some(_), None) => anyhow::bail!("--kbs-admin-key needs --kbs-url"),
         _ => None,
     };
-    let unwrapper = match &c.kbs_url {
-        Some(url) => {
-            let kind = c.attester.kind();
-            let allow_sample = matches!(kind, kbs_client::AttesterKind::Sample);
-            let opts = kbs_client::AttesterOptions { allow_sample, ..Default::default() };
-            // A build machine wraps without a TEE: an attester that cannot start only
-            // disables unwrapping, and unwrap requests say why.
-            match kbs_client::make_attester(kind, &opts) {
-                Ok(attester) => {
-                    let cfg = kbs_client::ClientConfig {
-                        deadline: Duration::from_secs(c.kbs_deadline),
-                        ..Default::default()
-                    };
-                    let client = kbs_client::KbsClient::new(url, attester, cfg)?;
-                    Ok(Arc::new(
-                        KbsKekUnwrapper::new(client)
-                            .with_ttl(Duration::from_secs(c.kek_ttl))
-                            .with_provider_name(&c.name),
-                    ))
-                }
-                Err(e) => Err(format!("attester {:?} unavailable: {e}", c.attester.name())),
-            }
+    let session = GuestSession::build(&SessionConfig {
+        kbs: c.kbs_url.as_ref().map(|url| KbsConfig {
+            attester: c.attester,
+            deadline: Duration::from_secs(c.kbs_deadline),
+            ..KbsConfig::new(url.clone())
+        }),
+        key_files: c.keys.clone(),
+        order: UnwrapperOrder::KbsFirst,
+        // A build machine wraps without a TEE: an attester that cannot start only
+        // disables unwrapping, and unwrap requests say why.
+        attester_failure: AttesterFailure::DisablesKbs,
+        kek_ttl: Duration::from_secs(c.kek_ttl),
+        kek_provider: c.name.clone(),
+        ..Default::default()
+    })
+    .map_err(flag_error)?;
+    let mut core = match (session.kek_unwrapper(), session.attester_unavailable()) {
+        (Some(u), _) => KeyProviderCore::new(admin, Some(u)),
+        (None, Some(e)) => KeyProviderCore::new(admin, None)
+            .with_unwrap_disabled_reason(&format!("attester {:?} unavailable: {e}", c.attester.name())),
+        (None, None) => {
+            KeyProviderCore::new(admin, None).with_unwrap_disabled_reason("no --kbs-url: cannot fetch KEKs")
         }
-        None => Err("no --kbs-url: cannot fetch KEKs".to_owned()),
-    };
-    let mut core = match unwrapper {
-        Ok(u) => KeyProviderCore::new(admin, Some(u)),
-        Err(why) => KeyProviderCore::new(admin, None).with_unwrap_disabled_reason(&why),
     }
     .with_name(&c.name)
     .with_keypath_rule(keypath_rule(c)?);
-    if !c.keys.is_empty() {
-        let mut keys = Vec::new();
-        for p in &c.keys {
-            let bytes = zeroize::Zeroizing::new(
-                std::fs::read(p).with_context(|| format!("reading --key {}", p.display()))?,
-            );
-            keys.push(
-                ocicrypt::jwe::load_private_key(&bytes)
-                    .with_context(|| format!("loading --key {}", p.display()))?,
-            );
-        }
-        core = core.with_local_unwrapper(Arc::new(ocicrypt::jwe::JweUnwrapper::new(keys)));
+    if let Some(local) = session.local_unwrapper() {
+        core = core.with_local_unwrapper(local);
     }
     Ok(Arc::new(core))
+}
+
+/// A session error in this binary's words (its flags are `--key`, `--kbs-url`).
+fn flag_error(e: SessionError) -> anyhow::Error {
+    match e {
+        SessionError::ReadKey { path, source } => {
+            anyhow::Error::new(source).context(format!("reading --key {}", path.display()))
+        }
+        SessionError::BadKey { path, source } => {
+            anyhow::Error::new(source).context(format!("loading --key {}", path.display()))
+        }
+        SessionError::Kbs(e) => e.into(),
+        e => e.into(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use kbs_client::{AdminClient, KbsError};
+use kbs_client::{AdminClient, KbsErrorKind};
 use ocicrypt::keywrap::{KeyUnwrapper, WrapError};
 use tokio::sync::Semaphore;
 use tonic::{Code, Request as GrpcRequest, Response, Status};
@@ -90,12 +90,12 @@ pub fn status_code(e: &ServiceError) -> Code {
             | KekError::NoReadBack { .. }
             | KekError::NotAKek { .. } => Code::FailedPrecondition,
             KekError::Contended(_) => Code::Aborted,
-            KekError::Kbs(kbs) => match kbs {
-                KbsError::Unavailable { .. } => Code::Unavailable,
-                KbsError::Rejected { status: 404, .. } => Code::NotFound,
-                KbsError::Rejected { .. } => Code::PermissionDenied,
-                KbsError::InvalidUri(_) => Code::InvalidArgument,
-                KbsError::Attester(_) => Code::FailedPrecondition,
+            KekError::Kbs(kbs) => match kbs.kind() {
+                KbsErrorKind::Unavailable => Code::Unavailable,
+                KbsErrorKind::NotFound => Code::NotFound,
+                KbsErrorKind::Denied => Code::PermissionDenied,
+                KbsErrorKind::InvalidUri => Code::InvalidArgument,
+                KbsErrorKind::Attester => Code::FailedPrecondition,
                 _ => Code::Internal,
             },
         },

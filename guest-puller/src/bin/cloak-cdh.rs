@@ -20,6 +20,7 @@ use clap::Parser;
 use guest_puller::cdh::config::{signature_policy_location, socket_path, CdhToml, DEFAULT_SOCKET};
 use guest_puller::cdh::hub::{store_location, Hub, HubOptions};
 use guest_puller::policy::PullPolicy;
+use keyprovider::session::KbsConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -178,11 +179,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(note) = note {
         tracing::warn!("{note}");
     }
+    let kbs = match cli.kbs.clone().or(toml.kbs_url.clone()) {
+        Some(url) => Some(KbsConfig {
+            url,
+            cert_pem: toml.kbs_cert.clone(),
+            // Parsed only when a KBS is configured (a daemon without one never uses it).
+            attester: cli.attester.parse().map_err(|e| anyhow::anyhow!("setting up: --attester: {e}"))?,
+            deadline: cli.kbs_timeout,
+        }),
+        None => None,
+    };
     let opts = HubOptions {
-        kbs_url: cli.kbs.clone().or(toml.kbs_url.clone()),
-        kbs_cert: toml.kbs_cert.clone(),
-        attester: cli.attester.clone(),
-        kbs_timeout: cli.kbs_timeout,
+        kbs,
         store,
         bundle_root: cli.bundle_root.clone(),
         insecure_registries: insecure,
@@ -211,7 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         signature_policy,
         registries_d: cli.registries_d.clone(),
     };
-    if opts.kbs_url.is_none() {
+    if opts.kbs.is_none() {
         tracing::warn!("no KBS configured: encrypted images, resources and secrets will be refused");
     }
     match &opts.signature_policy {
@@ -230,7 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let hub = Arc::new(Hub::new(opts)?);
         hub.preflight().await.context("checking the signature policy at start")?;
         let mut server = guest_puller::cdh::server::start(hub.clone(), &socket).await?;
-        tracing::info!(socket = %socket.display(), kbs = ?hub.options().kbs_url, store = %hub.options().store.display(), "cloak-cdh serving");
+        tracing::info!(socket = %socket.display(), kbs = ?hub.options().kbs.as_ref().map(|k| &k.url), store = %hub.options().store.display(), "cloak-cdh serving");
         let rest = match cli.rest {
             Some(addr) => {
                 let listener =

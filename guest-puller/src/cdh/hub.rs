@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kbs_client::{KbsClient, KbsError, ResourceUri};
+use kbs_client::{KbsClient, KbsError, KbsErrorKind, ResourceUri};
 use keyprovider::protocol::Op;
 use keyprovider::server::{KeyProviderCore, ServiceError};
-use keyprovider::{KbsJweKeyUnwrapper, KbsKekUnwrapper};
+use keyprovider::session::{
+    GuestSession, KbsConfig, KeyProviderSource, SessionConfig, SessionError, UnwrapperOrder,
+};
 use ocicrypt::KeyUnwrapper;
 use zeroize::Zeroizing;
 
@@ -33,15 +35,10 @@ const MAX_CACHED: usize = 256;
 /// How the hub is set up (flags and `cdh.toml`, merged by the binary).
 #[derive(Debug, Clone)]
 pub struct HubOptions {
-    /// KBS URL; without one, pulls of plain images still work and everything
-    /// that needs the KBS answers a clear error.
-    pub kbs_url: Option<String>,
-    /// Extra root certificate (PEM) for an https KBS.
-    pub kbs_cert: Option<String>,
-    /// `auto` | `snp` | `tdx` | `sample`.
-    pub attester: String,
-    /// Deadline of one KBS exchange, retries included.
-    pub kbs_timeout: Duration,
+    /// The KBS (URL, extra root certificate, attester, deadline of one exchange);
+    /// without one, pulls of plain images still work and everything that needs the
+    /// KBS answers a clear error.
+    pub kbs: Option<KbsConfig>,
     /// The layer store (verified layers by diff_id).
     pub store: PathBuf,
     /// Bundles must be inside this directory.
@@ -117,10 +114,7 @@ pub fn store_location(
 impl Default for HubOptions {
     fn default() -> Self {
         Self {
-            kbs_url: None,
-            kbs_cert: None,
-            attester: "auto".into(),
-            kbs_timeout: Duration::from_secs(30),
+            kbs: None,
             store: PathBuf::from(DEFAULT_STORE),
             bundle_root: PathBuf::from(bundle::DEFAULT_BUNDLE_ROOT),
             insecure_registries: Vec::new(),
@@ -174,73 +168,131 @@ pub enum HubError {
     UnsupportedMount(String),
     #[error("cloak-cdh is shutting down; not starting new work")]
     ShuttingDown,
+    /// The hub could not be built. The message already carries the cause's text,
+    /// so the cause is a typed field, not `source()` (one printing of it).
     #[error("setting up: {0}")]
-    Setup(String),
+    Setup(SetupError),
+}
+
+/// Why the hub could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The guest session (KBS client, attester, keyproviders).
+    #[error("{}", session_message(.0))]
+    Session(#[source] SessionError),
+    /// The layer store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(
+        "the signature policy {policy} is a KBS resource, but no KBS is configured \
+         (--kbs URL or [kbc] url in cdh.toml)"
+    )]
+    KbsPolicyWithoutKbs { policy: String },
+}
+
+/// The daemon names a provider that cannot be set up by its name.
+fn session_message(e: &SessionError) -> String {
+    match e {
+        SessionError::KeyProvider { name, source } => format!("keyprovider {name}: {source}"),
+        e => e.to_string(),
+    }
+}
+
+/// What a failed call means, whatever the transport: [`HubError::kind`] is the one
+/// mapping from errors (and the KBS's answers) to outcomes; the ttRPC code
+/// ([`HubError::code`]) and the REST endpoint's HTTP status are tables over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request itself is malformed.
+    InvalidArgument,
+    /// The daemon is not set up for this (no KBS, an unusable policy or key).
+    FailedPrecondition,
+    /// The KBS failed or answered no, as its client classifies it.
+    Kbs(KbsErrorKind),
+    /// Something asked for does not exist.
+    NotFound,
+    /// Refused by a policy or a signature check.
+    Denied,
+    /// Try again later: shutting down, or a peer could not be reached.
+    Unavailable,
+    /// cloak-cdh does not implement this.
+    Unimplemented,
+    /// Anything else.
+    Internal,
 }
 
 impl HubError {
+    /// What this error means to the caller (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            HubError::Request(_) | HubError::ResourcePath { .. } => ErrorKind::InvalidArgument,
+            HubError::NoKbs | HubError::Setup(_) => ErrorKind::FailedPrecondition,
+            HubError::Kbs(k) => ErrorKind::Kbs(k.kind()),
+            HubError::SignaturePolicy { source } => match source {
+                SignatureError::Kbs { cause, .. } => resource_kind(cause),
+                _ => ErrorKind::FailedPrecondition,
+            },
+            HubError::Pull(PullError::Signature(SignatureError::Refused(r))) => refusal_kind(r),
+            HubError::Pull(_) | HubError::Spec(_) | HubError::Bundle { .. } => ErrorKind::Internal,
+            HubError::Sealed(SealedError::BadSignature { .. } | SealedError::UnsignedRefused) => {
+                ErrorKind::Denied
+            }
+            HubError::Sealed(SealedError::UnsupportedType(_) | SealedError::UnsupportedProvider(_)) => {
+                ErrorKind::Unimplemented
+            }
+            HubError::Sealed(_) => ErrorKind::InvalidArgument,
+            HubError::KeyProvider(e) => match keyprovider::server::status_code(e) {
+                tonic::Code::InvalidArgument => ErrorKind::InvalidArgument,
+                tonic::Code::NotFound => ErrorKind::NotFound,
+                tonic::Code::PermissionDenied => ErrorKind::Denied,
+                tonic::Code::Unavailable => ErrorKind::Unavailable,
+                tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+                _ => ErrorKind::Internal,
+            },
+            HubError::UnsupportedMount(_) => ErrorKind::Unimplemented,
+            HubError::ShuttingDown => ErrorKind::Unavailable,
+        }
+    }
+
     /// The ttRPC status code for this error.
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
-        match self {
-            HubError::Request(_) | HubError::ResourcePath { .. } => Code::INVALID_ARGUMENT,
-            HubError::NoKbs | HubError::Setup(_) => Code::FAILED_PRECONDITION,
-            HubError::Kbs(k) => kbs_code(k),
-            HubError::SignaturePolicy { source } => match source {
-                SignatureError::Kbs { cause, .. } => resource_code(cause),
-                _ => Code::FAILED_PRECONDITION,
-            },
-            HubError::Pull(PullError::Signature(SignatureError::Refused(r))) => refusal_code(r),
-            HubError::Pull(_) | HubError::Spec(_) | HubError::Bundle { .. } => Code::INTERNAL,
-            HubError::Sealed(SealedError::BadSignature { .. } | SealedError::UnsignedRefused) => {
-                Code::PERMISSION_DENIED
-            }
-            HubError::Sealed(SealedError::UnsupportedType(_) | SealedError::UnsupportedProvider(_)) => {
-                Code::UNIMPLEMENTED
-            }
-            HubError::Sealed(_) => Code::INVALID_ARGUMENT,
-            HubError::KeyProvider(e) => match keyprovider::server::status_code(e) {
-                tonic::Code::InvalidArgument => Code::INVALID_ARGUMENT,
-                tonic::Code::NotFound => Code::NOT_FOUND,
-                tonic::Code::PermissionDenied => Code::PERMISSION_DENIED,
-                tonic::Code::Unavailable => Code::UNAVAILABLE,
-                tonic::Code::FailedPrecondition => Code::FAILED_PRECONDITION,
+        match self.kind() {
+            ErrorKind::InvalidArgument => Code::INVALID_ARGUMENT,
+            ErrorKind::FailedPrecondition => Code::FAILED_PRECONDITION,
+            ErrorKind::Kbs(k) => match k {
+                KbsErrorKind::Unavailable => Code::UNAVAILABLE,
+                KbsErrorKind::NotFound => Code::NOT_FOUND,
+                KbsErrorKind::Denied => Code::PERMISSION_DENIED,
+                KbsErrorKind::InvalidUri => Code::INVALID_ARGUMENT,
                 _ => Code::INTERNAL,
             },
-            HubError::UnsupportedMount(_) => Code::UNIMPLEMENTED,
-            HubError::ShuttingDown => Code::UNAVAILABLE,
+            ErrorKind::NotFound => Code::NOT_FOUND,
+            ErrorKind::Denied => Code::PERMISSION_DENIED,
+            ErrorKind::Unavailable => Code::UNAVAILABLE,
+            ErrorKind::Unimplemented => Code::UNIMPLEMENTED,
+            ErrorKind::Internal => Code::INTERNAL,
         }
     }
 }
 
-/// A policy's verdict is PERMISSION_DENIED; a refusal only because a key or the
-/// signatures could not be fetched (KBS or registry down) may pass on a retry.
-fn refusal_code(r: &Refusal) -> ttrpc::Code {
-    use ttrpc::Code;
+/// A policy's verdict is a denial; a refusal only because a key or the signatures
+/// could not be fetched (KBS or registry down) may pass on a retry.
+fn refusal_kind(r: &Refusal) -> ErrorKind {
     match &*r.reason {
-        RefusalReason::Key(k) => k.cause.as_ref().map_or(Code::FAILED_PRECONDITION, resource_code),
-        RefusalReason::BadKey(_) => Code::FAILED_PRECONDITION,
-        RefusalReason::Fetch(_) => Code::UNAVAILABLE,
-        _ => Code::PERMISSION_DENIED,
+        RefusalReason::Key(k) => k.cause.as_ref().map_or(ErrorKind::FailedPrecondition, resource_kind),
+        RefusalReason::BadKey(_) => ErrorKind::FailedPrecondition,
+        RefusalReason::Fetch(_) => ErrorKind::Unavailable,
+        _ => ErrorKind::Denied,
     }
 }
 
-/// A `kbs:///` policy or key that could not be fetched: as the KBS answered (absent
-/// NOT_FOUND, refused PERMISSION_DENIED, unreachable UNAVAILABLE); UNAVAILABLE when the
-/// cause is not the KBS client's.
-fn resource_code(cause: &imgsig::ResourceError) -> ttrpc::Code {
-    cause.downcast_ref::<KbsError>().map_or(ttrpc::Code::UNAVAILABLE, kbs_code)
-}
-
-fn kbs_code(k: &KbsError) -> ttrpc::Code {
-    use ttrpc::Code;
-    match k {
-        KbsError::Unavailable { .. } => Code::UNAVAILABLE,
-        KbsError::Rejected { status: 404, .. } => Code::NOT_FOUND,
-        KbsError::Rejected { .. } => Code::PERMISSION_DENIED,
-        KbsError::InvalidUri(_) => Code::INVALID_ARGUMENT,
-        _ => Code::INTERNAL,
-    }
+/// A `kbs:///` policy or key that could not be fetched: as the KBS answered (absent,
+/// refused, unreachable); unavailable when the cause is not the KBS client's.
+fn resource_kind(cause: &imgsig::ResourceError) -> ErrorKind {
+    cause.downcast_ref::<KbsError>().map_or(ErrorKind::Unavailable, |k| ErrorKind::Kbs(k.kind()))
 }
 
 struct Cached {
@@ -276,70 +328,41 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("kbs", &self.opts.kbs_url).finish_non_exhaustive()
+        f.debug_struct("Hub").field("kbs", &self.opts.kbs.as_ref().map(|k| &k.url)).finish_non_exhaustive()
     }
 }
 
 impl Hub {
     /// Builds the hub: the KBS client (no network yet), the key unwrappers, the store.
     pub fn new(opts: HubOptions) -> Result<Self, HubError> {
-        let setup = |s: String| HubError::Setup(s);
-        let mut unwrappers: Vec<Arc<dyn KeyUnwrapper>> = Vec::new();
-        let mut kbs = None;
-        let mut kek_unwrapper = None;
-        if let Some(url) = &opts.kbs_url {
-            let kind: kbs_client::AttesterKind = opts
-                .attester
-                .parse()
-                .map_err(|e: kbs_client::AttesterError| setup(format!("--attester: {e}")))?;
-            let aopts = kbs_client::AttesterOptions {
-                allow_sample: kind == kbs_client::AttesterKind::Sample,
-                ..Default::default()
-            };
-            let attester =
-                kbs_client::make_attester(kind, &aopts).map_err(|e| setup(format!("attester: {e}")))?;
-            let cfg = kbs_client::ClientConfig { deadline: opts.kbs_timeout, ..Default::default() };
-            let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-            if let Some(pem) = &opts.kbs_cert {
-                let cert = reqwest::Certificate::from_pem(pem.as_bytes())
-                    .map_err(|e| setup(format!("kbs_cert: {e}")))?;
-                http = http.add_root_certificate(cert);
-            }
-            let http = http.build().map_err(|e| setup(format!("HTTP client: {e}")))?;
-            let client = KbsClient::with_http_client(url, attester, cfg, http)
-                .map_err(|e| setup(format!("KBS client: {e}")))?;
-            let kek = Arc::new(KbsKekUnwrapper::new(client.clone()));
-            unwrappers.push(kek.clone());
-            unwrappers.push(Arc::new(KbsJweKeyUnwrapper::new(client.clone())));
-            kek_unwrapper = Some(kek);
-            kbs = Some(client);
-        }
-        if let Some(path) = &opts.keyprovider_config {
-            let cfg = keyprovider::KeyProviderConfig::from_path(path)
-                .map_err(|e| setup(format!("keyprovider config: {e}")))?;
-            for name in cfg.key_providers.keys() {
-                let client = cfg.client(name).map_err(|e| setup(format!("keyprovider {name}: {e}")))?;
-                unwrappers.push(Arc::new(keyprovider::ProviderUnwrapper::new(client, Vec::new())));
-            }
-        }
+        let session = GuestSession::build(&SessionConfig {
+            kbs: opts.kbs.clone(),
+            // Never from the environment: kata's OCICRYPT_KEYPROVIDER_CONFIG points
+            // back at this daemon, and so the KBS is tried before any keyprovider.
+            keyproviders: opts
+                .keyprovider_config
+                .clone()
+                .map_or(KeyProviderSource::None, KeyProviderSource::File),
+            order: UnwrapperOrder::KbsFirst,
+            ..Default::default()
+        })
+        .map_err(|e| HubError::Setup(SetupError::Session(e)))?;
         if let Some(p) = &opts.signature_policy {
-            if p.starts_with("kbs:///") && kbs.is_none() {
-                return Err(setup(format!(
-                    "the signature policy {p} is a KBS resource, but no KBS is configured \
-                     (--kbs URL or [kbc] url in cdh.toml)"
-                )));
+            if p.starts_with("kbs:///") && session.kbs().is_none() {
+                return Err(HubError::Setup(SetupError::KbsPolicyWithoutKbs { policy: p.clone() }));
             }
         }
         // Callers of the daemon's socket never make it read guest files (keypath=).
-        let keyprovider = KeyProviderCore::new(None, kek_unwrapper)
+        let keyprovider = KeyProviderCore::new(None, session.kek_unwrapper())
             .with_unwrap_disabled_reason("no KBS is configured (--kbs URL or [kbc] url in cdh.toml)")
             .with_keypath_rule(keyprovider::KeyPathRule::Refused);
-        let store = crate::store::Store::open(&opts.store).map_err(|e| setup(e.to_string()))?;
+        let store =
+            crate::store::Store::open(&opts.store).map_err(|e| HubError::Setup(SetupError::Store(e)))?;
         store.clean_staging();
         Ok(Self {
             opts,
-            kbs,
-            unwrappers,
+            kbs: session.kbs().cloned(),
+            unwrappers: session.unwrappers().to_vec(),
             keyprovider,
             cache: Mutex::new(HashMap::new()),
             inflight: InFlight::default(),

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::hub::{Hub, HubError};
+use kbs_client::KbsErrorKind;
+
+use super::hub::{ErrorKind, Hub};
 
 /// Starts serving on `listener`; runs until the task is dropped.
 pub async fn serve(hub: Arc<Hub>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
@@ -37,20 +39,23 @@ async fn resource(
     match hub.get_resource(&uri).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes.to_vec()).into_response(),
         Err(e) => {
-            let status = match &e {
-                HubError::ResourcePath { .. } | HubError::Request(_) => StatusCode::BAD_REQUEST,
-                HubError::NoKbs => StatusCode::SERVICE_UNAVAILABLE,
-                HubError::Kbs(k) => match k {
-                    kbs_client::KbsError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
-                    kbs_client::KbsError::Rejected { status: 404, .. } => StatusCode::NOT_FOUND,
-                    kbs_client::KbsError::Rejected { .. } => StatusCode::FORBIDDEN,
-                    _ => StatusCode::BAD_GATEWAY,
-                },
-                HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
+            let status = http_status(e.kind());
             tracing::warn!(resource = %uri, error = %e, "REST: resource request failed");
             (status, format!("{e}\n")).into_response()
         }
+    }
+}
+
+/// The HTTP status for a failed call: a table over the hub's [`ErrorKind`] (the KBS
+/// failing or unreachable is the gateway's fault, 502).
+fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::FailedPrecondition | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Kbs(KbsErrorKind::NotFound) | ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Kbs(KbsErrorKind::Denied) | ErrorKind::Denied => StatusCode::FORBIDDEN,
+        ErrorKind::Kbs(_) => StatusCode::BAD_GATEWAY,
+        ErrorKind::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -296,12 +296,13 @@ impl KbsClient {
             .await?;
             let status = answer.status;
             if status == StatusCode::OK {
-                let resp = protocol::parse_response(&answer.body).map_err(|e| KbsError::Protocol {
+                let proto = |source| KbsError::Protocol {
                     step: Step::Resource,
-                    reason: format!("{uri}: {e}"),
-                })?;
-                return protocol::decrypt_response(&session.key, &resp)
-                    .map_err(|e| KbsError::Protocol { step: Step::Resource, reason: format!("{uri}: {e}") });
+                    resource: Some(Box::new(uri.clone())),
+                    source,
+                };
+                let resp = protocol::parse_response(&answer.body).map_err(proto)?;
+                return protocol::decrypt_response(&session.key, &resp).map_err(proto);
             }
             let reason = server_reason(status, &answer.body);
             if status == StatusCode::UNAUTHORIZED && refused.is_none() {
@@ -343,8 +344,9 @@ impl KbsClient {
     /// One RCAR handshake: request → challenge → evidence → token.
     async fn handshake(&self, deadline: Instant, generation: u64) -> Result<Session, KbsError> {
         let inner = &self.inner;
-        let proto =
-            |step: Step| move |e: protocol::ProtocolError| KbsError::Protocol { step, reason: e.to_string() };
+        let proto = |step: Step| {
+            move |source: protocol::ProtocolError| KbsError::Protocol { step, resource: None, source }
+        };
 
         let request = protocol::build_request(inner.attester.tee(), &inner.cfg.extra_params);
         let answer = send_with_retry(&inner.http, Step::Auth, deadline, |http| {
@@ -367,10 +369,7 @@ impl KbsClient {
             TeeKeyKind::EcP256 => TeeKeyPair::generate(kind),
             TeeKeyKind::Rsa => tokio::task::spawn_blocking(move || TeeKeyPair::generate(kind))
                 .await
-                .map_err(|e| KbsError::Protocol {
-                    step: Step::Attest,
-                    reason: format!("key generation task failed: {e}"),
-                })?,
+                .map_err(|e| proto(Step::Attest)(protocol::ProtocolError::KeyTask(e.to_string())))?,
         }
         .map_err(proto(Step::Attest))?;
         let jwk = key.public_jwk().map_err(proto(Step::Attest))?;

@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+use crate::protocol::ProtocolError;
+use crate::uri::ResourceUri;
+
 /// The protocol step an error happened in, so an operator knows where to look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -47,8 +50,17 @@ pub enum KbsError {
     Rejected { step: Step, status: u16, reason: String },
     /// The KBS answered something that does not follow the protocol
     /// (bad JSON, bad JWE, a token without the expected shape, ...).
-    #[error("KBS protocol error at {step}: {reason}")]
-    Protocol { step: Step, reason: String },
+    ///
+    /// At [`Step::Resource`] `resource` names the resource asked for. The message
+    /// embeds the cause's text (as it always has); the cause is also `source()`.
+    #[error("KBS protocol error at {step}: {}{source}", resource_prefix(resource.as_deref()))]
+    Protocol {
+        step: Step,
+        /// Boxed: it would double the size of every `Result<_, KbsError>`.
+        resource: Option<Box<ResourceUri>>,
+        #[source]
+        source: ProtocolError,
+    },
     /// Evidence could not be collected.
     #[error(transparent)]
     Attester(#[from] AttesterError),
@@ -74,6 +86,41 @@ impl KbsError {
     pub fn is_rejected(&self) -> bool {
         matches!(self, KbsError::Rejected { .. })
     }
+
+    /// What the failure means to whoever asked, for choosing a status code: the one
+    /// place that reads the KBS's HTTP status numbers.
+    pub fn kind(&self) -> KbsErrorKind {
+        match self {
+            KbsError::Unavailable { .. } => KbsErrorKind::Unavailable,
+            KbsError::Rejected { status: 404, .. } => KbsErrorKind::NotFound,
+            KbsError::Rejected { .. } => KbsErrorKind::Denied,
+            KbsError::InvalidUri(_) => KbsErrorKind::InvalidUri,
+            KbsError::Attester(_) => KbsErrorKind::Attester,
+            KbsError::Protocol { .. } | KbsError::Unsupported(_) | KbsError::Config(_) => KbsErrorKind::Other,
+        }
+    }
+}
+
+/// The classes of [`KbsError`] that callers map to status codes ([`KbsError::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KbsErrorKind {
+    /// Unreachable, or 5xx until the deadline: may pass on a retry.
+    Unavailable,
+    /// The KBS has no such resource (HTTP 404).
+    NotFound,
+    /// The KBS refused: attestation, policy or token (any other 4xx).
+    Denied,
+    /// The resource URI was malformed before anything was sent.
+    InvalidUri,
+    /// This guest could not produce evidence.
+    Attester,
+    /// A protocol violation, an unsupported API or an unusable configuration.
+    Other,
+}
+
+fn resource_prefix(resource: Option<&ResourceUri>) -> String {
+    resource.map(|r| format!("{r}: ")).unwrap_or_default()
 }
 
 fn rejected_message(step: Step, status: u16, reason: &str) -> String {

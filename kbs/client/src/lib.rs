@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod attester;
+mod choice;
 pub mod client;
 pub mod error;
 pub mod protocol;
@@ -15,6 +16,6 @@ pub mod uri;
 pub use admin::{AdminClient, Created};
 pub use attester::{make_attester, Attester, AttesterKind, AttesterOptions};
 pub use client::{ClientConfig, KbsClient};
-pub use error::{AttesterError, KbsError, Step};
+pub use error::{AttesterError, KbsError, KbsErrorKind, Step};
 pub use protocol::{TeeKeyKind, TeeKeyPair, Token};
 pub use uri::ResourceUri;

@@ -40,6 +40,9 @@ pub enum ProtocolError {
     /// A local cryptographic operation failed.
     #[error("crypto error: {0}")]
     Crypto(String),
+    /// The blocking task that generates the TEE key died (panicked or was cancelled).
+    #[error("key generation task failed: {0}")]
+    KeyTask(String),
 }
 
 pub(crate) fn malformed(what: &'static str, reason: impl ToString) -> ProtocolError {

@@ -1,0 +1,68 @@
+//! The attester choice as flags and config files spell it (`auto`, `snp`, `tdx`,
+//! `sample`): one set of names for every binary, with `clap::ValueEnum` behind the
+//! `clap` feature so a flag parses straight into [`AttesterKind`] (the type that
+//! `make_attester` takes) instead of each binary keeping its own copy of the enum.
+
+use std::fmt;
+
+use crate::attester::AttesterKind;
+
+impl AttesterKind {
+    /// Every kind, in the order help texts list them.
+    pub const ALL: [AttesterKind; 4] =
+        [AttesterKind::Auto, AttesterKind::Snp, AttesterKind::Tdx, AttesterKind::Sample];
+
+    /// The name a flag or config file uses (what `FromStr` accepts).
+    pub fn name(self) -> &'static str {
+        match self {
+            AttesterKind::Auto => "auto",
+            AttesterKind::Snp => "snp",
+            AttesterKind::Tdx => "tdx",
+            AttesterKind::Sample => "sample",
+        }
+    }
+}
+
+impl fmt::Display for AttesterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `--attester KIND`: the values and help text clap shows are exactly the names
+/// above (no per-value help, so help keeps the one-line `[possible values: ...]`).
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for AttesterKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_from_str() {
+        for kind in AttesterKind::ALL {
+            assert_eq!(kind.name().parse::<AttesterKind>().unwrap(), kind);
+            assert_eq!(kind.to_string(), kind.name());
+        }
+    }
+
+    #[cfg(feature = "clap")]
+    #[test]
+    fn clap_accepts_exactly_the_names() {
+        use clap::ValueEnum;
+        for kind in AttesterKind::ALL {
+            assert_eq!(<AttesterKind as ValueEnum>::from_str(kind.name(), false).unwrap(), kind);
+        }
+        assert!(<AttesterKind as ValueEnum>::from_str("SNP", false).is_err());
+        assert!(<AttesterKind as ValueEnum>::from_str("none", false).is_err());
+    }
+}
