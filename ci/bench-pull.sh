@@ -18,6 +18,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+# shellcheck source=ci/lib.sh
+. "$REPO/ci/lib.sh"
 
 BENCH_DIR=${BENCH_DIR:-$REPO/.work/bench}
 SIZE=${BENCH_SIZE_MIB:-1024} RUNS=${BENCH_RUNS:-3} COMP=${BENCH_COMPRESS:-gzip}
@@ -49,7 +51,7 @@ if [ ! -f "$KEYS/pub.pem" ]; then
   openssl pkey -in "$KEYS/priv.pem" -pubout -out "$KEYS/pub.pem"
 fi
 
-PORT=${BENCH_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+PORT=${BENCH_PORT:-$(free_port)}
 # shellcheck source=ci/registry.sh
 source "$REPO/ci/registry.sh"
 # shellcheck disable=SC2064

@@ -17,11 +17,16 @@ if [ "$PROFILE" = debug ]; then
   nice -n 10 cargo build -q -p cloak-encryptor -p cloak-guest-puller --bins
 fi
 PULL=$REPO/target/$PROFILE/cloak-pull CLOAK=$REPO/target/$PROFILE/cloak
-WORK=$(mktemp -d); trap 'kill $REGPID 2>/dev/null || true; rm -rf "$WORK"' EXIT
-PORT=${BENCH_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$WORK/data" "$PORT" > "$WORK/reg.yml"
-docker-registry serve "$WORK/reg.yml" >"$WORK/reg.log" 2>&1 & REGPID=$!
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/v2/" >/dev/null && break; sleep 0.1; done
+# shellcheck source=ci/lib.sh
+. "$REPO/ci/lib.sh"
+# shellcheck source=ci/registry.sh
+source "$REPO/ci/registry.sh"
+WORK=$(mktemp -d)
+PORT=${BENCH_PORT:-$(free_port)}
+# Expanded now, as in bench.sh.
+# shellcheck disable=SC2064
+trap "registry_stop '$PORT' '$WORK/registry' 2>/dev/null || true; rm -rf '$WORK'" EXIT
+registry_start "$PORT" "$WORK/registry"
 skopeo copy --quiet --dest-tls-verify=false "oci:testdata/golden/three-layers/plain-oci:v1" "docker://127.0.0.1:$PORT/app:v1"
 COSIGN_PASSWORD=cloak-test "$CLOAK" sign --dest-tls-verify=false --key imgsig/testdata/cosign.key "docker://127.0.0.1:$PORT/app:v1" 2>/dev/null
 printf '{"default":[{"type":"reject"}],"transports":{"docker":{"127.0.0.1:%s/app":[{"type":"sigstoreSigned","keyPath":"%s"}]}}}\n' \
@@ -33,7 +38,6 @@ for i in $(seq "$RUNS"); do
   signed+=("$(ms "$PULL" --quiet --src-tls-verify=false --signature-policy "$WORK/policy.json" "docker://127.0.0.1:$PORT/app:v1" "$WORK/s$i")")
   [ -d "$WORK/s$i/rootfs" ] || { echo "bench: the signed pull failed" >&2; exit 1; }
 done
-. "$REPO/ci/lib.sh"
 P=$(printf '%s\n' "${plain[@]}" | median) S=$(printf '%s\n' "${signed[@]}" | median)
 echo "| pull (3 layers, local registry, $PROFILE build, $(date -u +%F)) | median of $RUNS |"
 echo "|---|---|"

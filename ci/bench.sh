@@ -22,6 +22,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+# shellcheck source=ci/lib.sh
+. "$REPO/ci/lib.sh"
 
 usage() { echo "usage: $0 encrypt|pull|kbs|keyprovider|signatures|cdh|all [ARGS...]" >&2; exit 2; }
 
@@ -77,7 +79,7 @@ bench_encrypt() {
   # Read the source once so every timed run starts from the page cache, not the disk.
   cat "$SRC"/blobs/sha256/* > /dev/null
 
-  local PORT=${BENCH_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+  local PORT=${BENCH_PORT:-$(free_port)}
   # shellcheck source=ci/registry.sh
   source "$REPO/ci/registry.sh"
   # Expanded now: the trap may run after this function's locals are gone.
