@@ -153,7 +153,7 @@ async fn unix_socket_and_independent_python_packet() {
             Ok(o) if o.status.success() => o.stdout,
             Ok(o)
                 if String::from_utf8_lossy(&o.stderr).contains("No module named")
-                    && std::env::var("CLOAK_REQUIRE_PEERS").as_deref() != Ok("1") =>
+                    && !test_support::peers_required() =>
             {
                 eprintln!("SKIP python packet: python3-cryptography missing");
                 break;

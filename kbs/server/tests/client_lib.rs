@@ -17,10 +17,7 @@ async fn independent_python_client_fetches_resource() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        assert!(
-            std::env::var("CLOAK_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "python3 with cryptography is required"
-        );
+        assert!(!test_support::peers_required(), "python3 with cryptography is required");
         eprintln!("SKIP: python3-cryptography is not installed");
         return;
     }

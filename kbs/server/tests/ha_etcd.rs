@@ -459,10 +459,7 @@ async fn replicas_share_state_and_survive_node_loss() {
             String::from_utf8_lossy(&out.stderr)
         );
     } else {
-        assert!(
-            std::env::var("CLOAK_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "python3-cryptography is required"
-        );
+        assert!(!test_support::peers_required(), "python3-cryptography is required");
         eprintln!("SKIP (python part): python3-cryptography is not installed");
     }
 
