@@ -337,7 +337,7 @@ pub fn plan(opts: &PullOptions, resolved: &ResolvedImage) -> Result<PullPlan, Pu
     opts.policy.check_layers(&facts)?;
     let mut layers = Vec::new();
     for (index, (l, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
-        store::diff_id_hex(&diff_id.to_string())?;
+        store::diff_id_hex(diff_id)?;
         let media_type_err = |source| PullError::MediaType { index, digest: l.digest.clone(), source };
         let media_type = LayerMediaType::parse(&l.media_type).map_err(media_type_err)?;
         if !media_type.is_tar() {
@@ -470,7 +470,7 @@ async fn unwrap_missing_keys(
 ) -> Result<HashMap<usize, LayerKey>, PullError> {
     let mut keys = HashMap::new();
     for p in plans.iter().filter(|p| p.encrypted()) {
-        if ctx.store.lookup(&p.diff_id.to_string())?.is_some() {
+        if ctx.store.lookup(&p.diff_id)?.is_some() {
             continue;
         }
         layer_event(ctx, p, "keys", 0);
@@ -556,7 +556,7 @@ async fn assemble_rootfs(ctx: &PullCtx<'_>, trees: Vec<PathBuf>) -> Result<(), P
 async fn mount_overlay(ctx: &PullCtx<'_>, plans: &[LayerPlan], trees: Vec<PathBuf>) -> Result<(), PullError> {
     let opts = ctx.opts;
     opts.progress.event(&Event { layer: None, digest: None, phase: "assemble", bytes: 0, total: 0 });
-    let diff_ids: Vec<String> = plans.iter().map(|p| p.diff_id.to_string()).collect();
+    let diff_ids: Vec<oci::Digest> = plans.iter().map(|p| p.diff_id.clone()).collect();
     let st = ctx.store.clone();
     let views = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>, PullError> {
         let mut views = Vec::new();
@@ -599,7 +599,6 @@ async fn unwrap_layer_key(
 /// One layer: from the store if it is there (waiting for a concurrent pull of
 /// it), else fetched, verified, unpacked and committed to the store.
 async fn fetch_layer(ctx: &PullCtx<'_>, p: &LayerPlan, key: Option<LayerKey>) -> LayerResult {
-    let diff_id_s = p.diff_id.to_string();
     let summary = |cached| LayerSummary {
         digest: p.digest.clone(),
         diff_id: p.diff_id.clone(),
@@ -613,9 +612,9 @@ async fn fetch_layer(ctx: &PullCtx<'_>, p: &LayerPlan, key: Option<LayerKey>) ->
     }
     // The lock makes a concurrent pull of the same layer wait, then hit the store.
     let st = ctx.store.clone();
-    let diff_id = diff_id_s.clone();
+    let diff_id = p.diff_id.clone();
     let _lock = tokio::task::spawn_blocking(move || st.lock(&diff_id)).await??;
-    if let Some(tree) = ctx.store.lookup(&diff_id_s)? {
+    if let Some(tree) = ctx.store.lookup(&p.diff_id)? {
         layer_event(ctx, p, "cached", p.size);
         return Ok((tree, summary(true)));
     }
@@ -671,13 +670,11 @@ async fn decode_into_store(
     reader: Box<dyn AsyncRead + Unpin + Send>,
     decrypt: Option<ocicrypt::LayerDecryptor>,
 ) -> Result<PathBuf, PullError> {
-    let diff_id_s = p.diff_id.to_string();
-    let digest_s = p.digest.to_string();
-    let staging = ctx.store.begin(&diff_id_s)?;
+    let staging = ctx.store.begin(&p.diff_id)?;
     let mut xopts = ctx.opts.extract.clone();
     xopts.whiteouts = WhiteoutMode::Keep;
     let progress = ctx.opts.progress.clone();
-    let (idx, total, d2) = (p.index, p.size, digest_s.clone());
+    let (idx, total, d2) = (p.index, p.size, p.digest.to_string());
     let on_bytes = move |n: u64| {
         progress.event(&Event { layer: Some(idx), digest: Some(&d2), phase: "fetch", bytes: n, total })
     };
@@ -700,8 +697,8 @@ async fn decode_into_store(
         tracing::warn!(layer = p.index, "{w}");
     }
     let completion = Completion {
-        diff_id: diff_id_s,
-        blob_digest: digest_s,
+        diff_id: p.diff_id.clone(),
+        blob_digest: p.digest.clone(),
         entries: decoded.stats.entries,
         bytes: decoded.stats.bytes,
     };

@@ -15,14 +15,16 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use oci::{Algorithm, Digest};
 use serde::{Deserialize, Serialize};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("invalid diff_id {0:?} (expected sha256:<64 hex>)")]
-    BadDiffId(String),
+    /// Not a sha256 digest: the store's layout has room for sha256 only.
+    #[error("invalid diff_id \"{0}\" (expected sha256:<64 hex>)")]
+    BadDiffId(Digest),
     #[error("layer store {path}: {op}: {source}")]
     Io {
         path: PathBuf,
@@ -36,14 +38,15 @@ fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Sto
     move |source| StoreError::Io { path: path.to_path_buf(), op, source }
 }
 
-/// The completion marker of a committed entry.
+/// The completion marker of a committed entry (`complete.json`; digests are
+/// written as `sha256:<hex>` strings).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Completion {
-    /// `sha256:<hex>` of the layer's uncompressed tar.
-    pub diff_id: String,
+    /// The digest of the layer's uncompressed tar.
+    pub diff_id: Digest,
     /// The blob digest the layer was fetched as (informational: another image
     /// may carry the same diff_id under another blob).
-    pub blob_digest: String,
+    pub blob_digest: Digest,
     /// Number of tar entries.
     pub entries: u64,
     /// Regular-file bytes.
@@ -56,13 +59,13 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// The lowercase hex of a `sha256:` diff_id, validated (it becomes a file name).
-pub fn diff_id_hex(diff_id: &str) -> Result<&str, StoreError> {
-    let hex = diff_id.strip_prefix("sha256:").ok_or_else(|| StoreError::BadDiffId(diff_id.to_string()))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(StoreError::BadDiffId(diff_id.to_string()));
+/// The lowercase hex of a sha256 diff_id (it becomes a file name; [`Digest`]
+/// has checked it); other algorithms have no place in the layout.
+pub fn diff_id_hex(diff_id: &Digest) -> Result<&str, StoreError> {
+    match diff_id.algorithm() {
+        Algorithm::Sha256 => Ok(diff_id.hex()),
+        _ => Err(StoreError::BadDiffId(diff_id.clone())),
     }
-    Ok(hex)
 }
 
 fn mkdir_private(p: &Path) -> Result<(), StoreError> {
@@ -85,13 +88,13 @@ impl Store {
     }
 
     /// Directory of a committed entry.
-    pub fn entry_dir(&self, diff_id: &str) -> Result<PathBuf, StoreError> {
+    pub fn entry_dir(&self, diff_id: &Digest) -> Result<PathBuf, StoreError> {
         Ok(self.root.join("layers/sha256").join(diff_id_hex(diff_id)?))
     }
 
     /// The tree of a committed, valid entry, or `None`. An entry that exists
     /// without a matching completion marker is removed so it is fetched again.
-    pub fn lookup(&self, diff_id: &str) -> Result<Option<PathBuf>, StoreError> {
+    pub fn lookup(&self, diff_id: &Digest) -> Result<Option<PathBuf>, StoreError> {
         let dir = self.entry_dir(diff_id)?;
         if !dir.exists() {
             return Ok(None);
@@ -99,12 +102,12 @@ impl Store {
         let ok = fs::read(dir.join("complete.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<Completion>(&b).ok())
-            .is_some_and(|c| c.diff_id == diff_id)
+            .is_some_and(|c| &c.diff_id == diff_id)
             && dir.join("tree").is_dir();
         if ok {
             return Ok(Some(dir.join("tree")));
         }
-        tracing::warn!(diff_id, "removing incomplete or corrupt layer store entry");
+        tracing::warn!(diff_id = %diff_id, "removing incomplete or corrupt layer store entry");
         self.remove_entry(&dir)?;
         Ok(None)
     }
@@ -120,7 +123,7 @@ impl Store {
     }
 
     /// Takes the per-layer lock (blocking; call from a blocking thread).
-    pub fn lock(&self, diff_id: &str) -> Result<LayerLock, StoreError> {
+    pub fn lock(&self, diff_id: &Digest) -> Result<LayerLock, StoreError> {
         let path = self.root.join("locks").join(format!("{}.lock", diff_id_hex(diff_id)?));
         let file = OpenOptions::new()
             .create(true)
@@ -133,13 +136,13 @@ impl Store {
     }
 
     /// A fresh private staging directory; removed on drop unless committed.
-    pub fn begin(&self, diff_id: &str) -> Result<Staging, StoreError> {
+    pub fn begin(&self, diff_id: &Digest) -> Result<Staging, StoreError> {
         diff_id_hex(diff_id)?;
         let dir = self.root.join("staging").join(format!("layer-{}", random_suffix()));
         fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io_err(&dir, "create staging directory"))?;
         let tree = dir.join("tree");
         fs::DirBuilder::new().mode(0o755).create(&tree).map_err(io_err(&tree, "create staging tree"))?;
-        Ok(Staging { dir, committed: false, diff_id: diff_id.to_string() })
+        Ok(Staging { dir, committed: false, diff_id: diff_id.clone() })
     }
 
     /// Commits a fully verified staging directory as the entry for its diff_id.
@@ -186,7 +189,7 @@ pub struct LayerLock {
 #[derive(Debug)]
 pub struct Staging {
     dir: PathBuf,
-    diff_id: String,
+    diff_id: Digest,
     committed: bool,
 }
 
@@ -241,4 +244,42 @@ pub(crate) fn random_suffix() -> String {
         format!("{:x}", t.as_nanos())
     });
     format!("{}-{rnd}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn digest(byte: u8) -> Digest {
+        Digest::from_sha256_bytes([byte; 32])
+    }
+
+    /// Keyed by `Digest`, the marker on disk still names the digests as
+    /// `sha256:<hex>` strings, so stores written before read the same.
+    #[test]
+    fn completion_marker_keeps_its_string_digests() {
+        let c = Completion { diff_id: digest(1), blob_digest: digest(2), entries: 3, bytes: 4 };
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["diff_id"], format!("sha256:{}", "01".repeat(32)));
+        assert_eq!(v["blob_digest"], format!("sha256:{}", "02".repeat(32)));
+        assert_eq!(serde_json::from_value::<Completion>(v).unwrap(), c);
+    }
+
+    #[test]
+    fn an_entry_is_found_by_its_digest_only_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = digest(7);
+        assert_eq!(store.lookup(&id).unwrap(), None);
+        let staging = store.begin(&id).unwrap();
+        std::fs::write(staging.tree().join("f"), b"x").unwrap();
+        let c = Completion { diff_id: id.clone(), blob_digest: digest(8), entries: 1, bytes: 1 };
+        let tree = store.commit(staging, &c).unwrap();
+        assert_eq!(store.lookup(&id).unwrap(), Some(tree));
+        assert!(store.entry_dir(&id).unwrap().ends_with(format!("layers/sha256/{}", "07".repeat(32))));
+        let sha512: Digest = format!("sha512:{}", "ab".repeat(64)).parse().unwrap();
+        let e = store.begin(&sha512).unwrap_err();
+        assert_eq!(e.to_string(), format!("invalid diff_id \"{sha512}\" (expected sha256:<64 hex>)"));
+    }
 }
