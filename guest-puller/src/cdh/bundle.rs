@@ -18,8 +18,12 @@ pub enum RequestError {
     OutsideRoot { path: String, root: String },
     #[error("bundle_path {path:?}: {reason}")]
     Bundle { path: String, reason: String },
-    #[error("image_url {image:?} is not a valid reference: {reason}")]
-    Reference { image: String, reason: String },
+    #[error("image_url {image:?} is not a valid reference: {source}")]
+    Reference {
+        image: String,
+        #[source]
+        source: oci::RefError,
+    },
     #[error("image_url {0:?} is empty or has whitespace or control characters")]
     BadImage(String),
     #[error("image_url {image:?}: transport {transport:?} is not allowed here (give a registry reference such as registry.example/app@sha256:...)")]

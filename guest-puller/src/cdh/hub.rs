@@ -163,7 +163,11 @@ pub enum HubError {
     #[error("bundle config.json: {0}")]
     Spec(#[from] SpecError),
     #[error("bundle {path}: {reason}")]
-    Bundle { path: String, reason: String },
+    Bundle {
+        path: PathBuf,
+        #[source]
+        reason: BundleError,
+    },
     #[error("SecureMount: unsupported volume type {0:?} (cloak-cdh does not implement secure mounts yet)")]
     UnsupportedMount(String),
     #[error("cloak-cdh is shutting down; not starting new work")]
@@ -172,6 +176,26 @@ pub enum HubError {
     /// so the cause is a typed field, not `source()` (one printing of it).
     #[error("setting up: {0}")]
     Setup(SetupError),
+}
+
+/// What is wrong with a bundle directory, or with writing into it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    #[error("pull task: {0}")]
+    PullTask(#[source] tokio::task::JoinError),
+    #[error("exists and is not a directory")]
+    RootfsNotADirectory,
+    #[error("is already a mount point (pulled before?); unmount it or use a new bundle")]
+    RootfsMounted,
+    #[error("exists and is not empty; use a fresh bundle directory")]
+    RootfsNotEmpty,
+    #[error("image.json: {0}")]
+    ReadImageJson(#[source] std::io::Error),
+    #[error("{0}")]
+    EncodeSpec(#[source] serde_json::Error),
+    #[error("{0}")]
+    WriteSpec(#[source] std::io::Error),
 }
 
 /// Why the hub could not be built.
@@ -429,9 +453,9 @@ impl Hub {
         let started = Instant::now();
         let bundle = bundle::check_bundle_path(&self.opts.bundle_root, bundle_path)?;
         let image = bundle::docker_reference(image_url)?;
-        let image_ref: oci::ImageRef = image.parse().map_err(|e: oci::RefError| RequestError::Reference {
+        let image_ref: oci::ImageRef = image.parse().map_err(|source| RequestError::Reference {
             image: image_url.chars().take(200).collect(),
-            reason: e.to_string(),
+            source,
         })?;
         // Loaded for every pull, before the bundle is touched: an edited file or
         // KBS resource takes effect at once, and a policy that cannot be read
@@ -475,10 +499,7 @@ impl Hub {
         let handle = tokio::runtime::Handle::current();
         let result = tokio::task::spawn_blocking(move || handle.block_on(async move { pull(&opts).await }))
             .await
-            .map_err(|e| HubError::Bundle {
-                path: bundle.display().to_string(),
-                reason: format!("pull task: {e}"),
-            })?;
+            .map_err(|e| HubError::Bundle { path: bundle.clone(), reason: BundleError::PullTask(e) })?;
         let summary = match result {
             Ok(s) => s,
             Err(e) => {
@@ -599,30 +620,30 @@ impl Hub {
 /// the pull can mount there. Anything else there is an error.
 fn clear_empty_rootfs(bundle: &Path, rootfs: &Path) -> Result<(), HubError> {
     let Ok(meta) = rootfs.symlink_metadata() else { return Ok(()) };
-    let busy = |reason: &str| HubError::Bundle { path: rootfs.display().to_string(), reason: reason.into() };
+    let busy = |reason| HubError::Bundle { path: rootfs.to_path_buf(), reason };
     if !meta.is_dir() {
-        return Err(busy("exists and is not a directory"));
+        return Err(busy(BundleError::RootfsNotADirectory));
     }
     use std::os::unix::fs::MetadataExt;
     let parent_dev = bundle.metadata().map(|m| m.dev()).unwrap_or(0);
     if meta.dev() != parent_dev {
-        return Err(busy("is already a mount point (pulled before?); unmount it or use a new bundle"));
+        return Err(busy(BundleError::RootfsMounted));
     }
-    std::fs::remove_dir(rootfs).map_err(|_| busy("exists and is not empty; use a fresh bundle directory"))
+    std::fs::remove_dir(rootfs).map_err(|_| busy(BundleError::RootfsNotEmpty))
 }
 
 fn write_runtime_spec(bundle: &Path) -> Result<(), HubError> {
     let config = std::fs::read(bundle.join("image.json")).map_err(|e| HubError::Bundle {
-        path: bundle.display().to_string(),
-        reason: format!("image.json: {e}"),
+        path: bundle.to_path_buf(),
+        reason: BundleError::ReadImageJson(e),
     })?;
     let spec = spec::runtime_spec(&config, &bundle.join("rootfs"))?;
     let path = bundle.join("config.json");
     let body = serde_json::to_vec_pretty(&spec)
-        .map_err(|e| HubError::Bundle { path: path.display().to_string(), reason: e.to_string() })?;
+        .map_err(|e| HubError::Bundle { path: path.clone(), reason: BundleError::EncodeSpec(e) })?;
     // Never through a name someone could have planted in the bundle beforehand.
     crate::fsutil::write_file_replacing(bundle, "config.json", &body, 0o644)
-        .map_err(|e| HubError::Bundle { path: path.display().to_string(), reason: e.to_string() })
+        .map_err(|e| HubError::Bundle { path, reason: BundleError::WriteSpec(e) })
 }
 
 /// Takes a just-made rootfs down again (a later step failed).
