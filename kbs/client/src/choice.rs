@@ -4,8 +4,10 @@
 //! `make_attester` takes) instead of each binary keeping its own copy of the enum.
 
 use std::fmt;
+use std::str::FromStr;
 
 use crate::attester::AttesterKind;
+use crate::error::AttesterError;
 
 impl AttesterKind {
     /// Every kind, in the order help texts list them.
@@ -20,6 +22,14 @@ impl AttesterKind {
             AttesterKind::Tdx => "tdx",
             AttesterKind::Sample => "sample",
         }
+    }
+}
+
+impl FromStr for AttesterKind {
+    type Err = AttesterError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| AttesterError::UnknownKind(s.to_owned()))
     }
 }
 

@@ -21,7 +21,6 @@ mod tdx;
 mod tsm;
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 
 pub use kbs_types::Tee;
@@ -57,27 +56,14 @@ pub trait Attester: Send + Sync {
     ) -> BoxFuture<'a, Result<serde_json::Value, AttesterError>>;
 }
 
-/// Which attester to build.
+/// Which attester to build. Its names (`FromStr`, `Display`, clap's `ValueEnum`)
+/// are in `crate::choice`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttesterKind {
     Auto,
     Snp,
     Tdx,
     Sample,
-}
-
-impl FromStr for AttesterKind {
-    type Err = AttesterError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(AttesterKind::Auto),
-            "snp" => Ok(AttesterKind::Snp),
-            "tdx" => Ok(AttesterKind::Tdx),
-            "sample" => Ok(AttesterKind::Sample),
-            other => Err(AttesterError::UnknownKind(other.to_owned())),
-        }
-    }
 }
 
 /// Where the attesters find the hardware, and whether sample evidence is allowed.
