@@ -167,11 +167,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         StoreLink::Overlay => LinkMode::Overlay,
     };
-    let devices = match cli.devices {
-        Devices::Create => DevicePolicy::Create,
-        Devices::Skip => DevicePolicy::Skip,
-        Devices::Reject => DevicePolicy::Reject,
-    };
     if cli.attester.is_some() && cli.kbs.is_none() {
         anyhow::bail!("--attester needs --kbs");
     }
@@ -194,18 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             attester: cli.attester,
             kbs_timeout: Some(cli.kbs_timeout),
         })?;
-        let signature_check = match &cli.signature_policy {
-            Some(p) => {
-                let kbs = keys.kbs.clone().map(|c| {
-                    Arc::new(guest_puller::signatures::KbsResources(c)) as Arc<dyn imgsig::ResourceFetcher>
-                });
-                let check =
-                    guest_puller::signatures::SignatureCheck::load(p, cli.registries_d.as_deref(), kbs)
-                        .await?;
-                Some(Arc::new(check))
-            }
-            None => None,
-        };
+        let signature_check = signature_check(&cli, keys.kbs.clone()).await?;
         let opts = PullOptions {
             image,
             bundle: cli.bundle_dir.clone(),
@@ -214,26 +198,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             platform,
             store: cli.store.clone(),
             store_link,
-            source: oci::SourceOptions {
-                creds: cli.creds.clone(),
-                auth_file: cli.authfile.clone(),
-                insecure_plain_http: !cli.src_tls_verify,
-                timeouts: oci::RegistryTimeouts {
-                    connect: cli.registry_connect_timeout,
-                    idle: cli.registry_idle_timeout,
-                    request: cli.registry_request_timeout,
-                },
-            },
+            source: source_options(&cli),
             max_concurrent_layers: cli.max_concurrent_layers,
-            extract: ExtractOptions {
-                devices,
-                limits: Limits {
-                    max_ratio: cli.max_decompression_ratio,
-                    max_total_size: cli.max_layer_size,
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
+            extract: extract_options(&cli),
             progress,
             signature_check,
         };
@@ -254,6 +221,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+/// `--signature-policy` loaded now (a `kbs:///` policy through the pull's KBS session).
+async fn signature_check(
+    cli: &Cli,
+    kbs: Option<kbs_client::KbsClient>,
+) -> anyhow::Result<Option<Arc<guest_puller::signatures::SignatureCheck>>> {
+    let Some(p) = &cli.signature_policy else { return Ok(None) };
+    let kbs =
+        kbs.map(|c| Arc::new(guest_puller::signatures::KbsResources(c)) as Arc<dyn imgsig::ResourceFetcher>);
+    let check = guest_puller::signatures::SignatureCheck::load(p, cli.registries_d.as_deref(), kbs).await?;
+    Ok(Some(Arc::new(check)))
+}
+
+/// How layers are unpacked: device nodes, size and ratio bounds.
+fn extract_options(cli: &Cli) -> ExtractOptions {
+    let devices = match cli.devices {
+        Devices::Create => DevicePolicy::Create,
+        Devices::Skip => DevicePolicy::Skip,
+        Devices::Reject => DevicePolicy::Reject,
+    };
+    ExtractOptions {
+        devices,
+        limits: Limits {
+            max_ratio: cli.max_decompression_ratio,
+            max_total_size: cli.max_layer_size,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Registry access: credentials, auth file, TLS, timeouts.
+fn source_options(cli: &Cli) -> oci::SourceOptions {
+    oci::SourceOptions {
+        creds: cli.creds.clone(),
+        auth_file: cli.authfile.clone(),
+        insecure_plain_http: !cli.src_tls_verify,
+        timeouts: oci::RegistryTimeouts {
+            connect: cli.registry_connect_timeout,
+            idle: cli.registry_idle_timeout,
+            request: cli.registry_request_timeout,
+        },
+    }
 }
 
 /// `--kbs-timeout`: positive seconds, fractions allowed, at most an hour.

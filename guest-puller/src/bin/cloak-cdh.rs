@@ -138,19 +138,8 @@ fn insecure_from_registries_conf(path: &std::path::Path) -> anyhow::Result<Vec<S
     Ok(out)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let toml = match &cli.config {
-        Some(p) => CdhToml::load(p)?,
-        None => CdhToml::default(),
-    };
-    for w in &toml.warnings {
-        tracing::warn!("{w}");
-    }
-    let socket_addr = cli.socket.clone().or(toml.socket.clone()).unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
-    let socket = socket_path(&socket_addr).map_err(anyhow::Error::msg).context("--socket")?;
-    if !cli.bundle_root.is_absolute() {
-        bail!("--bundle-root must be an absolute path");
-    }
+/// The hub's options: flags over `cdh.toml`.
+fn hub_options(cli: &Cli, toml: &CdhToml) -> anyhow::Result<HubOptions> {
     let mut insecure = cli.insecure_registries.clone();
     if let Some(p) = &cli.registries_conf {
         insecure.extend(insecure_from_registries_conf(p)?);
@@ -189,7 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         None => None,
     };
-    let opts = HubOptions {
+    Ok(HubOptions {
         kbs,
         store,
         bundle_root: cli.bundle_root.clone(),
@@ -218,7 +207,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         resource_cache_ttl: Duration::from_secs(cli.resource_cache_secs),
         signature_policy,
         registries_d: cli.registries_d.clone(),
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let toml = match &cli.config {
+        Some(p) => CdhToml::load(p)?,
+        None => CdhToml::default(),
     };
+    for w in &toml.warnings {
+        tracing::warn!("{w}");
+    }
+    let socket_addr = cli.socket.clone().or(toml.socket.clone()).unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
+    let socket = socket_path(&socket_addr).map_err(anyhow::Error::msg).context("--socket")?;
+    if !cli.bundle_root.is_absolute() {
+        bail!("--bundle-root must be an absolute path");
+    }
+    let opts = hub_options(&cli, &toml)?;
     if opts.kbs.is_none() {
         tracing::warn!("no KBS configured: encrypted images, resources and secrets will be refused");
     }
