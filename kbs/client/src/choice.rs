@@ -23,6 +23,15 @@ impl AttesterKind {
             AttesterKind::Sample => "sample",
         }
     }
+
+    /// Every name for a message: `auto, snp, tdx or sample`.
+    pub(crate) fn names_in_prose() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
+        }
+    }
 }
 
 impl FromStr for AttesterKind {
@@ -63,6 +72,8 @@ mod tests {
             assert_eq!(kind.name().parse::<AttesterKind>().unwrap(), kind);
             assert_eq!(kind.to_string(), kind.name());
         }
+        let e = "bogus".parse::<AttesterKind>().unwrap_err();
+        assert_eq!(e.to_string(), r#"unknown attester "bogus" (expected auto, snp, tdx or sample)"#);
     }
 
     #[cfg(feature = "clap")]

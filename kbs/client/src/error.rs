@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::attester::AttesterKind;
 use crate::protocol::ProtocolError;
 use crate::uri::ResourceUri;
 
@@ -141,7 +142,7 @@ pub enum AttesterError {
     #[error("the sample attester produces no hardware evidence and is refused unless explicitly allowed (development only)")]
     SampleNotAllowed,
     /// An unknown attester name was given.
-    #[error("unknown attester {0:?} (expected auto, snp, tdx or sample)")]
+    #[error("unknown attester {0:?} (expected {expected})", expected = AttesterKind::names_in_prose())]
     UnknownKind(String),
     /// The configfs-tsm interface misbehaved or answered for another provider.
     #[error("configfs-tsm report at {path}: {reason}")]
