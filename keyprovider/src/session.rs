@@ -262,10 +262,7 @@ impl GuestSession {
     fn add_kbs(&mut self, cfg: &SessionConfig) -> Result<(), SessionError> {
         let Some(kbs) = &cfg.kbs else { return Ok(()) };
         // Sample evidence only when asked for by name; `auto` never picks it.
-        let opts = kbs_client::AttesterOptions {
-            allow_sample: kbs.attester == AttesterKind::Sample,
-            ..Default::default()
-        };
+        let opts = kbs_client::AttesterOptions::for_kind(kbs.attester);
         let attester = match kbs_client::make_attester(kbs.attester, &opts) {
             Ok(a) => a,
             Err(e) if cfg.attester_failure == AttesterFailure::DisablesKbs => {

@@ -34,6 +34,14 @@ impl AttesterKind {
     }
 }
 
+impl crate::attester::AttesterOptions {
+    /// The default places, with sample evidence allowed exactly when `kind` names
+    /// it: naming `sample` is the explicit opt-in, and `auto` never picks it.
+    pub fn for_kind(kind: AttesterKind) -> Self {
+        Self { allow_sample: kind == AttesterKind::Sample, ..Default::default() }
+    }
+}
+
 impl FromStr for AttesterKind {
     type Err = AttesterError;
 

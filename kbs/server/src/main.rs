@@ -431,12 +431,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::GetResource { url, attester, uri, out } => {
             let uri: kbs_client::ResourceUri = uri.parse()?;
             let kind: kbs_client::AttesterKind = attester.parse()?;
-            let opts = kbs_client::AttesterOptions {
-                // Naming `--attester sample` is the explicit opt-in the attester requires.
-                allow_sample: matches!(kind, kbs_client::AttesterKind::Sample),
-                ..Default::default()
-            };
-            let att = kbs_client::make_attester(kind, &opts)?;
+            // Naming `--attester sample` is the explicit opt-in the attester requires.
+            let att = kbs_client::make_attester(kind, &kbs_client::AttesterOptions::for_kind(kind))?;
             let client = kbs_client::KbsClient::new(&url, att, kbs_client::ClientConfig::default())?;
             let rt = tokio::runtime::Runtime::new()?;
             let secret = rt.block_on(client.get_resource(&uri))?;
