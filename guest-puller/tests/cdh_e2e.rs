@@ -42,6 +42,21 @@ struct Cdh {
 
 impl Cdh {
     fn start(dir: &Path, kbs_url: &str, registry: &str, extra: &[&str]) -> Result<Cdh> {
+        let cdh = Self::spawn(dir, kbs_url, registry, extra)?;
+        let t = Instant::now();
+        while !cdh.socket.exists() {
+            ensure!(
+                t.elapsed() < Duration::from_secs(6),
+                "no socket after 6 s (kata's launch timeout):\n{}",
+                cdh.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(cdh)
+    }
+
+    /// Starts the daemon without waiting for its socket.
+    fn spawn(dir: &Path, kbs_url: &str, registry: &str, extra: &[&str]) -> Result<Cdh> {
         let socket = dir.join("run/cdh.sock");
         let root = dir.join("bundles");
         let store = dir.join("store");
@@ -62,17 +77,7 @@ impl Cdh {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting cloak-cdh")?;
-        let cdh = Cdh { socket, root, store, log, child };
-        let t = Instant::now();
-        while !cdh.socket.exists() {
-            ensure!(
-                t.elapsed() < Duration::from_secs(6),
-                "no socket after 6 s (kata's launch timeout):\n{}",
-                cdh.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(cdh)
+        Ok(Cdh { socket, root, store, log, child })
     }
 
     fn log(&self) -> String {
@@ -503,6 +508,33 @@ fn bad_bundle_paths_and_bad_frames_are_refused_and_the_daemon_keeps_serving() ->
     let (code, _) = status_of(rt.block_on(get_resource(&addr, "kbs:///a/b")));
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
     cdh.terminate()?;
+    Ok(())
+}
+
+/// kata-agent connects as soon as `cdh.sock` exists. The socket used to appear at
+/// bind(), before listen(), so a connection in between was refused ("Connection
+/// refused"), and the agent then has no CDH client; it was also 0755 until a later
+/// chmod. Each start is watched without sleeping, so those windows would be hit.
+#[test]
+fn cdh_socket_appears_only_when_listening_and_private() -> Result<()> {
+    if !is_root() {
+        eprintln!("SKIP: needs root");
+        return Ok(());
+    }
+    for round in 0..10 {
+        let tmp = tempfile::tempdir()?;
+        let cdh = Cdh::spawn(tmp.path(), "http://127.0.0.1:9", "127.0.0.1:9", &[])?;
+        let t = Instant::now();
+        while !cdh.socket.exists() {
+            ensure!(t.elapsed() < Duration::from_secs(6), "no socket after 6 s:\n{}", cdh.log());
+            std::hint::spin_loop();
+        }
+        let connected = UnixStream::connect(&cdh.socket);
+        ensure!(connected.is_ok(), "round {round}: the socket existed but refused: {connected:?}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cdh.socket)?.permissions());
+        ensure!(mode & 0o077 == 0, "round {round}: the socket appeared with mode {mode:o}");
+        drop(cdh);
+    }
     Ok(())
 }
 

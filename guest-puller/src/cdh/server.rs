@@ -132,10 +132,20 @@ pub async fn start(hub: Arc<Hub>, socket: &Path) -> Result<Server, ServeError> {
     all.extend(api_ttrpc::create_sealed_secret_service(services.clone()));
     all.extend(api_ttrpc::create_secure_mount_service(services.clone()));
     all.extend(keyprovider_ttrpc::create_key_provider_service(services));
-    let addr = format!("unix://{}", socket.display());
-    let mut server =
-        Server::new().bind(&addr).map_err(|e| sock_err(format!("bind: {e}")))?.register_service(all);
+    // kata-agent (and anything else) connects as soon as the socket path exists: the
+    // path must appear only once the socket listens, already private. So it listens
+    // under a random name beside the final one, and one rename publishes it.
+    let dir = socket.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let suffix = crate::fsutil::unpredictable_suffix().map_err(|e| sock_err(format!("random name: {e}")))?;
+    let staging = dir.join(format!(".cdh-{suffix}.sock"));
+    let listener = tokio::net::UnixListener::bind(&staging).map_err(|e| sock_err(format!("bind: {e}")))?;
+    let publish = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, socket));
+    if let Err(e) = publish {
+        let _ = std::fs::remove_file(&staging);
+        return Err(sock_err(format!("publishing the listening socket: {e}")));
+    }
+    let mut server = Server::new().add_listener(listener.into()).register_service(all);
     server.start().await.map_err(|e| ServeError::Ttrpc(e.to_string()))?;
-    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
     Ok(server)
 }
