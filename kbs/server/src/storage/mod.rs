@@ -149,24 +149,35 @@ pub enum StoreSpec {
     Etcd(EtcdSpec),
 }
 
+/// Why a `--store` value is not a store: the local form's errors name no etcd; an
+/// `etcd://` value's come from the etcd spec parser.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreSpecError {
+    #[error("invalid store {spec:?}: {why} (want local:DIR or etcd://HOST:PORT[,HOST:PORT...]/PREFIX)")]
+    Invalid { spec: String, why: &'static str },
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
 impl std::str::FromStr for StoreSpec {
-    type Err = EtcdError;
+    type Err = StoreSpecError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(dir) = s.strip_prefix("local:") {
             if dir.is_empty() {
-                return Err(EtcdError::Spec { spec: s.into(), why: "local: needs a directory" });
+                return Err(StoreSpecError::Invalid { spec: s.into(), why: "local: needs a directory" });
             }
             return Ok(StoreSpec::Local(PathBuf::from(dir)));
         }
         if s.starts_with("etcd://") {
             return Ok(StoreSpec::Etcd(s.parse()?));
         }
-        Err(EtcdError::Spec { spec: s.chars().take(200).collect(), why: "want local:DIR or etcd://..." })
+        Err(StoreSpecError::Invalid { spec: s.chars().take(200).collect(), why: "unknown kind of store" })
     }
 }
 
 impl TryFrom<String> for StoreSpec {
-    type Error = EtcdError;
+    type Error = StoreSpecError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
     }
@@ -384,6 +395,18 @@ mod tests {
         assert!(matches!("etcd://a:1/p".parse::<StoreSpec>().unwrap(), StoreSpec::Etcd(_)));
         assert!("local:".parse::<StoreSpec>().is_err());
         assert!("/dir".parse::<StoreSpec>().is_err());
+    }
+
+    /// Issue 22: a bad local store read "invalid etcd store \"local:\": …".
+    #[test]
+    fn local_store_spec_errors_do_not_name_etcd() {
+        for bad in ["local:", "/dir"] {
+            let e = bad.parse::<StoreSpec>().unwrap_err().to_string();
+            assert!(!e.contains("etcd store"), "{e}");
+            assert!(e.contains("local:DIR"), "{e}");
+        }
+        let e = "etcd://".parse::<StoreSpec>().unwrap_err().to_string();
+        assert!(e.contains("etcd"), "{e}");
     }
 
     #[tokio::test]
