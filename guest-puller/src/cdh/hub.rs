@@ -663,15 +663,22 @@ mod tests {
     /// Issue 21, finding 2: `.config.json.tmp` planted in the bundle as a link to a
     /// file outside `--bundle-root` was written through by PullImage, and
     /// `config.json` became that link.
-    #[test]
-    fn planted_config_tmp_symlink_is_not_written_through() {
+    /// A bundle ready for `write_runtime_spec`, with `planted` a link to a file
+    /// outside it; returns (outside dir, bundle dir, the link's target).
+    fn bundle_with_planted_link(planted: &str) -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
         let outside = tempfile::tempdir().unwrap();
         let victim = outside.path().join("victim");
         std::fs::write(&victim, b"precious").unwrap();
         let bundle = tempfile::tempdir().unwrap();
         std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
         std::fs::write(bundle.path().join("image.json"), br#"{"config":{"Cmd":["/bin/true"]}}"#).unwrap();
-        std::os::unix::fs::symlink(&victim, bundle.path().join(".config.json.tmp")).unwrap();
+        std::os::unix::fs::symlink(&victim, bundle.path().join(planted)).unwrap();
+        (outside, bundle, victim)
+    }
+
+    #[test]
+    fn planted_config_tmp_symlink_is_not_written_through() {
+        let (_outside, bundle, victim) = bundle_with_planted_link(".config.json.tmp");
 
         write_runtime_spec(bundle.path()).unwrap();
 
@@ -707,13 +714,7 @@ mod tests {
     /// A link planted at `config.json` itself is replaced, not followed.
     #[test]
     fn planted_config_json_symlink_is_replaced_not_followed() {
-        let outside = tempfile::tempdir().unwrap();
-        let victim = outside.path().join("victim");
-        std::fs::write(&victim, b"precious").unwrap();
-        let bundle = tempfile::tempdir().unwrap();
-        std::fs::create_dir(bundle.path().join("rootfs")).unwrap();
-        std::fs::write(bundle.path().join("image.json"), br#"{"config":{"Cmd":["/bin/true"]}}"#).unwrap();
-        std::os::unix::fs::symlink(&victim, bundle.path().join("config.json")).unwrap();
+        let (_outside, bundle, victim) = bundle_with_planted_link("config.json");
 
         write_runtime_spec(bundle.path()).unwrap();
 
