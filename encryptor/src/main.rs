@@ -59,6 +59,16 @@ enum Command {
     ///
     /// Exit code 0 only when a TEE guest interface can produce evidence.
     Check(CheckArgs),
+    /// Print an init-data document's digest as each TEE's report carries it, and the
+    /// Pod annotation value that makes kata-runtime measure it.
+    ///
+    /// The digest is the document's `algorithm` (sha256|sha384|sha512) over its bytes
+    /// as written; SNP HOST_DATA takes 32 bytes of it, TDX MRCONFIGID 48, the CCA
+    /// personalization value 64 (zero-padded). Pin the value in the broker's policy.
+    ///   cloak initdata deploy/initdata.toml
+    ///   cloak initdata --json initdata.toml | jq -r .annotation_value
+    #[command(verbatim_doc_comment)]
+    Initdata(InitdataArgs),
     /// Register a new KEK under the next version of a kbs:/// id (app → app.v2 → app.v3)
     /// and say which of the images named still need the old KEK.
     ///
@@ -284,6 +294,16 @@ struct RotateKekArgs {
 }
 
 #[derive(Args, Debug)]
+struct InitdataArgs {
+    /// The init-data TOML document (`version`, `algorithm`, `[data]`).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct CheckArgs {
     /// Print JSON.
     #[arg(long)]
@@ -470,6 +490,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("encrypt new releases with --recipient {new}");
+        }
+        Command::Initdata(a) => {
+            let report = encryptor::initdata_report(&a.file)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render_text());
+            }
         }
         Command::Check(a) => {
             let report = kbs_client::attester::check::run_check(std::path::Path::new("/"));

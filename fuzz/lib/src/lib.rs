@@ -20,6 +20,7 @@ pub const ENTRIES: &[(&str, Entry)] = &[
     ("cdh_sealed", targets::cdh_sealed),
     ("decrypt_stream", targets::decrypt_stream),
     ("extract_tar", targets::extract_tar),
+    ("initdata", targets::initdata),
     ("jwe", targets::jwe),
     ("kbs_challenge", targets::kbs_challenge),
     ("kbs_evidence", targets::kbs_evidence),

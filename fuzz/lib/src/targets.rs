@@ -611,3 +611,17 @@ pub fn kbs_session_cookie(data: &[u8]) {
     let (id2, back) = key.open(&cookie).expect("a cookie this key sealed opens");
     assert_eq!((id2, back.pod, back.nonce), (id, t.pod, t.nonce));
 }
+
+/// Init-data as a guest would send it: any bytes are a document or a named refusal,
+/// and a document's fields are its digest fitted to each report field.
+pub fn initdata(data: &[u8]) {
+    use kbs_client::initdata::Initdata;
+    if let Ok(doc) = Initdata::parse(data) {
+        let full = doc.digest();
+        assert_eq!(doc.raw(), data, "the digest must be of the bytes as sent");
+        assert_eq!(&doc.snp_host_data()[..], &full[..32]);
+        let n = full.len().min(48);
+        assert_eq!(&doc.tdx_mrconfigid()[..n], &full[..n]);
+        assert!(doc.tdx_mrconfigid()[n..].iter().all(|&b| b == 0));
+    }
+}

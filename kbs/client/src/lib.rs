@@ -10,6 +10,7 @@ pub mod attester;
 mod choice;
 pub mod client;
 pub mod error;
+pub mod initdata;
 pub mod protocol;
 pub mod uri;
 
