@@ -140,16 +140,18 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
                 Some(path) => keyprovider::kek::KbsKekWrapper::with_kek_file(kid, path)
                     .map_err(|e| Error::RecipientUnusable { recipient: uri.clone(), source: e.into() })?,
                 None => {
-                    if cfg.kbs.url.is_none() || cfg.kbs.admin_key.is_none() {
-                        return Err(Error::Usage(format!(
+                    // Without the admin flags there are two ways to give a KEK: name both.
+                    let admin =
+                        admin_client(&cfg.kbs, &format!("recipient {uri}")).await.map_err(|e| match e {
+                            Error::Usage(_) => Error::Usage(format!(
                             "recipient {uri} needs a KEK: either --kek-file FILE (32 bytes you registered at \
                              that id yourself, e.g. with `cloak-kbs put-resource` or Trustee's kbs-client; \
                              works with any KBS), or --kbs-url URL and --kbs-admin-key admin.pem to have \
                              cloak generate and register one (needs a broker that can read the KEK back, \
                              such as cloak-kbs)"
-                        )));
-                    }
-                    let admin = admin_client(&cfg.kbs, &format!("recipient {uri}")).await?;
+                        )),
+                            e => e,
+                        })?;
                     let w = keyprovider::kek::KbsKekWrapper::registering(kid, Arc::new(admin));
                     // The KEK is obtained now, before anything is pushed: a broker that
                     // refuses (Trustee has no read-back) must not leave blobs behind.

@@ -234,7 +234,8 @@ pub enum KeyPathRule {
     /// default of `cloak-keyprovider`, which serves the operator's own build tools).
     #[default]
     Any,
-    /// Only regular files whose real path (links resolved) is inside this directory.
+    /// Only regular files whose real path (links resolved) is inside this directory,
+    /// itself given resolved (as `std::fs::canonicalize` returns it).
     Under(PathBuf),
     /// No file at all (`cloak-cdh`: the guest wraps nothing, and a caller of its
     /// socket must not make it read guest files).
@@ -246,9 +247,10 @@ pub enum KeyPathRule {
 const KEK_FILE_READ_CAP: u64 = 33;
 
 /// Reads a 32-byte KEK from `path`: a regular file (a FIFO or device is refused
-/// before anything is read from it), at most [`KEK_FILE_READ_CAP`] bytes.
-/// Returns the real path of the file that was opened, for [`KeyPathRule::Under`].
-fn read_kek_capped(path: &Path) -> Result<(Kek, PathBuf), String> {
+/// before anything is read from it), at most [`KEK_FILE_READ_CAP`] bytes. With
+/// `within`, the file actually opened (links resolved) must lie inside that
+/// resolved directory, checked before any byte is read.
+fn read_kek_capped(path: &Path, within: Option<&Path>) -> Result<Kek, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // O_NONBLOCK: opening a FIFO must not wait for a writer.
@@ -264,31 +266,32 @@ fn read_kek_capped(path: &Path) -> Result<(Kek, PathBuf), String> {
     if meta.len() != 32 {
         return Err(format!("{} bytes, a KEK is 32", meta.len()));
     }
-    let real = {
+    if let Some(dir) = within {
         use std::os::fd::AsRawFd;
-        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| e.to_string())?
-    };
+        let real =
+            std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| e.to_string())?;
+        if !real.starts_with(dir) {
+            return Err(format!("{} is outside the allowed directory", real.display()));
+        }
+    }
     let mut bytes = Zeroizing::new(Vec::with_capacity(KEK_FILE_READ_CAP as usize));
     file.take(KEK_FILE_READ_CAP).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    let kek = Kek::from_slice(&bytes).map_err(|e| e.to_string())?;
-    Ok((kek, real))
+    Kek::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
 /// A KEK file the local user named (`cloak encrypt --kek-file`): errors say what
 /// was wrong with it.
 fn read_kek_file(path: &Path) -> Result<Kek, KekError> {
-    read_kek_capped(path)
-        .map(|(k, _)| k)
-        .map_err(|reason| KekError::KekFile { path: path.to_owned(), reason })
+    read_kek_capped(path, None).map_err(|reason| KekError::KekFile { path: path.to_owned(), reason })
 }
 
 /// A KEK file a keyprovider client named: allowed by `rule`, and one error text
 /// for every refusal (the reason goes to the provider's own log only).
 fn read_client_kek_file(path: &Path, rule: &KeyPathRule) -> Result<Kek, KekError> {
     let shown: String = path.display().to_string().chars().take(200).collect();
-    let where_ = match rule {
-        KeyPathRule::Any => String::new(),
-        KeyPathRule::Under(dir) => format!(" inside {}", dir.display()),
+    let (within, where_) = match rule {
+        KeyPathRule::Any => (None, String::new()),
+        KeyPathRule::Under(dir) => (Some(dir.as_path()), format!(" inside {}", dir.display())),
         KeyPathRule::Refused => {
             return Err(KekError::Params(
                 "keypath is not accepted by this provider: it does not read files named by its callers"
@@ -300,14 +303,7 @@ fn read_client_kek_file(path: &Path, rule: &KeyPathRule) -> Result<Kek, KekError
         tracing::info!(keypath = %shown, reason = %why, "keypath refused");
         KekError::KeyPath { shown: shown.clone(), where_: where_.clone() }
     };
-    let (kek, real) = read_kek_capped(path).map_err(refuse)?;
-    if let KeyPathRule::Under(dir) = rule {
-        let dir = std::fs::canonicalize(dir).map_err(|e| refuse(format!("allowed directory: {e}")))?;
-        if !real.starts_with(&dir) {
-            return Err(refuse(format!("{} is outside the allowed directory", real.display())));
-        }
-    }
-    Ok(kek)
+    read_kek_capped(path, within).map_err(refuse)
 }
 
 impl KbsKekWrapper {

@@ -924,6 +924,10 @@ async fn body_deadline(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // A body that has already ended cannot be slow: no timer for it.
+    if http_body::Body::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
     let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sleep = Box::pin(tokio::time::sleep(limit));
     let flag = Arc::clone(&fired);
@@ -980,13 +984,9 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: Router, heade
 pub fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
-    let below_hard = match (lim.current, lim.maximum) {
-        (Some(cur), Some(max)) => cur < max,
-        // An unlimited hard limit: the kernel caps NOFILE at fs.nr_open anyway.
-        (Some(_), None) => false,
-        (None, _) => false,
-    };
-    if below_hard {
+    // `None` is unlimited: a soft limit already unlimited, or an unlimited hard one
+    // (the kernel caps NOFILE at fs.nr_open anyway), is left alone.
+    if matches!((lim.current, lim.maximum), (Some(cur), Some(max)) if cur < max) {
         let before = lim.current;
         lim.current = lim.maximum;
         match setrlimit(Resource::Nofile, lim) {
