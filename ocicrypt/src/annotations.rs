@@ -48,7 +48,7 @@ pub enum AnnotationError {
     #[error("annotation {key} item {index} is not valid base64")]
     Base64 { key: String, index: usize },
     /// The public options are invalid.
-    #[error("annotation {PUBOPTS}: {0}")]
+    #[error("annotation {PUBOPTS}")]
     Pubopts(#[source] OptionsError),
 }
 

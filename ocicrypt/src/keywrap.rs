@@ -21,24 +21,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum WrapError {
     /// The input was malformed (bad base64, bad JSON, bad JWE, ...).
-    #[error("malformed {what}: {source}")]
+    #[error("malformed {what}")]
     Malformed {
         what: String,
         #[source]
         source: BoxError,
     },
     /// None of this unwrapper's keys could open the wrapped blob.
-    #[error("no usable key: {0}")]
+    #[error("no usable key")]
     NoKey(#[source] BoxError),
     /// The peer (keyprovider, KBS) refused: policy, attestation.
-    #[error("refused: {0}")]
+    #[error("refused")]
     Refused(#[source] BoxError),
     /// The peer could not be reached after retries.
-    #[error("unavailable: {0}")]
+    #[error("unavailable")]
     Unavailable(#[source] BoxError),
-    /// Anything else.
-    #[error("{0}")]
-    Other(#[source] BoxError),
+    /// Anything else (the cause says it all, so it adds no step of its own).
+    #[error(transparent)]
+    Other(BoxError),
 }
 
 /// Wraps the private options JSON of a layer for one scheme.

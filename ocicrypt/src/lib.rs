@@ -54,7 +54,7 @@ pub enum UnwrapFailure {
     #[error(transparent)]
     Wrap(WrapError),
     /// The unwrapped bytes are not valid private options.
-    #[error("unwrapped, but the private options are invalid: {0}")]
+    #[error("unwrapped, but the private options are invalid")]
     Options(#[source] OptionsError),
 }
 
@@ -71,39 +71,195 @@ pub struct UnwrapAttempt {
     pub reason: UnwrapFailure,
 }
 
-/// Every failed attempt, for the error message.
+/// What one wrapped-key scheme of a layer carries, read from the annotation without
+/// unwrapping anything: enough to say which key, or which flag, would open it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedKey {
+    /// `jwe` or `provider.<name>`.
+    pub scheme: String,
+    /// For `jwe`: every recipient (`alg`, `kid`) of every item. Empty for other
+    /// schemes, or when the JWE's headers cannot be read.
+    pub recipients: Vec<RecipientInfo>,
+    /// For `provider.*`: the key ids (`kbs:///…`) the items name. Keyprovider items
+    /// are opaque in general; CoCo's annotation packet (`{"kid": …, "wrapped_data": …}`)
+    /// shows its id, other formats show nothing here.
+    pub kids: Vec<String>,
+}
+
+/// The flag of cloak's tools that opens a JWE with a local private key.
+pub const FLAG_KEY: &str = "--key FILE";
+/// The flag that fetches keys from a KBS after attestation (cloak-pull, in a guest).
+pub const FLAG_KBS: &str = "--kbs URL";
+/// The flag that names ocicrypt keyproviders (cloak-pull).
+pub const FLAG_KEYPROVIDER: &str = "--keyprovider-config FILE";
+
+/// A flag as the hint says it: the tool is named where `cloak decrypt` has no such flag.
+fn flag_text(flag: &str) -> String {
+    match flag {
+        FLAG_KBS => format!("{flag} (cloak-pull, in an attested guest)"),
+        FLAG_KEYPROVIDER => format!("{flag} (cloak-pull)"),
+        _ => flag.to_owned(),
+    }
+}
+
+fn is_kbs_id(kid: &str) -> bool {
+    kid.starts_with("kbs://")
+}
+
+impl CarriedKey {
+    /// Read what a scheme's items show. Never fails: what cannot be read is left out.
+    pub fn read(scheme: &str, items: &[Vec<u8>]) -> CarriedKey {
+        let mut recipients = Vec::new();
+        let mut kids = Vec::new();
+        for item in items {
+            if scheme == annotations::SCHEME_JWE {
+                recipients.extend(jwe_recipients(item).unwrap_or_default());
+            } else if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(item) {
+                if let Some(serde_json::Value::String(kid)) = m.get("kid") {
+                    if !kids.contains(kid) {
+                        kids.push(kid.clone());
+                    }
+                }
+            }
+        }
+        CarriedKey { scheme: scheme.to_owned(), recipients, kids }
+    }
+
+    /// The flags that would open it, most direct first: `--key FILE` for JWE (and
+    /// `--kbs URL` when a recipient's `kid` is a `kbs:///` id), `--kbs URL` for
+    /// `provider.attestation-agent` or a KBS id, `--keyprovider-config FILE` for
+    /// other keyproviders.
+    pub fn flags(&self) -> Vec<&'static str> {
+        if self.scheme == annotations::SCHEME_JWE {
+            let mut flags = vec![FLAG_KEY];
+            if self.recipients.iter().any(|r| r.kid.as_deref().is_some_and(is_kbs_id)) {
+                flags.push(FLAG_KBS);
+            }
+            return flags;
+        }
+        let provider = self.scheme.strip_prefix(annotations::SCHEME_PROVIDER_PREFIX).unwrap_or_default();
+        if provider == "attestation-agent" || self.kids.iter().any(|k| is_kbs_id(k)) {
+            vec![FLAG_KBS]
+        } else {
+            vec![FLAG_KEYPROVIDER]
+        }
+    }
+
+    /// What the scheme carries, for a message: `jwe (recipients RSA-OAEP kid kbs:///a/b/c,
+    /// ECDH-ES+A256KW)`, `provider.attestation-agent (kid kbs:///default/kek/app)`.
+    fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        for r in &self.recipients {
+            let text = match &r.kid {
+                Some(kid) => format!("{} kid {kid}", r.alg),
+                None => r.alg.clone(),
+            };
+            if !parts.contains(&text) {
+                parts.push(text);
+            }
+        }
+        if !parts.is_empty() {
+            let noun = if parts.len() == 1 { "recipient" } else { "recipients" };
+            return format!("{} ({noun} {})", self.scheme, parts.join(", "));
+        }
+        if !self.kids.is_empty() {
+            return format!("{} (kid {})", self.scheme, self.kids.join(", "));
+        }
+        self.scheme.clone()
+    }
+}
+
+/// Every failed attempt to unwrap one layer's key, for the error message.
+///
+/// Its `Display` is a list, not a chain: each attempt with its whole cause, then for
+/// every scheme nothing configured could try, what the layer carries and the flag that
+/// would open it ([`UnwrapReport::hint`]). It has no `source()`.
 #[derive(Debug)]
 pub struct UnwrapReport {
     /// The attempts in the order they were made.
     pub attempts: Vec<UnwrapAttempt>,
     /// `keys.*` schemes present on the layer but not supported (pkcs7, pgp, ...).
     pub unsupported: Vec<String>,
+    /// What each supported scheme on the layer carries, in the order they are tried.
+    pub carried: Vec<CarriedKey>,
+}
+
+impl UnwrapReport {
+    /// The schemes on the layer that no configured unwrapper handles.
+    pub fn unopened(&self) -> Vec<&CarriedKey> {
+        self.carried
+            .iter()
+            .filter(|c| {
+                self.attempts
+                    .iter()
+                    .any(|a| a.scheme == c.scheme && matches!(a.reason, UnwrapFailure::NoUnwrapper))
+            })
+            .collect()
+    }
+
+    /// What to do when no configured unwrapper could try the layer: per scheme, what
+    /// it carries and the flag that would open it. `None` when every scheme was tried
+    /// (the attempts then say why each failed).
+    ///
+    /// Already part of the report's `Display`; for callers that show it apart (a JSON
+    /// field, a log line).
+    pub fn hint(&self) -> Option<String> {
+        let unopened = self.unopened();
+        if unopened.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = unopened
+            .iter()
+            .map(|c| {
+                let flags: Vec<String> = c.flags().iter().map(|f| flag_text(f)).collect();
+                format!("nothing configured opens {}; give {}", c.describe(), flags.join(" or "))
+            })
+            .collect();
+        Some(parts.join("; "))
+    }
 }
 
 impl fmt::Display for UnwrapReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
         if self.attempts.is_empty() {
-            write!(f, "the layer has no wrapped key for any supported scheme")?;
+            parts.push("the layer has no wrapped key for any supported scheme (jwe, provider.NAME)".into());
         }
-        for (i, a) in self.attempts.iter().enumerate() {
-            if i > 0 {
-                write!(f, "; ")?;
+        // Identical causes (the same key failing on several items) are said once.
+        let mut tried: Vec<(Vec<String>, String)> = Vec::new();
+        for a in &self.attempts {
+            if matches!(a.reason, UnwrapFailure::NoUnwrapper) {
+                continue;
             }
-            write!(f, "[{} item {} via {}] {}", a.scheme, a.item, a.unwrapper, a.reason)?;
+            let label = format!("{} item {} via {}", a.scheme, a.item, a.unwrapper);
+            let why = report::line(&a.reason);
+            match tried.iter_mut().find(|(_, w)| *w == why) {
+                Some((labels, _)) => labels.push(label),
+                None => tried.push((vec![label], why)),
+            }
+        }
+        for (labels, why) in tried {
+            parts.push(format!("[{}] {why}", labels.join(", ")));
+        }
+        if let Some(hint) = self.hint() {
+            parts.push(hint);
         }
         if !self.unsupported.is_empty() {
-            write!(f, "; unsupported schemes present: {}", self.unsupported.join(", "))?;
+            parts.push(format!("unsupported schemes present: {}", self.unsupported.join(", ")));
         }
-        Ok(())
+        f.write_str(&parts.join("; "))
     }
 }
+
+// A list of attempts, each already shown with its cause: the end of the chain.
+impl std::error::Error for UnwrapReport {}
 
 /// Errors of the top-level wrap/unwrap API.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OcicryptError {
     /// A key wrapper failed.
-    #[error("wrapping the layer key with scheme {scheme:?} failed: {source}")]
+    #[error("wrapping the layer key with scheme {scheme:?} failed")]
     Wrap {
         scheme: String,
         #[source]
@@ -115,9 +271,10 @@ pub enum OcicryptError {
     /// The layer annotations are malformed.
     #[error(transparent)]
     Annotations(#[from] AnnotationError),
-    /// No unwrapper could recover the layer key.
-    #[error("could not unwrap the layer key: {0}")]
-    NoKey(UnwrapReport),
+    /// No unwrapper could recover the layer key; the report lists every attempt and,
+    /// for schemes nothing could try, what would open them ([`UnwrapReport::hint`]).
+    #[error("could not unwrap the layer key")]
+    NoKey(#[source] UnwrapReport),
 }
 
 /// Wrap a layer's private options with every wrapper and return the annotations
@@ -167,6 +324,10 @@ pub async fn unwrap_keys(
     // jwe first (local keys, no network), then the rest in BTreeMap order.
     schemes.sort_by_key(|s| (s.as_str() != annotations::SCHEME_JWE, s.as_str()));
     let mut attempts = Vec::new();
+    let carried: Vec<CarriedKey> = schemes
+        .iter()
+        .map(|s| CarriedKey::read(s, enc.wrapped.get(*s).map(Vec::as_slice).unwrap_or_default()))
+        .collect();
     for scheme in schemes {
         let items = enc.wrapped.get(scheme).map(Vec::as_slice).unwrap_or_default();
         let handlers: Vec<&Arc<dyn KeyUnwrapper>> = unwrappers.iter().filter(|u| u.handles(scheme)).collect();
@@ -192,5 +353,5 @@ pub async fn unwrap_keys(
             }
         }
     }
-    Err(OcicryptError::NoKey(UnwrapReport { attempts, unsupported: enc.unknown_schemes }))
+    Err(OcicryptError::NoKey(UnwrapReport { attempts, unsupported: enc.unknown_schemes, carried }))
 }

@@ -128,7 +128,7 @@ async fn skopeo_multi_scheme_fixture_decrypts_by_either_scheme() {
     let OcicryptError::NoKey(report) = &err else { panic!("{err}") };
     let schemes: Vec<&str> = report.attempts.iter().map(|a| a.scheme.as_str()).collect();
     assert_eq!(schemes, vec!["jwe", "provider.mykp"]);
-    let msg = err.to_string();
+    let msg = report::line(&err);
     assert!(msg.contains("connection refused") && msg.contains("RSA-OAEP"), "{msg}");
 }
 
@@ -137,7 +137,7 @@ async fn unsupported_schemes_are_named() {
     let mut ann = layer_annotations(&read("jwe/manifest.json"));
     ann.insert("org.opencontainers.image.enc.keys.pkcs7".into(), "AAAA".into());
     let err = unwrap_keys(&unwrappers(vec![key("rsa2048.pem")]), &ann).await.unwrap_err();
-    let msg = err.to_string();
+    let msg = report::line(&err);
     assert!(msg.contains("pkcs7") && msg.contains("jwe item 0"), "{msg}");
 }
 
@@ -227,7 +227,7 @@ async fn multi_recipient_second_key_only() {
     round_trip(recipients.clone(), vec![key("rsa2048b.pem")]).await.unwrap();
     round_trip(recipients.clone(), vec![key("ec-P-256.pem"), key("ec-P-521.pem")]).await.unwrap();
     let err = round_trip(recipients, vec![key("ec-P-384.pem")]).await.unwrap_err();
-    let msg = err.to_string();
+    let msg = report::line(&err);
     for part in
         ["recipient 0 (RSA-OAEP)", "recipient 1 (ECDH-ES+A256KW)", "recipient 2 (RSA-OAEP)", "jwe item 0"]
     {

@@ -583,20 +583,22 @@ impl JweUnwrapper {
             let r = match r {
                 Ok(r) => r,
                 Err(e) => {
-                    attempts.push(format!("recipient {ri}: {e}"));
+                    attempts.push((format!("recipient {ri}"), e.clone()));
                     continue;
                 }
             };
             if r.header.contains_key("zip") {
-                attempts.push(format!("recipient {ri}: compressed (\"zip\") JWE is not supported"));
+                attempts
+                    .push((format!("recipient {ri}"), "compressed (\"zip\") JWE is not supported".into()));
                 continue;
             }
             if r.header.contains_key("crit") {
-                attempts.push(format!("recipient {ri}: \"crit\" header parameters are not supported"));
+                attempts
+                    .push((format!("recipient {ri}"), "\"crit\" header parameters are not supported".into()));
                 continue;
             }
             let Some(enc) = str_header(&r.header, "enc") else {
-                attempts.push(format!("recipient {ri}: no \"enc\" header"));
+                attempts.push((format!("recipient {ri}"), "no \"enc\" header".into()));
                 continue;
             };
             let alg = str_header(&r.header, "alg").unwrap_or("?");
@@ -606,12 +608,27 @@ impl JweUnwrapper {
                     .and_then(|cek| decrypt_content(&jwe, enc, &cek));
                 match result {
                     Ok(plain) => return Ok(plain),
-                    Err(e) => attempts.push(format!("recipient {ri} ({alg}) with key {ki}: {e}")),
+                    Err(e) => attempts.push((format!("recipient {ri} ({alg}) with key {ki}"), e)),
                 }
             }
         }
-        Err(JweError::NoKey(attempts.join("; ")))
+        Err(JweError::NoKey(join_attempts(attempts)))
     }
+}
+
+/// The attempts as one list, each reason said once: `recipient 0 (RSA-OAEP) with key 0,
+/// recipient 1 (RSA-OAEP) with key 0: RSA-OAEP decryption failed (not this key)`.
+fn join_attempts(attempts: Vec<(String, String)>) -> String {
+    let mut grouped: Vec<(Vec<String>, String)> = Vec::new();
+    for (label, reason) in attempts {
+        match grouped.iter_mut().find(|(_, r)| *r == reason) {
+            Some((labels, _)) => labels.push(label),
+            None => grouped.push((vec![label], reason)),
+        }
+    }
+    let parts: Vec<String> =
+        grouped.into_iter().map(|(labels, r)| format!("{}: {r}", labels.join(", "))).collect();
+    parts.join("; ")
 }
 
 impl KeyUnwrapper for JweUnwrapper {
