@@ -6,7 +6,7 @@
 //! `iat` and `exp` are whole seconds: Trustee's JWT validation reads a NumericDate
 //! with a fraction as a missing claim and refuses the token.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
 use josekit::jws::alg::eddsa::EddsaJwsSigner;
@@ -17,7 +17,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::client::{endpoint, http_client, parse_base_url, send_with_retry, server_reason, Answer};
+use crate::client::{
+    broker_answered, endpoint, http_client, parse_base_url, send_with_retry, shown, Answer, Deadline, Target,
+};
 use crate::error::{KbsError, Step};
 use crate::uri::ResourceUri;
 
@@ -45,17 +47,12 @@ pub enum Created {
     Exists,
 }
 
-fn refusal(path: &str, answer: &Answer) -> KbsError {
+fn refusal(base: &Url, path: &str, answer: &Answer) -> KbsError {
     let status = answer.status;
-    let reason = server_reason(status, &answer.body);
     KbsError::Rejected {
         step: Step::Admin,
         status: status.as_u16(),
-        reason: if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            format!("admin request refused for {path}: {reason}")
-        } else {
-            format!("{path}: {reason}")
-        },
+        reason: format!("{path} refused: {}", broker_answered(base, status, &answer.body)),
     }
 }
 
@@ -120,9 +117,9 @@ impl AdminClient {
     ) -> Result<Answer, KbsError> {
         let url = endpoint(&self.base, path)?;
         let token = self.admin_token()?;
-        let deadline = Instant::now() + ADMIN_DEADLINE;
+        let target = Target { base: &self.base, deadline: Deadline::from_now(ADMIN_DEADLINE) };
         let body = Zeroizing::new(body);
-        send_with_retry(&self.http, Step::Admin, deadline, |http| {
+        send_with_retry(&self.http, Step::Admin, &target, |http| {
             let req = http
                 .request(method.clone(), url.clone())
                 .header(AUTHORIZATION, format!("Bearer {}", token.as_str()))
@@ -144,7 +141,7 @@ impl AdminClient {
         if answer.status.is_success() {
             return Ok(());
         }
-        Err(refusal(path, &answer))
+        Err(refusal(&self.base, path, &answer))
     }
 
     /// Stores `data` as the resource `uri` only if the KBS holds nothing there yet
@@ -161,7 +158,7 @@ impl AdminClient {
         } else if answer.status == StatusCode::PRECONDITION_FAILED {
             Ok(Created::Exists)
         } else {
-            Err(refusal(&path, &answer))
+            Err(refusal(&self.base, &path, &answer))
         }
     }
 
@@ -176,7 +173,7 @@ impl AdminClient {
             return Err(KbsError::Unsupported(format!(
                 "the KBS at {} has no admin read-back of resources (HTTP {} for {path}; Trustee has none): \
                  cannot tell whether {uri} already holds a key",
-                self.base,
+                shown(&self.base),
                 answer.status.as_u16()
             )));
         }
@@ -186,7 +183,7 @@ impl AdminClient {
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        Err(refusal(&path, &answer))
+        Err(refusal(&self.base, &path, &answer))
     }
 
     /// Stores `data` as the resource `uri` (`POST /kbs/v0/resource/<path>`).

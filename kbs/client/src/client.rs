@@ -147,24 +147,70 @@ pub(crate) fn server_reason(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
+/// The client's account of a refusal: which broker, its HTTP status, and what it said.
+pub(crate) fn broker_answered(base: &Url, status: StatusCode, body: &[u8]) -> String {
+    format!("the broker at {} answered {}", shown(base), status_and_reason(status, body))
+}
+
+/// The base URL as the user gave it (no trailing slash added by [`parse_base_url`]).
+pub(crate) fn shown(base: &Url) -> &str {
+    base.as_str().strip_suffix('/').unwrap_or(base.as_str())
+}
+
+/// `HTTP 503 Service Unavailable: <the broker's reason>`, the status said once when
+/// the body has no reason of its own.
+fn status_and_reason(status: StatusCode, body: &[u8]) -> String {
+    let said = server_reason(status, body);
+    let bare = format!("HTTP {status}");
+    if said == bare {
+        bare
+    } else {
+        format!("{bare}: {said}")
+    }
+}
+
 fn clean(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(300).collect::<String>().trim().to_owned()
 }
 
+/// The time one call may take: `total` from its start, ending at `at`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    pub at: Instant,
+    pub total: Duration,
+}
+
+impl Deadline {
+    pub fn from_now(total: Duration) -> Self {
+        Deadline { at: Instant::now() + total, total }
+    }
+}
+
+/// Where a request goes and until when: the broker's base URL (named in errors)
+/// and the deadline.
+pub(crate) struct Target<'a> {
+    pub base: &'a Url,
+    pub deadline: Deadline,
+}
+
 /// Sends a request, retrying connection errors, timeouts and 5xx with backoff
-/// until `deadline`. Returns the first non-5xx answer.
+/// until the deadline. Returns the first non-5xx answer.
 pub(crate) async fn send_with_retry(
     http: &reqwest::Client,
     step: Step,
-    deadline: Instant,
+    target: &Target<'_>,
     build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
 ) -> Result<Answer, KbsError> {
+    let deadline = target.deadline.at;
+    let give_up = |attempts: u32, cause: &str| {
+        KbsError::unavailable_at(step, shown(target.base), target.deadline.total, attempts, cause)
+    };
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(KbsError::unavailable(step, attempt - 1, "deadline reached"));
+            return Err(give_up(attempt - 1, "the deadline passed before this request could be sent"));
         }
         let failure = match build(http).timeout(remaining).send().await {
             Ok(resp) => {
@@ -172,7 +218,7 @@ pub(crate) async fn send_with_retry(
                 let headers = resp.headers().clone();
                 match read_body(resp).await {
                     Ok(body) if !status.is_server_error() => return Ok(Answer { status, headers, body }),
-                    Ok(body) => format!("HTTP {status}: {}", server_reason(status, &body)),
+                    Ok(body) => status_and_reason(status, &body),
                     Err(e) => e,
                 }
             }
@@ -180,24 +226,36 @@ pub(crate) async fn send_with_retry(
         };
         let delay = backoff_delay(attempt, &mut rand::thread_rng());
         if Instant::now() + delay >= deadline {
-            return Err(KbsError::unavailable(step, attempt, failure));
+            return Err(give_up(attempt, &failure));
         }
         tracing::debug!(%step, attempt, reason = %failure, "KBS request failed, retrying");
         tokio::time::sleep(delay).await;
     }
 }
 
+/// What went wrong under a reqwest error, each clause once.
+///
+/// reqwest's own text ("error sending request for url (http://...)") repeats the URL
+/// the caller's error already names and hides the cause; the causes below it say what
+/// happened (connection refused, timeout, ...). A cause whose text its parent already
+/// contains (hyper's and the OS's errors sometimes repeat each other) is left out.
 fn describe_reqwest(e: &reqwest::Error) -> String {
-    // reqwest's Display hides the cause ("error sending request"); the source
-    // chain says what really happened (connection refused, timeout, ...).
-    let mut s = e.to_string();
+    let mut clauses: Vec<String> = Vec::new();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !text.is_empty() && !clauses.last().is_some_and(|prev| prev.contains(&text)) {
+            clauses.push(text);
+        }
         src = c.source();
     }
-    s
+    if e.is_timeout() && !clauses.iter().any(|c| c.contains("timed out")) {
+        clauses.push("timed out".to_owned());
+    }
+    if clauses.is_empty() {
+        clauses.push(e.to_string());
+    }
+    clauses.join(": ")
 }
 
 async fn read_body(mut resp: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, String> {
@@ -273,7 +331,7 @@ impl KbsClient {
 
     /// Attests now (even if a token is cached) and keeps the new token.
     pub async fn attest(&self) -> Result<(), KbsError> {
-        let deadline = Instant::now() + self.inner.cfg.deadline;
+        let deadline = Deadline::from_now(self.inner.cfg.deadline);
         let mut slot = self.inner.session.lock().await;
         let generation = slot.as_ref().map_or(0, |s| s.generation) + 1;
         *slot = Some(Arc::new(self.handshake(deadline, generation).await?));
@@ -283,13 +341,14 @@ impl KbsClient {
     /// Fetches and decrypts one resource. Attests lazily, once, and reuses the
     /// token until it expires; re-attests once if the KBS answers 401.
     pub async fn get_resource(&self, uri: &ResourceUri) -> Result<Zeroizing<Vec<u8>>, KbsError> {
-        let deadline = Instant::now() + self.inner.cfg.deadline;
+        let deadline = Deadline::from_now(self.inner.cfg.deadline);
+        let target = Target { base: &self.inner.base, deadline };
         let url = endpoint(&self.inner.base, &format!("kbs/v0/resource/{}", uri.path()))?;
         let mut refused: Option<u64> = None;
         loop {
             let session = self.session(deadline, refused).await?;
             let token = session.token.clone();
-            let answer = send_with_retry(&self.inner.http, Step::Resource, deadline, |http| {
+            let answer = send_with_retry(&self.inner.http, Step::Resource, &target, |http| {
                 http.request(Method::GET, url.clone())
                     .header(AUTHORIZATION, format!("Bearer {}", token.expose()))
             })
@@ -304,7 +363,6 @@ impl KbsClient {
                 let resp = protocol::parse_response(&answer.body).map_err(proto)?;
                 return protocol::decrypt_response(&session.key, &resp).map_err(proto);
             }
-            let reason = server_reason(status, &answer.body);
             if status == StatusCode::UNAUTHORIZED && refused.is_none() {
                 tracing::info!(resource = %uri, "KBS answered 401, re-attesting once");
                 refused = Some(session.generation);
@@ -318,14 +376,14 @@ impl KbsClient {
             return Err(KbsError::Rejected {
                 step: Step::Resource,
                 status: status.as_u16(),
-                reason: format!("{uri} {verb}: {reason}"),
+                reason: format!("{uri} {verb}: {}", broker_answered(&self.inner.base, status, &answer.body)),
             });
         }
     }
 
     /// The current session, attesting if there is none, it expired, or it is the
     /// one the KBS just refused (`refused` = its generation).
-    async fn session(&self, deadline: Instant, refused: Option<u64>) -> Result<Arc<Session>, KbsError> {
+    async fn session(&self, deadline: Deadline, refused: Option<u64>) -> Result<Arc<Session>, KbsError> {
         // Holding the lock across the handshake makes concurrent callers wait for
         // one attestation instead of each running their own.
         let mut slot = self.inner.session.lock().await;
@@ -342,14 +400,15 @@ impl KbsClient {
     }
 
     /// One RCAR handshake: request → challenge → evidence → token.
-    async fn handshake(&self, deadline: Instant, generation: u64) -> Result<Session, KbsError> {
+    async fn handshake(&self, deadline: Deadline, generation: u64) -> Result<Session, KbsError> {
         let inner = &self.inner;
+        let target = Target { base: &inner.base, deadline };
         let proto = |step: Step| {
             move |source: protocol::ProtocolError| KbsError::Protocol { step, resource: None, source }
         };
 
         let request = protocol::build_request(inner.attester.tee(), &inner.cfg.extra_params);
-        let answer = send_with_retry(&inner.http, Step::Auth, deadline, |http| {
+        let answer = send_with_retry(&inner.http, Step::Auth, &target, |http| {
             http.request(Method::POST, inner.auth_url.clone()).json(&request)
         })
         .await?;
@@ -357,7 +416,7 @@ impl KbsClient {
             return Err(KbsError::Rejected {
                 step: Step::Auth,
                 status: answer.status.as_u16(),
-                reason: server_reason(answer.status, &answer.body),
+                reason: broker_answered(&inner.base, answer.status, &answer.body),
             });
         }
         let challenge = protocol::parse_challenge(&answer.body).map_err(proto(Step::Auth))?;
@@ -379,7 +438,7 @@ impl KbsClient {
         let evidence = inner.attester.evidence(&report_data).await?;
         let attestation = protocol::build_attestation(&challenge.nonce, jwk, evidence);
 
-        let answer = send_with_retry(&inner.http, Step::Attest, deadline, |http| {
+        let answer = send_with_retry(&inner.http, Step::Attest, &target, |http| {
             let rb = http.request(Method::POST, inner.attest_url.clone()).json(&attestation);
             match &cookie {
                 Some(c) => rb.header(COOKIE, c.as_str()),
@@ -391,7 +450,7 @@ impl KbsClient {
             return Err(KbsError::Rejected {
                 step: Step::Attest,
                 status: answer.status.as_u16(),
-                reason: server_reason(answer.status, &answer.body),
+                reason: broker_answered(&inner.base, answer.status, &answer.body),
             });
         }
         let token = protocol::parse_attest_response(&answer.body).map_err(proto(Step::Attest))?;

@@ -17,6 +17,6 @@ pub mod uri;
 pub use admin::{AdminClient, Created};
 pub use attester::{make_attester, Attester, AttesterKind, AttesterOptions};
 pub use client::{ClientConfig, KbsClient};
-pub use error::{AttesterError, KbsError, KbsErrorKind, Step};
+pub use error::{AttesterError, KbsError, KbsErrorKind, LastFailure, Step};
 pub use protocol::{TeeKeyKind, TeeKeyPair, Token};
 pub use uri::ResourceUri;

@@ -251,7 +251,17 @@ async fn connection_refused_fails_closed_at_the_deadline() {
     let err = c.get_resource(&uri("default/key/1")).await.unwrap_err();
     assert!(matches!(err, KbsError::Unavailable { step: Step::Auth, .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.starts_with("KBS unavailable at auth after "), "{msg}");
+    let broker = format!("KBS unavailable: the broker at http://127.0.0.1:{port} did not answer the auth request within 1.5 s (");
+    assert!(msg.starts_with(&broker), "{msg}");
+    assert!(msg.ends_with(" attempts)"), "the attempts are counted: {msg}");
+    // The cause is the source, said once after the step (issue 27).
+    let line = report::line(&err);
+    eprintln!("{line}");
+    assert!(line.starts_with(&format!("{msg}: ")), "{line}");
+    assert_eq!(report::repeated_source(&err), None, "{line}");
+    assert_eq!(report::repeated_clause(&line), None, "{line}");
+    assert!(!line.contains("error sending request"), "reqwest's own text repeats the URL: {line}");
+    assert_eq!(line.matches(&format!("127.0.0.1:{port}")).count(), 1, "the URL once: {line}");
     assert_eq!(c.attestation_count(), 0);
 }
 
@@ -264,6 +274,12 @@ async fn persistent_503_on_resource_is_unavailable_not_success() {
     let err = c.get_resource(&uri("default/key/1")).await.unwrap_err();
     assert!(matches!(err, KbsError::Unavailable { step: Step::Resource, .. }), "{err}");
     assert!(st.resource.load(Ordering::SeqCst) >= 2, "it retried");
+    // The broker's last answer is the cause, its status and reason said once (issue 27).
+    let line = report::line(&err);
+    eprintln!("{line}");
+    assert!(line.ends_with(" attempts): HTTP 503 Service Unavailable: backend down"), "{line}");
+    assert_eq!(line.matches("503").count(), 1, "{line}");
+    assert_eq!(report::repeated_clause(&line), None, "{line}");
 }
 
 #[tokio::test]
@@ -279,7 +295,14 @@ async fn reattests_only_once_then_reports_denial() {
     let (url, st) = serve(Script { resource_401: usize::MAX, ..Default::default() }).await;
     let c = client(&url, Duration::from_secs(20));
     let err = c.get_resource(&uri("default/key/1")).await.unwrap_err();
-    assert_eq!(err.to_string(), "resource kbs:///default/key/1 denied: policy denied");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "resource kbs:///default/key/1 denied: the broker at {url} answered HTTP 401 Unauthorized: policy denied; \
+             check that the broker's resource policy releases it to this guest (released_resources) and \
+             that its attestation policy still accepts this TEE"
+        )
+    );
     assert!(matches!(err, KbsError::Rejected { step: Step::Resource, status: 401, .. }));
     assert_eq!(c.attestation_count(), 2);
     assert_eq!(st.resource.load(Ordering::SeqCst), 2);
@@ -290,6 +313,13 @@ async fn attestation_rejection_names_the_reason() {
     let (url, _st) = serve(Script { attest_reject: true, ..Default::default() }).await;
     let c = client(&url, Duration::from_secs(20));
     let err = c.get_resource(&uri("default/key/1")).await.unwrap_err();
-    assert_eq!(err.to_string(), "attestation rejected: measurement mismatch");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "attestation rejected: the broker at {url} answered HTTP 401 Unauthorized: measurement mismatch; check the \
+             broker's attestation policy and its reference values (measurements, TCB) against this guest's \
+             evidence"
+        )
+    );
     assert_eq!(c.attestation_count(), 0);
 }

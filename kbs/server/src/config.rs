@@ -9,13 +9,13 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("config {path} is invalid: {source}")]
+    #[error("config {path} is invalid")]
     Yaml {
         path: PathBuf,
         #[source]
@@ -25,7 +25,7 @@ pub enum ConfigError {
     Cert { path: PathBuf },
     #[error("{0}")]
     Invalid(String),
-    #[error("cannot build the TDX collateral / AMD KDS HTTP client: {0}")]
+    #[error("cannot build the TDX collateral / AMD KDS HTTP client")]
     Http(#[source] reqwest::Error),
 }
 

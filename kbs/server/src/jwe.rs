@@ -22,7 +22,7 @@ pub enum JweError {
     UnsupportedCurve(String),
     #[error("TEE public key is malformed: {0}")]
     BadKey(&'static str),
-    #[error("crypto backend failed: {0}")]
+    #[error("crypto backend failed")]
     Crypto(#[from] openssl::error::ErrorStack),
     #[error("cannot build the protected header: {0}")]
     Header(String),

@@ -218,10 +218,15 @@ fn verify_evidence(a: VerifyArgs) -> anyhow::Result<bool> {
         }
         Err(d) => {
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"verified": false, "reason": d.reason.as_str(), "detail": d.detail})
-                );
+                // `reason` and `detail` as before; `error` and `chain` as every cloak
+                // binary's JSON failure carries them (report::json).
+                let mut v = report::json(&d);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("verified".into(), false.into());
+                    o.insert("reason".into(), d.reason.as_str().into());
+                    o.insert("detail".into(), d.detail.clone().into());
+                }
+                println!("{v}");
             }
             eprintln!("cloak-kbs: verify-evidence: refused: {d}");
             Ok(false)
@@ -390,7 +395,8 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cloak-kbs: {e:#}");
+            // The chain once, each step's own text (report: no step repeats its cause).
+            eprintln!("cloak-kbs: {}", report::line(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -448,10 +454,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::VerifyEvidence(a) => {
-            if verify_evidence(a)? {
-                Ok(())
-            } else {
-                std::process::exit(1)
+            let json = a.json;
+            match verify_evidence(a) {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    if json {
+                        println!("{}", report::json(e.as_ref()));
+                    }
+                    Err(e)
+                }
             }
         }
         Cmd::Migrate { from, to, master_key, old_master_key, policy, overwrite, etcd } => {

@@ -15,13 +15,13 @@ use crate::claims::{Claims, SnpClaims, TdxClaims};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}")]
     Read {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("policy is not valid YAML of the expected shape: {0}")]
+    #[error("policy is not valid YAML of the expected shape")]
     Yaml(#[from] serde_yaml::Error),
     #[error("policy field {field}: {reason}")]
     Invalid { field: String, reason: String },
@@ -124,6 +124,9 @@ impl std::fmt::Display for Denial {
         write!(f, "{}: {}", self.reason, self.detail)
     }
 }
+
+/// A refusal is the end of a chain: it has no cause of its own (`detail` is text).
+impl std::error::Error for Denial {}
 
 /// Whether a measurement was compared against an allow-list (the metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

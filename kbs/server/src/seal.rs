@@ -26,7 +26,7 @@ const HEADER: usize = MAGIC.len() + ID_LEN + NONCE_LEN;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
-    #[error("master key file {path}: {source}")]
+    #[error("cannot read master key file {path}")]
     Read {
         path: std::path::PathBuf,
         #[source]

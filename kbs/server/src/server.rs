@@ -86,8 +86,9 @@ pub enum ApiError {
     ProtocolVersion(String),
     #[error("no kbs-session-id cookie; call /kbs/v0/auth first")]
     MissingCookie,
-    #[error("kbs-session-id cookie refused")]
-    InvalidCookie(#[source] CookieError),
+    /// The cookie error's text says what was wrong and what to do.
+    #[error(transparent)]
+    InvalidCookie(CookieError),
     /// The detail starts with the denial reason (clients and tests read it).
     #[error("{0}")]
     AttestationFailed(Denial),
@@ -97,16 +98,19 @@ pub enum ApiError {
     TokenInvalid(#[source] TokenError),
     #[error("cannot issue a token")]
     TokenIssue(#[source] TokenError),
-    #[error("resource {resource} denied: {denial}")]
+    /// The detail starts with the denial reason; the resource is the one the peer
+    /// asked for (its client names it), so the detail does not say it again.
+    #[error("{denial}")]
     PolicyDeny { resource: String, denial: Denial },
-    #[error("resource {0} denied: not_released: not listed in released_resources")]
+    #[error("not_released: the resource is not listed in released_resources")]
     NotReleased(String),
     #[error(
         "resource {resource} is not admin-readable: the broker's admin_readable patterns are {patterns:?} \
          (add one with --admin-readable, or register the key yourself and pass it as a file)"
     )]
     NotAdminReadable { resource: String, patterns: Vec<String> },
-    #[error("admin request refused")]
+    /// Each admin error says what was wrong with the admin request.
+    #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("policy refused")]
     PolicyInvalid(#[source] PolicyError),
@@ -168,16 +172,9 @@ impl ApiError {
         }
     }
 
-    /// The message with its causes, `a: b: c`.
+    /// The message with its causes, each once: `a: b: c`.
     fn detail(&self) -> String {
-        let mut d = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(s) = src {
-            d.push_str(": ");
-            d.push_str(&s.to_string());
-            src = s.source();
-        }
-        d
+        report::line(self)
     }
 }
 
@@ -419,7 +416,7 @@ impl Broker {
             Ok(false) => {}
             Err(e) => tracing::error!(
                 trigger = why,
-                error = %e,
+                error = %report::Line(&e),
                 "new policy refused; the previous policy stays in force"
             ),
         }
@@ -438,7 +435,7 @@ impl Broker {
                         Ok(true) => tracing::info!("shared policy changed"),
                         Ok(false) => {}
                         Err(e) => {
-                            tracing::error!(error = %e, "shared policy refused; the previous policy stays in force")
+                            tracing::error!(error = %report::Line(&e), "shared policy refused; the previous policy stays in force")
                         }
                     }
                 }
@@ -739,7 +736,9 @@ async fn get_resource(
 fn check_admin(b: &Broker, headers: &HeaderMap) -> Result<(), ApiError> {
     let verifier = b.admin.as_ref().ok_or(AdminError::Disabled)?;
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    verifier.check(auth).inspect_err(|e| tracing::warn!(error = %e, "admin request refused"))?;
+    verifier
+        .check(auth)
+        .inspect_err(|e| tracing::warn!(error = %report::Line(e), "admin request refused"))?;
     Ok(())
 }
 
@@ -958,7 +957,7 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: Router, heade
             Err(e) => {
                 // Out of file descriptors, most likely: wait for some to be freed
                 // (the deadlines free them) instead of spinning.
-                tracing::error!(error = %e, "cannot accept connections; retrying in 1 s");
+                tracing::error!(error = %report::Line(&e), "cannot accept connections; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -971,7 +970,7 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: Router, heade
                 .keep_alive(true)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection closed");
+                tracing::debug!(error = %report::Line(&e), "connection closed");
             }
         });
     }
@@ -991,7 +990,7 @@ pub fn raise_fd_limit() -> Option<u64> {
         lim.current = lim.maximum;
         match setrlimit(Resource::Nofile, lim) {
             Ok(()) => tracing::info!(from = ?before, to = ?lim.current, "raised the open-files limit"),
-            Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+            Err(e) => tracing::warn!(error = %report::Line(&e), "could not raise the open-files limit"),
         }
     }
     getrlimit(Resource::Nofile).current
@@ -1024,4 +1023,75 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let (_addr, _broker, task) = spawn(cfg).await?;
     task.await.map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn io(msg: &str) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::NotFound, msg.to_owned())
+    }
+
+    /// Issue 27: each error of the broker says its own step; the cause follows once.
+    #[test]
+    fn broker_errors_do_not_repeat_their_source() {
+        let yaml = serde_yaml::from_str::<Vec<u32>>("a: [").unwrap_err();
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(ConfigError::Read { path: "/etc/kbs.yaml".into(), source: io("no such file") }),
+            Box::new(ConfigError::Yaml { path: "/etc/kbs.yaml".into(), source: yaml }),
+            Box::new(ServeError::Policy(PolicyError::Read { path: "/p.yaml".into(), source: io("gone") })),
+            Box::new(PolicyError::Yaml(serde_yaml::from_str::<Vec<u32>>("{").unwrap_err())),
+            Box::new(SealError::Read { path: "/mk".into(), source: io("no such file") }),
+            Box::new(ServeError::Store(StoreError::Local(LocalError::Io {
+                path: "/srv/r".into(),
+                source: io("disk full"),
+            }))),
+            Box::new(ApiError::InvalidCookie(CookieError::Expired)),
+            Box::new(ApiError::Admin(AdminError::Signature)),
+            Box::new(ApiError::TokenInvalid(TokenError::Expired)),
+        ];
+        for e in &errors {
+            let line = report::line(e.as_ref());
+            assert_eq!(report::repeated_source(e.as_ref()), None, "{line}");
+            assert_eq!(report::repeated_clause(&line), None, "{line}");
+        }
+        assert_eq!(
+            report::line(errors[0].as_ref()),
+            "cannot read config /etc/kbs.yaml: no such file",
+            "the cause once, after the step"
+        );
+    }
+
+    /// Issue 27: the `detail` of an HTTP error body says each clause once, and keeps
+    /// what clients parse (the denial reason first).
+    #[test]
+    fn http_error_details_say_each_clause_once() {
+        let denial = Denial::new(Reason::MeasurementMismatch, "launch measurement ab.. is not allowed");
+        let cases = [
+            (
+                ApiError::AttestationFailed(denial.clone()),
+                "measurement_mismatch: launch measurement ab.. is not allowed",
+            ),
+            (
+                ApiError::PolicyDeny { resource: "default/key/1".into(), denial },
+                "measurement_mismatch: launch measurement ab.. is not allowed",
+            ),
+            (
+                ApiError::NotReleased("a/b/c".into()),
+                "not_released: the resource is not listed in released_resources",
+            ),
+            (ApiError::Admin(AdminError::Signature), "admin token signature is invalid"),
+            (
+                ApiError::InvalidCookie(CookieError::Expired),
+                "session expired (call /kbs/v0/auth for a new session)",
+            ),
+            (ApiError::TokenInvalid(TokenError::Expired), "attestation token refused: token has expired"),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.detail(), want);
+            assert_eq!(report::repeated_clause(&e.detail()), None, "{want}");
+        }
+    }
 }

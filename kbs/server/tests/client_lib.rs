@@ -71,10 +71,68 @@ async fn kbs_client_lib_sees_rejection_reason() {
     let c =
         kbs_client::KbsClient::new(&b.url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
     let uri: kbs_client::ResourceUri = "default/image-kek/1".parse().unwrap();
-    let e = c.get_resource(&uri).await.unwrap_err().to_string();
+    let err = c.get_resource(&uri).await.unwrap_err();
+    let e = report::line(&err);
     assert!(e.contains("sample_not_allowed"), "{e}");
+    // Issue 27: the broker, its reason and what to check, each said once.
+    assert!(
+        e.starts_with(&format!("attestation rejected: the broker at {} answered HTTP 401", b.url)),
+        "{e}"
+    );
+    assert_eq!(e.matches("sample_not_allowed").count(), 1, "{e}");
+    assert!(e.contains("check the broker's attestation policy"), "{e}");
+    assert_eq!(report::repeated_clause(&e), None, "{e}");
     let m = b.metrics().await;
     assert!(metric(&m, "coco_attestation_failure_total", &["reason=\"sample_not_allowed\""]) >= 1);
+}
+
+/// Issue 27: a resource the policy does not release. The client's error names the
+/// broker, the resource and the broker's reason once each, and says what to check;
+/// the broker's detail no longer repeats "resource ... denied" under the client's.
+#[tokio::test]
+async fn denying_broker_error_names_broker_resource_and_reason_once() {
+    let b = start(SAMPLE_POLICY, |_, _| {}).await;
+    assert_eq!(b.put("other/key/1", b"v").await.status(), 200);
+    let c =
+        kbs_client::KbsClient::new(&b.url, sample_attester(), kbs_client::ClientConfig::default()).unwrap();
+    let uri: kbs_client::ResourceUri = "other/key/1".parse().unwrap();
+    let err = c.get_resource(&uri).await.unwrap_err();
+    assert!(matches!(err, kbs_client::KbsError::Rejected { status: 403, .. }), "{err}");
+    let e = report::line(&err);
+    assert_eq!(
+        e,
+        format!(
+            "resource kbs:///other/key/1 denied: the broker at {} answered HTTP 403 Forbidden: not_released: \
+             the resource is not listed in released_resources; check that the broker's resource policy \
+             releases it to this guest (released_resources) and that its attestation policy still accepts \
+             this TEE",
+            b.url
+        )
+    );
+    assert_eq!(report::repeated_clause(&e), None, "{e}");
+    assert_eq!(report::repeated_source(&err), None, "{e}");
+}
+
+/// Issue 27: an admin key the broker does not know: the broker's reason once, no
+/// "admin request refused" said by both sides.
+#[tokio::test]
+async fn refused_admin_request_says_why_once() {
+    let b = start(SAMPLE_POLICY, |_, _| {}).await;
+    let stranger = openssl::pkey::PKey::generate_ed25519().unwrap();
+    let admin = kbs_client::AdminClient::new(&b.url, &stranger.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let uri: kbs_client::ResourceUri = "default/key/x".parse().unwrap();
+    let err = admin.put_resource(&uri, b"v").await.unwrap_err();
+    let e = report::line(&err);
+    assert_eq!(
+        e,
+        format!(
+            "admin request kbs/v0/resource/default/key/x refused: the broker at {} answered HTTP 401 \
+             Unauthorized: admin token signature is invalid; check that the broker's admin public key matches \
+             this admin key",
+            b.url
+        )
+    );
+    assert_eq!(report::repeated_clause(&e), None, "{e}");
 }
 
 #[tokio::test]

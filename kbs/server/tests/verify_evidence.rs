@@ -148,3 +148,30 @@ fn snp_reports_with_vcek_file_dir_and_bad_vcek() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.der: not a DER or PEM"), "{out:?}");
 }
+
+/// Issue 27: with `--json`, a refusal and a failure both carry `error` (the chain on one
+/// line) and `chain`; stderr says each clause once.
+#[test]
+fn verify_evidence_json_failures_carry_the_chain_once() {
+    let (vlek, vrep) = (td("snp/trustee-test-vlek.der"), td("snp/trustee-test-vlek-report.bin"));
+    let out = run(&["--tee", "snp", "--evidence", s(&vrep), "--vcek", s(&vlek), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], false, "{v}");
+    let (reason, detail) = (v["reason"].as_str().unwrap(), v["detail"].as_str().unwrap());
+    assert_eq!(v["error"], format!("{reason}: {detail}"), "{v}");
+    assert_eq!(v["chain"], serde_json::json!([format!("{reason}: {detail}")]), "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(report::repeated_clause(&err), None, "{err}");
+
+    let missing = "/nonexistent/cloak-evidence";
+    let out = run(&["--tee", "snp", "--evidence", missing, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = v["error"].as_str().unwrap();
+    assert!(line.starts_with(&format!("cannot read {missing}: ")), "{v}");
+    assert!(v["chain"].is_array(), "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), format!("cloak-kbs: {line}"));
+    assert_eq!(report::repeated_clause(&err), None, "{err}");
+}

@@ -27,7 +27,7 @@ pub enum EcdhError {
     #[error("invalid EC public key: {0}")]
     InvalidPoint(&'static str),
     /// OpenSSL failed (allocation, RNG).
-    #[error("EC operation failed: {0}")]
+    #[error("EC operation failed")]
     Crypto(#[from] ErrorStack),
 }
 

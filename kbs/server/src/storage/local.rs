@@ -20,7 +20,7 @@ use crate::session::{Created, Session, Sessions};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LocalError {
-    #[error("resource store I/O on {path}: {source}")]
+    #[error("file I/O on {path}")]
     Io {
         path: PathBuf,
         #[source]

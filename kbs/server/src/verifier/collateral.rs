@@ -57,7 +57,7 @@ impl std::fmt::Debug for CollateralSource {
 /// Why a fetch failed (kept as text in the denial; no secrets involved).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("GET {url}: {source}")]
+    #[error("GET {url}")]
     Http {
         url: String,
         #[source]
@@ -149,8 +149,8 @@ impl CollateralSource {
                     return Ok(entry.collateral.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(fmspc = %info.fmspc, error = %e, "cannot fetch TDX collateral; trying the cache");
-                    Some(e.to_string())
+                    tracing::warn!(fmspc = %info.fmspc, error = %report::Line(&e), "cannot fetch TDX collateral; trying the cache");
+                    Some(report::line(&e))
                 }
             },
             None => None,
@@ -175,7 +175,7 @@ impl CollateralSource {
     fn store_on_disk(&self, key: &str, c: &QuoteCollateralV3) {
         let Some(dir) = &self.cfg.cache_dir else { return };
         if let Err(e) = write_atomic(dir, &format!("{key}.json"), c) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the TDX collateral cache");
+            tracing::warn!(dir = %dir.display(), error = %report::Line(&e), "cannot write the TDX collateral cache");
         }
     }
 

@@ -131,7 +131,7 @@ impl KdsClient {
                     if let Some(dir) = &self.cfg.cache_dir {
                         let _ = std::fs::create_dir_all(dir);
                         if let Err(e) = std::fs::write(dir.join(&name), &der) {
-                            tracing::warn!(dir = %dir.display(), error = %e, "cannot cache the VCEK");
+                            tracing::warn!(dir = %dir.display(), error = %report::Line(&e), "cannot cache the VCEK");
                         }
                     }
                     return Ok(Some(der));

@@ -240,7 +240,7 @@ where
     let endpoint = endpoint.to_string();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(%endpoint, error = %e, "etcd gRPC connection closed");
+            tracing::debug!(%endpoint, error = %report::Line(&e), "etcd gRPC connection closed");
         }
     });
     Ok(send)

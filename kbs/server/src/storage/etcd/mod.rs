@@ -208,7 +208,7 @@ impl Etcd {
                         resources.insert(name.to_string(), (kv.mod_revision, plain));
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "skipping a value that does not open"),
+                Err(e) => tracing::error!(error = %report::Line(&e), "skipping a value that does not open"),
             }
         }
         if let Ok(mut c) = self.cache.write() {
@@ -243,7 +243,7 @@ impl Etcd {
                             self.policy_tx.send_replace(Some(text));
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "shared policy does not open; the old one stays")
+                            tracing::error!(error = %report::Line(&e), "shared policy does not open; the old one stays")
                         }
                     }
                 }
@@ -260,7 +260,7 @@ impl Etcd {
                             c.resources.insert(name, (kv.mod_revision, plain));
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "resource does not open; not served");
+                            tracing::error!(error = %report::Line(&e), "resource does not open; not served");
                             c.resources.remove(&name);
                         }
                     }
