@@ -33,7 +33,7 @@ pub enum LinkMode {
 
 /// Why assembly failed.
 #[derive(Debug, thiserror::Error)]
-#[error("assembling the rootfs at {path}: {op}: {source}")]
+#[error("assembling the rootfs at {path}: {op}")]
 pub struct AssembleError {
     pub path: String,
     pub op: &'static str,

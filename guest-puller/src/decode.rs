@@ -40,9 +40,9 @@ const DEPTH: usize = 4;
 pub enum DecodeError {
     /// Reading the layer source failed: transport, size cap, blob digest or
     /// HMAC (then the `io::Error` wraps the [`ocicrypt::CipherError`]).
-    #[error("layer stream failed verification or transfer: {0}")]
+    #[error("layer stream failed verification or transfer")]
     Source(#[source] io::Error),
-    #[error("decompressing the layer: {0}")]
+    #[error("decompressing the layer")]
     Decompress(#[source] io::Error),
     /// A decompression bomb, by ratio.
     #[error(
@@ -57,13 +57,13 @@ pub enum DecodeError {
          (cloak-pull --max-layer-size, cloak-cdh [image] max_layer_size)"
     )]
     UnpackedTooLarge { max: u64 },
-    #[error("extracting the layer: {0}")]
+    #[error("extracting the layer")]
     Extract(#[source] ExtractError),
     #[error("diff_id mismatch: the config says {expected}, the layer content hashes to {actual}")]
     DiffId { expected: Digest, actual: Digest },
     #[error("cancelled after another layer failed")]
     Cancelled,
-    #[error("the decode thread failed: {0}")]
+    #[error("the decode thread failed")]
     Join(#[from] tokio::task::JoinError),
 }
 

@@ -142,9 +142,9 @@ pub struct ExtractStats {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExtractError {
-    #[error("reading the tar stream: {0}")]
+    #[error("reading the tar stream")]
     Read(#[source] io::Error),
-    #[error("opening the extraction root {path}: {source}")]
+    #[error("opening the extraction root {path}")]
     Root {
         path: String,
         #[source]
@@ -165,7 +165,7 @@ pub enum ExtractError {
     TooLarge { max: u64 },
     #[error("tar entry {path:?}: {kind} refused by the device policy")]
     DeviceRefused { path: String, kind: &'static str },
-    #[error("tar entry {path:?}: {op}: {source}")]
+    #[error("tar entry {path:?}: {op}")]
     Io {
         path: String,
         op: &'static str,

@@ -145,7 +145,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cloak-pull: {e:#}");
+            eprintln!("cloak-pull: {}", report::line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -43,14 +43,14 @@ pub enum OverlayError {
     BadPath(String),
     #[error("an overlay rootfs: {layers} layers make the mount options too long ({len} bytes); link the store by hardlink instead")]
     TooManyLayers { layers: usize, len: usize },
-    #[error("overlay view of {path}: {op}: {source}")]
+    #[error("overlay view of {path}: {op}")]
     View {
         path: String,
         op: &'static str,
         #[source]
         source: io::Error,
     },
-    #[error("mounting the overlay rootfs at {path}: {source}")]
+    #[error("mounting the overlay rootfs at {path}")]
     Mount {
         path: String,
         #[source]

@@ -39,13 +39,13 @@ pub struct PullPolicy {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    #[error("reading policy {path}: {source}")]
+    #[error("reading policy {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("parsing policy {path}: {source}")]
+    #[error("parsing policy {path}")]
     Parse {
         path: String,
         #[source]

@@ -77,23 +77,23 @@ pub enum PullError {
     ManifestDigest { what: &'static str, expected: Digest, actual: Digest },
     #[error("bad manifest: an index nested in an index is not supported")]
     NestedIndex,
-    #[error("bad image config: {0}")]
+    #[error("bad image config")]
     Config(#[from] oci::ConfigError),
-    #[error("layer {index} ({digest}): unsupported layer media type: {source}")]
+    #[error("layer {index} ({digest}): unsupported layer media type")]
     MediaType {
         index: usize,
         digest: Digest,
         #[source]
         source: ocicrypt::MediaTypeError,
     },
-    #[error("layer {index} ({digest}): the layer key could not be unwrapped: {source}")]
+    #[error("layer {index} ({digest})")]
     Keys {
         index: usize,
         digest: Digest,
         #[source]
         source: ocicrypt::OcicryptError,
     },
-    #[error("layer {index} ({digest}): {source}")]
+    #[error("layer {index} ({digest})")]
     Layer {
         index: usize,
         digest: Digest,
@@ -106,7 +106,7 @@ pub enum PullError {
     Assemble(#[from] assemble::AssembleError),
     #[error(transparent)]
     Overlay(#[from] OverlayError),
-    #[error("bundle {path}: {source}")]
+    #[error("bundle {path}")]
     Bundle {
         path: PathBuf,
         #[source]
@@ -114,7 +114,7 @@ pub enum PullError {
     },
     #[error("bundle {path}: rootfs already exists; use a fresh bundle directory")]
     BundleInUse { path: PathBuf },
-    #[error("a blocking task of the pull failed: {0}")]
+    #[error("a blocking task of the pull failed")]
     Join(#[from] tokio::task::JoinError),
     #[error("cancelled after another layer failed")]
     Cancelled,
@@ -724,4 +724,89 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
     // planted can redirect the write.
     let dir = std::fs::canonicalize(dir).map_err(e)?;
     crate::fsutil::write_file_replacing(&dir, name, bytes, 0o644).map_err(e)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::extract::ExtractError;
+
+    fn digest() -> Digest {
+        format!("sha256:{}", "ab".repeat(32)).parse().unwrap()
+    }
+
+    /// The first layer's annotations of the golden `three-layers` image (JWE, RSA).
+    pub(crate) fn golden_layer_annotations() -> HashMap<String, String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden/three-layers/enc-oci");
+        let blob = |d: &str| root.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("index.json")).unwrap()).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+        )
+        .unwrap();
+        serde_json::from_value(manifest["layers"][0]["annotations"].clone()).unwrap()
+    }
+
+    fn assert_said_once(e: &PullError) {
+        let e: &(dyn std::error::Error + 'static) = e;
+        assert_eq!(report::repeated_source(e), None, "{}", report::line(e));
+        assert_eq!(report::repeated_clause(&report::line(e)), None, "{}", report::line(e));
+    }
+
+    /// Issue 27: `layer 0 (…): the layer key could not be unwrapped: could not unwrap the
+    /// layer key: [jwe item 0 via -] no unwrapper …` and then the same again, because
+    /// each Display embedded its source and the printer walked the chain as well.
+    #[test]
+    fn pull_errors_do_not_repeat_their_source() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let keys = rt.block_on(ocicrypt::unwrap_keys(&[], &golden_layer_annotations())).unwrap_err();
+        let e = PullError::Keys { index: 0, digest: digest(), source: keys };
+        assert_said_once(&e);
+        let text = report::line(&e);
+        assert!(
+            text.starts_with(&format!("layer 0 ({}): could not unwrap the layer key", digest())),
+            "{text}"
+        );
+
+        let e = PullError::Layer {
+            index: 2,
+            digest: digest(),
+            source: DecodeError::Extract(ExtractError::Io {
+                path: "etc/passwd".into(),
+                op: "create",
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            }),
+        };
+        assert_said_once(&e);
+        assert_eq!(
+            report::line(&e),
+            format!(
+                "layer 2 ({}): extracting the layer: tar entry \"etc/passwd\": create: {}",
+                digest(),
+                std::io::Error::from_raw_os_error(libc::ENOSPC)
+            )
+        );
+
+        let e = PullError::Layer {
+            index: 1,
+            digest: digest(),
+            source: DecodeError::Source(std::io::Error::other("blob digest mismatch")),
+        };
+        assert_said_once(&e);
+        let e =
+            PullError::Bundle { path: "/b".into(), source: std::io::Error::other("read-only file system") };
+        assert_said_once(&e);
+        assert_eq!(report::line(&e), "bundle /b: read-only file system");
+        let e = PullError::from(StoreError::Io {
+            path: "/s".into(),
+            op: "rename",
+            source: std::io::Error::other("disk quota exceeded"),
+        });
+        assert_said_once(&e);
+        let media = LayerMediaType::parse("application/x-nonsense").unwrap_err();
+        let e = PullError::MediaType { index: 0, digest: digest(), source: media };
+        assert_said_once(&e);
+    }
 }

@@ -17,19 +17,22 @@ use oci::{Digest, ImageRef, SourceOptions};
 /// A signature policy could not be loaded or refused the image.
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("reading signature policy {path}: {source}")]
+    #[error("reading signature policy {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    /// `cause`: the KBS client's error (absent, denied or unreachable), not `source()`
-    /// since the message already includes it.
-    #[error("signature policy {uri}: fetching it from the KBS failed: {cause}")]
-    Kbs { uri: String, cause: imgsig::ResourceError },
+    /// `source`: the KBS client's error (absent, denied or unreachable).
+    #[error("signature policy {uri}: fetching it from the KBS failed")]
+    Kbs {
+        uri: String,
+        #[source]
+        source: imgsig::ResourceError,
+    },
     #[error("signature policy {uri} is a kbs:/// resource, which needs --kbs")]
     NoKbs { uri: String },
-    #[error("signature policy {origin}: {source}")]
+    #[error("signature policy {origin}")]
     Policy {
         origin: String,
         #[source]
@@ -73,7 +76,7 @@ impl SignatureCheck {
             let b = f
                 .fetch(policy)
                 .await
-                .map_err(|cause| SignatureError::Kbs { uri: policy.to_string(), cause })?;
+                .map_err(|source| SignatureError::Kbs { uri: policy.to_string(), source })?;
             // Relative key paths in a KBS policy have no meaningful base: use /.
             (b, PathBuf::from("/"))
         } else {

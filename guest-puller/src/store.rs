@@ -25,7 +25,7 @@ pub enum StoreError {
     /// Not a sha256 digest: the store's layout has room for sha256 only.
     #[error("invalid diff_id \"{0}\" (expected sha256:<64 hex>)")]
     BadDiffId(Digest),
-    #[error("layer store {path}: {op}: {source}")]
+    #[error("layer store {path}: {op}")]
     Io {
         path: PathBuf,
         op: &'static str,

@@ -65,8 +65,31 @@ fn cli_failure_exits_nonzero_without_rootfs() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("could not be unwrapped"), "{err}");
+    assert!(err.contains("could not unwrap the layer key"), "{err}");
+    assert_eq!(report::repeated_clause(&err), None, "{err}");
     assert!(!bundle.join("rootfs").exists());
+}
+
+/// Issue 27: with no `--key` (and no `--kbs`), cloak-pull said "no unwrapper
+/// configured for this scheme" twice over and not what to do. It says once what the
+/// layer is encrypted for and which flag opens it.
+#[test]
+fn cli_no_key_says_once_what_the_layer_needs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let g = golden("three-layers");
+    let out = cloak_pull()
+        .arg("--quiet")
+        .arg(format!("oci:{}:enc", g.join("enc-oci").display()))
+        .arg(tmp.path().join("bundle"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("cloak-pull: layer 0 (sha256:"), "{err}");
+    assert_eq!(err.matches("could not unwrap the layer key").count(), 1, "{err}");
+    assert!(err.contains("jwe") && err.contains("RSA-OAEP") && err.contains("--key FILE"), "{err}");
+    assert_eq!(report::repeated_clause(&err), None, "{err}");
 }
 
 #[test]

@@ -208,7 +208,7 @@ async fn encrypted_layer_failures_are_source_failures() {
     let (r, _t) = run_encrypted(flipped, dec, Compression::None, &diff_id(&tar)).await;
     let err = r.expect_err("tampered");
     assert!(matches!(&err, DecodeError::Source(_)), "{err}");
-    assert!(err.to_string().contains("HMAC"), "{err}");
+    assert!(report::line(&err).contains("HMAC"), "{err}");
 
     let mut other = sha;
     other[0] ^= 0xff;
@@ -216,7 +216,7 @@ async fn encrypted_layer_failures_are_source_failures() {
     let (r, _t) = run_encrypted(ct.clone(), dec, Compression::None, &diff_id(&tar)).await;
     let err = r.expect_err("wrong blob digest");
     assert!(matches!(&err, DecodeError::Source(_)), "{err}");
-    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    assert!(report::line(&err).contains("digest mismatch"), "{err}");
 
     let dec = ocicrypt::LayerDecryptor::with_ciphertext_digest(&opts, &public, sha).expect("dec");
     let (r, _t) = run_encrypted(

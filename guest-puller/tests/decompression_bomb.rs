@@ -114,7 +114,7 @@ async fn layer_beyond_the_size_limit_is_refused() {
         ),
         "{e:?}"
     );
-    assert!(e.to_string().contains("--max-layer-size"), "{e}");
+    assert!(report::line(&e).contains("--max-layer-size"), "{e}");
 }
 
 /// A one-layer OCI layout whose layer is `blob` (`media_type`) of `tar`.

@@ -318,7 +318,7 @@ async fn tamper_flipped_ciphertext_byte_with_consistent_digests_fails_hmac() {
         l["digest"] = put_blob(layout, &blob).into();
     });
     let err = pull_tampered(&t, format!("oci:{}:enc", t.layout.display())).await;
-    let msg = err.to_string();
+    let msg = report::line(&err);
     assert!(matches!(err, PullError::Layer { index: 1, .. }), "{msg}");
     assert!(
         msg.to_lowercase().contains("hmac") || msg.contains("decompress") || msg.contains("extract"),
@@ -341,7 +341,7 @@ async fn tamper_wrong_diff_id_fails() {
         m["config"]["size"] = bytes.len().into();
     });
     let err = pull_tampered(&t, format!("oci:{}:enc", t.layout.display())).await;
-    assert!(err.to_string().contains("diff_id mismatch"), "{err}");
+    assert!(report::line(&err).contains("diff_id mismatch"), "{err}");
     assert!(!store_has(&t, &format!("sha256:{}", "ab".repeat(32))));
     assert!(!store_has(&t, &ids[2]));
 }

@@ -36,7 +36,7 @@ const MAX_ANSWER: u64 = 4 << 20;
 #[non_exhaustive]
 pub enum ClientError {
     /// The config file could not be read.
-    #[error("cannot read keyprovider config {path}: {source}")]
+    #[error("cannot read keyprovider config {path}")]
     ReadConfig {
         /// The file.
         path: PathBuf,

@@ -84,11 +84,11 @@ impl KeyUnwrapper for KbsJweKeyUnwrapper {
                 match self.unwrapper_for(kid).await {
                     Ok(u) => match u.unwrap_jwe(wrapped) {
                         Ok(o) => return Ok(o),
-                        Err(e) => errors.push(format!("{kid}: {e}")),
+                        Err(e) => errors.push(format!("{kid}: {}", report::Line(&e))),
                     },
                     // A refusal or an outage is final: do not hide it behind NoKey.
                     Err(e @ (WrapError::Refused(_) | WrapError::Unavailable(_))) => return Err(e),
-                    Err(e) => errors.push(format!("{kid}: {e}")),
+                    Err(e) => errors.push(format!("{kid}: {}", report::Line(&e))),
                 }
             }
             Err(WrapError::NoKey(errors.join("; ").into()))

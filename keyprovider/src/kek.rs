@@ -86,7 +86,7 @@ pub enum KekError {
     #[error(transparent)]
     Packet(#[from] PacketError),
     /// The KBS refused or failed.
-    #[error("KBS: {0}")]
+    #[error("KBS")]
     Kbs(#[from] KbsError),
 }
 
@@ -136,7 +136,9 @@ impl FromStr for WrapParams {
                 item.split_once('=').ok_or_else(|| KekError::Params(format!("{item:?} is not key=value")))?;
             match k {
                 "keyid" => {
-                    p.keyid = Some(parse_kid(v).map_err(|e| KekError::Params(format!("keyid: {e}")))?);
+                    p.keyid = Some(
+                        parse_kid(v).map_err(|e| KekError::Params(format!("keyid: {}", report::Line(&e))))?,
+                    );
                 }
                 "keypath" => p.keypath = Some(PathBuf::from(v)),
                 "algorithm" if v == "A256GCM" => {}
@@ -473,7 +475,8 @@ impl KbsKekUnwrapper {
     /// Parses the packet, gets its KEK (cache or KBS) and opens it.
     pub async fn unwrap_packet(&self, packet: &[u8]) -> Result<Zeroizing<Vec<u8>>, KekError> {
         let packet = AnnotationPacket::parse(packet)?;
-        let uri = parse_kid(&packet.kid).map_err(|e| PacketError::Malformed(format!("kid: {e}")))?;
+        let uri = parse_kid(&packet.kid)
+            .map_err(|e| PacketError::Malformed(format!("kid: {}", report::Line(&e))))?;
         let key = uri.to_string();
         let kek = match self.cache.get(&key) {
             Some(k) => k,

@@ -16,7 +16,7 @@ pub enum KeygenError {
     #[error("key generation failed: {0}")]
     Generate(String),
     /// The KBS refused or could not be reached; nothing was written.
-    #[error("registering the private key at {uri} failed: {source}")]
+    #[error("registering the private key at {uri} failed")]
     Register {
         /// Where.
         uri: String,

@@ -3,6 +3,7 @@
 //! Glue only: flags → validated config → library objects → exit code.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,8 +128,11 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
     .map_err(flag_error)?;
     let mut core = match (session.kek_unwrapper(), session.attester_unavailable()) {
         (Some(u), _) => KeyProviderCore::new(admin, Some(u)),
-        (None, Some(e)) => KeyProviderCore::new(admin, None)
-            .with_unwrap_disabled_reason(&format!("attester {:?} unavailable: {e}", c.attester.name())),
+        (None, Some(e)) => KeyProviderCore::new(admin, None).with_unwrap_disabled_reason(&format!(
+            "attester {:?} unavailable: {}",
+            c.attester.name(),
+            report::Line(e)
+        )),
         (None, None) => {
             KeyProviderCore::new(admin, None).with_unwrap_disabled_reason("no --kbs-url: cannot fetch KEKs")
         }
@@ -191,7 +195,7 @@ async fn exec(common: &Common) -> anyhow::Result<i32> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr (stdout carries the cmd protocol). No secrets are logged anywhere.
     let default = if matches!(cli.cmd, Cmd::Exec { .. }) { "warn" } else { "info" };
@@ -202,7 +206,19 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .init();
-    match &cli.cmd {
+    match run(&cli.cmd).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // The chain once, on one line (not anyhow's Debug "Error: ... Caused by:").
+            eprintln!("cloak-keyprovider: {}", report::line(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command; `Ok` carries the exit status (`exec` maps a refused request to one).
+async fn run(cmd: &Cmd) -> anyhow::Result<u8> {
+    match cmd {
         Cmd::Serve { grpc, common, max_request, max_concurrent } => {
             let addr: ListenAddr = grpc.parse()?;
             let core = build_core(common)?;
@@ -210,11 +226,11 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(addr = %grpc, "cloak-keyprovider listening");
             let limits = Limits { max_request: *max_request, max_concurrent: *max_concurrent };
             server::serve(listener, core, limits, shutdown_signal()).await?;
-            Ok(())
+            Ok(0)
         }
         Cmd::Exec { common } => {
             let code = exec(common).await?;
-            std::process::exit(code);
+            Ok(u8::try_from(code).unwrap_or(1))
         }
     }
 }

@@ -58,8 +58,8 @@ pub enum ServiceError {
     #[error(transparent)]
     Kek(#[from] KekError),
     /// A local (JWE) unwrapper failed.
-    #[error("local key unwrap failed: {0}")]
-    Local(WrapError),
+    #[error("local key unwrap failed")]
+    Local(#[source] WrapError),
 }
 
 impl From<ProtocolError> for ServiceError {
@@ -111,9 +111,10 @@ pub fn status_code(e: &ServiceError) -> Code {
     }
 }
 
-/// The gRPC status for an error.
+/// The gRPC status for an error: the code from [`status_code`], the message the
+/// error's chain said once.
 pub fn to_status(e: &ServiceError) -> Status {
-    Status::new(status_code(e), e.to_string())
+    Status::new(status_code(e), report::line(e))
 }
 
 /// Exit status of `cloak-keyprovider exec` for an error.
@@ -127,10 +128,15 @@ pub fn exit_code(e: &ServiceError) -> i32 {
     }
 }
 
-/// The JSON written on stderr by `exec` for an error.
+/// The JSON written on stderr by `exec` for an error: the code, the message (the
+/// chain once, on one line) and the chain as a list.
 pub fn error_json(e: &ServiceError) -> String {
-    serde_json::json!({"error": {"code": format!("{:?}", status_code(e)), "message": e.to_string()}})
-        .to_string()
+    serde_json::json!({"error": {
+        "code": format!("{:?}", status_code(e)),
+        "message": report::line(e),
+        "chain": report::chain(e),
+    }})
+    .to_string()
 }
 
 /// Handles keyprovider requests. Build once, share through `Arc`.
@@ -309,7 +315,12 @@ impl GrpcService {
                 key_provider_key_wrap_protocol_output: out,
             })),
             Err(e) => {
-                tracing::warn!(op = op.as_str(), code = ?status_code(&e), error = %e, "keyprovider request failed");
+                tracing::warn!(
+                    op = op.as_str(),
+                    code = ?status_code(&e),
+                    error = %report::Line(&e),
+                    "keyprovider request failed"
+                );
                 Err(to_status(&e))
             }
         }
@@ -364,7 +375,7 @@ pub enum ServerError {
     #[error("invalid listen address {0:?}: expected host:port or unix:/path")]
     Address(String),
     /// Binding failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: String,
@@ -373,7 +384,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The transport failed.
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
 }
 
@@ -474,6 +485,45 @@ pub async fn exec_once(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Issue 27: gRPC Status messages and `exec`'s error JSON repeated each cause
+    /// (`local key unwrap failed: no usable key: …` and the like, said twice once a
+    /// printer walked the chain). The message is the chain once; codes are unchanged.
+    #[test]
+    fn keyprovider_status_message_says_each_cause_once() {
+        let packet = PacketError::Auth("kbs:///default/kek/app".into());
+        let cases: Vec<(ServiceError, Code, &str)> = vec![
+            (
+                ServiceError::Local(WrapError::NoKey(Box::new(std::io::Error::other(
+                    "RSA-OAEP decryption failed",
+                )))),
+                Code::NotFound,
+                "local key unwrap failed: no usable key: RSA-OAEP decryption failed",
+            ),
+            (
+                ServiceError::Kek(KekError::Packet(packet)),
+                Code::InvalidArgument,
+                "AES-256-GCM authentication failed for kid kbs:///default/kek/app",
+            ),
+            (
+                ServiceError::Kek(KekError::Kbs(kbs_client::KbsError::InvalidUri(
+                    "needs three parts".into(),
+                ))),
+                Code::InvalidArgument,
+                "KBS: ",
+            ),
+        ];
+        for (e, code, says) in cases {
+            assert_eq!(report::repeated_source(&e), None, "{}", report::line(&e));
+            let status = to_status(&e);
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert!(status.message().contains(says), "{}", status.message());
+            assert_eq!(report::repeated_clause(status.message()), None, "{}", status.message());
+            let json: serde_json::Value = serde_json::from_str(&error_json(&e)).unwrap();
+            assert_eq!(json["error"]["message"], status.message());
+            assert_eq!(json["error"]["chain"], serde_json::json!(report::chain(&e)));
+        }
+    }
 
     #[tokio::test]
     async fn malformed_requests_name_the_field() {

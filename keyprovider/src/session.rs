@@ -121,36 +121,36 @@ impl Default for SessionConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
-    #[error("reading key file {path}: {source}")]
+    #[error("reading key file {path}")]
     ReadKey {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     BadKey {
         path: PathBuf,
         #[source]
         source: ocicrypt::KeyError,
     },
     /// The keyprovider config could not be read or parsed.
-    #[error("keyprovider config: {0}")]
+    #[error("keyprovider config")]
     KeyProviderConfig(#[source] ClientError),
     /// One provider of the config is unusable.
-    #[error("keyprovider config: {source}")]
+    #[error("keyprovider config")]
     KeyProvider {
         name: String,
         #[source]
         source: ClientError,
     },
-    #[error("KBS client: {0}")]
+    #[error("KBS client")]
     Kbs(#[source] KbsError),
-    #[error("attester: {0}")]
+    #[error("attester")]
     Attester(#[source] AttesterError),
     /// The KBS certificate is not a PEM certificate.
-    #[error("kbs_cert: {0}")]
+    #[error("kbs_cert")]
     KbsCert(#[source] reqwest::Error),
-    #[error("HTTP client: {0}")]
+    #[error("HTTP client")]
     HttpClient(#[source] reqwest::Error),
 }
 
@@ -337,7 +337,8 @@ mod tests {
         }
         let e = GuestSession::build(&cfg).unwrap_err();
         assert!(matches!(e, SessionError::Attester(_)), "{e}");
-        assert!(e.to_string().starts_with("attester: "), "{e}");
+        assert!(report::line(&e).starts_with("attester: "), "{e}");
+        assert_eq!(report::repeated_source(&e), None);
         let s = GuestSession::build(&SessionConfig { attester_failure: AttesterFailure::DisablesKbs, ..cfg })
             .unwrap();
         assert!(s.kbs().is_none() && s.kek_unwrapper().is_none() && s.attester_unavailable().is_some());
@@ -347,6 +348,37 @@ mod tests {
     fn a_missing_key_file_is_named() {
         let cfg = SessionConfig { key_files: vec!["/nonexistent/k.pem".into()], ..Default::default() };
         let e = GuestSession::build(&cfg).unwrap_err();
-        assert!(e.to_string().starts_with("reading key file /nonexistent/k.pem: "), "{e}");
+        assert!(report::line(&e).starts_with("reading key file /nonexistent/k.pem: "), "{e}");
+    }
+
+    /// Issue 27: `reading key file X: <io error>` and `keyprovider config: <cause>`
+    /// embedded the cause that `source()` also returned, so every printer said it twice.
+    #[test]
+    fn session_errors_do_not_repeat_their_source() {
+        let e = GuestSession::build(&SessionConfig {
+            key_files: vec!["/nonexistent/k.pem".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "reading key file /nonexistent/k.pem");
+        assert_eq!(report::repeated_source(&e), None);
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, b"not a key").unwrap();
+        let e =
+            GuestSession::build(&SessionConfig { key_files: vec![bad], ..Default::default() }).unwrap_err();
+        assert_eq!(report::repeated_source(&e), None, "{}", report::line(&e));
+        assert_eq!(report::repeated_clause(&report::line(&e)), None, "{}", report::line(&e));
+        let config = dir.path().join("ocicrypt.json");
+        std::fs::write(&config, br#"{"key-providers":{"acme":{}}}"#).unwrap();
+        let e = GuestSession::build(&SessionConfig {
+            keyproviders: KeyProviderSource::File(config),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            report::line(&e),
+            "keyprovider config: keyprovider \"acme\" has neither a \"cmd\" nor a \"grpc\" entry"
+        );
     }
 }

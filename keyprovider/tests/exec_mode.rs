@@ -99,7 +99,7 @@ async fn cmd_client_drives_the_binary() {
     assert_eq!(p.open(&Kek::from_slice(&[6u8; 32]).unwrap()).unwrap().as_slice(), b"{\"symkey\":\"k\"}");
     // Unwrap through cmd without a KBS fails, and the provider's stderr is in the error.
     let u = ProviderUnwrapper::new(cfg.client("attestation-agent").unwrap(), vec![]);
-    let e = u.unwrap("provider.attestation-agent", &packet).await.unwrap_err().to_string();
+    let e = report::line(&u.unwrap("provider.attestation-agent", &packet).await.unwrap_err());
     assert!(e.contains("FailedPrecondition") && e.contains("exited"), "{e}");
 }
 

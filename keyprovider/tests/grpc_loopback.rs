@@ -204,7 +204,7 @@ async fn errors_map_to_grpc_status_codes() {
         let server = start(fetcher, "127.0.0.1:0".parse().unwrap()).await;
         let unwrapper = ProviderUnwrapper::new(client_for(&server.addr), vec![]);
         let e = unwrapper.unwrap("provider.attestation-agent", &wrapped).await.unwrap_err();
-        let msg = e.to_string();
+        let msg = report::line(&e);
         assert!(msg.contains(&format!("{code:?}")), "{msg} should carry {code:?}");
         match code {
             tonic::Code::PermissionDenied => assert!(matches!(e, WrapError::Refused(_)), "{e:?}"),

@@ -108,12 +108,18 @@ fn main() -> ExitCode {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else {
         tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+        guest_puller::cdh::set_json_logs(true);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "cloak-cdh stopped");
-            eprintln!("cloak-cdh: {e:#}");
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            tracing::error!(
+                error = %report::Line(e),
+                error_chain = guest_puller::cdh::error_chain(e),
+                "cloak-cdh stopped"
+            );
+            eprintln!("cloak-cdh: {}", report::line(e));
             ExitCode::FAILURE
         }
     }
@@ -252,7 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let h = hub.clone();
                 Some(tokio::spawn(async move {
                     if let Err(e) = guest_puller::cdh::rest::serve(h, listener).await {
-                        tracing::error!(error = %e, "REST endpoint stopped");
+                        tracing::error!(error = %report::Line(&e), "REST endpoint stopped");
                     }
                 }))
             }

@@ -18,7 +18,7 @@ pub enum RequestError {
     OutsideRoot { path: String, root: String },
     #[error("bundle_path {path:?}: {reason}")]
     Bundle { path: String, reason: String },
-    #[error("image_url {image:?} is not a valid reference: {source}")]
+    #[error("image_url {image:?} is not a valid reference")]
     Reference {
         image: String,
         #[source]

@@ -32,7 +32,7 @@ pub const DEFAULT_SOCKET: &str = "unix:///run/confidential-containers/cdh.sock";
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: String,
         #[source]
@@ -284,7 +284,7 @@ pub fn signature_policy_location(s: &str) -> Result<String, String> {
         if !s.starts_with("kbs:///") {
             return Err(format!("{s:?}: a KBS resource is written kbs:///REPO/TYPE/TAG (no host)"));
         }
-        let uri: kbs_client::ResourceUri = s.parse().map_err(|e: kbs_client::KbsError| e.to_string())?;
+        let uri: kbs_client::ResourceUri = s.parse().map_err(|e: kbs_client::KbsError| report::line(&e))?;
         return Ok(uri.to_string());
     }
     if let Some(rest) = s.strip_prefix("file://") {

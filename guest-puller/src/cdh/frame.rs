@@ -57,13 +57,13 @@ pub async fn decode(data: &[u8]) -> Result<Call, FrameError> {
             let checks = bundle::check_bundle_path(root, &r.bundle_path)
                 .and_then(|_| bundle::docker_reference(&r.image_url))
                 .map(|_| ())
-                .map_err(|e| e.to_string());
+                .map_err(|e| report::line(&e));
             Call::PullImage { image_url: r.image_url, bundle_path: r.bundle_path, checks }
         }
         ("api.GetResourceService", "GetResource") => {
             let r: api::GetResourceRequest = payload("GetResource", &req.payload)?;
             let checks =
-                r.ResourcePath.parse::<kbs_client::ResourceUri>().map(|_| ()).map_err(|e| e.to_string());
+                r.ResourcePath.parse::<kbs_client::ResourceUri>().map(|_| ()).map_err(|e| report::line(&e));
             Call::GetResource { path: r.ResourcePath, checks }
         }
         ("api.SealedSecretService", "UnsealSecret") => {
@@ -71,7 +71,7 @@ pub async fn decode(data: &[u8]) -> Result<Call, FrameError> {
             let checks = sealed::parse(&r.secret)
                 .and_then(|s| sealed::interpret(&s.payload))
                 .map(|_| ())
-                .map_err(|e| e.to_string());
+                .map_err(|e| report::line(&e));
             Call::UnsealSecret { checks }
         }
         ("api.SecureMountService", "SecureMount") => {

@@ -139,30 +139,30 @@ pub enum HubError {
     Request(#[from] RequestError),
     #[error("no KBS is configured (--kbs URL or [kbc] url in cdh.toml)")]
     NoKbs,
-    #[error("ResourcePath {path:?}: {source}")]
+    #[error("ResourcePath {path:?}")]
     ResourcePath {
         path: String,
         #[source]
         source: KbsError,
     },
-    #[error("KBS: {0}")]
+    #[error("KBS")]
     Kbs(#[from] KbsError),
-    #[error("pull failed: {0}")]
+    #[error("pull failed")]
     Pull(#[from] PullError),
     /// The configured signature policy could not be loaded: the pull is refused
     /// rather than run unchecked.
-    #[error("the signature policy could not be loaded, so no image is pulled: {source}")]
+    #[error("the signature policy could not be loaded, so no image is pulled")]
     SignaturePolicy {
         #[source]
         source: SignatureError,
     },
     #[error(transparent)]
     Sealed(#[from] SealedError),
-    #[error("keyprovider: {0}")]
+    #[error("keyprovider")]
     KeyProvider(#[from] ServiceError),
-    #[error("bundle config.json: {0}")]
+    #[error("bundle config.json")]
     Spec(#[from] SpecError),
-    #[error("bundle {path}: {reason}")]
+    #[error("bundle {path}")]
     Bundle {
         path: PathBuf,
         #[source]
@@ -172,17 +172,16 @@ pub enum HubError {
     UnsupportedMount(String),
     #[error("cloak-cdh is shutting down; not starting new work")]
     ShuttingDown,
-    /// The hub could not be built. The message already carries the cause's text,
-    /// so the cause is a typed field, not `source()` (one printing of it).
-    #[error("setting up: {0}")]
-    Setup(SetupError),
+    /// The hub could not be built.
+    #[error("setting up")]
+    Setup(#[source] SetupError),
 }
 
 /// What is wrong with a bundle directory, or with writing into it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BundleError {
-    #[error("pull task: {0}")]
+    #[error("pull task")]
     PullTask(#[source] tokio::task::JoinError),
     #[error("exists and is not a directory")]
     RootfsNotADirectory,
@@ -190,11 +189,11 @@ pub enum BundleError {
     RootfsMounted,
     #[error("exists and is not empty; use a fresh bundle directory")]
     RootfsNotEmpty,
-    #[error("image.json: {0}")]
+    #[error("image.json")]
     ReadImageJson(#[source] std::io::Error),
-    #[error("{0}")]
+    #[error("encoding config.json")]
     EncodeSpec(#[source] serde_json::Error),
-    #[error("{0}")]
+    #[error("writing config.json")]
     WriteSpec(#[source] std::io::Error),
 }
 
@@ -203,8 +202,8 @@ pub enum BundleError {
 #[non_exhaustive]
 pub enum SetupError {
     /// The guest session (KBS client, attester, keyproviders).
-    #[error("{}", session_message(.0))]
-    Session(#[source] SessionError),
+    #[error(transparent)]
+    Session(SessionError),
     /// The layer store.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -213,14 +212,6 @@ pub enum SetupError {
          (--kbs URL or [kbc] url in cdh.toml)"
     )]
     KbsPolicyWithoutKbs { policy: String },
-}
-
-/// The daemon names a provider that cannot be set up by its name.
-fn session_message(e: &SessionError) -> String {
-    match e {
-        SessionError::KeyProvider { name, source } => format!("keyprovider {name}: {source}"),
-        e => e.to_string(),
-    }
 }
 
 /// What a failed call means, whatever the transport: [`HubError::kind`] is the one
@@ -255,7 +246,7 @@ impl HubError {
             HubError::NoKbs | HubError::Setup(_) => ErrorKind::FailedPrecondition,
             HubError::Kbs(k) => ErrorKind::Kbs(k.kind()),
             HubError::SignaturePolicy { source } => match source {
-                SignatureError::Kbs { cause, .. } => resource_kind(cause),
+                SignatureError::Kbs { source, .. } => resource_kind(source),
                 _ => ErrorKind::FailedPrecondition,
             },
             HubError::Pull(PullError::Signature(SignatureError::Refused(r))) => refusal_kind(r),
@@ -280,6 +271,25 @@ impl HubError {
         }
     }
 
+    /// What the caller reads (ttRPC message, REST body, log line): the chain once.
+    /// Where nothing configured could try a layer's key, the hint says what to set
+    /// up in this daemon (cdh.toml, the KBS) rather than cloak-pull's flags.
+    pub fn message(&self) -> String {
+        self.chain().join(": ")
+    }
+
+    /// The steps of [`HubError::message`], outermost first (the `error_chain` of
+    /// JSON logs).
+    pub fn chain(&self) -> Vec<String> {
+        let mut steps = report::chain(self);
+        if let Some((theirs, ours)) = unwrap_report(self).and_then(|r| Some((r.hint()?, cdh_hint(r)?))) {
+            for step in &mut steps {
+                *step = step.replacen(&theirs, &ours, 1);
+            }
+        }
+        steps
+    }
+
     /// The ttRPC status code for this error.
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
@@ -300,6 +310,73 @@ impl HubError {
             ErrorKind::Internal => Code::INTERNAL,
         }
     }
+}
+
+/// The report of a layer key no unwrapper could recover, if that is the cause.
+fn unwrap_report(e: &HubError) -> Option<&ocicrypt::UnwrapReport> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<ocicrypt::UnwrapReport>() {
+            return Some(r);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// What opens the layers nothing configured could try, in this daemon's terms: it
+/// holds no private keys (no `--key`), so a JWE or attestation-agent layer needs the
+/// KBS, another keyprovider an entry in `--keyprovider-config`. Schemes needing the
+/// same set-up are named together, so no advice is said twice.
+fn cdh_hint(report: &ocicrypt::UnwrapReport) -> Option<String> {
+    const KBS: &str = "configure the KBS that holds its key ([kbc] url in cdh.toml, or --kbs URL)";
+    const PROVIDER: &str = "add its keyprovider to the ocicrypt config given by --keyprovider-config FILE";
+    const LOCAL: &str = "cloak-cdh holds no private keys: it opens a JWE layer through the KBS only, \
+                         for a recipient whose kid is a kbs:/// resource ([kbc] url in cdh.toml, or --kbs URL)";
+    let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+    for c in report.unopened() {
+        let flags = c.flags();
+        let fix = if flags.contains(&ocicrypt::FLAG_KEYPROVIDER) {
+            PROVIDER
+        } else if flags.contains(&ocicrypt::FLAG_KBS) {
+            KBS
+        } else {
+            LOCAL
+        };
+        let what = carried_text(c);
+        match groups.iter_mut().find(|(f, _)| *f == fix) {
+            Some((_, names)) => names.push(what),
+            None => groups.push((fix, vec![what])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|(fix, names)| format!("nothing configured opens {}; {fix}", names.join(" or ")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// A scheme and the keys it names: `jwe (recipient RSA-OAEP kid kbs:///a/b/c)`,
+/// `provider.attestation-agent (kid kbs:///default/kek/app)`.
+fn carried_text(c: &ocicrypt::CarriedKey) -> String {
+    let mut keys: Vec<String> = Vec::new();
+    for r in &c.recipients {
+        let text = match &r.kid {
+            Some(kid) => format!("{} kid {kid}", r.alg),
+            None => r.alg.clone(),
+        };
+        if !keys.contains(&text) {
+            keys.push(text);
+        }
+    }
+    if !keys.is_empty() {
+        let noun = if keys.len() == 1 { "recipient" } else { "recipients" };
+        return format!("{} ({noun} {})", c.scheme, keys.join(", "));
+    }
+    if !c.kids.is_empty() {
+        return format!("{} (kid {})", c.scheme, c.kids.join(", "));
+    }
+    c.scheme.clone()
 }
 
 /// A policy's verdict is a denial; a refusal only because a key or the signatures
@@ -463,7 +540,13 @@ impl Hub {
         let signature_check = match self.signature_check().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(image = %image_url, bundle = %bundle_path, error = %e, "PullImage refused");
+                tracing::warn!(
+                    image = %image_url,
+                    bundle = %bundle_path,
+                    error = %e.message(),
+                    error_chain = super::chain_field(|| e.chain()),
+                    "PullImage refused"
+                );
                 return Err(e);
             }
         };
@@ -506,13 +589,26 @@ impl Hub {
                 if !had_image_json {
                     let _ = std::fs::remove_file(bundle.join("image.json"));
                 }
-                tracing::warn!(image = %image_url, bundle = %bundle_path, error = %e, "PullImage failed");
-                return Err(e.into());
+                let e = HubError::from(e);
+                tracing::warn!(
+                    image = %image_url,
+                    bundle = %bundle_path,
+                    error = %e.message(),
+                    error_chain = super::chain_field(|| e.chain()),
+                    "PullImage failed"
+                );
+                return Err(e);
             }
         };
         if let Err(e) = write_runtime_spec(&bundle) {
             undo_mount(&bundle);
-            tracing::warn!(image = %image_url, bundle = %bundle_path, error = %e, "PullImage failed");
+            tracing::warn!(
+                image = %image_url,
+                bundle = %bundle_path,
+                error = %e.message(),
+                error_chain = super::chain_field(|| e.chain()),
+                "PullImage failed"
+            );
             return Err(e);
         }
         let cached = summary.layers.iter().filter(|l| l.cached).count();
@@ -592,9 +688,9 @@ impl Hub {
             }
             Signing::Unsigned => {}
             Signing::Jws { alg, kid } => {
-                let uri: ResourceUri = kid
-                    .parse()
-                    .map_err(|e| SealedError::Header(format!("kid {kid:?} is not a KBS resource: {e}")))?;
+                let uri: ResourceUri = kid.parse().map_err(|e| {
+                    SealedError::Header(format!("kid {kid:?} is not a KBS resource: {}", report::Line(&e)))
+                })?;
                 let key = self.resource(&uri).await?;
                 sealed::verify(&sealed, alg, kid, &key)?;
             }
@@ -709,6 +805,89 @@ mod tests {
         let (store, note) = store_location(Some(Path::new("/run/kata-containers/s")), None, root);
         assert_eq!(store, Path::new("/run/kata-containers/s"));
         assert!(note.is_some());
+    }
+
+    /// Issue 27: ttRPC answers carried `pull failed: layer 0 (…): …` with each
+    /// cause's text written into its parent's, and kata-agent logged every clause
+    /// two or three times. The message is the chain once; the codes are unchanged.
+    #[test]
+    fn cdh_ttrpc_error_message_says_each_cause_once() {
+        let digest: oci::Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
+        let io = |text: &str| std::io::Error::other(text.to_owned());
+        let bad_uri = "kbs:///only-two/parts".parse::<ResourceUri>().unwrap_err();
+        let cases: Vec<(HubError, ttrpc::Code, &str)> = vec![
+            (
+                HubError::Pull(PullError::Layer {
+                    index: 0,
+                    digest: digest.clone(),
+                    source: crate::decode::DecodeError::Decompress(io("unexpected end of zstd frame")),
+                }),
+                ttrpc::Code::INTERNAL,
+                "decompressing the layer: unexpected end of zstd frame",
+            ),
+            (
+                HubError::Setup(SetupError::Session(SessionError::KeyProvider {
+                    name: "acme".into(),
+                    source: keyprovider::client::ClientError::NoTransport("acme".into()),
+                })),
+                ttrpc::Code::FAILED_PRECONDITION,
+                "setting up: keyprovider config: keyprovider \"acme\" has neither",
+            ),
+            (
+                HubError::SignaturePolicy {
+                    source: SignatureError::Read {
+                        path: "/etc/p.json".into(),
+                        source: io("permission denied"),
+                    },
+                },
+                ttrpc::Code::FAILED_PRECONDITION,
+                "so no image is pulled: reading signature policy /etc/p.json: permission denied",
+            ),
+            (
+                HubError::Bundle {
+                    path: "/b/config.json".into(),
+                    reason: BundleError::WriteSpec(io("no space")),
+                },
+                ttrpc::Code::INTERNAL,
+                "bundle /b/config.json: writing config.json: no space",
+            ),
+            (
+                HubError::ResourcePath { path: "kbs:///only-two/parts".into(), source: bad_uri },
+                ttrpc::Code::INVALID_ARGUMENT,
+                "ResourcePath \"kbs:///only-two/parts\": ",
+            ),
+        ];
+        for (e, code, says) in cases {
+            assert_eq!(e.code(), code, "{}", report::line(&e));
+            assert_eq!(report::repeated_source(&e), None, "{}", report::line(&e));
+            let ttrpc::Error::RpcStatus(status) = super::super::server::status(e) else {
+                panic!("not a status")
+            };
+            assert_eq!(status.code(), code);
+            let msg = status.message();
+            assert!(msg.contains(says), "{msg}");
+            assert_eq!(report::repeated_clause(msg), None, "{msg}");
+        }
+    }
+
+    /// Issue 27, point 3: a layer nothing configured could open says what it carries
+    /// and, in cloak-cdh's terms, what to set up: the KBS in cdh.toml, not the
+    /// `--key FILE` flag cloak-cdh does not have.
+    #[test]
+    fn cdh_no_unwrapper_hint_names_the_kbs_configuration_not_flags() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let annotations = crate::pull::tests::golden_layer_annotations();
+        let keys = rt.block_on(ocicrypt::unwrap_keys(&[], &annotations)).unwrap_err();
+        let digest: oci::Digest = format!("sha256:{}", "ef".repeat(32)).parse().unwrap();
+        let e = HubError::Pull(PullError::Keys { index: 0, digest, source: keys });
+        assert_eq!(e.code(), ttrpc::Code::INTERNAL);
+        let ttrpc::Error::RpcStatus(status) = super::super::server::status(e) else { panic!("not a status") };
+        let msg = status.message();
+        assert!(msg.contains("could not unwrap the layer key"), "{msg}");
+        assert!(msg.contains("nothing configured opens jwe (recipient RSA-OAEP)"), "{msg}");
+        assert!(msg.contains("[kbc] url in cdh.toml"), "{msg}");
+        assert!(!msg.contains("--key FILE") && !msg.contains("cloak-pull"), "{msg}");
+        assert_eq!(report::repeated_clause(msg), None, "{msg}");
     }
 
     /// A link planted at `config.json` itself is replaced, not followed.

@@ -20,3 +20,30 @@ pub mod rest;
 pub mod sealed;
 pub mod server;
 pub mod spec;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by the binary when its logs are JSON: error logs then carry `error_chain`
+/// (the causes as a list) next to `error` (the same chain on one line).
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Whether error logs add the `error_chain` field (`--log-format json`).
+pub fn set_json_logs(on: bool) {
+    JSON_LOGS.store(on, Ordering::Relaxed);
+}
+
+/// The `error_chain` field of an error log: present only in JSON logs (a text log
+/// line already says the chain once in `error`).
+pub fn error_chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<tracing::field::DisplayValue<report::ChainJson<'a>>> {
+    JSON_LOGS.load(Ordering::Relaxed).then(|| tracing::field::display(report::ChainJson(e)))
+}
+
+/// [`error_chain`] for steps already collected (a [`hub::HubError::chain`]), as
+/// the same JSON list.
+pub fn chain_field(steps: impl FnOnce() -> Vec<String>) -> Option<tracing::field::DisplayValue<String>> {
+    JSON_LOGS
+        .load(Ordering::Relaxed)
+        .then(|| tracing::field::display(serde_json::Value::from(steps()).to_string()))
+}

@@ -40,8 +40,14 @@ async fn resource(
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes.to_vec()).into_response(),
         Err(e) => {
             let status = http_status(e.kind());
-            tracing::warn!(resource = %uri, error = %e, "REST: resource request failed");
-            (status, format!("{e}\n")).into_response()
+            let message = e.message();
+            tracing::warn!(
+                resource = %uri,
+                error = %message,
+                error_chain = super::chain_field(|| e.chain()),
+                "REST: resource request failed"
+            );
+            (status, format!("{message}\n")).into_response()
         }
     }
 }

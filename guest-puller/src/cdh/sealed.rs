@@ -159,7 +159,7 @@ pub fn interpret(payload: &[u8]) -> Result<SecretKind, SealedError> {
     }
     let name = p.name.ok_or_else(|| SealedError::Payload("vault secret without `name`".into()))?;
     let name: kbs_client::ResourceUri =
-        name.parse().map_err(|e| SealedError::Payload(format!("`name` {name:?}: {e}")))?;
+        name.parse().map_err(|e| SealedError::Payload(format!("`name` {name:?}: {}", report::Line(&e))))?;
     Ok(SecretKind::Vault { name })
 }
 

@@ -14,12 +14,14 @@ use super::pb::{api, api_ttrpc, keyprovider as kp, keyprovider_ttrpc};
 pub enum ServeError {
     #[error("socket {path}: {reason}")]
     Socket { path: String, reason: String },
-    #[error("ttRPC server: {0}")]
-    Ttrpc(String),
+    #[error("ttRPC server")]
+    Ttrpc(#[source] ttrpc::Error),
 }
 
-fn status(e: HubError) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+/// The ttRPC answer for a failed call: the code from [`HubError::code`] (kata-agent
+/// and CoCo clients act on it), the message [`HubError::message`] (the chain once).
+pub fn status(e: HubError) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.message()))
 }
 
 /// Every CDH service over one hub.
@@ -146,6 +148,6 @@ pub async fn start(hub: Arc<Hub>, socket: &Path) -> Result<Server, ServeError> {
         return Err(sock_err(format!("publishing the listening socket: {e}")));
     }
     let mut server = Server::new().add_listener(listener.into()).register_service(all);
-    server.start().await.map_err(|e| ServeError::Ttrpc(e.to_string()))?;
+    server.start().await.map_err(ServeError::Ttrpc)?;
     Ok(server)
 }
