@@ -129,12 +129,18 @@ fn cloak_failures_say_each_cause_once_and_the_next_step() -> Result<()> {
     // Broker down: the URL and the step, once.
     let port = free_port();
     let admin = t.path().join("admin.pem");
-    run_bounded_ok(Command::new(bin("cloak-kbs")).args(["gen-admin-key", "--out"]).arg(&admin))?;
+    run_bounded_ok(
+        Command::new(bin("cloak-kbs"))
+            .args(["gen-admin-key", "--out"])
+            .arg(&admin)
+            .arg("--public-out")
+            .arg(t.path().join("admin.pub.pem")),
+    )?;
     let url = format!("http://127.0.0.1:{port}");
     fails_saying_once(
         "cloak encrypt, broker down",
         cloak()
-            .args(["encrypt", "--quiet", "--recipient", "kbs:///default/k/down", "--kbs-url", &url])
+            .args(["encrypt", "--quiet", "--recipient", "kbs:///default/image-kek/down", "--kbs-url", &url])
             .arg("--kbs-admin-key")
             .arg(&admin)
             .arg(plain_image())
@@ -192,7 +198,7 @@ fn cloak_pull_failures_say_each_cause_once_and_the_next_step() -> Result<()> {
     let host = tempfile::tempdir()?;
     let image = {
         let mut setup = LocalBroker::start(host.path(), free_port(), ALLOW_SAMPLE)?;
-        let image = kbs_image(&setup, &t.path().join("kbs-enc"), "kbs:///default/k/errors")?;
+        let image = kbs_image(&setup, &t.path().join("kbs-enc"), "kbs:///default/image-kek/errors")?;
         setup.stop();
         image
     };
@@ -258,7 +264,7 @@ fn broker_and_daemon_failures_say_each_cause_once() -> Result<()> {
 
     let cdh = |args: &[&str]| {
         let mut c = Command::new(bin("cloak-cdh"));
-        c.args(args).args(["--log-format", "text"]);
+        c.args(["--log-format", "text"]).args(args);
         c
     };
     let p = &["cloak-cdh:", "error:"];
