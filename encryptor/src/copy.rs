@@ -281,7 +281,7 @@ async fn plan_manifests(
                 };
                 let d = oci::select_platform(&idx, &spec).map_err(|e| Error::Manifest {
                     digest: top.digest.to_string(),
-                    reason: format!("{e} (choose a platform, or all of them)"),
+                    reason: format!("{} (choose a platform, or all of them)", report::Line(&e)),
                 })?;
                 let (raw, m) = child_manifest(src, d).await?;
                 Ok(Plan::Single(raw, Box::new(m)))

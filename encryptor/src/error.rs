@@ -11,14 +11,14 @@ pub enum Error {
     #[error("recipient {recipient:?}: {reason}")]
     Recipient { recipient: String, reason: String },
     /// A well-formed recipient could not be used (its key, provider or KEK file).
-    #[error("recipient {recipient:?}: {source}")]
+    #[error("recipient {recipient:?}")]
     RecipientUnusable {
         recipient: String,
         #[source]
         source: Cause,
     },
     /// Reading or writing an image failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Oci {
         context: String,
         #[source]
@@ -28,7 +28,7 @@ pub enum Error {
     #[error("manifest {digest}: {reason}")]
     Manifest { digest: String, reason: String },
     /// The ocicrypt format layer failed (wrap, unwrap, annotations).
-    #[error("layer {index} ({digest}): {source}")]
+    #[error("layer {index} ({digest})")]
     Layer {
         index: usize,
         digest: String,
@@ -36,7 +36,7 @@ pub enum Error {
         source: ocicrypt::OcicryptError,
     },
     /// Streaming a layer failed (I/O, HMAC mismatch, digest mismatch).
-    #[error("layer {index} ({digest}): {source}")]
+    #[error("layer {index} ({digest})")]
     Stream {
         index: usize,
         digest: oci::Digest,
@@ -55,20 +55,18 @@ pub enum Error {
     )]
     LayerOutOfRange { index: i64, count: usize },
     /// A key file could not be loaded.
-    #[error("key {path}: {source}")]
+    #[error("key {path}")]
     Key {
         path: String,
         #[source]
         source: ocicrypt::KeyError,
     },
     /// Talking to the KBS failed (the admin client, KEK registration, key generation).
-    #[error("KBS: {source}")]
-    Kbs {
-        #[source]
-        source: Cause,
-    },
+    /// The KBS client's errors name the broker and the step themselves.
+    #[error(transparent)]
+    Kbs { source: Cause },
     /// Local I/O (key files, output files).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -117,5 +115,41 @@ impl Error {
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn said_once(e: &Error) -> String {
+        let line = report::line(e);
+        assert_eq!(report::repeated_source(e), None, "{line}");
+        assert_eq!(report::repeated_clause(&line), None, "{line}");
+        line
+    }
+
+    #[test]
+    fn display_does_not_repeat_its_source() {
+        let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let layout = oci::OciLayout::open("/nonexistent/layout").err().unwrap();
+        let line = said_once(&Error::oci("opening oci:/nonexistent/layout:tag")(layout.into()));
+        assert_eq!(
+            line,
+            "opening oci:/nonexistent/layout:tag: /nonexistent/layout is not an OCI image layout: \
+             cannot read oci-layout: No such file or directory (os error 2)"
+        );
+        let key = ocicrypt::load_private_key(b"junk").unwrap_err();
+        assert!(said_once(&Error::Key { path: "k.pem".into(), source: key }).starts_with("key k.pem: "));
+        said_once(&Error::io("reading k.pem")(missing()));
+        said_once(&Error::kbs(std::io::Error::other("connection refused")));
+        said_once(&Error::RecipientUnusable { recipient: "jwe:x.pem".into(), source: Box::new(missing()) });
+        let stream = Error::Stream {
+            index: 0,
+            digest: oci::Digest::sha256_of(b"x"),
+            source: Box::new(StreamError::Cipher(ocicrypt::CipherError::HmacMismatch)),
+        };
+        assert_eq!(said_once(&stream).matches("HMAC mismatch").count(), 1);
     }
 }

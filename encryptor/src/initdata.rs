@@ -12,19 +12,19 @@ use kbs_client::initdata::{Initdata, InitdataError, ANNOTATION, MAX_INITDATA};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InitdataToolError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Invalid {
         path: String,
         #[source]
         source: InitdataError,
     },
-    #[error("compressing the annotation: {0}")]
+    #[error("compressing the annotation")]
     Compress(#[source] std::io::Error),
 }
 

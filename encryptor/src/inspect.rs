@@ -141,7 +141,7 @@ fn layer_info(index: usize, d: &Descriptor) -> LayerInfo {
                     for item in items {
                         match keyprovider::packet::AnnotationPacket::parse(item) {
                             Ok(p) => info.kek_ids.push(p.kid),
-                            Err(e) => info.annotation_error = Some(e.to_string()),
+                            Err(e) => info.annotation_error = Some(report::line(&e)),
                         }
                     }
                 }
@@ -151,13 +151,13 @@ fn layer_info(index: usize, d: &Descriptor) -> LayerInfo {
                             Ok(rs) => info
                                 .jwe_recipients
                                 .extend(rs.into_iter().map(|r| Recipient { alg: r.alg, kid: r.kid })),
-                            Err(e) => info.annotation_error = Some(e.to_string()),
+                            Err(e) => info.annotation_error = Some(report::line(&e)),
                         }
                     }
                 }
             }
         }
-        Err(e) => info.annotation_error = Some(e.to_string()),
+        Err(e) => info.annotation_error = Some(report::line(&e)),
     }
     info
 }
@@ -197,7 +197,7 @@ pub async fn inspect(cfg: &InspectConfig) -> Result<InspectReport, Error> {
             let chosen: Vec<&Descriptor> = match &cfg.platform {
                 Some(spec) => vec![oci::select_platform(&idx, spec).map_err(|e| Error::Manifest {
                     digest: top.digest.to_string(),
-                    reason: e.to_string(),
+                    reason: report::line(&e),
                 })?],
                 None => idx.manifests.iter().collect(),
             };

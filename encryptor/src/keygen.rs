@@ -12,8 +12,10 @@ use crate::Error;
 /// Creates the key pair, registers the private JWK, writes the public JWK.
 /// Returns the KBS URI.
 pub async fn keygen(cfg: &KeygenConfig) -> Result<String, Error> {
-    let uri: kbs_client::ResourceUri =
-        cfg.uri.parse().map_err(|e: kbs_client::KbsError| Error::Usage(format!("{:?}: {e}", cfg.uri)))?;
+    let uri: kbs_client::ResourceUri = cfg
+        .uri
+        .parse()
+        .map_err(|e: kbs_client::KbsError| Error::Usage(format!("{:?}: {}", cfg.uri, report::Line(&e))))?;
     let admin = admin_client(&cfg.kbs, "keygen").await?;
     let key = keyprovider::keygen::keygen(&admin, &uri, cfg.rsa).await.map_err(Error::kbs)?;
     std::fs::write(&cfg.out, key.public_jwk.as_bytes())

@@ -310,6 +310,22 @@ struct CheckArgs {
     json: bool,
 }
 
+impl Command {
+    /// Whether the command was asked for JSON on stdout; a failure is then JSON too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Encrypt(a) => a.common.json,
+            Command::Decrypt(a) => a.common.json,
+            Command::Inspect(a) => a.json,
+            Command::Sign(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Initdata(a) => a.json,
+            Command::Check(a) => a.json,
+            Command::Keygen(_) | Command::RotateKek(_) => false,
+        }
+    }
+}
+
 fn common_options(c: &CommonArgs) -> CommonOptions {
     CommonOptions {
         quiet: c.quiet,
@@ -341,12 +357,12 @@ fn platform_selection(platform: Option<String>, all: bool) -> Result<PlatformSel
 
 /// `--platform`; a bad value is a usage error (exit 2).
 fn parse_platform(p: &str) -> Result<oci::PlatformSpec, encryptor::Error> {
-    p.parse().map_err(|e| encryptor::Error::Usage(format!("--platform {p:?}: {e}")))
+    p.parse().map_err(|e| encryptor::Error::Usage(format!("--platform {p:?}: {}", report::Line(&e))))
 }
 
 /// An image reference argument; a bad one is a usage error (exit 2).
 fn parse_image(s: &str, what: &str) -> Result<oci::ImageRef, encryptor::Error> {
-    s.parse().map_err(|e| encryptor::Error::Usage(format!("{what} {s:?}: {e}")))
+    s.parse().map_err(|e| encryptor::Error::Usage(format!("{what} {s:?}: {}", report::Line(&e))))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -528,42 +544,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = cli.command.json();
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            // Each error says only its own step; the chain is printed once, as is (a
+            // clause said twice is a bug in a Display, for the tests to find).
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
             // Bad references and flags found after parsing are usage errors too.
-            match e.downcast_ref::<encryptor::Error>() {
-                Some(encryptor::Error::Usage(_)) => {
-                    eprintln!("error: {}", chain_once(&e));
-                    ExitCode::from(2)
-                }
+            let (prefix, code) = match e.downcast_ref::<encryptor::Error>() {
+                Some(encryptor::Error::Usage(_)) => ("", 2),
                 // The library names the index; the flag that gave it is `--layer`.
-                Some(encryptor::Error::LayerOutOfRange { .. }) => {
-                    eprintln!("error: --layer: {}", chain_once(&e));
-                    ExitCode::from(2)
-                }
-                _ => {
-                    eprintln!("error: {}", chain_once(&e));
-                    ExitCode::from(1)
-                }
+                Some(encryptor::Error::LayerOutOfRange { .. }) => ("--layer: ", 2),
+                _ => ("", 1),
+            };
+            eprintln!("error: {prefix}{}", report::Line(e));
+            if json {
+                println!("{}", report::json(e));
             }
+            ExitCode::from(code)
         }
     }
-}
-
-/// The error and its causes on one line, each sentence once: many of the library's
-/// messages already end with their cause, which `{:#}` would print again.
-fn chain_once(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }

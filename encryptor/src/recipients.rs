@@ -43,7 +43,7 @@ impl std::str::FromStr for Recipient {
             }
             Ok(Recipient::Provider { name: name.to_string(), params })
         } else if s.starts_with("kbs://") {
-            s.parse::<kbs_client::ResourceUri>().map_err(|e| bad(&e.to_string()))?;
+            s.parse::<kbs_client::ResourceUri>().map_err(|e| bad(&report::line(&e)))?;
             Ok(Recipient::Kbs(s.to_string()))
         } else {
             let scheme = s.split(':').next().unwrap_or(s);
@@ -134,7 +134,7 @@ pub(crate) async fn build_wrappers(cfg: &EncryptConfig) -> Result<Vec<Arc<dyn Ke
     for r in parsed {
         if let Recipient::Kbs(uri) = r {
             let kid: kbs_client::ResourceUri = uri.parse().map_err(|e: kbs_client::KbsError| {
-                Error::Recipient { recipient: uri.clone(), reason: e.to_string() }
+                Error::Recipient { recipient: uri.clone(), reason: report::line(&e) }
             })?;
             let wrapper = match &cfg.kbs.kek_file {
                 Some(path) => keyprovider::kek::KbsKekWrapper::with_kek_file(kid, path)

@@ -15,13 +15,13 @@ use zeroize::Zeroizing;
 /// Why signing or verifying could not be done (a policy refusal is [`SignCmdError::Refused`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SignCmdError {
-    #[error("image reference {image:?}: {source}")]
+    #[error("image reference {image:?}")]
     Reference {
         image: String,
         #[source]
         source: oci::RefError,
     },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -31,7 +31,7 @@ pub enum SignCmdError {
     NoPassword { path: PathBuf },
     #[error(transparent)]
     Key(#[from] imgsig::keys::KeyError),
-    #[error("resolving {image}: {source}")]
+    #[error("resolving {image}")]
     Resolve {
         image: String,
         #[source]

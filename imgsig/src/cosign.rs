@@ -35,7 +35,7 @@ pub fn signature_tag(manifest_digest: &Digest) -> String {
 pub enum SignatureManifestError {
     #[error("signature manifest is {size} bytes, more than the {MAX_SIGNATURE_MANIFEST_SIZE} allowed")]
     TooLarge { size: usize },
-    #[error("signature manifest is not an OCI manifest: {0}")]
+    #[error("signature manifest is not an OCI manifest")]
     Json(#[source] serde_json::Error),
     #[error("signature manifest has schemaVersion {0}, expected 2")]
     SchemaVersion(u64),

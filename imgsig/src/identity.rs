@@ -15,7 +15,7 @@ pub const DOCKER_HUB: &str = "docker.io";
 pub enum IdentityError {
     #[error("empty reference")]
     Empty,
-    #[error("bad digest: {0}")]
+    #[error("bad digest")]
     Digest(#[source] oci::DigestError),
     #[error("tag {0:?} is not valid (1-128 of [A-Za-z0-9_.-], not starting with . or -)")]
     Tag(String),

@@ -29,7 +29,7 @@ const MAX_SCRYPT_P: u64 = 16;
 /// A key that could not be read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{what}: not a PEM public key (expected -----BEGIN PUBLIC KEY-----): {source}")]
+    #[error("{what}: not a PEM public key (expected -----BEGIN PUBLIC KEY-----)")]
     PublicPem {
         what: String,
         #[source]
@@ -45,7 +45,7 @@ pub enum KeyError {
     Envelope { what: String, reason: String },
     #[error("{what}: wrong password for the cosign key (or the key file is corrupted)")]
     WrongPassword { what: String },
-    #[error("{what}: {op} failed: {source}")]
+    #[error("{what}: {op} failed")]
     Crypto {
         what: String,
         op: &'static str,

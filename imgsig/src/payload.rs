@@ -24,17 +24,17 @@ pub const MAX_PAYLOAD_SIZE: usize = 64 * 1024;
 pub enum PayloadError {
     #[error("signature payload is {size} bytes, more than the {MAX_PAYLOAD_SIZE} allowed")]
     TooLarge { size: usize },
-    #[error("signature payload is not a simple-signing document: {0}")]
+    #[error("signature payload is not a simple-signing document")]
     Json(#[source] serde_json::Error),
     #[error("signature payload has critical.type {found:?}, expected {expected:?}")]
     WrongType { found: String, expected: &'static str },
-    #[error("signature payload's docker-manifest-digest {value:?} is not a digest: {source}")]
+    #[error("signature payload's docker-manifest-digest {value:?} is not a digest")]
     Digest {
         value: String,
         #[source]
         source: oci::DigestError,
     },
-    #[error("signature payload's docker-reference {value:?} is not a docker reference: {source}")]
+    #[error("signature payload's docker-reference {value:?} is not a docker reference")]
     Reference {
         value: String,
         #[source]
@@ -164,7 +164,8 @@ mod tests {
         let e = Payload::parse(ok(ATOMIC_TYPE, "", D).as_bytes(), COSIGN_TYPE).unwrap_err();
         assert!(e.to_string().contains("atomic container signature"), "{e}");
         let e = Payload::parse(ok(COSIGN_TYPE, r#","extra":1"#, D).as_bytes(), COSIGN_TYPE).unwrap_err();
-        assert!(e.to_string().contains("extra"), "{e}");
+        assert!(report::line(&e).contains("extra"), "{e}");
+        assert_eq!(report::repeated_source(&e), None);
         let e = Payload::parse(ok(COSIGN_TYPE, "", "sha256:zz").as_bytes(), COSIGN_TYPE).unwrap_err();
         assert!(matches!(e, PayloadError::Digest { .. }), "{e}");
         let big = vec![b' '; MAX_PAYLOAD_SIZE + 1];

@@ -25,7 +25,7 @@ pub const MAX_POLICY_SIZE: usize = 1 << 20;
 pub enum PolicyError {
     #[error("signature policy is {size} bytes, more than the {MAX_POLICY_SIZE} allowed")]
     TooLarge { size: usize },
-    #[error("signature policy is not valid containers-policy.json: {0}")]
+    #[error("signature policy is not valid containers-policy.json")]
     Json(#[source] serde_json::Error),
     #[error("signature policy, {place}: {reason}")]
     Invalid { place: String, reason: String },
@@ -360,7 +360,7 @@ fn validate_docker_scope(scope: &str) -> Result<(), String> {
             Err(format!("scope {scope:?} is neither a host[:port] nor a full repository (write e.g. docker.io/library/{scope})"))
         };
     }
-    let r = DockerRef::parse(scope).map_err(|e| format!("scope {scope:?}: {e}"))?;
+    let r = DockerRef::parse(scope).map_err(|e| format!("scope {scope:?}: {}", report::Line(&e)))?;
     if r.to_string() != scope {
         return Err(format!("scope {scope:?} must be written in full, as {r:?}", r = r.to_string()));
     }
@@ -467,7 +467,8 @@ fn identity(
     place: &str,
 ) -> Result<SignedIdentity, PolicyError> {
     let parse = |s: &str, what: &str| {
-        DockerRef::parse(s).map_err(|e| invalid(place, format!("signedIdentity {what} {s:?}: {e}")))
+        DockerRef::parse(s)
+            .map_err(|e| invalid(place, format!("signedIdentity {what} {s:?}: {}", report::Line(&e))))
     };
     Ok(match raw {
         None => default,
@@ -637,7 +638,9 @@ mod tests {
             (r#"{"default":[{"type":"sigstoreSigned","keyPath":"kbs://host/a/b/c"}]}"#, "kbs:///"),
         ];
         for (json, needle) in cases {
-            let e = p(json).unwrap_err().to_string();
+            let e = p(json).unwrap_err();
+            assert_eq!(report::repeated_source(&e), None, "{json}");
+            let e = report::line(&e);
             assert!(e.contains(needle), "{json}: {e}");
         }
         assert!(matches!(

@@ -11,13 +11,13 @@ use serde::Deserialize;
 /// A registries.d directory that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistriesDError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("parsing {path}: {source}")]
+    #[error("parsing {path}")]
     Parse {
         path: String,
         #[source]
@@ -136,6 +136,7 @@ mod tests {
         let e = r.merge("default-docker:\n  lookaside: file:///x\n", "b.yaml").unwrap_err();
         assert!(e.to_string().contains("b.yaml"), "{e}");
         let e = RegistriesD::default().merge("docker:\n  h.io:\n    lookasid: x\n", "c.yaml").unwrap_err();
-        assert!(e.to_string().contains("lookasid"), "{e}");
+        assert!(report::line(&e).contains("lookasid"), "{e}");
+        assert_eq!(report::repeated_source(&e), None);
     }
 }

@@ -15,7 +15,7 @@ use crate::verify::FetchError;
 pub enum SignError {
     #[error("{image}: an OCI layout has no docker identity; give one with --identity HOST/REPO")]
     NeedIdentity { image: String },
-    #[error("--identity {value:?}: {source}")]
+    #[error("--identity {value:?}")]
     Identity {
         value: String,
         #[source]
@@ -23,11 +23,11 @@ pub enum SignError {
     },
     #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("reading the existing signatures: {0}")]
+    #[error("reading the existing signatures")]
     Existing(#[source] FetchError),
-    #[error("the existing signature manifest is unusable: {0}")]
+    #[error("the existing signature manifest is unusable")]
     Manifest(#[source] SignatureManifestError),
-    #[error("writing the signature to {location}: {source}")]
+    #[error("writing the signature to {location}")]
     Write {
         location: String,
         #[source]

@@ -39,13 +39,13 @@ pub struct Found<T> {
 /// Signatures could not be fetched (not the same as "there are none").
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{location}: {source}")]
+    #[error("{location}")]
     Source {
         location: String,
         #[source]
         source: Box<oci::OciError>,
     },
-    #[error("{location}: {source}")]
+    #[error("{location}")]
     Manifest {
         location: String,
         #[source]
@@ -70,9 +70,10 @@ pub trait SignatureSource: Send + Sync {
 pub struct KeyLoadError {
     pub key: String,
     pub reason: String,
-    /// For a `kbs:///` key, the fetcher's own error, so that a caller can tell a key the
-    /// broker does not have (or will not release) from a broker it cannot reach. Not the
-    /// error's `source()`: `reason` already says it.
+    /// For a `kbs:///` key, the fetcher's own error (the error's `source()`), so that a
+    /// caller can tell a key the broker does not have (or will not release) from a broker
+    /// it cannot reach. `reason` then says only which step failed.
+    #[source]
     pub cause: Option<ResourceError>,
 }
 
@@ -115,7 +116,7 @@ impl KeyLoader for StandardKeys {
                 KeySource::Kbs(uri) => match &self.kbs {
                     Some(f) => f.fetch(uri).await.map_err(|e| KeyLoadError {
                         key: src.describe(),
-                        reason: e.to_string(),
+                        reason: "fetching it from the KBS failed".into(),
                         cause: Some(e),
                     }),
                     None => Err(err("a kbs:/// key needs a KBS (--kbs URL)".into())),
@@ -132,19 +133,44 @@ pub enum RefusalReason {
     Reject,
     #[error("the image is not signed: no signatures at {location}")]
     Unsigned { location: String },
-    #[error("no key could be loaded: {0}")]
+    #[error("no key could be loaded")]
     Key(#[source] KeyLoadError),
-    #[error("bad key: {0}")]
+    #[error("bad key")]
     BadKey(#[source] crate::keys::KeyError),
-    #[error("fetching signatures failed: {0}")]
+    #[error("fetching signatures failed")]
     Fetch(#[source] FetchError),
-    #[error("no signature at {location} was accepted ({}); keys tried: {}", rejected.join("; "), keys.join(", "))]
+    #[error("no signature at {location} was accepted ({}); keys tried: {}", each_reason_once(rejected), keys.join(", "))]
     NoneAccepted { location: String, rejected: Vec<String>, keys: Vec<String> },
+}
+
+/// Why each signature was refused (`NAME: REASON`), a reason shared by several said once:
+/// `signature layer 0, signature layer 1: not signed by any trusted key`.
+fn each_reason_once(rejected: &[String]) -> String {
+    let mut grouped: Vec<(Vec<&str>, &str)> = Vec::new();
+    for r in rejected {
+        let (name, why) = r.split_once(": ").unwrap_or(("", r.as_str()));
+        match grouped.iter_mut().find(|(_, w)| *w == why) {
+            Some((names, _)) => names.push(name),
+            None => grouped.push((vec![name], why)),
+        }
+    }
+    let parts: Vec<String> = grouped
+        .into_iter()
+        .map(|(names, why)| {
+            let names: Vec<&str> = names.into_iter().filter(|n| !n.is_empty()).collect();
+            if names.is_empty() {
+                why.to_string()
+            } else {
+                format!("{}: {why}", names.join(", "))
+            }
+        })
+        .collect();
+    parts.join("; ")
 }
 
 /// A refusal, naming the scope and requirement that refused.
 #[derive(Debug, thiserror::Error)]
-#[error("signature policy refused {image} (manifest {digest}): {scope} requirement {number} ({requirement}): {reason}")]
+#[error("signature policy refused {image} (manifest {digest}): {scope} requirement {number} ({requirement})")]
 pub struct Refusal {
     pub image: String,
     pub digest: Digest,
@@ -302,7 +328,7 @@ fn check_claims(
     name: &str,
     key: &str,
 ) -> Result<String, String> {
-    let p = Payload::parse(payload, kind).map_err(|e| format!("{name} (by {key}): {e}"))?;
+    let p = Payload::parse(payload, kind).map_err(|e| format!("{name} (by {key}): {}", report::Line(&e)))?;
     if &p.manifest_digest != digest {
         return Err(format!(
             "{name} (by {key}) signs manifest {}, but the manifest pulled is {digest}",
@@ -349,9 +375,23 @@ mod tests {
             Box::pin(async move {
                 match uri {
                     "kbs:///default/cosign-public-key/test" => Ok(std::fs::read(format!("{TD}/cosign.pub"))?),
-                    _ => Err(format!("{uri}: not found").into()),
+                    _ => Err("the broker has no such resource".into()),
                 }
             })
+        }
+    }
+
+    /// Issue 27: a refusal shown as the binaries show it, each clause once.
+    trait SaidOnce {
+        fn said_once(&self) -> String;
+    }
+
+    impl SaidOnce for Refusal {
+        fn said_once(&self) -> String {
+            let line = report::line(self);
+            assert_eq!(report::repeated_source(self), None, "{line}");
+            assert_eq!(report::repeated_clause(&line), None, "{line}");
+            line
         }
     }
 
@@ -386,6 +426,18 @@ mod tests {
     const COSIGN: &str = r#"[{"type":"sigstoreSigned","keyPath":"cosign.pub"}]"#;
 
     #[test]
+    fn refusal_says_each_reason_once() {
+        // Two signatures by a key the policy does not trust: the reason is said once.
+        let d = Digest::sha256_of(b"m");
+        let mut second = sig("p384.key", "h.io/app", &d);
+        second.index = 1;
+        let e = eval(&policy(COSIGN), "h.io/app:v1", &d, vec![sig("p384.key", "h.io/app", &d), second])
+            .unwrap_err()
+            .said_once();
+        assert!(e.contains("(signature layer 0, signature layer 1: "), "{e}");
+    }
+
+    #[test]
     fn accepts_a_good_signature_and_says_how() {
         let d = Digest::sha256_of(b"m");
         let ok = eval(&policy(COSIGN), "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)]).unwrap();
@@ -400,13 +452,13 @@ mod tests {
         let e = eval(&p, "h.io/app:v1", &d, vec![]).unwrap_err();
         assert!(matches!(*e.reason, RefusalReason::Unsigned { .. }), "{e}");
 
-        let e = eval(&p, "h.io/app:v1", &d, vec![sig("p384.key", "h.io/app", &d)]).unwrap_err().to_string();
+        let e = eval(&p, "h.io/app:v1", &d, vec![sig("p384.key", "h.io/app", &d)]).unwrap_err().said_once();
         assert!(e.contains("not made by any of the keys tried"), "{e}");
         assert!(e.contains("keyPath") && e.contains("ECDSA P-256"), "names the keys tried: {e}");
 
         let other = Digest::sha256_of(b"other");
         let e =
-            eval(&p, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &other)]).unwrap_err().to_string();
+            eval(&p, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &other)]).unwrap_err().said_once();
         assert!(e.contains(&format!("signs manifest {other}, but the manifest pulled is {d}")), "{e}");
 
         // Omitted signedIdentity = matchRepository: a signature for app-a never admits app-b.
@@ -416,7 +468,7 @@ mod tests {
         )
         .unwrap();
         let e =
-            eval(&p, "h.io/app-b:v1", &d, vec![sig("cosign.key", "h.io/app-a", &d)]).unwrap_err().to_string();
+            eval(&p, "h.io/app-b:v1", &d, vec![sig("cosign.key", "h.io/app-a", &d)]).unwrap_err().said_once();
         assert!(e.contains("claims identity h.io/app-a") && e.contains("matchRepository"), "{e}");
         assert!(e.contains("default requirement 1"), "names scope and requirement: {e}");
     }
@@ -466,7 +518,7 @@ mod tests {
             policy(r#"[{"type":"sigstoreSigned","keyPath":"kbs:///default/cosign-public-key/nope"}]"#);
         let e = eval(&missing, "h.io/app:v1", &d, vec![sig("cosign.key", "h.io/app", &d)])
             .unwrap_err()
-            .to_string();
+            .said_once();
         assert!(e.contains("kbs:///default/cosign-public-key/nope"), "{e}");
         let paths = policy(r#"[{"type":"sigstoreSigned","keyPaths":["p384.pub","ed25519.pub"]}]"#);
         assert!(eval(&paths, "h.io/app:v1", &d, vec![sig("ed25519.key", "h.io/app", &d)]).is_ok());

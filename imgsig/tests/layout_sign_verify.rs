@@ -59,7 +59,11 @@ async fn sign_into_a_layout_then_verify_from_it() {
 
     // Unsigned: refused.
     let e = evaluate(&policy("cosign.pub"), &id, &digest, &sigs, &StandardKeys::default()).await.unwrap_err();
-    assert!(e.to_string().contains("not signed"), "{e}");
+    // Issue 27: the refusal and its reason, each said once.
+    let line = report::line(&e);
+    assert!(line.contains("not signed"), "{line}");
+    assert_eq!(report::repeated_source(&e), None, "{line}");
+    assert_eq!(report::repeated_clause(&line), None, "{line}");
 
     // A layout has no identity of its own: signing needs one.
     let e = sign_image(&image, &digest, None, &key("cosign.key"), &opts).await.unwrap_err();
@@ -72,7 +76,7 @@ async fn sign_into_a_layout_then_verify_from_it() {
     evaluate(&policy("cosign.pub"), &id, &digest, &sigs, &StandardKeys::default()).await.unwrap();
     let e =
         evaluate(&policy("ed25519.pub"), &id, &digest, &sigs, &StandardKeys::default()).await.unwrap_err();
-    assert!(e.to_string().contains("Ed25519"), "{e}");
+    assert!(report::line(&e).contains("Ed25519"), "{e}");
 
     // A second key appends a layer; the same ECDSA key again makes a new (randomised)
     // signature, Ed25519 is deterministic and is not duplicated.

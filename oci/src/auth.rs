@@ -18,13 +18,13 @@ use zeroize::Zeroizing;
 pub enum AuthError {
     #[error("--creds must be USER:PASS (or USER alone); the user name is empty")]
     EmptyUser,
-    #[error("cannot read auth file {path}: {source}")]
+    #[error("cannot read auth file {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("auth file {path} is not valid JSON: {source}")]
+    #[error("auth file {path} is not valid JSON")]
     Json {
         path: PathBuf,
         #[source]
@@ -303,7 +303,8 @@ mod tests {
         std::fs::write(&f, big).unwrap();
         let e = resolve_credentials("h:1", "r", None, Some(&f)).unwrap_err();
         assert!(matches!(e, AuthError::Read { .. }), "{e}");
-        assert!(e.to_string().contains("larger than"), "{e}");
+        assert!(report::line(&e).contains("larger than"), "{e}");
+        assert_eq!(report::repeated_source(&e), None);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub enum OciError {
     BlobDigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {digest} is larger than the {max}-byte limit for this read")]
     TooLarge { digest: Digest, max: u64 },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

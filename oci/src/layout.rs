@@ -25,16 +25,23 @@ const TEMP_PREFIX: &str = ".cloak-tmp-";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LayoutError {
+    /// `why` says what is wrong with the `oci-layout` file; `source`, if any, why it
+    /// could not be read or parsed.
     #[error("{dir} is not an OCI image layout: {why}")]
-    NotALayout { dir: PathBuf, why: String },
-    #[error("{op} {path}: {source}")]
+    NotALayout {
+        dir: PathBuf,
+        why: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("{op} {path}")]
     Io {
         op: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a valid OCI index: {source}")]
+    #[error("{path} is not a valid OCI index")]
     BadIndex {
         path: PathBuf,
         #[source]
@@ -89,16 +96,19 @@ impl OciLayout {
         let marker = root.join(OCI_LAYOUT_FILE);
         let text = std::fs::read_to_string(&marker).map_err(|e| LayoutError::NotALayout {
             dir: root.clone(),
-            why: format!("cannot read {OCI_LAYOUT_FILE}: {e}"),
+            why: format!("cannot read {OCI_LAYOUT_FILE}"),
+            source: Some(Box::new(e)),
         })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LayoutError::NotALayout {
             dir: root.clone(),
-            why: format!("{OCI_LAYOUT_FILE} is not JSON: {e}"),
+            why: format!("{OCI_LAYOUT_FILE} is not JSON"),
+            source: Some(Box::new(e)),
         })?;
         if v.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none() {
             return Err(LayoutError::NotALayout {
                 dir: root,
                 why: format!("{OCI_LAYOUT_FILE} has no imageLayoutVersion"),
+                source: None,
             });
         }
         let layout = OciLayout { root, index_lock: Mutex::new(()) };

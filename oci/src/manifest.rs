@@ -21,7 +21,7 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
-    #[error("manifest of media type {media_type:?} is not valid JSON for that type: {source}")]
+    #[error("manifest of media type {media_type:?} is not valid JSON for that type")]
     Json {
         media_type: String,
         #[source]

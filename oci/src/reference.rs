@@ -35,7 +35,7 @@ pub enum RefError {
     BadRepository { reference: String, repository: String, why: &'static str },
     #[error("registry host {host:?} in {reference:?} is not valid")]
     BadHost { reference: String, host: String },
-    #[error("bad digest in {reference:?}: {source}")]
+    #[error("bad digest in {reference:?}")]
     BadDigest {
         reference: String,
         #[source]

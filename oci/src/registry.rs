@@ -53,9 +53,9 @@ pub const MAX_TOKEN_ANSWER: usize = 64 << 10;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
-    #[error("cannot build the HTTP client: {0}")]
+    #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
-    #[error("{op} {url}: {source}")]
+    #[error("{op} {url}")]
     Http {
         op: String,
         url: String,
@@ -74,6 +74,19 @@ pub enum RegistryError {
     BadChallenge(String),
     #[error("token request to {realm} failed: {why}")]
     Token { realm: String, why: String },
+    /// The token service could not be reached (the cause has no URL: `realm` says it).
+    #[error("token request to {realm} failed")]
+    TokenHttp {
+        realm: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The token service refused the credentials (401) or the scope (403).
+    #[error(
+        "the token service {realm} of {registry} refused {} ({status}){hint}",
+        if *status == 401 { "the credentials" } else { "access to the repository" }
+    )]
+    TokenRefused { registry: String, realm: String, status: u16, hint: &'static str },
     #[error("token request to {realm}: the answer is larger than the {max}-byte limit (real tokens are a few KiB); refusing it")]
     TokenTooLarge { realm: String, max: usize },
     #[error("{op} at {peer}: {deadline} after {limit:?}; check that the registry is reachable and answering, or raise the registry timeouts")]
@@ -204,10 +217,11 @@ impl RegistryClient {
             let peer = source.url().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
             return self.timeout(op, &peer, Deadline::Connect, self.inner.timeouts.connect);
         }
+        // The URL is said once, by this error; reqwest's own text would repeat it.
         RegistryError::Http {
             op: op.to_string(),
             url: source.url().map(|u| u.to_string()).unwrap_or_default(),
-            source,
+            source: source.without_url(),
         }
     }
 
@@ -343,18 +357,39 @@ impl RegistryClient {
                 Ok(Err(e)) if e.is_connect() && e.is_timeout() => {
                     return Err(self.timeout(op, realm, Deadline::Connect, t.connect))
                 }
-                Ok(Err(e)) => return Err(token_err(e.to_string())),
+                Ok(Err(e)) => {
+                    return Err(RegistryError::TokenHttp {
+                        realm: realm.to_string(),
+                        source: e.without_url(),
+                    })
+                }
                 Err(_) => return Err(self.timeout(op, realm, Deadline::NoProgress, t.idle)),
             };
-            if !resp.status().is_success() {
-                return Err(token_err(format!("status {}", resp.status())));
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                let hint = match (status == StatusCode::UNAUTHORIZED, self.inner.credentials.is_some()) {
+                    (true, true) => "; check the user name and password",
+                    (true, false) => "; no credentials were found: pass --creds USER:PASS or an auth file",
+                    (false, _) => "",
+                };
+                return Err(RegistryError::TokenRefused {
+                    registry: self.inner.registry.clone(),
+                    realm: realm.to_string(),
+                    status: status.as_u16(),
+                    hint,
+                });
+            }
+            if !status.is_success() {
+                return Err(token_err(format!("status {status}")));
             }
             match bounded::read_capped(resp, MAX_TOKEN_ANSWER, &t).await {
                 Ok(Capped::Whole(b)) => Ok(zeroize::Zeroizing::new(b)),
                 Ok(Capped::Over(_)) => {
                     Err(RegistryError::TokenTooLarge { realm: realm.to_string(), max: MAX_TOKEN_ANSWER })
                 }
-                Err(ReadFailure::Http(e)) => Err(token_err(e.to_string())),
+                Err(ReadFailure::Http(e)) => {
+                    Err(RegistryError::TokenHttp { realm: realm.to_string(), source: e.without_url() })
+                }
                 Err(ReadFailure::Timeout(d, limit)) => Err(self.timeout(op, realm, d, limit)),
             }
         };
@@ -649,7 +684,7 @@ impl RegistryClient {
             let resp = rb.send().await.map_err(|source| RegistryError::Http {
                 op: op.to_string(),
                 url: patch_url.to_string(),
-                source,
+                source: source.without_url(),
             })?;
             if !resp.status().is_success() {
                 return Err(client.error_from(op, resp).await);

@@ -102,6 +102,10 @@ async fn bearer_token_refused_is_a_clear_error() {
         SourceOptions { creds: Some("alice:wrong".into()), insecure_plain_http: true, ..Default::default() };
     let src = ImageSource::open(&r, &opts).await.unwrap();
     let e = src.manifest().await.unwrap_err();
-    assert!(matches!(e, OciError::Registry(RegistryError::Token { .. })), "{e}");
-    assert!(!e.to_string().contains("wrong"), "no secret in errors: {e}");
+    // Issue 27: a refused token names the registry, says what to check, and says it once.
+    assert!(matches!(e, OciError::Registry(RegistryError::TokenRefused { status: 401, .. })), "{e}");
+    let line = report::line(&e);
+    assert!(line.contains(&format!("of 127.0.0.1:{port} refused the credentials (401)")), "{line}");
+    assert!(!line.contains("wrong"), "no secret in errors: {line}");
+    assert_eq!(report::repeated_source(&e), None);
 }

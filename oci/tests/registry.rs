@@ -189,6 +189,9 @@ async fn basic_auth_with_creds_works_and_without_is_refused() {
     let e = push_fixture(&reg, "auth/img:v1", &insecure()).await.unwrap_err();
     assert!(matches!(e, OciError::Registry(RegistryError::Unauthorized { .. })), "{e}");
     assert!(e.to_string().contains("--creds"), "{e}");
+    // Issue 27: a 401 names the registry host.
+    assert!(e.to_string().contains(&format!("{} refused the credentials (401)", reg.host())), "{e}");
+    assert_eq!(report::repeated_clause(&report::line(&e)), None);
 
     // wrong password
     let wrong = SourceOptions { creds: Some("alice:nope".into()), ..insecure() };
@@ -236,4 +239,36 @@ async fn plain_http_is_not_used_unless_asked() {
     let src = ImageSource::open(&r(&reg.docker_ref("x/y:v1")), &SourceOptions::default()).await.unwrap();
     let e = src.manifest().await.unwrap_err();
     assert!(matches!(e, OciError::Registry(RegistryError::Http { .. })), "{e}");
+}
+
+#[tokio::test]
+async fn unreachable_registry_names_the_url_once() {
+    let port = test_support::free_port();
+    let src = ImageSource::open(&r(&format!("docker://127.0.0.1:{port}/app:v1")), &insecure()).await.unwrap();
+    let e = src.manifest().await.unwrap_err();
+    let line = report::line(&e);
+    assert!(matches!(e, OciError::Registry(RegistryError::Http { .. })), "{line}");
+    assert_eq!(line.matches(&format!("127.0.0.1:{port}")).count(), 1, "{line}");
+    assert_eq!(report::repeated_source(&e), None, "{line}");
+    assert_eq!(report::repeated_clause(&line), None, "{line}");
+}
+
+#[tokio::test]
+async fn display_does_not_repeat_its_source() {
+    // A missing layout, a bad auth file, a bad index: each step once.
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let e = ImageSource::open(&r(&format!("oci:{}:v1", missing.display())), &insecure()).await.unwrap_err();
+    let line = report::line(&e);
+    assert_eq!(report::repeated_source(&e), None, "{line}");
+    assert_eq!(line.matches("cannot read oci-layout").count(), 1, "{line}");
+    assert!(line.ends_with("(os error 2)"), "{line}");
+
+    let auth = tmp.path().join("auth.json");
+    std::fs::write(&auth, b"{not json").unwrap();
+    let opts = SourceOptions { auth_file: Some(auth), ..insecure() };
+    let e = ImageSource::open(&r("docker://127.0.0.1:1/app:v1"), &opts).await.unwrap_err();
+    let line = report::line(&e);
+    assert_eq!(report::repeated_source(&e), None, "{line}");
+    assert!(line.contains("is not valid JSON: "), "{line}");
 }
