@@ -185,13 +185,16 @@ impl CollateralSource {
             .get(url)
             .send()
             .await
-            .map_err(|source| FetchError::Http { url: url.to_owned(), source })?;
+            .map_err(|source| FetchError::Http { url: url.to_owned(), source: source.without_url() })?;
         let status = resp.status();
         if !status.is_success() {
             return Err(FetchError::Status { url: url.to_owned(), status: status.as_u16() });
         }
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|source| FetchError::Http { url: url.to_owned(), source })?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| FetchError::Http { url: url.to_owned(), source: source.without_url() })?;
         Ok((headers, body.to_vec()))
     }
 
@@ -316,5 +319,19 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(der_or_hex(b"3082".to_vec()), vec![0x30, 0x82]);
         assert_eq!(der_or_hex(vec![0x30, 0x82, 0xff]), vec![0x30, 0x82, 0xff]);
+    }
+
+    /// Issue 27: reqwest's own text repeated the URL the fetch error names
+    /// ("GET u: error sending request for url (u)").
+    #[tokio::test]
+    async fn unreachable_collateral_service_is_named_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let src = CollateralSource::new(CollateralConfig::default()).unwrap();
+        let url = format!("http://127.0.0.1:{port}/sgx/certification/v4/pckcrl");
+        let e = src.get_bytes(&url).await.unwrap_err();
+        let line = report::line(&e);
+        assert!(line.starts_with(&format!("GET {url}: ")), "{line}");
+        assert_eq!(line.matches(&url).count(), 1, "{line}");
+        assert_eq!(report::repeated_source(&e), None, "{line}");
     }
 }

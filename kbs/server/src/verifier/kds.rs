@@ -126,7 +126,11 @@ impl KdsClient {
             let resp = self.http.get(&url).send().await;
             let retry_after = match resp {
                 Ok(r) if r.status().is_success() => {
-                    let der = r.bytes().await.map_err(|e| unavailable(format!("GET {url}: {e}")))?.to_vec();
+                    let der = r
+                        .bytes()
+                        .await
+                        .map_err(|e| unavailable(format!("GET {url}: {}", report::line(&e.without_url()))))?
+                        .to_vec();
                     self.remember(path, &der);
                     if let Some(dir) = &self.cfg.cache_dir {
                         let _ = std::fs::create_dir_all(dir);
@@ -144,7 +148,7 @@ impl KdsClient {
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs),
                 Ok(r) => return Err(unavailable(format!("GET {url}: HTTP {}", r.status().as_u16()))),
-                Err(e) => return Err(unavailable(format!("GET {url}: {e}"))),
+                Err(e) => return Err(unavailable(format!("GET {url}: {}", report::line(&e.without_url())))),
             };
             if attempt == self.cfg.retries {
                 break;

@@ -246,15 +246,15 @@ impl EtcdClient {
         if let Some(t) = token {
             req = req.header(reqwest::header::AUTHORIZATION, t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| EtcdError::Unreachable { endpoint: endpoint.clone(), source })?;
+        let resp = req.send().await.map_err(|source| EtcdError::Unreachable {
+            endpoint: endpoint.clone(),
+            source: source.without_url(),
+        })?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| EtcdError::Unreachable { endpoint: endpoint.clone(), source })?;
+        let bytes = resp.bytes().await.map_err(|source| EtcdError::Unreachable {
+            endpoint: endpoint.clone(),
+            source: source.without_url(),
+        })?;
         let v: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             // etcd answers some refusals in plain text (e.g. its gateway on a client
@@ -470,7 +470,7 @@ impl EtcdClient {
             Ok(r) => r,
             Err(source) => {
                 self.skip_member(i);
-                return Err(EtcdError::Unreachable { endpoint, source });
+                return Err(EtcdError::Unreachable { endpoint, source: source.without_url() });
             }
         };
         let mut buf: Vec<u8> = Vec::new();
@@ -478,7 +478,7 @@ impl EtcdClient {
             let chunk = match resp.chunk().await {
                 Ok(Some(c)) => c,
                 Ok(None) => return Err(EtcdError::WatchEnded(format!("{endpoint} closed the stream"))),
-                Err(source) => return Err(EtcdError::Unreachable { endpoint, source }),
+                Err(source) => return Err(EtcdError::Unreachable { endpoint, source: source.without_url() }),
             };
             buf.extend_from_slice(&chunk);
             if buf.len() > MAX_WATCH_LINE {
