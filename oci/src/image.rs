@@ -327,7 +327,7 @@ impl ImageDest {
                 match dst.client.mount_blob(d, s.client.repository()).await {
                     Ok(true) => return Ok(()),
                     Ok(false) => {}
-                    Err(e) => tracing::debug!("mounting {d} failed, copying instead: {e}"),
+                    Err(e) => tracing::debug!("mounting {d} failed, copying instead: {}", report::Line(&e)),
                 }
             }
         }

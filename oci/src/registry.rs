@@ -633,7 +633,7 @@ impl RegistryClient {
         let op = "DELETE blob upload";
         let r = self.bounded(op, self.send(op, |c| c.delete(loc.clone()))).await;
         if let Err(e) = r {
-            tracing::debug!("cancelling upload session failed: {e}");
+            tracing::debug!("cancelling upload session failed: {}", report::Line(&e));
         }
     }
 
