@@ -183,7 +183,11 @@ fn cloak_pull_failures_say_each_cause_once_and_the_next_step() -> Result<()> {
     )?;
     fails_saying_once(
         "cloak-pull, RSA key for an EC recipient",
-        pull_cmd(&tmp).arg("--key").arg(golden("three-layers/keys/rsa.priv.pem")).arg(ec_image()).arg(bundle("b2")),
+        pull_cmd(&tmp)
+            .arg("--key")
+            .arg(golden("three-layers/keys/rsa.priv.pem"))
+            .arg(ec_image())
+            .arg(bundle("b2")),
         p,
         &["needs an EC key"],
     )?;

@@ -228,11 +228,6 @@ fn broker_unavailable_fails_closed_after_bounded_retries_then_recovers() -> Resu
         r.describe()
     );
     assert!(
-        r.stderr.contains("--kbs-timeout 3 s"),
-        "the error does not name the deadline it ran into: {}",
-        r.describe()
-    );
-    assert!(
         r.stderr.contains("layer 0"),
         "the error does not say which layer needed the key: {}",
         r.describe()

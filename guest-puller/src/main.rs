@@ -14,7 +14,7 @@ use guest_puller::extract::{DevicePolicy, ExtractOptions, Limits, DEFAULT_MAX_RA
 use guest_puller::keys::{KeySources, Keys};
 use guest_puller::policy::PullPolicy;
 use guest_puller::progress::{Bars, JsonLines, ProgressSink, Quiet};
-use guest_puller::pull::{pull, PullError, PullOptions};
+use guest_puller::pull::{pull, PullOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -204,14 +204,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             progress,
             signature_check,
         };
-        let summary = pull(&opts).await.map_err(|e| match (&e, &cli.kbs) {
-            // Say which broker and deadline a key failure ran into.
-            (PullError::Keys { .. }, Some(url)) => anyhow::Error::new(e).context(format!(
-                "unwrapping layer keys (KBS {url}, --kbs-timeout {} s)",
-                cli.kbs_timeout.as_secs_f64()
-            )),
-            _ => anyhow::Error::new(e),
-        })?;
+        // A key failure's KbsError already names the broker and the deadline it ran into.
+        let summary = pull(&opts).await?;
         if cli.json {
             let mut v = serde_json::to_value(&summary)?;
             if let (Some(obj), Some(k)) = (v.as_object_mut(), &keys.kbs) {

@@ -85,8 +85,8 @@ pub enum KekError {
     /// The packet was bad, or did not open.
     #[error(transparent)]
     Packet(#[from] PacketError),
-    /// The KBS refused or failed.
-    #[error("KBS")]
+    /// The KBS refused or failed (its error names the broker).
+    #[error(transparent)]
     Kbs(#[from] KbsError),
 }
 

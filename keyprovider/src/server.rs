@@ -510,7 +510,7 @@ mod tests {
                     "needs three parts".into(),
                 ))),
                 Code::InvalidArgument,
-                "KBS: ",
+                "invalid resource URI: needs three parts",
             ),
         ];
         for (e, code, says) in cases {

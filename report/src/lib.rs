@@ -139,7 +139,10 @@ mod tests {
     }
 
     fn three() -> Step {
-        Step("opening oci:x", Some(Box::new(Step("not a layout", Some(Box::new(Step("no such file", None)))))))
+        Step(
+            "opening oci:x",
+            Some(Box::new(Step("not a layout", Some(Box::new(Step("no such file", None)))))),
+        )
     }
 
     #[test]
@@ -184,7 +187,8 @@ mod tests {
         assert_eq!(repeated_clause(&line(&three())), None);
         assert_eq!(repeated_clause("bad input: b: bad input"), None, "under the minimum length");
         assert_eq!(
-            repeated_clause("cannot read oci-layout (os error 2): x: cannot read oci-layout (os error 2)").as_deref(),
+            repeated_clause("cannot read oci-layout (os error 2): x: cannot read oci-layout (os error 2)")
+                .as_deref(),
             Some("cannot read oci-layout (os error 2)")
         );
     }
