@@ -147,7 +147,7 @@ impl CarriedKey {
 
     /// What the scheme carries, for a message: `jwe (recipients RSA-OAEP kid kbs:///a/b/c,
     /// ECDH-ES+A256KW)`, `provider.attestation-agent (kid kbs:///default/kek/app)`.
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let mut parts: Vec<String> = Vec::new();
         for r in &self.recipients {
             let text = match &r.kid {

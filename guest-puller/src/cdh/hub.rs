@@ -343,7 +343,7 @@ fn cdh_hint(report: &ocicrypt::UnwrapReport) -> Option<String> {
         } else {
             LOCAL
         };
-        let what = carried_text(c);
+        let what = c.describe();
         match groups.iter_mut().find(|(f, _)| *f == fix) {
             Some((_, names)) => names.push(what),
             None => groups.push((fix, vec![what])),
@@ -356,27 +356,15 @@ fn cdh_hint(report: &ocicrypt::UnwrapReport) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// A scheme and the keys it names: `jwe (recipient RSA-OAEP kid kbs:///a/b/c)`,
-/// `provider.attestation-agent (kid kbs:///default/kek/app)`.
-fn carried_text(c: &ocicrypt::CarriedKey) -> String {
-    let mut keys: Vec<String> = Vec::new();
-    for r in &c.recipients {
-        let text = match &r.kid {
-            Some(kid) => format!("{} kid {kid}", r.alg),
-            None => r.alg.clone(),
-        };
-        if !keys.contains(&text) {
-            keys.push(text);
-        }
-    }
-    if !keys.is_empty() {
-        let noun = if keys.len() == 1 { "recipient" } else { "recipients" };
-        return format!("{} ({noun} {})", c.scheme, keys.join(", "));
-    }
-    if !c.kids.is_empty() {
-        return format!("{} (kid {})", c.scheme, c.kids.join(", "));
-    }
-    c.scheme.clone()
+/// The one log line of a failed PullImage: the message kata-agent gets, and the chain.
+fn log_pull_failure(image_url: &str, bundle_path: &str, e: &HubError) {
+    tracing::warn!(
+        image = %image_url,
+        bundle = %bundle_path,
+        error = %e.message(),
+        error_chain = super::chain_field(|| e.chain()),
+        "PullImage failed"
+    );
 }
 
 /// A policy's verdict is a denial; a refusal only because a key or the signatures
@@ -499,6 +487,12 @@ impl Hub {
         self.kbs.as_ref().map_or(0, KbsClient::attestation_count)
     }
 
+    /// The daemon's one KBS client (token, TEE key, attester), if a KBS is configured:
+    /// the attestation-agent API answers from it (`super::aa`).
+    pub fn kbs_client(&self) -> Option<&KbsClient> {
+        self.kbs.as_ref()
+    }
+
     fn enter(&self) -> Result<InFlightGuard<'_>, HubError> {
         self.inflight.count.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard(&self.inflight);
@@ -590,25 +584,13 @@ impl Hub {
                     let _ = std::fs::remove_file(bundle.join("image.json"));
                 }
                 let e = HubError::from(e);
-                tracing::warn!(
-                    image = %image_url,
-                    bundle = %bundle_path,
-                    error = %e.message(),
-                    error_chain = super::chain_field(|| e.chain()),
-                    "PullImage failed"
-                );
+                log_pull_failure(image_url, bundle_path, &e);
                 return Err(e);
             }
         };
         if let Err(e) = write_runtime_spec(&bundle) {
             undo_mount(&bundle);
-            tracing::warn!(
-                image = %image_url,
-                bundle = %bundle_path,
-                error = %e.message(),
-                error_chain = super::chain_field(|| e.chain()),
-                "PullImage failed"
-            );
+            log_pull_failure(image_url, bundle_path, &e);
             return Err(e);
         }
         let cached = summary.layers.iter().filter(|l| l.cached).count();
