@@ -34,6 +34,9 @@ pub struct KbsConfig {
     pub attester: AttesterKind,
     /// How long one KBS exchange (attestation, or one key), retries included, may take.
     pub deadline: Duration,
+    /// The guest's init-data (`--initdata FILE`, or where kata-agent leaves it), sent in
+    /// every attestation so the broker can check it against the report.
+    pub initdata: Option<kbs_client::initdata::Initdata>,
 }
 
 impl KbsConfig {
@@ -44,6 +47,7 @@ impl KbsConfig {
             cert_pem: None,
             attester: AttesterKind::Auto,
             deadline: kbs_client::ClientConfig::default().deadline,
+            initdata: None,
         }
     }
 }
@@ -262,7 +266,10 @@ impl GuestSession {
     fn add_kbs(&mut self, cfg: &SessionConfig) -> Result<(), SessionError> {
         let Some(kbs) = &cfg.kbs else { return Ok(()) };
         // Sample evidence only when asked for by name; `auto` never picks it.
-        let opts = kbs_client::AttesterOptions::for_kind(kbs.attester);
+        let opts = kbs_client::AttesterOptions {
+            initdata_digest: kbs.initdata.as_ref().map(kbs_client::initdata::Initdata::digest),
+            ..kbs_client::AttesterOptions::for_kind(kbs.attester)
+        };
         let attester = match kbs_client::make_attester(kbs.attester, &opts) {
             Ok(a) => a,
             Err(e) if cfg.attester_failure == AttesterFailure::DisablesKbs => {
@@ -271,7 +278,11 @@ impl GuestSession {
             }
             Err(e) => return Err(SessionError::Attester(e)),
         };
-        let client_cfg = kbs_client::ClientConfig { deadline: kbs.deadline, ..Default::default() };
+        let client_cfg = kbs_client::ClientConfig {
+            deadline: kbs.deadline,
+            init_data: kbs.initdata.clone(),
+            ..Default::default()
+        };
         let client = KbsClient::with_http_client(&kbs.url, attester, client_cfg, http_client(kbs)?)
             .map_err(SessionError::Kbs)?;
         let kek = Arc::new(

@@ -30,6 +30,8 @@ pub struct ClientConfig {
     pub tee_key: TeeKeyKind,
     /// Extra `extra-params` of the `/auth` request, e.g. `{"pod":..,"namespace":..}`.
     pub extra_params: Value,
+    /// The guest's init-data, sent in every attestation (`init-data` of the RCAR).
+    pub init_data: Option<crate::initdata::Initdata>,
 }
 
 impl Default for ClientConfig {
@@ -38,6 +40,7 @@ impl Default for ClientConfig {
             deadline: Duration::from_secs(30),
             tee_key: TeeKeyKind::EcP256,
             extra_params: Value::Null,
+            init_data: None,
         }
     }
 }
@@ -436,7 +439,8 @@ impl KbsClient {
             protocol::runtime_data_digest(&challenge.nonce, &jwk, "").map_err(proto(Step::Attest))?;
         let report_data = protocol::report_data(&digest);
         let evidence = inner.attester.evidence(&report_data).await?;
-        let attestation = protocol::build_attestation(&challenge.nonce, jwk, evidence);
+        let attestation =
+            protocol::build_attestation(&challenge.nonce, jwk, evidence, inner.cfg.init_data.as_ref());
 
         let answer = send_with_retry(&inner.http, Step::Attest, &target, |http| {
             let rb = http.request(Method::POST, inner.attest_url.clone()).json(&attestation);

@@ -39,6 +39,24 @@ pub enum InitdataError {
     NotAString(String),
 }
 
+/// Why an init-data file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitdataFileError {
+    #[error("reading init-data file {path}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("init-data file {path}")]
+    Invalid {
+        path: std::path::PathBuf,
+        #[source]
+        source: InitdataError,
+    },
+}
+
 /// The hash named by `algorithm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitdataAlgorithm {
@@ -69,7 +87,8 @@ impl InitdataAlgorithm {
 /// A checked init-data document, with the bytes it was read from.
 #[derive(Debug, Clone)]
 pub struct Initdata {
-    raw: Vec<u8>,
+    /// The document as read; UTF-8 was checked, so it is kept as text.
+    raw: String,
     version: String,
     algorithm: InitdataAlgorithm,
     data: Vec<(String, String)>,
@@ -103,12 +122,36 @@ impl Initdata {
         } else {
             return Err(InitdataError::Missing("data"));
         }
-        Ok(Self { raw: raw.to_vec(), version, algorithm, data })
+        Ok(Self { raw: text.to_owned(), version, algorithm, data })
+    }
+
+    /// Reads and checks the file at `path`, reading no more than [`MAX_INITDATA`] + 1
+    /// bytes (where kata-agent leaves it: `/run/confidential-containers/initdata/initdata.toml`).
+    pub fn read_file(path: &std::path::Path) -> Result<Self, InitdataFileError> {
+        use std::io::Read as _;
+        let read_err = |source| InitdataFileError::Read { path: path.to_owned(), source };
+        let mut raw = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read_err)?
+            .take(MAX_INITDATA as u64 + 1)
+            .read_to_end(&mut raw)
+            .map_err(read_err)?;
+        Self::parse(&raw).map_err(|source| InitdataFileError::Invalid { path: path.to_owned(), source })
     }
 
     /// The bytes as read (what is hashed and what the annotation carries).
     pub fn raw(&self) -> &[u8] {
+        self.raw.as_bytes()
+    }
+
+    /// The document as read, as text (the `body` of the RCAR's `init-data`).
+    pub fn text(&self) -> &str {
         &self.raw
+    }
+
+    /// The `[data]` entry `name`, if present.
+    pub fn entry(&self, name: &str) -> Option<&str> {
+        self.data.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// `version`.
@@ -128,7 +171,7 @@ impl Initdata {
 
     /// The digest of the raw bytes with the document's algorithm.
     pub fn digest(&self) -> Vec<u8> {
-        self.algorithm.digest(&self.raw)
+        self.algorithm.digest(self.raw.as_bytes())
     }
 
     /// The digest fitted to a report field of `len` bytes: zero-padded, or cut.
@@ -182,6 +225,31 @@ mod tests {
         // The same document with one more space hashes differently: bytes, not meaning.
         let spaced = DOC.replace("version = ", "version =  ");
         assert_ne!(Initdata::parse(spaced.as_bytes()).unwrap().digest(), full);
+    }
+
+    /// `testdata/initdata/expected*.json`: computed with Python's hashlib by kata-runtime's
+    /// rules (the README there says how), one per algorithm.
+    #[test]
+    fn digests_match_the_independently_computed_vectors() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/initdata");
+        for (doc, expected) in [
+            ("initdata.toml", "expected.json"),
+            ("initdata-sha256.toml", "expected-sha256.json"),
+            ("initdata-sha512.toml", "expected-sha512.json"),
+        ] {
+            let d = Initdata::read_file(&dir.join(doc)).unwrap();
+            let want: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join(expected)).unwrap()).unwrap();
+            assert_eq!(d.algorithm().name(), want["algorithm"], "{doc}");
+            assert_eq!(hex::encode(d.digest()), want["digest"], "{doc}");
+            assert_eq!(hex::encode(d.snp_host_data()), want["snp_host_data"], "{doc}");
+            assert_eq!(hex::encode(d.tdx_mrconfigid()), want["tdx_mrconfigid"], "{doc}");
+            assert_eq!(
+                hex::encode(d.cca_personalization_value()),
+                want["cca_personalization_value"],
+                "{doc}"
+            );
+        }
     }
 
     #[test]

@@ -208,7 +208,12 @@ fn client(url: &str, deadline: Duration) -> KbsClient {
 fn client_with_key(url: &str, deadline: Duration, tee_key: TeeKeyKind) -> KbsClient {
     let opts = AttesterOptions { allow_sample: true, ..Default::default() };
     let att = make_attester(AttesterKind::Sample, &opts).unwrap();
-    let cfg = ClientConfig { deadline, tee_key, extra_params: json!({"pod": "p1", "namespace": "ns1"}) };
+    let cfg = ClientConfig {
+        deadline,
+        tee_key,
+        extra_params: json!({"pod": "p1", "namespace": "ns1"}),
+        ..Default::default()
+    };
     KbsClient::new(url, att, cfg).unwrap()
 }
 

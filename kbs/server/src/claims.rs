@@ -74,6 +74,10 @@ pub struct TdxClaims {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SampleClaims {
     pub svn: String,
+    /// The init-data digest the sample evidence carries (`init_data`), lowercase hex:
+    /// what a report field would hold, had the guest been launched by a real host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_data: Option<String>,
 }
 
 /// Verified claims, tagged by TEE.

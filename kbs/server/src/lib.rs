@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod claims;
 pub mod config;
+pub mod initdata;
 pub mod jwe;
 pub mod metrics;
 pub mod policy;

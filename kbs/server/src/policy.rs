@@ -7,11 +7,13 @@
 //! (evidence claims) and at resource time (token claims against the *current* policy),
 //! so a policy change applies to tokens already issued.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::claims::{Claims, SnpClaims, TdxClaims};
+use crate::initdata::InitdataClaims;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -65,6 +67,15 @@ pub enum Reason {
     AdvisoryDenied,
     /// The VCEK/VLEK is for another chip, another TCB or another product line.
     VcekMismatch,
+    /// The init-data's digest is not the one in the report (SNP `HOST_DATA`, TDX
+    /// `MRCONFIGID`, sample `init_data`): the host launched the guest with other init-data.
+    InitdataMismatch,
+    /// The policy requires init-data (`initdata`) and the guest sent none.
+    InitdataMissing,
+    /// The init-data is not a TOML init-data document.
+    InitdataInvalid,
+    /// Verified init-data that the policy's `initdata` rules do not allow.
+    InitdataNotAllowed,
 }
 
 impl Reason {
@@ -96,6 +107,10 @@ impl Reason {
             Reason::TcbLevelUnmatched => "tcb_level_unmatched",
             Reason::AdvisoryDenied => "advisory_denied",
             Reason::VcekMismatch => "vcek_mismatch",
+            Reason::InitdataMismatch => "initdata_mismatch",
+            Reason::InitdataMissing => "initdata_missing",
+            Reason::InitdataInvalid => "initdata_invalid",
+            Reason::InitdataNotAllowed => "initdata_not_allowed",
         }
     }
 }
@@ -159,6 +174,40 @@ struct PolicySpec {
     required_attestation: RequiredSpec,
     #[serde(default)]
     released_resources: Vec<String>,
+    /// Absent: guests with and without init-data are both accepted (see [`InitdataPolicy`]).
+    initdata: Option<InitdataSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InitdataSpec {
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    digests: Vec<String>,
+    #[serde(default)]
+    data: BTreeMap<String, DataSpec>,
+    /// Resource pattern (as in `released_resources`) → rules for that resource only.
+    #[serde(default)]
+    resources: BTreeMap<String, InitdataRulesSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InitdataRulesSpec {
+    #[serde(default)]
+    digests: Vec<String>,
+    #[serde(default)]
+    data: BTreeMap<String, DataSpec>,
+}
+
+/// The allowed values of one `[data]` entry: its whole text, or (a map) values at
+/// dotted paths into the entry parsed as TOML (`"cdh.toml": {"kbc.url": [...]}`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DataSpec {
+    Text(OneOrMany),
+    Paths(BTreeMap<String, OneOrMany>),
 }
 
 #[derive(Deserialize, Default)]
@@ -295,6 +344,208 @@ fn tdx_statuses(v: Option<OneOrMany>) -> Result<Vec<String>, PolicyError> {
         .collect()
 }
 
+/// What the policy asks of a guest's init-data (`default_policy.initdata`):
+///
+/// ```yaml
+/// initdata:
+///   required: true                 # refuse a guest that sends no init-data
+///   digests: ["<hex>"]             # the document's full digest (sha256/384/512), any of
+///   data:
+///     namespace: [shop]            # a [data] entry's whole text, any of
+///     "cdh.toml": {"kbc.url": ["https://kbs.example"]}   # a dotted path into a TOML entry
+///   resources:
+///     "default/payments/*": {data: {namespace: [payments]}}   # only for these resources
+/// ```
+///
+/// Init-data that is sent is always checked against the report; these rules are on
+/// top. Without the `initdata` key (the default, and what older policies mean) a guest
+/// that sends no init-data is accepted ("unbound": CoCo guests without init-data). A
+/// policy with `required: true`, or with any `digests` or `data` rule, refuses it
+/// (`initdata_missing`). Rules are checked at attest time and again, against the policy
+/// in force, at each resource request; `resources` rules only for a matching resource.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitdataPolicy {
+    pub required: bool,
+    pub rules: InitdataRules,
+    /// (pattern, rules) for matching resources only.
+    pub resources: Vec<(String, InitdataRules)>,
+}
+
+/// Digests and `[data]` values one check allows; empty lists allow anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitdataRules {
+    /// Allowed digests, lowercase hex.
+    pub digests: Vec<String>,
+    pub data: Vec<DataRule>,
+}
+
+/// One `[data]` entry (and, for a TOML entry, a dotted path in it) and its allowed values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataRule {
+    pub entry: String,
+    /// Keys into the entry parsed as TOML; `None`: the entry's whole text.
+    pub path: Option<Vec<String>>,
+    pub allowed: Vec<String>,
+}
+
+impl InitdataRules {
+    fn is_empty(&self) -> bool {
+        self.digests.is_empty() && self.data.is_empty()
+    }
+
+    fn check(&self, init: &InitdataClaims, what: &str) -> Result<(), Denial> {
+        let refuse = |detail: String| Denial::new(Reason::InitdataNotAllowed, detail);
+        if !self.digests.is_empty() && !self.digests.iter().any(|d| d.eq_ignore_ascii_case(&init.digest)) {
+            return Err(refuse(format!("init-data digest {} is not in {what}.digests", init.digest)));
+        }
+        for rule in &self.data {
+            let shown = match &rule.path {
+                None => rule.entry.clone(),
+                Some(p) => format!("{} {}", rule.entry, p.join(".")),
+            };
+            let have = init.entry(&rule.entry).and_then(|text| match &rule.path {
+                None => Some(text.to_owned()),
+                Some(path) => toml_value_at(text, path),
+            });
+            match have {
+                None => return Err(refuse(format!("init-data has no {shown}, which {what}.data requires"))),
+                Some(v) if !rule.allowed.contains(&v) => {
+                    return Err(refuse(format!(
+                        "init-data {shown} = {:?} is not allowed by {what}.data",
+                        v.chars().take(128).collect::<String>()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The scalar at `path` in the TOML document `text`, as text (strings unquoted).
+fn toml_value_at(text: &str, path: &[String]) -> Option<String> {
+    let doc: toml::Table = text.parse().ok()?;
+    let (last, parents) = path.split_last()?;
+    let mut table = &doc;
+    for k in parents {
+        table = table.get(k)?.as_table()?;
+    }
+    match table.get(last)? {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Table(_) | toml::Value::Array(_) => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn one_or_many(v: OneOrMany) -> Vec<String> {
+    match v {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }
+}
+
+fn initdata_rules(
+    field: &str,
+    digests: Vec<String>,
+    data: BTreeMap<String, DataSpec>,
+) -> Result<InitdataRules, PolicyError> {
+    let invalid = |reason: String| PolicyError::Invalid { field: field.to_owned(), reason };
+    let digests = digests
+        .iter()
+        .map(|d| {
+            let v = d.trim().to_ascii_lowercase();
+            match hex::decode(&v) {
+                Ok(b) if [32, 48, 64].contains(&b.len()) => Ok(v),
+                _ => Err(invalid(format!("digest {d:?} is not 32, 48 or 64 bytes of hex (sha256/384/512)"))),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rules = Vec::new();
+    let nonempty = |entry: &str, allowed: Vec<String>| {
+        if allowed.is_empty() {
+            Err(invalid(format!("data {entry:?} allows no value")))
+        } else {
+            Ok(allowed)
+        }
+    };
+    for (entry, spec) in data {
+        if entry.is_empty() {
+            return Err(invalid("an empty [data] entry name".into()));
+        }
+        match spec {
+            DataSpec::Text(v) => {
+                rules.push(DataRule { allowed: nonempty(&entry, one_or_many(v))?, entry, path: None })
+            }
+            DataSpec::Paths(paths) => {
+                if paths.is_empty() {
+                    return Err(invalid(format!("data {entry:?} names no path")));
+                }
+                for (path, v) in paths {
+                    let keys: Vec<String> = path.split('.').map(str::to_owned).collect();
+                    if keys.iter().any(String::is_empty) {
+                        return Err(invalid(format!("data {entry:?}: path {path:?} has an empty key")));
+                    }
+                    rules.push(DataRule {
+                        allowed: nonempty(&format!("{entry} {path}"), one_or_many(v))?,
+                        entry: entry.clone(),
+                        path: Some(keys),
+                    });
+                }
+            }
+        }
+    }
+    Ok(InitdataRules { digests, data: rules })
+}
+
+impl InitdataPolicy {
+    fn from_spec(spec: InitdataSpec) -> Result<Self, PolicyError> {
+        let rules = initdata_rules("initdata", spec.digests, spec.data)?;
+        let mut resources = Vec::new();
+        for (pattern, r) in spec.resources {
+            validate_glob(&pattern)?;
+            resources.push((
+                pattern.clone(),
+                initdata_rules(&format!("initdata.resources.{pattern}"), r.digests, r.data)?,
+            ));
+        }
+        Ok(Self { required: spec.required, rules, resources })
+    }
+
+    /// Whether a guest without init-data is refused.
+    pub fn requires_initdata(&self) -> bool {
+        self.required || !self.rules.is_empty()
+    }
+
+    /// The attest-time check (and the first half of the resource-time one).
+    pub fn check(&self, init: Option<&InitdataClaims>) -> Result<(), Denial> {
+        match init {
+            None if self.requires_initdata() => Err(Denial::new(
+                Reason::InitdataMissing,
+                "the guest sent no init-data and the policy requires it (initdata)",
+            )),
+            None => Ok(()),
+            Some(i) => self.rules.check(i, "initdata"),
+        }
+    }
+
+    /// The rules of `resources` patterns that match `path`.
+    pub fn check_resource(&self, path: &str, init: Option<&InitdataClaims>) -> Result<(), Denial> {
+        for (pattern, rules) in self.resources.iter().filter(|(p, _)| pattern_matches(p, path)) {
+            let what = format!("initdata.resources.{pattern}");
+            match init {
+                None => {
+                    return Err(Denial::new(
+                        Reason::InitdataMissing,
+                        format!("the guest sent no init-data and {what} requires it"),
+                    ))
+                }
+                Some(i) => rules.check(i, &what)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The broker's attestation-and-release policy (not the guest's image policy). A
 /// parsed, validated policy: only `BrokerPolicy::parse` builds one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,6 +554,8 @@ pub struct BrokerPolicy {
     pub tdx: Option<TdxRequirement>,
     pub sample_allowed: bool,
     pub released: Vec<String>,
+    /// `initdata`: what is asked of the guest's init-data (default: nothing).
+    pub initdata: InitdataPolicy,
 }
 
 /// The former name, kept so callers move over one at a time.
@@ -311,7 +564,13 @@ pub type Policy = BrokerPolicy;
 impl Default for BrokerPolicy {
     /// Deny everything: used when no policy file is configured.
     fn default() -> Self {
-        Self { snp: None, tdx: None, sample_allowed: false, released: Vec::new() }
+        Self {
+            snp: None,
+            tdx: None,
+            sample_allowed: false,
+            released: Vec::new(),
+            initdata: InitdataPolicy::default(),
+        }
     }
 }
 
@@ -404,6 +663,7 @@ impl BrokerPolicy {
             tdx,
             sample_allowed: spec.required_attestation.sample.map(|s| s.allow).unwrap_or(false),
             released: spec.released_resources,
+            initdata: spec.initdata.map(InitdataPolicy::from_spec).transpose()?.unwrap_or_default(),
         })
     }
 
@@ -597,7 +857,7 @@ mod tests {
         assert!(p.sample_allowed);
         assert!(p.is_released("default/image-kek/1"));
         assert!(!p.is_released("other/image-kek/1"));
-        let c = Claims::Sample(crate::claims::SampleClaims { svn: "1".into() });
+        let c = Claims::Sample(crate::claims::SampleClaims { svn: "1".into(), init_data: None });
         assert!(p.check_claims(&c).is_ok());
         let p = Policy::parse(
             "default_policy: {required_attestation: {sample: {allow: false}}, released_resources: [\"default/*\"]}",
@@ -643,6 +903,77 @@ default_policy:
         assert!(Policy::parse("default_policy: {released_resources: [\"../x\"]}").is_err());
         assert!(Policy::parse("default_policy: {bogus: 1}").is_err());
         assert!(Policy::parse("not: yaml: [").is_err());
+    }
+
+    fn init(data: &[(&str, &str)]) -> InitdataClaims {
+        InitdataClaims {
+            algorithm: "sha384".into(),
+            digest: "ab".repeat(48),
+            data: data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    const CDH: &str =
+        "socket = \"unix:///run/cdh.sock\"\n[kbc]\nname = \"cc_kbc\"\nurl = \"https://kbs.example\"\n";
+
+    #[test]
+    fn without_the_initdata_key_unbound_guests_are_accepted() {
+        let p = Policy::parse("default_policy: {released_resources: [\"default/*\"]}").unwrap();
+        assert_eq!(p.initdata, InitdataPolicy::default());
+        p.initdata.check(None).unwrap();
+        p.initdata.check(Some(&init(&[]))).unwrap();
+        p.initdata.check_resource("default/k/1", None).unwrap();
+    }
+
+    #[test]
+    fn policy_pins_the_kbs_url_inside_cdh_toml() {
+        let p = Policy::parse(
+            "default_policy:\n  initdata:\n    data:\n      \"cdh.toml\": {\"kbc.url\": [\"https://kbs.example\"]}\n      namespace: shop\n",
+        )
+        .unwrap();
+        p.initdata.check(Some(&init(&[("cdh.toml", CDH), ("namespace", "shop")]))).unwrap();
+        let other = CDH.replace("kbs.example", "evil.example");
+        let d = p.initdata.check(Some(&init(&[("cdh.toml", &other), ("namespace", "shop")]))).unwrap_err();
+        assert_eq!(d.reason, Reason::InitdataNotAllowed);
+        assert!(d.detail.contains("cdh.toml kbc.url") && d.detail.contains("evil.example"), "{d}");
+        let d = p.initdata.check(Some(&init(&[("cdh.toml", CDH), ("namespace", "dev")]))).unwrap_err();
+        assert!(d.detail.contains("namespace"), "{d}");
+        let d = p.initdata.check(Some(&init(&[("namespace", "shop")]))).unwrap_err();
+        assert!(d.detail.contains("no cdh.toml kbc.url"), "{d}");
+        // A rule implies init-data is required.
+        assert_eq!(p.initdata.check(None).unwrap_err().reason, Reason::InitdataMissing);
+    }
+
+    #[test]
+    fn digests_and_per_resource_rules() {
+        let p = Policy::parse(&format!(
+            "default_policy:\n  initdata:\n    digests: [\"{}\"]\n    resources:\n      \"default/pay/*\": {{data: {{namespace: [pay]}}}}\n",
+            "AB".repeat(48)
+        ))
+        .unwrap();
+        p.initdata.check(Some(&init(&[]))).unwrap();
+        let mut other = init(&[]);
+        other.digest = "cd".repeat(48);
+        assert_eq!(p.initdata.check(Some(&other)).unwrap_err().reason, Reason::InitdataNotAllowed);
+        p.initdata.check_resource("default/kek/1", Some(&init(&[]))).unwrap();
+        let d =
+            p.initdata.check_resource("default/pay/1", Some(&init(&[("namespace", "shop")]))).unwrap_err();
+        assert!(d.detail.contains("initdata.resources.default/pay/*"), "{d}");
+        p.initdata.check_resource("default/pay/1", Some(&init(&[("namespace", "pay")]))).unwrap();
+    }
+
+    #[test]
+    fn invalid_initdata_rules_are_refused() {
+        for bad in [
+            "default_policy: {initdata: {digests: [zz]}}",
+            "default_policy: {initdata: {digests: [abcd]}}",
+            "default_policy: {initdata: {data: {x: []}}}",
+            "default_policy: {initdata: {data: {x: {\"a..b\": [v]}}}}",
+            "default_policy: {initdata: {bogus: 1}}",
+            "default_policy: {initdata: {resources: {\"../x\": {}}}}",
+        ] {
+            assert!(Policy::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

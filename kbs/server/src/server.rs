@@ -520,15 +520,6 @@ fn str_param(v: &Value, key: &str) -> String {
     label(v.get(key).and_then(Value::as_str).unwrap_or("unknown"))
 }
 
-/// pod/namespace from a TOML init-data body: simple `key = "value"` lines, enough for
-/// labels; the init-data itself is not interpreted further.
-fn initdata_param(body: &str, keys: &[&str]) -> Option<String> {
-    body.lines().find_map(|l| {
-        let (k, v) = l.split_once('=')?;
-        keys.contains(&k.trim()).then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
-    })
-}
-
 /// `/auth`: a challenge, and the session sealed into the cookie (no store request; see
 /// `session`).
 async fn auth(State(b): St, body: Bytes) -> Result<Response, ApiError> {
@@ -557,8 +548,11 @@ async fn auth(State(b): St, body: Bytes) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
+/// The label of a pod or namespace that verified init-data does not name.
+const UNKNOWN: &str = "unknown";
+
 /// Counts a refused attestation under `labels` (the pod's series, or `other`) and logs
-/// it with the pod and namespace the guest gave.
+/// it with the pod and namespace its verified init-data gave (else `unknown`).
 fn attest_denied(b: &Broker, labels: &PodLabels, pod: &str, ns: &str, d: &Denial) -> ApiError {
     b.metrics
         .failure
@@ -594,32 +588,25 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
     let (id, session) = b.cookies.open(&cookie).map_err(ApiError::InvalidCookie)?;
     let att: Attestation = parse_json(&body, "attestation")?;
     let nonce = session.nonce.clone();
-    let (tee, mut pod, mut ns) = (session.tee, session.pod.clone(), session.namespace.clone());
-    if let Some(init) = &att.init_data {
-        if pod == "unknown" {
-            if let Some(p) = initdata_param(&init.body, &["pod", "pod_name"]) {
-                pod = label(&p);
-            }
-        }
-        if ns == "unknown" {
-            if let Some(n) = initdata_param(&init.body, &["namespace", "pod_namespace"]) {
-                ns = label(&n);
-            }
-        }
-    }
+    let tee = session.tee;
     // Until the guest has answered its own challenge it has shown nothing: its failure
-    // is counted under `other`, and only then does its pod get a series (within the cap).
+    // is counted under `other`.
     if !bool::from(subtle::ConstantTimeEq::ct_eq(att.runtime_data.nonce.as_bytes(), nonce.as_bytes())) {
         return Err(attest_denied(
             &b,
             &Metrics::other_pod(),
-            &pod,
-            &ns,
+            UNKNOWN,
+            UNKNOWN,
             &Denial::new(Reason::NonceMismatch, "runtime-data nonce is not the session's challenge"),
         ));
     }
-    let labels = b.metrics.pod_labels(&pod, &ns);
-    b.metrics.attempts.get_or_create(&labels).inc();
+    // Until its init-data is bound to its verified report, the guest's pod and namespace
+    // are its host's word: its attempt and failure count under `unknown`.
+    let unbound = |d: Denial| {
+        let labels = b.metrics.pod_labels(UNKNOWN, UNKNOWN);
+        b.metrics.attempts.get_or_create(&labels).inc();
+        attest_denied(&b, &labels, UNKNOWN, UNKNOWN, &d)
+    };
     let hash = runtime_data_hash(&att).map_err(ApiError::RuntimeData)?;
     let evidence = &att.tee_evidence.primary_evidence;
     let ev_bytes = serde_json::to_vec(evidence).map_err(ApiError::RuntimeData)?;
@@ -627,17 +614,25 @@ async fn attest(State(b): St, headers: HeaderMap, body: Bytes) -> Result<Respons
     let claims: Claims = match b.cache.get(&cache_key) {
         Some(c) => c,
         None => {
-            let c = verifier::verify(tee, evidence, &hash, &b.trust)
-                .await
-                .map_err(|d| attest_denied(&b, &labels, &pod, &ns, &d))?;
+            let c = verifier::verify(tee, evidence, &hash, &b.trust).await.map_err(unbound)?;
             b.cache.put(cache_key, c.clone());
             c
         }
     };
-    let mm = b.policy().check_claims(&claims).map_err(|d| attest_denied(&b, &labels, &pod, &ns, &d))?;
+    let init_data = crate::initdata::bind(&claims, att.init_data.as_ref()).map_err(unbound)?;
+    let entry =
+        |name| init_data.as_ref().and_then(|i| i.entry(name)).map_or_else(|| UNKNOWN.to_owned(), label);
+    let (pod, ns) = (entry(crate::initdata::POD_ENTRY), entry(crate::initdata::NAMESPACE_ENTRY));
+    let labels = b.metrics.pod_labels(&pod, &ns);
+    b.metrics.attempts.get_or_create(&labels).inc();
+    let policy = b.policy();
+    let mm = policy
+        .check_claims(&claims)
+        .and_then(|mm| policy.initdata.check(init_data.as_ref()).map(|()| mm))
+        .map_err(|d| attest_denied(&b, &labels, &pod, &ns, &d))?;
     let (token, _exp) = b
         .tokens
-        .issue(att.runtime_data.tee_pubkey.clone(), claims, &pod, &ns)
+        .issue(att.runtime_data.tee_pubkey.clone(), claims, init_data, &pod, &ns)
         .map_err(ApiError::TokenIssue)?;
     let token = Zeroizing::new(token);
     let record = Session {
@@ -715,13 +710,20 @@ async fn get_resource(
     })?;
     let label = b.metrics.resource_label(&resource);
     let policy = b.policy();
-    if let Err(denial) = policy.check_claims(&payload.cloak_claims) {
+    let init_data = payload.init_data.as_ref();
+    if let Err(denial) =
+        policy.check_claims(&payload.cloak_claims).and_then(|_| policy.initdata.check(init_data))
+    {
         deny_resource(&b, &label, denial.reason);
         return Err(ApiError::PolicyDeny { resource, denial });
     }
     if !policy.is_released(&resource) {
         deny_resource(&b, &label, Reason::NotReleased);
         return Err(ApiError::NotReleased(resource));
+    }
+    if let Err(denial) = policy.initdata.check_resource(&resource, init_data) {
+        deny_resource(&b, &label, denial.reason);
+        return Err(ApiError::PolicyDeny { resource, denial });
     }
     let data = b.store.resource_get(&rp).await.inspect_err(|e| {
         if matches!(e, StoreError::NotFound(_)) {

@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn the_attestation_cache_drops_expired_verdicts_at_any_size() {
         let c = AttestationCache::new(Duration::from_millis(200));
-        let claims = Claims::Sample(crate::claims::SampleClaims { svn: "1".into() });
+        let claims = Claims::Sample(crate::claims::SampleClaims { svn: "1".into(), init_data: None });
         // Fewer entries than the old sweep threshold (4096): they used to stay.
         for i in 0..100u32 {
             let mut k = [0u8; 48];

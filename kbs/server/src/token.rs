@@ -19,6 +19,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::claims::Claims;
+use crate::initdata::InitdataClaims;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -48,6 +49,9 @@ pub struct TokenPayload {
     #[serde(rename = "tee-pubkey")]
     pub tee_pubkey: TeePubKey,
     pub cloak_claims: Claims,
+    /// The init-data checked against the report, if the guest sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_data: Option<InitdataClaims>,
     pub pod: String,
     pub namespace: String,
     /// EAR-shaped copy for Trustee-style consumers; not read back by the broker.
@@ -100,6 +104,7 @@ impl TokenSigner {
         &self,
         tee_pubkey: TeePubKey,
         claims: Claims,
+        init_data: Option<InitdataClaims>,
         pod: &str,
         namespace: &str,
     ) -> Result<(String, u64), TokenError> {
@@ -110,6 +115,8 @@ impl TokenSigner {
             "ear.veraison.annotated-evidence": {
                 claims.tee_name(): &claims,
                 "runtime_data_claims": {"tee-pubkey": &tee_pubkey},
+                // As Trustee: the verified `[data]` entries, null for an unbound guest.
+                "init_data_claims": init_data.as_ref().map(|d| &d.data),
             }
         }});
         let payload = TokenPayload {
@@ -118,6 +125,7 @@ impl TokenSigner {
             exp,
             tee_pubkey,
             cloak_claims: claims,
+            init_data,
             pod: pod.into(),
             namespace: namespace.into(),
             submods,
@@ -173,7 +181,9 @@ mod tests {
     #[test]
     fn issue_verify_and_tamper() {
         let s = TokenSigner::generate(60).unwrap();
-        let (t, _) = s.issue(key(), Claims::Sample(SampleClaims { svn: "1".into() }), "p", "n").unwrap();
+        let (t, _) = s
+            .issue(key(), Claims::Sample(SampleClaims { svn: "1".into(), init_data: None }), None, "p", "n")
+            .unwrap();
         let p = s.verify(&t).unwrap();
         assert_eq!(p.pod, "p");
         let other = TokenSigner::generate(60).unwrap();
@@ -188,7 +198,9 @@ mod tests {
     fn header_is_hs256_and_nothing_else_is_accepted() {
         assert_eq!(URL_SAFE_NO_PAD.decode(HEADER_B64).unwrap(), br#"{"alg":"HS256","typ":"JWT"}"#);
         let s = TokenSigner::generate(60).unwrap();
-        let (t, _) = s.issue(key(), Claims::Sample(SampleClaims { svn: "1".into() }), "p", "n").unwrap();
+        let (t, _) = s
+            .issue(key(), Claims::Sample(SampleClaims { svn: "1".into(), init_data: None }), None, "p", "n")
+            .unwrap();
         let (_, rest) = t.split_once('.').unwrap();
         for alg in ["none", "ES256", "HS512"] {
             let h = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
@@ -202,7 +214,9 @@ mod tests {
     #[test]
     fn tampered_payload_is_refused() {
         let s = TokenSigner::generate(60).unwrap();
-        let (t, _) = s.issue(key(), Claims::Sample(SampleClaims { svn: "1".into() }), "p", "n").unwrap();
+        let (t, _) = s
+            .issue(key(), Claims::Sample(SampleClaims { svn: "1".into(), init_data: None }), None, "p", "n")
+            .unwrap();
         let parts: Vec<&str> = t.split('.').collect();
         let body = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
         let forged = URL_SAFE_NO_PAD.encode(body.replace(r#""svn":"1""#, r#""svn":"9""#));
@@ -215,7 +229,9 @@ mod tests {
     fn replicas_with_the_same_key_accept_each_others_tokens() {
         let a = TokenSigner::from_key(&[7u8; 32], 60).unwrap();
         let b = TokenSigner::from_key(&[7u8; 32], 60).unwrap();
-        let (t, _) = a.issue(key(), Claims::Sample(SampleClaims { svn: "1".into() }), "p", "n").unwrap();
+        let (t, _) = a
+            .issue(key(), Claims::Sample(SampleClaims { svn: "1".into(), init_data: None }), None, "p", "n")
+            .unwrap();
         assert_eq!(b.verify(&t).unwrap().pod, "p");
         let c = TokenSigner::from_key(&[8u8; 32], 60).unwrap();
         assert!(matches!(c.verify(&t), Err(TokenError::Signature)));
@@ -224,7 +240,9 @@ mod tests {
     #[test]
     fn expired_token_is_refused() {
         let s = TokenSigner::generate(0).unwrap();
-        let (t, _) = s.issue(key(), Claims::Sample(SampleClaims { svn: "1".into() }), "p", "n").unwrap();
+        let (t, _) = s
+            .issue(key(), Claims::Sample(SampleClaims { svn: "1".into(), init_data: None }), None, "p", "n")
+            .unwrap();
         assert!(matches!(s.verify(&t), Err(TokenError::Expired)));
     }
 }

@@ -474,3 +474,85 @@ fn offline_inputs_accept_raw_hex_and_json() {
     assert_eq!(offline::parse_instant("1751000000").unwrap(), TDX_AT);
     assert!(offline::parse_instant("yesterday").is_err());
 }
+
+// ---- init-data bound to the report (issue 25) --------------------------------------
+
+fn sent_initdata() -> kbs_types::InitData {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/initdata/initdata.toml");
+    kbs_types::InitData { format: "toml".into(), body: std::fs::read_to_string(p).unwrap() }
+}
+
+/// The genuine reports were launched without init-data: their HOST_DATA / MRCONFIGID
+/// is all zeros. A guest that sends init-data with them is refused; without it, it
+/// passes only while the policy accepts unbound guests.
+fn zero_field_refuses_initdata_and_unbound_needs_the_policy(claims: Claims, field: &str) {
+    assert!(field.chars().all(|c| c == '0'), "the sample's field is not all zeros: {field}");
+    let d = kbs_server::initdata::bind(&claims, Some(&sent_initdata())).unwrap_err();
+    assert_eq!(d.reason, Reason::InitdataMismatch, "{d}");
+    assert!(d.detail.contains(field), "the detail names the report's value: {d}");
+    assert_eq!(kbs_server::initdata::bind(&claims, None).unwrap(), None);
+    let default = BrokerPolicy::parse("default_policy: {released_resources: []}").unwrap();
+    default.initdata.check(None).unwrap();
+    let required = BrokerPolicy::parse("default_policy: {initdata: {required: true}}").unwrap();
+    assert_eq!(required.initdata.check(None).unwrap_err().reason, Reason::InitdataMissing);
+}
+
+#[test]
+fn snp_genuine_reports_with_zero_host_data_refuse_initdata() {
+    let trust = SnpTrust::default();
+    for (rep, vcek) in [
+        (data("snp/trustee-test-report.bin"), "snp/trustee-test-vcek.der"),
+        (milan_hex_report(), "snp/virtee-vcek_milan.der"),
+    ] {
+        let c = snp::verify_report(&rep, &[cert("vcek", vcek)], &trust, now()).unwrap();
+        let field = c.host_data.clone();
+        assert_eq!(field.len(), 64);
+        zero_field_refuses_initdata_and_unbound_needs_the_policy(Claims::Snp(c), &field);
+    }
+}
+
+#[test]
+fn tdx_genuine_quote_with_zero_mrconfigid_refuses_initdata() {
+    let c = tdx::verify_quote(
+        &data("tdx/tdx_quote"),
+        &collateral("tdx/tdx_quote_collateral.json"),
+        tdx::INTEL_SGX_ROOT_CA_DER,
+        TDX_AT,
+    )
+    .unwrap();
+    let field = c.mr_config_id.clone();
+    assert_eq!(field.len(), 96);
+    zero_field_refuses_initdata_and_unbound_needs_the_policy(Claims::Tdx(c), &field);
+}
+
+/// The same verified claims with the field the host would have set for the vector
+/// (`testdata/initdata/expected.json`, computed with hashlib) bind it.
+#[test]
+fn report_fields_holding_the_vector_digest_bind_the_initdata() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/initdata/expected.json");
+    let want: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    let mut s = snp::verify_report(
+        &data("snp/trustee-test-report.bin"),
+        &[cert("vcek", "snp/trustee-test-vcek.der")],
+        &SnpTrust::default(),
+        now(),
+    )
+    .unwrap();
+    s.host_data = want["snp_host_data"].as_str().unwrap().into();
+    let bound = kbs_server::initdata::bind(&Claims::Snp(s), Some(&sent_initdata())).unwrap().unwrap();
+    assert_eq!(bound.digest, want["digest"]);
+    assert!(bound.entry("cdh.toml").unwrap().contains("[kbc]"));
+    let mut t = tdx::verify_quote(
+        &data("tdx/tdx_quote"),
+        &collateral("tdx/tdx_quote_collateral.json"),
+        tdx::INTEL_SGX_ROOT_CA_DER,
+        TDX_AT,
+    )
+    .unwrap();
+    t.mr_config_id = want["tdx_mrconfigid"].as_str().unwrap().into();
+    kbs_server::initdata::bind(&Claims::Tdx(t.clone()), Some(&sent_initdata())).unwrap().unwrap();
+    // SNP's 32 bytes are not TDX's 48: the SNP value in MRCONFIGID does not bind.
+    t.mr_config_id = format!("{}{}", want["snp_host_data"].as_str().unwrap(), "00".repeat(16));
+    let d = kbs_server::initdata::bind(&Claims::Tdx(t), Some(&sent_initdata())).unwrap_err();
+    assert_eq!(d.reason, Reason::InitdataMismatch);
+}

@@ -11,9 +11,12 @@ use base64::Engine;
 use common::*;
 use serde_json::json;
 
+/// A guest bound to init-data naming pod web-1 in shop: the labels come from there,
+/// not from the `/auth` extra-params (which say otherwise here).
 async fn attest_sample(b: &Broker) -> (Rcar, String) {
-    let r = auth(&b.url, "sample", json!({"pod":"web-1","namespace":"shop"})).await;
-    let (s, v) = r.attest(sample_evidence(&r.report_data())).await;
+    let r = auth(&b.url, "sample", json!({"pod":"claimed","namespace":"claimed"})).await;
+    let (doc, digest) = initdata_for("web-1", "shop");
+    let (s, v) = r.attest_with(sample_evidence_bound(&r.report_data(), &digest), Some(&doc)).await;
     assert_eq!(s, 200, "{v}");
     let t = v["token"].as_str().unwrap().to_string();
     (r, t)
@@ -333,7 +336,11 @@ async fn snp_evidence_verified_and_each_failure_has_its_reason() {
     }
     assert_eq!(metric(&m, "coco_attestation_failure_total", &["reason=\"tcb_too_low\""]), 2);
     assert_eq!(metric(&m, "coco_attestation_failure_total", &["reason=\"malformed_evidence\""]), 2);
-    assert_eq!(metric(&m, "coco_attestation_success_total", &["measurement_match=\"true\"", "pod=\"p\""]), 1);
+    // No init-data: the extra-params' pod "p" is not a label.
+    assert_eq!(
+        metric(&m, "coco_attestation_success_total", &["measurement_match=\"true\"", "pod=\"unknown\""]),
+        1
+    );
 }
 
 fn genuine(rel: &str) -> Vec<u8> {

@@ -90,7 +90,9 @@ async fn resource_series_stop_at_the_cap() {
 }
 
 /// 10,000 `/auth` calls with distinct `pod` names, each followed by a failing
-/// `/attest`, made 10,005 `coco_attestation_attempts_total` series.
+/// `/attest`, made 10,005 `coco_attestation_attempts_total` series. Since issue 25 the
+/// labels come only from init-data bound to verified evidence: claimed names never make
+/// a series, and bound ones are capped.
 #[tokio::test]
 async fn distinct_pod_names_do_not_grow_attestation_series_past_the_cap() {
     let b = start(SAMPLE_POLICY, |cfg, _| cfg.metrics_max_pods = 5).await;
@@ -99,23 +101,35 @@ async fn distinct_pod_names_do_not_grow_attestation_series_past_the_cap() {
         let mut r = auth(&b.url, "sample", json!({"pod": format!("nonce-{i}"), "namespace": "x"})).await;
         r.nonce = "AAAA".into();
         assert_eq!(r.attest(sample_evidence(&r.report_data())).await.0, 401);
-        // The right nonce, evidence for another: within the cap, then "other".
+        // The right nonce, evidence for another: its init-data is not bound, "unknown".
         let r = auth(&b.url, "sample", json!({"pod": format!("evidence-{i}"), "namespace": "x"})).await;
-        assert_eq!(r.attest(sample_evidence(&[0u8; 48])).await.0, 401);
+        let (doc, digest) = initdata_for(&format!("evidence-{i}"), "x");
+        assert_eq!(r.attest_with(sample_evidence_bound(&[0u8; 48], &digest), Some(&doc)).await.0, 401);
+        // Bound init-data: its own series within the cap, then "other".
+        let r = auth(&b.url, "sample", json!({})).await;
+        let (doc, digest) = initdata_for(&format!("bound-{i}"), "x");
+        assert_eq!(r.attest_with(sample_evidence_bound(&r.report_data(), &digest), Some(&doc)).await.0, 200);
     }
     let m = b.metrics().await;
     assert!(!m.contains("nonce-"), "a pod that failed its nonce got a series");
+    assert!(!m.contains("evidence-"), "a pod whose evidence failed got a series");
+    // unknown, bound-0..3, other.
     assert_eq!(series(&m, "coco_attestation_attempts_total"), 6, "{m}");
-    assert_eq!(metric(&m, "coco_attestation_attempts_total", &["pod=\"other\""]), 15);
+    assert_eq!(metric(&m, "coco_attestation_attempts_total", &["pod=\"unknown\""]), 20);
+    assert_eq!(metric(&m, "coco_attestation_attempts_total", &["pod=\"other\""]), 16);
     assert_eq!(metric(&m, "coco_attestation_failure_total", &["pod=\"other\"", "nonce_mismatch"]), 20);
-    assert_eq!(metric(&m, "coco_attestation_failure_total", &["pod=\"other\"", "report_data_mismatch"]), 15);
-    // Five pods' report_data_mismatch, and "other" for each reason.
-    assert_eq!(series(&m, "coco_attestation_failure_total"), 7, "{m}");
+    assert_eq!(
+        metric(&m, "coco_attestation_failure_total", &["pod=\"unknown\"", "report_data_mismatch"]),
+        20
+    );
+    assert_eq!(series(&m, "coco_attestation_failure_total"), 2, "{m}");
+    assert_eq!(metric(&m, "coco_attestation_success_total", &["pod=\"other\""]), 16);
     // Pods that got a series keep it.
-    let r = auth(&b.url, "sample", json!({"pod": "evidence-0", "namespace": "x"})).await;
-    assert_eq!(r.attest(sample_evidence(&r.report_data())).await.0, 200);
+    let r = auth(&b.url, "sample", json!({})).await;
+    let (doc, digest) = initdata_for("bound-0", "x");
+    assert_eq!(r.attest_with(sample_evidence_bound(&r.report_data(), &digest), Some(&doc)).await.0, 200);
     let m = b.metrics().await;
-    assert_eq!(metric(&m, "coco_attestation_success_total", &["pod=\"evidence-0\""]), 1);
+    assert_eq!(metric(&m, "coco_attestation_success_total", &["pod=\"bound-0\""]), 2);
 }
 
 // ---- finding 5: deadlines --------------------------------------------------------

@@ -6,7 +6,9 @@
 //! because sample evidence proves nothing and must be an explicit choice.
 //!
 //! Evidence JSON shapes (the `primary_evidence` of the attest request):
-//! - `sample`: `{"svn":"1","report_data":"<b64 STANDARD of the 48-byte SHA-384>"}` (Trustee's shape).
+//! - `sample`: `{"svn":"1","report_data":"<b64 STANDARD of the 48-byte SHA-384>"}` (Trustee's shape),
+//!   plus `"init_data":"<b64 STANDARD of the init-data digest>"` when the guest has init-data
+//!   (see `sample.rs` for how the test "host" sets it).
 //! - `snp`: `{"attestation_report":"<b64 STANDARD raw report, 1184 bytes>",
 //!   "cert_chain":[{"guid":"<uuid>","cert_type":"vcek|vlek|ask|ark|other","data":"<b64 STANDARD DER>"}] | null,
 //!   "source":"configfs-tsm|sev-guest-ioctl"}`.
@@ -27,7 +29,7 @@ pub use kbs_types::Tee;
 use ocicrypt::keywrap::BoxFuture;
 
 pub use crate::error::AttesterError;
-pub use sample::SampleAttester;
+pub use sample::{SampleAttester, SAMPLE_INIT_DATA_DIGEST_ENV};
 pub use snp::{parse_cert_table, SnpAttester};
 pub use tdx::TdxAttester;
 
@@ -75,6 +77,10 @@ pub struct AttesterOptions {
     pub tsm_root: PathBuf,
     /// The SEV-SNP guest device, used when configfs-tsm is not available.
     pub sev_guest_device: PathBuf,
+    /// The digest of the init-data the guest sends. Hardware reports carry what the
+    /// host measured whatever this says; only the `sample` attester uses it, as the
+    /// digest a correctly launched guest's evidence would carry.
+    pub initdata_digest: Option<Vec<u8>>,
 }
 
 impl Default for AttesterOptions {
@@ -83,6 +89,7 @@ impl Default for AttesterOptions {
             allow_sample: false,
             tsm_root: PathBuf::from("/sys/kernel/config/tsm/report"),
             sev_guest_device: PathBuf::from("/dev/sev-guest"),
+            initdata_digest: None,
         }
     }
 }
@@ -126,7 +133,8 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
     match kind {
         AttesterKind::Sample => {
             if opts.allow_sample {
-                Ok(Arc::new(SampleAttester::new()))
+                let digest = SampleAttester::host_digest(opts.initdata_digest.as_deref())?;
+                Ok(Arc::new(SampleAttester::with_init_data(digest)))
             } else {
                 Err(AttesterError::SampleNotAllowed)
             }
@@ -176,6 +184,7 @@ mod tests {
             allow_sample: false,
             tsm_root: dir.join("tsm/report"),
             sev_guest_device: dir.join("sev-guest"),
+            initdata_digest: None,
         }
     }
 

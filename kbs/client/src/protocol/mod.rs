@@ -8,7 +8,7 @@ mod jwe;
 mod keys;
 mod token;
 
-use kbs_types::{Attestation, Challenge, CompositeEvidence, Request, RuntimeData, Tee, TeePubKey};
+use kbs_types::{Attestation, Challenge, CompositeEvidence, InitData, Request, RuntimeData, Tee, TeePubKey};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha384};
 
@@ -114,10 +114,17 @@ pub fn report_data(digest: &[u8; RUNTIME_DATA_HASH_LEN]) -> [u8; 64] {
     rd
 }
 
-/// The `/attest` request body.
-pub fn build_attestation(nonce: &str, tee_pubkey: TeePubKey, evidence: Value) -> Attestation {
+/// The `/attest` request body. `init_data`, when the guest has one, is sent as
+/// attestation-agent sends it: `"init-data": {"format": "toml", "body": <the document
+/// as read>}`, so the broker hashes the very bytes the host measured.
+pub fn build_attestation(
+    nonce: &str,
+    tee_pubkey: TeePubKey,
+    evidence: Value,
+    init_data: Option<&crate::initdata::Initdata>,
+) -> Attestation {
     Attestation {
-        init_data: None,
+        init_data: init_data.map(|d| InitData { format: "toml".to_owned(), body: d.text().to_owned() }),
         runtime_data: RuntimeData { nonce: nonce.to_owned(), tee_pubkey },
         tee_evidence: CompositeEvidence { primary_evidence: evidence, additional_evidence: String::new() },
     }
@@ -210,11 +217,20 @@ mod tests {
 
     #[test]
     fn attestation_shape_is_protocol_0_4_0() {
-        let a = build_attestation("n", ec_key(), json!({"svn": "1"}));
+        let a = build_attestation("n", ec_key(), json!({"svn": "1"}), None);
         let v = serde_json::to_value(&a).unwrap();
+        assert!(v.get("init-data").is_none_or(Value::is_null), "{v}");
         assert_eq!(v["runtime-data"]["nonce"], "n");
         assert_eq!(v["runtime-data"]["tee-pubkey"]["kty"], "EC");
         assert_eq!(v["tee-evidence"]["primary_evidence"]["svn"], "1");
         assert_eq!(v["tee-evidence"]["additional_evidence"], "");
+    }
+
+    #[test]
+    fn init_data_is_sent_as_toml_with_the_bytes_as_read() {
+        let doc = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"cdh.toml\" = ''\n";
+        let d = crate::initdata::Initdata::parse(doc.as_bytes()).unwrap();
+        let v = serde_json::to_value(build_attestation("n", ec_key(), json!({}), Some(&d))).unwrap();
+        assert_eq!(v["init-data"], json!({"format": "toml", "body": doc}));
     }
 }

@@ -103,6 +103,7 @@ pub fn default_policy() -> BrokerPolicy {
         tdx: Some(TdxRequirement::default()),
         sample_allowed: false,
         released: Vec::new(),
+        initdata: Default::default(),
     }
 }
 

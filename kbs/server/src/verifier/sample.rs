@@ -1,4 +1,5 @@
-//! Trustee's sample evidence: `{"svn":"1","report_data":"<base64 STANDARD>"}`. There is
+//! Trustee's sample evidence: `{"svn":"1","report_data":"<base64 STANDARD>"}`, with
+//! `"init_data":"<base64 STANDARD of the init-data digest>"` when the guest has init-data. There is
 //! no signature; only the binding of report_data to the runtime data is checked. The
 //! policy decides whether sample evidence is acceptable at all.
 
@@ -36,5 +37,13 @@ pub fn verify(evidence: &Value, expected: &[u8]) -> Result<SampleClaims, Denial>
         Some(Value::Number(n)) => n.to_string(),
         _ => "0".to_string(),
     };
-    Ok(SampleClaims { svn })
+    // Like a report's HOST_DATA: the digest the "host" launched the guest with; compared
+    // with the init-data the guest sends by `crate::initdata::bind`.
+    let init_data = match obj.get("init_data") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(hex::encode(super::json_bytes(v).ok_or_else(|| {
+            Denial::new(Reason::MalformedEvidence, "sample evidence init_data is not base64")
+        })?)),
+    };
+    Ok(SampleClaims { svn, init_data })
 }

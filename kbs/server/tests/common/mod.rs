@@ -188,10 +188,18 @@ impl Rcar {
     }
 
     pub async fn attest(&self, evidence: Value) -> (u16, Value) {
-        let body = json!({
+        self.attest_with(evidence, None).await
+    }
+
+    /// `/attest` with `init-data` `{"format":"toml","body":initdata}` when given.
+    pub async fn attest_with(&self, evidence: Value, initdata: Option<&str>) -> (u16, Value) {
+        let mut body = json!({
             "runtime-data": {"nonce": self.nonce, "tee-pubkey": self.tee_key.jwk},
             "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""}
         });
+        if let Some(doc) = initdata {
+            body["init-data"] = json!({"format": "toml", "body": doc});
+        }
         let r = self
             .http
             .post(format!("{}/kbs/v0/attest", self.url))
@@ -218,6 +226,20 @@ impl Rcar {
 
 pub fn sample_evidence(rd: &[u8]) -> Value {
     json!({"svn":"1","report_data": STANDARD.encode(rd)})
+}
+
+/// Sample evidence whose "host" launched the guest with init-data of digest `digest`.
+pub fn sample_evidence_bound(rd: &[u8], digest: &[u8]) -> Value {
+    json!({"svn":"1","report_data": STANDARD.encode(rd), "init_data": STANDARD.encode(digest)})
+}
+
+/// Init-data naming the pod and namespace (the `[data]` entries the broker labels with).
+pub fn initdata_for(pod: &str, namespace: &str) -> (String, Vec<u8>) {
+    let doc = format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\npod = \"{pod}\"\nnamespace = \"{namespace}\"\n"
+    );
+    let digest = kbs_client::initdata::Initdata::parse(doc.as_bytes()).unwrap().digest();
+    (doc, digest)
 }
 
 // ---- SNP ---------------------------------------------------------------------------
