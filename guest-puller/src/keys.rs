@@ -26,6 +26,8 @@ pub struct KeySources {
     /// How long one KBS exchange (attestation, or one key), retries included,
     /// may take before the pull fails; `None` = the client's default (30 s).
     pub kbs_timeout: Option<Duration>,
+    /// The guest's init-data document (`--initdata FILE`), sent in the attestation.
+    pub initdata: Option<PathBuf>,
 }
 
 /// Why the key sources could not be set up.
@@ -36,6 +38,8 @@ pub enum KeysError {
     Session(#[from] SessionError),
     #[error("an attester was named but no KBS URL was given")]
     AttesterWithoutKbs,
+    #[error("--initdata")]
+    Initdata(#[from] kbs_client::initdata::InitdataFileError),
 }
 
 /// The unwrappers and, when a KBS is used, its client (for attestation counts).
@@ -56,6 +60,8 @@ impl KeySources {
                 let mut kbs = KbsConfig::new(url.clone());
                 kbs.attester = attester.unwrap_or(kbs_client::AttesterKind::Auto);
                 kbs.deadline = self.kbs_timeout.unwrap_or(kbs.deadline);
+                kbs.initdata =
+                    self.initdata.as_deref().map(kbs_client::initdata::Initdata::read_file).transpose()?;
                 Some(kbs)
             }
         };

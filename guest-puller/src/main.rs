@@ -43,6 +43,10 @@ struct Cli {
     /// backoff included; an unreachable KBS fails the pull after this long.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
     kbs_timeout: Duration,
+    /// CoCo init-data (TOML) the guest was launched with, sent to the KBS in the
+    /// attestation; the KBS checks its digest against the report (SNP HOST_DATA, TDX MRCONFIGID).
+    #[arg(long, value_name = "FILE", requires = "kbs")]
+    initdata: Option<PathBuf>,
     /// Pull policy (YAML).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -188,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kbs_url: cli.kbs.clone(),
             attester: cli.attester,
             kbs_timeout: Some(cli.kbs_timeout),
+            initdata: cli.initdata.clone(),
         })?;
         let signature_check = signature_check(&cli, keys.kbs.clone()).await?;
         let opts = PullOptions {

@@ -44,6 +44,11 @@ struct Cli {
     /// Deadline of one KBS exchange (attestation or one resource), retries included.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     kbs_timeout: Duration,
+    /// CoCo init-data (TOML) sent to the KBS in the attestation, whose digest the KBS
+    /// checks against the report (default: /run/confidential-containers/initdata/initdata.toml,
+    /// where kata-agent writes it, when that file exists).
+    #[arg(long, value_name = "FILE")]
+    initdata: Option<PathBuf>,
     /// Layer store (default: [image] work_dir/cloak-store, else /run/cloak-cdh/store; never
     /// inside --bundle-root by default, which kata-agent's CreateSandbox removes).
     #[arg(long, value_name = "DIR")]
@@ -90,6 +95,22 @@ struct Cli {
     /// Log format: json (default) or text.
     #[arg(long, value_name = "FORMAT", default_value = "json")]
     log_format: String,
+}
+
+/// Where kata-agent leaves the init-data it found on the init-data device.
+const KATA_INITDATA: &str = "/run/confidential-containers/initdata/initdata.toml";
+
+/// `--initdata FILE`, else kata-agent's copy when there is one. A file that is there
+/// but unreadable or invalid stops the daemon: attesting without it would hide a
+/// broken launch.
+fn guest_initdata(flag: Option<&std::path::Path>) -> anyhow::Result<Option<kbs_client::initdata::Initdata>> {
+    let path = match flag {
+        Some(p) => p,
+        None if std::path::Path::new(KATA_INITDATA).exists() => std::path::Path::new(KATA_INITDATA),
+        None => return Ok(None),
+    };
+    let d = kbs_client::initdata::Initdata::read_file(path).context("setting up: --initdata")?;
+    Ok(Some(d))
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -181,6 +202,7 @@ fn hub_options(cli: &Cli, toml: &CdhToml) -> anyhow::Result<HubOptions> {
             // Parsed only when a KBS is configured (a daemon without one never uses it).
             attester: cli.attester.parse().map_err(|e| anyhow::anyhow!("setting up: --attester: {e}"))?,
             deadline: cli.kbs_timeout,
+            initdata: guest_initdata(cli.initdata.as_deref())?,
         }),
         None => None,
     };

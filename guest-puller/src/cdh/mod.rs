@@ -10,7 +10,9 @@
 //! - [`sealed`]: sealed secrets.
 //! - [`spec`]: the bundle's OCI runtime spec.
 //! - [`server`]: the ttRPC services; [`rest`]: the pod-facing HTTP endpoint.
+//! - [`aa`]: attestation-agent's API (its ttRPC socket, `/aa/token`, `/aa/evidence`).
 
+pub mod aa;
 pub mod bundle;
 pub mod config;
 pub mod frame;

@@ -27,3 +27,5 @@ generated!(api, "api.rs");
 generated!(api_ttrpc, "api_ttrpc.rs");
 generated!(keyprovider, "keyprovider.rs");
 generated!(keyprovider_ttrpc, "keyprovider_ttrpc.rs");
+generated!(attestation_agent, "attestation_agent.rs");
+generated!(attestation_agent_ttrpc, "attestation_agent_ttrpc.rs");

@@ -113,6 +113,21 @@ impl keyprovider_ttrpc::KeyProviderService for Services {
 /// directory created 0700-private if missing) and starts serving. The returned
 /// server stops with [`Server::shutdown`].
 pub async fn start(hub: Arc<Hub>, socket: &Path) -> Result<Server, ServeError> {
+    let services = Arc::new(Services(hub));
+    let mut all = api_ttrpc::create_image_pull_service(services.clone());
+    all.extend(api_ttrpc::create_get_resource_service(services.clone()));
+    all.extend(api_ttrpc::create_sealed_secret_service(services.clone()));
+    all.extend(api_ttrpc::create_secure_mount_service(services.clone()));
+    all.extend(keyprovider_ttrpc::create_key_provider_service(services));
+    start_services(all, socket).await
+}
+
+/// Binds `socket` as [`start`] describes and serves `services` on it (the CDH
+/// services, or attestation-agent's).
+pub async fn start_services(
+    services: std::collections::HashMap<String, ttrpc::r#async::Service>,
+    socket: &Path,
+) -> Result<Server, ServeError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let sock_err = |reason: String| ServeError::Socket { path: socket.display().to_string(), reason };
     if let Some(dir) = socket.parent() {
@@ -128,12 +143,6 @@ pub async fn start(hub: Arc<Hub>, socket: &Path) -> Result<Server, ServeError> {
         Ok(_) => return Err(sock_err("exists and is not a socket; refusing to replace it".into())),
         Err(_) => {}
     }
-    let services = Arc::new(Services(hub));
-    let mut all = api_ttrpc::create_image_pull_service(services.clone());
-    all.extend(api_ttrpc::create_get_resource_service(services.clone()));
-    all.extend(api_ttrpc::create_sealed_secret_service(services.clone()));
-    all.extend(api_ttrpc::create_secure_mount_service(services.clone()));
-    all.extend(keyprovider_ttrpc::create_key_provider_service(services));
     // kata-agent (and anything else) connects as soon as the socket path exists: the
     // path must appear only once the socket listens, already private. So it listens
     // under a random name beside the final one, and one rename publishes it.
@@ -147,7 +156,7 @@ pub async fn start(hub: Arc<Hub>, socket: &Path) -> Result<Server, ServeError> {
         let _ = std::fs::remove_file(&staging);
         return Err(sock_err(format!("publishing the listening socket: {e}")));
     }
-    let mut server = Server::new().add_listener(listener.into()).register_service(all);
+    let mut server = Server::new().add_listener(listener.into()).register_service(services);
     server.start().await.map_err(ServeError::Ttrpc)?;
     Ok(server)
 }

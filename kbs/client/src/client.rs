@@ -384,6 +384,25 @@ impl KbsClient {
         }
     }
 
+    /// The current token and the TEE private key (PEM) it is bound to, attesting
+    /// first if there is none or it expired: what attestation-agent's
+    /// `GetToken("kbs")` answers. Neither may be logged.
+    pub async fn token_and_key(&self) -> Result<(Token, Zeroizing<String>), KbsError> {
+        let deadline = Deadline::from_now(self.inner.cfg.deadline);
+        let session = self.session(deadline, None).await?;
+        let pem = session.key.private_pem().map_err(|source| KbsError::Protocol {
+            step: Step::Attest,
+            resource: None,
+            source,
+        })?;
+        Ok((session.token.clone(), pem))
+    }
+
+    /// The attester behind this client (evidence for runtime data of the caller's choosing).
+    pub fn attester(&self) -> &Arc<dyn Attester> {
+        &self.inner.attester
+    }
+
     /// The current session, attesting if there is none, it expired, or it is the
     /// one the KBS just refused (`refused` = its generation).
     async fn session(&self, deadline: Deadline, refused: Option<u64>) -> Result<Arc<Session>, KbsError> {

@@ -1,7 +1,8 @@
 //! The ephemeral TEE key pair: generated per attestation, its public half goes
 //! into the runtime data (and so into the evidence), and the KBS encrypts every
-//! resource to it. The private half never leaves this process; OpenSSL clears
-//! private key material when the key is freed.
+//! resource to it. The private half leaves memory only through
+//! [`TeeKeyPair::private_pem`] (cloak-cdh's attestation-agent `GetToken`, on its
+//! root-only socket); OpenSSL clears private key material when the key is freed.
 
 use std::fmt;
 
@@ -105,6 +106,20 @@ impl TeeKeyPair {
                 })
             }
         }
+    }
+
+    /// The private key as PEM, the form attestation-agent's `GetToken("kbs")` hands
+    /// to CDH as `tee_keypair`: PKCS#8 for EC, PKCS#1 for RSA. Only for a caller
+    /// that decrypts KBS answers itself; never log it.
+    pub fn private_pem(&self) -> Result<zeroize::Zeroizing<String>, ProtocolError> {
+        let pem = match &self.secret {
+            Secret::Ec(ec) => {
+                PKey::from_ec_key(ec.clone()).and_then(|k| k.private_key_to_pem_pkcs8()).map_err(crypto)?
+            }
+            Secret::Rsa(pkey) => pkey.rsa().and_then(|r| r.private_key_to_pem()).map_err(crypto)?,
+        };
+        let pem = zeroize::Zeroizing::new(pem);
+        String::from_utf8(pem.to_vec()).map(zeroize::Zeroizing::new).map_err(crypto)
     }
 }
 
