@@ -252,6 +252,17 @@ KBS_POLICY_SCHEMA = {
                     # relative, no empty or ".." segment (policy.rs validate_glob)
                     "items": {"type": "string", "pattern": r"^(?!/)(?!.*(^|/)\.\.(/|$))(?!.*//)[^/].*[^/]$|^[^/]$"},
                 },
+                # policy.rs InitdataSpec (issue 25)
+                "initdata": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "required": {"type": "boolean"},
+                        "digests": {"type": "array", "items": {"type": "string", "pattern": "^([0-9a-fA-F]{64}|[0-9a-fA-F]{96}|[0-9a-fA-F]{128})$"}},
+                        "data": {"type": "object"},
+                        "resources": {"type": "object"},
+                    },
+                },
             },
         }
     },
@@ -272,6 +283,10 @@ def test_kbs_policy_example_shape_and_safety():
     assert req["sample"]["allow"] is False
     assert req["sev_snp"]["allow_debug"] is False and req["tdx"]["allow_debug"] is False
     assert "default/image-kek/*" in pol["default_policy"]["released_resources"]
+    # The example binds init-data: its cdh.toml must name the broker deploy/initdata.toml names.
+    ini = pol["default_policy"]["initdata"]
+    assert ini["required"] is True
+    assert "url = \"" + ini["data"]["cdh.toml"]["kbc.url"][0] + "\"" in (DEPLOY / "initdata.toml").read_text()
 
 
 @pytest.mark.parametrize(
