@@ -624,4 +624,41 @@ pub fn initdata(data: &[u8]) {
         assert_eq!(&doc.tdx_mrconfigid()[..n], &full[..n]);
         assert!(doc.tdx_mrconfigid()[n..].iter().all(|&b| b == 0));
     }
+    initdata_broker(data);
+}
+
+/// The broker's side of the same bytes (issue 25): the RCAR `init-data` body bound to
+/// sample evidence carrying its digest must bind exactly when it is init-data, never
+/// against another digest; the policy's dotted-path rules read the untrusted `[data]`
+/// entries (`cdh.toml` parsed again as TOML). None may panic.
+fn initdata_broker(data: &[u8]) {
+    use kbs_server::claims::{Claims, SampleClaims};
+    use kbs_server::initdata::bind;
+    use kbs_server::policy::{BrokerPolicy, Reason};
+    static POLICY: OnceLock<BrokerPolicy> = OnceLock::new();
+    let policy = POLICY.get_or_init(|| {
+        BrokerPolicy::parse(
+            "default_policy: {initdata: {data: {\"cdh.toml\": {\"kbc.url\": [\"https://kbs.example\"], \"image.a.b\": [\"1\"]}, pod: [p]}}}",
+        )
+        .expect("fixed policy")
+    });
+    let Ok(body) = std::str::from_utf8(data) else { return };
+    let sent = kbs_types::InitData { format: "toml".into(), body: body.to_owned() };
+    let digest = kbs_client::initdata::Initdata::parse(data)
+        .ok()
+        .map(|d| d.digest().iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let sample = |d: Option<String>| Claims::Sample(SampleClaims { svn: "1".into(), init_data: d });
+    match (bind(&sample(digest.clone()), Some(&sent)), &digest) {
+        (Ok(Some(c)), Some(d)) => {
+            assert_eq!(&c.digest, d);
+            let _ = policy.initdata.check(Some(&c));
+            let _ = policy.initdata.check_resource("default/x/1", Some(&c));
+        }
+        (Err(e), None) => assert_eq!(e.reason, Reason::InitdataInvalid),
+        (r, d) => panic!("bind {r:?} for digest {d:?}"),
+    }
+    if digest.is_some() {
+        let e = bind(&sample(Some("00".repeat(48))), Some(&sent)).expect_err("another digest bound");
+        assert_eq!(e.reason, Reason::InitdataMismatch);
+    }
 }
