@@ -323,3 +323,72 @@ echo "far_t=$far_t far_e=$far_e near_t=$near_t near_e=$near_e"
     ensure!(text.contains("near_t=500 near_e=200"), "loopback peer: {text}");
     Ok(())
 }
+
+/// kata-agent's default plan with cloak installed under the three names: in a
+/// private mount namespace (its own /run and /proc/cmdline) and network namespace,
+/// `attestation-agent` starts the daemon and its sockets, kata removes `cdh.sock`
+/// and launches `confidential-data-hub`, which finds the daemon, sees `cdh.sock`
+/// published again and exits 0; `api-server-rest` does the same while the daemon
+/// answers on 127.0.0.1:8006. Both exit 0: the one daemon serves everything.
+#[test]
+fn kata_launch_names_start_one_daemon_and_its_sockets() -> Result<()> {
+    let is_root = rustix::process::geteuid().is_root();
+    if !is_root
+        || Command::new("unshare").arg("--help").output().is_err()
+        || Command::new("curl").arg("--version").output().is_err()
+    {
+        eprintln!("SKIP: needs root, unshare and curl");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path();
+    for name in ["attestation-agent", "confidential-data-hub", "api-server-rest"] {
+        std::os::unix::fs::symlink(bin("cloak-cdh"), d.join(name))?;
+    }
+    std::fs::write(d.join("aa.toml"), "[token_configs.kbs]\nurl = \"http://127.0.0.1:9\"\n")?;
+    std::fs::write(d.join("cmdline"), "quiet cloak.attester=sample agent.guest_components_rest_api=all\n")?;
+    let script = format!(
+        r#"set -e
+mount --make-rprivate /
+mount -t tmpfs tmpfs /run
+mount --bind {d}/cmdline /proc/cmdline
+ip link set lo up
+AA=/run/confidential-containers/attestation-agent/attestation-agent.sock
+CDH=/run/confidential-containers/cdh.sock
+{d}/attestation-agent --attestation_sock unix://$AA -c {d}/aa.toml 2>{d}/aa.log &
+pid=$!
+for i in $(seq 1 120); do [ -S $AA ] && break; sleep 0.05; done
+[ -S $AA ] && echo aa_sock=ok
+rm -f $CDH
+set +e
+{d}/confidential-data-hub 2>{d}/cdh.log; echo cdh_exit=$?
+[ -S $CDH ] && echo cdh_sock=ok
+{d}/api-server-rest --features all 2>{d}/rest.log; echo rest_exit=$?
+echo "evidence=$(curl -s -o /dev/null -w '%{{http_code}}' 'http://127.0.0.1:8006/aa/evidence?runtime_data=x')"
+kill $pid; wait $pid
+echo "aa_exit=$?"
+"#,
+        d = d.display()
+    );
+    let out = Command::new("unshare").args(["-m", "-n", "sh", "-c", &script]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let logs = || {
+        ["aa.log", "cdh.log", "rest.log"]
+            .map(|f| format!("{f}:\n{}", std::fs::read_to_string(d.join(f)).unwrap_or_default()))
+            .join("\n")
+    };
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted") {
+        eprintln!("SKIP: cannot make mount and network namespaces here");
+        return Ok(());
+    }
+    ensure!(
+        out.status.success(),
+        "script failed: {text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    for want in ["aa_sock=ok", "cdh_exit=0", "cdh_sock=ok", "rest_exit=0", "evidence=200", "aa_exit=0"] {
+        ensure!(text.contains(want), "missing {want}: {text}\n{}", logs());
+    }
+    Ok(())
+}

@@ -5,7 +5,9 @@
 //! cloak-cdh --socket unix:///PATH/cdh.sock --kbs URL --attester auto|snp|tdx|sample \
 //!           [--store DIR] [--bundle-root DIR] [--rest ADDR:PORT] [--insecure-registry HOST:PORT]... \
 //!           [--pull-policy FILE] [--keyprovider-config FILE] \
-//!           [--signature-policy FILE|kbs:///REPO/TYPE/TAG] [--registries-d DIR]
+//!           [--signature-policy FILE|kbs:///REPO/TYPE/TAG] [--registries-d DIR] \
+//!           [--aa-socket unix:///PATH] [--rest-features resource|attestation|all] [--rest-tee-key]
+//! attestation-agent | confidential-data-hub | api-server-rest …   (kata-agent's names: cdh::kata)
 //! ```
 //! Flags override `cdh.toml`. Logs are JSON lines on stderr (`CLOAK_LOG` sets the filter).
 
@@ -19,6 +21,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use guest_puller::cdh::config::{signature_policy_location, socket_path, CdhToml, DEFAULT_SOCKET};
 use guest_puller::cdh::hub::{store_location, Hub, HubOptions};
+use guest_puller::cdh::rest::RestOptions;
 use guest_puller::policy::PullPolicy;
 use keyprovider::session::KbsConfig;
 
@@ -56,9 +59,27 @@ struct Cli {
     /// Every bundle_path must be inside this directory.
     #[arg(long, value_name = "DIR", default_value = "/run/kata-containers")]
     bundle_root: PathBuf,
-    /// Serve GET /cdh/resource/<repo>/<type>/<tag> to loopback peers on ADDR:PORT.
+    /// Serve api-server-rest's API to loopback peers on ADDR:PORT: GET
+    /// /cdh/resource/<repo>/<type>/<tag>, /aa/token?token_type=kbs, /aa/evidence?runtime_data=….
     #[arg(long, value_name = "ADDR:PORT")]
     rest: Option<SocketAddr>,
+    /// What --rest serves, as api-server-rest's --features: resource (/cdh/…),
+    /// attestation (/aa/…) or all.
+    #[arg(
+        long,
+        value_name = "FEATURES",
+        default_value = "all",
+        value_parser = ["resource", "attestation", "all"]
+    )]
+    rest_features: String,
+    /// /aa/token also hands out the TEE private key (`tee_keypair`, as attestation-agent
+    /// does), so the workload can decrypt KBS answers itself. Off: the token alone.
+    #[arg(long)]
+    rest_tee_key: bool,
+    /// Also serve attestation-agent's ttRPC API on this socket (kata-agent waits for
+    /// unix:///run/confidential-containers/attestation-agent/attestation-agent.sock).
+    #[arg(long, value_name = "unix:///PATH")]
+    aa_socket: Option<String>,
     /// Registry (HOST:PORT) reached over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
@@ -122,9 +143,21 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Installed as attestation-agent, confidential-data-hub or api-server-rest, kata-agent's
+    // command lines become this daemon's (guest_puller::cdh::kata).
+    let cli = match guest_puller::cdh::kata::invocation(std::env::args_os().collect()) {
+        Ok(guest_puller::cdh::kata::Invocation::Daemon(args)) => Cli::parse_from(args),
+        Ok(guest_puller::cdh::kata::Invocation::AlreadyServed(what)) => {
+            eprintln!("cloak-cdh: {what}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cloak-cdh: {}", report::line(&e));
+            return ExitCode::from(2);
+        }
+    };
     if cli.log_format == "text" {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else {
@@ -248,6 +281,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let socket_addr = cli.socket.clone().or(toml.socket.clone()).unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
     let socket = socket_path(&socket_addr).map_err(anyhow::Error::msg).context("--socket")?;
+    let aa_socket = match &cli.aa_socket {
+        Some(a) => Some(socket_path(a).map_err(anyhow::Error::msg).context("--aa-socket")?),
+        None => None,
+    };
     if !cli.bundle_root.is_absolute() {
         bail!("--bundle-root must be an absolute path");
     }
@@ -272,14 +309,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         hub.preflight().await.context("checking the signature policy at start")?;
         let mut server = guest_puller::cdh::server::start(hub.clone(), &socket).await?;
         tracing::info!(socket = %socket.display(), kbs = ?hub.options().kbs.as_ref().map(|k| &k.url), store = %hub.options().store.display(), "cloak-cdh serving");
+        let mut aa_server = match &aa_socket {
+            Some(path) => {
+                let s = guest_puller::cdh::aa::start(hub.clone(), path).await?;
+                tracing::info!(socket = %path.display(), "attestation-agent API serving");
+                Some(s)
+            }
+            None => None,
+        };
+        // kata-agent removes cdh.sock before it launches `confidential-data-hub`; the
+        // daemon puts its sockets back whenever their path disappears.
+        let mut keepers = vec![{
+            let h = hub.clone();
+            guest_puller::cdh::server::keep_published(socket.clone(), move |p| {
+                let h = h.clone();
+                async move { guest_puller::cdh::server::start(h, &p).await }
+            })
+        }];
+        if let Some(path) = &aa_socket {
+            let h = hub.clone();
+            keepers.push(guest_puller::cdh::server::keep_published(path.clone(), move |p| {
+                let h = h.clone();
+                async move { guest_puller::cdh::aa::start(h, &p).await }
+            }));
+        }
         let rest = match cli.rest {
             Some(addr) => {
                 let listener =
                     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--rest {addr}: bind"))?;
-                tracing::info!(%addr, "REST resource endpoint serving (loopback peers only)");
+                let opts = RestOptions::from_features(&cli.rest_features, cli.rest_tee_key);
+                tracing::info!(%addr, features = %cli.rest_features, "REST endpoint serving (loopback peers only)");
                 let h = hub.clone();
                 Some(tokio::spawn(async move {
-                    if let Err(e) = guest_puller::cdh::rest::serve(h, listener).await {
+                    if let Err(e) = guest_puller::cdh::rest::serve_with(h, listener, opts).await {
                         tracing::error!(error = %report::Line(&e), "REST endpoint stopped");
                     }
                 }))
@@ -292,6 +354,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight calls"),
             _ = int.recv() => tracing::info!("SIGINT: finishing in-flight calls"),
         }
+        for k in keepers.drain(..) {
+            k.abort();
+        }
         let left = hub.drain(cli.shutdown_grace).await;
         if left > 0 {
             tracing::warn!(in_flight = left, "shutdown grace elapsed; exiting with calls still running");
@@ -301,6 +366,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
         let _ = std::fs::remove_file(&socket);
+        if let (Some(s), Some(path)) = (aa_server.as_mut(), &aa_socket) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
+            let _ = std::fs::remove_file(path);
+        }
         tracing::info!(attestations = hub.attestations(), "cloak-cdh stopped");
         anyhow::Ok(())
     })?;

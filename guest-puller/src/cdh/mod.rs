@@ -11,12 +11,14 @@
 //! - [`spec`]: the bundle's OCI runtime spec.
 //! - [`server`]: the ttRPC services; [`rest`]: the pod-facing HTTP endpoint.
 //! - [`aa`]: attestation-agent's API (its ttRPC socket, `/aa/token`, `/aa/evidence`).
+//! - [`kata`]: the names kata-agent launches (`attestation-agent`, …) as one daemon.
 
 pub mod aa;
 pub mod bundle;
 pub mod config;
 pub mod frame;
 pub mod hub;
+pub mod kata;
 pub mod pb;
 pub mod rest;
 pub mod sealed;

@@ -160,3 +160,30 @@ pub async fn start_services(
     server.start().await.map_err(ServeError::Ttrpc)?;
     Ok(server)
 }
+
+/// Watches `socket` and, whenever its path is gone (kata-agent removes `cdh.sock`
+/// before launching `confidential-data-hub`), publishes it again with `start`. The
+/// servers started here live as long as the task; abort it before removing the
+/// socket at shutdown.
+pub fn keep_published<F, Fut>(socket: std::path::PathBuf, start: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(std::path::PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Server, ServeError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut again: Vec<Server> = Vec::new();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if socket.symlink_metadata().is_ok() {
+                continue;
+            }
+            match start(socket.clone()).await {
+                Ok(s) => {
+                    tracing::info!(socket = %socket.display(), "socket path was removed; published again");
+                    again.push(s);
+                }
+                Err(e) => tracing::warn!(error = %report::Line(&e), "publishing the socket again"),
+            }
+        }
+    })
+}

@@ -136,6 +136,15 @@ mod tests {
     }
 
     #[test]
+    fn private_pem_is_pkcs8_for_ec_and_pkcs1_for_rsa_as_attestation_agent_hands_them_out() {
+        let ec = TeeKeyPair::generate(TeeKeyKind::EcP256).unwrap().private_pem().unwrap();
+        assert!(ec.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(PKey::private_key_from_pem(ec.as_bytes()).unwrap().ec_key().is_ok());
+        let rsa = TeeKeyPair::generate(TeeKeyKind::Rsa).unwrap().private_pem().unwrap();
+        assert!(rsa.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    }
+
+    #[test]
     fn jwks_have_the_expected_shape() {
         let ec = TeeKeyPair::generate(TeeKeyKind::EcP256).unwrap();
         match ec.public_jwk().unwrap() {
