@@ -348,6 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let reaper = hub.spawn_volume_reaper();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
@@ -360,6 +361,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let left = hub.drain(cli.shutdown_grace).await;
         if left > 0 {
             tracing::warn!(in_flight = left, "shutdown grace elapsed; exiting with calls still running");
+        }
+        // Secure volumes: unmounted and closed, so no mapping (no volume key) outlives the daemon.
+        reaper.abort();
+        if hub.close_volumes().await > 0 {
+            tracing::error!("some secure volumes could not be closed (see above)");
         }
         if let Some(r) = rest {
             r.abort();

@@ -168,8 +168,10 @@ pub enum HubError {
         #[source]
         reason: BundleError,
     },
-    #[error("SecureMount: unsupported volume type {0:?} (cloak-cdh does not implement secure mounts yet)")]
+    #[error("SecureMount: unsupported volume type {0:?} (cloak-cdh implements block-device only)")]
     UnsupportedMount(String),
+    #[error(transparent)]
+    Storage(#[from] super::storage::StorageError),
     #[error("cloak-cdh is shutting down; not starting new work")]
     ShuttingDown,
     /// The hub could not be built.
@@ -267,6 +269,7 @@ impl HubError {
                 _ => ErrorKind::Internal,
             },
             HubError::UnsupportedMount(_) => ErrorKind::Unimplemented,
+            HubError::Storage(e) => e.kind(),
             HubError::ShuttingDown => ErrorKind::Unavailable,
         }
     }
@@ -413,6 +416,7 @@ pub struct Hub {
     keyprovider: KeyProviderCore,
     cache: Mutex<HashMap<String, Cached>>,
     inflight: InFlight,
+    volumes: Arc<super::storage::Volumes>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -455,6 +459,7 @@ impl Hub {
             keyprovider,
             cache: Mutex::new(HashMap::new()),
             inflight: InFlight::default(),
+            volumes: Arc::default(),
         })
     }
 
@@ -493,7 +498,12 @@ impl Hub {
         self.kbs.as_ref()
     }
 
-    fn enter(&self) -> Result<InFlightGuard<'_>, HubError> {
+    /// The secure volumes this daemon opened (`super::storage`).
+    pub(crate) fn volumes(&self) -> &Arc<super::storage::Volumes> {
+        &self.volumes
+    }
+
+    pub(crate) fn enter(&self) -> Result<InFlightGuard<'_>, HubError> {
         self.inflight.count.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard(&self.inflight);
         if self.inflight.closing.load(Ordering::SeqCst) {
@@ -688,10 +698,7 @@ impl Hub {
         Ok(self.keyprovider.handle(input, Some(op)).await?)
     }
 
-    /// `SecureMountService.SecureMount`: not implemented, said so.
-    pub fn secure_mount(&self, volume_type: &str) -> Result<(), HubError> {
-        Err(HubError::UnsupportedMount(volume_type.chars().take(64).collect()))
-    }
+    // `SecureMountService.SecureMount`: `Hub::secure_mount` in `super::storage`.
 }
 
 /// kata (or a retry) may leave an empty `rootfs` directory: it is removed so

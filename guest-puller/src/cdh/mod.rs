@@ -12,6 +12,7 @@
 //! - [`server`]: the ttRPC services; [`rest`]: the pod-facing HTTP endpoint.
 //! - [`aa`]: attestation-agent's API (its ttRPC socket, `/aa/token`, `/aa/evidence`).
 //! - [`kata`]: the names kata-agent launches (`attestation-agent`, …) as one daemon.
+//! - [`storage`]: `SecureMount`, LUKS2 block-device volumes.
 
 pub mod aa;
 pub mod bundle;
@@ -24,6 +25,7 @@ pub mod rest;
 pub mod sealed;
 pub mod server;
 pub mod spec;
+pub mod storage;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -77,7 +77,10 @@ impl api_ttrpc::SecureMountService for Services {
         _ctx: &TtrpcContext,
         req: api::SecureMountRequest,
     ) -> ttrpc::Result<api::SecureMountResponse> {
-        self.0.secure_mount(&req.volume_type).map_err(status)?;
+        self.0
+            .secure_mount(&req.volume_type, &req.options, &req.flags, &req.mount_point)
+            .await
+            .map_err(status)?;
         Ok(api::SecureMountResponse::new())
     }
 }
