@@ -80,6 +80,8 @@ pub struct KbsAdminOptions {
     pub admin_key: Option<PathBuf>,
     /// A 32-byte KEK the user registered at the `kbs:///` id(s) already.
     pub kek_file: Option<PathBuf>,
+    /// CA bundle (PEM) trusted for an https KBS beside the built-in roots (`--kbs-cert`).
+    pub kbs_cert: Option<PathBuf>,
 }
 
 /// `cloak encrypt`.

@@ -181,6 +181,9 @@ struct KbsAdminArgs {
     /// Ed25519 admin private key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes).
     #[arg(long, value_name = "FILE")]
     kbs_admin_key: Option<PathBuf>,
+    /// CA bundle (PEM) trusted for an https KBS, beside the built-in roots.
+    #[arg(long, value_name = "FILE")]
+    kbs_cert: Option<PathBuf>,
     /// For kbs:/// recipients: wrap with this 32-byte KEK, which you have registered in
     /// the KBS yourself (needed with Trustee, whose admin API cannot read a KEK back).
     /// Without it, the KEK already at the id is reused, or a new one is registered
@@ -344,6 +347,7 @@ fn kbs_options(k: &KbsAdminArgs) -> KbsAdminOptions {
         url: k.kbs_url.clone(),
         admin_key: k.kbs_admin_key.clone(),
         kek_file: k.kek_file.clone(),
+        kbs_cert: k.kbs_cert.clone(),
     }
 }
 
@@ -534,8 +538,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors by itself.
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},{}",
+            cli.log_level,
+            kbs_client::tls::QUIET_VERIFIER_LOG
+        ))
+    });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

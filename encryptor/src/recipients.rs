@@ -75,7 +75,8 @@ pub(crate) async fn admin_client(
 ) -> Result<kbs_client::AdminClient, Error> {
     let (url, key_path) = kbs_admin(kbs, what)?;
     let pem = zeroize::Zeroizing::new(read_file(&key_path).await?);
-    kbs_client::AdminClient::new(&url, &pem).map_err(Error::kbs)
+    let ca = kbs.kbs_cert.as_deref().map(kbs_client::CaBundle::read).transpose().map_err(Error::kbs)?;
+    kbs_client::AdminClient::trusting(&url, &pem, ca.as_ref()).map_err(Error::kbs)
 }
 
 /// Builds the wrappers for every recipient: one JWE wrapper for all jwe: keys,

@@ -28,6 +28,8 @@ pub struct KeySources {
     pub kbs_timeout: Option<Duration>,
     /// The guest's init-data document (`--initdata FILE`), sent in the attestation.
     pub initdata: Option<PathBuf>,
+    /// CA bundle trusted for an https KBS beside the built-in roots (`--kbs-cert FILE`).
+    pub kbs_cert: Option<PathBuf>,
 }
 
 /// Why the key sources could not be set up.
@@ -40,6 +42,8 @@ pub enum KeysError {
     AttesterWithoutKbs,
     #[error("--initdata")]
     Initdata(#[from] kbs_client::initdata::InitdataFileError),
+    #[error("--kbs-cert")]
+    KbsCert(#[from] kbs_client::CaBundleError),
 }
 
 /// The unwrappers and, when a KBS is used, its client (for attestation counts).
@@ -62,6 +66,7 @@ impl KeySources {
                 kbs.deadline = self.kbs_timeout.unwrap_or(kbs.deadline);
                 kbs.initdata =
                     self.initdata.as_deref().map(kbs_client::initdata::Initdata::read_file).transpose()?;
+                kbs.ca = self.kbs_cert.as_deref().map(kbs_client::CaBundle::read).transpose()?;
                 Some(kbs)
             }
         };

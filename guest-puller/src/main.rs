@@ -47,6 +47,9 @@ struct Cli {
     /// attestation; the KBS checks its digest against the report (SNP HOST_DATA, TDX MRCONFIGID).
     #[arg(long, value_name = "FILE", requires = "kbs")]
     initdata: Option<PathBuf>,
+    /// CA bundle (PEM) trusted for an https KBS, beside the built-in roots.
+    #[arg(long, value_name = "FILE", requires = "kbs")]
+    kbs_cert: Option<PathBuf>,
     /// Pull policy (YAML).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -139,11 +142,10 @@ enum ProgressFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if cli.quiet { "error" } else { "warn" })
-            }),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG").unwrap_or_else(|_| {
+            let level = if cli.quiet { "error" } else { "warn" };
+            tracing_subscriber::EnvFilter::new(format!("{level},{}", kbs_client::tls::QUIET_VERIFIER_LOG))
+        }))
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -193,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             attester: cli.attester,
             kbs_timeout: Some(cli.kbs_timeout),
             initdata: cli.initdata.clone(),
+            kbs_cert: cli.kbs_cert.clone(),
         })?;
         let signature_check = signature_check(&cli, keys.kbs.clone()).await?;
         let opts = PullOptions {

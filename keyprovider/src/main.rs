@@ -62,6 +62,9 @@ struct Common {
     /// Ed25519 PKCS#8 PEM admin key, to register generated KEKs in the KBS.
     #[arg(long)]
     kbs_admin_key: Option<PathBuf>,
+    /// CA bundle (PEM) trusted for an https KBS, beside the built-in roots.
+    #[arg(long, value_name = "FILE")]
+    kbs_cert: Option<PathBuf>,
     /// Local private keys for JWE annotations (PEM/DER/JWK), repeatable.
     #[arg(long = "key")]
     keys: Vec<PathBuf>,
@@ -100,12 +103,13 @@ fn keypath_rule(c: &Common) -> anyhow::Result<KeyPathRule> {
 }
 
 fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
+    let ca = c.kbs_cert.as_deref().map(kbs_client::CaBundle::read).transpose().context("--kbs-cert")?;
     let admin = match (&c.kbs_admin_key, &c.kbs_url) {
         (Some(path), Some(url)) => {
             let pem = zeroize::Zeroizing::new(
                 std::fs::read(path).with_context(|| format!("reading --kbs-admin-key {}", path.display()))?,
             );
-            Some(Arc::new(kbs_client::AdminClient::new(url, &pem)?))
+            Some(Arc::new(kbs_client::AdminClient::trusting(url, &pem, ca.as_ref())?))
         }
         (Some(_), None) => anyhow::bail!("--kbs-admin-key needs --kbs-url"),
         _ => None,
@@ -114,6 +118,7 @@ fn build_core(c: &Common) -> anyhow::Result<Arc<KeyProviderCore>> {
         kbs: c.kbs_url.as_ref().map(|url| KbsConfig {
             attester: c.attester,
             deadline: Duration::from_secs(c.kbs_deadline),
+            ca: ca.clone(),
             ..KbsConfig::new(url.clone())
         }),
         key_files: c.keys.clone(),
@@ -201,10 +206,9 @@ async fn main() -> ExitCode {
     let default = if matches!(cli.cmd, Cmd::Exec { .. }) { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{default},{}", kbs_client::tls::QUIET_VERIFIER_LOG))
+        }))
         .init();
     match run(&cli.cmd).await {
         Ok(code) => ExitCode::from(code),

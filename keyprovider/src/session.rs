@@ -19,16 +19,14 @@ use crate::client::{ClientError, KeyProviderConfig, ProviderUnwrapper};
 use crate::jwe_kbs::KbsJweKeyUnwrapper;
 use crate::kek::{KbsKekUnwrapper, DEFAULT_KEK_TTL, PROVIDER_NAME};
 
-/// How long a connection to the KBS may take to open.
-const KBS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Which KBS to attest to, and how.
 #[derive(Debug, Clone)]
 pub struct KbsConfig {
     /// KBS base URL (`http://host:port`, optional path prefix).
     pub url: String,
-    /// Extra root certificate (PEM) for an https KBS.
-    pub cert_pem: Option<String>,
+    /// CA certificates trusted for an https KBS beside the built-in roots
+    /// (`--kbs-cert FILE`, cdh.toml `[kbc] kbs_cert`).
+    pub ca: Option<kbs_client::CaBundle>,
     /// Where the evidence comes from; `sample` is allowed only when named here
     /// (`auto` never picks it).
     pub attester: AttesterKind,
@@ -44,7 +42,7 @@ impl KbsConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            cert_pem: None,
+            ca: None,
             attester: AttesterKind::Auto,
             deadline: kbs_client::ClientConfig::default().deadline,
             initdata: None,
@@ -151,11 +149,6 @@ pub enum SessionError {
     Kbs(#[source] KbsError),
     #[error("attester")]
     Attester(#[source] AttesterError),
-    /// The KBS certificate is not a PEM certificate.
-    #[error("kbs_cert")]
-    KbsCert(#[source] reqwest::Error),
-    #[error("HTTP client")]
-    HttpClient(#[source] reqwest::Error),
 }
 
 /// The attested session (no network yet) and the key unwrappers.
@@ -298,17 +291,9 @@ impl GuestSession {
     }
 }
 
-/// The KBS client's HTTP client: the default one, or one that also trusts `cert_pem`.
+/// The KBS client's HTTP client: the built-in roots, and `ca` when given.
 fn http_client(kbs: &KbsConfig) -> Result<reqwest::Client, SessionError> {
-    let Some(pem) = &kbs.cert_pem else {
-        return kbs_client::client::http_client().map_err(SessionError::Kbs);
-    };
-    let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(SessionError::KbsCert)?;
-    reqwest::Client::builder()
-        .connect_timeout(KBS_CONNECT_TIMEOUT)
-        .add_root_certificate(cert)
-        .build()
-        .map_err(SessionError::HttpClient)
+    kbs_client::tls::http_client(kbs.ca.as_ref()).map_err(SessionError::Kbs)
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ struct Cli {
     /// Deadline of one KBS exchange (attestation or one resource), retries included.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     kbs_timeout: Duration,
+    /// CA bundle (PEM) trusted for an https KBS beside the built-in roots (overrides
+    /// [kbc] kbs_cert).
+    #[arg(long, value_name = "FILE")]
+    kbs_cert: Option<PathBuf>,
     /// CoCo init-data (TOML) sent to the KBS in the attestation, whose digest the KBS
     /// checks against the report (default: /run/confidential-containers/initdata/initdata.toml,
     /// where kata-agent writes it, when that file exists).
@@ -134,6 +138,21 @@ fn guest_initdata(flag: Option<&std::path::Path>) -> anyhow::Result<Option<kbs_c
     Ok(Some(d))
 }
 
+/// `--kbs-cert FILE`, else cdh.toml's `[kbc] kbs_cert` (a PEM string, as CoCo's CDH takes it).
+fn kbs_ca(
+    flag: Option<&std::path::Path>,
+    toml: Option<&str>,
+) -> anyhow::Result<Option<kbs_client::CaBundle>> {
+    Ok(match (flag, toml) {
+        (Some(p), _) => Some(kbs_client::CaBundle::read(p).context("setting up: --kbs-cert")?),
+        (None, Some(pem)) => Some(
+            kbs_client::CaBundle::from_pem(pem.as_bytes(), "cdh.toml [kbc] kbs_cert")
+                .context("setting up")?,
+        ),
+        (None, None) => None,
+    })
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 3600.0) {
@@ -143,8 +162,6 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Installed as attestation-agent, confidential-data-hub or api-server-rest, kata-agent's
     // command lines become this daemon's (guest_puller::cdh::kata).
     let cli = match guest_puller::cdh::kata::invocation(std::env::args_os().collect()) {
@@ -158,6 +175,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOAK_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("info,{}", kbs_client::tls::QUIET_VERIFIER_LOG))
+    });
     if cli.log_format == "text" {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else {
@@ -231,7 +251,7 @@ fn hub_options(cli: &Cli, toml: &CdhToml) -> anyhow::Result<HubOptions> {
     let kbs = match cli.kbs.clone().or(toml.kbs_url.clone()) {
         Some(url) => Some(KbsConfig {
             url,
-            cert_pem: toml.kbs_cert.clone(),
+            ca: kbs_ca(cli.kbs_cert.as_deref(), toml.kbs_cert.as_deref())?,
             // Parsed only when a KBS is configured (a daemon without one never uses it).
             attester: cli.attester.parse().map_err(|e| anyhow::anyhow!("setting up: --attester: {e}"))?,
             deadline: cli.kbs_timeout,

@@ -18,7 +18,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::client::{
-    broker_answered, endpoint, http_client, parse_base_url, send_with_retry, shown, Answer, Deadline, Target,
+    broker_answered, endpoint, parse_base_url, send_with_retry, shown, Answer, Deadline, Target,
 };
 use crate::error::{KbsError, Step};
 use crate::uri::ResourceUri;
@@ -73,11 +73,20 @@ impl AdminClient {
     /// `admin_private_key_pem`: an Ed25519 PKCS#8 PEM, as
     /// `openssl genpkey -algorithm ed25519` writes it.
     pub fn new(url: &str, admin_private_key_pem: &[u8]) -> Result<Self, KbsError> {
+        Self::trusting(url, admin_private_key_pem, None)
+    }
+
+    /// Like [`AdminClient::new`], also trusting `ca` for an https broker (`--kbs-cert`).
+    pub fn trusting(
+        url: &str,
+        admin_private_key_pem: &[u8],
+        ca: Option<&crate::tls::CaBundle>,
+    ) -> Result<Self, KbsError> {
         let base = parse_base_url(url)?;
         let signer = EdDSA
             .signer_from_pem(admin_private_key_pem)
             .map_err(|_| KbsError::Config("admin key is not an Ed25519 PKCS#8 PEM private key".into()))?;
-        Ok(AdminClient { base, http: http_client()?, signer })
+        Ok(AdminClient { base, http: crate::tls::http_client(ca)?, signer })
     }
 
     /// A signed admin JWT valid for a few minutes.

@@ -111,12 +111,10 @@ pub(crate) fn endpoint(base: &Url, path: &str) -> Result<Url, KbsError> {
     base.join(path).map_err(|e| KbsError::Config(format!("cannot build KBS endpoint {path}: {e}")))
 }
 
-/// The HTTP client the KBS client uses by default.
+/// The HTTP client the KBS client uses by default (built-in roots only; see
+/// [`crate::tls::http_client`] for a broker with its own CA).
 pub fn http_client() -> Result<reqwest::Client, KbsError> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| KbsError::Config(format!("cannot build the HTTP client: {e}")))
+    crate::tls::http_client(None)
 }
 
 /// Exponential backoff with jitter: attempt 1 waits ~100 ms, doubling to a cap of
@@ -225,7 +223,12 @@ pub(crate) async fn send_with_retry(
                     Err(e) => e,
                 }
             }
-            Err(e) => describe_reqwest(&e),
+            Err(e) => match crate::tls::cert_problem(&e) {
+                Some(problem) => {
+                    return Err(KbsError::Certificate { broker: shown(target.base).to_owned(), problem })
+                }
+                None => describe_reqwest(&e),
+            },
         };
         let delay = backoff_delay(attempt, &mut rand::thread_rng());
         if Instant::now() + delay >= deadline {
@@ -299,6 +302,16 @@ impl KbsClient {
     /// A client for the KBS at `url` (e.g. `http://127.0.0.1:8080`).
     pub fn new(url: &str, attester: Arc<dyn Attester>, cfg: ClientConfig) -> Result<Self, KbsError> {
         Self::with_http_client(url, attester, cfg, http_client()?)
+    }
+
+    /// Like [`KbsClient::new`], also trusting `ca` for an https broker (`--kbs-cert`).
+    pub fn trusting(
+        url: &str,
+        attester: Arc<dyn Attester>,
+        cfg: ClientConfig,
+        ca: Option<&crate::tls::CaBundle>,
+    ) -> Result<Self, KbsError> {
+        Self::with_http_client(url, attester, cfg, crate::tls::http_client(ca)?)
     }
 
     /// Like [`KbsClient::new`], over an existing HTTP client (connection pool).

@@ -90,6 +90,9 @@ pub enum KbsError {
     /// The client configuration is unusable (bad KBS URL, bad admin key, ...).
     #[error("invalid KBS client configuration: {0}")]
     Config(String),
+    /// The broker's TLS certificate was refused (not retried: it would be refused again).
+    #[error("the TLS certificate of the broker at {broker} is refused: {problem}")]
+    Certificate { broker: String, problem: crate::tls::CertProblem },
 }
 
 /// The last failure before [`KbsError::Unavailable`] gave up: the transport's
@@ -156,7 +159,10 @@ impl KbsError {
             KbsError::Rejected { .. } => KbsErrorKind::Denied,
             KbsError::InvalidUri(_) => KbsErrorKind::InvalidUri,
             KbsError::Attester(_) => KbsErrorKind::Attester,
-            KbsError::Protocol { .. } | KbsError::Unsupported(_) | KbsError::Config(_) => KbsErrorKind::Other,
+            KbsError::Protocol { .. }
+            | KbsError::Unsupported(_)
+            | KbsError::Config(_)
+            | KbsError::Certificate { .. } => KbsErrorKind::Other,
         }
     }
 }

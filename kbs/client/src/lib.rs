@@ -12,6 +12,7 @@ pub mod client;
 pub mod error;
 pub mod initdata;
 pub mod protocol;
+pub mod tls;
 pub mod uri;
 
 pub use admin::{AdminClient, Created};
@@ -19,4 +20,5 @@ pub use attester::{make_attester, Attester, AttesterKind, AttesterOptions};
 pub use client::{ClientConfig, KbsClient};
 pub use error::{AttesterError, KbsError, KbsErrorKind, LastFailure, Step};
 pub use protocol::{TeeKeyKind, TeeKeyPair, Token};
+pub use tls::{CaBundle, CaBundleError, CertProblem};
 pub use uri::ResourceUri;

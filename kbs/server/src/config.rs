@@ -27,6 +27,9 @@ pub enum ConfigError {
     Invalid(String),
     #[error("cannot build the TDX collateral / AMD KDS HTTP client")]
     Http(#[source] reqwest::Error),
+    /// TLS or plain HTTP: the flags contradict each other or plain HTTP is not allowed here.
+    #[error(transparent)]
+    Transport(#[from] crate::tls::TransportError),
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -77,6 +80,13 @@ pub struct TdxConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServeConfig {
     pub listen: SocketAddr,
+    /// Certificate chain (PEM) the broker serves TLS with; with `tls_key`. Reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (a TLS-terminating proxy in front);
+    /// a loopback address needs no flag.
+    pub insecure_http: bool,
     pub policy: Option<PathBuf>,
     /// The local backend's directory (`--resources DIR` is `--store local:DIR`).
     pub resources: PathBuf,
@@ -152,6 +162,9 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: false,
             policy: None,
             resources: PathBuf::from("kbs-resources"),
             store: None,
@@ -202,6 +215,16 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+
+    /// TLS, or plain HTTP where the rule allows it ([`crate::tls::Transport::choose`]).
+    pub fn transport(&self) -> Result<crate::tls::Transport, ConfigError> {
+        Ok(crate::tls::Transport::choose(
+            self.listen,
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.insecure_http,
+        )?)
     }
 
     /// The metric label caps.

@@ -20,6 +20,7 @@ pub mod seal;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tls;
 pub mod token;
 pub mod verifier;
 

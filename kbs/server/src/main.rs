@@ -38,6 +38,9 @@ enum Cmd {
         /// no longer be decrypted).
         #[arg(long)]
         replace: bool,
+        /// CA bundle (PEM) trusted for an https broker, beside the built-in roots.
+        #[arg(long, value_name = "FILE")]
+        kbs_cert: Option<PathBuf>,
         /// REPO/TYPE/TAG or kbs:///REPO/TYPE/TAG
         uri: String,
         file: PathBuf,
@@ -49,6 +52,9 @@ enum Cmd {
         /// auto | snp | tdx | sample (sample is allowed because it is named explicitly)
         #[arg(long, default_value = "auto")]
         attester: String,
+        /// CA bundle (PEM) trusted for an https broker, beside the built-in roots.
+        #[arg(long, value_name = "FILE")]
+        kbs_cert: Option<PathBuf>,
         uri: String,
         /// Write the secret here (mode 0600); without it, it goes to stdout only.
         #[arg(long)]
@@ -241,6 +247,17 @@ struct ServeArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Serve TLS with this certificate chain (PEM, leaf first); with --tls-key. Reloaded
+    /// on SIGHUP (a bad new pair is refused and the old one stays).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback --listen address (a TLS-terminating proxy in
+    /// front is the only way in). A loopback address serves plain HTTP without it.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_http: bool,
     #[arg(long)]
     policy: Option<PathBuf>,
     /// Same as --store local:DIR.
@@ -315,6 +332,16 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<kbs_server::ServeConfig> {
     if let Some(v) = a.listen {
         cfg.listen = v;
     }
+    if a.tls_cert.is_some() {
+        cfg.tls_cert = a.tls_cert;
+        cfg.tls_key = a.tls_key;
+        cfg.insecure_http = false;
+    }
+    if a.insecure_http {
+        cfg.insecure_http = true;
+        cfg.tls_cert = None;
+        cfg.tls_key = None;
+    }
     if a.policy.is_some() {
         cfg.policy = a.policy;
     }
@@ -386,10 +413,9 @@ fn write_new(path: &std::path::Path, data: &[u8], mode: u32) -> anyhow::Result<(
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("info,{}", kbs_client::tls::QUIET_VERIFIER_LOG))
+        }))
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -410,7 +436,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(kbs_server::serve(cfg))?;
             Ok(())
         }
-        Cmd::PutResource { url, admin_key, replace, uri, file } => {
+        Cmd::PutResource { url, admin_key, replace, kbs_cert, uri, file } => {
+            let ca = kbs_cert.as_deref().map(kbs_client::CaBundle::read).transpose().context("--kbs-cert")?;
             let uri: kbs_client::ResourceUri = uri.parse()?;
             let pem = zeroize::Zeroizing::new(
                 std::fs::read(&admin_key).with_context(|| format!("reading {}", admin_key.display()))?,
@@ -418,7 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let data = zeroize::Zeroizing::new(
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
             );
-            let admin = kbs_client::AdminClient::new(&url, &pem)?;
+            let admin = kbs_client::AdminClient::trusting(&url, &pem, ca.as_ref())?;
             let rt = tokio::runtime::Runtime::new()?;
             if replace {
                 rt.block_on(admin.put_resource(&uri, &data))?;
@@ -434,12 +461,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::GetResource { url, attester, uri, out } => {
+        Cmd::GetResource { url, attester, kbs_cert, uri, out } => {
+            let ca = kbs_cert.as_deref().map(kbs_client::CaBundle::read).transpose().context("--kbs-cert")?;
             let uri: kbs_client::ResourceUri = uri.parse()?;
             let kind: kbs_client::AttesterKind = attester.parse()?;
             // Naming `--attester sample` is the explicit opt-in the attester requires.
             let att = kbs_client::make_attester(kind, &kbs_client::AttesterOptions::for_kind(kind))?;
-            let client = kbs_client::KbsClient::new(&url, att, kbs_client::ClientConfig::default())?;
+            let client =
+                kbs_client::KbsClient::trusting(&url, att, kbs_client::ClientConfig::default(), ca.as_ref())?;
             let rt = tokio::runtime::Runtime::new()?;
             let secret = rt.block_on(client.get_resource(&uri))?;
             match out {

@@ -66,6 +66,8 @@ pub enum ServeError {
     },
     #[error("server failed")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Everything a handler can fail with. [`ApiError::status`] is the one mapping of the
@@ -950,8 +952,14 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// Accepts connections and serves each on its own task with HTTP/1 and the header
-/// deadline (see the module doc); runs until the task is dropped.
-async fn serve_connections(listener: tokio::net::TcpListener, app: Router, header_timeout: Duration) {
+/// deadline (see the module doc), over TLS when given an acceptor; runs until the task
+/// is dropped.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
@@ -965,16 +973,37 @@ async fn serve_connections(listener: tokio::net::TcpListener, app: Router, heade
             }
         };
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %report::Line(&e), "connection closed");
+            let Some(tls) = tls else {
+                return serve_connection(stream, svc, header_timeout).await;
+            };
+            // The handshake gets the header deadline too: a client that opens a
+            // connection and never finishes the handshake holds it no longer.
+            match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, svc, header_timeout).await,
+                Ok(Err(e)) => tracing::debug!(error = %report::Line(&e), "TLS handshake failed"),
+                Err(_) => tracing::debug!(limit = ?header_timeout, "TLS handshake not finished in time"),
             }
         });
+    }
+}
+
+/// One connection's HTTP/1 exchanges, with the header deadline.
+async fn serve_connection<I>(
+    io: I,
+    svc: hyper_util::service::TowerToHyperService<Router>,
+    header_timeout: Duration,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %report::Line(&e), "connection closed");
     }
 }
 
@@ -1002,6 +1031,28 @@ pub fn raise_fd_limit() -> Option<u64> {
 pub async fn spawn(
     cfg: ServeConfig,
 ) -> Result<(SocketAddr, Arc<Broker>, tokio::task::JoinHandle<()>), ServeError> {
+    // Before anything else: a broker that would serve plain HTTP to the network, or
+    // whose certificate is unusable, does not start.
+    let transport = cfg.transport()?;
+    let tls = match &transport {
+        crate::tls::Transport::Tls { cert, key } => Some(crate::tls::acceptor(cert, key)?),
+        crate::tls::Transport::Plain { loopback: true } => {
+            tracing::warn!(
+                listen = %cfg.listen,
+                "serving plain HTTP on a loopback address: only a TLS-terminating proxy beside the broker \
+                 should reach it (give --tls-cert/--tls-key to serve TLS)"
+            );
+            None
+        }
+        crate::tls::Transport::Plain { loopback: false } => {
+            tracing::warn!(
+                listen = %cfg.listen,
+                "--insecure-http: serving plain HTTP to the network; tokens and admin requests travel \
+                 unencrypted unless a TLS-terminating proxy is the only way in"
+            );
+            None
+        }
+    };
     startup_notes(&cfg);
     raise_fd_limit();
     let broker = Broker::open(&cfg).await?;
@@ -1012,11 +1063,19 @@ pub async fn spawn(
     let watcher = broker.spawn_policy_watcher();
     let app = broker.router();
     let header_timeout = Duration::from_secs(cfg.request_header_timeout_secs);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (acceptor, reloader) = match tls {
+        Some((acceptor, cert)) => (Some(acceptor), Some(crate::tls::spawn_reloader(cert))),
+        None => (None, None),
+    };
     let task = tokio::spawn(async move {
-        serve_connections(listener, app, header_timeout).await;
+        serve_connections(listener, app, header_timeout, acceptor).await;
         watcher.abort();
+        if let Some(r) = reloader {
+            r.abort();
+        }
     });
-    tracing::info!(%addr, store = %broker.store.describe(), "cloak-kbs listening");
+    tracing::info!(%addr, scheme, store = %broker.store.describe(), "cloak-kbs listening");
     Ok((addr, broker, task))
 }
 

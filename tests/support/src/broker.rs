@@ -1,5 +1,5 @@
 //! `cloak-kbs serve` for tests: the built broker binary (see [`crate::bin`]) on a
-//! loopback port with its policy, resources, admin key and log in one directory.
+//! loopback port, plain or on TLS, with its policy, resources, admin key and log in one directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +17,16 @@ use crate::workspace::bin;
 pub struct LocalBroker {
     pub port: u16,
     pub dir: PathBuf,
+    /// On TLS: the CA bundle clients are given (`--kbs-cert`).
+    pub ca: Option<PathBuf>,
     daemon: Daemon,
+}
+
+/// The broker's TLS certificate and key, and the CA its clients trust.
+pub struct BrokerTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub ca: &'a Path,
 }
 
 impl LocalBroker {
@@ -28,6 +37,16 @@ impl LocalBroker {
     /// Starts a broker on 127.0.0.1:`port` with `policy` and waits until `/healthz`
     /// answers 200.
     pub fn start(dir: &Path, port: u16, policy: &str) -> Result<LocalBroker> {
+        Self::start_with(dir, port, policy, None)
+    }
+
+    /// [`LocalBroker::start`] serving TLS (`--tls-cert`, `--tls-key`); [`LocalBroker::url`]
+    /// is then `https://127.0.0.1:PORT` and the admin helpers pass `--kbs-cert`.
+    pub fn start_tls(dir: &Path, port: u16, policy: &str, tls: BrokerTls<'_>) -> Result<LocalBroker> {
+        Self::start_with(dir, port, policy, Some(tls))
+    }
+
+    fn start_with(dir: &Path, port: u16, policy: &str, tls: Option<BrokerTls<'_>>) -> Result<LocalBroker> {
         let admin = dir.join("admin.pem");
         if !admin.exists() {
             run_bounded_ok(
@@ -41,11 +60,14 @@ impl LocalBroker {
         std::fs::create_dir_all(dir.join("resources"))?;
         std::fs::write(Self::policy_path(dir), policy)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("kbs.log"))?;
+        let mut cmd = Command::new(bin("cloak-kbs"));
+        cmd.arg("serve");
+        if let Some(t) = &tls {
+            cmd.arg("--tls-cert").arg(t.cert).arg("--tls-key").arg(t.key);
+        }
         let daemon = Daemon::spawn(
             "cloak-kbs",
-            Command::new(bin("cloak-kbs"))
-                .arg("serve")
-                .arg("--listen")
+            cmd.arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--policy")
                 .arg(Self::policy_path(dir))
@@ -57,8 +79,12 @@ impl LocalBroker {
                 .stdout(log.try_clone()?)
                 .stderr(log),
         )?;
-        let b = LocalBroker { port, dir: dir.to_path_buf(), daemon };
+        let b = LocalBroker { port, dir: dir.to_path_buf(), ca: tls.map(|t| t.ca.to_path_buf()), daemon };
         wait_for_port(port, Duration::from_secs(60))?;
+        if b.ca.is_some() {
+            // The port is bound only once the broker serves (TLS included).
+            return Ok(b);
+        }
         let start = Instant::now();
         while http_get(port, "/healthz", None).ok().map(|a| a.status) != Some(200) {
             if start.elapsed() > Duration::from_secs(60) {
@@ -70,7 +96,16 @@ impl LocalBroker {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// `--kbs-cert CA` when the broker is on TLS, else nothing.
+    pub fn kbs_cert_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.ca {
+            Some(ca) => vec!["--kbs-cert".into(), ca.clone().into_os_string()],
+            None => Vec::new(),
+        }
     }
 
     pub fn admin_key(&self) -> PathBuf {
@@ -99,6 +134,7 @@ impl LocalBroker {
                 .arg(self.url())
                 .arg("--kbs-admin-key")
                 .arg(self.admin_key())
+                .args(self.kbs_cert_args())
                 .arg("--dest-tls-verify=false")
                 .arg(src)
                 .arg(dest),
@@ -117,6 +153,7 @@ impl LocalBroker {
                 .arg(self.url())
                 .arg("--admin-key")
                 .arg(self.admin_key())
+                .args(self.kbs_cert_args())
                 .arg(uri)
                 .arg(file.path()),
         )?;

@@ -2,7 +2,7 @@
 //! port and a wait for a listener ([`net`]), child processes that are killed when
 //! dropped or when they run too long ([`process`]), the real peers and the rule for a
 //! missing one ([`peers`]), a private docker-registry ([`registry`]), OCI layout
-//! helpers ([`layout`]), and cloak's own built binaries, the broker among them
+//! helpers ([`layout`]), a throwaway CA for TLS peers ([`pki`]), and cloak's own built binaries, the broker among them
 //! ([`workspace`], [`broker`]).
 //!
 //! This crate depends on no cloak crate, so any crate's tests may use it (`oci`'s
@@ -16,14 +16,16 @@ pub mod broker;
 pub mod layout;
 pub mod net;
 pub mod peers;
+pub mod pki;
 pub mod process;
 pub mod registry;
 pub mod workspace;
 
-pub use broker::{LocalBroker, ALLOW_SAMPLE};
+pub use broker::{BrokerTls, LocalBroker, ALLOW_SAMPLE};
 pub use layout::{blob_json, blob_path, copy_tree, layer_digests, layout_manifest, list_tree, sha256_digest};
 pub use net::{free_port, http_get, wait_for_port, HttpAnswer};
 pub use peers::{peers_required, skopeo_118, skopeo_193};
+pub use pki::{ServerCert, TestCa};
 pub use process::{run, run_bounded, run_bounded_ok, run_ok, Daemon, Ran, CMD_LIMIT};
 pub use registry::Registry;
 pub use workspace::{bin, target_dir, workspace_root};
