@@ -266,6 +266,7 @@ fn source_options(cli: &Cli) -> oci::SourceOptions {
             idle: cli.registry_idle_timeout,
             request: cli.registry_request_timeout,
         },
+        ..Default::default()
     }
 }
 

@@ -471,6 +471,10 @@ impl KbsClient {
             protocol::runtime_data_digest(&challenge.nonce, &jwk, "").map_err(proto(Step::Attest))?;
         let report_data = protocol::report_data(&digest);
         let evidence = inner.attester.evidence(&report_data).await?;
+        if let Some(init) = &inner.cfg.init_data {
+            // Fail early, as attestation-agent does, rather than be denied by the broker.
+            crate::attester::check_initdata(inner.attester.tee(), &evidence, init)?;
+        }
         let attestation =
             protocol::build_attestation(&challenge.nonce, jwk, evidence, inner.cfg.init_data.as_ref());
 

@@ -252,6 +252,16 @@ pub enum AttesterError {
     /// Anything else while collecting evidence.
     #[error("evidence collection failed: {0}")]
     Other(String),
+    /// The report's init-data field is not the digest of the init-data this guest
+    /// would send: the host launched it with other init-data (or without).
+    #[error(
+        "the {tee} report's {field} is {report}, not the digest of this guest's init-data \
+         (--initdata, or kata-agent's initdata.toml): the host launched the guest with other init-data"
+    )]
+    InitdataMismatch { tee: &'static str, field: &'static str, report: String },
+    /// The evidence has no readable init-data field to compare.
+    #[error("the {tee} evidence has no readable {field} to compare with the init-data")]
+    InitdataField { tee: &'static str, field: &'static str },
 }
 
 #[cfg(test)]

@@ -556,3 +556,19 @@ fn report_fields_holding_the_vector_digest_bind_the_initdata() {
     let d = kbs_server::initdata::bind(&Claims::Tdx(t), Some(&sent_initdata())).unwrap_err();
     assert_eq!(d.reason, Reason::InitdataMismatch);
 }
+
+/// The guest's own pre-check (`kbs_client::attester::check_initdata`) reads MRCONFIGID
+/// where DCAP's quote parser does, for v4 and v5 quotes: a digest patched in at the
+/// guest's offset is the `mr_config_id` dcap-qvl reads.
+#[test]
+fn guest_precheck_reads_mrconfigid_where_the_quote_parser_does() {
+    for rel in ["tdx/tdx_quote", "tdx/tdx_quote_outdated"] {
+        let mut q = data(rel);
+        let (off, len) = kbs_client::attester::initdata_field_range(kbs_types::Tee::Tdx, &q).unwrap();
+        let marker: Vec<u8> = (1..=len as u8).collect();
+        q[off..off + len].copy_from_slice(&marker);
+        let parsed = dcap_qvl::quote::Quote::parse(&q).unwrap();
+        let td = parsed.report.as_td10().unwrap();
+        assert_eq!(td.mr_config_id.to_vec(), marker, "{rel}");
+    }
+}

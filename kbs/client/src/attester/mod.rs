@@ -14,6 +14,7 @@
 //!   "source":"configfs-tsm|sev-guest-ioctl"}`.
 //! - `tdx`: `{"quote":"<b64 STANDARD quote>","cc_eventlog":"<b64 STANDARD CCEL>" | null}` (Trustee's shape).
 
+mod bind;
 pub mod check;
 pub mod probe;
 mod sample;
@@ -29,6 +30,7 @@ pub use kbs_types::Tee;
 use ocicrypt::keywrap::BoxFuture;
 
 pub use crate::error::AttesterError;
+pub use bind::{check_initdata, initdata_field_range};
 pub use sample::{SampleAttester, SAMPLE_INIT_DATA_DIGEST_ENV};
 pub use snp::{parse_cert_table, SnpAttester};
 pub use tdx::TdxAttester;
