@@ -21,7 +21,8 @@ SYS_PKGS=(docker-registry skopeo jq openssl curl time ca-certificates python3 py
           python3-requests apache2-utils pigz zstd
           libssl-dev pkg-config python3-venv  # libssl-dev + pkg-config: the openssl crate links the system OpenSSL
           gnupg  # GPG simple-signing (skopeo --sign-by, cloak's signedBy verification)
-          etcd-server etcd-client)  # etcd 3.4 (server + etcdctl): cloak-kbs's shared store (kbs/server/tests/ha_etcd.rs)
+          etcd-server etcd-client  # etcd 3.4 (server + etcdctl): cloak-kbs's shared store (kbs/server/tests/ha_etcd.rs)
+          tinyproxy)  # a real HTTP proxy for the private-registry tests (image_pull_proxy, --proxy)
 # skopeo/trixie plus the libraries it links that bookworm has too old (or under another name).
 TRIXIE_PKGS=(skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsqlite3-0)
 
