@@ -9,6 +9,10 @@
 #     private config under $CLOAK_PEERS_DIR/apt-alt.
 #   * cosign 2.5 (Debian trixie's package; its Go binary needs only glibc >= 2.34, so it runs
 #     directly) unpacked into $CLOAK_PEERS_DIR/cosign-root, for the signature interop tests.
+#   * the guest VM rig of ci/vm-securemount.sh (this machine's kernel has no device-mapper):
+#     qemu-system-x86, busybox-static, cryptsetup-bin and e2fsprogs system-wide, and Debian
+#     bookworm's linux-image-cloud-amd64 (dm-crypt, dm-integrity, virtio) unpacked with dpkg-deb -x
+#     (never installed: the host's boot is not touched) into $CLOAK_PEERS_DIR/vm-kernel.
 # Wrappers: $CLOAK_PEERS_DIR/bin/skopeo-1.18, $CLOAK_PEERS_DIR/bin/cosign
 # (default CLOAK_PEERS_DIR=<repo>/.work/peers).
 # Env: CLOAK_PEERS_FORCE=1 re-downloads the trixie packages even if the wrapper works.
@@ -22,7 +26,10 @@ SYS_PKGS=(docker-registry skopeo jq openssl curl time ca-certificates python3 py
           libssl-dev pkg-config python3-venv  # libssl-dev + pkg-config: the openssl crate links the system OpenSSL
           gnupg  # GPG simple-signing (skopeo --sign-by, cloak's signedBy verification)
           etcd-server etcd-client  # etcd 3.4 (server + etcdctl): cloak-kbs's shared store (kbs/server/tests/ha_etcd.rs)
-          tinyproxy)  # a real HTTP proxy for the private-registry tests (image_pull_proxy, --proxy)
+          tinyproxy  # a real HTTP proxy for the private-registry tests (image_pull_proxy, --proxy)
+          qemu-system-x86 busybox-static cryptsetup-bin e2fsprogs)  # the SecureMount guest VM (ci/vm-securemount.sh)
+# The guest kernel's package (a metapackage; its one linux-image-* dependency is what is unpacked).
+VM_KERNEL_PKG=linux-image-cloud-amd64
 # skopeo/trixie plus the libraries it links that bookworm has too old (or under another name).
 TRIXIE_PKGS=(skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsqlite3-0)
 
@@ -37,7 +44,7 @@ system_ok() {
   for p in "${SYS_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || return 1
   done
-  [ -x /usr/bin/docker-registry ] && command -v skopeo >/dev/null
+  [ -x /usr/bin/docker-registry ] && command -v skopeo >/dev/null && [ -x /usr/bin/qemu-system-x86_64 ]
 }
 # The wrapper resolves its root at run time (through symlinks), so the peers dir can be moved,
 # carried to another machine or linked into PATH.
@@ -67,6 +74,18 @@ cosign_ok() {
   "$COSIGN_WRAPPER" version 2>/dev/null | grep -q '^GoVersion:'
 }
 
+VM_KERNEL=$PEERS/vm-kernel
+# A kernel with its modules.dep and the device-mapper modules the guest loads.
+vm_kernel_ok() {
+  local k ver
+  k=$(ls "$VM_KERNEL"/boot/vmlinuz-* 2>/dev/null | sed -n 1p)
+  [ -n "$k" ] || return 1
+  ver=${k##*/vmlinuz-}
+  [ -s "$VM_KERNEL/lib/modules/$ver/modules.dep" ] || return 1
+  find "$VM_KERNEL/lib/modules/$ver" -name 'dm-crypt.ko*' | grep -q . || return 1
+  find "$VM_KERNEL/lib/modules/$ver" -name 'dm-integrity.ko*' | grep -q .
+}
+
 ensure_policy() {
   # skopeo refuses to copy without a signature policy; tests only use local, unsigned images.
   if [ ! -s /etc/containers/policy.json ]; then
@@ -82,6 +101,9 @@ print_versions() {
   echo "docker-registry:   $(dpkg-query -W -f='${Version}' docker-registry)"
   echo "cosign:            $(cat "$PEERS/cosign-version.txt" 2>/dev/null)   [$COSIGN_WRAPPER]"
   echo "etcd-server:       $(dpkg-query -W -f='${Version}' etcd-server)"
+  echo "qemu-system-x86:   $(dpkg-query -W -f='${Version}' qemu-system-x86)"
+  echo "cryptsetup-bin:    $(dpkg-query -W -f='${Version}' cryptsetup-bin)"
+  echo "vm kernel:         $(cat "$PEERS/vm-kernel-version.txt" 2>/dev/null)   [$VM_KERNEL]"
   if [ -f "$PEERS/trixie-versions.txt" ]; then
     echo "trixie packages:   $(tr '\n' ' ' < "$PEERS/trixie-versions.txt")"
   fi
@@ -91,9 +113,11 @@ verify() {
   skopeo --version | grep -q 'version 1\.9\.' || die "system skopeo is not 1.9.x: $(skopeo --version)"
   "$WRAPPER" --version | grep -q 'version 1\.18\.' || die "$WRAPPER is not 1.18.x: $("$WRAPPER" --version 2>&1)"
   cosign_ok || die "$COSIGN_WRAPPER is not a working cosign 2.x (package version: $(cat "$PEERS/cosign-version.txt" 2>/dev/null))"
+  vm_kernel_ok || die "$VM_KERNEL has no kernel with dm-crypt and dm-integrity modules"
+  /bin/busybox --list 2>/dev/null | grep -qx insmod || die "/bin/busybox has no insmod (is busybox-static installed?)"
 }
 
-if [ "${CLOAK_PEERS_FORCE:-0}" != 1 ] && system_ok && wrapper_ok && cosign_ok; then
+if [ "${CLOAK_PEERS_FORCE:-0}" != 1 ] && system_ok && wrapper_ok && cosign_ok && vm_kernel_ok; then
   ensure_policy; verify; print_versions
   exit 0
 fi
@@ -162,6 +186,32 @@ if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! cosign_ok; then
   done
   rm -rf "$PEERS/cosign-root"; mv "$PEERS/cosign-root.new" "$PEERS/cosign-root"
   [ -x "$PEERS/cosign-root/usr/bin/cosign" ] || die "trixie cosign missing after unpack"
+fi
+
+# ---------- the guest kernel for the VM rig: bookworm's cloud kernel, unpacked, not installed ----------
+if [ "${CLOAK_PEERS_FORCE:-0}" = 1 ] || ! vm_kernel_ok; then
+  # The system's own (bookworm) sources: the guest runs the kernel Debian 12 ships.
+  kpkg=$(apt-cache depends "$VM_KERNEL_PKG" 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
+  if [ -z "$kpkg" ]; then
+    apt-get update -qq
+    kpkg=$(apt-cache depends "$VM_KERNEL_PKG" | awk '/Depends: linux-image-/ { print $2; exit }')
+  fi
+  [ -n "$kpkg" ] || die "$VM_KERNEL_PKG names no linux-image-* package"
+  log "unpacking $kpkg into $VM_KERNEL"
+  mkdir -p "$PEERS/debs-vm"; rm -f "$PEERS"/debs-vm/*.deb
+  (cd "$PEERS/debs-vm" && apt-get -o APT::Sandbox::User=root download -qq "$kpkg")
+  rm -rf "$VM_KERNEL.new"; mkdir -p "$VM_KERNEL.new"
+  for d in "$PEERS"/debs-vm/*.deb; do
+    dpkg-deb -x "$d" "$VM_KERNEL.new"
+    dpkg-deb -f "$d" Package Version | paste -sd= - | sed 's/^Package: //; s/=Version: /=/' \
+      > "$PEERS/vm-kernel-version.txt"
+  done
+  # Unpacked without its postinst, the package has no modules.dep: busybox's depmod writes it
+  # (kmod need not be installed on the host).
+  kver=$(ls "$VM_KERNEL.new"/boot/vmlinuz-* | sed -n 1p); kver=${kver##*/vmlinuz-}
+  /bin/busybox depmod -b "$VM_KERNEL.new" "$kver" || die "depmod for $kver failed"
+  rm -rf "$VM_KERNEL"; mv "$VM_KERNEL.new" "$VM_KERNEL"
+  rm -f "$PEERS"/debs-vm/*.deb
 fi
 
 verify
