@@ -878,8 +878,61 @@ async fn broker_on_authenticated_etcd(tls: bool) {
     let log = std::fs::read_to_string(d.join("replica.log")).unwrap();
     let renewals = log.matches("authenticating again").count();
     assert!(renewals >= if tls { 2 } else { 1 }, "the voided tokens were not renewed ({renewals}):\n{log}");
+    if tls {
+        tls_replica_serves_guests_that_trust_its_ca(d, &r.args).await;
+    }
     etcd.kill().unwrap();
     etcd.wait().unwrap();
+}
+
+/// A replica on the same etcd store serving its guests over TLS itself
+/// (`--tls-cert`/`--tls-key`): the guest library with the CA (`--kbs-cert`) attests
+/// and fetches; without it the guest is refused, naming the broker and the unknown issuer.
+async fn tls_replica_serves_guests_that_trust_its_ca(d: &Path, replica_args: &[String]) {
+    let sh = |a: &str| openssl(d, &a.split(' ').collect::<Vec<_>>());
+    sh("req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout kbs.key -out kbs.csr -subj /CN=cloak-kbs");
+    std::fs::write(d.join("kbs.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    sh("x509 -req -in kbs.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out kbs.pem -days 2 -extfile kbs.ext");
+    let port = free_port();
+    let mut args = replica_args.to_vec();
+    let at = args.iter().position(|a| a == "--listen").unwrap();
+    args[at + 1] = format!("127.0.0.1:{port}");
+    for (f, v) in [("--tls-cert", "kbs.pem"), ("--tls-key", "kbs.key")] {
+        args.extend([f.to_string(), d.join(v).to_string_lossy().into_owned()]);
+    }
+    let mut r = Replica { port, args, log: d.join("tls-replica.log"), child: None };
+    r.spawn();
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = kbs_client::CaBundle::read(&d.join("ca.pem")).unwrap();
+    let guest = |ca: Option<&kbs_client::CaBundle>| {
+        kbs_client::KbsClient::with_http_client(
+            &url,
+            sample_attester(),
+            kbs_client::ClientConfig::default(),
+            kbs_client::tls::http_client(ca).unwrap(),
+        )
+        .unwrap()
+    };
+    let uri: kbs_client::ResourceUri = "kbs:///default/key/auth".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        match guest(Some(&ca)).get_resource(&uri).await {
+            Ok(v) => break v,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!(
+                "guest over TLS: {}\n{}",
+                report::line(&e),
+                std::fs::read_to_string(d.join("tls-replica.log")).unwrap_or_default()
+            ),
+        }
+    };
+    assert_eq!(&got[..], b"kek-behind-auth");
+    let e = guest(None).get_resource(&uri).await.expect_err("a guest without the CA was served");
+    let text = report::line(&e);
+    assert!(text.contains(&url) && text.contains("unknown issuer"), "{text}");
+    r.kill();
 }
 
 /// etcd with TLS, client certificates required and authentication enabled: migrate
