@@ -1,0 +1,74 @@
+//! A SecureMount client for the VM test (`ci/vm-securemount.sh`): calls a running
+//! `cloak-cdh` the way kata-agent does (the same generated ttRPC service) and
+//! prints one line: `ok`, or `error code=<ttRPC code> <message>` (exit status 1).
+//!
+//! ```text
+//! securemount-client SOCKET VOLUME_TYPE MOUNT_POINT [--flag F]... [NAME=VALUE]...
+//! ```
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use guest_puller::cdh::pb::{api, api_ttrpc};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 3 {
+        eprintln!("usage: securemount-client SOCKET VOLUME_TYPE MOUNT_POINT [--flag F]... [NAME=VALUE]...");
+        return ExitCode::from(2);
+    }
+    let mut req = api::SecureMountRequest::new();
+    req.volume_type = args[1].clone();
+    req.mount_point = args[2].clone();
+    let mut options = HashMap::new();
+    let mut rest = args[3..].iter();
+    while let Some(a) = rest.next() {
+        if a == "--flag" {
+            match rest.next() {
+                Some(f) => req.flags.push(f.clone()),
+                None => {
+                    eprintln!("--flag needs a value");
+                    return ExitCode::from(2);
+                }
+            }
+        } else if let Some((k, v)) = a.split_once('=') {
+            options.insert(k.to_string(), v.to_string());
+        } else {
+            eprintln!("{a:?}: expected NAME=VALUE");
+            return ExitCode::from(2);
+        }
+    }
+    req.options = options;
+    let socket = if args[0].starts_with("unix://") { args[0].clone() } else { format!("unix://{}", args[0]) };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async move {
+        let client = ttrpc::r#async::Client::connect(&socket)
+            .await
+            .map_err(|e| format!("code=TRANSPORT connecting to {socket}: {e}"))?;
+        let c = api_ttrpc::SecureMountServiceClient::new(client);
+        // A format under emulation with cryptsetup's default PBKDF (argon2id,
+        // benchmarked) takes tens of seconds.
+        let ctx = ttrpc::context::with_timeout(Duration::from_secs(600).as_nanos() as i64);
+        c.secure_mount(ctx, &req).await.map_err(|e| match e {
+            ttrpc::Error::RpcStatus(s) => format!("code={:?} {}", s.code(), s.message()),
+            other => format!("code=TRANSPORT {other}"),
+        })
+    });
+    match result {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("error {e}");
+            ExitCode::from(1)
+        }
+    }
+}
