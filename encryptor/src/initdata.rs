@@ -3,27 +3,18 @@
 //! it) and the annotation value kata-runtime reads (base64 of the gzip of the
 //! document's bytes; see `kbs_client::initdata` for the rules and their source).
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use base64::Engine as _;
-use kbs_client::initdata::{Initdata, InitdataError, ANNOTATION, MAX_INITDATA};
+use kbs_client::initdata::{Initdata, InitdataFileError, ANNOTATION};
 
 /// Why `cloak initdata` failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InitdataToolError {
-    #[error("reading {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}")]
-    Invalid {
-        path: String,
-        #[source]
-        source: InitdataError,
-    },
+    /// Reading or parsing the file (its path and what was wrong, once).
+    #[error(transparent)]
+    File(#[from] InitdataFileError),
     #[error("compressing the annotation")]
     Compress(#[source] std::io::Error),
 }
@@ -49,18 +40,9 @@ pub struct InitdataReport {
     pub annotation_value: String,
 }
 
-/// Reads `path` (at most [`MAX_INITDATA`] bytes) and reports on it.
+/// Reads `path` (at most `MAX_INITDATA` bytes) and reports on it.
 pub fn initdata_report(path: &std::path::Path) -> Result<InitdataReport, InitdataToolError> {
-    let shown = path.display().to_string();
-    let read_err = |source| InitdataToolError::Read { path: shown.clone(), source };
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .map_err(read_err)?
-        .take(MAX_INITDATA as u64 + 1)
-        .read_to_end(&mut raw)
-        .map_err(read_err)?;
-    let doc =
-        Initdata::parse(&raw).map_err(|source| InitdataToolError::Invalid { path: shown.clone(), source })?;
+    let doc = Initdata::read_file(path)?;
     Ok(InitdataReport {
         version: doc.version().to_owned(),
         algorithm: doc.algorithm().name(),
@@ -109,6 +91,7 @@ impl InitdataReport {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::io::Read as _;
 
     /// `testdata/initdata/expected.json` was computed with Python's hashlib by
     /// kata-runtime's rules (its README says how).

@@ -158,19 +158,17 @@ pub async fn bind_init_data(hub: &Hub, digest: &[u8]) -> Result<(), AaError> {
     }
     let attester = client(hub)?.attester();
     let tee = attester.tee();
-    let (key, tee_label, field, offset, len) = match tee {
-        // SEV-SNP ATTESTATION_REPORT: HOST_DATA at 0xC0, 32 bytes.
-        Tee::Snp => ("attestation_report", "SNP", "HOST_DATA", 0xC0, 32),
-        // TDX quote v4: 48-byte header, then the TD report body whose MRCONFIGID
-        // follows TEE_TCB_SVN(16) MRSEAM(48) MRSIGNERSEAM(48) SEAM/TD ATTRIBUTES and
-        // XFAM(3x8) MRTD(48): body offset 184.
-        Tee::Tdx => ("quote", "TDX", "MRCONFIGID", 48 + 184, 48),
+    let (key, tee_label, field) = match tee {
+        Tee::Snp => ("attestation_report", "SNP", "HOST_DATA"),
+        Tee::Tdx => ("quote", "TDX", "MRCONFIGID"),
         other => return Err(AaError::InitDataUnsupported(tee_name(other))),
     };
     let v = attester.evidence(&[0u8; 64]).await.map_err(AaError::Evidence)?;
     let bad = || AaError::BadEvidence { tee: tee_label, field };
     let raw = v.get(key).and_then(|r| r.as_str()).ok_or_else(bad)?;
     let raw = BASE64_STANDARD.decode(raw).map_err(|_| bad())?;
+    // Where the field is (SNP report; TDX quote v4 or v5): the guest library's one map.
+    let (offset, len) = kbs_client::attester::initdata_field_range(tee, &raw).ok_or_else(bad)?;
     let actual = raw.get(offset..offset + len).ok_or_else(bad)?;
     let mut expected = vec![0u8; len];
     let n = digest.len().min(len);
