@@ -12,13 +12,17 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::options::{BlockDeviceRequest, MountFlags, SourceType, Target};
+use super::options::{BlockDeviceRequest, KeySpec, MountFlags, SourceType, Target};
 
 /// What the host does for a volume: run a program, mount, link. The real one is
 /// [`RealHost`]; tests pass a recording double.
 pub trait Host: Send + Sync {
     /// Runs `cmd` to completion; `Err` with the program's own stderr words when it fails.
     fn run(&self, cmd: &Cmd<'_>) -> Result<(), RunError>;
+    /// [`Host::run`], returning what the program printed on stdout.
+    fn run_output(&self, cmd: &Cmd<'_>) -> Result<String, RunError>;
+    /// Writes zeros over the 4 KiB block at byte `offset` of `device`, durably.
+    fn zero_block(&self, device: &Path, offset: u64) -> io::Result<()>;
     fn mount(&self, device: &Path, target: &Path, fs: &str, flags: MountFlags) -> io::Result<()>;
     fn unmount(&self, target: &Path) -> io::Result<()>;
     fn symlink(&self, device: &Path, link: &Path) -> io::Result<()>;
@@ -101,6 +105,12 @@ pub enum VolumeError {
         #[source]
         source: RunError,
     },
+    #[error("preparing the superblock blocks of {mapper} for mkfs (integrity volume)")]
+    MkfsPrepare {
+        mapper: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("mounting {mapper} at {mount_point}")]
     Mount {
         mapper: PathBuf,
@@ -141,9 +151,41 @@ pub enum Pbkdf {
     FastForRandomKey,
 }
 
+/// dm-integrity under the LUKS2 volume, as a format sets it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// None: aes-xts alone (confidentiality, no detection of changed sectors).
+    Off,
+    /// HMAC-SHA256 tags with dm-integrity's journal, so data and tag stay consistent
+    /// across a crash: for a volume that outlives the VM (a key from outside).
+    Journaled,
+    /// HMAC-SHA256 tags without the journal: for an ephemeral volume, which a crash
+    /// destroys anyway (its key was only in memory), so the journal's doubled writes
+    /// buy nothing. CoCo's CDH formats every integrity volume this way.
+    Unjournaled,
+}
+
+impl Integrity {
+    /// What `dataIntegrity` and the key's origin ask for.
+    pub fn of(req: &BlockDeviceRequest) -> Self {
+        match (req.integrity, &req.key) {
+            (false, _) => Integrity::Off,
+            (true, KeySpec::Ephemeral) => Integrity::Unjournaled,
+            (true, _) => Integrity::Journaled,
+        }
+    }
+}
+
 /// `cryptsetup luksFormat`: LUKS2, aes-xts-plain64 with a 512-bit key, 4 KiB
 /// sectors, dm-integrity with HMAC-SHA256 when asked; the key on stdin.
-pub fn format_args(device: &Path, integrity: bool, pbkdf: Pbkdf) -> Vec<String> {
+///
+/// An integrity format does not wipe the device (`--integrity-no-wipe`, as CDH): kata
+/// sizes an emptyDir's disk to the host filesystem holding it (terabytes; kata's
+/// docs/Limitations.md), and a wipe writes every sector. Without the wipe a sector
+/// never written has no valid tag and reads as an I/O error; ext4 reads only what it
+/// wrote, once mkfs has written every inode table up front ([`mkfs_args`] adds
+/// `lazy_itable_init=0`).
+pub fn format_args(device: &Path, integrity: Integrity, pbkdf: Pbkdf) -> Vec<String> {
     let mut a: Vec<String> = [
         "luksFormat",
         "--batch-mode",
@@ -156,13 +198,15 @@ pub fn format_args(device: &Path, integrity: bool, pbkdf: Pbkdf) -> Vec<String> 
     ]
     .map(String::from)
     .to_vec();
-    if integrity {
-        // cryptsetup adds the HMAC key (256 bits) to the XTS key itself; a journal
-        // keeps data and tag consistent across a crash. The device is wiped, so
-        // every sector has a valid tag (no I/O errors on never-written blocks).
-        a.extend(["--integrity", "hmac-sha256"].map(String::from));
-    } else {
-        a.extend(["--key-size", "512"].map(String::from));
+    match integrity {
+        // cryptsetup adds the HMAC key (256 bits) to the XTS key itself.
+        Integrity::Journaled => {
+            a.extend(["--integrity", "hmac-sha256", "--integrity-no-wipe"].map(String::from))
+        }
+        Integrity::Unjournaled => a.extend(
+            ["--integrity", "hmac-sha256", "--integrity-no-wipe", "--integrity-no-journal"].map(String::from),
+        ),
+        Integrity::Off => a.extend(["--key-size", "512"].map(String::from)),
     }
     if pbkdf == Pbkdf::FastForRandomKey {
         a.extend(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"].map(String::from));
@@ -184,12 +228,64 @@ pub fn close_args(name: &str) -> Vec<String> {
     vec!["close".to_string(), name.to_string()]
 }
 
-/// `mkfs.<fs> -F -q <opts…> <mapper>`: the caller's options, then cloak's device.
-pub fn mkfs_args(mapper: &Path, opts: &[String]) -> Vec<String> {
+/// `mkfs.<fs> -F -q <opts…> <mapper>`: the caller's options, then cloak's device. On
+/// an integrity volume (not wiped, see [`format_args`]) `lazy_itable_init=0` joins the
+/// caller's `-E` list unless it sets `lazy_itable_init` itself: mke2fs keeps only the
+/// last `-E`, so a second one would drop kata's `lazy_journal_init`.
+pub fn mkfs_args(mapper: &Path, opts: &[String], integrity: Integrity) -> Vec<String> {
     let mut a = vec!["-F".to_string(), "-q".to_string()];
-    a.extend(opts.iter().cloned());
+    let mut opts = opts.to_vec();
+    if integrity != Integrity::Off && !opts.iter().any(|o| o.contains("lazy_itable_init")) {
+        match opts.iter().rposition(|o| o.starts_with("-E")) {
+            Some(i) if opts[i] == "-E" && i + 1 < opts.len() => opts[i + 1].push_str(",lazy_itable_init=0"),
+            Some(i) if opts[i].len() > 2 => opts[i].push_str(",lazy_itable_init=0"),
+            _ => opts.extend(["-E".to_string(), "lazy_itable_init=0".to_string()]),
+        }
+    }
+    a.extend(opts);
     a.push(path_arg(mapper));
     a
+}
+
+/// `mkfs.<fs> -F -n <opts…> <mapper>`: the same filesystem as [`mkfs_args`], planned
+/// and printed, not written.
+pub fn mkfs_plan_args(mapper: &Path, opts: &[String], integrity: Integrity) -> Vec<String> {
+    let mut a = mkfs_args(mapper, opts, integrity);
+    // "-F -q …" → "-F -n …": the plan must be printed.
+    a[1] = "-n".to_string();
+    a
+}
+
+/// The bytes every tag-checked sector is made of on a device that is not wiped.
+const INTEGRITY_SECTOR: u64 = 4096;
+
+/// The 4 KiB blocks mke2fs reads before it writes them, from its `-n` plan: the
+/// primary superblock (1 KiB at byte 1024) and each backup superblock are written as
+/// 1 KiB pieces of a 4 KiB sector, so the sector is read first, and on an integrity
+/// volume that was not wiped that read is an I/O error. CoCo's CDH zeroes the same
+/// blocks (`format_integrity_compatible`), learning them from a plan without the
+/// caller's options; this one plans with them. `None` when the plan does not say.
+pub fn superblock_sectors(plan: &str) -> Option<Vec<u64>> {
+    // "Creating filesystem with 8192 4k blocks and 2048 inodes"
+    let block_size: u64 = plan.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("Creating filesystem with ")?;
+        let size = rest.split_whitespace().nth(1)?.strip_suffix('k')?;
+        size.parse::<u64>().ok()?.checked_mul(1024)
+    })?;
+    let mut sectors = vec![0u64];
+    if let Some(at) = plan.find("Superblock backups stored on blocks:") {
+        let list = &plan[at + "Superblock backups stored on blocks:".len()..];
+        // The list runs over indented lines up to the first blank line.
+        let list = list.split("\n\n").next().unwrap_or(list);
+        for tok in list.split([',', ' ', '\t', '\n', '\r']).filter(|t| !t.is_empty()) {
+            let block: u64 = tok.parse().ok()?;
+            let byte = block.checked_mul(block_size)?;
+            sectors.push(byte - byte % INTEGRITY_SECTOR);
+        }
+    }
+    sectors.sort_unstable();
+    sectors.dedup();
+    Some(sectors)
 }
 
 fn path_arg(p: &Path) -> String {
@@ -232,7 +328,7 @@ pub fn open_volume(
     if req.source == SourceType::Empty {
         let cmd = Cmd {
             program: "cryptsetup",
-            args: format_args(&device, req.integrity, pbkdf),
+            args: format_args(&device, Integrity::of(req), pbkdf),
             stdin: Some(&key),
         };
         host.run(&cmd).map_err(|source| VolumeError::Format { device: device.clone(), source })?;
@@ -257,8 +353,16 @@ pub fn open_volume(
     };
     let target = match &req.target {
         Target::FileSystem { fs, mkfs_opts } => {
+            let integrity = Integrity::of(req);
+            if req.source == SourceType::Empty && integrity != Integrity::Off {
+                prepare_unwiped(host, &mapper, fs.mkfs(), mkfs_opts, integrity).map_err(&undo_open)?;
+            }
             if req.source == SourceType::Empty {
-                let cmd = Cmd { program: fs.mkfs(), args: mkfs_args(&mapper, mkfs_opts), stdin: None };
+                let cmd = Cmd {
+                    program: fs.mkfs(),
+                    args: mkfs_args(&mapper, mkfs_opts, Integrity::of(req)),
+                    stdin: None,
+                };
                 host.run(&cmd)
                     .map_err(|source| undo_open(VolumeError::Mkfs { mapper: mapper.clone(), source }))?;
             }
@@ -283,6 +387,30 @@ pub fn open_volume(
         }
     };
     Ok(OpenVolume { name, device, mount_point: req.mount_point.clone(), target })
+}
+
+/// Zeroes the blocks mke2fs reads on an integrity volume that was not wiped
+/// ([`superblock_sectors`]), so they carry valid tags before mkfs runs.
+fn prepare_unwiped(
+    host: &dyn Host,
+    mapper: &Path,
+    mkfs: &'static str,
+    opts: &[String],
+    integrity: Integrity,
+) -> Result<(), VolumeError> {
+    let plan = Cmd { program: mkfs, args: mkfs_plan_args(mapper, opts, integrity), stdin: None };
+    let out = host
+        .run_output(&plan)
+        .map_err(|source| VolumeError::Mkfs { mapper: mapper.to_path_buf(), source })?;
+    let sectors = superblock_sectors(&out).ok_or_else(|| VolumeError::MkfsPrepare {
+        mapper: mapper.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("{mkfs} -n printed no block size")),
+    })?;
+    for at in sectors {
+        host.zero_block(mapper, at)
+            .map_err(|source| VolumeError::MkfsPrepare { mapper: mapper.to_path_buf(), source })?;
+    }
+    Ok(())
 }
 
 /// Unmounts (or unlinks) and closes `vol`. An unmount that fails (busy) leaves
@@ -310,41 +438,24 @@ pub struct RealHost;
 /// At most this much of a program's stderr is kept for the error.
 const STDERR_CAP: usize = 2048;
 
+/// At most this much of a program's stdout is kept (an mkfs plan is a few lines).
+const STDOUT_CAP: u64 = 64 * 1024;
+
 impl Host for RealHost {
     fn run(&self, cmd: &Cmd<'_>) -> Result<(), RunError> {
-        use std::io::{Read, Write};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(cmd.program)
-            .args(&cmd.args)
-            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("LC_ALL", "C")
-            .spawn()
-            .map_err(|source| RunError::Spawn { program: cmd.program, source })?;
-        if let (Some(secret), Some(mut pipe)) = (cmd.stdin, child.stdin.take()) {
-            // A pipe, not a file: the key exists only in this process and the kernel's
-            // pipe buffer until cryptsetup reads it. Dropping the pipe is its EOF.
-            // A write error (cryptsetup exited early) shows as its exit status below.
-            let _ = pipe.write_all(secret);
-        }
-        let mut stderr = Vec::new();
-        if let Some(err) = child.stderr.take() {
-            let _ = err.take(64 * 1024).read_to_end(&mut stderr);
-        }
-        let status = child.wait().map_err(|source| RunError::Spawn { program: cmd.program, source })?;
-        if status.success() {
-            return Ok(());
-        }
-        let text = String::from_utf8_lossy(&stderr);
-        let text = text.trim();
-        let start = text.len().saturating_sub(STDERR_CAP);
-        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
-        Err(RunError::Failed {
-            program: cmd.program,
-            status: status.to_string(),
-            stderr: text[start..].replace('\n', "; "),
-        })
+        run_capture(cmd, false).map(drop)
+    }
+
+    fn run_output(&self, cmd: &Cmd<'_>) -> Result<String, RunError> {
+        run_capture(cmd, true)
+    }
+
+    fn zero_block(&self, device: &Path, offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        // A whole, aligned page: the page cache writes it without reading it first.
+        let f = std::fs::OpenOptions::new().write(true).open(device)?;
+        f.write_all_at(&[0u8; INTEGRITY_SECTOR as usize], offset)?;
+        f.sync_all()
     }
 
     fn mount(&self, device: &Path, target: &Path, fs: &str, flags: MountFlags) -> io::Result<()> {
@@ -414,6 +525,57 @@ impl Host for RealHost {
     }
 }
 
+/// Runs `cmd`; its stdout when `want_stdout` (else discarded), stderr for the error.
+fn run_capture(cmd: &Cmd<'_>, want_stdout: bool) -> Result<String, RunError> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(cmd.program)
+        .args(&cmd.args)
+        .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(if want_stdout { Stdio::piped() } else { Stdio::null() })
+        .stderr(Stdio::piped())
+        .env("LC_ALL", "C")
+        .spawn()
+        .map_err(|source| RunError::Spawn { program: cmd.program, source })?;
+    if let (Some(secret), Some(mut pipe)) = (cmd.stdin, child.stdin.take()) {
+        // A pipe, not a file: the key exists only in this process and the kernel's
+        // pipe buffer until cryptsetup reads it. Dropping the pipe is its EOF.
+        // A write error (cryptsetup exited early) shows as its exit status below.
+        let _ = pipe.write_all(secret);
+    }
+    // stdout on a thread of its own: a program that fills one pipe while this
+    // side waits on the other would never finish.
+    let out_reader = child.stdout.take().map(|out| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut out = out;
+            let _ = (&mut out).take(STDOUT_CAP).read_to_end(&mut buf);
+            // The rest is drained, not kept: a full pipe would stall the program.
+            let _ = std::io::copy(&mut out, &mut std::io::sink());
+            buf
+        })
+    });
+    let mut stderr = Vec::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = (&mut err).take(64 * 1024).read_to_end(&mut stderr);
+        let _ = std::io::copy(&mut err, &mut std::io::sink());
+    }
+    let stdout = out_reader.and_then(|t| t.join().ok()).unwrap_or_default();
+    let status = child.wait().map_err(|source| RunError::Spawn { program: cmd.program, source })?;
+    if status.success() {
+        return Ok(String::from_utf8_lossy(&stdout).into_owned());
+    }
+    let text = String::from_utf8_lossy(&stderr);
+    let text = text.trim();
+    let start = text.len().saturating_sub(STDERR_CAP);
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    Err(RunError::Failed {
+        program: cmd.program,
+        status: status.to_string(),
+        stderr: text[start..].replace('\n', "; "),
+    })
+}
+
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -465,7 +627,20 @@ mod tests {
         }
     }
 
+    /// What mke2fs 1.47 prints for `-n` on a 256 MiB volume with 4 KiB sectors.
+    const PLAN: &str = "mke2fs 1.47.0 (5-Feb-2023)\n\
+        Creating filesystem with 65536 4k blocks and 16384 inodes\n\
+        Filesystem UUID: 945aab6b-a052-4d5f-8d06-897808af2156\n\
+        Superblock backups stored on blocks: \n\
+        \t32768\n\n";
+
     impl Host for Recorder {
+        fn run_output(&self, cmd: &Cmd<'_>) -> Result<String, RunError> {
+            self.run(cmd).map(|()| PLAN.to_string())
+        }
+        fn zero_block(&self, d: &Path, offset: u64) -> io::Result<()> {
+            self.step(format!("zero {} {offset}", d.display()))
+        }
         fn run(&self, cmd: &Cmd<'_>) -> Result<(), RunError> {
             if let Some(s) = cmd.stdin {
                 self.stdin_seen.lock().expect("stdin").push(s.to_vec());
@@ -529,13 +704,20 @@ mod tests {
 
     #[test]
     fn format_command_line_has_the_settings_and_no_key() {
-        let a = format_args(Path::new("/dev/vdb"), true, Pbkdf::FastForRandomKey).join(" ");
+        let a = format_args(Path::new("/dev/vdb"), Integrity::Unjournaled, Pbkdf::FastForRandomKey).join(" ");
         assert_eq!(
             a,
             "luksFormat --batch-mode --type luks2 --cipher aes-xts-plain64 --sector-size 4096 \
-             --integrity hmac-sha256 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - /dev/vdb"
+             --integrity hmac-sha256 --integrity-no-wipe --integrity-no-journal \
+             --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - /dev/vdb"
         );
-        let a = format_args(Path::new("/dev/vdb"), false, Pbkdf::Default).join(" ");
+        let a = format_args(Path::new("/dev/vdb"), Integrity::Journaled, Pbkdf::Default).join(" ");
+        assert_eq!(
+            a,
+            "luksFormat --batch-mode --type luks2 --cipher aes-xts-plain64 --sector-size 4096 \
+             --integrity hmac-sha256 --integrity-no-wipe --key-file - /dev/vdb"
+        );
+        let a = format_args(Path::new("/dev/vdb"), Integrity::Off, Pbkdf::Default).join(" ");
         assert_eq!(
             a,
             "luksFormat --batch-mode --type luks2 --cipher aes-xts-plain64 --sector-size 4096 \
@@ -547,9 +729,46 @@ mod tests {
         );
         assert_eq!(close_args("m").join(" "), "close m");
         assert_eq!(
-            mkfs_args(Path::new("/dev/mapper/m"), &["-E".into(), "lazy_journal_init".into()]).join(" "),
+            mkfs_args(Path::new("/dev/mapper/m"), &["-E".into(), "lazy_journal_init".into()], Integrity::Off)
+                .join(" "),
             "-F -q -E lazy_journal_init /dev/mapper/m"
         );
+    }
+
+    /// Integrity volumes are not wiped, so mkfs must write every inode table: without
+    /// `lazy_itable_init=0` the kernel's lazy init reads never-written sectors (EIO).
+    #[test]
+    fn mkfs_on_an_unwiped_integrity_volume_initialises_inode_tables() {
+        let m = Path::new("/dev/mapper/m");
+        let args = |opts: &[&str]| {
+            let opts: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
+            mkfs_args(m, &opts, Integrity::Unjournaled).join(" ")
+        };
+        // kata's trusted store: joined to its -E list (mke2fs keeps only the last -E).
+        assert_eq!(
+            args(&["-E", "lazy_journal_init"]),
+            "-F -q -E lazy_journal_init,lazy_itable_init=0 /dev/mapper/m"
+        );
+        assert_eq!(
+            args(&["-Elazy_journal_init"]),
+            "-F -q -Elazy_journal_init,lazy_itable_init=0 /dev/mapper/m"
+        );
+        // kata's emptyDir: no -E yet.
+        assert_eq!(
+            args(&["-O", "^has_journal", "-m", "0"]),
+            "-F -q -O ^has_journal -m 0 -E lazy_itable_init=0 /dev/mapper/m"
+        );
+        // The caller's own choice stands.
+        assert_eq!(args(&["-E", "lazy_itable_init=1"]), "-F -q -E lazy_itable_init=1 /dev/mapper/m");
+    }
+
+    #[test]
+    fn integrity_journal_only_for_volumes_that_outlive_the_vm() {
+        let r = request(&[("dataIntegrity", "true")]);
+        assert_eq!(Integrity::of(&r), Integrity::Unjournaled);
+        let r = request(&[("dataIntegrity", "true"), ("key", "file:///k")]);
+        assert_eq!(Integrity::of(&r), Integrity::Journaled);
+        assert_eq!(Integrity::of(&request(&[])), Integrity::Off);
     }
 
     #[test]
@@ -577,6 +796,75 @@ mod tests {
         assert!(log[0].starts_with("cryptsetup open"), "{log:?}");
         assert!(log[1].starts_with("mount /dev/mapper/cloak-t /mnt/vol ext4"), "{log:?}");
         assert_eq!(log.len(), 2, "{log:?}");
+    }
+
+    /// The VM test found it: on an integrity volume that is not wiped, mke2fs failed
+    /// with "could not read block 0: Input/output error" (it writes the 1 KiB
+    /// superblocks into 4 KiB sectors it must read first). Those sectors are zeroed,
+    /// as mke2fs's own plan (`-n`, same options) names them, before mkfs runs.
+    #[test]
+    fn unwiped_integrity_volume_gets_its_superblock_sectors_zeroed_before_mkfs() {
+        let host = Recorder::default();
+        open(&host, &request(&[("dataIntegrity", "true")])).expect("mount");
+        let log = host.log();
+        let steps: Vec<&str> = log.iter().map(|l| l.split(' ').take(2).last().unwrap_or("")).collect();
+        assert_eq!(
+            steps,
+            [
+                "luksFormat",
+                "open",
+                "-F",
+                "/dev/mapper/cloak-t",
+                "/dev/mapper/cloak-t",
+                "-F",
+                "/dev/mapper/cloak-t"
+            ],
+            "{log:?}"
+        );
+        assert_eq!(log[2], "mkfs.ext4 -F -n -E lazy_journal_init,lazy_itable_init=0 /dev/mapper/cloak-t");
+        assert_eq!(log[3], "zero /dev/mapper/cloak-t 0");
+        assert_eq!(log[4], format!("zero /dev/mapper/cloak-t {}", 32768 * 4096));
+        assert_eq!(log[5], "mkfs.ext4 -F -q -E lazy_journal_init,lazy_itable_init=0 /dev/mapper/cloak-t");
+        // Without integrity the device needs none of it.
+        let host = Recorder::default();
+        open(&host, &request(&[])).expect("mount");
+        assert!(!host.log().iter().any(|l| l.starts_with("zero") || l.contains(" -n ")), "{:?}", host.log());
+    }
+
+    #[test]
+    fn a_failed_superblock_write_closes_the_mapping() {
+        let host = Recorder::failing("zero");
+        let e = open(&host, &request(&[("dataIntegrity", "true")])).expect_err("zeroing fails");
+        assert!(matches!(e, VolumeError::MkfsPrepare { .. }), "{e:?}");
+        assert_eq!(host.log().last().map(String::as_str), Some("cryptsetup close close cloak-t"));
+    }
+
+    #[test]
+    fn superblock_sectors_are_read_from_the_plan() {
+        // mke2fs 1.47.0 on a 300 MiB file: 1 KiB blocks, superblock at byte 1024.
+        let plan = "mke2fs 1.47.0 (5-Feb-2023)\nCreating filesystem with 307200 1k blocks and 76912 inodes\n\
+                    Filesystem UUID: 945aab6b-a052-4d5f-8d06-897808af2156\n\
+                    Superblock backups stored on blocks: \n\t8193, 24577, 40961, 57345, 73729, 204801, 221185\n\n\
+                    Allocating group tables: done\n";
+        let at = superblock_sectors(plan).expect("plan");
+        let want: Vec<u64> = [0, 8193, 24577, 40961, 57345, 73729, 204801, 221185]
+            .iter()
+            .map(|b| b * 1024 / 4096 * 4096)
+            .collect();
+        assert_eq!(at, want);
+        // One group: the primary only.
+        assert_eq!(
+            superblock_sectors("Creating filesystem with 4096 4k blocks and 4096 inodes\n"),
+            Some(vec![0])
+        );
+        // A plan that does not say the block size is not guessed at.
+        assert_eq!(superblock_sectors("mke2fs 1.47.0\n"), None);
+        assert_eq!(
+            superblock_sectors(
+                "Creating filesystem with 9 4k blocks\nSuperblock backups stored on blocks: x\n"
+            ),
+            None
+        );
     }
 
     #[test]
