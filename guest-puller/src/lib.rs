@@ -16,5 +16,6 @@ pub mod overlay;
 pub mod policy;
 pub mod progress;
 pub mod pull;
+pub mod registry_access;
 pub mod signatures;
 pub mod store;

@@ -15,6 +15,7 @@ use guest_puller::keys::{KeySources, Keys};
 use guest_puller::policy::PullPolicy;
 use guest_puller::progress::{Bars, JsonLines, ProgressSink, Quiet};
 use guest_puller::pull::{pull, PullOptions};
+use guest_puller::registry_access::{ConfSource, RegistryAccess, Source};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,9 +79,26 @@ struct Cli {
     /// Registry credentials USER[:PASSWORD].
     #[arg(long, value_name = "USER[:PASS]")]
     creds: Option<String>,
-    /// Registry auth file (auth.json / config.json).
+    /// Registry auth file (containers-auth.json): a file, or a kbs:///REPO/TYPE/TAG
+    /// resource fetched after attestation (needs --kbs) and kept in memory only.
+    #[arg(long, value_name = "FILE|kbs:///R/T/TAG")]
+    authfile: Option<String>,
+    /// containers-registries.conf (version 2): blocked registries, mirrors (tried in
+    /// order before the registry; a digest resolved on one is what every later
+    /// request must match), prefix remaps, insecure (plain HTTP) registries.
     #[arg(long, value_name = "FILE")]
-    authfile: Option<PathBuf>,
+    registries_conf: Option<PathBuf>,
+    /// Extra CA roots for registries, as skopeo's --cert-dir: DIR/*.crt for every
+    /// registry, DIR/HOST:PORT/*.crt for that registry.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// HTTP proxy for registry requests (https registries through CONNECT), instead
+    /// of the proxy environment variables; the KBS is never reached through it.
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
+    /// With --proxy: hosts, .domains, IPs and CIDRs reached directly, comma-separated.
+    #[arg(long, value_name = "LIST", requires = "proxy")]
+    no_proxy: Option<String>,
     /// Registry connect timeout (TCP and TLS).
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
     registry_connect_timeout: Duration,
@@ -198,6 +216,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kbs_cert: cli.kbs_cert.clone(),
         })?;
         let signature_check = signature_check(&cli, keys.kbs.clone()).await?;
+        let mut source = source_options(&cli);
+        registry_access(&cli)?
+            .load_into(&mut source, keys.kbs.as_ref())
+            .await
+            .context("loading the registry settings")?;
         let opts = PullOptions {
             image,
             bundle: cli.bundle_dir.clone(),
@@ -206,7 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             platform,
             store: cli.store.clone(),
             store_link,
-            source: source_options(&cli),
+            source,
             max_concurrent_layers: cli.max_concurrent_layers,
             extract: extract_options(&cli),
             progress,
@@ -255,11 +278,40 @@ fn extract_options(cli: &Cli) -> ExtractOptions {
     }
 }
 
-/// Registry access: credentials, auth file, TLS, timeouts.
+/// --authfile, --registries-conf, --cert-dir and --proxy, checked (files are read
+/// at the pull, a kbs:/// auth file after attestation).
+fn registry_access(cli: &Cli) -> anyhow::Result<RegistryAccess> {
+    let auth = match &cli.authfile {
+        Some(a) => {
+            let src = Source::parse(a).map_err(anyhow::Error::msg).context("--authfile")?;
+            if matches!(src, Source::Kbs(_)) && cli.kbs.is_none() {
+                anyhow::bail!("--authfile {a} is a KBS resource: it needs --kbs URL");
+            }
+            Some(src)
+        }
+        None => None,
+    };
+    let mut roots = oci::TlsRoots::default();
+    if let Some(d) = &cli.cert_dir {
+        roots.set_cert_dir(d).context("--cert-dir")?;
+    }
+    let proxy = cli.proxy.as_ref().map(|p| oci::ProxyConfig {
+        https_proxy: Some(p.clone()),
+        http_proxy: Some(p.clone()),
+        no_proxy: cli.no_proxy.clone(),
+    });
+    Ok(RegistryAccess {
+        auth,
+        registries_conf: cli.registries_conf.clone().map(|p| ConfSource::Source(Source::File(p))),
+        proxy,
+        roots,
+    })
+}
+
+/// Registry access: credentials, TLS, timeouts.
 fn source_options(cli: &Cli) -> oci::SourceOptions {
     oci::SourceOptions {
         creds: cli.creds.clone(),
-        auth_file: cli.authfile.clone(),
         insecure_plain_http: !cli.src_tls_verify,
         timeouts: oci::RegistryTimeouts {
             connect: cli.registry_connect_timeout,

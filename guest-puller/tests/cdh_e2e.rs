@@ -837,3 +837,99 @@ fn signature_policy_that_cannot_be_loaded_refuses_start_or_the_pull() -> Result<
     cdh.terminate()?;
     Ok(())
 }
+
+/// Issue 24: a private registry as production has them (TLS with a private CA,
+/// htpasswd authentication) behind a real proxy (tinyproxy), reached with
+/// cdh.toml's `[image]` keys as CoCo spells them: the auth.json comes from the
+/// KBS through the daemon's one session at each pull (a replaced one applies at
+/// the next pull), the CA from `extra_root_certificates`, the proxy from
+/// `image_pull_proxy`, which the KBS connection does not use.
+#[test]
+fn private_registry_credentials_from_the_kbs_private_ca_and_proxy_from_cdh_toml() -> Result<()> {
+    let Some(env) = setup()? else { return Ok(()) };
+    let pki = env.dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let ca = test_support::TestCa::new(&pki, "registry")?;
+    let cert = ca.issue("registry", "IP:127.0.0.1")?;
+    let (user, password) = ("cdh-puller", "Cdh-reg-pw-24-never-shown");
+    let Some(private) = Registry::start_private(user, password, &cert) else { return Ok(()) };
+    let Some(proxy) = test_support::Proxy::start() else { return Ok(()) };
+    // The encrypted image goes to the plain registry (cloak encrypt), then to the
+    // private one with skopeo (its credentials from a file, never argv).
+    let image = env.push_encrypted("kbs:///default/image-kek/cdh-private", "cdh/private:v1")?;
+    let auth = |u: &str, p: &str| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        format!(r#"{{"auths":{{"{}":{{"auth":"{b64}"}}}}}}"#, private.host())
+    };
+    let push_auth = env.dir.join("push-auth.json");
+    std::fs::write(&push_auth, auth(user, password))?;
+    let certs = pki.join("certs.d");
+    std::fs::create_dir_all(&certs)?;
+    std::fs::copy(&ca.cert, certs.join("ca.crt"))?;
+    run_ok(
+        Command::new(test_support::skopeo_193().context("skopeo")?)
+            .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-authfile"])
+            .arg(&push_auth)
+            .arg("--dest-cert-dir")
+            .arg(&certs)
+            .arg(format!("docker://{image}"))
+            .arg(private.docker_ref("cdh/private:v1")),
+    )?;
+    let private_image = format!("{}/cdh/private:v1", private.host());
+    const CREDS: &str = "kbs:///default/credential/cdh";
+    env.broker.put_resource(CREDS, auth(user, "Wrong-pw-24-never-shown").as_bytes())?;
+    let toml = env.dir.join("cdh.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[image]\nauthenticated_registry_credentials_uri = \"{CREDS}\"\n\
+             image_pull_proxy = {{ https_proxy = \"{}\" }}\n\
+             extra_root_certificates = ['''{}''']\n",
+            proxy.url(),
+            std::fs::read_to_string(&ca.cert)?
+        ),
+    )?;
+    let cdh = env.cdh(&["-c", &toml.display().to_string()])?;
+    let rt = rt();
+
+    // Wrong password: refused naming the registry, no mount, no password anywhere.
+    assert_pull_refused(
+        &cdh,
+        &rt,
+        &private_image,
+        "wrong",
+        ttrpc::Code::INTERNAL,
+        &[&private.host(), "401", "were refused", CREDS],
+    )?;
+    // The right one, replaced in the KBS: read again at the next pull.
+    env.broker.put_resource(CREDS, auth(user, password).as_bytes())?;
+    let b = cdh.bundle("ok");
+    rt.block_on(pull_image(&cdh.addr(), &private_image, &b))
+        .map_err(|e| anyhow::anyhow!("{e:?}\n{}", cdh.log()))?;
+    ensure!(is_mount_point(&b.join("rootfs")), "rootfs is not a mount");
+    let connects: Vec<String> = proxy.connects();
+    ensure!(
+        connects.iter().any(|l| l.contains(&format!("CONNECT {}", private.host()))),
+        "the registry was not reached through the proxy:\n{}",
+        proxy.log()
+    );
+    let kbs_port = format!(":{}", env.broker.port);
+    ensure!(!proxy.log().contains(&kbs_port), "the KBS went through the image proxy:\n{}", proxy.log());
+    rustix::mount::unmount(b.join("rootfs"), rustix::mount::UnmountFlags::empty())?;
+
+    // No entry for this registry: the 401 says so and where it looked.
+    env.broker.put_resource(CREDS, br#"{"auths":{"other.example":{"auth":"eDp5"}}}"#)?;
+    assert_pull_refused(
+        &cdh,
+        &rt,
+        &private_image,
+        "none",
+        ttrpc::Code::INTERNAL,
+        &["401", &format!("no credentials were found for {}", private.host())],
+    )?;
+    let log = cdh.terminate()?;
+    for secret in [password, "Wrong-pw-24-never-shown"] {
+        ensure!(!log.contains(secret), "a password is in cloak-cdh's log");
+    }
+    Ok(())
+}

@@ -32,6 +32,8 @@ pub enum AuthError {
     },
     #[error("auth file {path}: entry {key:?} has an `auth` field that is not base64 of USER:PASS")]
     BadAuthField { path: PathBuf, key: String },
+    #[error("auth file {path}: {what} is not a JSON object")]
+    NotAnObject { path: PathBuf, what: String },
 }
 
 /// Largest auth file read: real ones are a few KiB; the cap keeps a path such as
@@ -39,17 +41,8 @@ pub enum AuthError {
 pub const MAX_AUTH_FILE: u64 = 4 << 20;
 
 /// Reads an auth file, at most [`MAX_AUTH_FILE`] bytes.
-fn read_auth_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut out = Vec::new();
-    std::fs::File::open(path)?.take(MAX_AUTH_FILE + 1).read_to_end(&mut out)?;
-    if out.len() as u64 > MAX_AUTH_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {MAX_AUTH_FILE} bytes; not an auth file"),
-        ));
-    }
-    Ok(out)
+fn read_auth_file(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    crate::bounded::read_file_capped(path, MAX_AUTH_FILE, "an auth file").map(Zeroizing::new)
 }
 
 /// A secret string (password, token): zeroized on drop, redacted in Debug.
@@ -72,11 +65,13 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A user name and password for a registry.
+/// A user name and password for a registry, and the `identitytoken` (an OAuth2
+/// refresh token for the registry's token service) when the auth file has one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: Secret,
+    pub identity_token: Option<Secret>,
 }
 
 impl fmt::Debug for Credentials {
@@ -84,6 +79,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("identity_token", &self.identity_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -96,7 +92,7 @@ impl Credentials {
         if user.is_empty() {
             return Err(AuthError::EmptyUser);
         }
-        Ok(Credentials { username: user.to_string(), password: Secret::new(pass) })
+        Ok(Credentials { username: user.to_string(), password: Secret::new(pass), identity_token: None })
     }
 }
 
@@ -117,6 +113,148 @@ fn same_host(a: &str, b: &str) -> bool {
     a == b || (hub(a) && hub(b))
 }
 
+/// A containers auth.json held in memory (from a file or a KBS resource): its
+/// usable entries, parsed once. The secrets stay in [`Secret`]s; `origin` (a path
+/// or a `kbs:///` URI) names it in messages, never its content.
+#[derive(Clone)]
+pub struct AuthJson {
+    origin: String,
+    entries: Vec<(String, Credentials)>,
+}
+
+impl fmt::Debug for AuthJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthJson")
+            .field("origin", &self.origin)
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+/// One `auths` entry as credentials, `Ok(None)` when it holds none (an empty
+/// `auth`, a credential helper's placeholder). Never quotes a value.
+fn entry_credentials(
+    key: &str,
+    v: &serde_json::Value,
+    origin: &Path,
+) -> Result<Option<Credentials>, AuthError> {
+    let bad = || AuthError::BadAuthField { path: origin.to_path_buf(), key: key.to_string() };
+    let field = |name: &str| v.get(name).and_then(serde_json::Value::as_str).filter(|s| !s.is_empty());
+    let identity_token = field("identitytoken").map(Secret::new);
+    if let Some(encoded) = field("auth") {
+        let decoded = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?,
+        );
+        let text = std::str::from_utf8(&decoded).map_err(|_| bad())?;
+        let (user, pass) = text.split_once(':').ok_or_else(bad)?;
+        if user.is_empty() {
+            return Err(bad());
+        }
+        return Ok(Some(Credentials {
+            username: user.to_string(),
+            password: Secret::new(pass),
+            identity_token,
+        }));
+    }
+    if let Some(user) = field("username") {
+        let pass = v.get("password").and_then(serde_json::Value::as_str).unwrap_or_default();
+        return Ok(Some(Credentials {
+            username: user.to_string(),
+            password: Secret::new(pass),
+            identity_token,
+        }));
+    }
+    // An identity token alone (a registry's OAuth2 refresh token): the user name
+    // sent with it is the conventional placeholder.
+    Ok(identity_token.map(|t| Credentials {
+        username: "<token>".to_string(),
+        password: Secret::new(""),
+        identity_token: Some(t),
+    }))
+}
+
+impl AuthJson {
+    /// Parses auth.json bytes; `origin` names them in errors. Every entry with
+    /// credentials is checked now, so a bad one fails at load, not at a pull.
+    pub fn parse(json: &[u8], origin: &str) -> Result<Self, AuthError> {
+        let path = Path::new(origin);
+        // Parsed untyped: serde's typed errors quote the offending value, which
+        // here could be a password.
+        let value: serde_json::Value = serde_json::from_slice(json).map_err(|source| AuthError::Json {
+            path: path.to_path_buf(),
+            source: strip_json_error(source),
+        })?;
+        let mut entries = Vec::new();
+        let auths = match value.get("auths") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Object(m)) => Some(m),
+            Some(_) => {
+                return Err(AuthError::NotAnObject { path: path.to_path_buf(), what: "`auths`".into() })
+            }
+        };
+        for (key, v) in auths.into_iter().flatten() {
+            if !v.is_object() {
+                return Err(AuthError::NotAnObject {
+                    path: path.to_path_buf(),
+                    what: format!("entry {key:?}"),
+                });
+            }
+            if let Some(c) = entry_credentials(key, v, path)? {
+                entries.push((key.clone(), c));
+            }
+        }
+        Ok(AuthJson { origin: origin.to_string(), entries })
+    }
+
+    /// Where the file came from (a path or a `kbs:///` URI).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The credentials for `registry`/`repository`, as containers-auth.json(5)
+    /// looks them up: the most specific key first (`host/ns/repo`, then `host/ns`,
+    /// then `host`); legacy `https://host/v1/` keys count as `host`.
+    pub fn lookup(&self, registry: &str, repository: &str) -> Option<&Credentials> {
+        let full = format!("{registry}/{repository}");
+        let mut best: Option<(usize, &Credentials)> = None;
+        for (key, creds) in &self.entries {
+            let k = normalise_key(key);
+            let score = if k.contains('/') && !key.contains("://") {
+                // A namespaced key: must be a path prefix of registry/repository.
+                if full == k || full.starts_with(&format!("{k}/")) {
+                    k.len()
+                } else {
+                    continue;
+                }
+            } else if same_host(host_of(key), registry) {
+                0
+            } else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(s, _)| score > *s) {
+                best = Some((score, creds));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+}
+
+/// A JSON syntax error says where (line, column), never what: its text is kept
+/// only for syntax and EOF errors, which do not quote the input.
+fn strip_json_error(e: serde_json::Error) -> serde_json::Error {
+    use serde::de::Error as _;
+    match e.classify() {
+        serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof
+        | serde_json::error::Category::Io => e,
+        serde_json::error::Category::Data => serde_json::Error::custom(format!(
+            "unexpected content at line {} column {}",
+            e.line(),
+            e.column()
+        )),
+    }
+}
+
 /// Find credentials for `registry`/`repository` in the JSON of an auth file.
 /// A key naming the repository or one of its namespaces (`quay.io/org`) wins over
 /// a key naming just the host, as in containers-auth.json.
@@ -126,55 +264,8 @@ pub fn parse_auth_file(
     repository: &str,
     path: &Path,
 ) -> Result<Option<Credentials>, AuthError> {
-    #[derive(serde::Deserialize)]
-    struct File {
-        #[serde(default)]
-        auths: std::collections::BTreeMap<String, Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        #[serde(default)]
-        auth: Option<String>,
-    }
-    let file: File = serde_json::from_slice(json)
-        .map_err(|source| AuthError::Json { path: path.to_path_buf(), source })?;
-    let full = format!("{registry}/{repository}");
-    // Score: length of the matched path (longer = more specific).
-    let mut best: Option<(usize, &String, &Entry)> = None;
-    for (key, entry) in &file.auths {
-        let k = normalise_key(key);
-        let score = if k.contains('/') && !key.contains("://") {
-            // A namespaced key: must be a path prefix of registry/repository.
-            let matches = full == k || full.starts_with(&format!("{k}/"));
-            if matches {
-                k.len()
-            } else {
-                continue;
-            }
-        } else if same_host(host_of(key), registry) {
-            0
-        } else {
-            continue;
-        };
-        if entry.auth.as_deref().is_some_and(|a| !a.is_empty())
-            && best.as_ref().is_none_or(|(s, _, _)| score > *s)
-        {
-            best = Some((score, key, entry));
-        }
-    }
-    let Some((_, key, entry)) = best else {
-        return Ok(None);
-    };
-    let bad = || AuthError::BadAuthField { path: path.to_path_buf(), key: key.clone() };
-    let encoded = entry.auth.as_deref().unwrap_or_default();
-    let decoded =
-        Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?);
-    let text = std::str::from_utf8(&decoded).map_err(|_| bad())?;
-    let (user, pass) = text.split_once(':').ok_or_else(bad)?;
-    if user.is_empty() {
-        return Err(bad());
-    }
-    Ok(Some(Credentials { username: user.to_string(), password: Secret::new(pass) }))
+    let file = AuthJson::parse(json, &path.display().to_string())?;
+    Ok(file.lookup(registry, repository).cloned())
 }
 
 /// The auth files consulted when none is given, in order.
@@ -203,28 +294,64 @@ pub fn resolve_credentials(
     creds: Option<&str>,
     auth_file: Option<&Path>,
 ) -> Result<Option<Credentials>, AuthError> {
+    Ok(lookup_credentials(registry, repository, creds, None, auth_file)?.credentials)
+}
+
+/// The credentials found for one registry location, and where they were looked
+/// for (for a 401's message; never their value).
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub credentials: Option<Credentials>,
+    /// `--creds`, the auth file's path or `kbs:///` URI, or the default files.
+    pub searched: String,
+}
+
+/// [`resolve_credentials`] with an in-memory auth file (`auth_json`, e.g. from the
+/// KBS) taking the place of `auth_file`, saying where it looked.
+pub fn lookup_credentials(
+    registry: &str,
+    repository: &str,
+    creds: Option<&str>,
+    auth_json: Option<&AuthJson>,
+    auth_file: Option<&Path>,
+) -> Result<Found, AuthError> {
     if let Some(c) = creds {
-        return Credentials::parse_creds(c).map(Some);
+        return Ok(Found { credentials: Some(Credentials::parse_creds(c)?), searched: "--creds".into() });
     }
-    let read = |path: &Path| -> Result<Option<Vec<u8>>, AuthError> {
-        match read_auth_file(path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(AuthError::Read { path: path.to_path_buf(), source }),
-        }
-    };
+    if let Some(j) = auth_json {
+        return Ok(Found {
+            credentials: j.lookup(registry, repository).cloned(),
+            searched: format!("the auth file {}", j.origin()),
+        });
+    }
     if let Some(p) = auth_file {
         let bytes = read_auth_file(p).map_err(|source| AuthError::Read { path: p.to_path_buf(), source })?;
-        return parse_auth_file(&bytes, registry, repository, p);
+        return Ok(Found {
+            credentials: parse_auth_file(&bytes, registry, repository, p)?,
+            searched: format!("the auth file {}", p.display()),
+        });
     }
-    for p in default_auth_files() {
-        if let Some(bytes) = read(&p)? {
-            if let Some(c) = parse_auth_file(&bytes, registry, repository, &p)? {
-                return Ok(Some(c));
-            }
+    let files = default_auth_files();
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let searched = format!("--creds, --authfile or the default auth files ({})", names.join(", "));
+    for p in files {
+        let bytes = match read_auth_file(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(AuthError::Read { path: p.clone(), source }),
+        };
+        if let Some(c) = parse_auth_file(&bytes, registry, repository, &p)? {
+            return Ok(Found { credentials: Some(c), searched: format!("the auth file {}", p.display()) });
         }
     }
-    Ok(None)
+    Ok(Found { credentials: None, searched })
+}
+
+/// Reads an auth file (at most [`MAX_AUTH_FILE`] bytes) into an [`AuthJson`].
+pub fn load_auth_file(path: &Path) -> Result<AuthJson, AuthError> {
+    let bytes =
+        read_auth_file(path).map_err(|source| AuthError::Read { path: path.to_path_buf(), source })?;
+    AuthJson::parse(&bytes, &path.display().to_string())
 }
 
 #[cfg(test)]
@@ -318,5 +445,46 @@ mod tests {
         assert_eq!(c.password.expose(), "fp");
         let missing = dir.path().join("nope.json");
         assert!(matches!(resolve_credentials("h:1", "r", None, Some(&missing)), Err(AuthError::Read { .. })));
+    }
+
+    #[test]
+    fn username_password_identity_token_and_namespaces() {
+        let json = format!(
+            r#"{{"auths":{{
+                "reg.example:5000":{{"username":"host","password":"ph"}},
+                "reg.example:5000/team":{{"auth":"{}"}},
+                "reg.example:5000/team/app":{{"username":"app","password":"pa","identitytoken":"refresh-tok"}},
+                "tok.example":{{"identitytoken":"only-tok"}}
+            }}}}"#,
+            b64("team:pt")
+        );
+        let f = AuthJson::parse(json.as_bytes(), "kbs:///default/credential/test").unwrap();
+        let user = |reg: &str, repo: &str| f.lookup(reg, repo).map(|c| c.username.clone());
+        assert_eq!(user("reg.example:5000", "team/app").as_deref(), Some("app"));
+        assert_eq!(user("reg.example:5000", "team/app/sub").as_deref(), Some("app"));
+        assert_eq!(user("reg.example:5000", "team/other").as_deref(), Some("team"));
+        assert_eq!(user("reg.example:5000", "teams/x").as_deref(), Some("host"));
+        assert_eq!(user("reg.example:5000", "x").as_deref(), Some("host"));
+        assert_eq!(f.lookup("reg.example:5000", "x").unwrap().password.expose(), "ph");
+        let app = f.lookup("reg.example:5000", "team/app").unwrap();
+        assert_eq!(app.identity_token.as_ref().unwrap().expose(), "refresh-tok");
+        assert!(f.lookup("tok.example", "r").unwrap().identity_token.is_some());
+        let dbg = format!("{f:?} {app:?}");
+        assert!(!dbg.contains("refresh-tok") && !dbg.contains("pa\"") && dbg.contains("kbs:///"), "{dbg}");
+    }
+
+    #[test]
+    fn malformed_auth_files_never_quote_their_values() {
+        for bad in [
+            r#"{"auths":{"h":"hunter2-secret"}}"#,
+            r#"{"auths":"hunter2-secret"}"#,
+            r#"{"auths":{"h":{"auth":"hunter2-secret"}}}"#,
+            r#"{"auths":{"h":{"auth":7}}}, "x": "hunter2-secret"#,
+        ] {
+            let e = AuthJson::parse(bad.as_bytes(), "auth.json").unwrap_err();
+            let line = report::line(&e);
+            assert!(!line.contains("hunter2"), "{line}");
+            assert!(line.contains("auth.json"), "{line}");
+        }
     }
 }

@@ -132,3 +132,19 @@ where
     })
     .boxed()
 }
+
+/// Reads a local file, at most `max` bytes: a configuration file named by a user
+/// (an auth file, a registries.conf) that could be `/dev/zero` or a huge file is
+/// refused rather than read whole. `what` names the expected kind in the error.
+pub fn read_file_capped(path: &std::path::Path, max: u64, what: &str) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes; not {what}"),
+        ));
+    }
+    Ok(out)
+}

@@ -18,6 +18,14 @@ pub enum OciError {
     Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
+    #[error(transparent)]
+    RegistriesConf(#[from] crate::registries_conf::RegistriesConfError),
+    /// A mirror answered a digest-pinned reference with another manifest: the
+    /// pull stops (the mirror is not trusted to serve anything else either).
+    #[error(
+        "the mirror {mirror} served another manifest for {reference}: pinned to {expected}, its manifest hashes to {actual}; refusing it"
+    )]
+    MirrorManifestMismatch { mirror: String, reference: String, expected: Digest, actual: Digest },
     #[error(
         "manifest digest mismatch: {reference} is pinned to {expected} but the manifest hashes to {actual}"
     )]

@@ -53,6 +53,15 @@ pub struct SourceOptions {
     pub insecure_plain_http: bool,
     /// Connect, no-progress and total deadlines of registry requests.
     pub timeouts: crate::RegistryTimeouts,
+    /// An auth file held in memory (e.g. fetched from the KBS); takes the place
+    /// of `auth_file` and the default files. `creds` still wins.
+    pub auth_json: Option<std::sync::Arc<crate::auth::AuthJson>>,
+    /// containers-registries.conf: blocked registries, mirrors, remaps, insecure.
+    pub registries: Option<std::sync::Arc<crate::registries_conf::RegistriesConf>>,
+    /// Extra CA roots for registries.
+    pub roots: crate::transport::TlsRoots,
+    /// The image-pull proxy (`None`: the proxy environment variables).
+    pub proxy: Option<crate::transport::ProxyConfig>,
 }
 
 /// Options for opening a destination.
@@ -68,26 +77,97 @@ pub enum ImageSource {
 /// An image in a registry (as a source or a destination).
 #[derive(Debug)]
 pub struct RegistryImage {
+    /// The client of the location the image is read from (a mirror, a remapped
+    /// location or the registry itself).
     pub client: RegistryClient,
+    /// The reference as the caller gave it (signature policy is checked on this).
     pub reference: RegistryRef,
+    /// Where the image is actually read from (`reference` without a registries.conf).
+    pub location: RegistryRef,
+    /// The top-level manifest, when it was already fetched (and checked) while a
+    /// location was chosen: every later request goes to that location.
+    first: Option<RawManifest>,
 }
 
-fn registry_client(r: &RegistryRef, opts: &SourceOptions, push: bool) -> Result<RegistryClient, OciError> {
-    let credentials = crate::auth::resolve_credentials(
+fn registry_client(
+    r: &RegistryRef,
+    opts: &SourceOptions,
+    push: bool,
+    insecure: bool,
+) -> Result<RegistryClient, OciError> {
+    let found = crate::auth::lookup_credentials(
         &r.registry,
         &r.repository,
         opts.creds.as_deref(),
+        opts.auth_json.as_deref(),
         opts.auth_file.as_deref(),
     )?;
     Ok(RegistryClient::new(
         r,
         RegistryConfig {
-            insecure_plain_http: opts.insecure_plain_http,
-            credentials,
+            insecure_plain_http: opts.insecure_plain_http || insecure,
+            credentials: found.credentials,
             push,
             timeouts: opts.timeouts,
+            credentials_searched: found.searched,
+            roots: opts.roots.clone(),
+            proxy: opts.proxy.clone(),
         },
     )?)
+}
+
+/// Opens `reg` as a source, through registries.conf when given: a blocked
+/// registry is refused before any request; with mirrors, each is asked for the
+/// top-level manifest in order, then the registry; the first that answers is
+/// used for everything else. A mirror whose manifest does not match a pinned
+/// digest stops the pull.
+async fn open_registry_source(reg: &RegistryRef, opts: &SourceOptions) -> Result<RegistryImage, OciError> {
+    let locations = match &opts.registries {
+        Some(conf) => conf.locations(reg)?,
+        None => vec![crate::registries_conf::PullLocation {
+            reference: reg.clone(),
+            insecure: false,
+            mirror: false,
+        }],
+    };
+    let last = locations.len().saturating_sub(1);
+    for (i, loc) in locations.into_iter().enumerate() {
+        let img = RegistryImage {
+            client: registry_client(&loc.reference, opts, false, loc.insecure)?,
+            reference: reg.clone(),
+            location: loc.reference.clone(),
+            first: None,
+        };
+        if i == last && !loc.mirror {
+            // The registry itself (maybe remapped): fetched lazily, as without mirrors.
+            return Ok(img);
+        }
+        let where_ = format!("{}/{}", loc.reference.registry, loc.reference.repository);
+        match registry_manifest(&img, &loc.reference.manifest_reference(), reg.digest.as_ref()).await {
+            Ok(m) => {
+                tracing::info!(mirror = %where_, "pulling from a mirror");
+                return Ok(RegistryImage { first: Some(m), ..img });
+            }
+            Err(OciError::ManifestDigestMismatch { expected, actual, .. }) => {
+                return Err(OciError::MirrorManifestMismatch {
+                    mirror: where_,
+                    reference: format!("{}/{}", reg.registry, reg.repository),
+                    expected,
+                    actual,
+                })
+            }
+            Err(e) if i == last => return Err(e),
+            Err(e) => {
+                tracing::warn!(mirror = %where_, error = %report::Line(&e), "mirror failed; trying the next location")
+            }
+        }
+    }
+    // Unreachable: locations always ends with the registry itself.
+    Err(crate::registries_conf::RegistriesConfError::Invalid {
+        origin: "registries.conf".into(),
+        what: format!("no location for {}/{}", reg.registry, reg.repository),
+    }
+    .into())
 }
 
 /// Fetch a manifest from a registry and check it against `pinned` when given.
@@ -130,10 +210,7 @@ impl ImageSource {
                 layout: OciLayout::open(&l.dir)?,
                 reference: l.clone(),
             })),
-            ImageRef::Registry(reg) => Ok(ImageSource::Registry(RegistryImage {
-                client: registry_client(reg, opts, false)?,
-                reference: reg.clone(),
-            })),
+            ImageRef::Registry(reg) => Ok(ImageSource::Registry(open_registry_source(reg, opts).await?)),
         }
     }
 
@@ -150,10 +227,13 @@ impl ImageSource {
                 }
                 Ok(m)
             }
-            ImageSource::Registry(img) => {
-                registry_manifest(img, &img.reference.manifest_reference(), img.reference.digest.as_ref())
-                    .await
-            }
+            ImageSource::Registry(img) => match &img.first {
+                Some(m) => Ok(m.clone()),
+                None => {
+                    registry_manifest(img, &img.location.manifest_reference(), img.reference.digest.as_ref())
+                        .await
+                }
+            },
         }
     }
 
@@ -284,8 +364,10 @@ impl ImageDest {
                 Ok(ImageDest::Layout(LayoutDest { layout: OciLayout::create(&l.dir)?, reference: l.clone() }))
             }
             ImageRef::Registry(reg) => Ok(ImageDest::Registry(RegistryImage {
-                client: registry_client(reg, opts, true)?,
+                client: registry_client(reg, opts, true, false)?,
                 reference: reg.clone(),
+                location: reg.clone(),
+                first: None,
             })),
         }
     }

@@ -46,8 +46,11 @@ pub mod layout;
 pub mod manifest;
 pub mod media_type;
 pub mod reference;
+pub mod registries_conf;
 pub mod registry;
+pub mod transport;
 
+pub use auth::AuthJson;
 pub use blob::BlobReader;
 pub use bounded::{Deadline, RegistryTimeouts};
 pub use config::{ConfigError, ImageConfig};
@@ -63,4 +66,6 @@ pub use manifest::{
     Platform, PlatformSpec,
 };
 pub use reference::{ImageRef, LayoutRef, RefError, RegistryRef};
+pub use registries_conf::{RegistriesConf, RegistriesConfError};
 pub use registry::{RegistryClient, RegistryConfig, RegistryError, MAX_TOKEN_ANSWER};
+pub use transport::{CertProblem, ProxyConfig, TlsRoots};

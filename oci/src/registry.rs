@@ -64,8 +64,19 @@ pub enum RegistryError {
     },
     #[error("{op} {url}: registry answered {status}: {body}")]
     Status { op: String, url: String, status: u16, body: String },
-    #[error("{op}: {registry} refused the credentials (401){hint}")]
-    Unauthorized { op: String, registry: String, hint: &'static str },
+    /// 401: `hint` says whether credentials were found for the registry, and where
+    /// they were looked for (never their value).
+    #[error("{op}: {registry} answered 401 Unauthorized: {hint}")]
+    Unauthorized { op: String, registry: String, hint: String },
+    /// The registry's TLS certificate was refused.
+    #[error("{op}: the TLS certificate of the registry {registry} was refused: {problem}")]
+    Certificate { op: String, registry: String, problem: crate::transport::CertProblem },
+    #[error("setting up the connection to {registry}")]
+    Transport {
+        registry: String,
+        #[source]
+        source: crate::transport::TransportError,
+    },
     #[error("{op}: access denied by {registry} (403)")]
     Denied { op: String, registry: String },
     #[error("{what} not found in {registry}/{repository}")]
@@ -86,7 +97,7 @@ pub enum RegistryError {
         "the token service {realm} of {registry} refused {} ({status}){hint}",
         if *status == 401 { "the credentials" } else { "access to the repository" }
     )]
-    TokenRefused { registry: String, realm: String, status: u16, hint: &'static str },
+    TokenRefused { registry: String, realm: String, status: u16, hint: String },
     #[error("token request to {realm}: the answer is larger than the {max}-byte limit (real tokens are a few KiB); refusing it")]
     TokenTooLarge { realm: String, max: usize },
     #[error("{op} at {peer}: {deadline} after {limit:?}; check that the registry is reachable and answering, or raise the registry timeouts")]
@@ -120,6 +131,13 @@ pub struct RegistryConfig {
     pub push: bool,
     /// Connect, no-progress and total deadlines.
     pub timeouts: RegistryTimeouts,
+    /// Where credentials were looked for (for a 401's message), e.g. "the auth
+    /// file kbs:///default/credential/test".
+    pub credentials_searched: String,
+    /// Extra CA roots.
+    pub roots: crate::transport::TlsRoots,
+    /// The image-pull proxy; `None`: reqwest's default (the proxy environment variables).
+    pub proxy: Option<crate::transport::ProxyConfig>,
 }
 
 struct Inner {
@@ -130,6 +148,7 @@ struct Inner {
     credentials: Option<Credentials>,
     push: bool,
     timeouts: RegistryTimeouts,
+    credentials_searched: String,
     /// The Authorization header currently in use.
     auth: Mutex<Option<Secret>>,
 }
@@ -164,7 +183,17 @@ impl RegistryClient {
         let base = Url::parse(&format!("{scheme}://{}/", r.api_host())).map_err(|_| {
             RegistryError::Upload(format!("registry host {:?} does not form a URL", r.registry))
         })?;
-        let http = reqwest::Client::builder()
+        let transport = |source| RegistryError::Transport { registry: r.registry.clone(), source };
+        let mut builder = reqwest::Client::builder();
+        let roots = cfg.roots.for_registry(&r.registry).map_err(transport)?;
+        if !roots.is_empty() {
+            builder = builder.tls_certs_merge(roots);
+        }
+        if let Some(p) = cfg.proxy.as_ref() {
+            // Only the configured proxy: not the environment's.
+            builder = p.apply(builder.no_proxy()).map_err(transport)?;
+        }
+        let http = builder
             .user_agent(concat!("cloak/", env!("CARGO_PKG_VERSION")))
             // Without the insecure flag, never follow a redirect to plain HTTP.
             .https_only(!cfg.insecure_plain_http)
@@ -183,6 +212,7 @@ impl RegistryClient {
                 credentials: cfg.credentials,
                 push: cfg.push,
                 timeouts: cfg.timeouts,
+                credentials_searched: cfg.credentials_searched,
                 auth: Mutex::new(None),
             }),
         })
@@ -216,6 +246,13 @@ impl RegistryClient {
         if source.is_connect() && source.is_timeout() {
             let peer = source.url().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
             return self.timeout(op, &peer, Deadline::Connect, self.inner.timeouts.connect);
+        }
+        if let Some(problem) = crate::transport::cert_problem(&source) {
+            return RegistryError::Certificate {
+                op: op.to_string(),
+                registry: self.inner.registry.clone(),
+                problem,
+            };
         }
         // The URL is said once, by this error; reqwest's own text would repeat it.
         RegistryError::Http {
@@ -281,11 +318,7 @@ impl RegistryClient {
                     return Err(RegistryError::Unauthorized {
                         op: op.to_string(),
                         registry: self.inner.registry.clone(),
-                        hint: if self.inner.credentials.is_some() {
-                            ""
-                        } else {
-                            "; no credentials were found: pass --creds USER:PASS or an auth file"
-                        },
+                        hint: self.unauthorized_hint(),
                     })
                 }
                 StatusCode::FORBIDDEN => {
@@ -299,16 +332,28 @@ impl RegistryClient {
         }
     }
 
+    /// What a 401 says about credentials: whether any were found for this
+    /// registry, and where they were looked for.
+    fn unauthorized_hint(&self) -> String {
+        let reg = &self.inner.registry;
+        let searched = &self.inner.credentials_searched;
+        match &self.inner.credentials {
+            Some(c) => format!(
+                "the credentials for {reg} (user {:?}, from {searched}) were refused; check them",
+                c.username
+            ),
+            None => format!("no credentials were found for {reg} in {searched}"),
+        }
+    }
+
     async fn authenticate(&self, op: &str, challenge: &str) -> Result<(), RegistryError> {
         let parsed = Challenge::parse(challenge)?;
         let header = match parsed.scheme.as_str() {
             "basic" => {
-                let c = self.inner.credentials.as_ref().ok_or_else(|| {
-                    RegistryError::Unauthorized {
-                        op: op.to_string(),
-                        registry: self.inner.registry.clone(),
-                        hint: "; the registry wants a user name and password: pass --creds USER:PASS or an auth file",
-                    }
+                let c = self.inner.credentials.as_ref().ok_or_else(|| RegistryError::Unauthorized {
+                    op: op.to_string(),
+                    registry: self.inner.registry.clone(),
+                    hint: self.unauthorized_hint(),
                 })?;
                 basic_header(c)
             }
@@ -344,11 +389,35 @@ impl RegistryClient {
                 q.append_pair("scope", s);
             }
         }
-        let mut rb = self.inner.http.get(url);
-        if let Some(c) = &self.inner.credentials {
-            rb = rb.header(AUTHORIZATION, basic_header_value(c));
-        }
         let token_err = |why: String| RegistryError::Token { realm: realm.to_string(), why };
+        let rb = match self.inner.credentials.as_ref().and_then(|c| c.identity_token.as_ref()) {
+            // An identity token is an OAuth2 refresh token: POSTed to the realm
+            // (distribution's token spec), in the body, never in the URL.
+            Some(refresh) => {
+                let mut form = Url::parse("http://form.invalid/").map_err(|_| token_err("form".into()))?;
+                form.query_pairs_mut()
+                    .append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh.expose())
+                    .append_pair("client_id", "cloak")
+                    .append_pair("service", ch.param("service").unwrap_or_default())
+                    .append_pair("scope", &own);
+                let body = zeroize::Zeroizing::new(form.query().unwrap_or_default().to_string());
+                let mut post = url.clone();
+                post.set_query(None);
+                self.inner
+                    .http
+                    .post(post)
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(body.as_bytes().to_vec())
+            }
+            None => {
+                let mut rb = self.inner.http.get(url);
+                if let Some(c) = &self.inner.credentials {
+                    rb = rb.header(AUTHORIZATION, basic_header_value(c));
+                }
+                rb
+            }
+        };
         let t = self.inner.timeouts;
         let op = "GET token";
         let fetch = async {
@@ -367,10 +436,10 @@ impl RegistryClient {
             };
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                let hint = match (status == StatusCode::UNAUTHORIZED, self.inner.credentials.is_some()) {
-                    (true, true) => "; check the user name and password",
-                    (true, false) => "; no credentials were found: pass --creds USER:PASS or an auth file",
-                    (false, _) => "",
+                let hint = if status == StatusCode::UNAUTHORIZED {
+                    format!(": {}", self.unauthorized_hint())
+                } else {
+                    String::new()
                 };
                 return Err(RegistryError::TokenRefused {
                     registry: self.inner.registry.clone(),

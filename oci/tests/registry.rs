@@ -190,7 +190,9 @@ async fn basic_auth_with_creds_works_and_without_is_refused() {
     assert!(matches!(e, OciError::Registry(RegistryError::Unauthorized { .. })), "{e}");
     assert!(e.to_string().contains("--creds"), "{e}");
     // Issue 27: a 401 names the registry host.
-    assert!(e.to_string().contains(&format!("{} refused the credentials (401)", reg.host())), "{e}");
+    assert!(e.to_string().contains(&format!("{} answered 401 Unauthorized", reg.host())), "{e}");
+    // Issue 24: and says no credentials were found for it.
+    assert!(e.to_string().contains(&format!("no credentials were found for {}", reg.host())), "{e}");
     assert_eq!(report::repeated_clause(&report::line(&e)), None);
 
     // wrong password

@@ -16,6 +16,7 @@ pub type Entry = fn(&[u8]);
 /// Every target that has a library body, by its `cargo fuzz` name.
 pub const ENTRIES: &[(&str, Entry)] = &[
     ("annotations", targets::annotations),
+    ("auth_json", targets::auth_json),
     ("cdh_frame", targets::cdh_frame),
     ("cdh_sealed", targets::cdh_sealed),
     ("decrypt_stream", targets::decrypt_stream),
@@ -30,6 +31,7 @@ pub const ENTRIES: &[(&str, Entry)] = &[
     ("keyprovider_packet", targets::keyprovider_packet),
     ("keyprovider_protocol", targets::keyprovider_protocol),
     ("oci_manifest", targets::oci_manifest),
+    ("registries_conf", targets::registries_conf),
     ("signature_manifest", targets::signature_manifest),
     ("signature_payload", targets::signature_payload),
     ("signature_policy", targets::signature_policy),

@@ -662,3 +662,56 @@ fn initdata_broker(data: &[u8]) {
         assert_eq!(e.reason, Reason::InitdataMismatch);
     }
 }
+
+/// containers-registries.conf (from the KBS, a file or cdh.toml): never a panic;
+/// for a parsed file and any reference, the locations end with the registry
+/// itself (never a mirror) and keep the reference's tag and digest. Input:
+/// `CONF\0REFERENCE`.
+pub fn registries_conf(data: &[u8]) {
+    let (conf, reference) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b"docker://example.com/team/app:v1"[..]),
+    };
+    let Ok(c) = oci::RegistriesConf::parse(conf, "fuzz") else { return };
+    let Ok(oci::ImageRef::Registry(r)) = String::from_utf8_lossy(reference).parse::<oci::ImageRef>() else {
+        return;
+    };
+    if let Ok(locs) = c.locations(&r) {
+        let last = locs.last().expect("at least the registry itself");
+        assert!(!last.mirror, "the registry itself comes last");
+        for l in &locs {
+            assert_eq!(
+                (&l.reference.tag, &l.reference.digest),
+                (&r.tag, &r.digest),
+                "a location keeps tag and digest"
+            );
+            assert!(!l.reference.registry.is_empty() && !l.reference.repository.is_empty());
+        }
+    }
+}
+
+/// containers auth.json (from the KBS or a file): never a panic, and an error
+/// never quotes the file (it may hold passwords). Input: the file's bytes.
+pub fn auth_json(data: &[u8]) {
+    match oci::AuthJson::parse(data, "fuzz") {
+        Ok(f) => {
+            for (reg, repo) in [("docker.io", "library/alpine"), ("127.0.0.1:5000", "a/b/c"), ("", "")] {
+                let _ = f.lookup(reg, repo);
+            }
+        }
+        Err(e) => {
+            let mut line = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                line.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            // A quoted value would show up as a run of the input's own text.
+            if let Ok(text) = std::str::from_utf8(data) {
+                for piece in text.split('"').filter(|p| p.len() >= 12 && !p.contains(['{', '}', ':', ','])) {
+                    assert!(!line.contains(piece), "the error quotes the input: {line}");
+                }
+            }
+        }
+    }
+}

@@ -23,6 +23,7 @@ use guest_puller::cdh::config::{signature_policy_location, socket_path, CdhToml,
 use guest_puller::cdh::hub::{store_location, Hub, HubOptions};
 use guest_puller::cdh::rest::RestOptions;
 use guest_puller::policy::PullPolicy;
+use guest_puller::registry_access::{ConfSource, RegistryAccess, Source};
 use keyprovider::session::KbsConfig;
 
 #[derive(Debug, Parser)]
@@ -87,7 +88,8 @@ struct Cli {
     /// Registry (HOST:PORT) reached over plain HTTP; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
-    /// containers-registries.conf whose `[[registry]]` entries with `insecure = true` are added.
+    /// containers-registries.conf (version 2): blocked registries, mirrors, remaps,
+    /// insecure registries (overrides [image] registry_configuration_uri / registry_config).
     #[arg(long, value_name = "FILE")]
     registries_conf: Option<PathBuf>,
     /// Pull policy (YAML, as cloak-pull --policy).
@@ -199,31 +201,55 @@ fn main() -> ExitCode {
     }
 }
 
-/// `[[registry]] location = "…" insecure = true` entries of a registries.conf.
-fn insecure_from_registries_conf(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = text.parse().with_context(|| format!("{}: not valid TOML", path.display()))?;
-    let mut out = Vec::new();
-    if let Some(regs) = table.get("registry").and_then(|r| r.as_array()) {
-        for r in regs {
-            if r.get("insecure").and_then(|v| v.as_bool()) == Some(true) {
-                let loc =
-                    r.get("location").or_else(|| r.get("prefix")).and_then(|v| v.as_str()).with_context(
-                        || format!("{}: an insecure [[registry]] has no location", path.display()),
-                    )?;
-                out.push(loc.split('/').next().unwrap_or(loc).to_owned());
-            }
+/// Where a registry setting comes from, for a daemon that changes directory:
+/// a path made absolute, a `kbs:///` URI as is.
+fn absolute_source(s: &str, what: &str) -> anyhow::Result<Source> {
+    Ok(match Source::parse(s).map_err(anyhow::Error::msg).with_context(|| what.to_owned())? {
+        Source::File(p) => {
+            Source::File(std::path::absolute(&p).with_context(|| format!("{what} {}", p.display()))?)
         }
+        k => k,
+    })
+}
+
+/// Private registries: `--auth-file` / `--registries-conf` over cdh.toml's
+/// `authenticated_registry_credentials_uri` / `registry_configuration_uri` /
+/// `registry_config`, and its `image_pull_proxy`, `skip_proxy_ips`,
+/// `extra_root_certificates`. Files named here are checked now (and read again
+/// at each pull); KBS resources are fetched at each pull.
+fn registry_access(cli: &Cli, toml: &CdhToml) -> anyhow::Result<RegistryAccess> {
+    let auth = match (&cli.auth_file, &toml.registry_credentials) {
+        // --auth-file keeps its old meaning (HubOptions::auth_file), read at the pull.
+        (Some(_), _) => None,
+        (None, Some(uri)) => Some(absolute_source(uri, "[image] authenticated_registry_credentials_uri")?),
+        (None, None) => None,
+    };
+    let registries_conf = match (&cli.registries_conf, &toml.registry_configuration, &toml.registry_config) {
+        (Some(p), _, _) => {
+            oci::RegistriesConf::load(p).context("setting up: --registries-conf")?;
+            Some(ConfSource::Source(absolute_source(&p.display().to_string(), "--registries-conf")?))
+        }
+        (None, Some(uri), _) => {
+            let src = absolute_source(uri, "[image] registry_configuration_uri")?;
+            if let Source::File(p) = &src {
+                oci::RegistriesConf::load(p).context("setting up: [image] registry_configuration_uri")?;
+            }
+            Some(ConfSource::Source(src))
+        }
+        (None, None, Some(conf)) => Some(ConfSource::Inline(Arc::new(conf.clone()))),
+        (None, None, None) => None,
+    };
+    let mut roots = oci::TlsRoots::default();
+    for (i, pem) in toml.extra_root_certificates.iter().enumerate() {
+        roots.add_pem(pem, &format!("[image] extra_root_certificates[{i}]")).context("setting up")?;
     }
-    Ok(out)
+    Ok(RegistryAccess { auth, registries_conf, proxy: toml.image_pull_proxy.clone(), roots })
 }
 
 /// The hub's options: flags over `cdh.toml`.
 fn hub_options(cli: &Cli, toml: &CdhToml) -> anyhow::Result<HubOptions> {
-    let mut insecure = cli.insecure_registries.clone();
-    if let Some(p) = &cli.registries_conf {
-        insecure.extend(insecure_from_registries_conf(p)?);
-    }
+    let insecure = cli.insecure_registries.clone();
+    let registry_access = registry_access(cli, toml)?;
     let policy = match &cli.pull_policy {
         Some(p) => PullPolicy::load(p)?,
         None => PullPolicy::default(),
@@ -288,6 +314,7 @@ fn hub_options(cli: &Cli, toml: &CdhToml) -> anyhow::Result<HubOptions> {
         resource_cache_ttl: Duration::from_secs(cli.resource_cache_secs),
         signature_policy,
         registries_d: cli.registries_d.clone(),
+        registry_access,
     })
 }
 

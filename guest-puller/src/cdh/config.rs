@@ -21,6 +21,15 @@
 //! registry_request_timeout_secs = 120  # total, for manifests, tokens, configs (not layers)
 //! max_decompression_ratio = 100        # unpacked : compressed, checked after the first MiB
 //! max_layer_size = 68719476736         # unpacked bytes per layer (64 GiB)
+//! # private registries: an auth.json (kbs:///..., /path or file:///path), fetched
+//! # through the daemon's one KBS session at each pull and kept in memory only
+//! authenticated_registry_credentials_uri = "kbs:///default/credential/test"
+//! # containers-registries.conf v2 (blocked registries, mirrors, remaps): a URI as
+//! # above, or inline as `registry_config` (a TOML table or string)
+//! registry_configuration_uri = "kbs:///default/registry-configuration/test"
+//! image_pull_proxy = { https_proxy = "http://proxy:3128", no_proxy = "192.168.0.1,.internal" }
+//! skip_proxy_ips = "10.0.0.0/8"                    # added to no_proxy
+//! extra_root_certificates = ["-----BEGIN CERTIFICATE-----..."]  # CAs for registries
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -72,6 +81,17 @@ pub struct CdhToml {
     pub max_decompression_ratio: Option<u64>,
     /// `[image] max_layer_size` (unpacked bytes per layer).
     pub max_layer_size: Option<u64>,
+    /// `[image] authenticated_registry_credentials_uri`: an absolute path or a
+    /// `kbs:///repo/type/tag` URI (as [`signature_policy_location`] returns it).
+    pub registry_credentials: Option<String>,
+    /// `[image] registry_configuration_uri`, the same forms.
+    pub registry_configuration: Option<String>,
+    /// `[image] registry_config`, parsed.
+    pub registry_config: Option<oci::RegistriesConf>,
+    /// `[image] image_pull_proxy` with `skip_proxy_ips` added to its `no_proxy`.
+    pub image_pull_proxy: Option<oci::ProxyConfig>,
+    /// `[image] extra_root_certificates` (PEM strings, each checked).
+    pub extra_root_certificates: Vec<String>,
     /// Keys that were ignored, one line each (logged as warnings at start).
     pub warnings: Vec<String>,
 }
@@ -106,14 +126,6 @@ fn refused_image_key(key: &str) -> Option<&'static str> {
 
 /// Keys of CDH that cloak-cdh does not implement; harmless to ignore, so warned.
 const IGNORED_KEYS: &[&str] = &["credentials"];
-const IGNORED_IMAGE_KEYS: &[&str] = &[
-    "authenticated_registry_credentials_uri",
-    "registry_configuration_uri",
-    "registry_config",
-    "image_pull_proxy",
-    "extra_root_certificates",
-    "skip_proxy_ips",
-];
 
 /// The KBS protocol clients CDH names; cloak speaks `cc_kbc` (Trustee's protocol).
 const KBC_NAMES: &[&str] = &["cc_kbc"];
@@ -249,6 +261,113 @@ impl CdhToml {
                                     out.signature_policy = Some(loc);
                                 }
                             }
+                            "authenticated_registry_credentials_uri" | "registry_configuration_uri" => {
+                                let s = v.as_str().ok_or_else(|| invalid(&full, "must be a string"))?;
+                                if !s.is_empty() {
+                                    let loc = signature_policy_location(s).map_err(|r| invalid(&full, &r))?;
+                                    if !loc.starts_with('/') && !loc.starts_with("kbs:///") {
+                                        return Err(invalid(
+                                            &full,
+                                            "must be an absolute path, file:///PATH or kbs:///REPO/TYPE/TAG",
+                                        ));
+                                    }
+                                    if k == "registry_configuration_uri" {
+                                        out.registry_configuration = Some(loc);
+                                    } else {
+                                        out.registry_credentials = Some(loc);
+                                    }
+                                }
+                            }
+                            "registry_config" => {
+                                let what = format!("{origin} [image] registry_config");
+                                let conf = match v {
+                                    toml::Value::Table(t) => oci::RegistriesConf::from_table(t, &what),
+                                    toml::Value::String(s) if s.is_empty() => continue,
+                                    toml::Value::String(s) => oci::RegistriesConf::parse(s.as_bytes(), &what),
+                                    _ => {
+                                        return Err(invalid(
+                                            &full,
+                                            "must be a registries.conf: a table or a TOML string",
+                                        ))
+                                    }
+                                }
+                                .map_err(|e| invalid(&full, &report::line(&e)))?;
+                                out.registry_config = Some(conf);
+                            }
+                            "image_pull_proxy" => {
+                                let t = v.as_table().ok_or_else(|| {
+                                    invalid(&full, "must be a table { https_proxy, http_proxy, no_proxy }")
+                                })?;
+                                let mut p = out.image_pull_proxy.take().unwrap_or_default();
+                                for (pk, pv) in t {
+                                    let s = pv
+                                        .as_str()
+                                        .ok_or_else(|| invalid(&format!("{full}.{pk}"), "must be a string"))?
+                                        .to_owned();
+                                    match pk.as_str() {
+                                        "https_proxy" | "http_proxy" if !s.is_empty() => {
+                                            let u = reqwest::Url::parse(&s).map_err(|_| {
+                                                invalid(
+                                                    &format!("{full}.{pk}"),
+                                                    "must be a URL (http://HOST:PORT)",
+                                                )
+                                            })?;
+                                            if !matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h")
+                                            {
+                                                return Err(invalid(
+                                                    &format!("{full}.{pk}"),
+                                                    "must be an http://, https:// or socks5:// URL",
+                                                ));
+                                            }
+                                            if pk == "https_proxy" {
+                                                p.https_proxy = Some(s);
+                                            } else {
+                                                p.http_proxy = Some(s);
+                                            }
+                                        }
+                                        "https_proxy" | "http_proxy" => {}
+                                        "no_proxy" => p.no_proxy = Some(join_no_proxy(p.no_proxy.take(), &s)),
+                                        _ => out
+                                            .warnings
+                                            .push(format!("{origin}: unknown key `{full}.{pk}` ignored")),
+                                    }
+                                }
+                                out.image_pull_proxy = Some(p);
+                            }
+                            "skip_proxy_ips" => {
+                                let list = match v {
+                                    toml::Value::String(s) => s.clone(),
+                                    toml::Value::Array(a) => a
+                                        .iter()
+                                        .map(|x| x.as_str().map(str::to_owned))
+                                        .collect::<Option<Vec<_>>>()
+                                        .ok_or_else(|| {
+                                            invalid(&full, "must be a string or a list of strings")
+                                        })?
+                                        .join(","),
+                                    _ => return Err(invalid(&full, "must be a string or a list of strings")),
+                                };
+                                let mut p = out.image_pull_proxy.take().unwrap_or_default();
+                                p.no_proxy = Some(join_no_proxy(p.no_proxy.take(), &list));
+                                out.image_pull_proxy = Some(p);
+                            }
+                            "extra_root_certificates" => {
+                                let list = v
+                                    .as_array()
+                                    .and_then(|a| {
+                                        a.iter()
+                                            .map(|x| x.as_str().map(str::to_owned))
+                                            .collect::<Option<Vec<_>>>()
+                                    })
+                                    .ok_or_else(|| invalid(&full, "must be a list of PEM strings"))?;
+                                let mut roots = oci::TlsRoots::default();
+                                for (i, pem) in list.iter().enumerate() {
+                                    roots
+                                        .add_pem(pem, &format!("{full}[{i}]"))
+                                        .map_err(|e| invalid(&full, &report::line(&e)))?;
+                                }
+                                out.extra_root_certificates = list;
+                            }
                             k if refused_image_key(k).is_some() && !empty => {
                                 let why = refused_image_key(k).unwrap_or_default();
                                 return Err(invalid(
@@ -256,11 +375,9 @@ impl CdhToml {
                                     &format!("{why}; refusing to start rather than pull unchecked"),
                                 ));
                             }
-                            k if IGNORED_IMAGE_KEYS.contains(&k) || refused_image_key(k).is_some() => {
-                                out.warnings.push(format!(
-                                    "{origin}: `{full}` is not supported by cloak-cdh and is ignored"
-                                ))
-                            }
+                            k if refused_image_key(k).is_some() => out.warnings.push(format!(
+                                "{origin}: `{full}` is not supported by cloak-cdh and is ignored"
+                            )),
                             _ => out.warnings.push(format!("{origin}: unknown key `{full}` ignored")),
                         }
                     }
@@ -272,6 +389,15 @@ impl CdhToml {
             }
         }
         Ok(out)
+    }
+}
+
+/// `no_proxy` lists joined with a comma.
+fn join_no_proxy(a: Option<String>, b: &str) -> String {
+    match a.filter(|a| !a.trim().is_empty()) {
+        Some(a) if !b.trim().is_empty() => format!("{a},{b}"),
+        Some(a) => a,
+        None => b.to_owned(),
     }
 }
 
@@ -331,7 +457,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.kbs_url.as_deref(), Some("http://10.0.0.1:8080"));
         assert_eq!(c.max_concurrent_layers, Some(5));
-        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert_eq!(c.registry_credentials.as_deref(), Some("kbs:///default/credential/test"));
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert!(c.warnings.iter().any(|w| w.contains("image.foo")));
     }
 
@@ -426,6 +553,43 @@ mod tests {
         assert_eq!(signature_policy_location("file:///p.json").unwrap(), "/p.json");
         assert!(signature_policy_location("").is_err());
         assert!(signature_policy_location("kbs:///a/b/c/d").is_err());
+    }
+
+    #[test]
+    fn private_registry_keys_are_read_as_coco_spells_them() {
+        let c = CdhToml::parse(
+            "[image]\n\
+             authenticated_registry_credentials_uri = \"file:///etc/auth.json\"\n\
+             registry_configuration_uri = \"kbs:///default/registry-configuration/test\"\n\
+             image_pull_proxy = { https_proxy = \"http://proxy:3128\", no_proxy = \"192.168.0.1,.internal\" }\n\
+             skip_proxy_ips = \"10.0.0.0/8\"\n\
+             [image.registry_config]\n[[image.registry_config.registry]]\nlocation = \"bad.example\"\nblocked = true\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.registry_credentials.as_deref(), Some("/etc/auth.json"));
+        assert_eq!(c.registry_configuration.as_deref(), Some("kbs:///default/registry-configuration/test"));
+        let p = c.image_pull_proxy.unwrap();
+        assert_eq!(p.https_proxy.as_deref(), Some("http://proxy:3128"));
+        assert_eq!(p.no_proxy.as_deref(), Some("192.168.0.1,.internal,10.0.0.0/8"));
+        assert!(c.registry_config.unwrap().registries()[0].blocked);
+        for (text, key) in [
+            (
+                "[image]\nauthenticated_registry_credentials_uri = \"auth.json\"",
+                "authenticated_registry_credentials_uri",
+            ),
+            ("[image]\nregistry_configuration_uri = \"kbs:///a/b\"", "registry_configuration_uri"),
+            ("[image]\nimage_pull_proxy = { https_proxy = \"proxy:3128\" }", "https_proxy"),
+            ("[image]\nextra_root_certificates = [\"hello\"]", "extra_root_certificates[0] holds no PEM"),
+            (
+                "[image]\nregistry_config = \"[[registry]]\\ninsecure = true\"",
+                "neither a prefix nor a location",
+            ),
+        ] {
+            let e = CdhToml::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
     }
 
     #[test]

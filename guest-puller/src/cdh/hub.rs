@@ -25,6 +25,7 @@ use crate::extract::ExtractOptions;
 use crate::policy::PullPolicy;
 use crate::progress::Quiet;
 use crate::pull::{pull, PullError, PullOptions};
+use crate::registry_access::{AccessError, RegistryAccess};
 use crate::signatures::{KbsResources, SignatureCheck, SignatureError};
 use imgsig::verify::RefusalReason;
 use imgsig::{Refusal, ResourceFetcher};
@@ -68,6 +69,9 @@ pub struct HubOptions {
     pub signature_policy: Option<String>,
     /// registries.d directory: lookaside stores of GPG signatures for `signedBy`.
     pub registries_d: Option<PathBuf>,
+    /// Private registries: the auth file (a `kbs:///` one fetched through the
+    /// daemon's KBS session at each pull), registries.conf, proxy, extra CA roots.
+    pub registry_access: RegistryAccess,
 }
 
 /// Where the layer store lives by default: outside kata-agent's bundle root, which
@@ -128,6 +132,7 @@ impl Default for HubOptions {
             resource_cache_ttl: Duration::from_secs(10),
             signature_policy: None,
             registries_d: None,
+            registry_access: RegistryAccess::default(),
         }
     }
 }
@@ -155,6 +160,13 @@ pub enum HubError {
     SignaturePolicy {
         #[source]
         source: SignatureError,
+    },
+    /// The auth file or registries.conf could not be loaded: the pull is refused
+    /// rather than run without them.
+    #[error("the registry settings could not be loaded, so no image is pulled")]
+    RegistryAccess {
+        #[source]
+        source: AccessError,
     },
     #[error(transparent)]
     Sealed(#[from] SealedError),
@@ -214,6 +226,8 @@ pub enum SetupError {
          (--kbs URL or [kbc] url in cdh.toml)"
     )]
     KbsPolicyWithoutKbs { policy: String },
+    #[error("{what} is a KBS resource, but no KBS is configured (--kbs URL or [kbc] url in cdh.toml)")]
+    KbsRegistrySettingsWithoutKbs { what: String },
 }
 
 /// What a failed call means, whatever the transport: [`HubError::kind`] is the one
@@ -251,6 +265,10 @@ impl HubError {
                 SignatureError::Kbs { source, .. } => resource_kind(source),
                 _ => ErrorKind::FailedPrecondition,
             },
+            HubError::RegistryAccess { source: AccessError::Kbs { source, .. } } => {
+                ErrorKind::Kbs(source.kind())
+            }
+            HubError::RegistryAccess { .. } => ErrorKind::FailedPrecondition,
             HubError::Pull(PullError::Signature(SignatureError::Refused(r))) => refusal_kind(r),
             HubError::Pull(_) | HubError::Spec(_) | HubError::Bundle { .. } => ErrorKind::Internal,
             HubError::Sealed(SealedError::BadSignature { .. } | SealedError::UnsignedRefused) => {
@@ -445,6 +463,11 @@ impl Hub {
                 return Err(HubError::Setup(SetupError::KbsPolicyWithoutKbs { policy: p.clone() }));
             }
         }
+        if let Some(what) = opts.registry_access.needs_kbs() {
+            if session.kbs().is_none() {
+                return Err(HubError::Setup(SetupError::KbsRegistrySettingsWithoutKbs { what }));
+            }
+        }
         // Callers of the daemon's socket never make it read guest files (keypath=).
         let keyprovider = KeyProviderCore::new(None, session.kek_unwrapper())
             .with_unwrap_disabled_reason("no KBS is configured (--kbs URL or [kbc] url in cdh.toml)")
@@ -554,11 +577,30 @@ impl Hub {
                 return Err(e);
             }
         };
+        let mut source = oci::SourceOptions {
+            creds: None,
+            auth_file: self.opts.auth_file.clone(),
+            insecure_plain_http: bundle::registry_of(&image)
+                .is_some_and(|r| self.opts.insecure_registries.contains(&r)),
+            timeouts: self.opts.registry_timeouts,
+            ..Default::default()
+        };
+        // Also loaded for every pull (a kbs:/// auth file through the daemon's one
+        // KBS session, held in memory only), before the bundle is touched.
+        if let Err(source) = self.opts.registry_access.load_into(&mut source, self.kbs.as_ref()).await {
+            let e = HubError::RegistryAccess { source };
+            tracing::warn!(
+                image = %image_url,
+                bundle = %bundle_path,
+                error = %e.message(),
+                error_chain = super::chain_field(|| e.chain()),
+                "PullImage refused"
+            );
+            return Err(e);
+        }
         let bundle = bundle::prepare_bundle(&self.opts.bundle_root, &bundle)?;
         let rootfs = bundle.join("rootfs");
         clear_empty_rootfs(&bundle, &rootfs)?;
-        let insecure =
-            bundle::registry_of(&image).is_some_and(|r| self.opts.insecure_registries.contains(&r));
         let had_image_json = bundle.join("image.json").exists();
         let opts = PullOptions {
             image: image_ref,
@@ -568,12 +610,7 @@ impl Hub {
             platform: None,
             store: Some(self.opts.store.clone()),
             store_link: LinkMode::Overlay,
-            source: oci::SourceOptions {
-                creds: None,
-                auth_file: self.opts.auth_file.clone(),
-                insecure_plain_http: insecure,
-                timeouts: self.opts.registry_timeouts,
-            },
+            source,
             max_concurrent_layers: self.opts.max_concurrent_layers,
             extract: ExtractOptions { limits: self.opts.layer_limits, ..Default::default() },
             progress: Arc::new(Quiet),

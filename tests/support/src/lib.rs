@@ -1,7 +1,7 @@
 //! What the tests of every cloak crate share, so each exists once: a free loopback
 //! port and a wait for a listener ([`net`]), child processes that are killed when
 //! dropped or when they run too long ([`process`]), the real peers and the rule for a
-//! missing one ([`peers`]), a private docker-registry ([`registry`]), OCI layout
+//! missing one ([`peers`]), a private docker-registry ([`registry`]), a real HTTP proxy ([`proxy`]), OCI layout
 //! helpers ([`layout`]), a throwaway CA for TLS peers ([`pki`]), and cloak's own built binaries, the broker among them
 //! ([`workspace`], [`broker`]).
 //!
@@ -18,6 +18,7 @@ pub mod net;
 pub mod peers;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod registry;
 pub mod workspace;
 
@@ -27,5 +28,6 @@ pub use net::{free_port, http_get, wait_for_port, HttpAnswer};
 pub use peers::{peers_required, skopeo_118, skopeo_193};
 pub use pki::{ServerCert, TestCa};
 pub use process::{run, run_bounded, run_bounded_ok, run_ok, Daemon, Ran, CMD_LIMIT};
+pub use proxy::Proxy;
 pub use registry::Registry;
 pub use workspace::{bin, target_dir, workspace_root};

@@ -30,28 +30,39 @@ struct Setup {
     htpasswd: Option<String>,
     /// `info` logs one line per request (the access log); `warn` otherwise.
     log_level: &'static str,
+    /// Serve TLS with this certificate and key (PEM files).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Registry {
     /// An anonymous registry, or `None` to skip when docker-registry is missing
     /// outside CI.
     pub fn start() -> Option<Registry> {
-        Self::start_setup(Setup { htpasswd: None, log_level: "warn" })
+        Self::start_setup(Setup { htpasswd: None, log_level: "warn", tls: None })
     }
 
     /// An anonymous registry that logs every request ([`Registry::log`]), so a test
     /// can prove which blobs were fetched.
     pub fn start_with_access_log() -> Option<Registry> {
-        Self::start_setup(Setup { htpasswd: None, log_level: "info" })
+        Self::start_setup(Setup { htpasswd: None, log_level: "info", tls: None })
     }
 
     /// A registry that requires HTTP basic auth for `user`/`pass`, or `None` (skip).
     pub fn start_with_basic_auth(user: &str, pass: &str) -> Option<Registry> {
-        let htpasswd = peer(which("htpasswd"), "htpasswd (apache2-utils)")?;
-        let out = Command::new(htpasswd).args(["-Bbn", user, pass]).output().expect("run htpasswd");
-        assert!(out.status.success(), "htpasswd failed: {out:?}");
-        let line = String::from_utf8(out.stdout).expect("utf8 htpasswd line");
-        Self::start_setup(Setup { htpasswd: Some(line), log_level: "warn" })
+        let line = htpasswd_line(user, pass)?;
+        Self::start_setup(Setup { htpasswd: Some(line), log_level: "warn", tls: None })
+    }
+
+    /// A private registry as production has them: HTTPS with `cert` (issued by a
+    /// test CA), HTTP basic auth for `user`/`pass` (htpasswd), and the access log
+    /// on. `None` (skip) when a peer is missing outside CI.
+    pub fn start_private(user: &str, pass: &str, cert: &crate::pki::ServerCert) -> Option<Registry> {
+        let line = htpasswd_line(user, pass)?;
+        Self::start_setup(Setup {
+            htpasswd: Some(line),
+            log_level: "info",
+            tls: Some((cert.cert.clone(), cert.key.clone())),
+        })
     }
 
     fn start_setup(setup: Setup) -> Option<Registry> {
@@ -74,6 +85,12 @@ impl Registry {
             }
             None => String::new(),
         };
+        let tls = match &setup.tls {
+            Some((cert, key)) => {
+                format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
+            }
+            None => String::new(),
+        };
         let cfg = dir.path().join("config.yml");
         let log_path = dir.path().join("registry.log");
         // Another process may take the free port before the registry binds it: retry.
@@ -82,7 +99,7 @@ impl Registry {
             std::fs::write(
                 &cfg,
                 format!(
-                    "version: 0.1\nlog:\n  level: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                    "version: 0.1\nlog:\n  level: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
                     setup.log_level,
                     data.display()
                 ),
@@ -161,6 +178,23 @@ impl Registry {
         ensure!(a.status == 200, "registry answered {} for {repo}:{reference}", a.status);
         Ok((sha256_digest(&a.body), a.body))
     }
+}
+
+/// A bcrypt htpasswd line for `user`/`pass` (`htpasswd -B`; the password goes
+/// through stdin, never argv), or `None` (skip) without apache2-utils.
+fn htpasswd_line(user: &str, pass: &str) -> Option<String> {
+    use std::io::Write as _;
+    let htpasswd = peer(which("htpasswd"), "htpasswd (apache2-utils)")?;
+    let mut child = Command::new(htpasswd)
+        .args(["-Bin", user])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run htpasswd");
+    child.stdin.take().expect("stdin").write_all(pass.as_bytes()).expect("write to htpasswd");
+    let out = child.wait_with_output().expect("wait for htpasswd");
+    assert!(out.status.success(), "htpasswd failed: {:?}", out.status);
+    Some(String::from_utf8(out.stdout).expect("utf8 htpasswd line"))
 }
 
 /// Readiness: the port accepts connections (startup takes well under a second; the
