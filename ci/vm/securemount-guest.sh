@@ -138,7 +138,9 @@ if [ "$OUT" = ok ] && mounted /mnt/e2; then
     echo 3 > /proc/sys/vm/drop_caches
     ERR=$(cat /mnt/e2/fill 2>&1 >/dev/null)
     case "$ERR" in
-        *"I/O error"*|*"Input/output error"*) ok integrity-flipped-byte-reads-as-eio ;;
+        *"I/O error"*|*"Input/output error"*)
+            ok integrity-flipped-byte-reads-as-eio
+            dmesg | grep -i 'device-mapper' | grep -m 2 -i 'error\|fail' | sed 's/^/VMTEST info kernel: /' ;;
         *) fail integrity-flipped-byte-reads-as-eio "read gave: ${ERR:-no error}" ;;
     esac
     umount /mnt/e2
