@@ -238,7 +238,8 @@ fn pulls_go_through_the_proxy_unless_no_proxy_names_the_registry() -> Result<()>
     // A proxy that is down fails the pull (no silent direct connection).
     drop(proxy);
     let r = p.pull("proxy-down", &base, &image)?;
-    refused(&r, "proxy down");
+    let line = refused(&r, "proxy down");
+    assert!(line.contains(&format!("through the proxy {url}")), "the proxy is not named: {line}");
     Ok(())
 }
 

@@ -55,10 +55,12 @@ pub const MAX_TOKEN_ANSWER: usize = 64 << 10;
 pub enum RegistryError {
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
-    #[error("{op} {url}")]
+    /// `via`: " through the proxy URL" when the proxy could not be used.
+    #[error("{op} {url}{via}")]
     Http {
         op: String,
         url: String,
+        via: String,
         #[source]
         source: reqwest::Error,
     },
@@ -149,6 +151,8 @@ struct Inner {
     push: bool,
     timeouts: RegistryTimeouts,
     credentials_searched: String,
+    /// The proxy requests go through (its URL without user information), if any.
+    proxy: Option<String>,
     /// The Authorization header currently in use.
     auth: Mutex<Option<Secret>>,
 }
@@ -213,6 +217,10 @@ impl RegistryClient {
                 push: cfg.push,
                 timeouts: cfg.timeouts,
                 credentials_searched: cfg.credentials_searched,
+                proxy: cfg.proxy.as_ref().and_then(|p| {
+                    let u = if cfg.insecure_plain_http { &p.http_proxy } else { &p.https_proxy };
+                    u.as_deref().filter(|u| !u.is_empty()).map(crate::transport::redact_url)
+                }),
                 auth: Mutex::new(None),
             }),
         })
@@ -254,10 +262,16 @@ impl RegistryClient {
                 problem,
             };
         }
+        // A failed CONNECT (hyper's "tunnel error") is the proxy's: name it.
+        let via = match &self.inner.proxy {
+            Some(p) if report::line(&source).contains("tunnel") => format!(" through the proxy {p}"),
+            _ => String::new(),
+        };
         // The URL is said once, by this error; reqwest's own text would repeat it.
         RegistryError::Http {
             op: op.to_string(),
             url: source.url().map(|u| u.to_string()).unwrap_or_default(),
+            via,
             source: source.without_url(),
         }
     }
@@ -753,6 +767,7 @@ impl RegistryClient {
             let resp = rb.send().await.map_err(|source| RegistryError::Http {
                 op: op.to_string(),
                 url: patch_url.to_string(),
+                via: String::new(),
                 source: source.without_url(),
             })?;
             if !resp.status().is_success() {
