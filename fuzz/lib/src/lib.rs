@@ -32,6 +32,7 @@ pub const ENTRIES: &[(&str, Entry)] = &[
     ("keyprovider_protocol", targets::keyprovider_protocol),
     ("oci_manifest", targets::oci_manifest),
     ("registries_conf", targets::registries_conf),
+    ("securemount_options", targets::securemount_options),
     ("signature_manifest", targets::signature_manifest),
     ("signature_payload", targets::signature_payload),
     ("signature_policy", targets::signature_policy),

@@ -715,3 +715,45 @@ pub fn auth_json(data: &[u8]) {
         }
     }
 }
+
+/// cloak-cdh's SecureMount `block-device` options (kata-agent's request, or any
+/// caller of the socket): never a panic; a request that parses names an absolute
+/// mount point without `..`, a device, and mkfs options that cannot name a device;
+/// a `key` that is no reference is never quoted back. Input: lines; the first is the
+/// mount point, `-FLAG` lines are flags, the others `NAME=VALUE` options.
+pub fn securemount_options(data: &[u8]) {
+    use guest_puller::cdh::storage::options::{BlockDeviceRequest, DeviceRef, OptionError, Target};
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let mount_point = lines.next().unwrap_or_default();
+    let mut options = std::collections::HashMap::new();
+    let mut flags = Vec::new();
+    for l in lines {
+        if let Some(f) = l.strip_prefix('-') {
+            flags.push(f.to_string());
+        } else if let Some((k, v)) = l.split_once('=') {
+            options.insert(k.to_string(), v.to_string());
+        }
+    }
+    match BlockDeviceRequest::parse(&options, &flags, mount_point) {
+        Ok(r) => {
+            let no_dotdot = |p: &std::path::Path| {
+                p.is_absolute() && !p.components().any(|c| c == std::path::Component::ParentDir)
+            };
+            assert!(no_dotdot(&r.mount_point) && r.mount_point.parent().is_some(), "{r:?}");
+            if let DeviceRef::Path(p) = &r.device {
+                assert!(no_dotdot(p), "{r:?}");
+            }
+            if let Target::FileSystem { mkfs_opts, .. } = &r.target {
+                assert!(mkfs_opts.first().is_none_or(|a| a.starts_with('-')), "{r:?}");
+            }
+        }
+        Err(OptionError::Bad { name: "key", value, .. }) => {
+            let key = options.get("key").map(String::as_str).unwrap_or_default();
+            if !["sealed.", "kbs://", "file://"].iter().any(|p| key.starts_with(p)) {
+                assert_eq!(value, "<not shown>", "a key that is no reference was quoted");
+            }
+        }
+        Err(_) => {}
+    }
+}
