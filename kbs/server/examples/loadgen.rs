@@ -2,7 +2,7 @@
 //! production `cloak-kbs` binary.
 //!
 //! `cargo run --release -p cloak-kbs-server --example loadgen -- --url URL
-//! [--concurrency N] [--requests N] REPO/TYPE/TAG`
+//! [--concurrency N] [--requests N] [--kbs-cert CA.pem] REPO/TYPE/TAG`
 
 use clap::Parser;
 
@@ -16,12 +16,16 @@ struct Args {
     concurrency: usize,
     #[arg(long, default_value_t = 1000)]
     requests: usize,
+    /// PEM CA bundle the broker's TLS certificate chains to (an https:// URL).
+    #[arg(long)]
+    kbs_cert: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(loadgen(a.url, a.uri.parse()?, a.concurrency, a.requests))
+    let ca = a.kbs_cert.as_deref().map(kbs_client::CaBundle::read).transpose()?;
+    rt.block_on(loadgen(a.url, a.uri.parse()?, a.concurrency, a.requests, ca))
 }
 
 /// Runs `requests` full attest+fetch cycles (a fresh KBS client, hence a fresh RCAR
@@ -35,6 +39,7 @@ async fn loadgen(
     uri: kbs_client::ResourceUri,
     concurrency: usize,
     requests: usize,
+    ca: Option<kbs_client::CaBundle>,
 ) -> anyhow::Result<()> {
     let opts = kbs_client::AttesterOptions { allow_sample: true, ..Default::default() };
     let att = kbs_client::make_attester(kbs_client::AttesterKind::Sample, &opts)?;
@@ -42,8 +47,9 @@ async fn loadgen(
     let urls: Vec<String> =
         url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
     anyhow::ensure!(!urls.is_empty(), "--url is empty");
-    let pools =
-        (0..concurrency.max(1)).map(|_| kbs_client::client::http_client()).collect::<Result<Vec<_>, _>>()?;
+    let pools = (0..concurrency.max(1))
+        .map(|_| kbs_client::tls::http_client(ca.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
     for http in pools {
