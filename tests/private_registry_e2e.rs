@@ -34,8 +34,10 @@ struct Private {
     reg: Registry,
     /// skopeo's and cloak-pull's `--cert-dir`: `<dir>/127.0.0.1:PORT/ca.crt`.
     cert_dir: PathBuf,
-    /// The CA alone in a directory (`<dir>/ca.crt`, for every registry).
+    /// The CA's certificate (PEM).
     ca_pem: PathBuf,
+    /// The CA, to issue more certificates.
+    ca: TestCa,
     /// Fixtures the test writes (auth files): not scanned for the password.
     fixtures: tempfile::TempDir,
     /// Where cloak-pull writes: scanned for the password.
@@ -52,7 +54,7 @@ impl Private {
         std::fs::create_dir_all(cert_dir.join(reg.host()))?;
         std::fs::copy(&ca.cert, cert_dir.join(reg.host()).join("ca.crt"))?;
         let ca_pem = ca.cert.clone();
-        Ok(Some(Private { reg, cert_dir, ca_pem, fixtures, work: tempfile::tempdir()? }))
+        Ok(Some(Private { reg, cert_dir, ca_pem, ca, fixtures, work: tempfile::tempdir()? }))
     }
 
     /// A fixture file.
@@ -202,6 +204,20 @@ fn the_private_ca_is_needed_and_a_refused_certificate_says_why() -> Result<()> {
     let flat = p.fixtures.path().join("flat");
     std::fs::create_dir_all(&flat)?;
     std::fs::copy(&p.ca_pem, flat.join("ca.crt"))?;
+    // A certificate from the right CA for another name: said so, with the names it lists.
+    let Some(misnamed) =
+        Registry::start_private(USER, PASSWORD, &p.ca.issue("misnamed", "DNS:registry.example.invalid")?)
+    else {
+        return Ok(());
+    };
+    let certs = flat.display().to_string();
+    let line = refused(
+        &p.pull("misnamed", &["--cert-dir", &certs], &misnamed.docker_ref("private/app:v1"))?,
+        "certificate for another name",
+    );
+    for part in [misnamed.host().as_str(), "for another name", "registry.example.invalid"] {
+        assert!(line.contains(part), "{part:?} missing: {line}");
+    }
     for (bundle, dir) in [("flat", flat.clone()), ("per-host", p.cert_dir.clone())] {
         let dir = dir.display().to_string();
         let r = p.pull(bundle, &["--authfile", &auth, "--cert-dir", &dir], &image)?;

@@ -889,8 +889,29 @@ fn private_registry_credentials_from_the_kbs_private_ca_and_proxy_from_cdh_toml(
             std::fs::read_to_string(&ca.cert)?
         ),
     )?;
-    let cdh = env.cdh(&["-c", &toml.display().to_string()])?;
     let rt = rt();
+    // Without extra_root_certificates: refused, saying the CA is unknown and where to add it.
+    let no_ca = env.dir.join("cdh-no-ca.toml");
+    std::fs::write(&no_ca, format!("[image]\nauthenticated_registry_credentials_uri = \"{CREDS}\"\n"))?;
+    let cdh0 = Cdh::start(
+        &env.dir.join("cdh0"),
+        &env.broker.url(),
+        &env.registry.host(),
+        &["-c", &no_ca.display().to_string()],
+    )?;
+    assert_pull_refused(
+        &cdh0,
+        &rt,
+        &private_image,
+        "no-ca",
+        ttrpc::Code::INTERNAL,
+        &[&private.host(), "unknown CA", "extra_root_certificates"],
+    )?;
+    drop(cdh0);
+    let cdh = env.cdh(&["-c", &toml.display().to_string()])?;
+    // The password is in the daemon's memory only: never on its command line.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", cdh.child.id()))?;
+    ensure!(!String::from_utf8_lossy(&cmdline).contains("never-shown"), "a password on the command line");
 
     // Wrong password: refused naming the registry, no mount, no password anywhere.
     assert_pull_refused(
@@ -927,9 +948,20 @@ fn private_registry_credentials_from_the_kbs_private_ca_and_proxy_from_cdh_toml(
         ttrpc::Code::INTERNAL,
         &["401", &format!("no credentials were found for {}", private.host())],
     )?;
-    let log = cdh.terminate()?;
-    for secret in [password, "Wrong-pw-24-never-shown"] {
-        ensure!(!log.contains(secret), "a password is in cloak-cdh's log");
+    // Nor on disk: not in the store, the bundles or anything else the daemon wrote.
+    let cdh_dir = env.dir.join("cdh");
+    for f in list_tree(&cdh_dir) {
+        let p = cdh_dir.join(&f);
+        if p.is_file() && !p.is_symlink() {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            ensure!(
+                !bytes.windows(11).any(|w| w == b"never-shown"),
+                "a password is on disk in {}",
+                p.display()
+            );
+        }
     }
+    let log = cdh.terminate()?;
+    ensure!(!log.contains("never-shown"), "a password is in cloak-cdh's log");
     Ok(())
 }
