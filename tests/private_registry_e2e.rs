@@ -296,6 +296,8 @@ fn mirrors_are_tried_first_but_cannot_change_the_image_and_blocked_registries_ge
         ["--authfile", auth.as_str(), "--cert-dir", certs.as_str(), "--registries-conf", conf.as_str()];
 
     let primary_before = requests(&p.reg.log()).len();
+    // The access log is on: the push shows there, so an absent request is meaningful.
+    assert!(primary_before > 0, "the primary's access log shows no request:\n{}", p.reg.log());
     let r = p.pull("mirrored", &args, &p.reg.docker_ref("private/app:v1"))?;
     ensure!(r.ok(), "pull through the mirror failed: {}", r.describe());
     assert!(!p.rootfs("mirrored").is_empty());
