@@ -181,6 +181,11 @@ fn credentials_from_the_kbs_pull_a_private_encrypted_image_and_401s_say_what_was
     assert!(line.contains(&format!("the credentials for {reg}")) && line.contains("were refused"), "{line}");
     assert!(line.contains(USER), "the user name (not secret) helps: {line}");
 
+    // A kbs:/// auth file needs the KBS.
+    let r = p.pull("no-kbs", &["--authfile", "kbs:///default/credential/test"], &image)?;
+    let line = refused(&r, "kbs:/// auth file without --kbs");
+    assert!(line.contains("--kbs URL"), "{line}");
+
     // A missing KBS resource names it.
     let missing = with_auth("kbs:///default/credential/absent");
     let line = refused(&p.pull("absent", &args(&missing), &image)?, "absent auth file");
@@ -310,6 +315,28 @@ fn mirrors_are_tried_first_but_cannot_change_the_image_and_blocked_registries_ge
         requests(&p.reg.log()).len(),
         primary_before,
         "the primary was asked although the mirror answered"
+    );
+
+    // A mirror that is down: the next location (here the registry itself) is used.
+    let dead = p.fixture(
+        "dead-mirror.conf",
+        &format!(
+            "[[registry]]\nprefix = \"{reg}/private\"\nlocation = \"{reg}/private\"\n\
+             [[registry.mirror]]\nlocation = \"127.0.0.1:{port}/private\"\ninsecure = true\n",
+            reg = p.reg.host(),
+            port = free_port()
+        ),
+    )?;
+    let dead = dead.display().to_string();
+    let r = p.pull(
+        "dead-mirror",
+        &["--authfile", &auth, "--cert-dir", &certs, "--registries-conf", &dead],
+        &p.reg.docker_ref("private/app:v1"),
+    )?;
+    ensure!(r.ok(), "a dead mirror was not skipped: {}", r.describe());
+    assert!(
+        requests(&p.reg.log()).len() > primary_before,
+        "the registry was not asked after the dead mirror"
     );
 
     // The mirror now serves another manifest under the pinned digest: refused, and the
