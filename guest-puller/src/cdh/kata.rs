@@ -193,7 +193,20 @@ fn attestation_agent(args: &[String], host: &Host) -> Result<Invocation, String>
 
 /// `[token_configs.kbs] url` of attestation-agent's config.
 fn aa_toml_kbs_url(path: &Path) -> Result<Option<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("-c {}: {e}", path.display()))?;
+    // kata-agent writes it from the init-data (itself at most 1 MiB): read no more.
+    const MAX_AA_TOML: u64 = 1 << 20;
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(|e| format!("-c {}: {e}", path.display()))?,
+            MAX_AA_TOML + 1,
+        ),
+        &mut text,
+    )
+    .map_err(|e| format!("-c {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_AA_TOML {
+        return Err(format!("-c {}: larger than {MAX_AA_TOML} bytes", path.display()));
+    }
     let table: toml::Table =
         text.parse().map_err(|e| format!("-c {}: not valid TOML: {e}", path.display()))?;
     Ok(table
