@@ -317,6 +317,35 @@ fn mirrors_are_tried_first_but_cannot_change_the_image_and_blocked_registries_ge
         "the primary was asked although the mirror answered"
     );
 
+    // The signature policy is checked against the reference as given, not the mirror's
+    // name: a policy admitting only the registry's scope accepts the mirrored pull, one
+    // admitting only the mirror's refuses it.
+    let policy = |name: &str, scope: &str| {
+        p.fixture(
+            name,
+            &format!(
+                r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{scope}":[{{"type":"insecureAcceptAnything"}}]}}}}}}"#
+            ),
+        )
+        .map(|f| f.display().to_string())
+    };
+    let ours = policy("policy-registry.json", &format!("{}/private", p.reg.host()))?;
+    let mut with_policy = args.to_vec();
+    with_policy.extend(["--signature-policy", ours.as_str()]);
+    let r = p.pull("policy-registry", &with_policy, &p.reg.docker_ref("private/app:v1"))?;
+    ensure!(r.ok(), "the registry's scope did not admit the mirrored pull: {}", r.describe());
+    let theirs = policy("policy-mirror.json", &format!("{}/private", mirror.host()))?;
+    let mut with_policy = args.to_vec();
+    with_policy.extend(["--signature-policy", theirs.as_str()]);
+    let line = refused(
+        &p.pull("policy-mirror", &with_policy, &p.reg.docker_ref("private/app:v1"))?,
+        "mirror-scoped policy",
+    );
+    assert!(
+        line.contains(&p.reg.docker_ref("private/app:v1")),
+        "the refusal names another reference: {line}"
+    );
+
     // A mirror that is down: the next location (here the registry itself) is used.
     let dead = p.fixture(
         "dead-mirror.conf",
