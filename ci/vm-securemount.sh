@@ -4,8 +4,9 @@
 # $CLOAK_PEERS_DIR/vm-kernel) under qemu with an initramfs built here from the host's
 # busybox-static, cryptsetup and mkfs.ext4 (with the shared libraries ldd names), the
 # dm-crypt/dm-integrity/virtio modules (and what modules.dep says they need), the real
-# cloak-cdh, cloak-kbs (the guest's KBS, on its loopback) and the securemount-client
-# example. Four raw files are the guest's
+# cloak-cdh, cloak-kbs (the guest's KBS, on its loopback), docker-registry (the guest's
+# registry, on its loopback, serving an image from a read-only disk made here) and the
+# securemount-client example. Four raw files are the guest's
 # virtio disks. The guest's /init is ci/vm/securemount-guest.sh: it runs cloak-cdh and
 # calls SecureMount over its socket as kata-agent does, and reports on the serial
 # console; this script checks that report and the raw disk images. Two boots on the
@@ -77,6 +78,12 @@ fi
 strip -o "$R/usr/bin/cloak-cdh" "$CDH"; copy_libs "$CDH"
 strip -o "$R/usr/bin/securemount-client" "$CLIENT"; copy_libs "$CLIENT"
 strip -o "$R/usr/bin/cloak-kbs" "$KBS"; copy_libs "$KBS"
+REGISTRY_BIN=/usr/bin/docker-registry
+[ -x "$REGISTRY_BIN" ] || die "$REGISTRY_BIN not found (run ci/install-peers.sh)"
+cp "$REGISTRY_BIN" "$R/usr/bin/docker-registry"; copy_libs "$REGISTRY_BIN"
+printf '%s\n' 'version: 0.1' 'log: {level: warn}' 'storage:' '  filesystem: {rootdirectory: /srv/registry}' \
+    '  maintenance:' '    uploadpurging: {enabled: false}' '    readonly: {enabled: true}' \
+    'http: {addr: "127.0.0.1:5000"}' > "$R/etc/cloak-registry.yml"
 # glibc's loader path is /lib64 on x86_64.
 if [ -e /lib64/ld-linux-x86-64.so.2 ] && [ ! -e "$R/lib64/ld-linux-x86-64.so.2" ]; then
     mkdir -p "$R/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$R/lib64/"
@@ -108,7 +115,7 @@ add_mod() { # module path as in modules.dep
 }
 # The kernel cannot autoload crypto modules here (no modprobe in the guest): every algorithm
 # LUKS2 aes-xts-plain64 (+ hmac-sha256) uses that is not built in is loaded up front.
-for m in virtio_pci virtio_blk dm-mod dm-crypt dm-integrity ecb xts authenc af_alg algif_skcipher algif_hash; do
+for m in virtio_pci virtio_blk dm-mod dm-crypt dm-integrity ecb xts authenc af_alg algif_skcipher algif_hash overlay; do
     p=$(mod_path "$m")
     if [ -z "$p" ]; then log "module $m: built in"; continue; fi
     add_mod "$p"
@@ -130,6 +137,21 @@ truncate -s 64M "$WORK/vda.img"
 truncate -s 32M "$WORK/vdb.img"
 truncate -s 32M "$WORK/vdc.img"
 truncate -s 32M "$WORK/vdd.img"
+# vde: a registry's storage holding testdata's three-layer image as 127.0.0.1:5000/cloak/plain:v1,
+# filled by the host's docker-registry and skopeo, as an ext4 image the guest mounts read-only.
+REG=$WORK/registry
+mkdir -p "$REG/data"
+REG_PORT=$(( 20000 + RANDOM % 20000 ))
+printf '%s\n' 'version: 0.1' 'log: {level: warn}' "storage: {filesystem: {rootdirectory: $REG/data}}" \
+    "http: {addr: \"127.0.0.1:$REG_PORT\"}" > "$REG/config.yml"
+"$REGISTRY_BIN" serve "$REG/config.yml" > "$REG/log" 2>&1 &
+REG_PID=$!
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$REG_PORT/v2/" >/dev/null && break; sleep 0.1; done
+skopeo copy -q --dest-tls-verify=false "oci:$REPO/testdata/golden/three-layers/plain-oci:v1" \
+    "docker://127.0.0.1:$REG_PORT/cloak/plain:v1" || { kill "$REG_PID"; cat "$REG/log" >&2; die "skopeo copy into the host registry failed"; }
+kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true
+truncate -s 16M "$WORK/vde.img"
+"$MKFS" -q -F -d "$REG/data" "$WORK/vde.img"
 
 ACCEL=(-accel tcg -cpu max)
 if [ -w /dev/kvm ] && grep -qE 'vmx|svm' /proc/cpuinfo; then ACCEL=(-accel kvm -cpu host); fi
@@ -146,7 +168,8 @@ boot() { # PHASE: boots the guest once; its serial console goes to serial-PHASE.
         -drive "file=$WORK/vda.img,format=raw,if=virtio,cache=unsafe" \
         -drive "file=$WORK/vdb.img,format=raw,if=virtio,cache=unsafe" \
         -drive "file=$WORK/vdc.img,format=raw,if=virtio,cache=unsafe" \
-        -drive "file=$WORK/vdd.img,format=raw,if=virtio,cache=unsafe"
+        -drive "file=$WORK/vdd.img,format=raw,if=virtio,cache=unsafe" \
+        -drive "file=$WORK/vde.img,format=raw,if=virtio,readonly=on"
     rc=$?
     set -e
     log "phase $phase: VM ran $(( $(date +%s) - booted )) s (qemu exit $rc)"
@@ -173,6 +196,6 @@ check_raw
 if [ "$FAIL" = 0 ]; then
     log "host: no plaintext marker on the raw disks"
     log "pass in $(( $(date +%s) - started )) s"
-    rm -rf "$WORK"/*.img "$WORK/initramfs.cpio" "$R"
+    rm -rf "$WORK"/*.img "$WORK/initramfs.cpio" "$R" "$REG"
 fi
 exit "$FAIL"

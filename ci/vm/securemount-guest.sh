@@ -9,7 +9,9 @@
 #   vda  kata's ephemeral emptyDir (and the SIGTERM volume)    phase 1
 #   vdb  the same with dataIntegrity=true, a sector flipped    phase 1
 #   vdc  a persistent volume with a kbs:/// key, written in phase 1, reopened in phase 2
-#   vdd  kata's trusted image store (/dev/trusted_store on the image work dir)   phase 1
+#   vdd  kata's trusted image store (/dev/trusted_store on the image work dir), then a
+#        PullImage that unpacks onto it                                            phase 1
+#   vde  read-only: the guest registry's storage (docker-registry on its loopback)
 # The guest has no network: its KBS is the real cloak-kbs on its own loopback (sample
 # evidence), with resources and policies the host put in the initramfs for this run:
 # /etc/cloak/kbs/resources/default/disk/{pvc1,other} (random keys) and
@@ -43,8 +45,8 @@ took() { awk -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.
 step() { t0=$(cut -d' ' -f1 /proc/uptime); }
 
 i=0
-while [ ! -b /dev/vdd ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-[ -b /dev/vdd ] || { fail disks "virtio disks vda..vdd did not appear"; finish; }
+while [ ! -b /dev/vde ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+[ -b /dev/vde ] || { fail disks "virtio disks vda..vde did not appear"; finish; }
 
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 SOCK=/run/cdh.sock
@@ -64,7 +66,8 @@ stop() { kill -TERM "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
 start_cdh() {
     rm -f "$SOCK"
     cloak-cdh --socket "unix://$SOCK" --kbs "$KBS" --attester sample --kbs-timeout 20 \
-        --store /run/cloak-store --log-format text >>"$CDH_LOG" 2>&1 &
+        --store /run/cloak-store --bundle-root /run/kata-containers --insecure-registry 127.0.0.1:5000 \
+        --log-format text >>"$CDH_LOG" 2>&1 &
     CDH_PID=$!
     i=0
     while [ ! -S "$SOCK" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
@@ -159,11 +162,34 @@ WORK_DIR=/run/kata-containers/image/
 sm "$WORK_DIR" "deviceId=$(devid vdd)" sourceType=empty targetType=fileSystem filesystemType=ext4 \
     "mkfsOpts=-E lazy_journal_init" encryptionType=luks2 dataIntegrity=true
 if [ "$OUT" = ok ] && mounted /run/kata-containers/image; then
+    ok "trusted-store-kata-request-mounts-on-work-dir ($(took) s)"
+    # A PullImage after it (kata pulls after cdh_handler_trusted_storage): the layers
+    # unpack onto the encrypted disk, not into guest memory (--store /run/cloak-store).
+    mkdir -p /srv/registry /run/kata-containers/c1
+    mount -o ro /dev/vde /srv/registry
+    docker-registry serve /etc/cloak-registry.yml >/tmp/registry.log 2>&1 &
+    REGISTRY_PID=$!
+    i=0
+    while ! wget -q -O /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    step
+    OUT=$(securemount-client "$SOCK" --pull 127.0.0.1:5000/cloak/plain:v1 /run/kata-containers/c1 2>&1)
+    layers=$(ls "$WORK_DIR/cloak-store/layers/sha256" 2>/dev/null | wc -l)
+    in_ram=$(ls /run/cloak-store/layers/sha256 2>/dev/null | wc -l)
+    case "$OUT" in
+        "ok sha256:"*)
+            if [ "$layers" -ge 3 ] && [ "$in_ram" = 0 ] && grep -q ' /run/kata-containers/c1/rootfs overlay ' /proc/mounts; then
+                ok "pullimage-unpacks-onto-trusted-store ($(took) s; $layers layers on the encrypted disk, none in memory)"
+            else
+                fail pullimage-on-trusted-store "layers on the trusted store: $layers, in memory: $in_ram; $(grep c1/rootfs /proc/mounts)"
+            fi ;;
+        *) fail pullimage-on-trusted-store "$OUT"; cat /tmp/registry.log ;;
+    esac
+    umount /run/kata-containers/c1/rootfs 2>/dev/null
+    stop "$REGISTRY_PID"
+    umount /srv/registry
     echo "$MARKER trusted store" > "$WORK_DIR/marker"
     sync
-    echo 3 > /proc/sys/vm/drop_caches
-    if grep -q "$MARKER trusted store" "$WORK_DIR/marker"; then ok "trusted-store-kata-request-mounts-on-work-dir ($(took) s)"; else fail trusted-store "read back"; fi
-    umount "$WORK_DIR"
+    umount "$WORK_DIR" || fail trusted-store-unmount "$(grep kata-containers /proc/mounts)"
     wait_no_mappings || fail trusted-store-closed "mapping still open"
     if grep -q "$MARKER" /dev/vdd; then fail trusted-store-raw "plaintext marker on /dev/vdd"; fi
 else

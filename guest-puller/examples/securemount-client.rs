@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! securemount-client SOCKET VOLUME_TYPE MOUNT_POINT [--flag F]... [NAME=VALUE]...
+//! securemount-client SOCKET --pull IMAGE BUNDLE_PATH      (ImagePullService.PullImage)
 //! ```
 
 use std::collections::HashMap;
@@ -17,6 +18,9 @@ fn main() -> ExitCode {
     if args.len() < 3 {
         eprintln!("usage: securemount-client SOCKET VOLUME_TYPE MOUNT_POINT [--flag F]... [NAME=VALUE]...");
         return ExitCode::from(2);
+    }
+    if args[1] == "--pull" {
+        return pull(&args);
     }
     let mut req = api::SecureMountRequest::new();
     req.volume_type = args[1].clone();
@@ -40,14 +44,8 @@ fn main() -> ExitCode {
         }
     }
     req.options = options;
-    let socket = if args[0].starts_with("unix://") { args[0].clone() } else { format!("unix://{}", args[0]) };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let socket = socket_addr(&args[0]);
+    let Some(rt) = runtime() else { return ExitCode::from(2) };
     let result = rt.block_on(async move {
         let client = ttrpc::r#async::Client::connect(&socket)
             .await
@@ -56,14 +54,63 @@ fn main() -> ExitCode {
         // A format under emulation with cryptsetup's default PBKDF (argon2id,
         // benchmarked) takes tens of seconds.
         let ctx = ttrpc::context::with_timeout(Duration::from_secs(600).as_nanos() as i64);
-        c.secure_mount(ctx, &req).await.map_err(|e| match e {
-            ttrpc::Error::RpcStatus(s) => format!("code={:?} {}", s.code(), s.message()),
-            other => format!("code=TRANSPORT {other}"),
-        })
+        c.secure_mount(ctx, &req).await.map_err(status_text)
     });
+    report(result.map(|_| "ok".to_string()))
+}
+
+/// `--pull IMAGE BUNDLE_PATH`: prints `ok <manifest digest>`.
+fn pull(args: &[String]) -> ExitCode {
+    let (Some(image), Some(bundle)) = (args.get(2), args.get(3)) else {
+        eprintln!("usage: securemount-client SOCKET --pull IMAGE BUNDLE_PATH");
+        return ExitCode::from(2);
+    };
+    let mut req = api::ImagePullRequest::new();
+    req.image_url = image.clone();
+    req.bundle_path = bundle.clone();
+    let socket = socket_addr(&args[0]);
+    let Some(rt) = runtime() else { return ExitCode::from(2) };
+    let result = rt.block_on(async move {
+        let client = ttrpc::r#async::Client::connect(&socket)
+            .await
+            .map_err(|e| format!("code=TRANSPORT connecting to {socket}: {e}"))?;
+        let c = api_ttrpc::ImagePullServiceClient::new(client);
+        let ctx = ttrpc::context::with_timeout(Duration::from_secs(600).as_nanos() as i64);
+        c.pull_image(ctx, &req).await.map_err(status_text)
+    });
+    report(result.map(|r| format!("ok {}", r.manifest_digest)))
+}
+
+fn socket_addr(s: &str) -> String {
+    if s.starts_with("unix://") {
+        s.to_string()
+    } else {
+        format!("unix://{s}")
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            None
+        }
+    }
+}
+
+fn status_text(e: ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => format!("code={:?} {}", s.code(), s.message()),
+        other => format!("code=TRANSPORT {other}"),
+    }
+}
+
+/// One line: what succeeded, or `error code=… message` (exit status 1).
+fn report(result: Result<String, String>) -> ExitCode {
     match result {
-        Ok(_) => {
-            println!("ok");
+        Ok(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -526,6 +526,12 @@ impl Hub {
         &self.volumes
     }
 
+    /// Where this pull's layers go: kata's trusted image store while one is mounted
+    /// through this daemon (SecureMount on the image work dir), else `--store`.
+    fn layer_store(&self) -> PathBuf {
+        self.volumes.trusted_image_store().unwrap_or_else(|| self.opts.store.clone())
+    }
+
     pub(crate) fn enter(&self) -> Result<InFlightGuard<'_>, HubError> {
         self.inflight.count.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard(&self.inflight);
@@ -608,7 +614,7 @@ impl Hub {
             unwrappers: self.unwrappers.clone(),
             policy: self.opts.policy.clone(),
             platform: None,
-            store: Some(self.opts.store.clone()),
+            store: Some(self.layer_store()),
             store_link: LinkMode::Overlay,
             source,
             max_concurrent_layers: self.opts.max_concurrent_layers,

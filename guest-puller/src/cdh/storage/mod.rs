@@ -33,6 +33,15 @@ const EPHEMERAL_KEY_BYTES: usize = 64;
 /// key is small and a mistaken path should not read a disk image into memory.
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
+/// kata-agent's image work dir (`KATA_IMAGE_WORK_DIR`,
+/// src/agent/src/confidential_data_hub/image.rs), where it has the pod's
+/// `/dev/trusted_store` mounted through SecureMount (rpc.rs, `cdh_handler_trusted_storage`)
+/// before any image of the container is pulled.
+pub const KATA_IMAGE_WORK_DIR: &str = "/run/kata-containers/image";
+
+/// The layer store's directory on the trusted store.
+pub const TRUSTED_STORE_DIR: &str = "cloak-store";
+
 /// How often the reaper looks for volumes whose mount point went away.
 pub const REAP_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -111,6 +120,19 @@ impl Volumes {
     /// The mount points of the volumes open now.
     pub fn mount_points(&self) -> Vec<PathBuf> {
         self.table().iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The layer store on kata's trusted image store, while one is mounted on
+    /// [`KATA_IMAGE_WORK_DIR`] through this daemon: every pull then unpacks onto the
+    /// encrypted disk instead of guest memory. `None` otherwise (the store stays at
+    /// `--store`).
+    pub fn trusted_image_store(&self) -> Option<PathBuf> {
+        let work_dir = std::path::Path::new(KATA_IMAGE_WORK_DIR);
+        let t = self.table();
+        // Path equality is by component: kata's "/run/kata-containers/image/" matches.
+        let v = t.get(work_dir)?.as_ref()?;
+        (v.target == TargetKind::Mounted && self.host.is_mounted(&v.mount_point))
+            .then(|| v.mount_point.join(TRUSTED_STORE_DIR))
     }
 
     /// Closes the volumes whose mount point is gone (unmounted or unlinked by
@@ -200,6 +222,12 @@ impl Volumes {
             Ok(Ok(vol)) => {
                 tracing::info!(mount_point = %vol.mount_point.display(), device = %vol.device.display(),
                     mapping = %vol.name, "secure volume ready");
+                if vol.mount_point == std::path::Path::new(KATA_IMAGE_WORK_DIR)
+                    && vol.target == TargetKind::Mounted
+                {
+                    tracing::info!(store = %vol.mount_point.join(TRUSTED_STORE_DIR).display(),
+                        "kata's trusted image store is mounted: later pulls unpack onto it");
+                }
                 t.insert(mount_point, Some(vol));
                 Ok(())
             }
@@ -295,5 +323,99 @@ impl Hub {
     pub async fn close_volumes(&self) -> usize {
         let v = self.volumes().clone();
         tokio::task::spawn_blocking(move || v.close_all()).await.unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::Path;
+
+    use super::luks::{Cmd, RunError};
+    use super::options::MountFlags;
+    use super::*;
+
+    /// Succeeds at everything; `mounted` is what `is_mounted` says.
+    struct Yes {
+        mounted: bool,
+    }
+
+    impl Host for Yes {
+        fn run(&self, _: &Cmd<'_>) -> Result<(), RunError> {
+            Ok(())
+        }
+        fn run_output(&self, _: &Cmd<'_>) -> Result<String, RunError> {
+            Ok("Creating filesystem with 4096 4k blocks and 4096 inodes\n".into())
+        }
+        fn zero_block(&self, _: &Path, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn mount(&self, _: &Path, _: &Path, _: &str, _: MountFlags) -> io::Result<()> {
+            Ok(())
+        }
+        fn unmount(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+        fn symlink(&self, _: &Path, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+        fn remove_link(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+        fn device_path(&self, _: u32, _: u32) -> io::Result<PathBuf> {
+            Ok("/dev/vdz".into())
+        }
+        fn is_mounted(&self, _: &Path) -> bool {
+            self.mounted
+        }
+    }
+
+    fn trusted_store_request(mount_point: &str) -> BlockDeviceRequest {
+        let o: HashMap<String, String> = [
+            ("deviceId", "252:0"),
+            ("sourceType", "empty"),
+            ("targetType", "fileSystem"),
+            ("filesystemType", "ext4"),
+            ("mkfsOpts", "-E lazy_journal_init"),
+            ("encryptionType", "luks2"),
+            ("dataIntegrity", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        BlockDeviceRequest::parse(&o, &[], mount_point).expect("kata's trusted store request")
+    }
+
+    /// Issue 23: with kata's trusted store mounted on its image work dir, pulls must
+    /// unpack there, not into guest memory; and back at --store once it is gone.
+    #[tokio::test]
+    async fn the_layer_store_follows_kata_trusted_store_while_it_is_mounted() {
+        let v = Arc::new(Volumes::new(Arc::new(Yes { mounted: true })));
+        assert_eq!(v.trusted_image_store(), None);
+        let key = ephemeral_key().expect("key");
+        v.mount(trusted_store_request("/run/kata-containers/image/"), key, Pbkdf::FastForRandomKey)
+            .await
+            .expect("mount");
+        assert_eq!(v.trusted_image_store(), Some(PathBuf::from("/run/kata-containers/image/cloak-store")));
+        // Another secure volume elsewhere does not move the store.
+        let v2 = Arc::new(Volumes::new(Arc::new(Yes { mounted: true })));
+        let key = ephemeral_key().expect("key");
+        v2.mount(
+            trusted_store_request("/run/kata-containers/sandbox/storage/x"),
+            key,
+            Pbkdf::FastForRandomKey,
+        )
+        .await
+        .expect("mount");
+        assert_eq!(v2.trusted_image_store(), None);
+        // Unmounted by kata (not yet reaped): not used.
+        let gone = Arc::new(Volumes::new(Arc::new(Yes { mounted: false })));
+        let key = ephemeral_key().expect("key");
+        gone.mount(trusted_store_request("/run/kata-containers/image"), key, Pbkdf::FastForRandomKey)
+            .await
+            .expect("mount");
+        assert_eq!(gone.trusted_image_store(), None);
+        assert_eq!(v.close_all(), 0);
+        assert_eq!(v.trusted_image_store(), None);
     }
 }
