@@ -22,10 +22,12 @@ pub enum OciError {
     RegistriesConf(#[from] crate::registries_conf::RegistriesConfError),
     /// A mirror answered a digest-pinned reference with another manifest: the
     /// pull stops (the mirror is not trusted to serve anything else either).
+    /// Boxed: it would make every `Result<_, OciError>` larger.
     #[error(
-        "the mirror {mirror} served another manifest for {reference}: pinned to {expected}, its manifest hashes to {actual}; refusing it"
+        "the mirror {} served another manifest for {}: pinned to {}, its manifest hashes to {}; refusing it",
+        .0.mirror, .0.reference, .0.expected, .0.actual
     )]
-    MirrorManifestMismatch { mirror: String, reference: String, expected: Digest, actual: Digest },
+    MirrorManifestMismatch(Box<MirrorMismatch>),
     #[error(
         "manifest digest mismatch: {reference} is pinned to {expected} but the manifest hashes to {actual}"
     )]
@@ -40,4 +42,15 @@ pub enum OciError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What [`OciError::MirrorManifestMismatch`] says.
+#[derive(Debug)]
+pub struct MirrorMismatch {
+    /// `host/repository` of the mirror.
+    pub mirror: String,
+    /// `host/repository` as the caller named it.
+    pub reference: String,
+    pub expected: Digest,
+    pub actual: Digest,
 }

@@ -149,12 +149,12 @@ async fn open_registry_source(reg: &RegistryRef, opts: &SourceOptions) -> Result
                 return Ok(RegistryImage { first: Some(m), ..img });
             }
             Err(OciError::ManifestDigestMismatch { expected, actual, .. }) => {
-                return Err(OciError::MirrorManifestMismatch {
+                return Err(OciError::MirrorManifestMismatch(Box::new(crate::error::MirrorMismatch {
                     mirror: where_,
                     reference: format!("{}/{}", reg.registry, reg.repository),
                     expected,
                     actual,
-                })
+                })))
             }
             Err(e) if i == last => return Err(e),
             Err(e) => {
