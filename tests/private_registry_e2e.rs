@@ -346,6 +346,24 @@ fn mirrors_are_tried_first_but_cannot_change_the_image_and_blocked_registries_ge
         "the refusal names another reference: {line}"
     );
 
+    // A remap: a name that resolves nowhere is pulled from the location its prefix maps to
+    // (credentials and CA looked up for that location).
+    let remap = p.fixture(
+        "remap.conf",
+        &format!(
+            "[[registry]]\nprefix = \"registry.example.invalid/apps\"\nlocation = \"{}/private\"\n",
+            p.reg.host()
+        ),
+    )?;
+    let remap = remap.display().to_string();
+    let r = p.pull(
+        "remapped",
+        &["--authfile", &auth, "--cert-dir", &certs, "--registries-conf", &remap],
+        "docker://registry.example.invalid/apps/app:v1",
+    )?;
+    ensure!(r.ok(), "a remapped pull failed: {}", r.describe());
+    assert!(!p.rootfs("remapped").is_empty());
+
     // A mirror that is down: the next location (here the registry itself) is used.
     let dead = p.fixture(
         "dead-mirror.conf",
