@@ -87,6 +87,7 @@ pub enum Claims {
     Sample(SampleClaims),
     Snp(SnpClaims),
     Tdx(TdxClaims),
+    Cca(crate::verifier::cca::CcaClaims),
 }
 
 impl Claims {
@@ -96,6 +97,7 @@ impl Claims {
             Claims::Sample(_) => "sample",
             Claims::Snp(_) => "snp",
             Claims::Tdx(_) => "tdx",
+            Claims::Cca(_) => "cca",
         }
     }
 }

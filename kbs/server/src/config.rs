@@ -25,6 +25,12 @@ pub enum ConfigError {
     Cert { path: PathBuf },
     #[error("{0}")]
     Invalid(String),
+    #[error("CCA trust anchors {path}")]
+    CcaAnchors {
+        path: PathBuf,
+        #[source]
+        source: crate::verifier::cca::CcaError,
+    },
     #[error("cannot build the TDX collateral / AMD KDS HTTP client")]
     Http(#[source] reqwest::Error),
     /// TLS or plain HTTP: the flags contradict each other or plain HTTP is not allowed here.
@@ -52,6 +58,15 @@ pub struct SnpConfig {
     /// sends none; answers are cached in memory and in `vcek_dir`.
     #[serde(default)]
     pub kds_url: Option<String>,
+}
+
+/// Arm CCA trust material (see `verifier::cca`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CcaConfig {
+    /// The platform keys (CPAKs): veraison ccatoken's trust-anchor store (a JSON list of
+    /// `{"implementation-id", "instance-id", "pkey": JWK}`) or a single JWK.
+    pub trust_anchors: Option<PathBuf>,
 }
 
 /// TDX collateral sources (see `verifier::collateral`).
@@ -139,6 +154,7 @@ pub struct ServeConfig {
     pub policy_poll_ms: u64,
     pub snp: SnpConfig,
     pub tdx: TdxConfig,
+    pub cca: CcaConfig,
     /// Resources the admin key may read back (`GET /kbs/v0/admin/resource/...`), so
     /// build tools reuse a KEK already registered under an id instead of replacing
     /// it. Globs or segment prefixes, as in `released_resources`.
@@ -192,6 +208,7 @@ impl Default for ServeConfig {
             policy_poll_ms: 500,
             snp: SnpConfig::default(),
             tdx: TdxConfig::default(),
+            cca: CcaConfig::default(),
             admin_readable: DEFAULT_ADMIN_READABLE.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -250,7 +267,7 @@ pub(crate) fn load_cert(path: &Path) -> Result<openssl::x509::X509, ConfigError>
 }
 
 impl ServeConfig {
-    /// The verifiers' trust material from the `snp` and `tdx` sections.
+    /// The verifiers' trust material from the `snp`, `tdx` and `cca` sections.
     pub fn trust(&self) -> Result<crate::verifier::Trust, ConfigError> {
         use crate::verifier::{CollateralConfig, CollateralSource, SnpTrust, TdxTrust, Trust};
         let snp = SnpTrust {
@@ -288,6 +305,15 @@ impl ServeConfig {
             )),
             None => None,
         };
-        Ok(Trust { snp, snp_kds, tdx, verify_at: t.verify_at })
+        let cca = match &self.cca.trust_anchors {
+            None => Default::default(),
+            Some(p) => {
+                let bytes =
+                    std::fs::read(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                crate::verifier::cca::CcaTrust::parse(&bytes)
+                    .map_err(|source| ConfigError::CcaAnchors { path: p.clone(), source })?
+            }
+        };
+        Ok(Trust { snp, snp_kds, tdx, cca, verify_at: t.verify_at })
     }
 }

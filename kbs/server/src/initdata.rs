@@ -3,9 +3,10 @@
 //! A guest sends its init-data in the RCAR (`"init-data": {"format": "toml", "body":
 //! <the document as the host measured it>}`). The host put the document's digest into
 //! the report when it launched the guest (kata-runtime: SNP `HOST_DATA`, 32 bytes; TDX
-//! `MRCONFIGID`, 48 bytes; zero-padded or cut; see `kbs_client::initdata`), so the
-//! broker recomputes the digest from the body and compares it with the *verified*
-//! report field, as Trustee's attestation service does. Only then are the document's
+//! `MRCONFIGID`, 48 bytes; CCA realm personalization value, 64 bytes; zero-padded or cut;
+//! see `kbs_client::initdata`), so the broker recomputes the digest from the body and
+//! compares it with the *verified* report field, as Trustee's attestation service does.
+//! Only then are the document's
 //! `[data]` entries trusted: for the policy (`initdata` in `policy.rs`) and for the
 //! `pod` / `namespace` metric labels.
 //!
@@ -90,6 +91,15 @@ pub fn bind(claims: &Claims, sent: Option<&kbs_types::InitData>) -> Result<Optio
                     "the init-data's {} digest is not the quote's MRCONFIGID {}",
                     doc.algorithm().name(),
                     c.mr_config_id
+                )));
+            }
+        }
+        Claims::Cca(c) => {
+            if !field_matches(&c.personalization_value, &doc.field(64)) {
+                return Err(mismatch(format!(
+                    "the init-data's {} digest is not the realm token's personalization value {}",
+                    doc.algorithm().name(),
+                    c.personalization_value
                 )));
             }
         }

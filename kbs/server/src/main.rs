@@ -142,6 +142,7 @@ impl EtcdArgs {
 enum TeeArg {
     Tdx,
     Snp,
+    Cca,
 }
 
 #[derive(clap::Args)]
@@ -149,7 +150,8 @@ struct VerifyArgs {
     #[arg(long, value_enum)]
     tee: TeeArg,
     /// TDX: a raw quote or the evidence JSON; SNP: a raw report (binary or hex) or the
-    /// evidence JSON (cloak's or CoCo attestation-agent's).
+    /// evidence JSON (cloak's or CoCo attestation-agent's); CCA: the CBOR token or the
+    /// evidence JSON (`{"token": ...}`).
     #[arg(long)]
     evidence: PathBuf,
     /// TDX collateral, QuoteCollateralV3 JSON.
@@ -167,6 +169,10 @@ struct VerifyArgs {
     /// SNP: the ASK (or ASVK) issued by that ARK.
     #[arg(long)]
     ask: Option<PathBuf>,
+    /// CCA: the platform keys (CPAKs): veraison ccatoken's trust-anchor store (a JSON
+    /// list of {"implementation-id", "instance-id", "pkey": JWK}) or a single JWK.
+    #[arg(long)]
+    cca_trust_anchors: Option<PathBuf>,
     /// TDX: an Intel SGX Root CA instead of the bundled one.
     #[arg(long)]
     root_ca: Option<PathBuf>,
@@ -193,6 +199,12 @@ fn verify_evidence(a: VerifyArgs) -> anyhow::Result<bool> {
         .map(|p| offline::read_cert(p).and_then(|c| c.to_der().map_err(|x| x.to_string())))
         .transpose()
         .map_err(e)?;
+    if let Some(p) = &a.cca_trust_anchors {
+        let bytes = offline::read(p).map_err(e)?;
+        inp.cca = kbs_server::verifier::cca::CcaTrust::parse(&bytes).map_err(|x| {
+            anyhow::Error::new(x).context(format!("reading --cca-trust-anchors {}", p.display()))
+        })?;
+    }
     inp.snp.vcek = a.vcek.as_deref().map(offline::read_vcek).transpose().map_err(e)?;
     inp.snp.vcek_dir = a.vcek_dir.as_deref().map(offline::check_dir).transpose().map_err(e)?;
     inp.snp.ark = a.ark.as_deref().map(offline::read_cert).transpose().map_err(e)?;
@@ -212,6 +224,7 @@ fn verify_evidence(a: VerifyArgs) -> anyhow::Result<bool> {
     let tee = match a.tee {
         TeeArg::Tdx => offline::OfflineTee::Tdx,
         TeeArg::Snp => offline::OfflineTee::Snp,
+        TeeArg::Cca => offline::OfflineTee::Cca,
     };
     match offline::verify_with_policy(tee, &inp, policy.as_ref()) {
         Ok((claims, _)) => {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::claims::{Claims, SnpClaims, TdxClaims};
 use crate::initdata::InitdataClaims;
+use crate::verifier::cca::CcaClaims;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -76,6 +77,12 @@ pub enum Reason {
     InitdataInvalid,
     /// Verified init-data that the policy's `initdata` rules do not allow.
     InitdataNotAllowed,
+    /// CCA: no configured platform key (CPAK) for the token's platform instance id.
+    UnknownPlatformKey,
+    /// CCA: the platform token's challenge is not the hash of the realm's key (RAK).
+    RakBindingMismatch,
+    /// CCA: the platform's security lifecycle state is not in the policy's list.
+    LifecycleNotAllowed,
 }
 
 impl Reason {
@@ -111,6 +118,9 @@ impl Reason {
             Reason::InitdataMissing => "initdata_missing",
             Reason::InitdataInvalid => "initdata_invalid",
             Reason::InitdataNotAllowed => "initdata_not_allowed",
+            Reason::UnknownPlatformKey => "unknown_platform_key",
+            Reason::RakBindingMismatch => "rak_binding_mismatch",
+            Reason::LifecycleNotAllowed => "lifecycle_not_allowed",
         }
     }
 }
@@ -215,6 +225,7 @@ enum DataSpec {
 struct RequiredSpec {
     sev_snp: Option<SnpSpec>,
     tdx: Option<TdxSpec>,
+    cca: Option<CcaSpec>,
     sample: Option<SampleSpec>,
 }
 
@@ -270,6 +281,22 @@ struct TdxSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct CcaSpec {
+    /// Allowed realm initial measurements (RIM).
+    #[serde(default)]
+    rim: Vec<String>,
+    /// Allowed realm extensible measurements: each entry is all four REMs.
+    #[serde(default)]
+    rem: Vec<Vec<String>>,
+    /// Allowed platform implementation ids.
+    #[serde(default)]
+    implementation_id: Vec<String>,
+    /// Accepted platform lifecycle states; default `[secured]`.
+    lifecycle: Option<OneOrMany>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SampleSpec {
     allow: bool,
 }
@@ -297,6 +324,83 @@ pub struct TdxRequirement {
     pub tcb_status: Vec<String>,
     /// Advisory IDs that refuse a quote, upper case.
     pub deny_advisories: Vec<String>,
+}
+
+/// What an Arm CCA token must show (`required_attestation.cca`). Empty lists are not
+/// checked; `Default` accepts any measurement on a `secured` platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CcaRequirement {
+    /// Allowed RIMs, lowercase hex.
+    pub rim: Vec<String>,
+    /// Allowed REM sets (four values each), lowercase hex.
+    pub rem: Vec<[String; 4]>,
+    /// Allowed platform implementation ids, lowercase hex.
+    pub implementation_id: Vec<String>,
+    /// Accepted lifecycle state names (`secured`, `non_psa_rot_debug`, ...).
+    pub lifecycle: Vec<String>,
+}
+
+impl Default for CcaRequirement {
+    fn default() -> Self {
+        Self {
+            rim: Vec::new(),
+            rem: Vec::new(),
+            implementation_id: Vec::new(),
+            lifecycle: vec!["secured".into()],
+        }
+    }
+}
+
+fn measurement_hex(field: &str, value: &str) -> Result<String, PolicyError> {
+    let v = value.trim().to_ascii_lowercase();
+    match hex::decode(&v) {
+        Ok(b) if [32, 48, 64].contains(&b.len()) => Ok(v),
+        _ => Err(PolicyError::Invalid {
+            field: field.into(),
+            reason: format!("{value:?} is not 32, 48 or 64 bytes of hex"),
+        }),
+    }
+}
+
+impl CcaRequirement {
+    fn from_spec(s: CcaSpec) -> Result<Self, PolicyError> {
+        use crate::verifier::cca::LIFECYCLE_STATES;
+        let rim = s.rim.iter().map(|m| measurement_hex("cca.rim", m)).collect::<Result<Vec<_>, _>>()?;
+        let rem = s
+            .rem
+            .iter()
+            .map(|set| {
+                let set = set.iter().map(|m| measurement_hex("cca.rem", m)).collect::<Result<Vec<_>, _>>()?;
+                <[String; 4]>::try_from(set).map_err(|v| PolicyError::Invalid {
+                    field: "cca.rem".into(),
+                    reason: format!("each entry lists the 4 REMs; one lists {}", v.len()),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let implementation_id = s
+            .implementation_id
+            .iter()
+            .map(|m| hex_field("cca.implementation_id", m, 32))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lifecycle = match s.lifecycle {
+            None => vec!["secured".into()],
+            Some(v) => one_or_many(v)
+                .into_iter()
+                .map(|l| {
+                    let l = l.trim().to_ascii_lowercase().replace('-', "_");
+                    if LIFECYCLE_STATES.contains(&l.as_str()) {
+                        Ok(l)
+                    } else {
+                        Err(PolicyError::Invalid {
+                            field: "cca.lifecycle".into(),
+                            reason: format!("{l:?} is not one of {}", LIFECYCLE_STATES.join(", ")),
+                        })
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        Ok(Self { rim, rem, implementation_id, lifecycle })
+    }
 }
 
 /// The DCAP TCB statuses a policy may accept (Intel's spelling). `Revoked` is absent on
@@ -552,6 +656,7 @@ impl InitdataPolicy {
 pub struct BrokerPolicy {
     pub snp: Option<SnpRequirement>,
     pub tdx: Option<TdxRequirement>,
+    pub cca: Option<CcaRequirement>,
     pub sample_allowed: bool,
     pub released: Vec<String>,
     /// `initdata`: what is asked of the guest's init-data (default: nothing).
@@ -567,6 +672,7 @@ impl Default for BrokerPolicy {
         Self {
             snp: None,
             tdx: None,
+            cca: None,
             sample_allowed: false,
             released: Vec::new(),
             initdata: InitdataPolicy::default(),
@@ -661,6 +767,7 @@ impl BrokerPolicy {
         Ok(BrokerPolicy {
             snp,
             tdx,
+            cca: spec.required_attestation.cca.map(CcaRequirement::from_spec).transpose()?,
             sample_allowed: spec.required_attestation.sample.map(|s| s.allow).unwrap_or(false),
             released: spec.released_resources,
             initdata: spec.initdata.map(InitdataPolicy::from_spec).transpose()?.unwrap_or_default(),
@@ -699,6 +806,13 @@ impl BrokerPolicy {
                     "the policy has no required_attestation.tdx section",
                 )),
                 Some(req) => check_tdx(req, c),
+            },
+            Claims::Cca(c) => match &self.cca {
+                None => Err(Denial::new(
+                    Reason::TeeNotAllowed,
+                    "the policy has no required_attestation.cca section",
+                )),
+                Some(req) => check_cca(req, c),
             },
         }
     }
@@ -814,6 +928,47 @@ fn check_tdx(req: &TdxRequirement, c: &TdxClaims) -> Result<MeasurementMatch, De
         Ok(MeasurementMatch::Matched)
     } else {
         Err(Denial::new(Reason::MeasurementMismatch, format!("MRTD {} is not in the allowed list", c.mr_td)))
+    }
+}
+
+fn check_cca(req: &CcaRequirement, c: &CcaClaims) -> Result<MeasurementMatch, Denial> {
+    if !req.lifecycle.iter().any(|l| l == &c.lifecycle_state) {
+        return Err(Denial::new(
+            Reason::LifecycleNotAllowed,
+            format!(
+                "platform lifecycle {:#06x} ({}) is not in cca.lifecycle [{}]",
+                c.lifecycle,
+                c.lifecycle_state,
+                req.lifecycle.join(", ")
+            ),
+        ));
+    }
+    if !req.implementation_id.is_empty()
+        && !req.implementation_id.iter().any(|i| i.eq_ignore_ascii_case(&c.implementation_id))
+    {
+        return Err(Denial::new(
+            Reason::MeasurementMismatch,
+            format!("platform implementation id {} is not in cca.implementation_id", c.implementation_id),
+        ));
+    }
+    if !req.rim.is_empty() && !req.rim.iter().any(|m| m.eq_ignore_ascii_case(&c.rim)) {
+        return Err(Denial::new(
+            Reason::MeasurementMismatch,
+            format!("realm RIM {} is not in cca.rim", c.rim),
+        ));
+    }
+    if !req.rem.is_empty()
+        && !req.rem.iter().any(|set| set.iter().zip(&c.rem).all(|(a, b)| a.eq_ignore_ascii_case(b)))
+    {
+        return Err(Denial::new(
+            Reason::MeasurementMismatch,
+            format!("realm REMs [{}] are not a set in cca.rem", c.rem.join(", ")),
+        ));
+    }
+    if req.rim.is_empty() && req.rem.is_empty() {
+        Ok(MeasurementMatch::Unchecked)
+    } else {
+        Ok(MeasurementMatch::Matched)
     }
 }
 

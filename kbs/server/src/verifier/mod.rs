@@ -3,6 +3,7 @@
 //! `Denial` whose reason becomes a metric label. Policy is applied afterwards, by the
 //! caller, so that the same claims can be re-checked later against a newer policy.
 
+pub mod cca;
 pub mod collateral;
 pub mod kds;
 pub mod offline;
@@ -41,6 +42,8 @@ pub struct Trust {
     /// AMD KDS, asked for the VCEK when neither the guest nor the configuration has it.
     pub snp_kds: Option<Arc<kds::KdsClient>>,
     pub tdx: TdxTrust,
+    /// Arm CCA platform keys (CPAKs) by instance id.
+    pub cca: cca::CcaTrust,
     /// A fixed verification time (unix seconds) instead of the clock: for replaying
     /// recorded evidence in tests. Not settable from the config file.
     pub verify_at: Option<u64>,
@@ -89,6 +92,12 @@ pub async fn verify(
             let claims = tdx::verify_quote(&ev.quote, &collateral, &trust.tdx.root_ca_der, now)?;
             check_report_data("TDX", &claims.report_data, expected_report_data)?;
             Ok(Claims::Tdx(claims))
+        }
+        Tee::Cca => {
+            let token = cca::parse_evidence(evidence)?;
+            let claims = cca::verify_token(&token, &trust.cca)?;
+            cca::check_challenge(&claims, expected_report_data)?;
+            Ok(Claims::Cca(claims))
         }
         other => Err(Denial::new(Reason::UnsupportedTee, format!("no verifier for TEE {other}"))),
     }

@@ -8,13 +8,16 @@ use serde_json::Value;
 
 use super::{snp, tdx, SnpTrust};
 use crate::claims::Claims;
-use crate::policy::{BrokerPolicy, Denial, MeasurementMatch, Reason, SnpRequirement, TdxRequirement};
+use crate::policy::{
+    BrokerPolicy, CcaRequirement, Denial, MeasurementMatch, Reason, SnpRequirement, TdxRequirement,
+};
 
 /// Which verifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OfflineTee {
     Tdx,
     Snp,
+    Cca,
 }
 
 /// Inputs of one offline verification.
@@ -28,6 +31,8 @@ pub struct OfflineInputs {
     /// TDX: Intel root CA override (DER).
     pub tdx_root_ca_der: Option<Vec<u8>>,
     pub snp: SnpTrust,
+    /// CCA: the platform keys (`--cca-trust-anchors`).
+    pub cca: super::cca::CcaTrust,
     /// Verification time, unix seconds.
     pub at: u64,
 }
@@ -92,15 +97,30 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
             };
             snp::verify_report(&ev.report, &ev.certs, &inp.snp, inp.at).map(Claims::Snp)
         }
+        OfflineTee::Cca => {
+            // The token itself, or the evidence JSON a guest sends (`{"token": ...}`).
+            let token = match as_json(&inp.evidence) {
+                Some(v) => super::cca::parse_evidence(&v)?,
+                None => inp.evidence.clone(),
+            };
+            if inp.cca.anchors.is_empty() {
+                return Err(Denial::new(
+                    Reason::UnknownPlatformKey,
+                    "CCA verification needs the platform keys: --cca-trust-anchors FILE",
+                ));
+            }
+            super::cca::verify_token(&token, &inp.cca).map(Claims::Cca).map_err(Denial::from)
+        }
     }
 }
 
 /// The policy `verify-evidence` applies without `--policy`: any measurement and VMPL,
-/// no debug, TCB status UpToDate for TDX.
+/// no debug, TCB status UpToDate for TDX, a `secured` platform for CCA.
 pub fn default_policy() -> BrokerPolicy {
     BrokerPolicy {
         snp: Some(SnpRequirement { max_vmpl: u32::MAX, ..Default::default() }),
         tdx: Some(TdxRequirement::default()),
+        cca: Some(CcaRequirement::default()),
         sample_allowed: false,
         released: Vec::new(),
         initdata: Default::default(),
