@@ -6,6 +6,7 @@
 #   ci/bench.sh keyprovider   -> ci/bench-keyprovider.sh
 #   ci/bench.sh signatures    -> ci/bench-signatures.sh (what a signature policy adds to a pull)
 #   ci/bench.sh cdh           -> ci/bench-cdh.sh (cloak-cdh over ttRPC: cold/warm PullImage, concurrency, GetResource; root)
+#   ci/bench.sh securemount   -> ci/bench-securemount.sh (PullImage onto kata's trusted store in a qemu guest vs dd; root)
 #   ci/bench.sh all           all of the above that exist
 # Extra arguments after the target are passed to the sub-script.
 #
@@ -25,7 +26,7 @@ cd "$REPO"
 # shellcheck source=ci/lib.sh
 . "$REPO/ci/lib.sh"
 
-usage() { echo "usage: $0 encrypt|pull|kbs|keyprovider|signatures|cdh|all [ARGS...]" >&2; exit 2; }
+usage() { echo "usage: $0 encrypt|pull|kbs|keyprovider|signatures|cdh|securemount|all [ARGS...]" >&2; exit 2; }
 
 run_sub() {  # NAME ARGS... : ci/bench-NAME.sh, owned by the engineer of that part
   local name=$1; shift
@@ -192,11 +193,11 @@ bench_encrypt() {
 target=$1; shift
 case "$target" in
   encrypt) bench_encrypt ;;
-  pull|kbs|keyprovider|signatures|cdh) run_sub "$target" "$@" ;;
+  pull|kbs|keyprovider|signatures|cdh|securemount) run_sub "$target" "$@" ;;
   all)
     rc=0
     bench_encrypt || rc=1
-    for t in pull kbs keyprovider signatures cdh; do
+    for t in pull kbs keyprovider signatures cdh securemount; do
       if [ -f "$REPO/ci/bench-$t.sh" ]; then run_sub "$t" || rc=1
       else echo "bench: skipping $t (ci/bench-$t.sh not written yet)" >&2; fi
     done

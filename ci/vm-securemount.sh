@@ -16,7 +16,10 @@
 #     (defaults: target/debug/cloak-cdh, target/debug/examples/securemount-client,
 #      target/debug/cloak-kbs)
 # Env: CLOAK_PEERS_DIR, CLOAK_VM_WORK (default .work/vm-securemount), CLOAK_VM_TIMEOUT
-# (seconds, default 280). KVM when /dev/kvm is usable, else TCG. Exit 0 only if every
+# (seconds, default 280). For ci/bench-securemount.sh: CLOAK_VM_IMAGE (the image the guest
+# registry serves, an oci:DIR:TAG layout; default testdata's three-layer image),
+# CLOAK_VM_PHASES (default "1 2"; "bench" for the benchmark boot), CLOAK_VM_MEM_MIB (1024),
+# CLOAK_VM_STORE_MIB (size of the trusted-store disk, 32). KVM when /dev/kvm is usable, else TCG. Exit 0 only if every
 # guest check passed and no plaintext marker is on the raw disks.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +30,10 @@ CLIENT=${2:-$TARGET/debug/examples/securemount-client}
 KBS=${3:-$TARGET/debug/cloak-kbs}
 WORK=${CLOAK_VM_WORK:-$REPO/.work/vm-securemount}
 TIMEOUT=${CLOAK_VM_TIMEOUT:-280}
+IMAGE=${CLOAK_VM_IMAGE:-oci:$REPO/testdata/golden/three-layers/plain-oci:v1}
+PHASES=${CLOAK_VM_PHASES:-1 2}
+MEM=${CLOAK_VM_MEM_MIB:-1024}
+STORE_MIB=${CLOAK_VM_STORE_MIB:-32}
 MARKER=CLOAK-VMTEST-PLAINTEXT-MARKER-7f3a9c
 
 log() { echo "vm-securemount: $*" >&2; }
@@ -136,8 +143,8 @@ log "initramfs: $(( $(stat -c %s "$WORK/initramfs.cpio") / 1048576 )) MiB, built
 truncate -s 64M "$WORK/vda.img"
 truncate -s 32M "$WORK/vdb.img"
 truncate -s 32M "$WORK/vdc.img"
-truncate -s 32M "$WORK/vdd.img"
-# vde: a registry's storage holding testdata's three-layer image as 127.0.0.1:5000/cloak/plain:v1,
+truncate -s "${STORE_MIB}M" "$WORK/vdd.img"
+# vde: a registry's storage holding $IMAGE (testdata's three-layer image) as 127.0.0.1:5000/cloak/plain:v1,
 # filled by the host's docker-registry and skopeo, as an ext4 image the guest mounts read-only.
 REG=$WORK/registry
 mkdir -p "$REG/data"
@@ -147,10 +154,12 @@ printf '%s\n' 'version: 0.1' 'log: {level: warn}' "storage: {filesystem: {rootdi
 "$REGISTRY_BIN" serve "$REG/config.yml" > "$REG/log" 2>&1 &
 REG_PID=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$REG_PORT/v2/" >/dev/null && break; sleep 0.1; done
-skopeo copy -q --dest-tls-verify=false "oci:$REPO/testdata/golden/three-layers/plain-oci:v1" \
+skopeo copy -q --dest-tls-verify=false "$IMAGE" \
     "docker://127.0.0.1:$REG_PORT/cloak/plain:v1" || { kill "$REG_PID"; cat "$REG/log" >&2; die "skopeo copy into the host registry failed"; }
 kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true
-truncate -s 16M "$WORK/vde.img"
+# ext4 with room for its metadata: the data plus an eighth, at least 16 MiB.
+REG_MIB=$(du -sm "$REG/data" | cut -f1)
+truncate -s "$(( REG_MIB + REG_MIB / 8 + 16 ))M" "$WORK/vde.img"
 "$MKFS" -q -F -d "$REG/data" "$WORK/vde.img"
 
 ACCEL=(-accel tcg -cpu max)
@@ -161,7 +170,7 @@ boot() { # PHASE: boots the guest once; its serial console goes to serial-PHASE.
     log "phase $phase: booting ${KVER} with ${ACCEL[1]} (timeout ${TIMEOUT} s)"
     booted=$(date +%s)
     set +e
-    timeout "$TIMEOUT" qemu-system-x86_64 "${ACCEL[@]}" -m 1024 -smp 2 -nodefaults -no-reboot \
+    timeout "$TIMEOUT" qemu-system-x86_64 "${ACCEL[@]}" -m "$MEM" -smp 2 -nodefaults -no-reboot \
         -display none -serial "file:$WORK/serial-$phase.log" -monitor none \
         -kernel "$VMLINUZ" -initrd "$WORK/initramfs.cpio" \
         -append "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init cloak.phase=$phase" \
@@ -173,7 +182,7 @@ boot() { # PHASE: boots the guest once; its serial console goes to serial-PHASE.
     rc=$?
     set -e
     log "phase $phase: VM ran $(( $(date +%s) - booted )) s (qemu exit $rc)"
-    grep -a '^VMTEST\|^--- \|^insmod' "$WORK/serial-$phase.log" >&2 || true
+    grep -a '^VMTEST\|^VMBENCH\|^--- \|^insmod' "$WORK/serial-$phase.log" >&2 || true
     if [ "$rc" = 124 ]; then
         tail -n 60 "$WORK/serial-$phase.log" >&2
         log "phase $phase: the VM did not finish in ${TIMEOUT} s"; FAIL=1; return
@@ -190,9 +199,11 @@ check_raw() {
     done
 }
 
-boot 1
-check_raw
-[ "$FAIL" = 0 ] && boot 2 && check_raw
+for phase in $PHASES; do
+    [ "$FAIL" = 0 ] || break
+    boot "$phase"
+    check_raw
+done
 if [ "$FAIL" = 0 ]; then
     log "host: no plaintext marker on the raw disks"
     log "pass in $(( $(date +%s) - started )) s"

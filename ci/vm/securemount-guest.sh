@@ -27,7 +27,7 @@ mount -t tmpfs tmpfs /tmp
 # No udev in this guest: libdevmapper creates the /dev/mapper nodes itself.
 export DM_DISABLE_UDEV=1
 for m in $(cat /modules.order); do insmod "/modules/$m" 2>/dev/null || echo "insmod $m failed"; done
-PHASE=$(sed -n 's/.*cloak\.phase=\([0-9]\).*/\1/p' /proc/cmdline)
+PHASE=$(sed -n 's/.*cloak\.phase=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
 echo "VMTEST booted (phase ${PHASE:-?}) after $(cut -d' ' -f1 /proc/uptime) s"
 
 FAILED=0
@@ -279,10 +279,42 @@ umount /mnt/p3 2>/dev/null
 wait_no_mappings || fail reopen-closed "mapping still open"
 }
 
+# ci/bench-securemount.sh: a PullImage onto kata's trusted store against the write floor
+# of the same dm-crypt device (dd of as many bytes, in the same boot), and cloak-cdh's
+# peak RSS, with an image larger than the guest's RAM.
+phasebench() {
+start_cdh
+WORK_DIR=/run/kata-containers/image/
+sm "$WORK_DIR" "deviceId=$(devid vdd)" sourceType=empty targetType=fileSystem filesystemType=ext4 \
+    "mkfsOpts=-E lazy_journal_init" encryptionType=luks2 dataIntegrity=true
+[ "$OUT" = ok ] || { fail bench-mount "$OUT"; return; }
+mkdir -p /srv/registry /run/kata-containers/c1
+mount -o ro /dev/vde /srv/registry
+docker-registry serve /etc/cloak-registry.yml >/tmp/registry.log 2>&1 &
+i=0
+while ! wget -q -O /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+sync; echo 3 > /proc/sys/vm/drop_caches
+step
+OUT=$(securemount-client "$SOCK" --pull 127.0.0.1:5000/cloak/plain:v1 /run/kata-containers/c1 2>&1)
+pull_s=$(took)
+case "$OUT" in "ok sha256:"*) ;; *) fail bench-pull "$OUT"; return ;; esac
+hwm_kib=$(awk '/^VmHWM/ { print $2 }' "/proc/$CDH_PID/status")
+store_mib=$(du -sm "$WORK_DIR/cloak-store" | cut -f1)
+umount /run/kata-containers/c1/rootfs
+sync; echo 3 > /proc/sys/vm/drop_caches
+step
+dd if=/dev/zero of="$WORK_DIR/floor" bs=1M count="$store_mib" conv=fsync 2>/dev/null
+dd_s=$(took)
+mem_mib=$(awk '/^MemTotal/ { print int($2 / 1024) }' /proc/meminfo)
+echo "VMBENCH pull_s=$pull_s dd_s=$dd_s store_mib=$store_mib peak_rss_kib=$hwm_kib guest_mem_mib=$mem_mib"
+ok "bench-pull ($pull_s s)"
+}
+
 case "$PHASE" in
     1) phase1 ;;
     2) phase2 ;;
-    *) fail phase "no cloak.phase=1|2 on the kernel command line" ;;
+    bench) phasebench ;;
+    *) fail phase "no cloak.phase=1|2|bench on the kernel command line" ;;
 esac
 if grep -q "$MARKER" "$CDH_LOG" "$KBS_LOG"; then fail log "data in a daemon's log"; fi
 if [ "$FAILED" != 0 ]; then
