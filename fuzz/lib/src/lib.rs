@@ -40,6 +40,7 @@ pub const ENTRIES: &[(&str, Entry)] = &[
     ("snp_report_object", targets::snp_report_object),
     ("tdx_collateral", targets::tdx_collateral),
     ("tdx_quote", targets::tdx_quote),
+    ("cca_token", targets::cca_token),
 ];
 
 /// The body of the target called `name`, if it has one here.

@@ -757,3 +757,32 @@ pub fn securemount_options(data: &[u8]) {
         Err(_) => {}
     }
 }
+
+/// The CPAK (public half) of the published CCA test tokens, as one JWK.
+const CCA_TEST_CPAK: &str = r#"{"kty":"EC","crv":"P-384","x":"IShnxS4rlQiwpCCpBWDzlNLfqiG911FP8akBr-fh94uxHU5m-Kijivp2r2oxxN6M","y":"hM4tr8mWQli1P61xh3T0ViDREbF26DGOEYfbAjWjGNN7pZf-6A4OTHYqEryz6m7U"}"#;
+
+/// An Arm CCA token from a guest (the CBOR collection of two COSE_Sign1) or the
+/// evidence JSON around it, and the trust-anchor store format: parsing and the whole
+/// verification against the test CPAK give a clear refusal, never a panic; a token that
+/// verifies has claims of the sizes the format fixes.
+pub fn cca_token(data: &[u8]) {
+    use kbs_server::verifier::cca;
+    static TRUST: OnceLock<cca::CcaTrust> = OnceLock::new();
+    let trust = TRUST.get_or_init(|| cca::CcaTrust::parse(CCA_TEST_CPAK.as_bytes()).expect("test CPAK"));
+    let _ = cca::parse_collection(data);
+    let _ = cca::parse_sign1(cca::Part::Realm, data);
+    if let Ok(c) = cca::verify_token(data, trust) {
+        assert_eq!(c.challenge.len(), 128);
+        assert_eq!(c.personalization_value.len(), 128);
+        assert_eq!(c.instance_id.len(), 66);
+        assert_eq!(c.lifecycle_state, cca::lifecycle_state(c.lifecycle));
+        let _ = cca::check_challenge(&c, &[0u8; 48]);
+    }
+    let _ = cca::CcaTrust::parse(data);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        if let Ok(token) = cca::parse_evidence(&v) {
+            assert!(token.len() <= cca::MAX_TOKEN_LEN);
+            let _ = cca::verify_token(&token, trust);
+        }
+    }
+}
