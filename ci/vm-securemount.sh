@@ -148,12 +148,15 @@ truncate -s "${STORE_MIB}M" "$WORK/vdd.img"
 # filled by the host's docker-registry and skopeo, as an ext4 image the guest mounts read-only.
 REG=$WORK/registry
 mkdir -p "$REG/data"
-REG_PORT=$(( 20000 + RANDOM % 20000 ))
+# shellcheck source=ci/lib.sh
+. "$REPO/ci/lib.sh"
+REG_PORT=$(free_port)
 printf '%s\n' 'version: 0.1' 'log: {level: warn}' "storage: {filesystem: {rootdirectory: $REG/data}}" \
     "http: {addr: \"127.0.0.1:$REG_PORT\"}" > "$REG/config.yml"
 "$REGISTRY_BIN" serve "$REG/config.yml" > "$REG/log" 2>&1 &
 REG_PID=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$REG_PORT/v2/" >/dev/null && break; sleep 0.1; done
+kill -0 "$REG_PID" 2>/dev/null || { cat "$REG/log" >&2; die "the host registry (to fill the guest's registry disk) did not start"; }
 skopeo copy -q --dest-tls-verify=false "$IMAGE" \
     "docker://127.0.0.1:$REG_PORT/cloak/plain:v1" || { kill "$REG_PID"; cat "$REG/log" >&2; die "skopeo copy into the host registry failed"; }
 kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true
