@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cloak-cdh -c cdh.toml
-//! cloak-cdh --socket unix:///PATH/cdh.sock --kbs URL --attester auto|snp|tdx|sample \
+//! cloak-cdh --socket unix:///PATH/cdh.sock --kbs URL --attester auto|snp|tdx|cca|sample \
 //!           [--store DIR] [--bundle-root DIR] [--rest ADDR:PORT] [--insecure-registry HOST:PORT]... \
 //!           [--pull-policy FILE] [--keyprovider-config FILE] \
 //!           [--signature-policy FILE|kbs:///REPO/TYPE/TAG] [--registries-d DIR] \

@@ -1,4 +1,4 @@
-//! The attester choice as flags and config files spell it (`auto`, `snp`, `tdx`,
+//! The attester choice as flags and config files spell it (`auto`, `snp`, `tdx`, `cca`,
 //! `sample`): one set of names for every binary, with `clap::ValueEnum` behind the
 //! `clap` feature so a flag parses straight into [`AttesterKind`] (the type that
 //! `make_attester` takes) instead of each binary keeping its own copy of the enum.
@@ -11,8 +11,8 @@ use crate::error::AttesterError;
 
 impl AttesterKind {
     /// Every kind, in the order help texts list them.
-    pub const ALL: [AttesterKind; 4] =
-        [AttesterKind::Auto, AttesterKind::Snp, AttesterKind::Tdx, AttesterKind::Sample];
+    pub const ALL: [AttesterKind; 5] =
+        [AttesterKind::Auto, AttesterKind::Snp, AttesterKind::Tdx, AttesterKind::Cca, AttesterKind::Sample];
 
     /// The name a flag or config file uses (what `FromStr` accepts).
     pub fn name(self) -> &'static str {
@@ -20,11 +20,12 @@ impl AttesterKind {
             AttesterKind::Auto => "auto",
             AttesterKind::Snp => "snp",
             AttesterKind::Tdx => "tdx",
+            AttesterKind::Cca => "cca",
             AttesterKind::Sample => "sample",
         }
     }
 
-    /// Every name for a message: `auto, snp, tdx or sample`.
+    /// Every name for a message: `auto, snp, tdx, cca or sample`.
     pub(crate) fn names_in_prose() -> String {
         let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
         match names.split_last() {
@@ -81,7 +82,7 @@ mod tests {
             assert_eq!(kind.to_string(), kind.name());
         }
         let e = "bogus".parse::<AttesterKind>().unwrap_err();
-        assert_eq!(e.to_string(), r#"unknown attester "bogus" (expected auto, snp, tdx or sample)"#);
+        assert_eq!(e.to_string(), r#"unknown attester "bogus" (expected auto, snp, tdx, cca or sample)"#);
     }
 
     #[cfg(feature = "clap")]

@@ -112,7 +112,7 @@ impl Tee {
 
     /// Whether cloak's attesters (`kbs` crate) can produce evidence for it.
     pub fn supported_by_cloak(self) -> bool {
-        matches!(self, Tee::SevSnp | Tee::Tdx)
+        matches!(self, Tee::SevSnp | Tee::Tdx | Tee::Cca)
     }
 }
 
@@ -733,11 +733,6 @@ impl Probe<'_> {
         t.present = t.active;
         if tsm_ours {
             t.evidence = Some("configfs-tsm (arm_cca_guest)".to_owned());
-            t.need(
-                "a cloak attester for Arm CCA",
-                "cloak's attesters cover SEV-SNP and TDX; attest this Realm with Trustee's \
-                 guest components (cca attester) until cloak has one",
-            );
         } else if t.active {
             t.need(
                 "configfs-tsm provider arm_cca_guest",
@@ -1002,7 +997,7 @@ mod tests {
     }
 
     #[test]
-    fn cca_realm_has_evidence_but_cloak_cannot_attest_it() {
+    fn cca_realm_with_the_tsm_provider_is_usable() {
         let root = FakeRoot::new();
         root.cpu("", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics")
             .dir("sys/devices/platform/arm-cca-dev")
@@ -1011,10 +1006,10 @@ mod tests {
         let cca = status(&r, Tee::Cca);
         assert!(cca.active);
         assert_eq!(cca.evidence.as_deref(), Some("configfs-tsm (arm_cca_guest)"));
-        assert!(!cca.usable());
-        assert!(!r.usable());
+        assert!(cca.usable());
+        assert!(r.usable());
         assert_eq!(r.machine, Machine::Guest);
-        assert!(r.render_text().contains("cloak has no attester for Arm CCA"));
+        assert!(!r.render_text().contains("cloak has no attester for Arm CCA"));
     }
 
     #[test]

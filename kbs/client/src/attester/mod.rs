@@ -1,8 +1,8 @@
 //! Attesters: where the evidence that binds the runtime data comes from.
 //!
 //! The [`Attester`] trait is the seam the client calls; [`make_attester`] builds
-//! one from a kind (`auto`, `snp`, `tdx`, `sample`). `auto` detects SEV-SNP or
-//! TDX and fails with "no TEE found" otherwise: it never falls back to `sample`,
+//! one from a kind (`auto`, `snp`, `tdx`, `cca`, `sample`). `auto` detects SEV-SNP,
+//! TDX or an Arm CCA realm and fails with "no TEE found" otherwise: it never falls back to `sample`,
 //! because sample evidence proves nothing and must be an explicit choice.
 //!
 //! Evidence JSON shapes (the `primary_evidence` of the attest request):
@@ -13,8 +13,11 @@
 //!   "cert_chain":[{"guid":"<uuid>","cert_type":"vcek|vlek|ask|ark|other","data":"<b64 STANDARD DER>"}] | null,
 //!   "source":"configfs-tsm|sev-guest-ioctl"}`.
 //! - `tdx`: `{"quote":"<b64 STANDARD quote>","cc_eventlog":"<b64 STANDARD CCEL>" | null}` (Trustee's shape).
+//! - `cca`: `{"token":[<the CBOR token's bytes as numbers>]}` (CoCo attestation-agent's
+//!   shape, which Trustee's verifier reads as `Vec<u8>`).
 
 mod bind;
+mod cca;
 pub mod check;
 pub mod probe;
 mod sample;
@@ -31,6 +34,7 @@ use ocicrypt::keywrap::BoxFuture;
 
 pub use crate::error::AttesterError;
 pub use bind::{check_initdata, initdata_field_range};
+pub use cca::CcaAttester;
 pub use sample::{SampleAttester, SAMPLE_INIT_DATA_DIGEST_ENV};
 pub use snp::{parse_cert_table, SnpAttester};
 pub use tdx::TdxAttester;
@@ -67,6 +71,7 @@ pub enum AttesterKind {
     Auto,
     Snp,
     Tdx,
+    Cca,
     Sample,
 }
 
@@ -101,6 +106,7 @@ impl Default for AttesterOptions {
 enum Detected {
     Snp,
     Tdx,
+    Cca,
 }
 
 /// Looks for a TEE we can get evidence from: a configfs-tsm provider, or the
@@ -110,13 +116,14 @@ fn detect(opts: &AttesterOptions) -> Result<Detected, String> {
     match facts.provider.as_deref() {
         Some("sev_guest") => return Ok(Detected::Snp),
         Some("tdx_guest") => return Ok(Detected::Tdx),
+        Some(cca::PROVIDER) => return Ok(Detected::Cca),
         _ => {}
     }
     if opts.sev_guest_device.exists() {
         return Ok(Detected::Snp);
     }
     let tsm_state = match &facts.provider {
-        Some(p) => format!("provider {p:?} is neither sev_guest nor tdx_guest"),
+        Some(p) => format!("provider {p:?} is none of sev_guest, tdx_guest or arm_cca_guest"),
         None => facts.why_no_provider(),
     };
     Err(format!(
@@ -128,9 +135,9 @@ fn detect(opts: &AttesterOptions) -> Result<Detected, String> {
 
 /// Builds the attester for `kind`.
 ///
-/// `Auto` detects SNP or TDX; with neither it returns [`AttesterError::NoTee`].
+/// `Auto` detects SNP, TDX or CCA; with none it returns [`AttesterError::NoTee`].
 /// `Sample` without `opts.allow_sample` returns [`AttesterError::SampleNotAllowed`].
-/// `Snp` and `Tdx` check that their interface is present.
+/// `Snp`, `Tdx` and `Cca` check that their interface is present.
 pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<dyn Attester>, AttesterError> {
     match kind {
         AttesterKind::Sample => {
@@ -144,6 +151,7 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
         AttesterKind::Auto => match detect(opts) {
             Ok(Detected::Snp) => Ok(Arc::new(snp_attester(opts))),
             Ok(Detected::Tdx) => Ok(Arc::new(TdxAttester::new(opts.tsm_root.clone()))),
+            Ok(Detected::Cca) => Ok(Arc::new(CcaAttester::new(opts.tsm_root.clone()))),
             Err(why) => Err(AttesterError::NoTee(why)),
         },
         AttesterKind::Snp => {
@@ -164,6 +172,16 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
             } else {
                 Err(AttesterError::NoTee(format!(
                     "TDX requested, but configfs-tsm at {} has no tdx_guest provider",
+                    opts.tsm_root.display()
+                )))
+            }
+        }
+        AttesterKind::Cca => {
+            if probe::probe_report_dir(&opts.tsm_root).provider.as_deref() == Some(cca::PROVIDER) {
+                Ok(Arc::new(CcaAttester::new(opts.tsm_root.clone())))
+            } else {
+                Err(AttesterError::NoTee(format!(
+                    "Arm CCA requested, but configfs-tsm at {} has no arm_cca_guest provider",
                     opts.tsm_root.display()
                 )))
             }
@@ -196,6 +214,7 @@ mod tests {
         assert_eq!("snp".parse::<AttesterKind>().ok(), Some(AttesterKind::Snp));
         assert_eq!("tdx".parse::<AttesterKind>().ok(), Some(AttesterKind::Tdx));
         assert_eq!("sample".parse::<AttesterKind>().ok(), Some(AttesterKind::Sample));
+        assert_eq!("cca".parse::<AttesterKind>().ok(), Some(AttesterKind::Cca));
         assert!(matches!("sev".parse::<AttesterKind>(), Err(AttesterError::UnknownKind(_))));
     }
 
@@ -233,10 +252,24 @@ mod tests {
     fn explicit_kinds_without_hardware_fail() {
         let dir = tempfile::tempdir().unwrap();
         let opts = opts_in(dir.path());
-        for k in [AttesterKind::Snp, AttesterKind::Tdx] {
+        for k in [AttesterKind::Snp, AttesterKind::Tdx, AttesterKind::Cca] {
             let err = make_attester(k, &opts).err().unwrap();
             assert!(err.to_string().starts_with("no TEE found"), "{err}");
         }
+    }
+
+    #[test]
+    fn auto_detects_a_cca_realm_by_its_tsm_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts_in(dir.path());
+        // An existing report entry names the provider, as configfs does.
+        std::fs::create_dir_all(opts.tsm_root.join("entry")).unwrap();
+        std::fs::write(opts.tsm_root.join("entry/provider"), "arm_cca_guest\n").unwrap();
+        let a = make_attester(AttesterKind::Auto, &opts).unwrap();
+        assert_eq!(a.tee(), Tee::Cca);
+        assert_eq!(make_attester(AttesterKind::Cca, &opts).unwrap().tee(), Tee::Cca);
+        let err = make_attester(AttesterKind::Tdx, &opts).err().unwrap();
+        assert!(err.to_string().contains("no tdx_guest provider"), "{err}");
     }
 
     #[test]

@@ -66,6 +66,31 @@ pub(crate) fn get_report(
     privlevel: Option<u32>,
 ) -> Result<TsmReport, AttesterError> {
     let slot = Slot::create(root).map_err(|e| tsm_err(root, e))?;
+    report_in_entry(&slot, root, expected_provider, report_data, privlevel)
+}
+
+/// The request in an existing report entry `dir`, which is left in place: what
+/// [`get_report`] does in the entry it creates, for tests, on a directory they filled
+/// the way configfs would (`provider`, `outblob`, `generation`), since a plain
+/// filesystem cannot conjure a report.
+#[cfg(test)]
+pub(crate) fn get_report_in(
+    dir: &Path,
+    expected_provider: &str,
+    report_data: &[u8; 64],
+    privlevel: Option<u32>,
+) -> Result<TsmReport, AttesterError> {
+    let slot = std::mem::ManuallyDrop::new(Slot { dir: dir.to_owned() });
+    report_in_entry(&slot, dir, expected_provider, report_data, privlevel)
+}
+
+fn report_in_entry(
+    slot: &Slot,
+    root: &Path,
+    expected_provider: &str,
+    report_data: &[u8; 64],
+    privlevel: Option<u32>,
+) -> Result<TsmReport, AttesterError> {
     let provider = slot.read_provider().map_err(|e| tsm_err(root, e))?;
     if provider != expected_provider {
         return Err(tsm_err(root, format!("provider is {provider:?}, expected {expected_provider:?}")));
@@ -84,7 +109,7 @@ pub(crate) fn get_report(
     };
     // Our fresh slot saw exactly one inblob write; any other count means someone
     // else wrote to it and the report may bind their data, not ours.
-    let generation = read_generation(&slot).map_err(|e| tsm_err(root, e))?;
+    let generation = read_generation(slot).map_err(|e| tsm_err(root, e))?;
     let expected_generation = if privlevel.is_some() { 2 } else { 1 };
     if generation != expected_generation {
         return Err(tsm_err(
