@@ -516,3 +516,79 @@ fn verify_evidence_cli_exits_zero_only_when_the_token_verifies() {
     let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(v["reason"], "unknown_platform_key");
 }
+
+// ---- through the broker's wire protocol ------------------------------------------------
+
+mod common;
+
+/// A realm whose token binds the session's challenge and the init-data naming web-1 in
+/// shop attests over the wire and gets a key; with a policy pinning another RIM the same
+/// realm is refused, and the reason is the label of `coco_attestation_failure_total`.
+#[tokio::test]
+async fn a_realm_attests_to_the_broker_and_a_policy_pinning_another_rim_denies_it() {
+    let anchors = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/attestation/cca/trustee__tastore.json");
+    let policy = |rim: &str| {
+        format!(
+            "default_policy: {{required_attestation: {{cca: {{rim: [\"{rim}\"]}}}}, released_resources: [\"default/*\"]}}\n"
+        )
+    };
+    let (doc, _) = common::initdata_for("web-1", "shop");
+    let perso = kbs_client::initdata::Initdata::parse(doc.as_bytes()).unwrap().cca_personalization_value();
+    let attest = |b: &common::Broker| {
+        let url = b.url.clone();
+        let doc = doc.clone();
+        async move {
+            let r = common::auth(&url, "cca", json!({})).await;
+            let token = make_token(&Spec {
+                challenge: padded(&r.report_data()),
+                personalization: perso,
+                ..Default::default()
+            });
+            let (s, v) = r.attest_with(evidence(&token), Some(&doc)).await;
+            (r, s, v)
+        }
+    };
+
+    let b = common::start(&policy(&"11".repeat(32)), |cfg, _| cfg.cca.trust_anchors = Some(anchors.clone()))
+        .await;
+    assert_eq!(b.put("default/image-kek/1", b"0123456789abcdef0123456789abcdef").await.status(), 200);
+    let (r, s, v) = attest(&b).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, got) = r.get(v["token"].as_str(), "default/image-kek/1").await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(r.tee_key.decrypt(&got), b"0123456789abcdef0123456789abcdef");
+    let m = b.metrics().await;
+    assert_eq!(
+        common::metric(
+            &m,
+            "coco_attestation_success_total",
+            &["pod=\"web-1\"", "measurement_match=\"true\""]
+        ),
+        1
+    );
+
+    let other =
+        common::start(&policy(&"22".repeat(32)), |cfg, _| cfg.cca.trust_anchors = Some(anchors.clone()))
+            .await;
+    let (_, s, v) = attest(&other).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v["detail"].as_str().unwrap().starts_with("measurement_mismatch"), "{v}");
+    let m = other.metrics().await;
+    assert_eq!(
+        common::metric(
+            &m,
+            "coco_attestation_failure_total",
+            &["pod=\"web-1\"", "namespace=\"shop\"", "reason=\"measurement_mismatch\""]
+        ),
+        1
+    );
+
+    // A broker without the platform's key: refused before the policy, named.
+    let unknown = common::start(&policy(&"11".repeat(32)), |_, _| {}).await;
+    let (_, s, v) = attest(&unknown).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v["detail"].as_str().unwrap().starts_with("unknown_platform_key"), "{v}");
+    let m = unknown.metrics().await;
+    assert_eq!(common::metric(&m, "coco_attestation_failure_total", &["reason=\"unknown_platform_key\""]), 1);
+}
