@@ -581,12 +581,13 @@ pub fn parse_collection(token: &[u8]) -> Result<Collection, CcaError> {
     Ok(Collection { platform, realm })
 }
 
-struct Claims<'a> {
+/// One token's claims: its integer-keyed map, read with the checks each claim needs.
+struct ClaimMap<'a> {
     part: Part,
     map: Vec<(i128, &'a Cbor)>,
 }
 
-impl<'a> Claims<'a> {
+impl<'a> ClaimMap<'a> {
     fn new(part: Part, v: &'a Cbor) -> Result<Self, CcaError> {
         let map = int_map(v, |why| CcaError::Cose { part, why: format!("the payload {why}") })?;
         Ok(Self { part, map })
@@ -635,7 +636,7 @@ fn static_alg(alg: &str) -> &'static str {
 }
 
 /// The realm's public key from its claim: a raw point (legacy) or an encoded COSE_Key.
-fn realm_key(c: &Claims<'_>, rak: &[u8]) -> Result<EcKey, CcaError> {
+fn realm_key(c: &ClaimMap<'_>, rak: &[u8]) -> Result<EcKey, CcaError> {
     let bad = |why: String| c.err("public-key (44237)", why);
     let unusable = |e: String| bad(format!("holds a key that cannot be used: {e}"));
     if rak.first() == Some(&4) {
@@ -658,7 +659,7 @@ fn realm_key(c: &Claims<'_>, rak: &[u8]) -> Result<EcKey, CcaError> {
     EcKey::from_coords(curve, x, y).map_err(unusable)
 }
 
-fn sw_components(c: &Claims<'_>) -> Result<Vec<CcaSwComponent>, CcaError> {
+fn sw_components(c: &ClaimMap<'_>) -> Result<Vec<CcaSwComponent>, CcaError> {
     const NAME: &str = "sw-components (2399)";
     let Some(v) = c.opt(P_SW_COMPONENTS) else { return Ok(Vec::new()) };
     let list = v.as_array().ok_or_else(|| c.err(NAME, "is not an array"))?;
@@ -666,7 +667,7 @@ fn sw_components(c: &Claims<'_>) -> Result<Vec<CcaSwComponent>, CcaError> {
         .enumerate()
         .map(|(i, item)| {
             let sub =
-                Claims::new(c.part, item).map_err(|_| c.err(NAME, format!("entry {i} is not a map")))?;
+                ClaimMap::new(c.part, item).map_err(|_| c.err(NAME, format!("entry {i} is not a map")))?;
             let text = |k, w: &str| {
                 sub.opt(k)
                     .map(|v| {
@@ -708,7 +709,7 @@ pub fn verify_token(token: &[u8], trust: &CcaTrust) -> Result<CcaClaims, CcaErro
         part: Part::Platform,
         why: format!("the payload is not CBOR ({e})"),
     })?;
-    let p = Claims::new(Part::Platform, &pv)?;
+    let p = ClaimMap::new(Part::Platform, &pv)?;
     let instance_id = p.bytes(INSTANCE_ID, "instance-id (256)", &[33])?;
     let implementation_id = p.bytes(P_IMPL_ID, "implementation-id (2396)", &[32])?;
     let cpak = trust.find(instance_id, implementation_id).ok_or_else(|| CcaError::UnknownPlatform {
@@ -738,7 +739,7 @@ pub fn verify_token(token: &[u8], trust: &CcaTrust) -> Result<CcaClaims, CcaErro
     // Realm: its key is in its own payload; the platform token vouches for it below.
     let rv = decode(&col.realm.payload)
         .map_err(|e| CcaError::Cose { part: Part::Realm, why: format!("the payload is not CBOR ({e})") })?;
-    let r = Claims::new(Part::Realm, &rv)?;
+    let r = ClaimMap::new(Part::Realm, &rv)?;
     let realm_profile = r.opt_text(PROFILE, "profile (265)")?.unwrap_or_default();
     if !realm_profile.is_empty() && realm_profile != REALM_PROFILE_RMM1 {
         return Err(
