@@ -354,6 +354,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     rt.block_on(async move {
         let hub = Arc::new(Hub::new(opts)?);
         hub.preflight().await.context("checking the signature policy at start")?;
+        // Before the socket exists: a SIGTERM sent as soon as it appears (kata tearing a
+        // sandbox down, a test) must reach the graceful path, not the default action.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut server = guest_puller::cdh::server::start(hub.clone(), &socket).await?;
         tracing::info!(socket = %socket.display(), kbs = ?hub.options().kbs.as_ref().map(|k| &k.url), store = %hub.options().store.display(), "cloak-cdh serving");
         let mut aa_server = match &aa_socket {
@@ -396,8 +400,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             None => None,
         };
         let reaper = hub.spawn_volume_reaper();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight calls"),
             _ = int.recv() => tracing::info!("SIGINT: finishing in-flight calls"),
