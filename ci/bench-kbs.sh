@@ -164,9 +164,10 @@ for raw in sys.argv[1:]:
 PY
 
 # Verifier CPU per evidence (issue 12: <= 2 ms each): a full TDX DCAP verification with
-# cached collateral and an SNP report with its VCEK, genuine samples, criterion (short).
+# cached collateral and an SNP report with its VCEK, genuine samples, and an Arm CCA
+# token (published test token), criterion (short).
 [ "${BENCH_KBS_SKIP_VERIFIER:-0}" = 1 ] && exit 0
 echo
 echo "Verifier CPU (criterion, kbs/server/benches/verify.rs):"
 cargo bench -q -p cloak-kbs-server --bench verify -- --noplot 2>/dev/null \
-  | awk '/^(tdx|snp)_/ {name=$1} /time:/ && name {print "| " name " | " $0 " |"; name=""}'
+  | awk '/^(tdx|snp|cca)_/ {name=$1} /time:/ && name {print "| " name " | " $0 " |"; name=""}'

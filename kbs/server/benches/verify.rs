@@ -1,9 +1,12 @@
 //! Broker CPU per verification: a full TDX DCAP verification with collateral already
 //! cached (parsed, in memory), and an SNP report with its VCEK (chain, extensions,
-//! signature), both with the genuine samples in `testdata/attestation/`.
+//! signature), both with the genuine samples in `testdata/attestation/`, and an Arm CCA
+//! token (platform and realm COSE_Sign1, ES384 each, the RAK binding) from the published
+//! test tokens in `testdata/attestation/cca/`.
 //! `ci/bench.sh kbs` runs this; the goal is at most 2 ms each.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use kbs_server::verifier::cca;
 use kbs_server::verifier::snp::{self, CertIn, SnpTrust};
 use kbs_server::verifier::tdx;
 
@@ -29,6 +32,11 @@ fn bench(c: &mut Criterion) {
     c.bench_function("snp_verify_report_vcek_in_evidence", |b| {
         b.iter(|| snp::verify_report(&report, &certs, &trust, now))
     });
+
+    let token = data("cca/trustee__cca-example-token.cbor");
+    let anchors = cca::CcaTrust::parse(&data("cca/trustee__tastore.json")).expect("trust anchors");
+    cca::verify_token(&token, &anchors).expect("sample verifies");
+    c.bench_function("cca_verify_token", |b| b.iter(|| cca::verify_token(&token, &anchors)));
 }
 
 criterion_group! {
