@@ -183,6 +183,10 @@ KBS_CONFIG_SCHEMA = {
     "additionalProperties": False,
     "properties": {
         "listen": {"type": "string", "pattern": r"^[^\s:]+:[0-9]{1,5}$"},
+        # The broker on TLS (issue 25): both files, or plain HTTP said out loud.
+        "tls_cert": {"type": "string"},
+        "tls_key": {"type": "string"},
+        "insecure_http": {"type": "boolean"},
         "policy": {"type": "string"},
         "resources": {"type": "string"},
         "admin_public_key": {"type": "string"},
@@ -273,6 +277,8 @@ def test_kbs_config_example_shape():
     (cfg,) = load_docs(DEPLOY / "kbs/kbs.yaml")
     jsonschema.validate(cfg, KBS_CONFIG_SCHEMA)
     assert cfg["policy"].endswith("policy.yaml")
+    # Listening beyond loopback: TLS, or an explicit insecure_http behind a TLS proxy.
+    assert ("tls_cert" in cfg and "tls_key" in cfg) != bool(cfg.get("insecure_http"))
 
 
 def test_kbs_policy_example_shape_and_safety():
