@@ -265,6 +265,27 @@ fn broker_and_daemon_failures_say_each_cause_once() -> Result<()> {
         p,
         &["--store", "local:DIR"],
     )?;
+    let cca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/attestation/cca");
+    let token = cca.join("rust-ccatoken__cca-token-01.cbor");
+    let bad_store = cca.join("rust-ccatoken__ta-02-bad__NEGATIVE.json");
+    fails_saying_once(
+        "cloak-kbs verify-evidence --tee cca, a trust anchor off its curve",
+        kbs(&["verify-evidence", "--tee", "cca", "--evidence"])
+            .arg(&token)
+            .arg("--cca-trust-anchors")
+            .arg(&bad_store),
+        p,
+        &["--cca-trust-anchors", "not on the curve"],
+    )?;
+    fails_saying_once(
+        "cloak-kbs verify-evidence --tee cca, no key for the platform",
+        kbs(&["verify-evidence", "--tee", "cca", "--evidence"])
+            .arg(&token)
+            .arg("--cca-trust-anchors")
+            .arg(cca.join("rust-ccatoken__ta-02-ok.json")),
+        p,
+        &["unknown_platform_key", "--cca-trust-anchors"],
+    )?;
 
     let cdh = |args: &[&str]| {
         let mut c = Command::new(bin("cloak-cdh"));
