@@ -592,3 +592,29 @@ async fn a_realm_attests_to_the_broker_and_a_policy_pinning_another_rim_denies_i
     let m = unknown.metrics().await;
     assert_eq!(common::metric(&m, "coco_attestation_failure_total", &["reason=\"unknown_platform_key\""]), 1);
 }
+
+#[test]
+fn serve_config_reads_cca_trust_anchors_and_names_a_bad_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchors = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/attestation/cca");
+    let yaml = dir.path().join("kbs.yaml");
+    std::fs::write(
+        &yaml,
+        format!("cca:\n  trust_anchors: {}\n", anchors.join("trustee__tastore.json").display()),
+    )
+    .unwrap();
+    let cfg = kbs_server::ServeConfig::from_file(&yaml).unwrap();
+    let t = cfg.trust().unwrap();
+    cca::verify_token(&data("trustee__cca-example-token.cbor"), &t.cca).unwrap();
+
+    let bad = kbs_server::ServeConfig {
+        cca: kbs_server::config::CcaConfig {
+            trust_anchors: Some(anchors.join("rust-ccatoken__ta-02-bad__NEGATIVE.json")),
+        },
+        ..Default::default()
+    };
+    let e = bad.trust().unwrap_err();
+    let line = report::line(&e);
+    assert!(line.contains("NEGATIVE.json") && line.contains("not on the curve"), "{line}");
+    assert_eq!(report::repeated_source(&e), None, "{line}");
+}
