@@ -280,6 +280,8 @@ struct Spec {
     cose_key: bool,
     /// Whether the platform challenge is the RAK's hash (false: of other bytes).
     bound: bool,
+    /// The realm profile claim; `None`: RMM 1.0's with a COSE_Key, none with a raw point.
+    realm_profile: Option<Option<&'static str>>,
 }
 
 impl Default for Spec {
@@ -291,6 +293,7 @@ impl Default for Spec {
             lifecycle: 0x3003,
             cose_key: true,
             bound: true,
+            realm_profile: None,
         }
     }
 }
@@ -320,8 +323,9 @@ fn make_token(spec: &Spec) -> Vec<u8> {
         (int(44239), Cbor::Array((1..=4u8).map(|i| Cbor::Bytes(vec![i; 32])).collect())),
         (int(44240), Cbor::Text("sha-256".into())),
     ];
-    if spec.cose_key {
-        realm.push((int(265), Cbor::Text(cca::REALM_PROFILE_RMM1.into())));
+    let profile = spec.realm_profile.unwrap_or(spec.cose_key.then_some(cca::REALM_PROFILE_RMM1));
+    if let Some(p) = profile {
+        realm.push((int(265), Cbor::Text(p.into())));
     }
     let mut bound = rak_claim;
     if !spec.bound {
@@ -397,6 +401,27 @@ async fn legacy_raw_rak_token_signed_here_verifies() {
     let token = make_token(&Spec { challenge: padded(&hash), cose_key: false, ..Default::default() });
     let Claims::Cca(c) = verify(&token, &hash).await.unwrap() else { panic!("not CCA claims") };
     assert_eq!(c.realm_profile, "");
+}
+
+#[test]
+fn each_realm_profile_carries_its_own_key_form_and_unknown_profiles_are_refused() {
+    let t = trust("trustee__tastore.json");
+    let raw_in_rmm1 = make_token(&Spec {
+        cose_key: false,
+        realm_profile: Some(Some(cca::REALM_PROFILE_RMM1)),
+        ..Default::default()
+    });
+    let e = cca::verify_token(&raw_in_rmm1, &t).unwrap_err();
+    assert!(e.to_string().contains("COSE_Key"), "{e}");
+    let cose_in_legacy =
+        make_token(&Spec { cose_key: true, realm_profile: Some(None), ..Default::default() });
+    let e = cca::verify_token(&cose_in_legacy, &t).unwrap_err();
+    assert!(e.to_string().contains("raw SEC1 point"), "{e}");
+    let other =
+        make_token(&Spec { realm_profile: Some(Some("tag:example.com,2099:realm#9")), ..Default::default() });
+    let e = cca::verify_token(&other, &t).unwrap_err();
+    assert_eq!(e.reason(), Reason::MalformedEvidence);
+    assert!(e.to_string().contains("realm token's claim profile (265)"), "{e}");
 }
 
 #[tokio::test]

@@ -635,14 +635,19 @@ fn static_alg(alg: &str) -> &'static str {
     }
 }
 
-/// The realm's public key from its claim: a raw point (legacy) or an encoded COSE_Key.
-fn realm_key(c: &ClaimMap<'_>, rak: &[u8]) -> Result<EcKey, CcaError> {
+/// The realm's public key from its claim: a raw point in the legacy profile, an encoded
+/// COSE_Key in RMM 1.0's (each profile says which; the other form is refused).
+fn realm_key(c: &ClaimMap<'_>, rak: &[u8], cose_key: bool) -> Result<EcKey, CcaError> {
     let bad = |why: String| c.err("public-key (44237)", why);
     let unusable = |e: String| bad(format!("holds a key that cannot be used: {e}"));
-    if rak.first() == Some(&4) {
+    if !cose_key {
+        if rak.first() != Some(&4) {
+            return Err(bad("is not a raw SEC1 point, which the legacy realm profile carries".into()));
+        }
         return EcKey::from_point(rak).map_err(unusable);
     }
-    let v = decode(rak).map_err(|e| bad(format!("is neither a raw point nor a COSE_Key ({e})")))?;
+    let v = decode(rak)
+        .map_err(|e| bad(format!("is not the COSE_Key the {REALM_PROFILE_RMM1} profile carries ({e})")))?;
     let m = int_map(&v, |w| bad(format!("as a COSE_Key {w}")))?;
     let get = |k: i128| m.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     if get(1).and_then(int_key) != Some(2) {
@@ -747,7 +752,7 @@ pub fn verify_token(token: &[u8], trust: &CcaTrust) -> Result<CcaClaims, CcaErro
         );
     }
     let rak_bytes = r.bytes(R_RAK, "public-key (44237)", &[])?;
-    let rak = realm_key(&r, rak_bytes)?;
+    let rak = realm_key(&r, rak_bytes, realm_profile == REALM_PROFILE_RMM1)?;
     col.realm.verify(Part::Realm, &rak)?;
 
     let rak_hash_algo = r.text(R_RAK_HASH_ALGO, "public-key-hash-algo-id (44240)")?;
