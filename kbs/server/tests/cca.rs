@@ -643,3 +643,72 @@ fn serve_config_reads_cca_trust_anchors_and_names_a_bad_store_once() {
     assert!(line.contains("NEGATIVE.json") && line.contains("not on the curve"), "{line}");
     assert_eq!(report::repeated_source(&e), None, "{line}");
 }
+
+/// A CCA attester backed by the published test keys: what an Arm CCA realm's RMM would
+/// answer through configfs-tsm, signed here (the test seam, like `sample`).
+struct TestKeysCcaAttester {
+    personalization: [u8; 64],
+}
+
+impl kbs_client::Attester for TestKeysCcaAttester {
+    fn tee(&self) -> Tee {
+        Tee::Cca
+    }
+
+    fn evidence<'a>(
+        &'a self,
+        report_data: &'a [u8; 64],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Value, kbs_client::AttesterError>> + Send + 'a>,
+    > {
+        let token = make_token(&Spec {
+            challenge: *report_data,
+            personalization: self.personalization,
+            ..Default::default()
+        });
+        Box::pin(async move { Ok(evidence(&token)) })
+    }
+}
+
+/// cloak's own KBS client (the one cloak-pull and cloak-cdh use) with a CCA attester:
+/// its 64-byte report_data is the realm challenge the broker expects, one attestation
+/// serves every key, and the broker's refusal reaches the client with its reason.
+#[tokio::test]
+async fn cloaks_kbs_client_attests_a_cca_realm_and_sees_a_refusal_reason() {
+    let anchors = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/attestation/cca/trustee__tastore.json");
+    let start = |rim: String| {
+        let anchors = anchors.clone();
+        async move {
+            common::start(
+                &format!(
+                    "default_policy: {{required_attestation: {{cca: {{rim: [\"{rim}\"]}}}}, released_resources: [\"default/*\"]}}\n"
+                ),
+                move |cfg, _| cfg.cca.trust_anchors = Some(anchors),
+            )
+            .await
+        }
+    };
+    let attester = || -> std::sync::Arc<dyn kbs_client::Attester> {
+        std::sync::Arc::new(TestKeysCcaAttester { personalization: [0; 64] })
+    };
+    let b = start("11".repeat(32)).await;
+    let admin =
+        kbs_client::AdminClient::new(&b.url, &b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    for i in 0..2 {
+        let uri: kbs_client::ResourceUri = format!("default/image-kek/{i}").parse().unwrap();
+        admin.put_resource(&uri, format!("kek-{i}").as_bytes()).await.unwrap();
+    }
+    let c = kbs_client::KbsClient::new(&b.url, attester(), kbs_client::ClientConfig::default()).unwrap();
+    for i in 0..2 {
+        let uri: kbs_client::ResourceUri = format!("kbs:///default/image-kek/{i}").parse().unwrap();
+        assert_eq!(&c.get_resource(&uri).await.unwrap()[..], format!("kek-{i}").as_bytes());
+    }
+    assert_eq!(c.attestation_count(), 1);
+
+    let other = start("22".repeat(32)).await;
+    let c = kbs_client::KbsClient::new(&other.url, attester(), kbs_client::ClientConfig::default()).unwrap();
+    let uri: kbs_client::ResourceUri = "default/image-kek/0".parse().unwrap();
+    let e = report::line(&c.get_resource(&uri).await.unwrap_err());
+    assert!(e.contains("measurement_mismatch") && e.contains("RIM"), "{e}");
+}
