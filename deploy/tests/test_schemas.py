@@ -177,6 +177,7 @@ def test_prometheusrule_schema_can_fail():
 HEX48 = {"type": "string", "pattern": "^[0-9a-fA-F]{96}$"}
 HEX16 = {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}
 U8 = {"type": "integer", "minimum": 0, "maximum": 255}
+MEASUREMENT = {"type": "string", "pattern": "^([0-9a-fA-F]{64}|[0-9a-fA-F]{96}|[0-9a-fA-F]{128})$"}
 
 KBS_CONFIG_SCHEMA = {
     "type": "object",
@@ -201,6 +202,12 @@ KBS_CONFIG_SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "properties": {"ark": {"type": "string"}, "ask": {"type": "string"}, "vcek": {"type": "string"}},
+        },
+        # config.rs CcaConfig (issue 26)
+        "cca": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"trust_anchors": {"type": "string"}},
         },
     },
 }
@@ -241,6 +248,23 @@ KBS_POLICY_SCHEMA = {
                                 "mr_td": {"type": "array", "items": HEX48},
                                 "tcb_svn_min": HEX16,
                                 "allow_debug": {"type": "boolean"},
+                            },
+                        },
+                        # policy.rs CcaSpec (issue 26)
+                        "cca": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "rim": {"type": "array", "items": MEASUREMENT},
+                                "rem": {
+                                    "type": "array",
+                                    "items": {"type": "array", "items": MEASUREMENT, "minItems": 4, "maxItems": 4},
+                                },
+                                "implementation_id": {
+                                    "type": "array",
+                                    "items": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                                },
+                                "lifecycle": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
                             },
                         },
                         "sample": {
