@@ -573,13 +573,7 @@ impl Hub {
         let signature_check = match self.signature_check().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(
-                    image = %image_url,
-                    bundle = %bundle_path,
-                    error = %e.message(),
-                    error_chain = super::chain_field(|| e.chain()),
-                    "PullImage refused"
-                );
+                log_pull_failure(image_url, bundle_path, &e);
                 return Err(e);
             }
         };
@@ -595,13 +589,7 @@ impl Hub {
         // KBS session, held in memory only), before the bundle is touched.
         if let Err(source) = self.opts.registry_access.load_into(&mut source, self.kbs.as_ref()).await {
             let e = HubError::RegistryAccess { source };
-            tracing::warn!(
-                image = %image_url,
-                bundle = %bundle_path,
-                error = %e.message(),
-                error_chain = super::chain_field(|| e.chain()),
-                "PullImage refused"
-            );
+            log_pull_failure(image_url, bundle_path, &e);
             return Err(e);
         }
         let bundle = bundle::prepare_bundle(&self.opts.bundle_root, &bundle)?;
