@@ -68,4 +68,5 @@ pub use manifest::{
 pub use reference::{ImageRef, LayoutRef, RefError, RegistryRef};
 pub use registries_conf::{RegistriesConf, RegistriesConfError};
 pub use registry::{RegistryClient, RegistryConfig, RegistryError, MAX_TOKEN_ANSWER};
+pub use report::tls::CertVerdict;
 pub use transport::{CertProblem, ProxyConfig, TlsRoots};

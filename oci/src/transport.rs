@@ -10,6 +10,8 @@
 //! KBS client builds its own HTTP client and never sees it.
 
 use std::fmt;
+
+use report::tls::CertVerdict;
 use std::path::{Path, PathBuf};
 
 /// Largest certificate file read (a system bundle is about 200 KiB).
@@ -200,83 +202,35 @@ impl TlsRoots {
     }
 }
 
-/// Why a registry's certificate was refused, as a user acts on it.
+/// Why a registry's certificate was refused, in the words a user acts on (the
+/// verdict itself is read by `report::tls`, shared with the broker client).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertProblem {
-    /// No trusted CA issued it.
-    UnknownIssuer,
-    Expired,
-    NotValidYet,
-    /// It does not name the host connected to.
-    WrongName {
-        presented: Vec<String>,
-    },
-    Revoked,
-    /// Anything else rustls refused about it.
-    Other(String),
-}
+pub struct CertProblem(pub CertVerdict);
 
 impl fmt::Display for CertProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CertProblem::UnknownIssuer => f.write_str(
+        match &self.0 {
+            CertVerdict::UnknownIssuer => f.write_str(
                 "it is signed by an unknown CA; add that CA to the trusted roots \
                  (cdh.toml [image] extra_root_certificates, cloak-pull --cert-dir DIR)",
             ),
-            CertProblem::Expired => f.write_str("it has expired"),
-            CertProblem::NotValidYet => f.write_str("it is not valid yet (check the clocks)"),
-            CertProblem::WrongName { presented } if presented.is_empty() => {
+            CertVerdict::Expired => f.write_str("it has expired"),
+            CertVerdict::NotValidYet => f.write_str("it is not valid yet (check the clocks)"),
+            CertVerdict::WrongName { presented, .. } if presented.is_empty() => {
                 f.write_str("it is for another name")
             }
-            CertProblem::WrongName { presented } => {
+            CertVerdict::WrongName { presented, .. } => {
                 write!(f, "it is for another name (it lists {})", presented.join(", "))
             }
-            CertProblem::Revoked => f.write_str("it was revoked"),
-            CertProblem::Other(s) => f.write_str(s),
+            CertVerdict::Revoked => f.write_str("it was revoked"),
+            CertVerdict::Other(s) => f.write_str(s),
         }
     }
 }
 
 /// The certificate verdict somewhere in `e`'s source chain, if a certificate was refused.
 pub fn cert_problem(e: &(dyn std::error::Error + 'static)) -> Option<CertProblem> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(p) = rustls_verdict(c) {
-            return Some(p);
-        }
-        cause = c.source();
-    }
-    None
-}
-
-/// rustls's error, as itself or inside an `io::Error` (whose `source()` does not
-/// return the error it wraps).
-fn rustls_verdict(e: &(dyn std::error::Error + 'static)) -> Option<CertProblem> {
-    if let Some(r) = e.downcast_ref::<rustls::Error>() {
-        use rustls::CertificateError as C;
-        let rustls::Error::InvalidCertificate(c) = r else { return None };
-        return Some(match c {
-            C::UnknownIssuer => CertProblem::UnknownIssuer,
-            C::Expired | C::ExpiredContext { .. } => CertProblem::Expired,
-            C::NotValidYet | C::NotValidYetContext { .. } => CertProblem::NotValidYet,
-            C::NotValidForName => CertProblem::WrongName { presented: Vec::new() },
-            C::NotValidForNameContext { presented, .. } => {
-                CertProblem::WrongName { presented: presented.iter().map(|p| unwrap_name(p)).collect() }
-            }
-            C::Revoked => CertProblem::Revoked,
-            _ => CertProblem::Other(r.to_string()),
-        });
-    }
-    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
-    rustls_verdict(inner)
-}
-
-/// `DnsName("reg.example")` (rustls's spelling) as `reg.example`.
-fn unwrap_name(p: &str) -> String {
-    match (p.find('('), p.ends_with(')')) {
-        (Some(i), true) => p[i + 1..p.len() - 1].trim_matches('"').to_owned(),
-        _ => p.to_owned(),
-    }
+    report::tls::cert_verdict(e).map(CertProblem)
 }
 
 #[cfg(test)]

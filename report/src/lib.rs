@@ -18,6 +18,9 @@
 use std::error::Error;
 use std::fmt;
 
+#[cfg(feature = "tls")]
+pub mod tls;
+
 /// The steps of an error, outermost first: each error's own `Display`.
 ///
 /// An empty step (an error whose `Display` is empty) is left out.

@@ -20,5 +20,6 @@ pub use attester::{make_attester, Attester, AttesterKind, AttesterOptions};
 pub use client::{ClientConfig, KbsClient};
 pub use error::{AttesterError, KbsError, KbsErrorKind, LastFailure, Step};
 pub use protocol::{TeeKeyKind, TeeKeyPair, Token};
+pub use report::tls::CertVerdict;
 pub use tls::{CaBundle, CaBundleError, CertProblem};
 pub use uri::ResourceUri;

@@ -3,6 +3,7 @@
 //! the HTTP client every KBS client uses, and the reading of a refused certificate out
 //! of reqwest's error chain (rustls's verdict sits under hyper's and the OS's errors).
 
+use report::tls::CertVerdict;
 use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
@@ -145,35 +146,23 @@ pub fn http_client(ca: Option<&CaBundle>) -> Result<reqwest::Client, KbsError> {
     b.build().map_err(|e| KbsError::Config(format!("cannot build the HTTP client: {e}")))
 }
 
-/// Why a broker's certificate was refused, as a user acts on it.
+/// Why a broker's certificate was refused, in the words a guest's operator acts on
+/// (the verdict itself is read by `report::tls`, shared with the registry client).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertProblem {
-    /// No trusted CA issued it.
-    UnknownIssuer,
-    /// It expired.
-    Expired,
-    /// It is not valid yet.
-    NotValidYet,
-    /// It does not name the host the client connected to (`expected`), but these.
-    NotValidForName { expected: Option<String>, presented: Vec<String> },
-    /// It was revoked.
-    Revoked,
-    /// Anything else rustls refused about it (its words).
-    Other(String),
-}
+pub struct CertProblem(pub CertVerdict);
 
 impl std::fmt::Display for CertProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CertProblem::UnknownIssuer => f.write_str(
+        match &self.0 {
+            CertVerdict::UnknownIssuer => f.write_str(
                 "unknown issuer: no trusted CA signed it; give the broker's CA bundle with --kbs-cert FILE \
                  (cloak-cdh: also [kbc] kbs_cert in cdh.toml)",
             ),
-            CertProblem::Expired => f.write_str("expired: the broker needs a renewed certificate"),
-            CertProblem::NotValidYet => {
+            CertVerdict::Expired => f.write_str("expired: the broker needs a renewed certificate"),
+            CertVerdict::NotValidYet => {
                 f.write_str("not valid yet: check the clocks of the guest and the issuer")
             }
-            CertProblem::NotValidForName { expected, presented } => {
+            CertVerdict::WrongName { expected, presented } => {
                 f.write_str("not valid for the host name")?;
                 if let Some(e) = expected {
                     write!(f, " {e}")?;
@@ -183,57 +172,15 @@ impl std::fmt::Display for CertProblem {
                 }
                 f.write_str("; connect by a name or address the certificate lists")
             }
-            CertProblem::Revoked => f.write_str("revoked"),
-            CertProblem::Other(s) => f.write_str(s),
+            CertVerdict::Revoked => f.write_str("revoked"),
+            CertVerdict::Other(s) => f.write_str(s),
         }
     }
 }
 
 /// The certificate verdict under a reqwest error, if a certificate was refused.
 pub fn cert_problem(e: &reqwest::Error) -> Option<CertProblem> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(p) = rustls_verdict(c) {
-            return Some(p);
-        }
-        cause = c.source();
-    }
-    None
-}
-
-/// rustls's error, as itself or inside an `io::Error` (whose `source()` skips the
-/// error it wraps, so the chain walk alone never reaches it).
-fn rustls_verdict(e: &(dyn std::error::Error + 'static)) -> Option<CertProblem> {
-    if let Some(r) = e.downcast_ref::<rustls::Error>() {
-        return classify(r);
-    }
-    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
-    rustls_verdict(inner)
-}
-
-fn classify(e: &rustls::Error) -> Option<CertProblem> {
-    use rustls::CertificateError as C;
-    let rustls::Error::InvalidCertificate(c) = e else { return None };
-    Some(match c {
-        C::UnknownIssuer => CertProblem::UnknownIssuer,
-        C::Expired | C::ExpiredContext { .. } => CertProblem::Expired,
-        C::NotValidYet | C::NotValidYetContext { .. } => CertProblem::NotValidYet,
-        C::NotValidForName => CertProblem::NotValidForName { expected: None, presented: Vec::new() },
-        C::NotValidForNameContext { expected, presented } => CertProblem::NotValidForName {
-            expected: Some(expected.to_str().into_owned()),
-            presented: presented.iter().map(|p| unwrap_name(p)).collect(),
-        },
-        C::Revoked => CertProblem::Revoked,
-        _ => CertProblem::Other(e.to_string()),
-    })
-}
-
-/// `DnsName("kbs.example")` (how rustls spells a presented name) as `kbs.example`.
-fn unwrap_name(p: &str) -> String {
-    match (p.find('('), p.ends_with(')')) {
-        (Some(i), true) => p[i + 1..p.len() - 1].trim_matches('"').to_owned(),
-        _ => p.to_owned(),
-    }
+    report::tls::cert_verdict(e).map(CertProblem)
 }
 
 #[cfg(test)]
@@ -297,18 +244,21 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
-        assert_eq!(rustls_verdict(&io), Some(CertProblem::UnknownIssuer));
+        assert_eq!(
+            report::tls::cert_verdict(&io).map(CertProblem),
+            Some(CertProblem(CertVerdict::UnknownIssuer))
+        );
         let r = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
             expected: rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
             presented: vec!["DnsName(\"kbs.example\")".into()],
         });
-        let p = rustls_verdict(&r).unwrap();
+        let p = report::tls::cert_verdict(&r).map(CertProblem).unwrap();
         assert_eq!(
             p.to_string(),
             "not valid for the host name 127.0.0.1 (it lists kbs.example); connect by a name or address \
              the certificate lists"
         );
         let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert_eq!(rustls_verdict(&plain), None);
+        assert_eq!(report::tls::cert_verdict(&plain), None);
     }
 }
