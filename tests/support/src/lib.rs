@@ -15,6 +15,7 @@
 pub mod broker;
 pub mod layout;
 pub mod net;
+pub mod netns;
 pub mod peers;
 pub mod pki;
 pub mod process;
@@ -25,6 +26,7 @@ pub mod workspace;
 pub use broker::{BrokerTls, LocalBroker, ALLOW_SAMPLE};
 pub use layout::{blob_json, blob_path, copy_tree, layer_digests, layout_manifest, list_tree, sha256_digest};
 pub use net::{free_port, http_get, wait_for_port, HttpAnswer};
+pub use netns::{rest_codes_from_far_and_near, PeerCodes};
 pub use peers::{peers_required, skopeo_118, skopeo_193};
 pub use pki::{ServerCert, TestCa};
 pub use process::{run, run_bounded, run_bounded_ok, run_ok, Daemon, Ran, CMD_LIMIT};
