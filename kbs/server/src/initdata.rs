@@ -75,44 +75,24 @@ pub fn bind(claims: &Claims, sent: Option<&kbs_types::InitData>) -> Result<Optio
     let doc = Initdata::parse(sent.body.as_bytes())
         .map_err(|e| Denial::new(Reason::InitdataInvalid, format!("the init-data body: {e}")))?;
     let digest = doc.digest();
-    match claims {
-        Claims::Snp(c) => {
-            if !field_matches(&c.host_data, &doc.field(32)) {
-                return Err(mismatch(format!(
-                    "the init-data's {} digest is not the report's HOST_DATA {}",
-                    doc.algorithm().name(),
-                    c.host_data
-                )));
-            }
-        }
-        Claims::Tdx(c) => {
-            if !field_matches(&c.mr_config_id, &doc.field(48)) {
-                return Err(mismatch(format!(
-                    "the init-data's {} digest is not the quote's MRCONFIGID {}",
-                    doc.algorithm().name(),
-                    c.mr_config_id
-                )));
-            }
-        }
+    // The report's field that carries the digest (fitted to its size as the host
+    // fits it), and how a mismatch names it.
+    let (have, want, what) = match claims {
+        Claims::Snp(c) => (&c.host_data, doc.field(32), "the report's HOST_DATA"),
+        Claims::Tdx(c) => (&c.mr_config_id, doc.field(48), "the quote's MRCONFIGID"),
         Claims::Cca(c) => {
-            if !field_matches(&c.personalization_value, &doc.field(64)) {
-                return Err(mismatch(format!(
-                    "the init-data's {} digest is not the realm token's personalization value {}",
-                    doc.algorithm().name(),
-                    c.personalization_value
-                )));
-            }
+            (&c.personalization_value, doc.field(64), "the realm token's personalization value")
         }
         Claims::Sample(c) => match &c.init_data {
             None => return Err(mismatch("the sample evidence carries no init_data digest".into())),
-            Some(have) if !field_matches(have, &digest) => {
-                return Err(mismatch(format!(
-                    "the init-data's {} digest is not the sample evidence's init_data {have}",
-                    doc.algorithm().name()
-                )))
-            }
-            Some(_) => {}
+            Some(have) => (have, digest.clone(), "the sample evidence's init_data"),
         },
+    };
+    if !field_matches(have, &want) {
+        return Err(mismatch(format!(
+            "the init-data's {} digest is not {what} {have}",
+            doc.algorithm().name()
+        )));
     }
     Ok(Some(InitdataClaims {
         algorithm: doc.algorithm().name().to_owned(),
