@@ -103,8 +103,16 @@ fn aa_failure(what: &str, e: &super::aa::AaError) -> Response {
     (status, format!("{message}\n")).into_response()
 }
 
-fn not_enabled() -> Response {
-    (StatusCode::NOT_FOUND, "Attestation Feature Not Enabled").into_response()
+/// What every `/aa/*` request is refused for before it is read: a non-loopback
+/// peer (403), or the attestation feature not enabled (api-server-rest's 404).
+fn aa_refusal(rest: &Rest, peer: SocketAddr) -> Option<Response> {
+    if let Some(r) = forbidden(peer) {
+        return Some(r);
+    }
+    if !rest.opts.attestation {
+        return Some((StatusCode::NOT_FOUND, "Attestation Feature Not Enabled").into_response());
+    }
+    None
 }
 
 /// `GET /aa/token?token_type=kbs`: the daemon's KBS token (never logged).
@@ -113,11 +121,8 @@ async fn aa_token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: axum::http::Uri,
 ) -> Response {
-    if let Some(r) = forbidden(peer) {
+    if let Some(r) = aa_refusal(&rest, peer) {
         return r;
-    }
-    if !rest.opts.attestation {
-        return not_enabled();
     }
     let Some(pairs) = query_pairs(uri.query()) else { return bad_request() };
     let Some(token_type) = param(&pairs, "token_type") else { return bad_request() };
@@ -135,11 +140,8 @@ async fn aa_evidence(
     uri: axum::http::Uri,
 ) -> Response {
     use base64::prelude::{Engine, BASE64_URL_SAFE_NO_PAD};
-    if let Some(r) = forbidden(peer) {
+    if let Some(r) = aa_refusal(&rest, peer) {
         return r;
-    }
-    if !rest.opts.attestation {
-        return not_enabled();
     }
     let bad = bad_request;
     let Some(pairs) = query_pairs(uri.query()) else { return bad() };
