@@ -242,6 +242,12 @@ phase2() {
 # 3. A persistent volume, part 2: a fresh boot, a fresh daemon, a fresh attestation.
 before=$(sha256sum /dev/vdc | cut -d' ' -f1)
 unchanged() { [ "$(sha256sum /dev/vdc | cut -d' ' -f1)" = "$before" ]; }
+# A refusal that must leave /mnt/p2 unmounted, no mapping and the disk as it was.
+refused_untouched() { # LABEL NAME
+    if mounted /mnt/p2 || [ "$(mappings)" != 0 ]; then fail "$1" "something is mounted or mapped"
+    elif ! unchanged; then fail "$1" "the disk changed"
+    else refused_ok "$2 ($(took) s)"; fi
+}
 PVC="devicePath=/dev/vdc sourceType=encrypted targetType=fileSystem encryptionType=luks2"
 # A KBS whose policy refuses this guest: no key, nothing mounted, the disk unchanged.
 start_kbs deny
@@ -250,10 +256,7 @@ step
 # shellcheck disable=SC2086 # PVC is several NAME=VALUE words
 sm /mnt/p2 $PVC key=kbs:///default/disk/pvc1
 case "$OUT" in
-    *"code=PERMISSION_DENIED"*)
-        if mounted /mnt/p2 || [ "$(mappings)" != 0 ]; then fail denied-policy "something is mounted or mapped"
-        elif ! unchanged; then fail denied-policy "the disk changed"
-        else refused_ok "denying-policy-nothing-mounted-disk-unchanged ($(took) s)"; fi ;;
+    *"code=PERMISSION_DENIED"*) refused_untouched denied-policy denying-policy-nothing-mounted-disk-unchanged ;;
     *) fail denied-policy "$OUT" ;;
 esac
 stop "$CDH_PID"
@@ -265,10 +268,7 @@ step
 # shellcheck disable=SC2086
 sm /mnt/p2 $PVC key=kbs:///default/disk/other
 case "$OUT" in
-    *"code=PERMISSION_DENIED"*"does not open"*)
-        if mounted /mnt/p2 || [ "$(mappings)" != 0 ]; then fail wrong-key "something is mounted or mapped"
-        elif ! unchanged; then fail wrong-key "the disk changed"
-        else refused_ok "wrong-key-refused-nothing-mounted-disk-unchanged ($(took) s)"; fi ;;
+    *"code=PERMISSION_DENIED"*"does not open"*) refused_untouched wrong-key wrong-key-refused-nothing-mounted-disk-unchanged ;;
     *) fail wrong-key "$OUT" ;;
 esac
 step

@@ -44,18 +44,11 @@ fn main() -> ExitCode {
         }
     }
     req.options = options;
-    let socket = socket_addr(&args[0]);
-    let Some(rt) = runtime() else { return ExitCode::from(2) };
-    let result = rt.block_on(async move {
-        let client = ttrpc::r#async::Client::connect(&socket)
-            .await
-            .map_err(|e| format!("code=TRANSPORT connecting to {socket}: {e}"))?;
-        let c = api_ttrpc::SecureMountServiceClient::new(client);
-        // A format under emulation with cryptsetup's default PBKDF (argon2id,
-        // benchmarked) takes tens of seconds.
-        let ctx = ttrpc::context::with_timeout(Duration::from_secs(600).as_nanos() as i64);
-        c.secure_mount(ctx, &req).await.map_err(status_text)
-    });
+    let Some(result) = call(&args[0], move |client, ctx| async move {
+        api_ttrpc::SecureMountServiceClient::new(client).secure_mount(ctx, &req).await
+    }) else {
+        return ExitCode::from(2);
+    };
     report(result.map(|_| "ok".to_string()))
 }
 
@@ -68,16 +61,11 @@ fn pull(args: &[String]) -> ExitCode {
     let mut req = api::ImagePullRequest::new();
     req.image_url = image.clone();
     req.bundle_path = bundle.clone();
-    let socket = socket_addr(&args[0]);
-    let Some(rt) = runtime() else { return ExitCode::from(2) };
-    let result = rt.block_on(async move {
-        let client = ttrpc::r#async::Client::connect(&socket)
-            .await
-            .map_err(|e| format!("code=TRANSPORT connecting to {socket}: {e}"))?;
-        let c = api_ttrpc::ImagePullServiceClient::new(client);
-        let ctx = ttrpc::context::with_timeout(Duration::from_secs(600).as_nanos() as i64);
-        c.pull_image(ctx, &req).await.map_err(status_text)
-    });
+    let Some(result) = call(&args[0], move |client, ctx| async move {
+        api_ttrpc::ImagePullServiceClient::new(client).pull_image(ctx, &req).await
+    }) else {
+        return ExitCode::from(2);
+    };
     report(result.map(|r| format!("ok {}", r.manifest_digest)))
 }
 
@@ -89,14 +77,31 @@ fn socket_addr(s: &str) -> String {
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => Some(rt),
+/// Connects to the daemon at `socket` and makes one call with a 10-minute deadline
+/// (a format under emulation with cryptsetup's default PBKDF, argon2id benchmarked,
+/// takes tens of seconds). `None` when no runtime could be built (said on stderr).
+fn call<T, Fut>(
+    socket: &str,
+    call: impl FnOnce(ttrpc::r#async::Client, ttrpc::context::Context) -> Fut,
+) -> Option<Result<T, String>>
+where
+    Fut: std::future::Future<Output = Result<T, ttrpc::Error>>,
+{
+    let socket = socket_addr(socket);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("runtime: {e}");
-            None
+            return None;
         }
-    }
+    };
+    Some(rt.block_on(async move {
+        let client = ttrpc::r#async::Client::connect(&socket)
+            .await
+            .map_err(|e| format!("code=TRANSPORT connecting to {socket}: {e}"))?;
+        let ctx = ttrpc::context::with_timeout(Duration::from_secs(600).as_nanos() as i64);
+        call(client, ctx).await.map_err(status_text)
+    }))
 }
 
 fn status_text(e: ttrpc::Error) -> String {
