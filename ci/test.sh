@@ -37,6 +37,9 @@ step "building all binaries (the end-to-end tests drive them)"
 cargo build --workspace --bins --locked
 
 step "workspace tests (unit, integration, end-to-end against the real peers)"
+# A failing test's message (with its file:line) is what says why; a backtrace after it
+# would push it out of the tail that a CI summary shows. RUST_BACKTRACE=1 to get them.
+export RUST_BACKTRACE="${CLOAK_TEST_BACKTRACE:-0}"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast --failure-output final
 else

@@ -35,6 +35,30 @@ fn etcd_bin() -> PathBuf {
     p
 }
 
+/// Where a test's etcd members (and its brokers' files) live: tmpfs when the machine has
+/// one. Each member preallocates a 64 MiB WAL segment and fsyncs every raft entry; on a
+/// shared disk that is nearly full or busy, a cluster on disk may not form within the
+/// tests' deadlines (CI once saw all five tests time out waiting for healthy members).
+/// Durability across a machine crash is not what these tests check; kills and restarts
+/// of members keep their data on tmpfs as on disk.
+fn etcd_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::Builder::new().prefix("cloak-etcd-test-").tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// The last lines of a log, for a failure message that must say why a peer did not come up.
+fn log_tail(path: &Path) -> String {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
 struct Member {
     name: String,
     client: u16,
@@ -143,7 +167,13 @@ impl Etcd {
                 if ok {
                     break;
                 }
-                assert!(Instant::now() < deadline, "etcd member {} did not become healthy", m.name);
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {} did not become healthy within 30 s; the end of its log ({}):\n{}",
+                    m.name,
+                    m.dir.with_extension("log").display(),
+                    log_tail(&m.dir.with_extension("log"))
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -252,7 +282,7 @@ struct Setup {
 impl Setup {
     /// 3 etcd members and 3 replicas; replica i gets `stale[i]` as --store-stale-secs.
     async fn start(stale: [u64; 3]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = etcd_tempdir();
         let etcd = Etcd::start(dir.path(), 3);
         std::fs::write(dir.path().join("policy.yaml"), SAMPLE_POLICY).unwrap();
         let admin_key = openssl::pkey::PKey::generate_ed25519().unwrap();
@@ -639,7 +669,7 @@ async fn quorum_loss_fails_closed_or_serves_bounded_stale_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_local_to_etcd_and_back_and_reseal() {
     let _one = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = etcd_tempdir();
     let etcd = Etcd::start(dir.path(), 1);
     let src = dir.path().join("src");
     for (p, v) in [("default/image-kek/a", &b"kek-a"[..]), ("team/key/b", b"kek-b")] {
@@ -766,7 +796,11 @@ fn etcd_with_auth(dir: &Path, tls: bool) -> (Child, String) {
         if probe.args(["get", "x"]).output().unwrap().status.success() {
             break;
         }
-        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(dir.join("etcd-auth.log")).unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "etcd did not answer within 20 s; the end of its log:\n{}",
+            log_tail(&dir.join("etcd-auth.log"))
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for a in [
@@ -783,7 +817,7 @@ fn etcd_with_auth(dir: &Path, tls: bool) -> (Child, String) {
 }
 
 async fn broker_on_authenticated_etcd(tls: bool) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = etcd_tempdir();
     let d = dir.path();
     let (mut etcd, ep) = etcd_with_auth(d, tls);
     std::fs::write(d.join("pw"), "cloak-pw\n").unwrap();
