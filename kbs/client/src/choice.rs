@@ -1,5 +1,5 @@
-//! The attester choice as flags and config files spell it (`auto`, `snp`, `tdx`, `cca`,
-//! `sample`): one set of names for every binary, with `clap::ValueEnum` behind the
+//! The attester choice as flags and config files spell it (`auto`, `snp`, `tdx`,
+//! `az-snp-vtpm`, `az-tdx-vtpm`, `cca`, `sample`): one set of names for every binary, with `clap::ValueEnum` behind the
 //! `clap` feature so a flag parses straight into [`AttesterKind`] (the type that
 //! `make_attester` takes) instead of each binary keeping its own copy of the enum.
 
@@ -11,8 +11,15 @@ use crate::error::AttesterError;
 
 impl AttesterKind {
     /// Every kind, in the order help texts list them.
-    pub const ALL: [AttesterKind; 5] =
-        [AttesterKind::Auto, AttesterKind::Snp, AttesterKind::Tdx, AttesterKind::Cca, AttesterKind::Sample];
+    pub const ALL: [AttesterKind; 7] = [
+        AttesterKind::Auto,
+        AttesterKind::Snp,
+        AttesterKind::Tdx,
+        AttesterKind::AzSnpVtpm,
+        AttesterKind::AzTdxVtpm,
+        AttesterKind::Cca,
+        AttesterKind::Sample,
+    ];
 
     /// The name a flag or config file uses (what `FromStr` accepts).
     pub fn name(self) -> &'static str {
@@ -20,12 +27,14 @@ impl AttesterKind {
             AttesterKind::Auto => "auto",
             AttesterKind::Snp => "snp",
             AttesterKind::Tdx => "tdx",
+            AttesterKind::AzSnpVtpm => "az-snp-vtpm",
+            AttesterKind::AzTdxVtpm => "az-tdx-vtpm",
             AttesterKind::Cca => "cca",
             AttesterKind::Sample => "sample",
         }
     }
 
-    /// Every name for a message: `auto, snp, tdx, cca or sample`.
+    /// Every name for a message: `auto, snp, tdx, az-snp-vtpm, az-tdx-vtpm, cca or sample`.
     pub(crate) fn names_in_prose() -> String {
         let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
         match names.split_last() {
@@ -82,7 +91,10 @@ mod tests {
             assert_eq!(kind.to_string(), kind.name());
         }
         let e = "bogus".parse::<AttesterKind>().unwrap_err();
-        assert_eq!(e.to_string(), r#"unknown attester "bogus" (expected auto, snp, tdx, cca or sample)"#);
+        assert_eq!(
+            e.to_string(),
+            r#"unknown attester "bogus" (expected auto, snp, tdx, az-snp-vtpm, az-tdx-vtpm, cca or sample)"#
+        );
     }
 
     #[cfg(feature = "clap")]

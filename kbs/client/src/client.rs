@@ -245,7 +245,7 @@ pub(crate) async fn send_with_retry(
 /// the caller's error already names and hides the cause; the causes below it say what
 /// happened (connection refused, timeout, ...). A cause whose text its parent already
 /// contains (hyper's and the OS's errors sometimes repeat each other) is left out.
-fn describe_reqwest(e: &reqwest::Error) -> String {
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut clauses: Vec<String> = Vec::new();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {

@@ -234,7 +234,7 @@ fn rejected_message(step: Step, status: u16, reason: &str) -> String {
 /// Why evidence could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum AttesterError {
-    /// Auto-detection found neither SEV-SNP nor TDX.
+    /// Auto-detection found no TEE (or an explicit kind found not its interface).
     #[error("no TEE found: {0}")]
     NoTee(String),
     /// The sample attester was asked for without explicitly allowing it.
@@ -249,6 +249,12 @@ pub enum AttesterError {
     /// The `/dev/sev-guest` device failed.
     #[error("SEV-SNP guest device {path}: {reason}")]
     SevGuest { path: String, reason: String },
+    /// The Azure vTPM (or its HCL report) failed.
+    #[error("Azure vTPM at {target}: {reason}")]
+    AzureVtpm { target: String, reason: String },
+    /// Azure IMDS (VCEK, TD quote) failed.
+    #[error("Azure IMDS at {url}: {reason}")]
+    Imds { url: String, reason: String },
     /// Anything else while collecting evidence.
     #[error("evidence collection failed: {0}")]
     Other(String),

@@ -1,8 +1,10 @@
 //! Attesters: where the evidence that binds the runtime data comes from.
 //!
 //! The [`Attester`] trait is the seam the client calls; [`make_attester`] builds
-//! one from a kind (`auto`, `snp`, `tdx`, `cca`, `sample`). `auto` detects SEV-SNP,
-//! TDX or an Arm CCA realm and fails with "no TEE found" otherwise: it never falls back to `sample`,
+//! one from a kind (`auto`, `snp`, `tdx`, `az-snp-vtpm`, `az-tdx-vtpm`, `cca`, `sample`).
+//! `auto` detects an Azure CVM's vTPM first (there the guest cannot get a report
+//! directly, so configfs-tsm must not be tried), then SEV-SNP, TDX or an Arm CCA
+//! realm, and fails with "no TEE found" otherwise: it never falls back to `sample`,
 //! because sample evidence proves nothing and must be an explicit choice.
 //!
 //! Evidence JSON shapes (the `primary_evidence` of the attest request):
@@ -13,9 +15,11 @@
 //!   "cert_chain":[{"guid":"<uuid>","cert_type":"vcek|vlek|ask|ark|other","data":"<b64 STANDARD DER>"}] | null,
 //!   "source":"configfs-tsm|sev-guest-ioctl"}`.
 //! - `tdx`: `{"quote":"<b64 STANDARD quote>","cc_eventlog":"<b64 STANDARD CCEL>" | null}` (Trustee's shape).
+//! - `az-snp-vtpm`, `az-tdx-vtpm`: attestation-agent's version 2 shape, see `azure.rs`.
 //! - `cca`: `{"token":[<the CBOR token's bytes as numbers>]}` (CoCo attestation-agent's
 //!   shape, which Trustee's verifier reads as `Vec<u8>`).
 
+pub mod azure;
 mod bind;
 mod cca;
 pub mod check;
@@ -24,15 +28,18 @@ mod sample;
 mod sev_guest_ioctl;
 mod snp;
 mod tdx;
+pub mod tpm;
 mod tsm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use kbs_types::Tee;
 use ocicrypt::keywrap::BoxFuture;
 
 pub use crate::error::AttesterError;
+pub use azure::{AzureKind, AzureVtpmAttester};
 pub use bind::{check_initdata, initdata_field_range};
 pub use cca::CcaAttester;
 pub use sample::{SampleAttester, SAMPLE_INIT_DATA_DIGEST_ENV};
@@ -71,6 +78,8 @@ pub enum AttesterKind {
     Auto,
     Snp,
     Tdx,
+    AzSnpVtpm,
+    AzTdxVtpm,
     Cca,
     Sample,
 }
@@ -88,6 +97,14 @@ pub struct AttesterOptions {
     /// host measured whatever this says; only the `sample` attester uses it, as the
     /// digest a correctly launched guest's evidence would carry.
     pub initdata_digest: Option<Vec<u8>>,
+    /// The vTPM of an Azure CVM (`az-snp-vtpm`, `az-tdx-vtpm`): `/dev/tpmrm0`, or
+    /// what `CLOAK_TPM_DEVICE` says (`tcp:127.0.0.1:PORT` reaches swtpm in tests).
+    pub tpm_device: tpm::TpmTarget,
+    /// Azure IMDS base URL (VCEK, TD quotes): `http://169.254.169.254`, or
+    /// `CLOAK_AZURE_IMDS_URL`.
+    pub azure_imds_url: String,
+    /// How long the paravisor may take to put the user data into the HCL report.
+    pub azure_report_settle: Duration,
 }
 
 impl Default for AttesterOptions {
@@ -97,21 +114,45 @@ impl Default for AttesterOptions {
             tsm_root: PathBuf::from("/sys/kernel/config/tsm/report"),
             sev_guest_device: PathBuf::from("/dev/sev-guest"),
             initdata_digest: None,
+            tpm_device: tpm_device_from_env(),
+            azure_imds_url: std::env::var(azure::IMDS_URL_ENV)
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| azure::DEFAULT_IMDS_URL.to_owned()),
+            azure_report_settle: azure::DEFAULT_REPORT_SETTLE,
         }
+    }
+}
+
+/// `CLOAK_TPM_DEVICE` when set and valid, else `/dev/tpmrm0`; an invalid value is
+/// logged, not silently dropped.
+fn tpm_device_from_env() -> tpm::TpmTarget {
+    match std::env::var(azure::TPM_DEVICE_ENV) {
+        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|e| {
+            tracing::warn!("ignoring {}={v:?}: {e}", azure::TPM_DEVICE_ENV);
+            tpm::TpmTarget::default()
+        }),
+        _ => tpm::TpmTarget::default(),
     }
 }
 
 /// What detection found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Detected {
+    Azure(AzureKind),
     Snp,
     Tdx,
     Cca,
 }
 
-/// Looks for a TEE we can get evidence from: a configfs-tsm provider, or the
-/// SEV-SNP guest device. Returns a description of what was looked at when none.
+/// Looks for a TEE we can get evidence from: an Azure vTPM with an HCL report,
+/// a configfs-tsm provider, or the SEV-SNP guest device. Returns a description of
+/// what was looked at when none.
 fn detect(opts: &AttesterOptions) -> Result<Detected, String> {
+    let azure = match azure::detect(&opts.tpm_device) {
+        Ok(kind) => return Ok(Detected::Azure(kind)),
+        Err(why) => why,
+    };
     let facts = probe::probe_report_dir(&opts.tsm_root);
     match facts.provider.as_deref() {
         Some("sev_guest") => return Ok(Detected::Snp),
@@ -127,7 +168,7 @@ fn detect(opts: &AttesterOptions) -> Result<Detected, String> {
         None => facts.why_no_provider(),
     };
     Err(format!(
-        "configfs-tsm at {}: {tsm_state}; {} does not exist",
+        "{azure}; configfs-tsm at {}: {tsm_state}; {} does not exist",
         opts.tsm_root.display(),
         opts.sev_guest_device.display()
     ))
@@ -149,6 +190,7 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
             }
         }
         AttesterKind::Auto => match detect(opts) {
+            Ok(Detected::Azure(kind)) => Ok(Arc::new(AzureVtpmAttester::new(kind, opts))),
             Ok(Detected::Snp) => Ok(Arc::new(snp_attester(opts))),
             Ok(Detected::Tdx) => Ok(Arc::new(TdxAttester::new(opts.tsm_root.clone()))),
             Ok(Detected::Cca) => Ok(Arc::new(CcaAttester::new(opts.tsm_root.clone()))),
@@ -176,6 +218,8 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
                 )))
             }
         }
+        AttesterKind::AzSnpVtpm => azure_attester(AzureKind::Snp, opts),
+        AttesterKind::AzTdxVtpm => azure_attester(AzureKind::Tdx, opts),
         AttesterKind::Cca => {
             if probe::probe_report_dir(&opts.tsm_root).provider.as_deref() == Some(cca::PROVIDER) {
                 Ok(Arc::new(CcaAttester::new(opts.tsm_root.clone())))
@@ -186,6 +230,19 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
                 )))
             }
         }
+    }
+}
+
+/// An explicit Azure kind: the vTPM must hold an HCL report of that kind.
+fn azure_attester(kind: AzureKind, opts: &AttesterOptions) -> Result<Arc<dyn Attester>, AttesterError> {
+    let name = if kind == AzureKind::Snp { "az-snp-vtpm" } else { "az-tdx-vtpm" };
+    match azure::detect(&opts.tpm_device) {
+        Ok(found) if found == kind => Ok(Arc::new(AzureVtpmAttester::new(kind, opts))),
+        Ok(_) => Err(AttesterError::NoTee(format!(
+            "{name} requested, but the HCL report in {} is for the other TEE",
+            opts.tpm_device
+        ))),
+        Err(why) => Err(AttesterError::NoTee(format!("{name} requested, but {why}"))),
     }
 }
 
@@ -205,6 +262,8 @@ mod tests {
             tsm_root: dir.join("tsm/report"),
             sev_guest_device: dir.join("sev-guest"),
             initdata_digest: None,
+            tpm_device: tpm::TpmTarget::Device(dir.join("tpmrm0")),
+            ..Default::default()
         }
     }
 
@@ -215,6 +274,8 @@ mod tests {
         assert_eq!("tdx".parse::<AttesterKind>().ok(), Some(AttesterKind::Tdx));
         assert_eq!("sample".parse::<AttesterKind>().ok(), Some(AttesterKind::Sample));
         assert_eq!("cca".parse::<AttesterKind>().ok(), Some(AttesterKind::Cca));
+        assert_eq!("az-snp-vtpm".parse::<AttesterKind>().ok(), Some(AttesterKind::AzSnpVtpm));
+        assert_eq!("az-tdx-vtpm".parse::<AttesterKind>().ok(), Some(AttesterKind::AzTdxVtpm));
         assert!(matches!("sev".parse::<AttesterKind>(), Err(AttesterError::UnknownKind(_))));
     }
 
@@ -252,7 +313,13 @@ mod tests {
     fn explicit_kinds_without_hardware_fail() {
         let dir = tempfile::tempdir().unwrap();
         let opts = opts_in(dir.path());
-        for k in [AttesterKind::Snp, AttesterKind::Tdx, AttesterKind::Cca] {
+        for k in [
+            AttesterKind::Snp,
+            AttesterKind::Tdx,
+            AttesterKind::AzSnpVtpm,
+            AttesterKind::AzTdxVtpm,
+            AttesterKind::Cca,
+        ] {
             let err = make_attester(k, &opts).err().unwrap();
             assert!(err.to_string().starts_with("no TEE found"), "{err}");
         }
