@@ -88,6 +88,12 @@ pub enum Claims {
     Snp(SnpClaims),
     Tdx(TdxClaims),
     Cca(crate::verifier::cca::CcaClaims),
+    /// An Azure confidential VM on SEV-SNP (report through the paravisor's vTPM).
+    #[serde(rename = "az-snp-vtpm")]
+    AzSnpVtpm(crate::verifier::azure::AzSnpClaims),
+    /// An Azure confidential VM on TDX.
+    #[serde(rename = "az-tdx-vtpm")]
+    AzTdxVtpm(crate::verifier::azure::AzTdxClaims),
 }
 
 impl Claims {
@@ -98,6 +104,8 @@ impl Claims {
             Claims::Snp(_) => "snp",
             Claims::Tdx(_) => "tdx",
             Claims::Cca(_) => "cca",
+            Claims::AzSnpVtpm(_) => "az-snp-vtpm",
+            Claims::AzTdxVtpm(_) => "az-tdx-vtpm",
         }
     }
 }

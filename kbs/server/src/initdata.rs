@@ -83,6 +83,8 @@ pub fn bind(claims: &Claims, sent: Option<&kbs_types::InitData>) -> Result<Optio
         Claims::Cca(c) => {
             (&c.personalization_value, doc.field(64), "the realm token's personalization value")
         }
+        Claims::AzSnpVtpm(c) => return bind_pcr8(&c.vtpm, &doc),
+        Claims::AzTdxVtpm(c) => return bind_pcr8(&c.vtpm, &doc),
         Claims::Sample(c) => match &c.init_data {
             None => return Err(mismatch("the sample evidence carries no init_data digest".into())),
             Some(have) => (have, digest.clone(), "the sample evidence's init_data"),
@@ -92,6 +94,38 @@ pub fn bind(claims: &Claims, sent: Option<&kbs_types::InitData>) -> Result<Optio
         return Err(mismatch(format!(
             "the init-data's {} digest is not {what} {have}",
             doc.algorithm().name()
+        )));
+    }
+    Ok(Some(InitdataClaims {
+        algorithm: doc.algorithm().name().to_owned(),
+        digest: hex::encode(&digest),
+        data: doc.data().iter().cloned().collect(),
+    }))
+}
+
+/// Azure confidential VMs: the host cannot set a report field, so attestation-agent
+/// extends vTPM PCR 8 once with the init-data's SHA-256 digest at boot (as Trustee
+/// checks it): PCR 8 = SHA-256(32 zero bytes || digest). The PCR bank is SHA-256, so
+/// only `algorithm = "sha256"` init-data can be bound there.
+fn bind_pcr8(vtpm: &crate::verifier::azure::VtpmClaims, doc: &Initdata) -> Result<Option<InitdataClaims>, Denial> {
+    use sha2::Digest as _;
+    let pcr = crate::verifier::azure::INITDATA_PCR;
+    let digest = doc.digest();
+    if doc.algorithm().name() != "sha256" {
+        return Err(mismatch(format!(
+            "the init-data's algorithm is {}, and on an Azure vTPM it is bound in PCR {pcr}, a SHA-256 register: use algorithm = \"sha256\"",
+            doc.algorithm().name()
+        )));
+    }
+    let mut extend = sha2::Sha256::new();
+    extend.update([0u8; 32]);
+    extend.update(&digest);
+    let want = extend.finalize();
+    let have = vtpm.pcrs.get(&pcr).map(String::as_str).unwrap_or("");
+    if !field_matches(have, &want) {
+        return Err(mismatch(format!(
+            "PCR {pcr} ({}) is not the init-data's sha256 digest extended once into a zero PCR",
+            if have.is_empty() { "not quoted" } else { have }
         )));
     }
     Ok(Some(InitdataClaims {

@@ -143,6 +143,12 @@ enum TeeArg {
     Tdx,
     Snp,
     Cca,
+    /// An Azure confidential VM on SEV-SNP: the evidence JSON (HCL report, TPM quote, VCEK).
+    #[value(name = "az-snp-vtpm")]
+    AzSnpVtpm,
+    /// An Azure confidential VM on TDX: the evidence JSON (HCL report, TPM quote, TD quote).
+    #[value(name = "az-tdx-vtpm")]
+    AzTdxVtpm,
 }
 
 #[derive(clap::Args)]
@@ -151,13 +157,16 @@ struct VerifyArgs {
     tee: TeeArg,
     /// TDX: a raw quote or the evidence JSON; SNP: a raw report (binary or hex) or the
     /// evidence JSON (cloak's or CoCo attestation-agent's); CCA: the CBOR token or the
-    /// evidence JSON (`{"token": ...}`).
+    /// evidence JSON (`{"token": ...}`); az-snp-vtpm / az-tdx-vtpm: the evidence JSON
+    /// (every version attestation-agent emits; the quote's extraData is shown, not
+    /// compared: there is no session).
     #[arg(long)]
     evidence: PathBuf,
-    /// TDX collateral, QuoteCollateralV3 JSON.
+    /// TDX and az-tdx-vtpm collateral, QuoteCollateralV3 JSON.
     #[arg(long)]
     collateral: Option<PathBuf>,
-    /// SNP: the VCEK (or VLEK) certificate, DER or PEM.
+    /// SNP and az-snp-vtpm: the VCEK (or VLEK) certificate, DER or PEM (az-snp-vtpm
+    /// evidence usually carries its own).
     #[arg(long)]
     vcek: Option<PathBuf>,
     /// SNP: a directory of VCEK/VLEK certificates; the one matching the report is used.
@@ -225,6 +234,8 @@ fn verify_evidence(a: VerifyArgs) -> anyhow::Result<bool> {
         TeeArg::Tdx => offline::OfflineTee::Tdx,
         TeeArg::Snp => offline::OfflineTee::Snp,
         TeeArg::Cca => offline::OfflineTee::Cca,
+        TeeArg::AzSnpVtpm => offline::OfflineTee::AzSnpVtpm,
+        TeeArg::AzTdxVtpm => offline::OfflineTee::AzTdxVtpm,
     };
     match offline::verify_with_policy(tee, &inp, policy.as_ref()) {
         Ok((claims, _)) => {

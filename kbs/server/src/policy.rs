@@ -226,7 +226,29 @@ struct RequiredSpec {
     sev_snp: Option<SnpSpec>,
     tdx: Option<TdxSpec>,
     cca: Option<CcaSpec>,
+    az_snp_vtpm: Option<AzSnpSpec>,
+    az_tdx_vtpm: Option<AzTdxSpec>,
     sample: Option<SampleSpec>,
+}
+
+/// `required_attestation.az_snp_vtpm`: the SNP report's requirements (the keys of
+/// `sev_snp`) and the vTPM PCRs.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AzSnpSpec {
+    sev_snp: Option<SnpSpec>,
+    #[serde(default)]
+    pcrs: BTreeMap<String, OneOrMany>,
+}
+
+/// `required_attestation.az_tdx_vtpm`: the TD quote's requirements (the keys of `tdx`)
+/// and the vTPM PCRs.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AzTdxSpec {
+    tdx: Option<TdxSpec>,
+    #[serde(default)]
+    pcrs: BTreeMap<String, OneOrMany>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +346,44 @@ pub struct TdxRequirement {
     pub tcb_status: Vec<String>,
     /// Advisory IDs that refuse a quote, upper case.
     pub deny_advisories: Vec<String>,
+}
+
+/// Allowed values of vTPM PCRs (SHA-256 bank): PCR index -> lowercase hex values, one
+/// of which the quoted PCR must hold. Empty: no PCR is checked.
+pub type PcrRequirement = BTreeMap<u8, Vec<String>>;
+
+/// An Azure confidential VM on SEV-SNP (`required_attestation.az_snp_vtpm`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AzSnpRequirement {
+    pub snp: SnpRequirement,
+    pub pcrs: PcrRequirement,
+}
+
+/// An Azure confidential VM on TDX (`required_attestation.az_tdx_vtpm`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AzTdxRequirement {
+    pub tdx: TdxRequirement,
+    pub pcrs: PcrRequirement,
+}
+
+fn pcr_requirement(section: &str, spec: BTreeMap<String, OneOrMany>) -> Result<PcrRequirement, PolicyError> {
+    let mut out = PcrRequirement::new();
+    for (k, v) in spec {
+        let field = format!("{section}.pcrs.{k}");
+        let index = k
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|i| *i < 24)
+            .ok_or_else(|| PolicyError::Invalid { field: field.clone(), reason: "a PCR index is 0 to 23".into() })?;
+        let values = match v {
+            OneOrMany::One(m) => vec![m],
+            OneOrMany::Many(v) => v,
+        };
+        let values = values.iter().map(|m| hex_field(&field, m, 32)).collect::<Result<Vec<_>, _>>()?;
+        out.insert(index, values);
+    }
+    Ok(out)
 }
 
 /// What an Arm CCA token must show (`required_attestation.cca`). Empty lists are not
@@ -657,6 +717,8 @@ pub struct BrokerPolicy {
     pub snp: Option<SnpRequirement>,
     pub tdx: Option<TdxRequirement>,
     pub cca: Option<CcaRequirement>,
+    pub az_snp: Option<AzSnpRequirement>,
+    pub az_tdx: Option<AzTdxRequirement>,
     pub sample_allowed: bool,
     pub released: Vec<String>,
     /// `initdata`: what is asked of the guest's init-data (default: nothing).
@@ -673,6 +735,8 @@ impl Default for BrokerPolicy {
             snp: None,
             tdx: None,
             cca: None,
+            az_snp: None,
+            az_tdx: None,
             sample_allowed: false,
             released: Vec::new(),
             initdata: InitdataPolicy::default(),
@@ -710,55 +774,82 @@ fn validate_glob(pattern: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
+impl SnpRequirement {
+    /// `section` names the policy section in errors (`sev_snp`, `az_snp_vtpm.sev_snp`).
+    fn from_spec(section: &str, s: SnpSpec) -> Result<Self, PolicyError> {
+        let list = match s.measurement {
+            None => Vec::new(),
+            Some(OneOrMany::One(m)) => vec![m],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        let measurements = list
+            .iter()
+            .map(|m| hex_field(&format!("{section}.measurement"), m, 48))
+            .collect::<Result<Vec<_>, _>>()?;
+        let t = s.tcb_min.unwrap_or_default();
+        Ok(SnpRequirement {
+            measurements,
+            tcb_min: crate::claims::SnpTcb {
+                bootloader: t.bootloader,
+                tee: t.tee,
+                snp: t.snp,
+                microcode: t.microcode,
+                fmc: None,
+            },
+            family_id: s.family_id.map(|v| hex_field(&format!("{section}.family_id"), &v, 16)).transpose()?,
+            image_id: s.image_id.map(|v| hex_field(&format!("{section}.image_id"), &v, 16)).transpose()?,
+            max_vmpl: s.max_vmpl,
+            allow_debug: s.allow_debug,
+        })
+    }
+}
+
+impl TdxRequirement {
+    /// `section` names the policy section in errors (`tdx`, `az_tdx_vtpm.tdx`).
+    fn from_spec(section: &str, t: TdxSpec) -> Result<Self, PolicyError> {
+        Ok(TdxRequirement {
+            mr_td: t
+                .mr_td
+                .iter()
+                .map(|m| hex_field(&format!("{section}.mr_td"), m, 48))
+                .collect::<Result<Vec<_>, _>>()?,
+            tcb_svn_min: t
+                .tcb_svn_min
+                .map(|v| hex_field(&format!("{section}.tcb_svn_min"), &v, 16))
+                .transpose()?
+                .map(|h| hex::decode(h).unwrap_or_default()),
+            allow_debug: t.allow_debug,
+            tcb_status: tdx_statuses(t.tcb_status)?,
+            deny_advisories: t.deny_advisories.iter().map(|a| a.trim().to_ascii_uppercase()).collect(),
+        })
+    }
+}
+
 impl BrokerPolicy {
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
         let file: PolicyFile = serde_yaml::from_str(text)?;
         let spec = file.default_policy;
-        let snp = match spec.required_attestation.sev_snp {
+        let ra = spec.required_attestation;
+        let snp = ra.sev_snp.map(|s| SnpRequirement::from_spec("sev_snp", s)).transpose()?;
+        let tdx = ra.tdx.map(|t| TdxRequirement::from_spec("tdx", t)).transpose()?;
+        let az_snp = match ra.az_snp_vtpm {
             None => None,
-            Some(s) => {
-                let list = match s.measurement {
-                    None => Vec::new(),
-                    Some(OneOrMany::One(m)) => vec![m],
-                    Some(OneOrMany::Many(v)) => v,
-                };
-                let measurements = list
-                    .iter()
-                    .map(|m| hex_field("sev_snp.measurement", m, 48))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let t = s.tcb_min.unwrap_or_default();
-                Some(SnpRequirement {
-                    measurements,
-                    tcb_min: crate::claims::SnpTcb {
-                        bootloader: t.bootloader,
-                        tee: t.tee,
-                        snp: t.snp,
-                        microcode: t.microcode,
-                        fmc: None,
-                    },
-                    family_id: s.family_id.map(|v| hex_field("sev_snp.family_id", &v, 16)).transpose()?,
-                    image_id: s.image_id.map(|v| hex_field("sev_snp.image_id", &v, 16)).transpose()?,
-                    max_vmpl: s.max_vmpl,
-                    allow_debug: s.allow_debug,
-                })
-            }
+            Some(a) => Some(AzSnpRequirement {
+                snp: match a.sev_snp {
+                    Some(s) => SnpRequirement::from_spec("az_snp_vtpm.sev_snp", s)?,
+                    None => SnpRequirement::default(),
+                },
+                pcrs: pcr_requirement("az_snp_vtpm", a.pcrs)?,
+            }),
         };
-        let tdx = match spec.required_attestation.tdx {
+        let az_tdx = match ra.az_tdx_vtpm {
             None => None,
-            Some(t) => Some(TdxRequirement {
-                mr_td: t
-                    .mr_td
-                    .iter()
-                    .map(|m| hex_field("tdx.mr_td", m, 48))
-                    .collect::<Result<Vec<_>, _>>()?,
-                tcb_svn_min: t
-                    .tcb_svn_min
-                    .map(|v| hex_field("tdx.tcb_svn_min", &v, 16))
-                    .transpose()?
-                    .map(|h| hex::decode(h).unwrap_or_default()),
-                allow_debug: t.allow_debug,
-                tcb_status: tdx_statuses(t.tcb_status)?,
-                deny_advisories: t.deny_advisories.iter().map(|a| a.trim().to_ascii_uppercase()).collect(),
+            Some(a) => Some(AzTdxRequirement {
+                tdx: match a.tdx {
+                    Some(t) => TdxRequirement::from_spec("az_tdx_vtpm.tdx", t)?,
+                    None => TdxRequirement::default(),
+                },
+                pcrs: pcr_requirement("az_tdx_vtpm", a.pcrs)?,
             }),
         };
         for p in &spec.released_resources {
@@ -767,8 +858,10 @@ impl BrokerPolicy {
         Ok(BrokerPolicy {
             snp,
             tdx,
-            cca: spec.required_attestation.cca.map(CcaRequirement::from_spec).transpose()?,
-            sample_allowed: spec.required_attestation.sample.map(|s| s.allow).unwrap_or(false),
+            cca: ra.cca.map(CcaRequirement::from_spec).transpose()?,
+            az_snp,
+            az_tdx,
+            sample_allowed: ra.sample.map(|s| s.allow).unwrap_or(false),
             released: spec.released_resources,
             initdata: spec.initdata.map(InitdataPolicy::from_spec).transpose()?.unwrap_or_default(),
         })
@@ -814,6 +907,26 @@ impl BrokerPolicy {
                 )),
                 Some(req) => check_cca(req, c),
             },
+            Claims::AzSnpVtpm(c) => match &self.az_snp {
+                None => Err(Denial::new(
+                    Reason::TeeNotAllowed,
+                    "the policy has no required_attestation.az_snp_vtpm section",
+                )),
+                Some(req) => {
+                    let hw = check_snp(&req.snp, &c.sev_snp)?;
+                    check_pcrs("az_snp_vtpm", &req.pcrs, &c.vtpm, hw)
+                }
+            },
+            Claims::AzTdxVtpm(c) => match &self.az_tdx {
+                None => Err(Denial::new(
+                    Reason::TeeNotAllowed,
+                    "the policy has no required_attestation.az_tdx_vtpm section",
+                )),
+                Some(req) => {
+                    let hw = check_tdx(&req.tdx, &c.tdx)?;
+                    check_pcrs("az_tdx_vtpm", &req.pcrs, &c.vtpm, hw)
+                }
+            },
         }
     }
 
@@ -831,6 +944,28 @@ pub(crate) fn pattern_matches(p: &str, path: &str) -> bool {
     } else {
         path == p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
     }
+}
+
+/// Each pinned PCR must have been quoted and hold one of its allowed values.
+fn check_pcrs(
+    section: &str,
+    req: &PcrRequirement,
+    c: &crate::verifier::azure::VtpmClaims,
+    hw: MeasurementMatch,
+) -> Result<MeasurementMatch, Denial> {
+    for (i, allowed) in req {
+        let have = c.pcrs.get(i).map(String::as_str).unwrap_or("");
+        if !allowed.iter().any(|a| a == have) {
+            return Err(Denial::new(
+                Reason::MeasurementMismatch,
+                format!(
+                    "PCR {i} {} is not in {section}.pcrs.{i}",
+                    if have.is_empty() { "(not quoted)" } else { have }
+                ),
+            ));
+        }
+    }
+    Ok(if req.is_empty() { hw } else { MeasurementMatch::Matched })
 }
 
 fn check_snp(req: &SnpRequirement, c: &SnpClaims) -> Result<MeasurementMatch, Denial> {

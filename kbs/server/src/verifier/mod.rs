@@ -3,6 +3,7 @@
 //! `Denial` whose reason becomes a metric label. Policy is applied afterwards, by the
 //! caller, so that the same claims can be re-checked later against a newer policy.
 
+pub mod azure;
 pub mod cca;
 pub mod collateral;
 pub mod kds;
@@ -68,13 +69,7 @@ pub async fn verify(
         Tee::Sample => sample::verify(evidence, expected_report_data).map(Claims::Sample),
         Tee::Snp => {
             let mut ev = snp::parse_evidence(evidence)?;
-            let has_key =
-                ev.certs.iter().any(|c| c.kind == "vcek" || c.kind == "vlek") || trust.snp.vcek.is_some();
-            if let (false, Some(kds)) = (has_key, &trust.snp_kds) {
-                if let Some(der) = kds.vcek_for(&ev.report).await? {
-                    ev.certs.push(snp::CertIn { kind: "vcek".into(), data: der });
-                }
-            }
+            add_vcek_from_kds(&ev.report, &mut ev.certs, trust).await?;
             let claims = snp::verify_report(&ev.report, &ev.certs, &trust.snp, now)?;
             check_report_data("SNP", &claims.report_data, expected_report_data)?;
             Ok(Claims::Snp(claims))
@@ -82,13 +77,7 @@ pub async fn verify(
         Tee::Tdx => {
             let ev = tdx::parse_evidence(evidence)?;
             let info = tdx::quote_info(&ev.quote)?;
-            let source = trust.tdx.collateral.as_ref().ok_or_else(|| {
-                Denial::new(
-                    Reason::CollateralUnavailable,
-                    "no TDX collateral source is configured (tdx.pccs_url or tdx.collateral_dir)",
-                )
-            })?;
-            let collateral = source.get(&info, now).await?;
+            let collateral = tdx_collateral(trust)?.get(&info, now).await?;
             let claims = tdx::verify_quote(&ev.quote, &collateral, &trust.tdx.root_ca_der, now)?;
             check_report_data("TDX", &claims.report_data, expected_report_data)?;
             Ok(Claims::Tdx(claims))
@@ -99,8 +88,48 @@ pub async fn verify(
             cca::check_challenge(&claims, expected_report_data)?;
             Ok(Claims::Cca(claims))
         }
+        Tee::AzSnpVtpm => {
+            let ev = azure::parse_evidence(evidence, azure::HclKind::Snp)?;
+            let mut certs: Vec<snp::CertIn> =
+                ev.vcek.iter().map(|d| snp::CertIn { kind: "vcek".into(), data: d.clone() }).collect();
+            let hcl = azure::parse_hcl_report(&ev.hcl_report)?;
+            add_vcek_from_kds(azure::snp_report(&hcl)?, &mut certs, trust).await?;
+            let claims = azure::verify_snp(&ev, &certs, &trust.snp, now)?;
+            azure::check_nonce(&claims.vtpm, expected_report_data)?;
+            Ok(Claims::AzSnpVtpm(claims))
+        }
+        Tee::AzTdxVtpm => {
+            let ev = azure::parse_evidence(evidence, azure::HclKind::Tdx)?;
+            let quote = ev.td_quote.as_deref().unwrap_or_default();
+            let info = tdx::quote_info(quote)?;
+            let collateral = tdx_collateral(trust)?.get(&info, now).await?;
+            let claims = azure::verify_tdx(&ev, &collateral, &trust.tdx.root_ca_der, now)?;
+            azure::check_nonce(&claims.vtpm, expected_report_data)?;
+            Ok(Claims::AzTdxVtpm(claims))
+        }
         other => Err(Denial::new(Reason::UnsupportedTee, format!("no verifier for TEE {other}"))),
     }
+}
+
+/// Where the evidence carries no VCEK (or VLEK) and none is configured: AMD KDS's, when
+/// the broker may ask it.
+async fn add_vcek_from_kds(report: &[u8], certs: &mut Vec<snp::CertIn>, trust: &Trust) -> Result<(), Denial> {
+    let has_key = certs.iter().any(|c| c.kind == "vcek" || c.kind == "vlek") || trust.snp.vcek.is_some();
+    if let (false, Some(kds)) = (has_key, &trust.snp_kds) {
+        if let Some(der) = kds.vcek_for(report).await? {
+            certs.push(snp::CertIn { kind: "vcek".into(), data: der });
+        }
+    }
+    Ok(())
+}
+
+fn tdx_collateral(trust: &Trust) -> Result<&Arc<CollateralSource>, Denial> {
+    trust.tdx.collateral.as_ref().ok_or_else(|| {
+        Denial::new(
+            Reason::CollateralUnavailable,
+            "no TDX collateral source is configured (tdx.pccs_url or tdx.collateral_dir)",
+        )
+    })
 }
 
 /// The expected report_data zero-padded to the 64-byte field SNP and TDX use.

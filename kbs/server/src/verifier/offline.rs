@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{snp, tdx, SnpTrust};
 use crate::claims::Claims;
 use crate::policy::{
-    BrokerPolicy, CcaRequirement, Denial, MeasurementMatch, Reason, SnpRequirement, TdxRequirement,
+    AzSnpRequirement, AzTdxRequirement, BrokerPolicy, CcaRequirement, Denial, MeasurementMatch, Reason, SnpRequirement, TdxRequirement,
 };
 
 /// Which verifier.
@@ -18,6 +18,8 @@ pub enum OfflineTee {
     Tdx,
     Snp,
     Cca,
+    AzSnpVtpm,
+    AzTdxVtpm,
 }
 
 /// Inputs of one offline verification.
@@ -66,13 +68,7 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
                 Some(v) => tdx::parse_evidence(&v)?.quote,
                 None => inp.evidence.clone(),
             };
-            let coll = inp.collateral.as_deref().ok_or_else(|| {
-                Denial::new(
-                    Reason::CollateralUnavailable,
-                    "TDX verification needs --collateral COLLATERAL.json",
-                )
-            })?;
-            let coll = super::collateral::parse_collateral_json(coll)?;
+            let coll = tdx_collateral(inp)?;
             let root = inp.tdx_root_ca_der.as_deref().unwrap_or(tdx::INTEL_SGX_ROOT_CA_DER);
             tdx::verify_quote(&quote, &coll, root, inp.at).map(Claims::Tdx)
         }
@@ -111,7 +107,33 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
             }
             super::cca::verify_token(&token, &inp.cca).map(Claims::Cca).map_err(Denial::from)
         }
+        // No session, so no runtime-data binding: the claims show the quote's extraData.
+        OfflineTee::AzSnpVtpm => {
+            let ev = super::azure::parse_evidence(&evidence_json(inp, "az-snp-vtpm")?, super::azure::HclKind::Snp)?;
+            let certs: Vec<snp::CertIn> =
+                ev.vcek.iter().map(|d| snp::CertIn { kind: "vcek".into(), data: d.clone() }).collect();
+            super::azure::verify_snp(&ev, &certs, &inp.snp, inp.at).map(Claims::AzSnpVtpm)
+        }
+        OfflineTee::AzTdxVtpm => {
+            let ev = super::azure::parse_evidence(&evidence_json(inp, "az-tdx-vtpm")?, super::azure::HclKind::Tdx)?;
+            let coll = tdx_collateral(inp)?;
+            let root = inp.tdx_root_ca_der.as_deref().unwrap_or(tdx::INTEL_SGX_ROOT_CA_DER);
+            super::azure::verify_tdx(&ev, &coll, root, inp.at).map(Claims::AzTdxVtpm)
+        }
     }
+}
+
+fn tdx_collateral(inp: &OfflineInputs) -> Result<dcap_qvl::QuoteCollateralV3, Denial> {
+    let coll = inp.collateral.as_deref().ok_or_else(|| {
+        Denial::new(Reason::CollateralUnavailable, "TDX verification needs --collateral COLLATERAL.json")
+    })?;
+    super::collateral::parse_collateral_json(coll)
+}
+
+fn evidence_json(inp: &OfflineInputs, tee: &str) -> Result<Value, Denial> {
+    as_json(&inp.evidence).ok_or_else(|| {
+        Denial::new(Reason::MalformedEvidence, format!("{tee} evidence must be the evidence JSON a guest sends"))
+    })
 }
 
 /// The policy `verify-evidence` applies without `--policy`: any measurement and VMPL,
@@ -121,6 +143,11 @@ pub fn default_policy() -> BrokerPolicy {
         snp: Some(SnpRequirement { max_vmpl: u32::MAX, ..Default::default() }),
         tdx: Some(TdxRequirement::default()),
         cca: Some(CcaRequirement::default()),
+        az_snp: Some(AzSnpRequirement {
+            snp: SnpRequirement { max_vmpl: u32::MAX, ..Default::default() },
+            pcrs: Default::default(),
+        }),
+        az_tdx: Some(AzTdxRequirement { tdx: TdxRequirement::default(), pcrs: Default::default() }),
         sample_allowed: false,
         released: Vec::new(),
         initdata: Default::default(),

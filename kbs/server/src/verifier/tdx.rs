@@ -235,6 +235,18 @@ fn classify(e: &anyhow::Error) -> Reason {
     }
 }
 
+/// The TD report's report_data, read before any signature is checked: what the
+/// quote claims, for bindings that [`verify_quote`] then makes true or refuses.
+pub fn unverified_report_data(raw: &[u8]) -> Result<[u8; 64], Denial> {
+    quote_info(raw)?;
+    let quote = Quote::parse(raw).map_err(|e| malformed(format!("TDX quote does not parse: {e:#}")))?;
+    quote
+        .report
+        .as_td10()
+        .map(|td| td.report_data)
+        .ok_or_else(|| malformed("the quote carries an SGX enclave report, not a TD report"))
+}
+
 /// Verifies `raw` (a TDX quote) with `collateral` against `root_ca_der` at `now` (unix
 /// seconds) and returns its claims. Report data is not compared here (see [`verify`]).
 pub fn verify_quote(
