@@ -42,6 +42,11 @@ const TPM_ALG_RSASSA: u16 = 0x0014;
 pub const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
 /// `TPM_GENERATED_VALUE`: the magic at the start of every TPMS_ATTEST.
 pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
+const RC_RETRY: u32 = 0x922;
+const RC_YIELDED: u32 = 0x908;
+const RC_TESTING: u32 = 0x90A;
+/// Retries of one command, about 1 s of waiting in all.
+const MAX_RETRIES: u32 = 12;
 /// Number of PCRs quoted and read (the SHA-256 bank, PCR 0..23).
 pub const PCR_COUNT: usize = 24;
 
@@ -136,6 +141,7 @@ fn rc_hint(code: u32) -> &'static str {
             0x100 => " (TPM_RC_INITIALIZE: TPM2_Startup was not run)",
             0x922 => " (TPM_RC_RETRY)",
             0x908 => " (TPM_RC_YIELDED)",
+            0x90A => " (TPM_RC_TESTING)",
             _ => "",
         }
     }
@@ -312,12 +318,25 @@ impl Tpm {
         Tpm { transport, target }
     }
 
+    /// Sends `cmd`, again while the TPM says to retry later (TPM_RC_RETRY, _YIELDED,
+    /// _TESTING are warnings, not failures; tss2's ESAPI retries them the same way).
     fn run(&mut self, command: Command, cmd: Vec<u8>) -> Result<Vec<u8>, TpmError> {
-        let resp = self.transport.transact(&cmd).map_err(|reason| TpmError::Transport {
-            target: self.target.clone(),
-            reason: format!("{command}: {reason}"),
-        })?;
-        parse_response(command, &resp).map(<[u8]>::to_vec)
+        let mut attempt = 0u32;
+        loop {
+            let resp = self.transport.transact(&cmd).map_err(|reason| TpmError::Transport {
+                target: self.target.clone(),
+                reason: format!("{command}: {reason}"),
+            })?;
+            match parse_response(command, &resp) {
+                Err(TpmError::Response { code: RC_RETRY | RC_YIELDED | RC_TESTING, .. })
+                    if attempt < MAX_RETRIES =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(10 * u64::from(attempt)));
+                }
+                other => return other.map(<[u8]>::to_vec),
+            }
+        }
     }
 
     /// TPM2_NV_ReadPublic.
