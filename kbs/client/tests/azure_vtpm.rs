@@ -380,10 +380,22 @@ fn snp_evidence_from_swtpm_verifies_and_survives_missing_imds() {
 
 /// A stand-in for the VCEK: the attester only converts it from PEM to DER.
 fn self_signed_der() -> Vec<u8> {
-    let key = PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    use openssl::asn1::Asn1Time;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    let group = EcGroup::from_curve_name(Nid::SECP384R1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "SEV-VCEK stand-in").unwrap();
+    let name = name.build();
     let mut b = openssl::x509::X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
+    b.sign(&key, MessageDigest::sha384()).unwrap();
     b.build().to_der().unwrap()
 }
 
