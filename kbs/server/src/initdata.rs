@@ -121,7 +121,7 @@ fn bind_pcr8(vtpm: &crate::verifier::azure::VtpmClaims, doc: &Initdata) -> Resul
     extend.update([0u8; 32]);
     extend.update(&digest);
     let want = extend.finalize();
-    let have = vtpm.pcrs.get(&pcr).map(String::as_str).unwrap_or("");
+    let have = vtpm.pcrs.get(&pcr.to_string()).map(String::as_str).unwrap_or("");
     if !field_matches(have, &want) {
         return Err(mismatch(format!(
             "PCR {pcr} ({}) is not the init-data's sha256 digest extended once into a zero PCR",

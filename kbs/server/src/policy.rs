@@ -954,7 +954,7 @@ fn check_pcrs(
     hw: MeasurementMatch,
 ) -> Result<MeasurementMatch, Denial> {
     for (i, allowed) in req {
-        let have = c.pcrs.get(i).map(String::as_str).unwrap_or("");
+        let have = c.pcrs.get(&i.to_string()).map(String::as_str).unwrap_or("");
         if !allowed.iter().any(|a| a == have) {
             return Err(Denial::new(
                 Reason::MeasurementMismatch,

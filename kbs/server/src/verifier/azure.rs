@@ -561,8 +561,9 @@ pub fn parse_evidence(evidence: &Value, kind: HclKind) -> Result<AzEvidence, Den
 /// What the vTPM half of the evidence shows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VtpmClaims {
-    /// The quoted PCRs (SHA-256 bank), index -> lowercase hex.
-    pub pcrs: BTreeMap<u8, String>,
+    /// The quoted PCRs (SHA-256 bank): decimal index ("0" to "23") -> lowercase hex.
+    /// String keys, so the claims round-trip through the token's JSON.
+    pub pcrs: BTreeMap<String, String>,
     /// The quote's extraData: the runtime-data hash it binds, lowercase hex.
     pub report_data: String,
     /// The evidence version (0, 1, 2).
@@ -614,7 +615,7 @@ pub fn verify_vtpm(ev: &AzEvidence, hcl: &HclReport<'_>, hw_report_data: &[u8], 
         }
     }
     Ok(VtpmClaims {
-        pcrs,
+        pcrs: pcrs.into_iter().map(|(i, v)| (i.to_string(), v)).collect(),
         report_data: hex::encode(&info.extra_data),
         evidence_version: ev.version,
         hcl_version: hcl.version,
@@ -653,22 +654,31 @@ pub fn verify_snp(
     Ok(AzSnpClaims { sev_snp, vtpm })
 }
 
-/// Verifies TDX evidence: the vTPM half bound by the TD quote's report_data, then the
-/// quote's DCAP verification with `collateral`.
+/// TDX, first half: the vTPM links, bound by the TD quote's report_data as the quote
+/// claims it (before any collateral is fetched, so a tampered quote is named as such).
+pub fn verify_tdx_vtpm(ev: &AzEvidence) -> Result<VtpmClaims, Denial> {
+    let hcl = parse_hcl_report(&ev.hcl_report)?;
+    if hcl.kind != HclKind::Tdx {
+        return Err(malformed("the HCL report holds an SNP report, not a TDX one (use az-snp-vtpm)"));
+    }
+    verify_vtpm(ev, &hcl, &super::tdx::unverified_report_data(td_quote(ev)?)?, "TD quote")
+}
+
+/// TDX, second half: the quote's DCAP verification with `collateral`, which makes the
+/// report_data that [`verify_tdx_vtpm`] bound true.
 pub fn verify_tdx(
+    vtpm: VtpmClaims,
     ev: &AzEvidence,
     collateral: &dcap_qvl::QuoteCollateralV3,
     root_ca_der: &[u8],
     now: u64,
 ) -> Result<AzTdxClaims, Denial> {
-    let hcl = parse_hcl_report(&ev.hcl_report)?;
-    if hcl.kind != HclKind::Tdx {
-        return Err(malformed("the HCL report holds an SNP report, not a TDX one (use az-snp-vtpm)"));
-    }
-    let quote = ev.td_quote.as_deref().ok_or_else(|| malformed("az-tdx-vtpm evidence has no td_quote"))?;
-    let vtpm = verify_vtpm(ev, &hcl, &super::tdx::unverified_report_data(quote)?, "TD quote")?;
-    let tdx = super::tdx::verify_quote(quote, collateral, root_ca_der, now)?;
+    let tdx = super::tdx::verify_quote(td_quote(ev)?, collateral, root_ca_der, now)?;
     Ok(AzTdxClaims { tdx, vtpm })
+}
+
+fn td_quote(ev: &AzEvidence) -> Result<&[u8], Denial> {
+    ev.td_quote.as_deref().ok_or_else(|| malformed("az-tdx-vtpm evidence has no td_quote"))
 }
 
 /// SNP: the HCL report's SNP report, which the VCEK verifies.

@@ -100,10 +100,10 @@ pub async fn verify(
         }
         Tee::AzTdxVtpm => {
             let ev = azure::parse_evidence(evidence, azure::HclKind::Tdx)?;
-            let quote = ev.td_quote.as_deref().unwrap_or_default();
-            let info = tdx::quote_info(quote)?;
+            let vtpm = azure::verify_tdx_vtpm(&ev)?;
+            let info = tdx::quote_info(ev.td_quote.as_deref().unwrap_or_default())?;
             let collateral = tdx_collateral(trust)?.get(&info, now).await?;
-            let claims = azure::verify_tdx(&ev, &collateral, &trust.tdx.root_ca_der, now)?;
+            let claims = azure::verify_tdx(vtpm, &ev, &collateral, &trust.tdx.root_ca_der, now)?;
             azure::check_nonce(&claims.vtpm, expected_report_data)?;
             Ok(Claims::AzTdxVtpm(claims))
         }

@@ -116,9 +116,10 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
         }
         OfflineTee::AzTdxVtpm => {
             let ev = super::azure::parse_evidence(&evidence_json(inp, "az-tdx-vtpm")?, super::azure::HclKind::Tdx)?;
+            let vtpm = super::azure::verify_tdx_vtpm(&ev)?;
             let coll = tdx_collateral(inp)?;
             let root = inp.tdx_root_ca_der.as_deref().unwrap_or(tdx::INTEL_SGX_ROOT_CA_DER);
-            super::azure::verify_tdx(&ev, &coll, root, inp.at).map(Claims::AzTdxVtpm)
+            super::azure::verify_tdx(vtpm, &ev, &coll, root, inp.at).map(Claims::AzTdxVtpm)
         }
     }
 }
