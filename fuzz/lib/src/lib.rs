@@ -41,6 +41,8 @@ pub const ENTRIES: &[(&str, Entry)] = &[
     ("tdx_collateral", targets::tdx_collateral),
     ("tdx_quote", targets::tdx_quote),
     ("cca_token", targets::cca_token),
+    ("azure_hcl_report", targets::azure_hcl_report),
+    ("azure_tpm_quote", targets::azure_tpm_quote),
 ];
 
 /// The body of the target called `name`, if it has one here.

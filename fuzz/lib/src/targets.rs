@@ -797,3 +797,69 @@ pub fn cca_token(data: &[u8]) {
         }
     }
 }
+
+/// A genuine Azure TPM quote (TPMS_ATTEST, its AK signature and the 24 PCRs) and the
+/// HCL report whose AK signed it, for the Azure targets to vary one part at a time.
+fn azure_genuine() -> &'static (serde_json::Value, Vec<u8>) {
+    static G: OnceLock<(serde_json::Value, Vec<u8>)> = OnceLock::new();
+    G.get_or_init(|| {
+        let quote =
+            serde_json::from_str(include_str!("../../../testdata/attestation/azure/snp-tpm-quote-v1.json"))
+                .expect("genuine TPM quote JSON");
+        (quote, include_bytes!("../../../testdata/attestation/azure/snp-hcl-report.bin").to_vec())
+    })
+}
+
+/// Azure's HCL report (header, hardware report, IGVM data, variable data JSON with
+/// the AK): parsing gives slices inside the input, and the whole az-snp-vtpm and
+/// az-tdx-vtpm verification over it (with a genuine TPM quote) refuses clearly,
+/// never panics.
+pub fn azure_hcl_report(data: &[u8]) {
+    use kbs_server::verifier::azure;
+    if let Ok(r) = azure::parse_hcl_report(data) {
+        assert!(r.hw_report.len() <= data.len() && r.var_data.len() <= data.len());
+        let h = r.var_data_hash();
+        assert!([32, 48, 64].contains(&h.len()));
+        let _ = r.check_bound_by(&[0u8; 64], "fuzz");
+        let _ = r.var_data();
+    }
+    let (quote, _) = azure_genuine();
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    for kind in [azure::HclKind::Snp, azure::HclKind::Tdx] {
+        let ev = serde_json::json!({"version": 2, "tpm_quote": quote, "hcl_report": b64(data),
+                                    "td_quote": b64(b"not a quote")});
+        if let Ok(ev) = azure::parse_evidence(&ev, kind) {
+            let _ = azure::verify_snp(&ev, &[], &Default::default(), 1_767_225_600);
+            let _ = azure::verify_tdx_vtpm(&ev);
+        }
+    }
+}
+
+/// The TPM quote of Azure evidence: a TPMS_ATTEST parses to bounded fields or is
+/// refused; the evidence JSON of every version parses or is refused; and a quote that
+/// parses is verified (AK signature, PCR digest) against the genuine HCL report.
+pub fn azure_tpm_quote(data: &[u8]) {
+    use kbs_server::verifier::azure;
+    if let Ok(q) = azure::parse_quote_message(data) {
+        assert!(q.extra_data.len() <= 64 && q.pcr_digest.len() <= 64 && q.qualified_signer.len() <= 68);
+        assert!(q.selection.iter().all(|(_, pcrs)| pcrs.iter().all(|i| *i < 32)));
+    }
+    let (quote, hcl) = azure_genuine();
+    let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    let mut q = quote.clone();
+    q["message"] = serde_json::Value::String(data.iter().map(|b| format!("{b:02x}")).collect());
+    let ev = serde_json::json!({"version": 1, "tpm_quote": q, "hcl_report": b64(hcl)});
+    if let Ok(ev) = azure::parse_evidence(&ev, azure::HclKind::Snp) {
+        let _ = azure::verify_snp(&ev, &[], &Default::default(), 1_767_225_600);
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        for kind in [azure::HclKind::Snp, azure::HclKind::Tdx] {
+            if let Ok(ev) = azure::parse_evidence(&v, kind) {
+                assert!(ev.hcl_report.len() <= azure::MAX_HCL_REPORT);
+                assert!(ev.tpm_quote.message.len() <= azure::MAX_TPM_MESSAGE);
+                let _ = azure::verify_snp(&ev, &[], &Default::default(), 1_767_225_600);
+                let _ = azure::verify_tdx_vtpm(&ev);
+            }
+        }
+    }
+}
