@@ -107,7 +107,10 @@ pub fn bind(claims: &Claims, sent: Option<&kbs_types::InitData>) -> Result<Optio
 /// extends vTPM PCR 8 once with the init-data's SHA-256 digest at boot (as Trustee
 /// checks it): PCR 8 = SHA-256(32 zero bytes || digest). The PCR bank is SHA-256, so
 /// only `algorithm = "sha256"` init-data can be bound there.
-fn bind_pcr8(vtpm: &crate::verifier::azure::VtpmClaims, doc: &Initdata) -> Result<Option<InitdataClaims>, Denial> {
+fn bind_pcr8(
+    vtpm: &crate::verifier::azure::VtpmClaims,
+    doc: &Initdata,
+) -> Result<Option<InitdataClaims>, Denial> {
     use sha2::Digest as _;
     let pcr = crate::verifier::azure::INITDATA_PCR;
     let digest = doc.digest();

@@ -370,12 +370,10 @@ fn pcr_requirement(section: &str, spec: BTreeMap<String, OneOrMany>) -> Result<P
     let mut out = PcrRequirement::new();
     for (k, v) in spec {
         let field = format!("{section}.pcrs.{k}");
-        let index = k
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|i| *i < 24)
-            .ok_or_else(|| PolicyError::Invalid { field: field.clone(), reason: "a PCR index is 0 to 23".into() })?;
+        let index = k.trim().parse::<u8>().ok().filter(|i| *i < 24).ok_or_else(|| PolicyError::Invalid {
+            field: field.clone(),
+            reason: "a PCR index is 0 to 23".into(),
+        })?;
         let values = match v {
             OneOrMany::One(m) => vec![m],
             OneOrMany::Many(v) => v,

@@ -33,7 +33,10 @@ fn read_json(name: &str) -> Value {
 }
 
 fn verify(tee: OfflineTee, evidence: &Value) -> Result<Claims, kbs_server::policy::Denial> {
-    offline::verify(tee, &OfflineInputs { evidence: evidence.to_string().into_bytes(), at: AT, ..Default::default() })
+    offline::verify(
+        tee,
+        &OfflineInputs { evidence: evidence.to_string().into_bytes(), at: AT, ..Default::default() },
+    )
 }
 
 fn snp_claims(evidence: &Value) -> kbs_server::verifier::azure::AzSnpClaims {
@@ -53,7 +56,8 @@ fn unb64u(v: &Value) -> Vec<u8> {
 
 /// v1 evidence from the raw files (HCL report, TPM quote JSON, the VCEK PEM's first cert).
 fn raw_snp_v1() -> Value {
-    let chain = openssl::x509::X509::stack_from_pem(&std::fs::read(data("snp-vcek-chain.pem")).unwrap()).unwrap();
+    let chain =
+        openssl::x509::X509::stack_from_pem(&std::fs::read(data("snp-vcek-chain.pem")).unwrap()).unwrap();
     json!({
         "version": 1,
         "tpm_quote": read_json("snp-tpm-quote-v1.json"),
@@ -166,8 +170,11 @@ fn genuine_azure_tdx_evidence_passes_the_vtpm_links_and_then_needs_dcap_collater
         let inp = OfflineInputs {
             evidence: ev.to_string().into_bytes(),
             collateral: Some(
-                std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/attestation/tdx/tdx_quote_collateral.json"))
-                    .unwrap(),
+                std::fs::read(
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("../../testdata/attestation/tdx/tdx_quote_collateral.json"),
+                )
+                .unwrap(),
             ),
             at: AT,
             ..Default::default()
@@ -176,7 +183,8 @@ fn genuine_azure_tdx_evidence_passes_the_vtpm_links_and_then_needs_dcap_collater
         assert_ne!(d.reason.as_str(), "malformed_evidence", "{d}");
         // Tampered vTPM links are refused before any collateral is asked for.
         let mut bad = ev.clone();
-        bad["tpm_quote"]["pcrs"][0] = if name.ends_with("v0.json") { json!(vec![0u8; 32]) } else { json!("00".repeat(32)) };
+        bad["tpm_quote"]["pcrs"][0] =
+            if name.ends_with("v0.json") { json!(vec![0u8; 32]) } else { json!("00".repeat(32)) };
         refused(OfflineTee::AzTdxVtpm, &bad, "measurement_mismatch", "PCR digest");
         let mut bad = ev.clone();
         let mut hcl = match &ev["hcl_report"] {
@@ -194,7 +202,15 @@ fn genuine_azure_tdx_evidence_passes_the_vtpm_links_and_then_needs_dcap_collater
 fn verify_evidence_cli_prints_azure_claims_and_exits_by_verdict() {
     let bin = env!("CARGO_BIN_EXE_cloak-kbs");
     let out = std::process::Command::new(bin)
-        .args(["verify-evidence", "--tee", "az-snp-vtpm", "--at", "2026-01-01T00:00:00Z", "--json", "--evidence"])
+        .args([
+            "verify-evidence",
+            "--tee",
+            "az-snp-vtpm",
+            "--at",
+            "2026-01-01T00:00:00Z",
+            "--json",
+            "--evidence",
+        ])
         .arg(data("snp-evidence-v1.json"))
         .output()
         .unwrap();
@@ -412,7 +428,8 @@ async fn azure_init_data_is_bound_through_pcr8_and_a_missing_vcek_comes_from_the
     })
     .await;
     assert_eq!(b.put("default/key/az", b"az-secret").await.status(), 200);
-    let doc = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\npod = \"az-pod\"\nnamespace = \"az-ns\"\n";
+    let doc =
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\npod = \"az-pod\"\nnamespace = \"az-ns\"\n";
     let digest = Sha256::digest(doc.as_bytes());
     let mut guest = AzGuest::new();
     guest.pcrs[8] = extend(&[0; 32], &digest);
@@ -434,5 +451,9 @@ async fn azure_init_data_is_bound_through_pcr8_and_a_missing_vcek_comes_from_the
     let ev = guest.snp_evidence(&chain, &SnpFields::default(), &r.report_data(), false);
     let (s, v) = r.attest_with(ev, Some(&doc.replace("sha256", "sha384"))).await;
     assert_eq!(s, 401);
-    assert!(v["detail"].as_str().unwrap().contains("use algorithm = \\\"sha256\\\"") || v["detail"].as_str().unwrap().contains("use algorithm = \"sha256\""), "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("use algorithm = \\\"sha256\\\"")
+            || v["detail"].as_str().unwrap().contains("use algorithm = \"sha256\""),
+        "{v}"
+    );
 }

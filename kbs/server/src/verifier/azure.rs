@@ -169,7 +169,9 @@ impl HclReport<'_> {
         if report_data.len() < h.len() || !bool::from(report_data[..h.len()].ct_eq(&h)) {
             return Err(Denial::new(
                 Reason::ReportDataMismatch,
-                format!("{what} report_data is not the hash of the HCL variable data (the vTPM key is not bound)"),
+                format!(
+                    "{what} report_data is not the hash of the HCL variable data (the vTPM key is not bound)"
+                ),
             ));
         }
         Ok(())
@@ -186,10 +188,9 @@ impl HclReport<'_> {
             .ok_or_else(|| malformed("HCL variable data has no HCLAkPub key"))?;
         let user_data = match &v.user_data {
             None => None,
-            Some(h) => Some(
-                hex::decode(h.trim())
-                    .map_err(|_| malformed("HCL variable data user-data is not hex"))?,
-            ),
+            Some(h) => {
+                Some(hex::decode(h.trim()).map_err(|_| malformed("HCL variable data user-data is not hex"))?)
+            }
         };
         let c = v.vm_configuration.unwrap_or_default();
         Ok(VarData {
@@ -261,7 +262,11 @@ pub struct VarData {
 impl VarData {
     /// The AK's public key.
     fn ak(&self) -> Result<PKey<openssl::pkey::Public>, Denial> {
-        if self.ak_kty != "RSA" || self.ak_n.len() < 256 || self.ak_n.len() > MAX_SIGNATURE || self.ak_e.len() > 8 {
+        if self.ak_kty != "RSA"
+            || self.ak_n.len() < 256
+            || self.ak_n.len() > MAX_SIGNATURE
+            || self.ak_e.len() > 8
+        {
             return Err(malformed(format!(
                 "HCLAkPub is not an RSA key of 2048 to 4096 bits (kty {:?}, {} modulus bytes)",
                 self.ak_kty.chars().take(16).collect::<String>(),
@@ -358,7 +363,10 @@ impl<'a> Reader<'a> {
 /// message, nothing after it.
 pub fn parse_quote_message(b: &[u8]) -> Result<QuoteInfo, Denial> {
     if b.len() > MAX_TPM_MESSAGE {
-        return Err(malformed(format!("TPM quote message is {} bytes, more than {MAX_TPM_MESSAGE}", b.len())));
+        return Err(malformed(format!(
+            "TPM quote message is {} bytes, more than {MAX_TPM_MESSAGE}",
+            b.len()
+        )));
     }
     let mut r = Reader { b, at: 0 };
     if r.u32("magic")? != TPM_MAGIC {
@@ -430,7 +438,10 @@ pub fn verify_quote(q: &TpmQuote, var: &VarData) -> Result<(QuoteInfo, BTreeMap<
         ));
     }
     let [(alg, indices)] = info.selection.as_slice() else {
-        return Err(malformed(format!("TPM quote selects {} PCR banks, expected the SHA-256 bank only", info.selection.len())));
+        return Err(malformed(format!(
+            "TPM quote selects {} PCR banks, expected the SHA-256 bank only",
+            info.selection.len()
+        )));
     };
     if *alg != TPM_ALG_SHA256 {
         return Err(malformed(format!("TPM quote PCR bank {alg:#06x} is not SHA-256")));
@@ -438,10 +449,9 @@ pub fn verify_quote(q: &TpmQuote, var: &VarData) -> Result<(QuoteInfo, BTreeMap<
     let mut h = sha2::Sha256::new();
     let mut quoted = BTreeMap::new();
     for &i in indices {
-        let v = q
-            .pcrs
-            .get(i as usize)
-            .ok_or_else(|| malformed(format!("TPM quote selects PCR {i}, which the evidence does not carry")))?;
+        let v = q.pcrs.get(i as usize).ok_or_else(|| {
+            malformed(format!("TPM quote selects PCR {i}, which the evidence does not carry"))
+        })?;
         h.update(v);
         quoted.insert(i, hex::encode(v));
     }
@@ -518,19 +528,19 @@ fn bytes_field(o: &serde_json::Map<String, Value>, k: &str, max: usize) -> Resul
 pub fn parse_evidence(evidence: &Value, kind: HclKind) -> Result<AzEvidence, Denial> {
     let what = if kind == HclKind::Snp { "az-snp-vtpm" } else { "az-tdx-vtpm" };
     let o = evidence.as_object().ok_or_else(|| malformed(format!("{what} evidence is not a JSON object")))?;
-    let version = match o.get("version") {
-        None => 0,
-        Some(v) => v
-            .as_u64()
-            .filter(|v| (1..=2).contains(v))
-            .ok_or_else(|| malformed(format!("{what} evidence version {v} is not supported (0, 1 or 2)")))?
-            as u32,
-    };
+    let version =
+        match o.get("version") {
+            None => 0,
+            Some(v) => v.as_u64().filter(|v| (1..=2).contains(v)).ok_or_else(|| {
+                malformed(format!("{what} evidence version {v} is not supported (0, 1 or 2)"))
+            })? as u32,
+        };
     // SNP v0 names its parts `quote` and `report`.
     let quote_key = if kind == HclKind::Snp && version == 0 { "quote" } else { "tpm_quote" };
     let report_key = if kind == HclKind::Snp && version == 0 { "report" } else { "hcl_report" };
-    let tpm_quote =
-        parse_tpm_quote(o.get(quote_key).ok_or_else(|| malformed(format!("{what} evidence has no {quote_key}")))?)?;
+    let tpm_quote = parse_tpm_quote(
+        o.get(quote_key).ok_or_else(|| malformed(format!("{what} evidence has no {quote_key}")))?,
+    )?;
     let hcl_report = bytes_field(o, report_key, MAX_HCL_REPORT)?
         .ok_or_else(|| malformed(format!("{what} evidence has no {report_key}")))?;
     let (vcek, td_quote) = match kind {
@@ -594,7 +604,12 @@ pub struct AzTdxClaims {
 /// The checks common to both hardwares, after the hardware report verified: the
 /// variable data bound by `hw_report_data`, the quote by the AK, the PCRs, and (v2)
 /// the user-data. Returns the vTPM claims; the runtime-data binding is [`check_nonce`].
-pub fn verify_vtpm(ev: &AzEvidence, hcl: &HclReport<'_>, hw_report_data: &[u8], what: &str) -> Result<VtpmClaims, Denial> {
+pub fn verify_vtpm(
+    ev: &AzEvidence,
+    hcl: &HclReport<'_>,
+    hw_report_data: &[u8],
+    what: &str,
+) -> Result<VtpmClaims, Denial> {
     hcl.check_bound_by(hw_report_data, what)?;
     let var = hcl.var_data()?;
     let (info, pcrs) = verify_quote(&ev.tpm_quote, &var)?;

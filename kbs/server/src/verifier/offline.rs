@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::{snp, tdx, SnpTrust};
 use crate::claims::Claims;
 use crate::policy::{
-    AzSnpRequirement, AzTdxRequirement, BrokerPolicy, CcaRequirement, Denial, MeasurementMatch, Reason, SnpRequirement, TdxRequirement,
+    AzSnpRequirement, AzTdxRequirement, BrokerPolicy, CcaRequirement, Denial, MeasurementMatch, Reason,
+    SnpRequirement, TdxRequirement,
 };
 
 /// Which verifier.
@@ -109,13 +110,19 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
         }
         // No session, so no runtime-data binding: the claims show the quote's extraData.
         OfflineTee::AzSnpVtpm => {
-            let ev = super::azure::parse_evidence(&evidence_json(inp, "az-snp-vtpm")?, super::azure::HclKind::Snp)?;
+            let ev = super::azure::parse_evidence(
+                &evidence_json(inp, "az-snp-vtpm")?,
+                super::azure::HclKind::Snp,
+            )?;
             let certs: Vec<snp::CertIn> =
                 ev.vcek.iter().map(|d| snp::CertIn { kind: "vcek".into(), data: d.clone() }).collect();
             super::azure::verify_snp(&ev, &certs, &inp.snp, inp.at).map(Claims::AzSnpVtpm)
         }
         OfflineTee::AzTdxVtpm => {
-            let ev = super::azure::parse_evidence(&evidence_json(inp, "az-tdx-vtpm")?, super::azure::HclKind::Tdx)?;
+            let ev = super::azure::parse_evidence(
+                &evidence_json(inp, "az-tdx-vtpm")?,
+                super::azure::HclKind::Tdx,
+            )?;
             let vtpm = super::azure::verify_tdx_vtpm(&ev)?;
             let coll = tdx_collateral(inp)?;
             let root = inp.tdx_root_ca_der.as_deref().unwrap_or(tdx::INTEL_SGX_ROOT_CA_DER);
@@ -133,7 +140,10 @@ fn tdx_collateral(inp: &OfflineInputs) -> Result<dcap_qvl::QuoteCollateralV3, De
 
 fn evidence_json(inp: &OfflineInputs, tee: &str) -> Result<Value, Denial> {
     as_json(&inp.evidence).ok_or_else(|| {
-        Denial::new(Reason::MalformedEvidence, format!("{tee} evidence must be the evidence JSON a guest sends"))
+        Denial::new(
+            Reason::MalformedEvidence,
+            format!("{tee} evidence must be the evidence JSON a guest sends"),
+        )
     })
 }
 
