@@ -27,6 +27,7 @@ SYS_PKGS=(docker-registry skopeo jq openssl curl time ca-certificates python3 py
           gnupg  # GPG simple-signing (skopeo --sign-by, cloak's signedBy verification)
           etcd-server etcd-client  # etcd 3.4 (server + etcdctl): cloak-kbs's shared store (kbs/server/tests/ha_etcd.rs)
           tinyproxy  # a real HTTP proxy for the private-registry tests (image_pull_proxy, --proxy)
+          swtpm swtpm-tools tpm2-tools  # a real TPM 2.0 for the Azure vTPM attester (kbs/client/tests/azure_vtpm.rs)
           qemu-system-x86 busybox-static cryptsetup-bin e2fsprogs)  # the SecureMount guest VM (ci/vm-securemount.sh)
 # The guest kernel's package (a metapackage; its one linux-image-* dependency is what is unpacked).
 VM_KERNEL_PKG=linux-image-cloud-amd64

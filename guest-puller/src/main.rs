@@ -37,7 +37,8 @@ struct Cli {
     /// KBS URL to fetch KEKs / private keys from after attestation.
     #[arg(long, value_name = "URL")]
     kbs: Option<String>,
-    /// Attester for the KBS: auto | snp | tdx | sample (sample only when named).
+    /// Attester for the KBS: auto | snp | tdx | az-snp-vtpm | az-tdx-vtpm | cca | sample
+    /// (sample only when named).
     #[arg(long, value_name = "KIND")]
     attester: Option<kbs_client::AttesterKind>,
     /// Deadline of each KBS exchange (attestation, each key), retries with

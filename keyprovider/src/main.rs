@@ -56,7 +56,7 @@ struct Common {
     /// KBS base URL (needed to unwrap, and to register generated KEKs).
     #[arg(long, env = "CLOAK_KBS_URL")]
     kbs_url: Option<String>,
-    /// auto | snp | tdx | sample (sample: development only).
+    /// auto | snp | tdx | az-snp-vtpm | az-tdx-vtpm | cca | sample (sample: development only).
     #[arg(long, value_enum, default_value_t = AttesterKind::Auto)]
     attester: AttesterKind,
     /// Ed25519 PKCS#8 PEM admin key, to register generated KEKs in the KBS.

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cloak-cdh -c cdh.toml
-//! cloak-cdh --socket unix:///PATH/cdh.sock --kbs URL --attester auto|snp|tdx|cca|sample \
+//! cloak-cdh --socket unix:///PATH/cdh.sock --kbs URL \
+//!           --attester auto|snp|tdx|az-snp-vtpm|az-tdx-vtpm|cca|sample \
 //!           [--store DIR] [--bundle-root DIR] [--rest ADDR:PORT] [--insecure-registry HOST:PORT]... \
 //!           [--pull-policy FILE] [--keyprovider-config FILE] \
 //!           [--signature-policy FILE|kbs:///REPO/TYPE/TAG] [--registries-d DIR] \
@@ -42,7 +43,8 @@ struct Cli {
     /// KBS URL (overrides [kbc] url).
     #[arg(long, value_name = "URL")]
     kbs: Option<String>,
-    /// Attester for the KBS: auto | snp | tdx | sample (sample only when named).
+    /// Attester for the KBS: auto | snp | tdx | az-snp-vtpm | az-tdx-vtpm | cca | sample
+    /// (sample only when named).
     #[arg(long, value_name = "KIND", default_value = "auto")]
     attester: String,
     /// Deadline of one KBS exchange (attestation or one resource), retries included.
