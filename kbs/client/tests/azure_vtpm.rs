@@ -466,3 +466,38 @@ fn missing_or_foreign_hcl_report_is_a_clear_error() {
     let e = make_attester(AttesterKind::AzSnpVtpm, &gone).err().unwrap();
     assert!(e.to_string().contains("/nonexistent/tpmrm0 does not exist"), "{e}");
 }
+
+#[test]
+fn initdata_is_extended_into_pcr8_once_and_other_initdata_is_refused() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let ak = tpm.provision_ak();
+    let rd = report_data(3);
+    tpm.define_nv(HCL_INDEX, &hcl_report(2, &ak, &rd));
+    let rt = runtime();
+    let digest = Sha256::digest(b"algorithm = \"sha256\"\nversion = \"0.1.0\"\n").to_vec();
+    let expected = Sha256::digest([[0u8; 32].as_slice(), &digest].concat()).to_vec();
+    let mut o = opts(&tpm, &closed_url());
+    o.initdata_digest = Some(digest.clone());
+
+    let a = make_attester(AttesterKind::AzSnpVtpm, &o).unwrap();
+    for _ in 0..2 {
+        // The second round finds PCR 8 bound already and leaves it alone.
+        let ev = rt.block_on(a.evidence(&rd)).unwrap();
+        assert_eq!(
+            unhex(&ev["tpm_quote"]["pcrs"][8]),
+            expected,
+            "PCR 8 = SHA-256(zeros || init-data digest)"
+        );
+    }
+
+    // Other init-data: PCR 8 cannot be made to match, and nothing is sent.
+    let mut other = o.clone();
+    other.initdata_digest = Some(Sha256::digest(b"other").to_vec());
+    let e = rt.block_on(make_attester(AttesterKind::AzSnpVtpm, &other).unwrap().evidence(&rd)).unwrap_err();
+    assert!(e.to_string().contains("PCR 8 is") && e.to_string().contains("other init-data"), "{e}");
+
+    // A SHA-384 init-data digest cannot be bound in a SHA-256 PCR.
+    other.initdata_digest = Some(vec![7; 48]);
+    let e = rt.block_on(make_attester(AttesterKind::AzSnpVtpm, &other).unwrap().evidence(&rd)).unwrap_err();
+    assert!(e.to_string().contains("use algorithm = \"sha256\""), "{e}");
+}

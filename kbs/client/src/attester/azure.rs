@@ -6,6 +6,9 @@
 //! the runtime-data hash as its nonce.
 //!
 //! Collection, in the order CoCo's attestation-agent uses (evidence version 2):
+//! 0. with init-data: PCR 8 must hold its SHA-256 digest extended once into a zero
+//!    PCR (what attestation-agent's `bind_init_data` does at start-up, and what the
+//!    broker checks); a zero PCR 8 is extended here, once per boot;
 //! 1. write the 64-byte report data to NV index 0x01400002 (the paravisor's
 //!    "user data"; defined under the owner hierarchy if absent, as the az-cvm-vtpm
 //!    crate does), so the paravisor regenerates the HCL report with it;
@@ -21,10 +24,12 @@
 //!   `vcek` is left out when IMDS cannot be reached (the broker then finds the VCEK itself).
 //! - `az-tdx-vtpm`: the same with `"td_quote":"<b64url nopad>"` instead of `vcek` (required).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::prelude::{Engine, BASE64_URL_SAFE, BASE64_URL_SAFE_NO_PAD};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::tpm::{self, nv_attr, Quote, Tpm, TpmError, TpmTarget};
 use super::{Attester, AttesterOptions, Tee};
@@ -54,6 +59,8 @@ const IGVM_HEADER_LEN: usize = 20;
 const REPORT_TYPE_SNP: u32 = 2;
 const REPORT_TYPE_TDX: u32 = 4;
 const USER_DATA_LEN: u16 = 64;
+/// The PCR attestation-agent binds init-data in (its `INIT_DATA_PCR`).
+pub const INITDATA_PCR: u32 = 8;
 /// The evidence shape version attestation-agent emits (and Trustee reads).
 const EVIDENCE_VERSION: u32 = 2;
 /// IMDS answers are small (a VCEK plus chain, or a TD quote of ~5-8 KiB).
@@ -183,6 +190,7 @@ pub struct AzureVtpmAttester {
     tpm: TpmTarget,
     imds_url: String,
     settle: Duration,
+    initdata_digest: Option<Vec<u8>>,
 }
 
 /// What the TPM gave.
@@ -199,6 +207,7 @@ impl AzureVtpmAttester {
             tpm: opts.tpm_device.clone(),
             imds_url: opts.azure_imds_url.trim_end_matches('/').to_owned(),
             settle: opts.azure_report_settle,
+            initdata_digest: opts.initdata_digest.clone(),
         }
     }
 
@@ -209,6 +218,9 @@ impl AzureVtpmAttester {
     /// Steps 1-3 (blocking TPM I/O).
     fn collect_tpm(&self, report_data: &[u8; 64]) -> Result<TpmParts, AttesterError> {
         let mut tpm = self.tpm.open().map_err(|e| self.err(e))?;
+        if let Some(digest) = &self.initdata_digest {
+            self.bind_initdata(&mut tpm, digest)?;
+        }
         write_user_data(&mut tpm, report_data)
             .map_err(|e| self.err(format!("writing the user data: {e}")))?;
         let hcl_report = self.fresh_hcl_report(&mut tpm, report_data)?;
@@ -221,6 +233,50 @@ impl AzureVtpmAttester {
         })?;
         let pcrs = tpm.pcr_read_sha256().map_err(|e| self.err(e))?;
         Ok(TpmParts { hcl_report, quote, pcrs })
+    }
+
+    /// Makes PCR 8 hold `digest` extended once into zero, or finds it there already.
+    /// A PCR 8 holding anything else fails here, clearly, instead of at the broker:
+    /// other init-data was bound since boot, or the boot chain measures into PCR 8.
+    /// Extending is not undoable, so the read-and-extend is serialized in this process.
+    fn bind_initdata(&self, tpm: &mut Tpm, digest: &[u8]) -> Result<(), AttesterError> {
+        static BIND: Mutex<()> = Mutex::new(());
+        let d: [u8; 32] = digest.try_into().map_err(|_| {
+            self.err(format!(
+                "the init-data digest is {} bytes; on an Azure vTPM init-data is bound in PCR {INITDATA_PCR}, \
+                 a SHA-256 register: use algorithm = \"sha256\" in the init-data",
+                digest.len()
+            ))
+        })?;
+        let expected: [u8; 32] = Sha256::new().chain_update([0u8; 32]).chain_update(d).finalize().into();
+        let _guard = BIND.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let pcr8 = |tpm: &mut Tpm| -> Result<[u8; 32], AttesterError> {
+            let pcrs = tpm.pcr_read_sha256().map_err(|e| self.err(e))?;
+            Ok(pcrs[INITDATA_PCR as usize])
+        };
+        let current = pcr8(tpm)?;
+        if current == expected {
+            return Ok(());
+        }
+        if current != [0u8; 32] {
+            return Err(self.err(format!(
+                "PCR {INITDATA_PCR} is {}, neither zero nor this guest's init-data digest extended once: \
+                 other init-data was bound since boot, or the boot chain measures into PCR {INITDATA_PCR}",
+                hex::encode(current)
+            )));
+        }
+        tpm.pcr_extend_sha256(INITDATA_PCR, &d)
+            .map_err(|e| self.err(format!("binding the init-data: {e}")))?;
+        let after = pcr8(tpm)?;
+        if after != expected {
+            return Err(self.err(format!(
+                "PCR {INITDATA_PCR} is {} after extending it with the init-data digest, expected {}",
+                hex::encode(after),
+                hex::encode(expected)
+            )));
+        }
+        tracing::info!(pcr = INITDATA_PCR, "init-data digest extended into the vTPM");
+        Ok(())
     }
 
     /// Reads the HCL report until it carries our user data, or the settle time is

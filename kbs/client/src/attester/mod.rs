@@ -94,8 +94,9 @@ pub struct AttesterOptions {
     /// The SEV-SNP guest device, used when configfs-tsm is not available.
     pub sev_guest_device: PathBuf,
     /// The digest of the init-data the guest sends. Hardware reports carry what the
-    /// host measured whatever this says; only the `sample` attester uses it, as the
-    /// digest a correctly launched guest's evidence would carry.
+    /// host measured whatever this says; the `sample` attester uses it as the digest a
+    /// correctly launched guest's evidence would carry, and the Azure vTPM attesters
+    /// extend it into PCR 8 once (attestation-agent's `bind_init_data`).
     pub initdata_digest: Option<Vec<u8>>,
     /// The vTPM of an Azure CVM (`az-snp-vtpm`, `az-tdx-vtpm`): `/dev/tpmrm0`, or
     /// what `CLOAK_TPM_DEVICE` says (`tcp:127.0.0.1:PORT` reaches swtpm in tests).

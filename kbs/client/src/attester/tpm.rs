@@ -1,9 +1,9 @@
 //! A small TPM 2.0 command layer: the handful of commands the Azure vTPM attester
 //! needs (NV_ReadPublic, NV_Read, NV_Write, NV_DefineSpace, NV_UndefineSpace, Quote,
-//! PCR_Read), marshalled by hand, big-endian, with the empty password session.
+//! PCR_Read, PCR_Extend), marshalled by hand, big-endian, with the empty password session.
 //!
 //! Why not tss-esapi: it links libtss2 (C) into the guest binaries, which must stay
-//! static and small, for seven commands. The cost is that every response is parsed
+//! static and small, for eight commands. The cost is that every response is parsed
 //! here, so each one is treated as untrusted input: sizes are checked against what
 //! was read, response codes become [`TpmError::Response`] naming the command, and
 //! nothing panics ([`fuzz_responses`] is the fuzz entry point).
@@ -68,6 +68,7 @@ pub enum Command {
     NvUndefineSpace,
     Quote,
     PcrRead,
+    PcrExtend,
 }
 
 impl Command {
@@ -80,6 +81,7 @@ impl Command {
             Command::Quote => 0x0000_0158,
             Command::NvReadPublic => 0x0000_0169,
             Command::PcrRead => 0x0000_017E,
+            Command::PcrExtend => 0x0000_0182,
         }
     }
     fn name(self) -> &'static str {
@@ -91,6 +93,7 @@ impl Command {
             Command::NvUndefineSpace => "TPM2_NV_UndefineSpace",
             Command::Quote => "TPM2_Quote",
             Command::PcrRead => "TPM2_PCR_Read",
+            Command::PcrExtend => "TPM2_PCR_Extend",
         }
     }
 }
@@ -433,6 +436,19 @@ impl Tpm {
         parse_quote(&body)
     }
 
+    /// TPM2_PCR_Extend of SHA-256 PCR `pcr` with `digest` (empty password: the
+    /// PCR's auth, as for every PCR a guest may extend).
+    pub fn pcr_extend_sha256(&mut self, pcr: u32, digest: &[u8; 32]) -> Result<(), TpmError> {
+        let c = Cmd::new(TPM_ST_SESSIONS, Command::PcrExtend)
+            .u32(pcr)
+            .password_session()
+            .u32(1)
+            .u16(TPM_ALG_SHA256)
+            .bytes(digest)
+            .finish();
+        self.run(Command::PcrExtend, c).map(drop)
+    }
+
     /// The 24 SHA-256 PCRs, PCR0 first. A TPM returns at most 8 per PCR_Read, and
     /// says which in its answer; ask again for the rest until none is left.
     pub fn pcr_read_sha256(&mut self) -> Result<Vec<[u8; 32]>, TpmError> {
@@ -498,6 +514,10 @@ impl Cmd {
     /// nonce, continueSession, and an empty password.
     fn password_session(self) -> Self {
         self.u32(9).u32(TPM_RS_PW).u16(0).u8(0x01).u16(0)
+    }
+    fn bytes(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
     }
     fn u8(mut self, x: u8) -> Self {
         self.0.push(x);
@@ -692,6 +712,7 @@ pub fn fuzz_responses(data: &[u8]) {
         Command::NvUndefineSpace,
         Command::Quote,
         Command::PcrRead,
+        Command::PcrExtend,
     ];
     let command = commands[pick as usize % commands.len()];
     let Ok(body) = parse_response(command, resp) else { return };
