@@ -2,11 +2,12 @@
 //! cached (parsed, in memory), and an SNP report with its VCEK (chain, extensions,
 //! signature), both with the genuine samples in `testdata/attestation/`, and an Arm CCA
 //! token (platform and realm COSE_Sign1, ES384 each, the RAK binding) from the published
-//! test tokens in `testdata/attestation/cca/`.
+//! test tokens in `testdata/attestation/cca/`, and genuine Azure SNP evidence (the
+//! TPM quote by the vTPM's AK, the variable-data binding, the SNP report and chain).
 //! `ci/bench.sh kbs` runs this; the goal is at most 2 ms each.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kbs_server::verifier::cca;
+use kbs_server::verifier::{azure, cca};
 use kbs_server::verifier::snp::{self, CertIn, SnpTrust};
 use kbs_server::verifier::tdx;
 
@@ -37,6 +38,17 @@ fn bench(c: &mut Criterion) {
     let anchors = cca::CcaTrust::parse(&data("cca/trustee__tastore.json")).expect("trust anchors");
     cca::verify_token(&token, &anchors).expect("sample verifies");
     c.bench_function("cca_verify_token", |b| b.iter(|| cca::verify_token(&token, &anchors)));
+
+    let ev: serde_json::Value =
+        serde_json::from_slice(&data("azure/snp-evidence-v1.json")).expect("Azure evidence JSON");
+    let az_at = 1_767_225_600;
+    let parse_and_verify = || {
+        let ev = azure::parse_evidence(&ev, azure::HclKind::Snp)?;
+        let certs: Vec<CertIn> = ev.vcek.iter().map(|d| CertIn { kind: "vcek".into(), data: d.clone() }).collect();
+        azure::verify_snp(&ev, &certs, &trust, az_at)
+    };
+    parse_and_verify().expect("sample verifies");
+    c.bench_function("az_snp_vtpm_verify_evidence", |b| b.iter(parse_and_verify));
 }
 
 criterion_group! {
