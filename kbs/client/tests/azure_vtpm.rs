@@ -429,7 +429,19 @@ fn tdx_evidence_carries_the_td_quote_and_fails_without_imds() {
     assert_eq!(req.request_line, "POST /acc/tdquote HTTP/1.1");
     assert!(req.metadata_header);
     let body: Value = serde_json::from_slice(&req.body).unwrap();
-    assert_eq!(b64url(&body["report"]), hcl[32..32 + 1024], "the TDREPORT from the HCL report");
+    let sent = base64::prelude::BASE64_STANDARD.decode(body["report"].as_str().unwrap()).unwrap();
+    assert_eq!(sent, hcl[32..32 + 1024], "the TDREPORT from the HCL report, as base64 first");
+
+    // IMDS refusing both encodings of the report: an error naming the URL and both answers.
+    let (imds, seen) = fake_imds(400, json!({"error": "bad report"}));
+    let e = rt
+        .block_on(make_attester(AttesterKind::AzTdxVtpm, &opts(&tpm, &imds)).unwrap().evidence(&rd))
+        .unwrap_err();
+    assert!(e.to_string().contains("HTTP 400 Bad Request, then 400 Bad Request"), "{e}");
+    let _first = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+    let second: Value =
+        serde_json::from_slice(&seen.recv_timeout(Duration::from_secs(5)).unwrap().body).unwrap();
+    assert_eq!(b64url(&second["report"]), hcl[32..32 + 1024], "then as base64url");
 
     // IMDS unreachable: no TD quote, no evidence, and the error names the URL.
     let closed = closed_url();

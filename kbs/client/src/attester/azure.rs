@@ -22,12 +22,13 @@
 //! - `az-snp-vtpm`: `{"version":2,"tpm_quote":{"signature":"<hex>","message":"<hex TPMS_ATTEST>",
 //!   "pcrs":["<hex 32 bytes>" x 24]},"hcl_report":"<b64url nopad>","vcek":"<b64url nopad DER>"}`;
 //!   `vcek` is left out when IMDS cannot be reached (the broker then finds the VCEK itself).
-//! - `az-tdx-vtpm`: the same with `"td_quote":"<b64url nopad>"` instead of `vcek` (required).
+//! - `az-tdx-vtpm`: the same with `"td_quote":"<b64url nopad>"` instead of `vcek` (required:
+//!   without a TD quote there is no evidence).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::prelude::{Engine, BASE64_URL_SAFE, BASE64_URL_SAFE_NO_PAD};
+use base64::prelude::{Engine, BASE64_STANDARD, BASE64_URL_SAFE_NO_PAD};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -422,8 +423,9 @@ impl<'a> Imds<'a> {
     /// (`imds.rs`: `vcekCert`, `certificateChain`, both PEM).
     async fn vcek(&self) -> Result<Vec<u8>, AttesterError> {
         let url = format!("{}/metadata/THIM/amd/certification", self.base);
-        let body = self.send(&url, self.http.get(&url)).await?;
         let bad = |reason: String| AttesterError::Imds { url: url.clone(), reason };
+        let body =
+            self.send(&url, self.http.get(&url)).await?.map_err(|status| bad(format!("HTTP {status}")))?;
         let v: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("answer is not JSON: {e}")))?;
         let pem = v
             .get("vcekCert")
@@ -434,29 +436,48 @@ impl<'a> Imds<'a> {
         cert.to_der().map_err(|e| bad(format!("vcekCert: {e}")))
     }
 
-    /// The TD quote for `td_report` (1024 bytes), as Microsoft's az-tdx-vtpm crate
-    /// asks for it: POST `{"report": b64url}` → `{"quote": b64url}`.
+    /// The TD quote for `td_report` (1024 bytes): POST `{"report": base64}` →
+    /// `{"quote": base64}`. Microsoft's azure-guest-attestation-sdk (what
+    /// attestation-agent uses now) sends standard base64 and, when IMDS refuses it,
+    /// base64url without padding (what the older az-tdx-vtpm crate sent); it decodes
+    /// the answer in either alphabet. So does this.
     async fn td_quote(&self, td_report: &[u8]) -> Result<Vec<u8>, AttesterError> {
         let url = format!("{}/acc/tdquote", self.base);
-        let req = self.http.post(&url).json(&json!({ "report": BASE64_URL_SAFE_NO_PAD.encode(td_report) }));
-        let body = self.send(&url, req).await?;
         let bad = |reason: String| AttesterError::Imds { url: url.clone(), reason };
-        let v: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("answer is not JSON: {e}")))?;
-        let q = v
-            .get("quote")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("answer has no \"quote\"".to_owned()))?;
-        let quote = BASE64_URL_SAFE_NO_PAD
-            .decode(q.trim_end_matches('='))
-            .or_else(|_| BASE64_URL_SAFE.decode(q))
-            .map_err(|e| bad(format!("quote is not base64url: {e}")))?;
-        if quote.is_empty() {
-            return Err(bad("empty quote".to_owned()));
+        let mut refused = Vec::new();
+        for report in [BASE64_STANDARD.encode(td_report), BASE64_URL_SAFE_NO_PAD.encode(td_report)] {
+            let req = self.http.post(&url).json(&json!({ "report": report }));
+            let body = match self.send(&url, req).await? {
+                Ok(body) => body,
+                Err(status) => {
+                    refused.push(status.to_string());
+                    continue;
+                }
+            };
+            let v: Value =
+                serde_json::from_slice(&body).map_err(|e| bad(format!("answer is not JSON: {e}")))?;
+            let q = v
+                .get("quote")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("answer has no \"quote\"".to_owned()))?;
+            let quote = BASE64_STANDARD
+                .decode(q)
+                .or_else(|_| BASE64_URL_SAFE_NO_PAD.decode(q.trim_end_matches('=')))
+                .map_err(|e| bad(format!("quote is neither base64 nor base64url: {e}")))?;
+            if quote.is_empty() {
+                return Err(bad("empty quote".to_owned()));
+            }
+            return Ok(quote);
         }
-        Ok(quote)
+        Err(bad(format!("HTTP {} (report as base64, then as base64url)", refused.join(", then "))))
     }
 
-    async fn send(&self, url: &str, req: reqwest::RequestBuilder) -> Result<Vec<u8>, AttesterError> {
+    /// One bounded request: the body of a 2xx answer, or the status of another.
+    async fn send(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Result<Vec<u8>, reqwest::StatusCode>, AttesterError> {
         let fail = |reason: String| AttesterError::Imds { url: url.to_owned(), reason };
         let mut resp = req
             .header("Metadata", "true")
@@ -465,7 +486,7 @@ impl<'a> Imds<'a> {
             .await
             .map_err(|e| fail(crate::client::describe_reqwest(&e)))?;
         if !resp.status().is_success() {
-            return Err(fail(format!("HTTP {}", resp.status())));
+            return Ok(Err(resp.status()));
         }
         if resp.content_length().is_some_and(|n| n > IMDS_MAX_BODY as u64) {
             return Err(fail(format!("answer larger than {IMDS_MAX_BODY} bytes")));
@@ -477,10 +498,9 @@ impl<'a> Imds<'a> {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        Ok(Ok(body))
     }
 }
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -311,6 +311,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tpm_device_that_is_not_an_azure_vtpm_falls_through_to_the_other_tees() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = opts_in(dir.path());
+        // A regular file answers nothing a TPM would: detection says so and moves on.
+        std::fs::write(dir.path().join("tpmrm0"), b"").unwrap();
+        std::fs::write(&opts.sev_guest_device, b"").unwrap();
+        assert_eq!(make_attester(AttesterKind::Auto, &opts).unwrap().tee(), Tee::Snp);
+        let err = make_attester(AttesterKind::AzSnpVtpm, &opts).err().unwrap();
+        assert!(err.to_string().contains("TPM2_NV_ReadPublic: malformed response"), "{err}");
+    }
+
+    #[test]
     fn explicit_kinds_without_hardware_fail() {
         let dir = tempfile::tempdir().unwrap();
         let opts = opts_in(dir.path());
