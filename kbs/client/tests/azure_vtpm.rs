@@ -321,8 +321,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The evidence's base64url: padded, as attestation-agent writes it.
 fn b64url(v: &Value) -> Vec<u8> {
-    BASE64_URL_SAFE_NO_PAD.decode(v.as_str().unwrap()).unwrap()
+    base64::prelude::BASE64_URL_SAFE.decode(v.as_str().unwrap()).unwrap()
 }
 
 #[test]
@@ -354,6 +355,8 @@ fn snp_evidence_from_swtpm_verifies_and_survives_missing_imds() {
     assert_eq!(keys, ["hcl_report", "tpm_quote", "vcek", "version"]);
     assert_eq!(ev["version"], 2);
     assert_eq!(b64url(&ev["hcl_report"]), hcl, "hcl_report is the NV content as read");
+    let exact = base64::prelude::BASE64_URL_SAFE.encode(&hcl);
+    assert_eq!(ev["hcl_report"].as_str().unwrap(), exact, "padded base64url, as attestation-agent writes it");
     assert_eq!(b64url(&ev["vcek"]), vcek_der, "the VCEK as DER");
     check_tpm_quote(&ev, &ak, &rd);
     assert_eq!(tpm.read_nv(USER_DATA_INDEX), rd, "all 64 bytes of report data written");
@@ -441,7 +444,8 @@ fn tdx_evidence_carries_the_td_quote_and_fails_without_imds() {
     let _first = seen.recv_timeout(Duration::from_secs(5)).unwrap();
     let second: Value =
         serde_json::from_slice(&seen.recv_timeout(Duration::from_secs(5)).unwrap().body).unwrap();
-    assert_eq!(b64url(&second["report"]), hcl[32..32 + 1024], "then as base64url");
+    let sent = BASE64_URL_SAFE_NO_PAD.decode(second["report"].as_str().unwrap()).unwrap();
+    assert_eq!(sent, hcl[32..32 + 1024], "then as base64url");
 
     // IMDS unreachable: no TD quote, no evidence, and the error names the URL.
     let closed = closed_url();

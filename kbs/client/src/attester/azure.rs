@@ -18,17 +18,18 @@
 //! 4. SNP: the VCEK from Azure IMDS (THIM); TDX: the TD quote from IMDS, made from
 //!    the TDREPORT inside the HCL report.
 //!
-//! Evidence JSON:
+//! Evidence JSON (hex lowercase; base64url *with* padding, byte for byte what
+//! attestation-agent's serde_with `Base64<UrlSafe>` emits, see Trustee's samples):
 //! - `az-snp-vtpm`: `{"version":2,"tpm_quote":{"signature":"<hex>","message":"<hex TPMS_ATTEST>",
-//!   "pcrs":["<hex 32 bytes>" x 24]},"hcl_report":"<b64url nopad>","vcek":"<b64url nopad DER>"}`;
+//!   "pcrs":["<hex 32 bytes>" x 24]},"hcl_report":"<b64url>","vcek":"<b64url DER>"}`;
 //!   `vcek` is left out when IMDS cannot be reached (the broker then finds the VCEK itself).
-//! - `az-tdx-vtpm`: the same with `"td_quote":"<b64url nopad>"` instead of `vcek` (required:
+//! - `az-tdx-vtpm`: the same with `"td_quote":"<b64url>"` instead of `vcek` (required:
 //!   without a TD quote there is no evidence).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::prelude::{Engine, BASE64_STANDARD, BASE64_URL_SAFE_NO_PAD};
+use base64::prelude::{Engine, BASE64_STANDARD, BASE64_URL_SAFE, BASE64_URL_SAFE_NO_PAD};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -341,12 +342,12 @@ impl AzureVtpmAttester {
         let mut evidence = json!({
             "version": EVIDENCE_VERSION,
             "tpm_quote": tpm_quote,
-            "hcl_report": BASE64_URL_SAFE_NO_PAD.encode(&parts.hcl_report),
+            "hcl_report": BASE64_URL_SAFE.encode(&parts.hcl_report),
         });
         let imds = Imds::new(&self.imds_url)?;
         match self.kind {
             AzureKind::Snp => match imds.vcek().await {
-                Ok(der) => evidence["vcek"] = Value::String(BASE64_URL_SAFE_NO_PAD.encode(der)),
+                Ok(der) => evidence["vcek"] = Value::String(BASE64_URL_SAFE.encode(der)),
                 Err(e) => tracing::warn!(
                     error = %e,
                     "no VCEK from Azure IMDS; sending the evidence without it (the broker looks the VCEK up itself)"
@@ -358,7 +359,7 @@ impl AzureVtpmAttester {
                     .get(HCL_HEADER_LEN..HCL_HEADER_LEN + TD_REPORT_LEN)
                     .ok_or_else(|| self.err("HCL report too short for a TDREPORT"))?;
                 let quote = imds.td_quote(td_report).await?;
-                evidence["td_quote"] = Value::String(BASE64_URL_SAFE_NO_PAD.encode(quote));
+                evidence["td_quote"] = Value::String(BASE64_URL_SAFE.encode(quote));
             }
         }
         Ok(evidence)
