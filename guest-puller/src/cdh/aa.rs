@@ -12,7 +12,9 @@
 //!   bytes (at most 64, zero-padded), as attestation-agent does.
 //! - `GetTeeType`: the TEE's name as CoCo spells it (`snp`, `tdx`, `sample`).
 //! - `BindInitData(Digest)`: compares the digest, zero-padded or truncated, with SNP
-//!   `HOST_DATA` (32 bytes) or TDX `MRCONFIGID` (48 bytes) of a fresh report.
+//!   `HOST_DATA` (32 bytes) or TDX `MRCONFIGID` (48 bytes) of a fresh report; on an
+//!   Azure vTPM (`az-snp-vtpm`, `az-tdx-vtpm`) extends it into PCR 8 once, as
+//!   attestation-agent does (a PCR 8 already holding other data is an error).
 //! - `ExtendRuntimeMeasurement`: refused; cloak drives no runtime measurement register.
 
 use std::path::Path;
@@ -60,7 +62,7 @@ pub enum AaError {
     DigestTooLong(usize),
     #[error("the init-data digest does not match the report's {field} (the host launched this guest with other init-data)")]
     InitDataMismatch { field: &'static str },
-    #[error("BindInitData: the {0} TEE has no init-data field cloak-cdh can compare (SNP HOST_DATA and TDX MRCONFIGID only)")]
+    #[error("BindInitData: the {0} TEE has no init-data field cloak-cdh can compare or bind (SNP HOST_DATA, TDX MRCONFIGID, Azure vTPM PCR 8)")]
     InitDataUnsupported(String),
     #[error("ExtendRuntimeMeasurement: cloak-cdh extends no runtime measurement register on this {0} TEE")]
     NoRuntimeMeasurement(String),
@@ -157,6 +159,10 @@ pub async fn bind_init_data(hub: &Hub, digest: &[u8]) -> Result<(), AaError> {
         return Err(AaError::DigestTooLong(digest.len()));
     }
     let attester = client(hub)?.attester();
+    // A TEE whose init-data register the guest extends (Azure vTPM PCR 8) binds it.
+    if let Some(bind) = attester.bind_init_data(digest) {
+        return bind.await.map_err(AaError::Evidence);
+    }
     let tee = attester.tee();
     let (key, tee_label, field) = match tee {
         Tee::Snp => ("attestation_report", "SNP", "HOST_DATA"),

@@ -486,6 +486,7 @@ fn missing_or_foreign_hcl_report_is_a_clear_error() {
 #[test]
 fn initdata_is_extended_into_pcr8_once_and_other_initdata_is_refused() {
     let Some(tpm) = Swtpm::start() else { return };
+    // Bound at the first evidence (or by BindInitData, below), before the quote.
     let ak = tpm.provision_ak();
     let rd = report_data(3);
     tpm.define_nv(HCL_INDEX, &hcl_report(2, &ak, &rd));
@@ -505,6 +506,11 @@ fn initdata_is_extended_into_pcr8_once_and_other_initdata_is_refused() {
             "PCR 8 = SHA-256(zeros || init-data digest)"
         );
     }
+
+    // attestation-agent's BindInitData (cloak-cdh's ttRPC): the same binding, idempotent.
+    rt.block_on(a.bind_init_data(&digest).unwrap()).unwrap();
+    let e = rt.block_on(a.bind_init_data(&Sha256::digest(b"other")).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("PCR 8 is"), "{e}");
 
     // Other init-data: PCR 8 cannot be made to match, and nothing is sent.
     let mut other = o.clone();

@@ -401,6 +401,20 @@ impl Attester for AzureVtpmAttester {
         let rd = *report_data;
         Box::pin(self.collect(rd))
     }
+
+    fn bind_init_data<'a>(&'a self, digest: &'a [u8]) -> Option<BoxFuture<'a, Result<(), AttesterError>>> {
+        let this = self.clone();
+        let digest = digest.to_vec();
+        Some(Box::pin(async move {
+            let name = this.kind.name();
+            tokio::task::spawn_blocking(move || {
+                let mut tpm = this.tpm.open().map_err(|e| this.err(e))?;
+                this.bind_initdata(&mut tpm, &digest)
+            })
+            .await
+            .map_err(|e| AttesterError::Other(format!("{name} init-data task failed: {e}")))?
+        }))
+    }
 }
 
 /// Azure IMDS: bounded requests (no proxy, 5 s, 64 KiB answers).

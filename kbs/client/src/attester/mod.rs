@@ -69,6 +69,13 @@ pub trait Attester: Send + Sync {
         &'a self,
         report_data: &'a [u8; 64],
     ) -> BoxFuture<'a, Result<serde_json::Value, AttesterError>>;
+    /// Binds init-data from inside the guest, as attestation-agent's `BindInitData`
+    /// does where the TEE has a guest-extendable register for it (the Azure vTPM's
+    /// PCR 8). `None` where the host sets the init-data field at launch (SNP
+    /// HOST_DATA, TDX MRCONFIGID: compared, never bound) or there is no such place.
+    fn bind_init_data<'a>(&'a self, _digest: &'a [u8]) -> Option<BoxFuture<'a, Result<(), AttesterError>>> {
+        None
+    }
 }
 
 /// Which attester to build. Its names (`FromStr`, `Display`, clap's `ValueEnum`)
