@@ -7,9 +7,9 @@
 //! `ci/bench.sh kbs` runs this; the goal is at most 2 ms each.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kbs_server::verifier::{azure, cca};
 use kbs_server::verifier::snp::{self, CertIn, SnpTrust};
 use kbs_server::verifier::tdx;
+use kbs_server::verifier::{azure, cca};
 
 fn data(rel: &str) -> Vec<u8> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/attestation").join(rel);
@@ -44,7 +44,8 @@ fn bench(c: &mut Criterion) {
     let az_at = 1_767_225_600;
     let parse_and_verify = || {
         let ev = azure::parse_evidence(&ev, azure::HclKind::Snp)?;
-        let certs: Vec<CertIn> = ev.vcek.iter().map(|d| CertIn { kind: "vcek".into(), data: d.clone() }).collect();
+        let certs: Vec<CertIn> =
+            ev.vcek.iter().map(|d| CertIn { kind: "vcek".into(), data: d.clone() }).collect();
         azure::verify_snp(&ev, &certs, &trust, az_at)
     };
     parse_and_verify().expect("sample verifies");

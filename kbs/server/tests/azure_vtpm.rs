@@ -166,7 +166,15 @@ fn genuine_azure_tdx_evidence_passes_the_vtpm_links_and_then_needs_dcap_collater
     // then DCAP needs collateral, and collateral for another platform is refused.
     for name in ["tdx-evidence-v0.json", "tdx-evidence-v1.json"] {
         let ev = read_json(name);
-        refused(OfflineTee::AzTdxVtpm, &ev, "collateral_unavailable", "--collateral");
+        // Without collateral: the quote's signature, QE report and PCK chain to Intel's
+        // root are verified, and the refusal says so, with the README's MRTD, and what a
+        // TCB status needs.
+        refused(
+            OfflineTee::AzTdxVtpm,
+            &ev,
+            "collateral_unavailable",
+            "PCK chain to Intel's root verify (MRTD 024a32b070383331181619fa387cb4d55d1e38879f989933055ccad5bc2db795d1737b66205949d15469dc8c1ba7ab7b); its TCB status needs Intel's collateral for FMSPC 00806f050000",
+        );
         let inp = OfflineInputs {
             evidence: ev.to_string().into_bytes(),
             collateral: Some(
@@ -196,6 +204,27 @@ fn genuine_azure_tdx_evidence_passes_the_vtpm_links_and_then_needs_dcap_collater
         bad["hcl_report"] = json!(b64u(&hcl));
         refused(OfflineTee::AzTdxVtpm, &bad, "report_data_mismatch", "TD quote report_data");
     }
+    // The TD quote's own links, without collateral: its body, its QE report, its time.
+    let quote = std::fs::read(data("tdx-td-quote.bin")).unwrap();
+    let with_quote = |q: &[u8]| {
+        let mut ev = read_json("tdx-evidence-v1.json");
+        ev["td_quote"] = json!(b64u(q));
+        ev
+    };
+    let mut q = quote.clone();
+    q[48 + 136] ^= 1; // a byte of MRTD
+    refused(OfflineTee::AzTdxVtpm, &with_quote(&q), "invalid_signature", "header and TD report");
+    let mut q = quote.clone();
+    q[632 + 4 + 128 + 6 + 10] ^= 1; // a byte inside the QE report
+    refused(OfflineTee::AzTdxVtpm, &with_quote(&q), "invalid_signature", "QE report");
+    let inp = OfflineInputs {
+        evidence: with_quote(&quote).to_string().into_bytes(),
+        at: 1_600_000_000,
+        ..Default::default()
+    };
+    let d = offline::verify(OfflineTee::AzTdxVtpm, &inp).unwrap_err();
+    assert_eq!(d.reason.as_str(), "cert_chain_invalid", "{d}");
+    assert!(d.detail.contains("not valid at the verification time"), "{d}");
 }
 
 #[test]

@@ -69,8 +69,8 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
                 Some(v) => tdx::parse_evidence(&v)?.quote,
                 None => inp.evidence.clone(),
             };
-            let coll = tdx_collateral(inp)?;
             let root = inp.tdx_root_ca_der.as_deref().unwrap_or(tdx::INTEL_SGX_ROOT_CA_DER);
+            let coll = tdx_collateral(inp, &quote, root)?;
             tdx::verify_quote(&quote, &coll, root, inp.at).map(Claims::Tdx)
         }
         OfflineTee::Snp => {
@@ -124,18 +124,35 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
                 super::azure::HclKind::Tdx,
             )?;
             let vtpm = super::azure::verify_tdx_vtpm(&ev)?;
-            let coll = tdx_collateral(inp)?;
             let root = inp.tdx_root_ca_der.as_deref().unwrap_or(tdx::INTEL_SGX_ROOT_CA_DER);
+            let coll = tdx_collateral(inp, ev.td_quote.as_deref().unwrap_or_default(), root)?;
             super::azure::verify_tdx(vtpm, &ev, &coll, root, inp.at).map(Claims::AzTdxVtpm)
         }
     }
 }
 
-fn tdx_collateral(inp: &OfflineInputs) -> Result<dcap_qvl::QuoteCollateralV3, Denial> {
-    let coll = inp.collateral.as_deref().ok_or_else(|| {
-        Denial::new(Reason::CollateralUnavailable, "TDX verification needs --collateral COLLATERAL.json")
-    })?;
-    super::collateral::parse_collateral_json(coll)
+/// The collateral for `quote`; without `--collateral`, the refusal says what of the
+/// quote could be verified without it and what its TCB status needs.
+fn tdx_collateral(
+    inp: &OfflineInputs,
+    quote: &[u8],
+    root: &[u8],
+) -> Result<dcap_qvl::QuoteCollateralV3, Denial> {
+    match inp.collateral.as_deref() {
+        Some(coll) => super::collateral::parse_collateral_json(coll),
+        None => Err(match tdx::verify_without_collateral(quote, root, inp.at) {
+            Err(d) => d,
+            Ok(c) => Denial::new(
+                Reason::CollateralUnavailable,
+                format!(
+                    "the quote's signature, its QE report and the PCK chain to Intel's root verify (MRTD {}); \
+                     its TCB status needs Intel's collateral for FMSPC {} (TCB info, QE identity, PCK and \
+                     root CA CRLs, from a PCCS or Intel PCS): --collateral COLLATERAL.json",
+                    c.mr_td, c.fmspc
+                ),
+            ),
+        }),
+    }
 }
 
 fn evidence_json(inp: &OfflineInputs, tee: &str) -> Result<Value, Denial> {

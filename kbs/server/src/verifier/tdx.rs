@@ -261,16 +261,26 @@ pub fn verify_quote(
         .allow_debug(true)
         .verify(raw, collateral, now)
         .map_err(|e| Denial::new(classify(&e), format!("TDX quote refused by DCAP verification: {e:#}")))?;
-    let td = match &verified.report {
-        Report::TD10(_) | Report::TD15(_) | Report::TD15Ex(_) => verified.report.as_td10(),
+    td_claims(info, &verified.report, verified.status.clone(), verified.advisory_ids.clone())
+}
+
+/// The claims of a TD report whose quote verified with `status`.
+fn td_claims(
+    info: QuoteInfo,
+    report: &Report,
+    status: String,
+    advisory_ids: Vec<String>,
+) -> Result<TdxClaims, Denial> {
+    let td = match report {
+        Report::TD10(_) | Report::TD15(_) | Report::TD15Ex(_) => report.as_td10(),
         Report::SgxEnclave(_) => None,
     }
     .ok_or_else(|| malformed("the quote carries an SGX enclave report, not a TD report"))?;
     let attrs = td.td_attributes;
     Ok(TdxClaims {
         quote_version: info.version,
-        tcb_status: verified.status.clone(),
-        advisory_ids: verified.advisory_ids.clone(),
+        tcb_status: status,
+        advisory_ids,
         fmspc: info.fmspc,
         mr_td: hex::encode(td.mr_td),
         rtmr: [td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3].map(hex::encode),
@@ -286,4 +296,90 @@ pub fn verify_quote(
         // that also expose the TD's state.
         debug: attrs[0] & 0x71 != 0,
     })
+}
+
+/// What `tcb_status` says when no collateral was there to evaluate it.
+pub const TCB_NOT_EVALUATED: &str = "NotEvaluated";
+
+/// The part of DCAP verification that needs no collateral, for offline checks of a
+/// quote whose collateral is not at hand: the quote's signature by its attestation key,
+/// the QE report's signature by the PCK certificate, the QE report binding that key
+/// (report_data = SHA-256(attestation key || QE auth data)), and the PCK chain to
+/// `root_ca_der`, each certificate valid at `now`. Not checked, because they are the
+/// collateral: the CRLs (revocation), the QE identity and the TCB info, so the claims'
+/// `tcb_status` is [`TCB_NOT_EVALUATED`]. Never enough for the broker to release
+/// anything; `verify-evidence` exits non-zero after saying what verified.
+pub fn verify_without_collateral(raw: &[u8], root_ca_der: &[u8], now: u64) -> Result<TdxClaims, Denial> {
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey, EcPoint};
+    use openssl::ecdsa::EcdsaSig;
+    use openssl::nid::Nid;
+    use openssl::x509::X509;
+    use sha2::Digest as _;
+
+    let info = quote_info(raw)?;
+    let quote = Quote::parse(raw).map_err(|e| malformed(format!("TDX quote does not parse: {e:#}")))?;
+    let bad = |what: &str| Denial::new(Reason::InvalidSignature, format!("TDX quote: {what}"));
+    let chain_bad = |what: String| Denial::new(Reason::CertChainInvalid, format!("TDX PCK chain: {what}"));
+    let auth = match &quote.auth_data {
+        dcap_qvl::quote::AuthData::V4(a) => a.clone().into_v3(),
+        dcap_qvl::quote::AuthData::V3(a) => a.clone(),
+    };
+    // ECDSA P-256 / SHA-256 over `data` with a raw r||s signature.
+    let verify = |key: &EcKey<openssl::pkey::Public>, data: &[u8], sig: &[u8; 64]| -> bool {
+        let digest = sha2::Sha256::digest(data);
+        BigNum::from_slice(&sig[..32])
+            .and_then(|r| Ok((r, BigNum::from_slice(&sig[32..])?)))
+            .and_then(|(r, s)| EcdsaSig::from_private_components(r, s))
+            .and_then(|sig| sig.verify(&digest, key))
+            .unwrap_or(false)
+    };
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(|_| bad("P-256 unavailable"))?;
+    let mut point = vec![0x04];
+    point.extend_from_slice(&auth.ecdsa_attestation_key);
+    let ak = openssl::bn::BigNumContext::new()
+        .and_then(|mut ctx| EcPoint::from_bytes(&group, &point, &mut ctx))
+        .and_then(|p| EcKey::from_public_key(&group, &p))
+        .map_err(|_| bad("the attestation key is not a P-256 point"))?;
+    let signed = raw
+        .get(..quote.signed_length())
+        .ok_or_else(|| malformed("TDX quote is shorter than its signed part"))?;
+    if !verify(&ak, signed, &auth.ecdsa_signature) {
+        return Err(bad("the signature over header and TD report does not verify with its attestation key"));
+    }
+    // The PCK chain: leaf, its CA, then the root, which must be the pinned one.
+    let pem = quote.raw_cert_chain().map_err(|e| chain_bad(format!("{e:#}")))?;
+    let certs = X509::stack_from_pem(pem)
+        .map_err(|_| chain_bad("the certification data is not PEM certificates".into()))?;
+    let root =
+        X509::from_der(root_ca_der).map_err(|_| chain_bad("the configured root CA is not DER".into()))?;
+    let (Some(leaf), Some(ca)) = (certs.first(), certs.get(1)) else {
+        return Err(chain_bad(format!("{} certificates, expected PCK, its CA and the root", certs.len())));
+    };
+    let now_t = Asn1Time::from_unix(i64::try_from(now).unwrap_or(i64::MAX)).map_err(|_| bad("time"))?;
+    for (what, c, issuer) in [("PCK certificate", leaf, ca), ("PCK CA", ca, &root), ("root CA", &root, &root)]
+    {
+        let key = issuer.public_key().map_err(|_| chain_bad(format!("{what}'s issuer has no usable key")))?;
+        if !c.verify(&key).unwrap_or(false) {
+            return Err(chain_bad(format!("the {what} is not signed by the pinned Intel root's chain")));
+        }
+        if c.not_before() > now_t || c.not_after() < now_t {
+            return Err(chain_bad(format!("the {what} is not valid at the verification time")));
+        }
+    }
+    let pck = leaf
+        .public_key()
+        .and_then(|k| k.ec_key())
+        .map_err(|_| chain_bad("the PCK certificate's key is not EC".into()))?;
+    if !verify(&pck, &auth.qe_report, &auth.qe_report_signature) {
+        return Err(bad("the QE report is not signed by the PCK certificate"));
+    }
+    let mut h = sha2::Sha256::new();
+    h.update(auth.ecdsa_attestation_key);
+    h.update(&auth.qe_auth_data.data);
+    // The QE report's report_data is its last 64 bytes.
+    if auth.qe_report[320..352] != h.finalize()[..] {
+        return Err(bad("the QE report does not vouch for the attestation key"));
+    }
+    td_claims(info, &quote.report, TCB_NOT_EVALUATED.into(), Vec::new())
 }
