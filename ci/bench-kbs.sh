@@ -170,4 +170,4 @@ PY
 echo
 echo "Verifier CPU (criterion, kbs/server/benches/verify.rs):"
 cargo bench -q -p cloak-kbs-server --bench verify -- --noplot 2>/dev/null \
-  | awk '/^(tdx|snp|cca)_/ {name=$1} /time:/ && name {print "| " name " | " $0 " |"; name=""}'
+  | awk '/^(tdx|snp|cca|az)_/ {name=$1} /time:/ && name {print "| " name " | " $0 " |"; name=""}'
