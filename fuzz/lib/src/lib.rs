@@ -43,6 +43,7 @@ pub const ENTRIES: &[(&str, Entry)] = &[
     ("cca_token", targets::cca_token),
     ("azure_hcl_report", targets::azure_hcl_report),
     ("azure_tpm_quote", targets::azure_tpm_quote),
+    ("tpm_response", targets::tpm_response),
 ];
 
 /// The body of the target called `name`, if it has one here.

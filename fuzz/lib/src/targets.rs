@@ -863,3 +863,11 @@ pub fn azure_tpm_quote(data: &[u8]) {
         }
     }
 }
+
+/// TPM 2.0 responses as the guest's Azure vTPM attester reads them from `/dev/tpmrm0`
+/// (first byte: which command's parser; the rest: the response, header included),
+/// and the HCL report layout it reads out of NV: a clear error, never a panic.
+pub fn tpm_response(data: &[u8]) {
+    kbs_client::attester::tpm::fuzz_responses(data);
+    let _ = kbs_client::attester::azure::parse_hcl_report(data);
+}
