@@ -1,17 +1,14 @@
 //! The Azure vTPM attesters against a real TPM: swtpm, provisioned with tpm2-tools
 //! the way an Azure CVM's paravisor provisions its vTPM (an RSA AK persisted at
 //! 0x81000003, a synthetic HCL report in NV 0x01400001 carrying that AK as
-//! `HCLAkPub`), and a loopback stand-in for Azure IMDS. Nothing leaves 127.0.0.1.
-//!
-//! swtpm deviates from Azure in one way: its largest NV index is 2048 bytes, so the
-//! synthetic HCL report is shorter than Azure's 2600 (its var data holds only the AK).
+//! `HCLAkPub`; the harness is [`test_support::swtpm`]), and a loopback stand-in for
+//! Azure IMDS. Nothing leaves 127.0.0.1.
 
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -24,146 +21,17 @@ use openssl::pkey::{PKey, Public};
 use openssl::sign::Verifier;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use test_support::peers::{peer, which};
-use test_support::{free_port, run_bounded, wait_for_port, Daemon};
+use test_support::free_port;
+use test_support::swtpm::{self, hcl_var_data, Swtpm, HCL_INDEX, USER_DATA_INDEX};
 
-const HCL_INDEX: &str = "0x01400001";
-const USER_DATA_INDEX: &str = "0x01400002";
-const AK_HANDLE: &str = "0x81000003";
-
-/// A running swtpm with its state directory.
-struct Swtpm {
-    dir: tempfile::TempDir,
-    port: u16,
-    _daemon: Daemon,
+fn target(tpm: &Swtpm) -> TpmTarget {
+    TpmTarget::Tcp(tpm.addr())
 }
 
-impl Swtpm {
-    /// `None` (skip) when swtpm or tpm2-tools are missing and peers are not required.
-    fn start() -> Option<Swtpm> {
-        let swtpm = peer(which("swtpm"), "swtpm")?;
-        peer(which("tpm2_nvdefine"), "tpm2-tools")?;
-        let dir = tempfile::tempdir().unwrap();
-        // tpm2-tools' swtpm TCTI finds the control channel at the data port + 1.
-        // free_port() can race with another test (and port + 1 may be taken): retry.
-        for _ in 0..10 {
-            let port = free_port();
-            let ctrl = port.wrapping_add(1);
-            if port == u16::MAX || TcpListener::bind(("127.0.0.1", ctrl)).is_err() {
-                continue;
-            }
-            let mut daemon = Daemon::spawn(
-                "swtpm",
-                Command::new(&swtpm)
-                    .arg("socket")
-                    .arg("--tpm2")
-                    .arg("--tpmstate")
-                    .arg(format!("dir={}", dir.path().display()))
-                    .arg("--server")
-                    .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                    .arg("--ctrl")
-                    .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-                    .arg("--flags")
-                    .arg("not-need-init,startup-clear"),
-            )
-            .unwrap();
-            if wait_for_port(port, Duration::from_secs(5)).is_ok() && !daemon.exited() {
-                return Some(Swtpm { dir, port, _daemon: daemon });
-            }
-            daemon.stop();
-        }
-        panic!("swtpm did not start on a free port");
-    }
-
-    fn target(&self) -> TpmTarget {
-        TpmTarget::Tcp(SocketAddr::from(([127, 0, 0, 1], self.port)))
-    }
-
-    /// Runs one tpm2-tools command against this swtpm; returns its stdout.
-    fn tool(&self, args: &[&str]) -> Vec<u8> {
-        let mut cmd = Command::new(which(args[0]));
-        cmd.args(&args[1..])
-            .current_dir(self.dir.path())
-            .env("TPM2TOOLS_TCTI", format!("swtpm:host=127.0.0.1,port={}", self.port));
-        let ran = run_bounded(&mut cmd, Duration::from_secs(30)).unwrap();
-        assert!(ran.ok(), "{args:?}: {}", ran.describe());
-        ran.stdout
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    /// An RSA-2048 restricted signing key (RSASSA/SHA-256), persisted at the AK
-    /// handle; returns its public key.
-    fn provision_ak(&self) -> PKey<Public> {
-        let ctx = self.path("ak.ctx");
-        self.tool(&[
-            "tpm2_createprimary",
-            "-Q",
-            "-C",
-            "o",
-            "-G",
-            "rsa2048:rsassa-sha256:null",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
-            "-c",
-            &ctx,
-        ]);
-        self.tool(&["tpm2_evictcontrol", "-Q", "-C", "o", "-c", &ctx, AK_HANDLE]);
-        let pem = self.path("ak.pem");
-        self.tool(&["tpm2_readpublic", "-Q", "-c", AK_HANDLE, "-f", "pem", "-o", &pem]);
-        PKey::public_key_from_pem(&std::fs::read(&pem).unwrap()).unwrap()
-    }
-
-    /// Defines `index` (owner read/write) holding exactly `data`.
-    fn define_nv(&self, index: &str, data: &[u8]) {
-        self.tool(&[
-            "tpm2_nvdefine",
-            "-Q",
-            index,
-            "-C",
-            "o",
-            "-s",
-            &data.len().to_string(),
-            "-a",
-            "ownerread|ownerwrite",
-        ]);
-        self.write_nv(index, data);
-    }
-
-    fn write_nv(&self, index: &str, data: &[u8]) {
-        let f = self.path("nv.bin");
-        std::fs::write(&f, data).unwrap();
-        self.tool(&["tpm2_nvwrite", "-Q", index, "-C", "o", "-i", &f]);
-    }
-
-    fn read_nv(&self, index: &str) -> Vec<u8> {
-        self.tool(&["tpm2_nvread", index, "-C", "o"])
-    }
-
-    fn extend_pcrs(&self) {
-        for (pcr, byte) in [(8, "11"), (16, "22")] {
-            self.tool(&["tpm2_pcrextend", &format!("{pcr}:sha256={}", byte.repeat(32))]);
-        }
-    }
-}
-
-/// A synthetic HCL report in the real layout: "HCLA" header, a 1184-byte hardware
-/// report whose report_data is SHA-256(var data), IGVM request data, var data with
-/// the AK as `HCLAkPub` and `user-data`.
+/// A synthetic HCL report ([`test_support::swtpm::hcl_report`]) whose hardware report
+/// is a byte pattern, with report_data = SHA-256(var data) for SNP.
 fn hcl_report(report_type: u32, ak: &PKey<Public>, user_data: &[u8; 64]) -> Vec<u8> {
-    let rsa = ak.rsa().unwrap();
-    let var = serde_json::to_vec(&json!({
-        "keys": [{
-            "kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA",
-            "e": BASE64_URL_SAFE_NO_PAD.encode(rsa.e().to_vec()),
-            "n": BASE64_URL_SAFE_NO_PAD.encode(rsa.n().to_vec()),
-        }],
-        "vm-configuration": {"secure-boot": true, "tpm-enabled": true},
-        "user-data": hex::encode_upper(user_data),
-    }))
-    .unwrap();
+    let var = hcl_var_data(ak, user_data);
     let mut hw = [0u8; 1184];
     let pattern_len = if report_type == 4 { 1024 } else { 1184 };
     for (i, b) in hw[..pattern_len].iter_mut().enumerate() {
@@ -172,18 +40,7 @@ fn hcl_report(report_type: u32, ak: &PKey<Public>, user_data: &[u8; 64]) -> Vec<
     if report_type == 2 {
         hw[0x50..0x70].copy_from_slice(&Sha256::digest(&var));
     }
-    let mut v = Vec::new();
-    for x in [0x414C_4348u32, 2, 1184, 2, 0] {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.extend_from_slice(&[0; 12]);
-    v.extend_from_slice(&hw);
-    for x in [20 + var.len() as u32, 1, report_type, 1, var.len() as u32] {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.extend_from_slice(&var);
-    assert!(v.len() <= 2048, "swtpm's NV index limit");
-    v
+    swtpm::hcl_report(report_type, &hw, &var)
 }
 
 /// One HTTP request the IMDS stand-in saw.
@@ -246,11 +103,11 @@ fn closed_url() -> String {
 
 fn opts(tpm: &Swtpm, imds: &str) -> AttesterOptions {
     AttesterOptions {
-        tpm_device: tpm.target(),
+        tpm_device: target(tpm),
         azure_imds_url: imds.to_owned(),
         azure_report_settle: Duration::from_millis(300),
-        tsm_root: tpm.dir.path().join("no-tsm"),
-        sev_guest_device: tpm.dir.path().join("no-sev-guest"),
+        tsm_root: tpm.dir().join("no-tsm"),
+        sev_guest_device: tpm.dir().join("no-sev-guest"),
         ..Default::default()
     }
 }

@@ -2,8 +2,9 @@
 //! port and a wait for a listener ([`net`]), child processes that are killed when
 //! dropped or when they run too long ([`process`]), the real peers and the rule for a
 //! missing one ([`peers`]), a private docker-registry ([`registry`]), a real HTTP proxy ([`proxy`]), OCI layout
-//! helpers ([`layout`]), a throwaway CA for TLS peers ([`pki`]), and cloak's own built binaries, the broker among them
-//! ([`workspace`], [`broker`]).
+//! helpers ([`layout`]), a throwaway CA for TLS peers ([`pki`]), a real TPM (swtpm) with
+//! an Azure-like paravisor in front of it ([`swtpm`]), and cloak's own built binaries, the
+//! broker among them ([`workspace`], [`broker`]).
 //!
 //! This crate depends on no cloak crate, so any crate's tests may use it (`oci`'s
 //! too). The end-to-end tests themselves are the `cloak-e2e` package beside it in
@@ -21,6 +22,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod registry;
+pub mod swtpm;
 pub mod workspace;
 
 pub use broker::{BrokerTls, LocalBroker, ALLOW_SAMPLE};
@@ -32,4 +34,5 @@ pub use pki::{ServerCert, TestCa};
 pub use process::{run, run_bounded, run_bounded_ok, run_ok, Daemon, Ran, CMD_LIMIT};
 pub use proxy::Proxy;
 pub use registry::Registry;
+pub use swtpm::{Paravisor, Swtpm};
 pub use workspace::{bin, target_dir, workspace_root};
