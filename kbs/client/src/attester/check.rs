@@ -1,5 +1,7 @@
 //! `cloak check`: is a confidential-computing TEE (AMD SEV-SNP, Intel TDX, Arm CCA)
 //! present and active on this machine, and can a guest produce attestation evidence?
+//! On an Azure confidential VM the evidence comes from the paravisor's vTPM (the HCL
+//! report in NV index 0x01400001), probed as `--attester auto` probes it.
 //!
 //! The probe only reads kernel interfaces (device nodes, sysfs, procfs, configfs-tsm,
 //! kernel log files), every path relative to a `root` so tests run against fake trees.
@@ -339,9 +341,14 @@ pub fn run_check(root: &Path) -> CheckReport {
     let log = probe.kernel_log();
     let tsm = probe.tsm();
 
-    let snp = probe.sev_snp(&cpu, &log, &tsm);
-    let tdx = probe.tdx(&cpu, &log, &tsm);
+    let azure = probe.azure_vtpm();
+    let mut snp = probe.sev_snp(&cpu, &log, &tsm);
+    let mut tdx = probe.tdx(&cpu, &log, &tsm);
     let cca = probe.cca(&log, &tsm);
+    if let Some(az) = &azure {
+        azure_finding(&mut snp, az, super::AzureKind::Snp);
+        azure_finding(&mut tdx, az, super::AzureKind::Tdx);
+    }
 
     let any_active = snp.active || tdx.active || cca.active;
     let machine = if any_active || cpu.has_flag("hypervisor") {
@@ -743,6 +750,52 @@ impl Probe<'_> {
     }
 }
 
+/// What the vTPM probe found: the device's path as shown, and the HCL report's
+/// hardware, or why there is none.
+struct AzureProbe {
+    shown: String,
+    kind: Result<super::AzureKind, String>,
+}
+
+impl Probe<'_> {
+    /// Azure confidential VMs: the paravisor keeps the hardware report in the vTPM (the
+    /// HCL report in NV index 0x01400001) and the guest has no SNP/TDX interface of its
+    /// own. `None` when there is no TPM device at all (nothing worth reporting).
+    fn azure_vtpm(&self) -> Option<AzureProbe> {
+        let rel = "dev/tpmrm0";
+        if !self.exists(rel) {
+            return None;
+        }
+        let target = super::tpm::TpmTarget::Device(self.path(rel));
+        Some(AzureProbe { shown: shown(rel), kind: super::azure::detect(&target) })
+    }
+}
+
+/// Reports the vTPM probe under the technology it is for: an HCL report of `kind`
+/// makes that technology active and usable through the `az-*-vtpm` attester.
+fn azure_finding(t: &mut TeeStatus, az: &AzureProbe, kind: super::AzureKind) {
+    let name = match kind {
+        super::AzureKind::Snp => "az-snp-vtpm",
+        super::AzureKind::Tdx => "az-tdx-vtpm",
+    };
+    match &az.kind {
+        Ok(k) if *k == kind => {
+            t.find(
+                "Azure vTPM HCL report",
+                &az.shown,
+                true,
+                format!("NV index 0x01400001 holds this VM's hardware report ({name})"),
+            );
+            t.active = true;
+            t.present = true;
+            t.missing.clear();
+            t.evidence = Some(format!("Azure vTPM ({name}: HCL report and TPM quote)"));
+        }
+        Ok(_) => {}
+        Err(e) => t.find("Azure vTPM HCL report", &az.shown, false, truncate(e, 200)),
+    }
+}
+
 /// On bare metal, say what a host needs to launch guests of each technology.
 fn host_remedies(t: &mut TeeStatus, cpu: &CpuInfo) {
     let vendor = cpu.vendor.as_deref().unwrap_or("");
@@ -1059,6 +1112,35 @@ mod tests {
         log.push_str("kernel: tdx: Guest detected\n");
         root.file("var/log/kern.log", &log);
         assert!(status(&root.check(), Tee::Tdx).active);
+    }
+
+    #[test]
+    fn a_tpm_device_that_is_no_azure_vtpm_is_reported_and_not_usable() {
+        let t = FakeRoot::new();
+        t.cpu("AuthenticAMD", "fpu hypervisor").file("dev/tpmrm0", "not a TPM");
+        let r = t.check();
+        let snp = status(&r, Tee::SevSnp);
+        let f =
+            snp.findings.iter().find(|f| f.check == "Azure vTPM HCL report").expect("the vTPM was probed");
+        assert!(!f.found);
+        assert_eq!(f.path, "/dev/tpmrm0");
+        assert!(!r.usable());
+        // No TPM device: no vTPM finding at all.
+        let r = FakeRoot::new().check();
+        assert!(r.tees.iter().all(|t| t.findings.iter().all(|f| f.check != "Azure vTPM HCL report")));
+    }
+
+    #[test]
+    fn an_azure_hcl_report_makes_its_technology_usable() {
+        let az = AzureProbe { shown: "/dev/tpmrm0".into(), kind: Ok(crate::attester::AzureKind::Tdx) };
+        let mut tdx = TeeStatus::new(Tee::Tdx);
+        tdx.need("configfs-tsm", "a guest kernel with it");
+        azure_finding(&mut tdx, &az, crate::attester::AzureKind::Tdx);
+        assert!(tdx.usable() && tdx.active && tdx.missing.is_empty());
+        assert_eq!(tdx.evidence.as_deref(), Some("Azure vTPM (az-tdx-vtpm: HCL report and TPM quote)"));
+        let mut snp = TeeStatus::new(Tee::SevSnp);
+        azure_finding(&mut snp, &az, crate::attester::AzureKind::Snp);
+        assert!(!snp.usable() && snp.findings.is_empty());
     }
 
     #[test]
