@@ -25,7 +25,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,24 +162,6 @@ async fn swtpm_guest_gets_its_key_refused_on_a_pinned_pcr_and_binds_initdata_in_
         1,
         "the verified init-data names the pod:\n{m}"
     );
-}
-
-/// `cloak encrypt` of the golden three-layer image for `kek_uri`, registered in `b`,
-/// into the layout `dest` (tag `enc`).
-fn encrypt_for(b: &Broker, kek_uri: &str, dest: &Path) {
-    let admin = b.dir.path().join("admin.pem");
-    std::fs::write(&admin, b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
-    let plain = test_support::workspace_root().join("testdata/golden/three-layers/plain-oci");
-    let ran = run_bounded(
-        Command::new(bin("cloak"))
-            .args(["encrypt", "--quiet", "--recipient", kek_uri, "--kbs-url", &b.url, "--kbs-admin-key"])
-            .arg(&admin)
-            .arg(format!("oci:{}:v1", plain.display()))
-            .arg(format!("oci:{}:enc", dest.display())),
-        CMD_LIMIT,
-    )
-    .unwrap();
-    assert!(ran.ok(), "cloak encrypt: {}", ran.describe());
 }
 
 // Multi-threaded: the broker serves from the runtime's workers while the test's own

@@ -712,3 +712,62 @@ async fn cloaks_kbs_client_attests_a_cca_realm_and_sees_a_refusal_reason() {
     let e = report::line(&c.get_resource(&uri).await.unwrap_err());
     assert!(e.contains("measurement_mismatch") && e.contains("RIM"), "{e}");
 }
+
+/// The real `cloak-pull --attester cca` end to end: its CCA attester takes tokens from a
+/// test RMM (`CLOAK_CCA_TEST_RMM`, the CCA counterpart of the `sample` attester), here
+/// `cca_test_rmm.py`, an encoder written independently of cloak with the published test
+/// keys; the broker trusts the test platform key. It pulls and decrypts an image whose
+/// KEK the broker holds; a broker whose policy pins another RIM refuses it, the refusal
+/// reaching the user with its reason and counted in `coco_attestation_failure_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloak_pull_with_a_cca_test_rmm_attests_pulls_and_a_pinned_rim_denies() {
+    use std::process::Command;
+    let anchors = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/attestation/cca/trustee__tastore.json");
+    let rmm = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cca_test_rmm.py");
+    let policy = |rim: &str| {
+        format!(
+            "default_policy: {{required_attestation: {{cca: {{rim: [\"{rim}\"]}}}}, released_resources: [\"default/*\"]}}\n"
+        )
+    };
+    let pull = |url: &str, image: &std::path::Path, bundle: &std::path::Path| {
+        test_support::run_bounded(
+            Command::new(test_support::bin("cloak-pull"))
+                .args(["--quiet", "--kbs", url, "--attester", "cca"])
+                .arg(format!("oci:{}:enc", image.display()))
+                .arg(bundle)
+                .env("CLOAK_CCA_TEST_RMM", &rmm)
+                .env("CCA_TEST_RIM", "11".repeat(32)),
+            test_support::CMD_LIMIT,
+        )
+        .unwrap()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let image = work.path().join("enc");
+    let a = anchors.clone();
+    let b = common::start(&policy(&"11".repeat(32)), move |cfg, _| cfg.cca.trust_anchors = Some(a)).await;
+    common::encrypt_for(&b, "kbs:///default/image-kek/cca", &image);
+    let bundle = work.path().join("bundle");
+    let ran = pull(&b.url, &image, &bundle);
+    assert!(ran.ok(), "cloak-pull --attester cca: {}", ran.describe());
+    assert!(!test_support::list_tree(&bundle.join("rootfs")).is_empty(), "no rootfs");
+    assert_eq!(common::metric(&b.metrics().await, "coco_attestation_success_total", &[]), 1);
+
+    // The same image's KEK in a broker that pins another RIM.
+    let a = anchors.clone();
+    let other = common::start(&policy(&"22".repeat(32)), move |cfg, _| cfg.cca.trust_anchors = Some(a)).await;
+    let image2 = work.path().join("enc2");
+    common::encrypt_for(&other, "kbs:///default/image-kek/cca", &image2);
+    let bundle2 = work.path().join("bundle2");
+    let ran = pull(&other.url, &image2, &bundle2);
+    assert!(!ran.ok(), "a realm whose RIM the policy does not list got its key");
+    let said = ran.describe();
+    assert!(said.contains("measurement_mismatch") && said.contains("RIM"), "{said}");
+    assert!(!bundle2.join("rootfs").exists() || test_support::list_tree(&bundle2.join("rootfs")).is_empty());
+    let m = other.metrics().await;
+    assert_eq!(
+        common::metric(&m, "coco_attestation_failure_total", &["reason=\"measurement_mismatch\""]),
+        1,
+        "{m}"
+    );
+}

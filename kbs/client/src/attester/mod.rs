@@ -113,6 +113,9 @@ pub struct AttesterOptions {
     pub azure_imds_url: String,
     /// How long the paravisor may take to put the user data into the HCL report.
     pub azure_report_settle: Duration,
+    /// TEST ONLY: `--attester cca` takes its tokens from this program
+    /// (`CLOAK_CCA_TEST_RMM`; see [`CcaAttester::with_test_rmm`]).
+    pub cca_test_rmm: Option<PathBuf>,
 }
 
 impl Default for AttesterOptions {
@@ -128,6 +131,7 @@ impl Default for AttesterOptions {
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| azure::DEFAULT_IMDS_URL.to_owned()),
             azure_report_settle: azure::DEFAULT_REPORT_SETTLE,
+            cca_test_rmm: std::env::var_os(cca::TEST_RMM_ENV).filter(|v| !v.is_empty()).map(PathBuf::from),
         }
     }
 }
@@ -229,7 +233,9 @@ pub fn make_attester(kind: AttesterKind, opts: &AttesterOptions) -> Result<Arc<d
         AttesterKind::AzSnpVtpm => azure_attester(AzureKind::Snp, opts),
         AttesterKind::AzTdxVtpm => azure_attester(AzureKind::Tdx, opts),
         AttesterKind::Cca => {
-            if probe::probe_report_dir(&opts.tsm_root).provider.as_deref() == Some(cca::PROVIDER) {
+            if let Some(program) = &opts.cca_test_rmm {
+                Ok(Arc::new(CcaAttester::with_test_rmm(program.clone())))
+            } else if probe::probe_report_dir(&opts.tsm_root).provider.as_deref() == Some(cca::PROVIDER) {
                 Ok(Arc::new(CcaAttester::new(opts.tsm_root.clone())))
             } else {
                 Err(AttesterError::NoTee(format!(

@@ -449,3 +449,21 @@ pub fn metric(text: &str, name: &str, parts: &[&str]) -> u64 {
         .map(|v| v as u64)
         .sum()
 }
+
+/// `cloak encrypt` of the golden three-layer image for `kek_uri`, registered in `b`,
+/// into the layout `dest` (tag `enc`).
+pub fn encrypt_for(b: &Broker, kek_uri: &str, dest: &Path) {
+    let admin = b.dir.path().join("admin.pem");
+    std::fs::write(&admin, b.admin_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let plain = test_support::workspace_root().join("testdata/golden/three-layers/plain-oci");
+    let ran = test_support::run_bounded(
+        Command::new(test_support::bin("cloak"))
+            .args(["encrypt", "--quiet", "--recipient", kek_uri, "--kbs-url", &b.url, "--kbs-admin-key"])
+            .arg(&admin)
+            .arg(format!("oci:{}:v1", plain.display()))
+            .arg(format!("oci:{}:enc", dest.display())),
+        test_support::CMD_LIMIT,
+    )
+    .unwrap();
+    assert!(ran.ok(), "cloak encrypt: {}", ran.describe());
+}
