@@ -301,35 +301,17 @@ impl AzGuest {
         AzGuest { ak, pcrs }
     }
 
+    /// The variable data binding the AK and `user_data` (the runtime-data hash,
+    /// zero-padded to the index's 64 bytes).
     fn var_data(&self, user_data: &[u8]) -> Vec<u8> {
-        let rsa = self.ak.rsa().unwrap();
-        let mut ud = user_data.to_vec();
-        ud.resize(64, 0);
-        json!({
-            "keys": [{"kid": "HCLAkPub", "key_ops": ["sign"], "kty": "RSA",
-                      "e": b64u(&rsa.e().to_vec()), "n": b64u(&rsa.n().to_vec())}],
-            "vm-configuration": {"console-enabled": false, "secure-boot": true, "tpm-enabled": true,
-                                 "vmUniqueId": "00000000-0000-0000-0000-000000000001"},
-            "user-data": hex::encode_upper(&ud),
-        })
-        .to_string()
-        .into_bytes()
+        let mut ud = [0u8; 64];
+        ud[..user_data.len()].copy_from_slice(user_data);
+        let public = PKey::public_key_from_der(&self.ak.public_key_to_der().unwrap()).unwrap();
+        test_support::swtpm::hcl_var_data(&public, &ud)
     }
 
     fn hcl_report(hw: &[u8], var: &[u8], report_type: u32) -> Vec<u8> {
-        let mut b = Vec::new();
-        for v in [0x414C_4348u32, 2, (32 + 1184 + 20 + var.len()) as u32, 2, 0, 0, 0, 0] {
-            b.extend(v.to_le_bytes());
-        }
-        let mut hw = hw.to_vec();
-        hw.resize(1184, 0);
-        b.extend(hw);
-        for v in [(20 + var.len()) as u32, 1, report_type, 1, var.len() as u32] {
-            b.extend(v.to_le_bytes());
-        }
-        b.extend(var);
-        b.resize(2600, 0);
-        b
+        test_support::swtpm::hcl_report(report_type, hw, var)
     }
 
     /// A TPMS_ATTEST quoting all 24 SHA-256 PCRs with `extra`, signed by the AK.
