@@ -212,6 +212,42 @@ KBS_CONFIG_SCHEMA = {
     },
 }
 
+# policy.rs SnpSpec, TdxSpec: shared by their own sections and the Azure vTPM ones.
+SNP_POLICY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "measurement": {"oneOf": [HEX48, {"type": "array", "items": HEX48}]},
+        "tcb_min": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {k: U8 for k in ["bootloader", "tee", "snp", "microcode"]},
+        },
+        "family_id": HEX16,
+        "image_id": HEX16,
+        "max_vmpl": {"type": "integer", "minimum": 0},
+        "allow_debug": {"type": "boolean"},
+    },
+}
+TDX_POLICY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "mr_td": {"type": "array", "items": HEX48},
+        "tcb_svn_min": HEX16,
+        "allow_debug": {"type": "boolean"},
+        "tcb_status": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "deny_advisories": {"type": "array", "items": {"type": "string"}},
+    },
+}
+# vTPM PCR index ("0" to "23") -> one allowed SHA-256 value or a list of them.
+HEX32 = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+PCR_POLICY = {
+    "type": "object",
+    "additionalProperties": False,
+    "patternProperties": {"^([0-9]|1[0-9]|2[0-3])$": {"oneOf": [HEX32, {"type": "array", "items": HEX32}]}},
+}
+
 KBS_POLICY_SCHEMA = {
     "type": "object",
     "required": ["default_policy"],
@@ -225,30 +261,18 @@ KBS_POLICY_SCHEMA = {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "sev_snp": {
+                        "sev_snp": SNP_POLICY,
+                        "tdx": TDX_POLICY,
+                        # policy.rs AzSnpSpec / AzTdxSpec (issue 26): the hardware section and vTPM PCRs
+                        "az_snp_vtpm": {
                             "type": "object",
                             "additionalProperties": False,
-                            "properties": {
-                                "measurement": {"oneOf": [HEX48, {"type": "array", "items": HEX48}]},
-                                "tcb_min": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "properties": {k: U8 for k in ["bootloader", "tee", "snp", "microcode"]},
-                                },
-                                "family_id": HEX16,
-                                "image_id": HEX16,
-                                "max_vmpl": {"type": "integer", "minimum": 0},
-                                "allow_debug": {"type": "boolean"},
-                            },
+                            "properties": {"sev_snp": SNP_POLICY, "pcrs": PCR_POLICY},
                         },
-                        "tdx": {
+                        "az_tdx_vtpm": {
                             "type": "object",
                             "additionalProperties": False,
-                            "properties": {
-                                "mr_td": {"type": "array", "items": HEX48},
-                                "tcb_svn_min": HEX16,
-                                "allow_debug": {"type": "boolean"},
-                            },
+                            "properties": {"tdx": TDX_POLICY, "pcrs": PCR_POLICY},
                         },
                         # policy.rs CcaSpec (issue 26)
                         "cca": {
@@ -328,11 +352,27 @@ def test_kbs_policy_example_shape_and_safety():
         {"default_policy": {"released_resources": ["default/../x"]}},
         {"default_policy": {"released_resources": ["default//x"]}},
         {"default_policy": {}, "extra": 1},
+        {"default_policy": {"required_attestation": {"az_snp_vtpm": {"pcrs": {"24": "00" * 32}}}}},
+        {"default_policy": {"required_attestation": {"az_snp_vtpm": {"pcrs": {"11": "abcd"}}}}},
+        {"default_policy": {"required_attestation": {"az_tdx_vtpm": {"sev_snp": {}}}}},
     ],
 )
 def test_kbs_policy_schema_refuses_what_the_broker_refuses(bad):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, KBS_POLICY_SCHEMA)
+
+
+def test_kbs_policy_schema_takes_the_azure_sections():
+    pol = {
+        "default_policy": {
+            "required_attestation": {
+                "az_snp_vtpm": {"sev_snp": {"measurement": ["ab" * 48]}, "pcrs": {"11": ["cd" * 32], "4": "ef" * 32}},
+                "az_tdx_vtpm": {"tdx": {"mr_td": ["ab" * 48], "tcb_status": ["UpToDate"]}, "pcrs": {}},
+            },
+            "released_resources": ["default/*"],
+        }
+    }
+    jsonschema.validate(pol, KBS_POLICY_SCHEMA)
 
 
 # ---- cloak-kbs on Kubernetes --------------------------------------------------------

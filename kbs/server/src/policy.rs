@@ -1275,4 +1275,33 @@ default_policy:
         assert!(p.is_released("default/payments-tls-cert/v1"));
         assert!(!p.is_released("default/payments-tls-certx/v1"));
     }
+
+    #[test]
+    fn azure_sections_take_the_hardware_keys_and_pcr_pins() {
+        let p = Policy::parse(&format!(
+            "default_policy:\n  required_attestation:\n    az_snp_vtpm: {{sev_snp: {{measurement: [\"{}\"]}}, pcrs: {{\"11\": [\"{}\"], \"4\": \"{}\"}}}}\n    az_tdx_vtpm: {{pcrs: {{}}}}\n",
+            "ab".repeat(48),
+            "CD".repeat(32),
+            "ef".repeat(32)
+        ))
+        .unwrap();
+        let az = p.az_snp.unwrap();
+        assert_eq!(az.snp.measurements, vec!["ab".repeat(48)]);
+        assert_eq!(az.pcrs[&11], vec!["cd".repeat(32)], "lower-cased");
+        assert_eq!(az.pcrs[&4], vec!["ef".repeat(32)]);
+        assert_eq!(az.snp.max_vmpl, 0);
+        assert_eq!(p.az_tdx.unwrap().tdx, TdxRequirement::default());
+        for (bad, field) in [
+            ("az_snp_vtpm: {pcrs: {\"24\": \"00\"}}", "az_snp_vtpm.pcrs.24"),
+            ("az_snp_vtpm: {pcrs: {\"11\": \"abcd\"}}", "az_snp_vtpm.pcrs.11"),
+            ("az_snp_vtpm: {sev_snp: {measurement: \"ab\"}}", "az_snp_vtpm.sev_snp.measurement"),
+            ("az_tdx_vtpm: {tdx: {mr_td: [\"x\"]}}", "az_tdx_vtpm.tdx.mr_td"),
+        ] {
+            let e =
+                Policy::parse(&format!("default_policy:\n  required_attestation:\n    {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
+        assert!(Policy::parse("default_policy:\n  required_attestation:\n    az_tdx_vtpm: {sev_snp: {}}\n")
+            .is_err());
+    }
 }
