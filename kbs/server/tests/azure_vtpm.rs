@@ -132,7 +132,7 @@ fn each_link_of_the_azure_chain_tampered_is_refused_naming_it() {
     let mut hcl = unb64u(&ev["hcl_report"]);
     hcl[32 + 0x90] ^= 1;
     ev["hcl_report"] = json!(b64u(&hcl));
-    refused(OfflineTee::AzSnpVtpm, &ev, "invalid_signature", "");
+    refused(OfflineTee::AzSnpVtpm, &ev, "invalid_signature", "SNP report signature");
     // A signature of another quote.
     let mut ev = good.clone();
     ev["tpm_quote"]["signature"] = read_json("snp-evidence-v1.json")["tpm_quote"]["signature"].clone();
