@@ -468,3 +468,31 @@ async fn azure_init_data_is_bound_through_pcr8_and_a_missing_vcek_comes_from_the
         "{v}"
     );
 }
+
+/// The broker's az-tdx-vtpm path: genuine Azure TDX evidence passes the vTPM links and
+/// then needs collateral the broker has no source for; a tampered quote is refused for
+/// what it is before any collateral is asked for.
+#[tokio::test]
+async fn broker_checks_azure_tdx_vtpm_links_before_asking_for_collateral() {
+    let b = start(
+        "default_policy:\n  required_attestation:\n    az_tdx_vtpm: {pcrs: {}}\n  released_resources: [\"default/*\"]\n",
+        |_, _| {},
+    )
+    .await;
+    let r = auth(&b.url, "az-tdx-vtpm", json!({})).await;
+    let (s, v) = r.attest(read_json("tdx-evidence-v1.json")).await;
+    assert_eq!(s, 401);
+    assert!(v["detail"].as_str().unwrap().starts_with("collateral_unavailable"), "{v}");
+    let mut ev = read_json("tdx-evidence-v1.json");
+    ev["tpm_quote"]["pcrs"][3] = json!("ff".repeat(32));
+    let r = auth(&b.url, "az-tdx-vtpm", json!({})).await;
+    let (s, v) = r.attest(ev).await;
+    assert_eq!(s, 401);
+    assert!(v["detail"].as_str().unwrap().starts_with("measurement_mismatch"), "{v}");
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(&m, "coco_attestation_failure_total", &["reason=\"collateral_unavailable\""]),
+        1,
+        "{m}"
+    );
+}
