@@ -223,6 +223,20 @@ fn the_private_ca_is_needed_and_a_refused_certificate_says_why() -> Result<()> {
     for part in [misnamed.host().as_str(), "for another name", "registry.example.invalid"] {
         assert!(line.contains(part), "{part:?} missing: {line}");
     }
+    // A certificate from the right CA for the right name, expired: said so.
+    let Some(expired) =
+        Registry::start_private(USER, PASSWORD, &p.ca.issue_expired("expired", "IP:127.0.0.1")?)
+    else {
+        return Ok(());
+    };
+    let line = refused(
+        &p.pull("expired", &["--cert-dir", &certs], &expired.docker_ref("private/app:v1"))?,
+        "expired certificate",
+    );
+    for part in [expired.host().as_str(), "expired"] {
+        assert!(line.contains(part), "{part:?} missing: {line}");
+    }
+    assert!(!line.contains("unknown CA") && !line.contains("another name"), "{line}");
     for (bundle, dir) in [("flat", flat.clone()), ("per-host", p.cert_dir.clone())] {
         let dir = dir.display().to_string();
         let r = p.pull(bundle, &["--authfile", &auth, "--cert-dir", &dir], &image)?;

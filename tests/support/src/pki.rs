@@ -42,8 +42,18 @@ impl TestCa {
     }
 
     /// Issues a server certificate `<file>.pem`/`<file>.key` for the subjectAltName
-    /// entries `sans` (e.g. `IP:127.0.0.1,DNS:localhost`).
+    /// entries `sans` (e.g. `IP:127.0.0.1,DNS:localhost`), valid one day.
     pub fn issue(&self, file: &str, sans: &str) -> Result<ServerCert> {
+        self.issue_for_days(file, sans, 1)
+    }
+
+    /// As [`TestCa::issue`], but expired: its notAfter is a day ago (`openssl x509
+    /// -days -1`), so a TLS client refuses it as expired, not as unknown.
+    pub fn issue_expired(&self, file: &str, sans: &str) -> Result<ServerCert> {
+        self.issue_for_days(file, sans, -1)
+    }
+
+    fn issue_for_days(&self, file: &str, sans: &str, days: i32) -> Result<ServerCert> {
         let cert = self.dir.join(format!("{file}.pem"));
         let key = self.dir.join(format!("{file}.key"));
         let csr = self.dir.join(format!("{file}.csr"));
@@ -66,7 +76,7 @@ impl TestCa {
         )?;
         run_bounded_ok(
             Command::new("openssl")
-                .args(["x509", "-req", "-days", "1", "-sha256", "-CAcreateserial"])
+                .args(["x509", "-req", "-days", &days.to_string(), "-sha256", "-CAcreateserial"])
                 .arg("-in")
                 .arg(&csr)
                 .arg("-CA")
