@@ -906,6 +906,35 @@ fn private_registry_credentials_from_the_kbs_private_ca_and_proxy_from_cdh_toml(
     ensure!(!proxy.log().contains(&kbs_port), "the KBS went through the image proxy:\n{}", proxy.log());
     rustix::mount::unmount(b.join("rootfs"), rustix::mount::UnmountFlags::empty())?;
 
+    // image_pull_proxy's no_proxy naming the registry: the same pull goes direct.
+    let direct_toml = env.dir.join("cdh-no-proxy.toml");
+    std::fs::write(
+        &direct_toml,
+        std::fs::read_to_string(&toml)?.replace(
+            &format!("https_proxy = \"{}\" }}", proxy.url()),
+            &format!("https_proxy = \"{}\", no_proxy = \"192.0.2.1,127.0.0.1\" }}", proxy.url()),
+        ),
+    )?;
+    ensure!(std::fs::read_to_string(&direct_toml)?.contains("no_proxy"), "the no_proxy edit did not apply");
+    let before = proxy.connects().len();
+    let direct = Cdh::start(
+        &env.dir.join("cdh-direct"),
+        &env.broker.url(),
+        &env.registry.host(),
+        &["-c", &direct_toml.display().to_string()],
+    )?;
+    let bd = direct.bundle("direct");
+    rt.block_on(pull_image(&direct.addr(), &private_image, &bd))
+        .map_err(|e| anyhow::anyhow!("{e:?}\n{}", direct.log()))?;
+    ensure!(is_mount_point(&bd.join("rootfs")), "rootfs is not a mount");
+    ensure!(
+        proxy.connects().len() == before,
+        "no_proxy names the registry, yet the proxy saw it:\n{}",
+        proxy.log()
+    );
+    rustix::mount::unmount(bd.join("rootfs"), rustix::mount::UnmountFlags::empty())?;
+    drop(direct);
+
     // No entry for this registry: the 401 says so and where it looked.
     env.broker.put_resource(CREDS, br#"{"auths":{"other.example":{"auth":"eDp5"}}}"#)?;
     assert_pull_refused(
