@@ -870,4 +870,9 @@ pub fn azure_tpm_quote(data: &[u8]) {
 pub fn tpm_response(data: &[u8]) {
     kbs_client::attester::tpm::fuzz_responses(data);
     let _ = kbs_client::attester::azure::parse_hcl_report(data);
+    // The IMDS answers (VCEK, TD quote) come from the host's side too.
+    let _ = kbs_client::attester::azure::vcek_from_answer(data);
+    if let Ok(q) = kbs_client::attester::azure::td_quote_from_answer(data) {
+        assert!(!q.is_empty() && q.len() <= data.len());
+    }
 }

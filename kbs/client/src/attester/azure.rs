@@ -417,6 +417,31 @@ impl Attester for AzureVtpmAttester {
     }
 }
 
+/// The VCEK (DER) from IMDS's THIM answer (`{"vcekCert": PEM, ...}`). The answer
+/// comes from the host's side: parsed as untrusted (the `tpm_response` fuzz target).
+pub fn vcek_from_answer(body: &[u8]) -> Result<Vec<u8>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON: {e}"))?;
+    let pem = v.get("vcekCert").and_then(Value::as_str).ok_or("answer has no \"vcekCert\"")?;
+    let cert = openssl::x509::X509::from_pem(pem.as_bytes())
+        .map_err(|e| format!("vcekCert is not a PEM certificate: {e}"))?;
+    cert.to_der().map_err(|e| format!("vcekCert: {e}"))
+}
+
+/// The TD quote from IMDS's `/acc/tdquote` answer (`{"quote": base64 or base64url}`),
+/// parsed as untrusted like [`vcek_from_answer`].
+pub fn td_quote_from_answer(body: &[u8]) -> Result<Vec<u8>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("answer is not JSON: {e}"))?;
+    let q = v.get("quote").and_then(Value::as_str).ok_or("answer has no \"quote\"")?;
+    let quote = BASE64_STANDARD
+        .decode(q)
+        .or_else(|_| BASE64_URL_SAFE_NO_PAD.decode(q.trim_end_matches('=')))
+        .map_err(|e| format!("quote is neither base64 nor base64url: {e}"))?;
+    if quote.is_empty() {
+        return Err("empty quote".to_owned());
+    }
+    Ok(quote)
+}
+
 /// Azure IMDS: bounded requests (no proxy, 5 s, 64 KiB answers).
 struct Imds<'a> {
     base: &'a str,
@@ -441,14 +466,7 @@ impl<'a> Imds<'a> {
         let bad = |reason: String| AttesterError::Imds { url: url.clone(), reason };
         let body =
             self.send(&url, self.http.get(&url)).await?.map_err(|status| bad(format!("HTTP {status}")))?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| bad(format!("answer is not JSON: {e}")))?;
-        let pem = v
-            .get("vcekCert")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("answer has no \"vcekCert\"".to_owned()))?;
-        let cert = openssl::x509::X509::from_pem(pem.as_bytes())
-            .map_err(|e| bad(format!("vcekCert is not a PEM certificate: {e}")))?;
-        cert.to_der().map_err(|e| bad(format!("vcekCert: {e}")))
+        vcek_from_answer(&body).map_err(bad)
     }
 
     /// The TD quote for `td_report` (1024 bytes): POST `{"report": base64}` →
@@ -469,20 +487,7 @@ impl<'a> Imds<'a> {
                     continue;
                 }
             };
-            let v: Value =
-                serde_json::from_slice(&body).map_err(|e| bad(format!("answer is not JSON: {e}")))?;
-            let q = v
-                .get("quote")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("answer has no \"quote\"".to_owned()))?;
-            let quote = BASE64_STANDARD
-                .decode(q)
-                .or_else(|_| BASE64_URL_SAFE_NO_PAD.decode(q.trim_end_matches('=')))
-                .map_err(|e| bad(format!("quote is neither base64 nor base64url: {e}")))?;
-            if quote.is_empty() {
-                return Err(bad("empty quote".to_owned()));
-            }
-            return Ok(quote);
+            return td_quote_from_answer(&body).map_err(bad);
         }
         Err(bad(format!("HTTP {} (report as base64, then as base64url)", refused.join(", then "))))
     }
