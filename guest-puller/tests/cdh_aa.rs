@@ -360,3 +360,47 @@ echo "aa_exit=$?"
     }
     Ok(())
 }
+
+/// aa.toml's `[token_configs.kbs] cert` (what kata-agent's `attestation-agent -c
+/// aa.toml` hands over as `--aa-config`): the daemon attests to a broker on TLS whose
+/// CA only aa.toml names; without it, the token request is refused naming the unknown
+/// issuer.
+#[test]
+fn aa_toml_cert_lets_the_daemon_attest_to_a_tls_broker() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let kbs_dir = tmp.path().join("kbs");
+    std::fs::create_dir_all(&kbs_dir)?;
+    let ca = test_support::TestCa::new(tmp.path(), "kbs")?;
+    let cert = ca.issue("kbs", "IP:127.0.0.1")?;
+    let tls = test_support::BrokerTls { cert: &cert.cert, key: &cert.key, ca: &ca.cert };
+    let broker = LocalBroker::start_tls(&kbs_dir, free_port(), ALLOW_SAMPLE, tls)?;
+    let url = broker.url();
+    ensure!(url.starts_with("https://"), "{url}");
+    let aa_toml = tmp.path().join("aa.toml");
+    std::fs::write(
+        &aa_toml,
+        format!(
+            "[token_configs.kbs]\nurl = \"{url}\"\ncert = '''\n{}'''\n",
+            std::fs::read_to_string(&ca.cert)?
+        ),
+    )?;
+    let token = |d: &Daemon| {
+        rt().block_on(async {
+            let c = aa_client(&d.addr()).await?;
+            let mut req = pb::GetTokenRequest::new();
+            req.TokenType = "kbs".to_owned();
+            anyhow::Ok(match c.get_token(ctx(), &req).await {
+                Ok(_) => (ttrpc::Code::OK, String::new()),
+                other => code_of(other),
+            })
+        })
+    };
+    let with =
+        Daemon::start(&tmp.path().join("with"), &url, &["--aa-config", &aa_toml.display().to_string()])?;
+    let (code, msg) = token(&with)?;
+    ensure!(code == ttrpc::Code::OK, "with aa.toml's cert: {code:?} {msg}\n{}", with.log());
+    let without = Daemon::start(&tmp.path().join("without"), &url, &[])?;
+    let (code, msg) = token(&without)?;
+    ensure!(code != ttrpc::Code::OK && msg.contains("unknown issuer"), "without the cert: {code:?} {msg}");
+    Ok(())
+}

@@ -54,6 +54,11 @@ struct Cli {
     /// [kbc] kbs_cert).
     #[arg(long, value_name = "FILE")]
     kbs_cert: Option<PathBuf>,
+    /// attestation-agent's config (aa.toml): its `[token_configs.kbs] cert` is the
+    /// broker's certificate when neither --kbs-cert nor cdh.toml's [kbc] kbs_cert gives
+    /// one (how kata-agent's `attestation-agent -c aa.toml` reaches this daemon).
+    #[arg(long, value_name = "FILE")]
+    aa_config: Option<PathBuf>,
     /// CoCo init-data (TOML) sent to the KBS in the attestation, whose digest the KBS
     /// checks against the report (default: /run/confidential-containers/initdata/initdata.toml,
     /// where kata-agent writes it, when that file exists).
@@ -142,19 +147,29 @@ fn guest_initdata(flag: Option<&std::path::Path>) -> anyhow::Result<Option<kbs_c
     Ok(Some(d))
 }
 
-/// `--kbs-cert FILE`, else cdh.toml's `[kbc] kbs_cert` (a PEM string, as CoCo's CDH takes it).
+/// `--kbs-cert FILE`, else cdh.toml's `[kbc] kbs_cert` (a PEM string, as CoCo's CDH
+/// takes it), else aa.toml's `[token_configs.kbs] cert` (`--aa-config`).
 fn kbs_ca(
     flag: Option<&std::path::Path>,
     toml: Option<&str>,
+    aa_config: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<kbs_client::CaBundle>> {
-    Ok(match (flag, toml) {
-        (Some(p), _) => Some(kbs_client::CaBundle::read(p).context("setting up: --kbs-cert")?),
-        (None, Some(pem)) => Some(
-            kbs_client::CaBundle::from_pem(pem.as_bytes(), "cdh.toml [kbc] kbs_cert")
-                .context("setting up")?,
-        ),
-        (None, None) => None,
-    })
+    let pem = |pem: &str, what: &str| -> anyhow::Result<Option<kbs_client::CaBundle>> {
+        Ok(Some(kbs_client::CaBundle::from_pem(pem.as_bytes(), what).context("setting up")?))
+    };
+    match (flag, toml, aa_config) {
+        (Some(p), _, _) => Ok(Some(kbs_client::CaBundle::read(p).context("setting up: --kbs-cert")?)),
+        (None, Some(text), _) => pem(text, "cdh.toml [kbc] kbs_cert"),
+        (None, None, Some(p)) => {
+            let aa =
+                guest_puller::cdh::kata::aa_toml_kbs(p).map_err(|e| anyhow::anyhow!("setting up: {e}"))?;
+            match aa.cert {
+                Some(text) => pem(&text, &format!("{} [token_configs.kbs] cert", p.display())),
+                None => Ok(None),
+            }
+        }
+        (None, None, None) => Ok(None),
+    }
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -279,7 +294,7 @@ fn hub_options(cli: &Cli, toml: &CdhToml) -> anyhow::Result<HubOptions> {
     let kbs = match cli.kbs.clone().or(toml.kbs_url.clone()) {
         Some(url) => Some(KbsConfig {
             url,
-            ca: kbs_ca(cli.kbs_cert.as_deref(), toml.kbs_cert.as_deref())?,
+            ca: kbs_ca(cli.kbs_cert.as_deref(), toml.kbs_cert.as_deref(), cli.aa_config.as_deref())?,
             // Parsed only when a KBS is configured (a daemon without one never uses it).
             attester: cli.attester.parse().map_err(|e| anyhow::anyhow!("setting up: --attester: {e}"))?,
             deadline: cli.kbs_timeout,

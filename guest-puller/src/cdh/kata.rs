@@ -166,9 +166,16 @@ fn attestation_agent(args: &[String], host: &Host) -> Result<Invocation, String>
     if host.cdh_toml.exists() {
         out.extend(["-c".into(), host.cdh_toml.clone().into()]);
     }
-    // The KBS attestation-agent attests to: aa.toml, else the kernel command line.
+    // The KBS attestation-agent attests to: aa.toml, else the kernel command line. Its
+    // certificate (aa.toml's `cert`) is read by the daemon itself (`--aa-config`).
     let kbs = match get("--config-file") {
-        Some(path) => aa_toml_kbs_url(Path::new(&path))?,
+        Some(path) => {
+            let aa = aa_toml_kbs(Path::new(&path))?;
+            if aa.cert.is_some() {
+                out.extend(["--aa-config".into(), path.into()]);
+            }
+            aa.url
+        }
         None => None,
     }
     .or_else(|| {
@@ -191,8 +198,18 @@ fn attestation_agent(args: &[String], host: &Host) -> Result<Invocation, String>
     Ok(Invocation::Daemon(out))
 }
 
-/// `[token_configs.kbs] url` of attestation-agent's config.
-fn aa_toml_kbs_url(path: &Path) -> Result<Option<String>, String> {
+/// What attestation-agent's config (aa.toml) says of its KBS.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AaKbs {
+    /// `[token_configs.kbs] url`.
+    pub url: Option<String>,
+    /// `[token_configs.kbs] cert`: the broker's certificate (PEM), as CoCo's
+    /// attestation-agent takes it for an https KBS.
+    pub cert: Option<String>,
+}
+
+/// Reads `[token_configs.kbs]` of attestation-agent's config, bounded.
+pub fn aa_toml_kbs(path: &Path) -> Result<AaKbs, String> {
     // kata-agent writes it from the init-data (itself at most 1 MiB): read no more.
     const MAX_AA_TOML: u64 = 1 << 20;
     let mut text = String::new();
@@ -209,12 +226,9 @@ fn aa_toml_kbs_url(path: &Path) -> Result<Option<String>, String> {
     }
     let table: toml::Table =
         text.parse().map_err(|e| format!("-c {}: not valid TOML: {e}", path.display()))?;
-    Ok(table
-        .get("token_configs")
-        .and_then(|t| t.get("kbs"))
-        .and_then(|k| k.get("url"))
-        .and_then(|u| u.as_str())
-        .map(str::to_owned))
+    let kbs = table.get("token_configs").and_then(|t| t.get("kbs"));
+    let field = |name: &str| kbs.and_then(|k| k.get(name)).and_then(|v| v.as_str()).map(str::to_owned);
+    Ok(AaKbs { url: field("url"), cert: field("cert").filter(|c| !c.trim().is_empty()) })
 }
 
 /// Whether the attestation-agent socket is served by a process running this same
@@ -263,6 +277,29 @@ mod tests {
             Invocation::Daemon(a) => a.into_iter().map(|a| a.into_string().unwrap()).collect(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn aa_toml_cert_is_handed_to_the_daemon_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path(), "quiet");
+        let aa = dir.path().join("aa.toml");
+        std::fs::write(
+            &aa,
+            "[token_configs.kbs]\nurl = \"https://kbs:8443\"\ncert = '''\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n'''\n",
+        )
+        .unwrap();
+        let got =
+            daemon(invocation_in(args(&["attestation-agent", "-c", aa.to_str().unwrap()]), &h).unwrap());
+        let line = got.join(" ");
+        assert!(line.contains(&format!("--aa-config {} --kbs https://kbs:8443", aa.display())), "{line}");
+        let read = aa_toml_kbs(&aa).unwrap();
+        assert!(read.cert.unwrap().contains("BEGIN CERTIFICATE"));
+        // No cert: no --aa-config.
+        std::fs::write(&aa, "[token_configs.kbs]\nurl = \"https://kbs:8443\"\n").unwrap();
+        let got =
+            daemon(invocation_in(args(&["attestation-agent", "-c", aa.to_str().unwrap()]), &h).unwrap());
+        assert!(!got.join(" ").contains("--aa-config"));
     }
 
     #[test]
