@@ -820,12 +820,12 @@ pub fn azure_hcl_report(data: &[u8]) {
         assert!(r.hw_report.len() <= data.len() && r.var_data.len() <= data.len());
         let h = r.var_data_hash();
         assert!([32, 48, 64].contains(&h.len()));
-        let _ = r.check_bound_by(&[0u8; 64], "fuzz");
-        let _ = r.var_data();
+        let _ = azure::check_bound_by(&r, &[0u8; 64], "fuzz");
+        let _ = azure::var_data(&r);
     }
     let (quote, _) = azure_genuine();
     let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
-    for kind in [azure::HclKind::Snp, azure::HclKind::Tdx] {
+    for kind in [azure::AzureKind::Snp, azure::AzureKind::Tdx] {
         let ev = serde_json::json!({"version": 2, "tpm_quote": quote, "hcl_report": b64(data),
                                     "td_quote": b64(b"not a quote")});
         if let Ok(ev) = azure::parse_evidence(&ev, kind) {
@@ -849,11 +849,11 @@ pub fn azure_tpm_quote(data: &[u8]) {
     let mut q = quote.clone();
     q["message"] = serde_json::Value::String(data.iter().map(|b| format!("{b:02x}")).collect());
     let ev = serde_json::json!({"version": 1, "tpm_quote": q, "hcl_report": b64(hcl)});
-    if let Ok(ev) = azure::parse_evidence(&ev, azure::HclKind::Snp) {
+    if let Ok(ev) = azure::parse_evidence(&ev, azure::AzureKind::Snp) {
         let _ = azure::verify_snp(&ev, &[], &Default::default(), 1_767_225_600);
     }
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-        for kind in [azure::HclKind::Snp, azure::HclKind::Tdx] {
+        for kind in [azure::AzureKind::Snp, azure::AzureKind::Tdx] {
             if let Ok(ev) = azure::parse_evidence(&v, kind) {
                 assert!(ev.hcl_report.len() <= azure::MAX_HCL_REPORT);
                 assert!(ev.tpm_quote.message.len() <= azure::MAX_TPM_MESSAGE);

@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
         serde_json::from_slice(&data("azure/snp-evidence-v1.json")).expect("Azure evidence JSON");
     let az_at = 1_767_225_600;
     let parse_and_verify = || {
-        let ev = azure::parse_evidence(&ev, azure::HclKind::Snp)?;
+        let ev = azure::parse_evidence(&ev, azure::AzureKind::Snp)?;
         let certs: Vec<CertIn> =
             ev.vcek.iter().map(|d| CertIn { kind: "vcek".into(), data: d.clone() }).collect();
         azure::verify_snp(&ev, &certs, &trust, az_at)

@@ -60,6 +60,8 @@ const IGVM_OFFSET: usize = HCL_HEADER_LEN + HW_REPORT_LEN;
 const IGVM_HEADER_LEN: usize = 20;
 const REPORT_TYPE_SNP: u32 = 2;
 const REPORT_TYPE_TDX: u32 = 4;
+/// Real HCL reports are 2600 bytes (the NV index's size); more is not a report.
+pub const MAX_HCL_REPORT: usize = 8192;
 const USER_DATA_LEN: u16 = 64;
 /// The PCR attestation-agent binds init-data in (its `INIT_DATA_PCR`).
 pub const INITDATA_PCR: u32 = 8;
@@ -92,13 +94,19 @@ impl AzureKind {
     }
 }
 
-/// The parts of an HCL report the attester looks at.
-#[derive(Debug)]
+/// An HCL report, parsed (borrowing the bytes): what the attester looks at, and the
+/// layout the broker's verifier (`kbs_server::verifier::azure`) reads too.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HclReport<'a> {
+    /// Header version (1 or 2 seen on Azure).
+    pub version: u32,
     pub kind: AzureKind,
-    /// The hardware report (SNP ATTESTATION_REPORT, or TDREPORT plus padding).
+    /// The SNP ATTESTATION_REPORT (1184 bytes) or the TDREPORT (1024 bytes).
     pub hw_report: &'a [u8],
-    /// The JSON runtime data whose SHA-256 the hardware report binds.
+    /// How `var_data` is hashed into the hardware report's report_data: 1 SHA-256,
+    /// 2 SHA-384, 3 SHA-512.
+    pub hash_type: u32,
+    /// The JSON runtime data whose hash the hardware report binds.
     pub var_data: &'a [u8],
 }
 
@@ -109,37 +117,55 @@ impl HclReport<'_> {
         let v: Value = serde_json::from_slice(&self.var_data[..end]).ok()?;
         v.get("user-data")?.as_str().map(str::to_owned)
     }
+
+    /// The hash of the variable data that the hardware report's report_data must
+    /// start with, by `hash_type`.
+    pub fn var_data_hash(&self) -> Vec<u8> {
+        match self.hash_type {
+            2 => sha2::Sha384::digest(self.var_data).to_vec(),
+            3 => sha2::Sha512::digest(self.var_data).to_vec(),
+            _ => Sha256::digest(self.var_data).to_vec(),
+        }
+    }
 }
 
 /// Parses the HCL report layout (header, hardware report, IGVM request data, var
-/// data); the contents are the broker's to verify.
+/// data), bounded to [`MAX_HCL_REPORT`] bytes; the contents are the broker's to verify.
 pub fn parse_hcl_report(bytes: &[u8]) -> Result<HclReport<'_>, String> {
-    let u32_at = |off: usize| -> Option<u32> {
-        bytes.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let sig =
-        u32_at(0).ok_or_else(|| format!("{} bytes is too short for an HCL report header", bytes.len()))?;
+    let fixed = IGVM_OFFSET + IGVM_HEADER_LEN;
+    if bytes.len() < fixed || bytes.len() > MAX_HCL_REPORT {
+        return Err(format!("{} bytes, expected {fixed} to {MAX_HCL_REPORT}", bytes.len()));
+    }
+    let u32_at =
+        |off: usize| u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]);
+    let sig = u32_at(0);
     if sig != HCL_SIGNATURE {
         return Err(format!("signature {sig:#010x} is not \"HCLA\" ({HCL_SIGNATURE:#010x})"));
     }
-    let report_type = u32_at(IGVM_OFFSET + 8).ok_or_else(|| {
-        format!(
-            "{} bytes is too short for an HCL report ({} at least)",
-            bytes.len(),
-            IGVM_OFFSET + IGVM_HEADER_LEN
-        )
-    })?;
-    let kind = match report_type {
-        REPORT_TYPE_SNP => AzureKind::Snp,
-        REPORT_TYPE_TDX => AzureKind::Tdx,
+    let version = u32_at(4);
+    if !(1..=2).contains(&version) {
+        return Err(format!("version {version} is not supported (1 or 2)"));
+    }
+    let (kind, hw_len) = match u32_at(IGVM_OFFSET + 8) {
+        REPORT_TYPE_SNP => (AzureKind::Snp, HW_REPORT_LEN),
+        REPORT_TYPE_TDX => (AzureKind::Tdx, TD_REPORT_LEN),
         other => return Err(format!("report type {other} is neither SNP (2) nor TDX (4)")),
     };
-    let var_len = u32_at(IGVM_OFFSET + 16).unwrap_or(0) as usize;
-    let var_start = IGVM_OFFSET + IGVM_HEADER_LEN;
-    let var_data = bytes.get(var_start..var_start.saturating_add(var_len)).ok_or_else(|| {
+    let hash_type = u32_at(IGVM_OFFSET + 12);
+    if !(1..=3).contains(&hash_type) {
+        return Err(format!("report data hash type {hash_type} is not SHA-256/384/512"));
+    }
+    let var_len = u32_at(IGVM_OFFSET + 16) as usize;
+    let var_data = bytes.get(fixed..fixed.saturating_add(var_len)).ok_or_else(|| {
         format!("variable data of {var_len} bytes runs past the report's {} bytes", bytes.len())
     })?;
-    Ok(HclReport { kind, hw_report: &bytes[HCL_HEADER_LEN..IGVM_OFFSET], var_data })
+    Ok(HclReport {
+        version,
+        kind,
+        hw_report: &bytes[HCL_HEADER_LEN..HCL_HEADER_LEN + hw_len],
+        hash_type,
+        var_data,
+    })
 }
 
 /// Reads the HCL report out of the vTPM.
@@ -354,10 +380,10 @@ impl AzureVtpmAttester {
                 ),
             },
             AzureKind::Tdx => {
-                let td_report = parts
-                    .hcl_report
-                    .get(HCL_HEADER_LEN..HCL_HEADER_LEN + TD_REPORT_LEN)
-                    .ok_or_else(|| self.err("HCL report too short for a TDREPORT"))?;
+                // The report was parsed (and its kind checked) when it was read.
+                let td_report = parse_hcl_report(&parts.hcl_report)
+                    .map_err(|e| self.err(format!("HCL report: {e}")))?
+                    .hw_report;
                 let quote = imds.td_quote(td_report).await?;
                 evidence["td_quote"] = Value::String(BASE64_URL_SAFE.encode(quote));
             }
@@ -529,7 +555,9 @@ mod tests {
     fn sample(report_type: u32, var: &[u8]) -> Vec<u8> {
         let mut v = vec![0u8; IGVM_OFFSET + IGVM_HEADER_LEN];
         v[..4].copy_from_slice(&HCL_SIGNATURE.to_le_bytes());
+        v[4..8].copy_from_slice(&2u32.to_le_bytes());
         v[IGVM_OFFSET + 8..IGVM_OFFSET + 12].copy_from_slice(&report_type.to_le_bytes());
+        v[IGVM_OFFSET + 12..IGVM_OFFSET + 16].copy_from_slice(&1u32.to_le_bytes());
         v[IGVM_OFFSET + 16..IGVM_OFFSET + 20].copy_from_slice(&(var.len() as u32).to_le_bytes());
         v.extend_from_slice(var);
         v
@@ -540,8 +568,38 @@ mod tests {
         let v = sample(4, br#"{"user-data":"AB"}"#);
         let r = parse_hcl_report(&v).unwrap();
         assert_eq!(r.kind, AzureKind::Tdx);
-        assert_eq!(r.hw_report.len(), HW_REPORT_LEN);
+        // A TDX report's hardware part is the TDREPORT (what goes to IMDS for a quote).
+        assert_eq!(r.hw_report.len(), TD_REPORT_LEN);
         assert_eq!(r.user_data().as_deref(), Some("AB"));
+    }
+
+    #[test]
+    fn tdx_report_layout_and_bounds() {
+        let mut b = vec![0u8; HCL_HEADER_LEN + HW_REPORT_LEN + IGVM_HEADER_LEN + 4];
+        b[..4].copy_from_slice(&HCL_SIGNATURE.to_le_bytes());
+        b[4] = 2;
+        let igvm = IGVM_OFFSET;
+        b[igvm + 8] = 4;
+        b[igvm + 12] = 1;
+        b[igvm + 16] = 4;
+        b[igvm + 20..].copy_from_slice(b"{}  ");
+        let r = parse_hcl_report(&b).unwrap();
+        assert_eq!(r.kind, AzureKind::Tdx);
+        assert_eq!(r.hw_report.len(), TD_REPORT_LEN);
+        assert_eq!(r.var_data, b"{}  ");
+        b[igvm + 16] = 5;
+        assert!(parse_hcl_report(&b).unwrap_err().contains("runs past"));
+        b[igvm + 16] = 4;
+        b[igvm + 8] = 3;
+        assert!(parse_hcl_report(&b).unwrap_err().contains("neither SNP"));
+        b[igvm + 8] = 4;
+        b[igvm + 12] = 4;
+        assert!(parse_hcl_report(&b).unwrap_err().contains("hash type 4"));
+        b[igvm + 12] = 1;
+        b[4] = 3;
+        assert!(parse_hcl_report(&b).unwrap_err().contains("version 3"));
+        assert!(parse_hcl_report(&b[..100]).is_err());
+        assert!(parse_hcl_report(&vec![0u8; MAX_HCL_REPORT + 1]).is_err());
     }
 
     #[test]

@@ -35,7 +35,9 @@
 //! metadata service cannot be reached) falls back to the broker's VCEK sources.
 //!
 //! Own parsers rather than `tss-esapi` and the `az-*-vtpm` crates: both pull in libtss2
-//! (C) for two fixed structures, and neither bounds its input as the broker must.
+//! (C) for two fixed structures, and neither bounds its input as the broker must. The
+//! HCL report's layout is read by the same parser the guest's attester uses
+//! (`kbs_client::attester::azure::parse_hcl_report`); the TPMS_ATTEST parser is here.
 
 use std::collections::BTreeMap;
 
@@ -51,15 +53,6 @@ use subtle::ConstantTimeEq;
 use crate::claims::{SnpClaims, TdxClaims};
 use crate::policy::{Denial, Reason};
 
-/// "HCLA", little-endian.
-const HCL_SIGNATURE: u32 = 0x414C_4348;
-const HCL_HEADER_LEN: usize = 32;
-/// The hardware report area: an SNP report, or a TDREPORT (1024 bytes) and zeros.
-const HW_REPORT_LEN: usize = 1184;
-const IGVM_HEADER_LEN: usize = 20;
-const TDREPORT_LEN: usize = 1024;
-/// Real HCL reports are 2600 bytes (the NV index's size); more is not a report.
-pub const MAX_HCL_REPORT: usize = 8192;
 /// A TPMS_ATTEST for a quote over 24 PCRs is ~150 bytes.
 pub const MAX_TPM_MESSAGE: usize = 1024;
 /// RSA signatures up to 4096-bit keys.
@@ -81,131 +74,54 @@ fn malformed(d: impl Into<String>) -> Denial {
 
 // ---- the HCL report ---------------------------------------------------------------
 
-/// The hardware behind the paravisor, from the IGVM request data's report type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HclKind {
-    Snp,
-    Tdx,
-}
+pub use kbs_client::attester::azure::{AzureKind, HclReport, MAX_HCL_REPORT};
 
-/// An HCL report, parsed (borrowing the bytes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HclReport<'a> {
-    /// Header version (1 or 2 seen on Azure).
-    pub version: u32,
-    pub kind: HclKind,
-    /// The SNP report (1184 bytes) or the TDREPORT (1024 bytes).
-    pub hw_report: &'a [u8],
-    /// 1 SHA-256, 2 SHA-384, 3 SHA-512: how `var_data` is hashed into report_data.
-    pub hash_type: u32,
-    /// The variable data (JSON).
-    pub var_data: &'a [u8],
-}
-
-fn le32(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(a)
-}
-
-/// Parses an HCL report: header, hardware report, IGVM request data, variable data.
+/// Parses an HCL report with the layout parser the guest's attester uses
+/// (`kbs_client::attester::azure`): header, hardware report, IGVM request data,
+/// variable data, bounded to [`MAX_HCL_REPORT`].
 pub fn parse_hcl_report(b: &[u8]) -> Result<HclReport<'_>, Denial> {
-    let fixed = HCL_HEADER_LEN + HW_REPORT_LEN + IGVM_HEADER_LEN;
-    if b.len() < fixed || b.len() > MAX_HCL_REPORT {
-        return Err(malformed(format!(
-            "HCL report is {} bytes, expected {fixed} to {MAX_HCL_REPORT}",
-            b.len()
-        )));
-    }
-    if le32(b, 0) != HCL_SIGNATURE {
-        return Err(malformed("HCL report does not start with \"HCLA\""));
-    }
-    let version = le32(b, 4);
-    if !(1..=2).contains(&version) {
-        return Err(malformed(format!("HCL report version {version} is not supported (1 or 2)")));
-    }
-    let igvm = HCL_HEADER_LEN + HW_REPORT_LEN;
-    let kind = match le32(b, igvm + 8) {
-        2 => HclKind::Snp,
-        4 => HclKind::Tdx,
-        t => return Err(malformed(format!("HCL report type {t} is neither SNP (2) nor TDX (4)"))),
-    };
-    let hash_type = le32(b, igvm + 12);
-    if !(1..=3).contains(&hash_type) {
-        return Err(malformed(format!("HCL report data hash type {hash_type} is not SHA-256/384/512")));
-    }
-    let var_len = le32(b, igvm + 16) as usize;
-    let var_start = igvm + IGVM_HEADER_LEN;
-    if var_len > b.len() - var_start {
-        return Err(malformed(format!(
-            "HCL variable data of {var_len} bytes runs past the report's end ({} bytes left)",
-            b.len() - var_start
-        )));
-    }
-    let hw_len = if kind == HclKind::Snp { HW_REPORT_LEN } else { TDREPORT_LEN };
-    Ok(HclReport {
-        version,
-        kind,
-        hw_report: &b[HCL_HEADER_LEN..HCL_HEADER_LEN + hw_len],
-        hash_type,
-        var_data: &b[var_start..var_start + var_len],
-    })
+    kbs_client::attester::azure::parse_hcl_report(b).map_err(|e| malformed(format!("HCL report: {e}")))
 }
 
-impl HclReport<'_> {
-    /// The hash of the variable data that the hardware report's report_data must start with.
-    pub fn var_data_hash(&self) -> Vec<u8> {
-        match self.hash_type {
-            2 => sha2::Sha384::digest(self.var_data).to_vec(),
-            3 => sha2::Sha512::digest(self.var_data).to_vec(),
-            _ => sha2::Sha256::digest(self.var_data).to_vec(),
-        }
+/// Checks that `report_data` (the hardware report's field) starts with the hash of
+/// the HCL report's variable data.
+pub fn check_bound_by(hcl: &HclReport<'_>, report_data: &[u8], what: &str) -> Result<(), Denial> {
+    let h = hcl.var_data_hash();
+    if report_data.len() < h.len() || !bool::from(report_data[..h.len()].ct_eq(&h)) {
+        return Err(Denial::new(
+            Reason::ReportDataMismatch,
+            format!(
+                "{what} report_data is not the hash of the HCL variable data (the vTPM key is not bound)"
+            ),
+        ));
     }
+    Ok(())
+}
 
-    /// Checks that `report_data` (the hardware report's field) starts with the hash
-    /// of the variable data.
-    pub fn check_bound_by(&self, report_data: &[u8], what: &str) -> Result<(), Denial> {
-        let h = self.var_data_hash();
-        if report_data.len() < h.len() || !bool::from(report_data[..h.len()].ct_eq(&h)) {
-            return Err(Denial::new(
-                Reason::ReportDataMismatch,
-                format!(
-                    "{what} report_data is not the hash of the HCL variable data (the vTPM key is not bound)"
-                ),
-            ));
+/// The variable data's fields the verifier uses.
+pub fn var_data(hcl: &HclReport<'_>) -> Result<VarData, Denial> {
+    let v: VarDataJson = serde_json::from_slice(hcl.var_data)
+        .map_err(|e| malformed(format!("HCL variable data is not the expected JSON: {e}")))?;
+    let ak = v
+        .keys
+        .iter()
+        .find(|k| k.kid == "HCLAkPub")
+        .ok_or_else(|| malformed("HCL variable data has no HCLAkPub key"))?;
+    let user_data = match &v.user_data {
+        None => None,
+        Some(h) => {
+            Some(hex::decode(h.trim()).map_err(|_| malformed("HCL variable data user-data is not hex"))?)
         }
-        Ok(())
-    }
-
-    /// The variable data's fields the verifier uses.
-    pub fn var_data(&self) -> Result<VarData, Denial> {
-        let v: VarDataJson = serde_json::from_slice(self.var_data)
-            .map_err(|e| malformed(format!("HCL variable data is not the expected JSON: {e}")))?;
-        let ak = v
-            .keys
-            .iter()
-            .find(|k| k.kid == "HCLAkPub")
-            .ok_or_else(|| malformed("HCL variable data has no HCLAkPub key"))?;
-        let user_data = match &v.user_data {
-            None => None,
-            Some(h) => {
-                Some(hex::decode(h.trim()).map_err(|_| malformed("HCL variable data user-data is not hex"))?)
-            }
-        };
-        let c = v.vm_configuration.unwrap_or_default();
-        Ok(VarData {
-            ak_n: b64url(&ak.n, "HCLAkPub n")?,
-            ak_e: b64url(&ak.e, "HCLAkPub e")?,
-            ak_kty: ak.kty.clone(),
-            user_data,
-            vm: VmConfiguration {
-                secure_boot: c.secure_boot,
-                tpm_enabled: c.tpm_enabled,
-                console_enabled: c.console_enabled,
-                vm_unique_id: c.vm_unique_id.map(|s| s.chars().take(64).collect()),
-            },
-        })
-    }
+    };
+    let mut vm = v.vm_configuration.unwrap_or_default();
+    vm.vm_unique_id = vm.vm_unique_id.map(|s| s.chars().take(64).collect());
+    Ok(VarData {
+        ak_n: b64url(&ak.n, "HCLAkPub n")?,
+        ak_e: b64url(&ak.e, "HCLAkPub e")?,
+        ak_kty: ak.kty.clone(),
+        user_data,
+        vm,
+    })
 }
 
 fn b64url(s: &str, what: &str) -> Result<Vec<u8>, Denial> {
@@ -220,7 +136,7 @@ struct VarDataJson {
     #[serde(default)]
     keys: Vec<JwkJson>,
     #[serde(rename = "vm-configuration")]
-    vm_configuration: Option<VmConfigurationJson>,
+    vm_configuration: Option<VmConfiguration>,
     #[serde(rename = "user-data")]
     user_data: Option<String>,
 }
@@ -235,18 +151,6 @@ struct JwkJson {
     n: String,
     #[serde(default)]
     e: String,
-}
-
-#[derive(Deserialize, Default)]
-struct VmConfigurationJson {
-    #[serde(rename = "secure-boot")]
-    secure_boot: Option<bool>,
-    #[serde(rename = "tpm-enabled")]
-    tpm_enabled: Option<bool>,
-    #[serde(rename = "console-enabled")]
-    console_enabled: Option<bool>,
-    #[serde(rename = "vmUniqueId")]
-    vm_unique_id: Option<String>,
 }
 
 /// What the variable data says.
@@ -282,16 +186,18 @@ impl VarData {
     }
 }
 
-/// The paravisor's description of the VM, from the variable data.
+/// The paravisor's description of the VM, from the variable data's
+/// `vm-configuration` (read under the paravisor's names, written in the claims
+/// under these).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfiguration {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, alias = "secure-boot", skip_serializing_if = "Option::is_none")]
     pub secure_boot: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, alias = "tpm-enabled", skip_serializing_if = "Option::is_none")]
     pub tpm_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, alias = "console-enabled", skip_serializing_if = "Option::is_none")]
     pub console_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, alias = "vmUniqueId", skip_serializing_if = "Option::is_none")]
     pub vm_unique_id: Option<String>,
 }
 
@@ -421,8 +327,8 @@ pub fn parse_quote_message(b: &[u8]) -> Result<QuoteInfo, Denial> {
 }
 
 /// Checks the quote's signature by the AK, its PCR digest over the evidence's PCRs, and
-/// returns the quoted PCRs (index -> value).
-pub fn verify_quote(q: &TpmQuote, var: &VarData) -> Result<(QuoteInfo, BTreeMap<u8, String>), Denial> {
+/// returns the quoted PCRs (decimal index -> lowercase hex, as the claims carry them).
+pub fn verify_quote(q: &TpmQuote, var: &VarData) -> Result<(QuoteInfo, BTreeMap<String, String>), Denial> {
     let info = parse_quote_message(&q.message)?;
     let ak = var.ak()?;
     let ok = openssl::sign::Verifier::new(MessageDigest::sha256(), &ak)
@@ -453,7 +359,7 @@ pub fn verify_quote(q: &TpmQuote, var: &VarData) -> Result<(QuoteInfo, BTreeMap<
             malformed(format!("TPM quote selects PCR {i}, which the evidence does not carry"))
         })?;
         h.update(v);
-        quoted.insert(i, hex::encode(v));
+        quoted.insert(i.to_string(), hex::encode(v));
     }
     if !bool::from(h.finalize().as_slice().ct_eq(&info.pcr_digest)) {
         return Err(Denial::new(
@@ -525,8 +431,8 @@ fn bytes_field(o: &serde_json::Map<String, Value>, k: &str, max: usize) -> Resul
 }
 
 /// Reads the evidence JSON for `kind` (every version attestation-agent emits).
-pub fn parse_evidence(evidence: &Value, kind: HclKind) -> Result<AzEvidence, Denial> {
-    let what = if kind == HclKind::Snp { "az-snp-vtpm" } else { "az-tdx-vtpm" };
+pub fn parse_evidence(evidence: &Value, kind: AzureKind) -> Result<AzEvidence, Denial> {
+    let what = if kind == AzureKind::Snp { "az-snp-vtpm" } else { "az-tdx-vtpm" };
     let o = evidence.as_object().ok_or_else(|| malformed(format!("{what} evidence is not a JSON object")))?;
     let version =
         match o.get("version") {
@@ -536,15 +442,15 @@ pub fn parse_evidence(evidence: &Value, kind: HclKind) -> Result<AzEvidence, Den
             })? as u32,
         };
     // SNP v0 names its parts `quote` and `report`.
-    let quote_key = if kind == HclKind::Snp && version == 0 { "quote" } else { "tpm_quote" };
-    let report_key = if kind == HclKind::Snp && version == 0 { "report" } else { "hcl_report" };
+    let quote_key = if kind == AzureKind::Snp && version == 0 { "quote" } else { "tpm_quote" };
+    let report_key = if kind == AzureKind::Snp && version == 0 { "report" } else { "hcl_report" };
     let tpm_quote = parse_tpm_quote(
         o.get(quote_key).ok_or_else(|| malformed(format!("{what} evidence has no {quote_key}")))?,
     )?;
     let hcl_report = bytes_field(o, report_key, MAX_HCL_REPORT)?
         .ok_or_else(|| malformed(format!("{what} evidence has no {report_key}")))?;
     let (vcek, td_quote) = match kind {
-        HclKind::Snp => {
+        AzureKind::Snp => {
             let vcek = match o.get("vcek") {
                 None | Some(Value::Null) => None,
                 // v0: PEM text.
@@ -557,7 +463,7 @@ pub fn parse_evidence(evidence: &Value, kind: HclKind) -> Result<AzEvidence, Den
             };
             (vcek, None)
         }
-        HclKind::Tdx => {
+        AzureKind::Tdx => {
             let q = bytes_field(o, "td_quote", 64 * 1024)?
                 .ok_or_else(|| malformed(format!("{what} evidence has no td_quote")))?;
             (None, Some(q))
@@ -601,17 +507,18 @@ pub struct AzTdxClaims {
     pub vtpm: VtpmClaims,
 }
 
-/// The checks common to both hardwares, after the hardware report verified: the
-/// variable data bound by `hw_report_data`, the quote by the AK, the PCRs, and (v2)
-/// the user-data. Returns the vTPM claims; the runtime-data binding is [`check_nonce`].
+/// The checks common to both hardwares: the variable data bound by `hw_report_data`
+/// (read from the hardware report before its signature is checked, which the caller
+/// does next), the quote by the AK, the PCRs, and (v2) the user-data. Returns the
+/// vTPM claims; the runtime-data binding is [`check_nonce`].
 pub fn verify_vtpm(
     ev: &AzEvidence,
     hcl: &HclReport<'_>,
     hw_report_data: &[u8],
     what: &str,
 ) -> Result<VtpmClaims, Denial> {
-    hcl.check_bound_by(hw_report_data, what)?;
-    let var = hcl.var_data()?;
+    check_bound_by(hcl, hw_report_data, what)?;
+    let var = var_data(hcl)?;
     let (info, pcrs) = verify_quote(&ev.tpm_quote, &var)?;
     if ev.version >= 2 {
         let user = var
@@ -630,7 +537,7 @@ pub fn verify_vtpm(
         }
     }
     Ok(VtpmClaims {
-        pcrs: pcrs.into_iter().map(|(i, v)| (i.to_string(), v)).collect(),
+        pcrs,
         report_data: hex::encode(&info.extra_data),
         evidence_version: ev.version,
         hcl_version: hcl.version,
@@ -673,7 +580,7 @@ pub fn verify_snp(
 /// claims it (before any collateral is fetched, so a tampered quote is named as such).
 pub fn verify_tdx_vtpm(ev: &AzEvidence) -> Result<VtpmClaims, Denial> {
     let hcl = parse_hcl_report(&ev.hcl_report)?;
-    if hcl.kind != HclKind::Tdx {
+    if hcl.kind != AzureKind::Tdx {
         return Err(malformed("the HCL report holds an SNP report, not a TDX one (use az-snp-vtpm)"));
     }
     verify_vtpm(ev, &hcl, &super::tdx::unverified_report_data(td_quote(ev)?)?, "TD quote")
@@ -698,7 +605,7 @@ fn td_quote(ev: &AzEvidence) -> Result<&[u8], Denial> {
 
 /// SNP: the HCL report's SNP report, which the VCEK verifies.
 pub fn snp_report<'a>(hcl: &HclReport<'a>) -> Result<&'a [u8], Denial> {
-    if hcl.kind != HclKind::Snp {
+    if hcl.kind != AzureKind::Snp {
         return Err(malformed("the HCL report holds a TDX report, not an SNP one (use az-tdx-vtpm)"));
     }
     Ok(hcl.hw_report)
@@ -755,28 +662,5 @@ mod tests {
         wrong[4] = 0x80;
         wrong[5] = 0x14;
         assert!(parse_quote_message(&wrong).unwrap_err().detail.contains("not a quote"));
-    }
-
-    #[test]
-    fn hcl_report_bounds() {
-        let mut b = vec![0u8; HCL_HEADER_LEN + HW_REPORT_LEN + IGVM_HEADER_LEN + 4];
-        b[..4].copy_from_slice(&HCL_SIGNATURE.to_le_bytes());
-        b[4] = 2;
-        let igvm = HCL_HEADER_LEN + HW_REPORT_LEN;
-        b[igvm + 8] = 4;
-        b[igvm + 12] = 1;
-        b[igvm + 16] = 4;
-        b[igvm + 20..].copy_from_slice(b"{}  ");
-        let r = parse_hcl_report(&b).unwrap();
-        assert_eq!(r.kind, HclKind::Tdx);
-        assert_eq!(r.hw_report.len(), TDREPORT_LEN);
-        assert_eq!(r.var_data, b"{}  ");
-        b[igvm + 16] = 5;
-        assert!(parse_hcl_report(&b).unwrap_err().detail.contains("runs past"));
-        b[igvm + 16] = 4;
-        b[igvm + 8] = 3;
-        assert!(parse_hcl_report(&b).unwrap_err().detail.contains("neither SNP"));
-        assert!(parse_hcl_report(&b[..100]).is_err());
-        assert!(parse_hcl_report(&vec![0u8; MAX_HCL_REPORT + 1]).is_err());
     }
 }

@@ -89,7 +89,7 @@ pub async fn verify(
             Ok(Claims::Cca(claims))
         }
         Tee::AzSnpVtpm => {
-            let ev = azure::parse_evidence(evidence, azure::HclKind::Snp)?;
+            let ev = azure::parse_evidence(evidence, azure::AzureKind::Snp)?;
             let mut certs: Vec<snp::CertIn> =
                 ev.vcek.iter().map(|d| snp::CertIn { kind: "vcek".into(), data: d.clone() }).collect();
             let hcl = azure::parse_hcl_report(&ev.hcl_report)?;
@@ -99,7 +99,7 @@ pub async fn verify(
             Ok(Claims::AzSnpVtpm(claims))
         }
         Tee::AzTdxVtpm => {
-            let ev = azure::parse_evidence(evidence, azure::HclKind::Tdx)?;
+            let ev = azure::parse_evidence(evidence, azure::AzureKind::Tdx)?;
             let vtpm = azure::verify_tdx_vtpm(&ev)?;
             let info = tdx::quote_info(ev.td_quote.as_deref().unwrap_or_default())?;
             let collateral = tdx_collateral(trust)?.get(&info, now).await?;

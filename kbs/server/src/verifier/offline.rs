@@ -112,7 +112,7 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
         OfflineTee::AzSnpVtpm => {
             let ev = super::azure::parse_evidence(
                 &evidence_json(inp, "az-snp-vtpm")?,
-                super::azure::HclKind::Snp,
+                super::azure::AzureKind::Snp,
             )?;
             let certs: Vec<snp::CertIn> =
                 ev.vcek.iter().map(|d| snp::CertIn { kind: "vcek".into(), data: d.clone() }).collect();
@@ -121,7 +121,7 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
         OfflineTee::AzTdxVtpm => {
             let ev = super::azure::parse_evidence(
                 &evidence_json(inp, "az-tdx-vtpm")?,
-                super::azure::HclKind::Tdx,
+                super::azure::AzureKind::Tdx,
             )?;
             let vtpm = super::azure::verify_tdx_vtpm(&ev)?;
             let root = inp.tdx_root_ca_der.as_deref().unwrap_or(tdx::INTEL_SGX_ROOT_CA_DER);
