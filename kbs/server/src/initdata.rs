@@ -78,16 +78,16 @@ pub fn bind(claims: &Claims, sent: Option<&kbs_types::InitData>) -> Result<Optio
     // The report's field that carries the digest (fitted to its size as the host
     // fits it), and how a mismatch names it.
     let (have, want, what) = match claims {
-        Claims::Snp(c) => (&c.host_data, doc.field(32), "the report's HOST_DATA"),
-        Claims::Tdx(c) => (&c.mr_config_id, doc.field(48), "the quote's MRCONFIGID"),
+        Claims::Snp(c) => (c.host_data.as_str(), doc.field(32), "the report's HOST_DATA"),
+        Claims::Tdx(c) => (c.mr_config_id.as_str(), doc.field(48), "the quote's MRCONFIGID"),
         Claims::Cca(c) => {
-            (&c.personalization_value, doc.field(64), "the realm token's personalization value")
+            (c.personalization_value.as_str(), doc.field(64), "the realm token's personalization value")
         }
-        Claims::AzSnpVtpm(c) => return bind_pcr8(&c.vtpm, &doc),
-        Claims::AzTdxVtpm(c) => return bind_pcr8(&c.vtpm, &doc),
+        Claims::AzSnpVtpm(c) => pcr8(&c.vtpm, &doc)?,
+        Claims::AzTdxVtpm(c) => pcr8(&c.vtpm, &doc)?,
         Claims::Sample(c) => match &c.init_data {
             None => return Err(mismatch("the sample evidence carries no init_data digest".into())),
-            Some(have) => (have, digest.clone(), "the sample evidence's init_data"),
+            Some(have) => (have.as_str(), digest.clone(), "the sample evidence's init_data"),
         },
     };
     if !field_matches(have, &want) {
@@ -106,36 +106,26 @@ pub fn bind(claims: &Claims, sent: Option<&kbs_types::InitData>) -> Result<Optio
 /// Azure confidential VMs: the host cannot set a report field, so attestation-agent
 /// extends vTPM PCR 8 once with the init-data's SHA-256 digest at boot (as Trustee
 /// checks it): PCR 8 = SHA-256(32 zero bytes || digest). The PCR bank is SHA-256, so
-/// only `algorithm = "sha256"` init-data can be bound there.
-fn bind_pcr8(
-    vtpm: &crate::verifier::azure::VtpmClaims,
+/// only `algorithm = "sha256"` init-data can be bound there. Returns the PCR (or "(not
+/// quoted)", which matches nothing), the value it must hold, and its name.
+fn pcr8<'a>(
+    vtpm: &'a crate::verifier::azure::VtpmClaims,
     doc: &Initdata,
-) -> Result<Option<InitdataClaims>, Denial> {
+) -> Result<(&'a str, Vec<u8>, &'static str), Denial> {
     use sha2::Digest as _;
-    let pcr = crate::verifier::azure::INITDATA_PCR;
-    let digest = doc.digest();
     if doc.algorithm().name() != "sha256" {
         return Err(mismatch(format!(
-            "the init-data's algorithm is {}, and on an Azure vTPM it is bound in PCR {pcr}, a SHA-256 register: use algorithm = \"sha256\"",
-            doc.algorithm().name()
+            "the init-data's algorithm is {}, and on an Azure vTPM it is bound in PCR {}, a SHA-256 register: use algorithm = \"sha256\"",
+            doc.algorithm().name(),
+            crate::verifier::azure::INITDATA_PCR
         )));
     }
-    let mut extend = sha2::Sha256::new();
-    extend.update([0u8; 32]);
-    extend.update(&digest);
-    let want = extend.finalize();
-    let have = vtpm.pcrs.get(&pcr.to_string()).map(String::as_str).unwrap_or("");
-    if !field_matches(have, &want) {
-        return Err(mismatch(format!(
-            "PCR {pcr} ({}) is not the init-data's sha256 digest extended once into a zero PCR",
-            if have.is_empty() { "not quoted" } else { have }
-        )));
-    }
-    Ok(Some(InitdataClaims {
-        algorithm: doc.algorithm().name().to_owned(),
-        digest: hex::encode(&digest),
-        data: doc.data().iter().cloned().collect(),
-    }))
+    let want = sha2::Sha256::new().chain_update([0u8; 32]).chain_update(doc.digest()).finalize().to_vec();
+    let have = vtpm
+        .pcrs
+        .get(&crate::verifier::azure::INITDATA_PCR.to_string())
+        .map_or("(not quoted)", String::as_str);
+    Ok((have, want, "PCR 8 (the digest extended once into a zero PCR):"))
 }
 
 /// Whether a report field (lowercase hex, as the verifiers give it) holds `want`.
