@@ -44,8 +44,7 @@ fn bench(c: &mut Criterion) {
     let az_at = 1_767_225_600;
     let parse_and_verify = || {
         let ev = azure::parse_evidence(&ev, azure::AzureKind::Snp)?;
-        let certs: Vec<CertIn> =
-            ev.vcek.iter().map(|d| CertIn { kind: "vcek".into(), data: d.clone() }).collect();
+        let certs = ev.certs();
         azure::verify_snp(&ev, &certs, &trust, az_at)
     };
     parse_and_verify().expect("sample verifies");

@@ -385,6 +385,13 @@ pub struct AzEvidence {
     pub td_quote: Option<Vec<u8>>,
 }
 
+impl AzEvidence {
+    /// The certificates the SNP verifier takes from the evidence: its VCEK, if sent.
+    pub fn certs(&self) -> Vec<super::snp::CertIn> {
+        self.vcek.iter().map(|d| super::snp::CertIn { kind: "vcek".into(), data: d.clone() }).collect()
+    }
+}
+
 /// Bytes from hex (v1/v2) or a number array (v0).
 fn hex_or_array(v: &Value, max: usize, what: &str) -> Result<Vec<u8>, Denial> {
     let b = match v {

@@ -90,8 +90,7 @@ pub async fn verify(
         }
         Tee::AzSnpVtpm => {
             let ev = azure::parse_evidence(evidence, azure::AzureKind::Snp)?;
-            let mut certs: Vec<snp::CertIn> =
-                ev.vcek.iter().map(|d| snp::CertIn { kind: "vcek".into(), data: d.clone() }).collect();
+            let mut certs = ev.certs();
             let hcl = azure::parse_hcl_report(&ev.hcl_report)?;
             add_vcek_from_kds(azure::snp_report(&hcl)?, &mut certs, trust).await?;
             let claims = azure::verify_snp(&ev, &certs, &trust.snp, now)?;

@@ -114,8 +114,7 @@ pub fn verify(tee: OfflineTee, inp: &OfflineInputs) -> Result<Claims, Denial> {
                 &evidence_json(inp, "az-snp-vtpm")?,
                 super::azure::AzureKind::Snp,
             )?;
-            let certs: Vec<snp::CertIn> =
-                ev.vcek.iter().map(|d| snp::CertIn { kind: "vcek".into(), data: d.clone() }).collect();
+            let certs = ev.certs();
             super::azure::verify_snp(&ev, &certs, &inp.snp, inp.at).map(Claims::AzSnpVtpm)
         }
         OfflineTee::AzTdxVtpm => {
