@@ -107,6 +107,11 @@ pub struct QuoteInfo {
 
 /// Parses a quote far enough to know its FMSPC and PCK CA (no signature checked).
 pub fn quote_info(raw: &[u8]) -> Result<QuoteInfo, Denial> {
+    parse_quote(raw).map(|(_, info)| info)
+}
+
+/// The quote, parsed once, and what [`quote_info`] says of it.
+fn parse_quote(raw: &[u8]) -> Result<(Quote, QuoteInfo), Denial> {
     let quote = Quote::parse(raw).map_err(|e| malformed(format!("TDX quote does not parse: {e:#}")))?;
     if !matches!(quote.header.version, 4 | 5) || quote.header.tee_type != 0x81 {
         return Err(malformed(format!(
@@ -120,7 +125,8 @@ pub fn quote_info(raw: &[u8]) -> Result<QuoteInfo, Denial> {
         Ok(dcap_qvl::config::PckCa::Platform) => "platform",
         _ => "processor",
     };
-    Ok(QuoteInfo { version: quote.header.version, fmspc: hex::encode(fmspc), ca })
+    let info = QuoteInfo { version: quote.header.version, fmspc: hex::encode(fmspc), ca };
+    Ok((quote, info))
 }
 
 fn rfc3339(field: &str, v: &Value) -> Result<i64, Denial> {
@@ -238,8 +244,7 @@ fn classify(e: &anyhow::Error) -> Reason {
 /// The TD report's report_data, read before any signature is checked: what the
 /// quote claims, for bindings that [`verify_quote`] then makes true or refuses.
 pub fn unverified_report_data(raw: &[u8]) -> Result<[u8; 64], Denial> {
-    quote_info(raw)?;
-    let quote = Quote::parse(raw).map_err(|e| malformed(format!("TDX quote does not parse: {e:#}")))?;
+    let (quote, _) = parse_quote(raw)?;
     quote
         .report
         .as_td10()
@@ -317,8 +322,7 @@ pub fn verify_without_collateral(raw: &[u8], root_ca_der: &[u8], now: u64) -> Re
     use openssl::x509::X509;
     use sha2::Digest as _;
 
-    let info = quote_info(raw)?;
-    let quote = Quote::parse(raw).map_err(|e| malformed(format!("TDX quote does not parse: {e:#}")))?;
+    let (quote, info) = parse_quote(raw)?;
     let bad = |what: &str| Denial::new(Reason::InvalidSignature, format!("TDX quote: {what}"));
     let chain_bad = |what: String| Denial::new(Reason::CertChainInvalid, format!("TDX PCK chain: {what}"));
     let auth = match &quote.auth_data {
